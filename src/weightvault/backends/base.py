@@ -1,0 +1,59 @@
+"""The Backend protocol: a flat store of named, immutable objects grouped by file type.
+
+Contract (every backend passes ``weightvault.testing.backend_conformance``):
+
+* ``save(t, name, data)`` stores ``data`` atomically and durably: after it returns, the object is
+  complete and survives a crash; before, readers see either nothing or (for overwrite) the old
+  object, never a prefix. Saving the same name twice with the same bytes is idempotent. With
+  ``create_only=True`` it raises ObjectExistsError if the name exists (used for locks).
+* ``load(t, name, offset, length)`` returns exactly the requested range or raises
+  ObjectNotFoundError / BackendError; ``length=None`` reads to the end.
+* ``list(t)`` yields (name, size) of complete objects only (never temp files), in no given order.
+* ``remove(t, name)`` is idempotent: removing a missing object is not an error.
+* Permanent failures raise BackendError subclasses with a message naming the object;
+  ENOSPC raises NoSpaceError. A failed fsync is reported, never retried as success.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from typing import Protocol
+
+__all__ = ["Backend", "FileType"]
+
+
+class FileType(enum.Enum):
+    CONFIG = "config"
+    KEY = "keys"
+    PACK = "data"
+    INDEX = "index"
+    SNAPSHOT = "snapshots"
+    LOCK = "locks"
+
+
+class Backend(Protocol):
+    @property
+    def location(self) -> str:
+        """Human-readable location for messages (never contains credentials)."""
+        ...
+
+    def create(self) -> None:
+        """Prepare an empty store (directories, bucket prefix). Fails if it holds a config."""
+        ...
+
+    def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None: ...
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def stat(self, ftype: FileType, name: str) -> int:
+        """Size in bytes; ObjectNotFoundError if missing."""
+        ...
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]: ...
+
+    def remove(self, ftype: FileType, name: str) -> None: ...
+
+    def free_space(self) -> int | None:
+        """Bytes free at the destination, or None if unknown."""
+        ...

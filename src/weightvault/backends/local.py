@@ -1,0 +1,174 @@
+"""Local directory backend.
+
+Layout: ``config``, ``keys/<id>``, ``data/<id[:2]>/<id>``, ``index/<id>``, ``snapshots/<id>``,
+``locks/<id>``. Writes go to ``.tmp-*`` in the target directory, are fsynced, renamed (or hard
+linked, for create-only) into place, and the directory is fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from weightvault.backends.base import FileType
+from weightvault.errors import (
+    BackendError,
+    NoSpaceError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    RepositoryExistsError,
+)
+
+__all__ = ["LocalBackend"]
+
+_TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _convert(exc: OSError, what: str) -> BackendError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(
+            f"no space left writing {what}: {exc.strerror}",
+            hint="free space on the repository's disk (or prune old snapshots) and run the command again;"
+            " data already written is kept and reused",
+        )
+    if isinstance(exc, FileNotFoundError):
+        return ObjectNotFoundError(f"{what} not found")
+    return BackendError(f"I/O error on {what}: {exc.strerror or exc}")
+
+
+class LocalBackend:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def _dir(self, ftype: FileType, name: str) -> Path:
+        if ftype is FileType.CONFIG:
+            return self.root
+        if ftype is FileType.PACK:
+            return self.root / ftype.value / name[:2]
+        return self.root / ftype.value
+
+    def _path(self, ftype: FileType, name: str) -> Path:
+        if ftype is FileType.CONFIG:
+            return self.root / "config"
+        if not name or "/" in name or name.startswith("."):
+            raise BackendError(f"invalid object name {name!r}")
+        return self._dir(ftype, name) / name
+
+    def create(self) -> None:
+        if (self.root / "config").exists():
+            raise RepositoryExistsError(f"a repository already exists at {self.root}")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for t in FileType:
+                if t is not FileType.CONFIG:
+                    (self.root / t.value).mkdir(exist_ok=True)
+            for i in range(256):
+                (self.root / FileType.PACK.value / f"{i:02x}").mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise _convert(exc, f"repository directory {self.root}") from exc
+
+    def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
+        final = self._path(ftype, name)
+        directory = final.parent
+        tmp = directory / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        what = f"{ftype.value}/{name}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if create_only:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    raise ObjectExistsError(f"{what} already exists") from None
+                finally:
+                    os.unlink(tmp)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _convert(exc, what) from exc
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        what = f"{ftype.value}/{name}"
+        try:
+            with open(self._path(ftype, name), "rb") as f:
+                if offset:
+                    f.seek(offset)
+                data = f.read() if length is None else f.read(length)
+        except OSError as exc:
+            raise _convert(exc, what) from exc
+        if length is not None and len(data) != length:
+            raise BackendError(f"{what}: short read ({len(data)} of {length} bytes at offset {offset})")
+        return data
+
+    def stat(self, ftype: FileType, name: str) -> int:
+        try:
+            return self._path(ftype, name).stat().st_size
+        except OSError as exc:
+            raise _convert(exc, f"{ftype.value}/{name}") from exc
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
+        if ftype is FileType.CONFIG:
+            p = self.root / "config"
+            if p.exists():
+                yield "config", p.stat().st_size
+            return
+        base = self.root / ftype.value
+        dirs = sorted(d for d in base.iterdir() if d.is_dir()) if ftype is FileType.PACK else [base]
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
+                    continue
+                yield e.name, e.stat(follow_symlinks=False).st_size
+
+    def list_temp_files(self) -> list[Path]:
+        """Leftover ``.tmp-*`` files of interrupted writes (harmless; prune removes them)."""
+        return [p for p in self.root.rglob(f"{_TMP_PREFIX}*") if p.is_file()]
+
+    def remove(self, ftype: FileType, name: str) -> None:
+        path = self._path(ftype, name)
+        try:
+            path.unlink()
+            _fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _convert(exc, f"{ftype.value}/{name}") from exc
+
+    def free_space(self) -> int | None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize

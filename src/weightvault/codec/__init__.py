@@ -1,0 +1,1 @@
+"""Bytes-to-bytes transforms: compression codecs and authenticated encryption."""

@@ -1,0 +1,104 @@
+"""Authenticated encryption, keyed blob ids and the memory-hard key-wrapping KDF.
+
+* AEAD: ChaCha20-Poly1305 (RFC 8439), 96-bit random nonce per envelope, 128-bit tag.
+* Blob ids: BLAKE3 keyed with a 32-byte repository secret (``id_key``) over the plaintext.
+* KDF: argon2id; defaults above OWASP's minimum (m=64 MiB, t=3, p=1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import blake3
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from weightvault.errors import IntegrityError
+from weightvault.format.layout import NONCE_SIZE, OVERHEAD
+
+__all__ = ["KdfParams", "MasterKey", "derive_key", "open_envelope", "seal_envelope", "sha256_hex"]
+
+
+@dataclass(frozen=True, slots=True)
+class KdfParams:
+    """argon2id parameters as stored in a key file. memory_kib is in KiB."""
+
+    memory_kib: int = 65536
+    time_cost: int = 3
+    parallelism: int = 1
+
+    def validate(self) -> None:
+        if self.memory_kib < 8 * self.parallelism or self.time_cost < 1 or self.parallelism < 1:
+            raise IntegrityError(f"key file has invalid KDF parameters {self}")
+        if self.memory_kib > 4 * 1024 * 1024:
+            raise IntegrityError(f"key file asks for {self.memory_kib} KiB of KDF memory (max 4 GiB)")
+
+
+def derive_key(password: bytes, salt: bytes, params: KdfParams) -> bytes:
+    """argon2id(password, salt) -> 32-byte wrapping key."""
+    params.validate()
+    return bytes(
+        hash_secret_raw(
+            secret=password,
+            salt=salt,
+            time_cost=params.time_cost,
+            memory_cost=params.memory_kib,
+            parallelism=params.parallelism,
+            hash_len=32,
+            type=Type.ID,
+        )
+    )
+
+
+def seal_envelope(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+    """nonce || ciphertext || tag."""
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, bytes(plaintext), aad)
+
+
+def open_envelope(key: bytes, envelope: bytes | memoryview, aad: bytes, what: str) -> bytes:
+    """Authenticate and decrypt; raises IntegrityError naming ``what`` on any mismatch."""
+    if len(envelope) < OVERHEAD:
+        raise IntegrityError(f"{what}: stored object is truncated ({len(envelope)} bytes)")
+    env = bytes(envelope)
+    try:
+        return ChaCha20Poly1305(key).decrypt(env[:NONCE_SIZE], env[NONCE_SIZE:], aad)
+    except InvalidTag as exc:
+        raise IntegrityError(f"{what}: authentication failed (corrupted, swapped or wrong key)") from exc
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class MasterKey:
+    """The repository's secrets: an encryption key, a blob-id key and the chunker seed."""
+
+    __slots__ = ("chunker_seed", "enc_key", "id_key")
+
+    def __init__(self, enc_key: bytes, id_key: bytes, chunker_seed: int) -> None:
+        if len(enc_key) != 32 or len(id_key) != 32:
+            raise IntegrityError("master key material has the wrong length")
+        self.enc_key = enc_key
+        self.id_key = id_key
+        self.chunker_seed = chunker_seed
+
+    @classmethod
+    def generate(cls) -> MasterKey:
+        return cls(os.urandom(32), os.urandom(32), int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        """Keyed BLAKE3 of the plaintext: the content address of a blob."""
+        return blake3.blake3(data, key=self.id_key).digest()
+
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        return seal_envelope(self.enc_key, plaintext, aad)
+
+    def open(self, envelope: bytes | memoryview, aad: bytes, what: str) -> bytes:
+        return open_envelope(self.enc_key, envelope, aad, what)
+
+    def __repr__(self) -> str:  # never print secrets
+        return "MasterKey(<redacted>)"

@@ -1,0 +1,136 @@
+"""The exception tree. Every error carries the process exit code the CLI uses for it.
+
+    WeightvaultError (1)
+    ├── UsageError (2)                     bad arguments or options
+    ├── PartialBackupError (3)             backup committed, but some sources could not be read
+    ├── IntegrityError (4)                 stored data failed authentication or hashing
+    │   └── VerificationError (4)          restored file's SHA-256 differs from the manifest
+    ├── CheckFailedError (5)               `check` found problems
+    ├── RepositoryNotFoundError (10)
+    ├── WrongPasswordError (11)
+    ├── RepositoryLockedError (12)
+    ├── RepositoryExistsError (13)
+    ├── SnapshotNotFoundError (14)
+    ├── NoSpaceError (15)                  ENOSPC / EDQUOT on the repository or restore target
+    ├── UnsupportedFormatError (16)        repository written by a newer or unknown format version
+    ├── UnsafePathError (17)               a snapshot entry would write outside the restore target
+    ├── RestoreConflictError (18)          target exists and the overwrite mode forbids replacing it
+    └── BackendError (20)                  the storage failed (I/O error, permission denied)
+        ├── ObjectNotFoundError (20)       a named object does not exist
+        └── ObjectExistsError (20)         create-only save found the name taken
+
+Library code raises these; the CLI maps them to messages and exit codes. Third-party errors are
+converted at the boundary with ``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "CheckFailedError",
+    "IntegrityError",
+    "NoSpaceError",
+    "ObjectExistsError",
+    "ObjectNotFoundError",
+    "PartialBackupError",
+    "RepositoryExistsError",
+    "RepositoryLockedError",
+    "RepositoryNotFoundError",
+    "RestoreConflictError",
+    "SnapshotNotFoundError",
+    "UnsafePathError",
+    "UnsupportedFormatError",
+    "UsageError",
+    "VerificationError",
+    "WeightvaultError",
+    "WrongPasswordError",
+]
+
+
+class WeightvaultError(Exception):
+    """Base class. ``exit_code`` is the CLI's exit status; ``hint`` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class UsageError(WeightvaultError):
+    exit_code = 2
+
+
+class PartialBackupError(WeightvaultError):
+    """Raised after a snapshot was committed while some source files were skipped."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, snapshot_id: str, errors: list[tuple[str, str]]) -> None:
+        super().__init__(message, hint="the listed files are not in the snapshot; fix access and back up again")
+        self.snapshot_id = snapshot_id
+        self.errors = errors
+
+
+class IntegrityError(WeightvaultError):
+    exit_code = 4
+
+
+class VerificationError(IntegrityError):
+    exit_code = 4
+
+
+class CheckFailedError(WeightvaultError):
+    exit_code = 5
+
+
+class RepositoryNotFoundError(WeightvaultError):
+    exit_code = 10
+
+
+class WrongPasswordError(WeightvaultError):
+    exit_code = 11
+
+
+class RepositoryLockedError(WeightvaultError):
+    exit_code = 12
+
+
+class RepositoryExistsError(WeightvaultError):
+    exit_code = 13
+
+
+class SnapshotNotFoundError(WeightvaultError):
+    exit_code = 14
+
+
+class NoSpaceError(WeightvaultError):
+    exit_code = 15
+
+
+class UnsupportedFormatError(WeightvaultError):
+    exit_code = 16
+
+
+class UnsafePathError(WeightvaultError):
+    exit_code = 17
+
+
+class RestoreConflictError(WeightvaultError):
+    exit_code = 18
+
+
+class BackendError(WeightvaultError):
+    exit_code = 20
+
+
+class ObjectNotFoundError(BackendError):
+    pass
+
+
+class ObjectExistsError(BackendError):
+    pass

@@ -1,0 +1,1 @@
+"""The engine: configuration, keys, packs, index, snapshots, manifests and locks."""

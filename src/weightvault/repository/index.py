@@ -1,0 +1,121 @@
+"""The in-memory master index and index files.
+
+An index file is ``seal(zstd(json))`` (kind INDEX) named by the BLAKE3 of its stored bytes::
+
+    {"version": 1, "packs": [{"id": pack_hex, "blobs": [[blob_hex, type, codec, offset, length, raw_length], ...]}]}
+
+Index files only ever add information; several may describe the same pack. The index can always be
+rebuilt from pack headers alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+
+import blake3
+
+from weightvault.codec.compress import ZSTD, compress_best, decompress
+from weightvault.codec.crypto import MasterKey
+from weightvault.errors import IntegrityError, UnsupportedFormatError
+from weightvault.format import objects
+from weightvault.format.layout import KIND_INDEX, kind_aad
+from weightvault.types import BlobType, IndexEntry, PackedBlob
+
+__all__ = ["MasterIndex", "decode_index_file", "encode_index_file", "open_document", "seal_document"]
+
+_Row = tuple[int, int, int, int, int, int]  # pack number, type, codec, offset, length, raw_length
+
+
+class MasterIndex:
+    """blob id -> location. Thread-safe. Memory: one tuple per blob plus pack ids once each."""
+
+    def __init__(self) -> None:
+        self._packs: list[str] = []
+        self._pack_no: dict[str, int] = {}
+        self._blobs: dict[bytes, _Row] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self._blobs
+
+    def add_pack(self, pack_id: str, blobs: Iterable[PackedBlob]) -> None:
+        with self._lock:
+            no = self._pack_no.get(pack_id)
+            if no is None:
+                no = self._pack_no[pack_id] = len(self._packs)
+                self._packs.append(pack_id)
+            for b in blobs:
+                self._blobs.setdefault(b.blob_id, (no, int(b.type), b.codec, b.offset, b.length, b.raw_length))
+
+    def get(self, blob_id: bytes) -> IndexEntry | None:
+        row = self._blobs.get(blob_id)
+        if row is None:
+            return None
+        no, t, codec, off, length, raw = row
+        return IndexEntry(self._packs[no], PackedBlob(blob_id, BlobType(t), codec, off, length, raw))
+
+    def has_pack(self, pack_id: str) -> bool:
+        return pack_id in self._pack_no
+
+    def pack_ids(self) -> list[str]:
+        return list(self._packs)
+
+    def entries(self) -> Iterator[IndexEntry]:
+        for blob_id in list(self._blobs):
+            e = self.get(blob_id)
+            if e is not None:
+                yield e
+
+
+def encode_index_file(key: MasterKey, packs: dict[str, list[PackedBlob]]) -> tuple[str, bytes]:
+    """Return (name, stored bytes) for an index file describing ``packs``."""
+    doc = {
+        "version": 1,
+        "packs": [
+            {
+                "id": pid,
+                "blobs": [[b.blob_id.hex(), int(b.type), b.codec, b.offset, b.length, b.raw_length] for b in blobs],
+            }
+            for pid, blobs in sorted(packs.items())
+        ],
+    }
+    return seal_document(key, doc, KIND_INDEX)
+
+
+def open_document(key: MasterKey, stored: bytes, kind: int, what: str) -> bytes:
+    """Decrypt and decompress a stored document: codec (u8) || raw length (u64 LE) || payload."""
+    plain = key.open(stored, kind_aad(kind), what)
+    if len(plain) < 9:
+        raise IntegrityError(f"{what}: document is truncated")
+    codec, raw_len = plain[0], int.from_bytes(plain[1:9], "little")
+    if codec not in (0, ZSTD):
+        raise UnsupportedFormatError(f"{what}: unknown document codec {codec}")
+    return decompress(codec, plain[9:], raw_len)
+
+
+def seal_document(key: MasterKey, doc: object, kind: int) -> tuple[str, bytes]:
+    """Serialise, compress and encrypt a JSON document; returns (name, stored bytes)."""
+    raw = objects.dumps(doc)
+    codec, payload = compress_best(raw)
+    stored = key.seal(bytes((codec,)) + len(raw).to_bytes(8, "little") + payload, kind_aad(kind))
+    return blake3.blake3(stored).hexdigest(), stored
+
+
+def decode_index_file(key: MasterKey, name: str, stored: bytes) -> dict[str, list[PackedBlob]]:
+    what = f"index/{name}"
+    doc = objects.loads(open_document(key, stored, KIND_INDEX, what))
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise UnsupportedFormatError(f"{what} has an unknown version")
+    out: dict[str, list[PackedBlob]] = {}
+    try:
+        for p in doc["packs"]:
+            out[str(p["id"])] = [
+                PackedBlob(bytes.fromhex(h), BlobType(t), int(c), int(o), int(ln), int(r)) for h, t, c, o, ln, r in p["blobs"]
+            ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{what} is malformed: {exc}") from exc
+    return out

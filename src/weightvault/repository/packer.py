@@ -1,0 +1,63 @@
+"""Assembling pack files in memory and reading their headers back.
+
+A pack is built in memory (bounded by the repository's pack size plus one blob) and written with a
+single atomic ``Backend.save``; see ``weightvault.format.layout`` for the byte layout.
+"""
+
+from __future__ import annotations
+
+import blake3
+
+from weightvault.backends.base import Backend, FileType
+from weightvault.codec.crypto import MasterKey
+from weightvault.format.layout import (
+    KIND_PACK_HEADER,
+    TRAILER_SIZE,
+    decode_pack_header,
+    encode_pack_header,
+    encode_trailer,
+    kind_aad,
+    parse_trailer,
+)
+from weightvault.errors import IntegrityError
+from weightvault.types import BlobType, PackedBlob
+
+__all__ = ["PackBuilder", "read_pack_header"]
+
+
+class PackBuilder:
+    """Accumulates encrypted blobs; not thread-safe (callers hold the repository lock)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.blobs: list[PackedBlob] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def add(self, blob_id: bytes, btype: BlobType, codec: int, envelope: bytes, raw_length: int) -> None:
+        self.blobs.append(PackedBlob(blob_id, btype, codec, len(self._buf), len(envelope), raw_length))
+        self._buf += envelope
+
+    def finish(self, key: MasterKey) -> tuple[str, bytes]:
+        """Return (pack id, pack bytes). The builder must not be used afterwards."""
+        header = key.seal(encode_pack_header(self.blobs), kind_aad(KIND_PACK_HEADER))
+        self._buf += header
+        self._buf += encode_trailer(len(header))
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        return blake3.blake3(data).hexdigest(), data
+
+
+def read_pack_header(backend: Backend, key: MasterKey, pack_id: str, size: int | None = None) -> list[PackedBlob]:
+    """Read and authenticate a pack's header (two small range reads)."""
+    if size is None:
+        size = backend.stat(FileType.PACK, pack_id)
+    hlen = parse_trailer(backend.load(FileType.PACK, pack_id, max(0, size - TRAILER_SIZE), TRAILER_SIZE), size)
+    envelope = backend.load(FileType.PACK, pack_id, size - TRAILER_SIZE - hlen, hlen)
+    blobs = decode_pack_header(key.open(envelope, kind_aad(KIND_PACK_HEADER), f"header of pack {pack_id}"))
+    end = size - TRAILER_SIZE - hlen
+    if blobs and blobs[-1].offset + blobs[-1].length != end:
+        raise IntegrityError(f"pack {pack_id}: header describes {blobs[-1].offset + blobs[-1].length} bytes of blobs, pack has {end}")
+    return blobs

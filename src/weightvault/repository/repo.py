@@ -1,0 +1,246 @@
+"""The Repository: opens a backend with a password and offers blobs, index and snapshots.
+
+Write ordering (docs/FORMAT.md): a blob is only referenced by an index once its pack is durable;
+an index file is written only after all of its packs; a snapshot is saved only after ``flush()``
+has made every pack and index it depends on durable. Readers go the other way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+from weightvault.backends.base import Backend, FileType
+from weightvault.chunking.registry import ChunkerParams
+from weightvault.codec.compress import compress_best, decompress
+from weightvault.codec.crypto import KdfParams, MasterKey
+from weightvault.errors import (
+    IntegrityError,
+    ObjectNotFoundError,
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+    WeightvaultError,
+)
+from weightvault.format import objects
+from weightvault.format.layout import KIND_SNAPSHOT, blob_aad
+from weightvault.repository import keys as keyfiles
+from weightvault.repository.config import RepoConfig
+from weightvault.repository.index import (
+    MasterIndex,
+    decode_index_file,
+    encode_index_file,
+    open_document,
+    seal_document,
+)
+from weightvault.repository.locks import hold_lock
+from weightvault.repository.packer import PackBuilder, read_pack_header
+from weightvault.repository.snapshots import Snapshot
+from weightvault.types import BlobType, IndexEntry, PackedBlob
+
+__all__ = ["Repository"]
+
+log = logging.getLogger(__name__)
+
+INDEX_EVERY_PACKS = 16
+INDEX_EVERY_SECONDS = 300.0
+
+
+class Repository:
+    """An unlocked repository. Blob saving is thread-safe; call ``flush()`` before saving a snapshot."""
+
+    def __init__(self, backend: Backend, config: RepoConfig, key: MasterKey, key_name: str) -> None:
+        self.backend = backend
+        self.config = config
+        self.key = key
+        self.key_name = key_name
+        self.index = MasterIndex()
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._packers: dict[BlobType, PackBuilder] = {}
+        self._unindexed: dict[str, list[PackedBlob]] = {}
+        self._last_index_write = time.monotonic()
+        self.indexed_files: set[str] = set()
+        self.stats_new_blobs = 0
+        self.stats_new_stored = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, backend: Backend, password: bytes, *, kdf: KdfParams | None = None, **config: int) -> Repository:
+        """Create a repository in an empty location and return it unlocked."""
+        if any(True for _ in backend.list(FileType.CONFIG)):
+            raise RepositoryExistsError(f"a repository already exists at {backend.location}")
+        backend.create()
+        cfg = RepoConfig.new(**config)
+        master = MasterKey.generate()
+        name = keyfiles.create_key_file(backend, cfg.repo_id, master, password, kdf or KdfParams())
+        backend.save(FileType.CONFIG, "config", cfg.to_bytes())  # last: its presence marks a complete init
+        return cls(backend, cfg, master, name)
+
+    @classmethod
+    def open(cls, backend: Backend, password: bytes, *, load_index: bool = True) -> Repository:
+        try:
+            raw = backend.load(FileType.CONFIG, "config")
+        except ObjectNotFoundError:
+            raise RepositoryNotFoundError(
+                f"no repository at {backend.location}", hint="create one with `weightvault init`"
+            ) from None
+        cfg = RepoConfig.from_bytes(raw, backend.location)
+        master, name = keyfiles.unlock(backend, cfg.repo_id, password)
+        repo = cls(backend, cfg, master, name)
+        if load_index:
+            repo.load_index()
+        return repo
+
+    @property
+    def chunker(self) -> ChunkerParams:
+        return self.config.chunker(self.key.chunker_seed)
+
+    def lock(self, exclusive: bool = False) -> contextlib.AbstractContextManager[None]:
+        return hold_lock(self.backend, exclusive)
+
+    # -- index -----------------------------------------------------------------------------------
+    def load_index(self) -> None:
+        for name, _ in self.backend.list(FileType.INDEX):
+            if name in self.indexed_files:
+                continue
+            for pack_id, blobs in decode_index_file(self.key, name, self.backend.load(FileType.INDEX, name)).items():
+                self.index.add_pack(pack_id, blobs)
+            self.indexed_files.add(name)
+
+    def unindexed_packs(self) -> list[tuple[str, int]]:
+        """Packs in data/ that no index file mentions (left by an interrupted or running backup)."""
+        return [(p, size) for p, size in self.backend.list(FileType.PACK) if not self.index.has_pack(p)]
+
+    def recover_unindexed_packs(self) -> int:
+        """Index packs that are durable but unindexed, so their blobs are reused. Returns blobs added."""
+        added = 0
+        found: dict[str, list[PackedBlob]] = {}
+        for pack_id, size in self.unindexed_packs():
+            try:
+                blobs = read_pack_header(self.backend, self.key, pack_id, size)
+            except (WeightvaultError, ValueError) as exc:
+                log.warning("skipping unreadable unindexed pack %s: %s", pack_id, exc)
+                continue
+            found[pack_id] = blobs
+            added += len(blobs)
+        if found:
+            for pack_id, blobs in found.items():
+                self.index.add_pack(pack_id, blobs)
+            self._write_index(found)
+        return added
+
+    def _write_index(self, packs: dict[str, list[PackedBlob]]) -> None:
+        name, stored = encode_index_file(self.key, packs)
+        self.backend.save(FileType.INDEX, name, stored)
+        self.indexed_files.add(name)
+        self._last_index_write = time.monotonic()
+
+    # -- blobs -----------------------------------------------------------------------------------
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self.index
+
+    def lookup(self, blob_id: bytes) -> IndexEntry:
+        entry = self.index.get(blob_id)
+        if entry is None:
+            raise IntegrityError(f"blob {blob_id.hex()} is not in the index (missing data)")
+        return entry
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        """Read, authenticate, decompress and hash-check one blob."""
+        entry = self.lookup(blob_id)
+        b = entry.blob
+        envelope = self.backend.load(FileType.PACK, entry.pack_id, b.offset, b.length)
+        return self.decode_blob(entry.pack_id, b, envelope)
+
+    def decode_blob(self, pack_id: str, b: PackedBlob, envelope: bytes) -> bytes:
+        what = f"blob {b.blob_id.hex()} in pack {pack_id}"
+        payload = self.key.open(envelope, blob_aad(b.type, b.codec, b.blob_id), what)
+        data = decompress(b.codec, payload, b.raw_length)
+        if self.key.blob_id(data) != b.blob_id:
+            raise IntegrityError(f"{what}: content hash does not match its id")
+        return data
+
+    def save_blob(self, btype: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
+        """Store ``data`` unless a blob with its id exists. Returns (id, newly stored). Thread-safe.
+
+        The blob becomes durable only when its pack is written (when full, or by ``flush()``).
+        """
+        bid = blob_id if blob_id is not None else self.key.blob_id(data)
+        with self._lock:
+            if bid in self.index or bid in self._pending:
+                return bid, False
+            self._pending.add(bid)
+        try:
+            codec, payload = compress_best(data, self.config.compression_level)
+            envelope = self.key.seal(payload, blob_aad(btype, codec, bid))
+        except BaseException:
+            with self._lock:
+                self._pending.discard(bid)
+            raise
+        full = None
+        with self._lock:
+            packer = self._packers.setdefault(btype, PackBuilder())
+            packer.add(bid, btype, codec, envelope, len(data))
+            self.stats_new_blobs += 1
+            self.stats_new_stored += len(envelope)
+            if packer.size >= self.config.pack_size:
+                full = self._packers.pop(btype)
+        if full is not None:
+            self._write_pack(full)
+        return bid, True
+
+    def _write_pack(self, packer: PackBuilder) -> None:
+        pack_id, data = packer.finish(self.key)
+        self.backend.save(FileType.PACK, pack_id, data)
+        write_index = None
+        with self._lock:
+            self.index.add_pack(pack_id, packer.blobs)
+            self._pending.difference_update(b.blob_id for b in packer.blobs)
+            self._unindexed[pack_id] = packer.blobs
+            if len(self._unindexed) >= INDEX_EVERY_PACKS or (
+                time.monotonic() - self._last_index_write > INDEX_EVERY_SECONDS
+            ):
+                write_index, self._unindexed = self._unindexed, {}
+        if write_index:
+            self._write_index(write_index)
+
+    def flush(self) -> None:
+        """Write partial packs and an index for every pack written so far. Durable on return."""
+        with self._lock:
+            packers = list(self._packers.values())
+            self._packers.clear()
+        for p in packers:
+            if p.blobs:
+                self._write_pack(p)
+        with self._lock:
+            todo, self._unindexed = self._unindexed, {}
+        if todo:
+            self._write_index(todo)
+
+    # -- snapshots -------------------------------------------------------------------------------
+    def save_snapshot(self, snap: Snapshot) -> str:
+        """Persist a snapshot; every blob it references must already be durable (call flush())."""
+        name, stored = seal_document(self.key, snap.to_doc(), KIND_SNAPSHOT)
+        self.backend.save(FileType.SNAPSHOT, name, stored)
+        snap.id = name
+        return name
+
+    def load_snapshot(self, snap_id: str) -> Snapshot:
+        stored = self.backend.load(FileType.SNAPSHOT, snap_id)
+        doc = objects.loads(open_document(self.key, stored, KIND_SNAPSHOT, f"snapshot {snap_id}"))
+        return Snapshot.from_doc(doc, snap_id)
+
+    def list_snapshot_ids(self) -> list[str]:
+        return sorted(n for n, _ in self.backend.list(FileType.SNAPSHOT))
+
+    def snapshots(self) -> list[Snapshot]:
+        """All snapshots, oldest first."""
+        snaps = [self.load_snapshot(i) for i in self.list_snapshot_ids()]
+        return sorted(snaps, key=lambda s: (s.datetime, s.id))
+
+    def iter_tree_blobs(self, snap: Snapshot) -> Iterator[bytes]:
+        for b in snap.tree:
+            yield self.load_blob(b)

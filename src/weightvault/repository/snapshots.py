@@ -1,0 +1,124 @@
+"""Snapshot documents and how users name them.
+
+``snapshots/<id>`` is ``seal(codec || len || zstd(json))`` (kind SNAPSHOT); ``id`` is the hex
+BLAKE3 of the stored bytes. Fields: version, time (ISO 8601 UTC), host, user, paths (absolute
+sources), tags (list of "k=v" or plain strings), tree (hex TREE blob ids of the manifest stream),
+parent (snapshot id or null), summary (totals), program_version.
+
+Snapshot specifiers: an id prefix, ``latest``, ``latest:k=v`` (newest with that tag), or
+``@2026-11-20T10:00`` (newest at or before that time, UTC unless an offset is given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from weightvault.errors import IntegrityError, SnapshotNotFoundError, UnsupportedFormatError, UsageError
+
+__all__ = ["Snapshot", "resolve_snapshot"]
+
+
+@dataclass(slots=True)
+class Snapshot:
+    time: str
+    host: str
+    user: str
+    paths: list[str]
+    tags: list[str]
+    tree: list[bytes]
+    parent: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    program_version: str = ""
+    id: str = ""  # set when saved or loaded
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @property
+    def datetime(self) -> datetime:
+        return datetime.fromisoformat(self.time)
+
+    def tag_dict(self) -> dict[str, str]:
+        return dict(t.split("=", 1) for t in self.tags if "=" in t)
+
+    def has_tag(self, tag: str) -> bool:
+        return tag in self.tags
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "time": self.time,
+            "host": self.host,
+            "user": self.user,
+            "paths": self.paths,
+            "tags": self.tags,
+            "tree": [b.hex() for b in self.tree],
+            "parent": self.parent,
+            "summary": self.summary,
+            "program_version": self.program_version,
+        }
+
+    @classmethod
+    def from_doc(cls, d: Any, snap_id: str) -> Snapshot:
+        if not isinstance(d, dict) or d.get("version") != 1:
+            raise UnsupportedFormatError(f"snapshot {snap_id} has an unknown version")
+        try:
+            return cls(
+                time=str(d["time"]),
+                host=str(d["host"]),
+                user=str(d["user"]),
+                paths=[str(p) for p in d["paths"]],
+                tags=[str(t) for t in d["tags"]],
+                tree=[bytes.fromhex(h) for h in d["tree"]],
+                parent=d.get("parent"),
+                summary=dict(d.get("summary") or {}),
+                program_version=str(d.get("program_version", "")),
+                id=snap_id,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"snapshot {snap_id} is malformed: {exc}") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        """The user-facing JSON form (listing commands)."""
+        d = self.to_doc()
+        d.pop("tree")
+        d.pop("version")
+        d["id"] = self.id
+        d["short_id"] = self.short_id
+        return d
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse time {text!r}", hint="use ISO 8601, e.g. @2026-11-20T10:00") from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def resolve_snapshot(spec: str, snapshots: list[Snapshot]) -> Snapshot:
+    """Pick one snapshot by specifier; SnapshotNotFoundError (or UsageError if ambiguous)."""
+    ordered = sorted(snapshots, key=lambda s: (s.datetime, s.id))
+    if spec == "latest" or spec.startswith("latest:"):
+        tag = spec[len("latest:"):] if ":" in spec else None
+        cands = [s for s in ordered if tag is None or s.has_tag(tag)]
+        if not cands:
+            raise SnapshotNotFoundError(f"no snapshot matches {spec!r}", hint="list them with `weightvault snapshots`")
+        return cands[-1]
+    if spec.startswith("@"):
+        at = _parse_time(spec[1:])
+        cands = [s for s in ordered if s.datetime <= at]
+        if not cands:
+            raise SnapshotNotFoundError(f"no snapshot at or before {at.isoformat()}")
+        return cands[-1]
+    if not spec or any(c not in "0123456789abcdef" for c in spec.lower()):
+        raise UsageError(f"{spec!r} is not a snapshot id, 'latest', 'latest:k=v' or '@TIME'")
+    matches = [s for s in ordered if s.id.startswith(spec.lower())]
+    if not matches:
+        raise SnapshotNotFoundError(f"no snapshot with id starting {spec!r}")
+    if len(matches) > 1:
+        raise UsageError(f"snapshot id prefix {spec!r} is ambiguous ({len(matches)} matches); give more characters")
+    return matches[0]
