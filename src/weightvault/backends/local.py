@@ -21,6 +21,7 @@ from weightvault.errors import (
     ObjectExistsError,
     ObjectNotFoundError,
     RepositoryExistsError,
+    WeightvaultError,
 )
 
 __all__ = ["LocalBackend"]
@@ -36,7 +37,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _convert(exc: OSError, what: str) -> BackendError:
+def _convert(exc: OSError, what: str) -> WeightvaultError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpaceError(
             f"no space left writing {what}: {exc.strerror}",
@@ -60,8 +61,8 @@ class LocalBackend:
         if ftype is FileType.CONFIG:
             return self.root
         if ftype is FileType.PACK:
-            return self.root / ftype.value / name[:2]
-        return self.root / ftype.value
+            return Path(self.root, ftype.value, name[:2])
+        return Path(self.root, ftype.value)
 
     def _path(self, ftype: FileType, name: str) -> Path:
         if ftype is FileType.CONFIG:

@@ -35,7 +35,7 @@ class RepoConfig:
 
     @classmethod
     def new(cls, **overrides: int) -> RepoConfig:
-        return cls(repo_id=os.urandom(32).hex(), created=datetime.now(UTC).isoformat(), **overrides)  # type: ignore[arg-type]
+        return cls(repo_id=os.urandom(32).hex(), created=datetime.now(UTC).isoformat(), **overrides)
 
     def chunker(self, seed: int) -> ChunkerParams:
         return ChunkerParams(self.chunk_min, self.chunk_avg, self.chunk_max, seed)

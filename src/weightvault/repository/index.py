@@ -114,7 +114,8 @@ def decode_index_file(key: MasterKey, name: str, stored: bytes) -> dict[str, lis
     try:
         for p in doc["packs"]:
             out[str(p["id"])] = [
-                PackedBlob(bytes.fromhex(h), BlobType(t), int(c), int(o), int(ln), int(r)) for h, t, c, o, ln, r in p["blobs"]
+                PackedBlob(bytes.fromhex(h), BlobType(t), int(c), int(o), int(ln), int(r))
+                for h, t, c, o, ln, r in p["blobs"]
             ]
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{what} is malformed: {exc}") from exc

@@ -100,7 +100,8 @@ def _raise_locked(backend: Backend, conflicts: list[LockInfo]) -> None:
     stale = [c for c in conflicts if c.stale()]
     lines = "; ".join(c.describe() + (" (STALE)" if c.stale() else "") for c in conflicts)
     hint = (
-        f"the stale lock(s) belong to processes that are gone; remove them with `weightvault -r {backend.location} unlock`"
+        "the stale lock(s) belong to processes that are gone or stopped refreshing; remove them with"
+        f" `weightvault -r {backend.location} unlock`"
         if stale
         else "wait for the other operation to finish, then retry"
     )

@@ -10,6 +10,7 @@ import blake3
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.codec.crypto import MasterKey
+from weightvault.errors import IntegrityError
 from weightvault.format.layout import (
     KIND_PACK_HEADER,
     TRAILER_SIZE,
@@ -19,7 +20,6 @@ from weightvault.format.layout import (
     kind_aad,
     parse_trailer,
 )
-from weightvault.errors import IntegrityError
 from weightvault.types import BlobType, PackedBlob
 
 __all__ = ["PackBuilder", "read_pack_header"]
@@ -59,5 +59,6 @@ def read_pack_header(backend: Backend, key: MasterKey, pack_id: str, size: int |
     blobs = decode_pack_header(key.open(envelope, kind_aad(KIND_PACK_HEADER), f"header of pack {pack_id}"))
     end = size - TRAILER_SIZE - hlen
     if blobs and blobs[-1].offset + blobs[-1].length != end:
-        raise IntegrityError(f"pack {pack_id}: header describes {blobs[-1].offset + blobs[-1].length} bytes of blobs, pack has {end}")
+        described = blobs[-1].offset + blobs[-1].length
+        raise IntegrityError(f"pack {pack_id}: header describes {described} bytes of blobs, pack has {end}")
     return blobs

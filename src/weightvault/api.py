@@ -1,0 +1,290 @@
+"""The public Python API. The CLI, integrations and the web dashboard use only this module.
+
+    from weightvault.api import Repository
+    repo = Repository.open("/backups/repo", password="...")
+    result = repo.backup(["runs/exp7"], tags=["run=exp7", "step=2000"])
+    repo.restore("latest:run=exp7", target="/tmp/exp7", verify=True)
+    assert repo.check(read_data=True).ok
+
+Errors are ``weightvault.errors.WeightvaultError`` subclasses, each with an ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from weightvault.backends.local import LocalBackend
+from weightvault.codec.crypto import KdfParams
+from weightvault.errors import RepositoryNotFoundError, UsageError, WeightvaultError
+from weightvault.ops import backup as _backup
+from weightvault.ops import check as _check
+from weightvault.ops import diff as _diff
+from weightvault.ops import restore as _restore
+from weightvault.ops import stats as _stats
+from weightvault.ops.backup import BackupResult
+from weightvault.ops.check import CheckResult
+from weightvault.ops.diff import DiffEntry, DiffResult
+from weightvault.ops.progress import Progress, ProgressCallback
+from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
+from weightvault.ops.stats import Stats
+from weightvault.repository import keys as _keys
+from weightvault.repository import locks as _locks
+from weightvault.repository.keys import KeyInfo
+from weightvault.repository.locks import LockInfo
+from weightvault.repository.manifest import Node, iter_manifest
+from weightvault.repository.repo import Repository as _Engine
+from weightvault.repository.snapshots import Snapshot, resolve_snapshot
+
+__all__ = [
+    "OVERWRITE_MODES",
+    "BackupResult",
+    "CheckResult",
+    "DefaultRepository",
+    "DiffEntry",
+    "DiffResult",
+    "KdfParams",
+    "KeyInfo",
+    "LockInfo",
+    "Node",
+    "Progress",
+    "ProgressCallback",
+    "Repository",
+    "RestoreResult",
+    "Snapshot",
+    "Stats",
+    "default_key_file",
+    "default_repository_path",
+    "open_or_create_default",
+    "read_password_file",
+]
+
+
+def _pw(password: str | bytes) -> bytes:
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    if not password:
+        raise UsageError("the password is empty", hint="set $WEIGHTVAULT_PASSWORD or use --password-file")
+    return password
+
+
+def read_password_file(path: str | os.PathLike[str]) -> bytes:
+    """The first line of a password file, without its line ending."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from exc
+    return _pw(data.splitlines()[0] if data else b"")
+
+
+def default_repository_path() -> Path:
+    """The embedded default repository: $XDG_DATA_HOME/weightvault/repo (~/.local/share/...)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "weightvault" / "repo"
+
+
+def default_key_file() -> Path:
+    """Generated password of the default repository: $XDG_CONFIG_HOME/weightvault/default-repo.key."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "weightvault" / "default-repo.key"
+
+
+class Repository:
+    """An open, unlocked repository. Methods take the locks they need."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self._repo = engine
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, location: str | os.PathLike[str], password: str | bytes, *, kdf: KdfParams | None = None) -> Repository:
+        return cls(_Engine.init(LocalBackend(location), _pw(password), kdf=kdf))
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str], password: str | bytes) -> Repository:
+        if not Path(location, "config").exists() and not Path(location).is_dir():
+            raise RepositoryNotFoundError(
+                f"no repository at {location}", hint=f"create one with `weightvault -r {location} init`"
+            )
+        return cls(_Engine.open(LocalBackend(location), _pw(password)))
+
+    @property
+    def location(self) -> str:
+        return self._repo.backend.location
+
+    @property
+    def id(self) -> str:
+        return self._repo.config.repo_id
+
+    # -- snapshots -------------------------------------------------------------------------------
+    def snapshots(self, tags: Sequence[str] = (), paths: Sequence[str] = (), host: str | None = None) -> list[Snapshot]:
+        """Snapshots oldest first, filtered: every tag must be present; any path may match."""
+        absp = {os.path.abspath(p) for p in paths}
+        return [
+            s
+            for s in self._repo.snapshots()
+            if all(s.has_tag(t) for t in tags)
+            and (not absp or any(p in absp for p in s.paths))
+            and (host is None or s.host == host)
+        ]
+
+    def find_snapshot(self, spec: str) -> Snapshot:
+        """Resolve an id prefix, 'latest', 'latest:k=v' or '@TIME'."""
+        return resolve_snapshot(spec, self._repo.snapshots())
+
+    def ls(self, spec: str, path: str | None = None) -> list[Node]:
+        snap = self.find_snapshot(spec)
+        prefix = os.fsencode(path.strip("/")) if path else b""
+        return [
+            n
+            for n in iter_manifest(snap.tree, self._repo.load_blob)
+            if not prefix or n.path == prefix or n.path.startswith(prefix + b"/")
+        ]
+
+    def diff(self, spec_a: str, spec_b: str) -> DiffResult:
+        return _diff.diff(self._repo, self.find_snapshot(spec_a), self.find_snapshot(spec_b))
+
+    # -- operations ------------------------------------------------------------------------------
+    def backup(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        tags: Sequence[str] = (),
+        excludes: Sequence[str] = (),
+        exclude_caches: bool = False,
+        force: bool = False,
+        parent: str | None = None,
+        host: str | None = None,
+        time: datetime | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> BackupResult:
+        """Back up ``paths`` into one snapshot. Unreadable files are listed in ``result.errors``."""
+        for t in tags:
+            if not t or "\n" in t:
+                raise UsageError(f"invalid tag {t!r}")
+        opts = _backup.BackupOptions(
+            tags=list(tags), excludes=list(excludes), exclude_caches=exclude_caches, force=force,
+            parent=self.find_snapshot(parent).id if parent else None, host=host, time=time, progress=progress,
+        )
+        with self._repo.lock(exclusive=False):
+            self._repo.load_index()
+            return _backup.backup(self._repo, [os.fspath(p) for p in paths], opts)
+
+    def restore(
+        self,
+        spec: str,
+        target: str | os.PathLike[str],
+        *,
+        includes: Sequence[str] = (),
+        overwrite: str = "error",
+        verify: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> RestoreResult:
+        snap = self.find_snapshot(spec)
+        if overwrite not in OVERWRITE_MODES:
+            raise UsageError(f"unknown overwrite mode {overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
+        opts = _restore.RestoreOptions(includes=list(includes), overwrite=overwrite,  # type: ignore[arg-type]
+                                       verify=verify, progress=progress)
+        with self._repo.lock(exclusive=False):
+            return _restore.restore(self._repo, snap, os.fspath(target), opts)
+
+    def check(self, *, read_data: bool = False, subset: str | None = None,
+              progress: ProgressCallback | None = None) -> CheckResult:
+        sub = _check.parse_subset(subset) if subset else None
+        with self._repo.lock(exclusive=False):
+            return _check.check(self._repo, read_data=read_data, subset=sub, progress=progress)
+
+    def stats(self, spec: str | None = None) -> Stats:
+        snaps = [self.find_snapshot(spec)] if spec else self._repo.snapshots()
+        return _stats.stats(self._repo, snaps)
+
+    # -- keys and locks --------------------------------------------------------------------------
+    @property
+    def current_key(self) -> str:
+        return self._repo.key_name
+
+    def list_keys(self) -> list[KeyInfo]:
+        return _keys.list_keys(self._repo.backend)
+
+    def add_key(self, password: str | bytes, *, kdf: KdfParams | None = None) -> str:
+        return _keys.create_key_file(self._repo.backend, self.id, self._repo.key, _pw(password), kdf or KdfParams())
+
+    def remove_key(self, key_id: str) -> str:
+        """Remove a key file by id prefix. The key in use and the last key cannot be removed."""
+        from weightvault.backends.base import FileType
+
+        matches = [k.name for k in self.list_keys() if k.name.startswith(key_id)]
+        if len(matches) != 1:
+            raise UsageError(f"key id {key_id!r} matches {len(matches)} keys; give a unique prefix")
+        if matches[0] == self._repo.key_name:
+            raise UsageError("refusing to remove the key this session is using", hint="open with another key first")
+        self._repo.backend.remove(FileType.KEY, matches[0])
+        return matches[0]
+
+    def change_password(self, new_password: str | bytes, *, kdf: KdfParams | None = None) -> str:
+        """Add a key for ``new_password``, then remove the current one. Returns the new key id."""
+        from weightvault.backends.base import FileType
+
+        old = self._repo.key_name
+        name = self.add_key(new_password, kdf=kdf)
+        self._repo.key_name = name
+        self._repo.backend.remove(FileType.KEY, old)
+        return name
+
+    def locks(self) -> list[LockInfo]:
+        return _locks.list_locks(self._repo.backend)
+
+    def unlock(self, remove_all: bool = False) -> list[LockInfo]:
+        return _locks.remove_stale_locks(self._repo.backend, remove_all)
+
+
+@dataclass(frozen=True)
+class DefaultRepository:
+    repository: Repository
+    created: bool
+    key_file: Path | None  # the generated key file, when this call created it
+
+
+def open_or_create_default(password: str | bytes | None, *, create: bool) -> DefaultRepository:
+    """Open the embedded default repository, creating it (and a key file, mode 0600) if asked.
+
+    With no password, the generated key file is used; with one, it protects the new repository.
+    """
+    path = default_repository_path()
+    keyfile = default_key_file()
+    if password is None and keyfile.exists():
+        password = read_password_file(keyfile)
+    if (path / "config").exists():
+        if password is None:
+            raise UsageError(
+                f"the default repository at {path} needs a password and {keyfile} does not exist",
+                hint="set $WEIGHTVAULT_PASSWORD or use --password-file",
+            )
+        return DefaultRepository(Repository.open(path, password), False, None)
+    if not create:
+        raise RepositoryNotFoundError(
+            f"the default repository {path} does not exist yet",
+            hint="run `weightvault init` or a first `weightvault backup PATH`",
+        )
+    generated = None
+    if password is None:
+        password = secrets.token_urlsafe(32)
+        keyfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, password.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        generated = keyfile
+    try:
+        repo = Repository.init(path, password)
+    except WeightvaultError:
+        if generated is not None:
+            generated.unlink()
+        raise
+    return DefaultRepository(repo, True, generated)

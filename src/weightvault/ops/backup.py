@@ -1,0 +1,297 @@
+"""Backup: walk sources, chunk and store changed files, write the manifest, commit a snapshot.
+
+Pipeline: the calling thread walks, reads and chunks (FastCDC runs without the GIL) and hashes the
+whole file (SHA-256); a thread pool computes blob ids, compresses, encrypts and fills packs
+(BLAKE3, zstd and ChaCha20 all release the GIL), so both cores are busy. At most ``2 * workers + 2``
+chunks are in flight, which bounds memory whatever the file size.
+
+Files whose size, mtime, ctime and inode match the parent snapshot (and whose blobs are all
+indexed) are not read again. A file that changes while being read (re-stat differs) is re-read up
+to ``MAX_REREADS`` times, then stored as read and reported in ``warnings``. Unreadable files are
+skipped and reported in ``errors``; the snapshot is still committed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from weightvault import __version__
+from weightvault.chunking.registry import SplitterRegistry, default_registry
+from weightvault.errors import SnapshotNotFoundError, UsageError
+from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.ops.walk import Entry, WalkError, walk_source
+from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
+from weightvault.repository.repo import Repository
+from weightvault.repository.snapshots import Snapshot
+from weightvault.types import BlobType
+
+__all__ = ["MAX_REREADS", "BackupOptions", "BackupResult", "backup", "find_parent"]
+
+MAX_REREADS = 2
+
+
+@dataclass
+class BackupOptions:
+    tags: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    exclude_caches: bool = False
+    parent: str | None = None  # snapshot id; None: newest with the same host and paths
+    force: bool = False  # re-read every file
+    host: str | None = None
+    time: datetime | None = None
+    workers: int = 0  # 0: one per CPU
+    progress: ProgressCallback | None = None
+    registry: SplitterRegistry | None = None
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    errors: list[tuple[str, str]]
+    warnings: list[tuple[str, str]]
+
+
+def _root_name(abs_path: bytes) -> bytes:
+    name = os.path.basename(abs_path.rstrip(b"/"))
+    return name or b"ROOT"
+
+
+def find_parent(repo: Repository, host: str, paths: list[str]) -> Snapshot | None:
+    cands = [s for s in repo.snapshots() if s.host == host and sorted(s.paths) == sorted(paths)]
+    return cands[-1] if cands else None
+
+
+def _unchanged(prev: Node | None, st: os.stat_result, repo: Repository) -> bool:
+    return (
+        prev is not None
+        and prev.type == "file"
+        and prev.size == st.st_size
+        and prev.mtime_ns == st.st_mtime_ns
+        and prev.ctime_ns == st.st_ctime_ns
+        and prev.ino == st.st_ino
+        and prev.sha256 is not None
+        and all(repo.has_blob(b) for b in prev.blobs)
+    )
+
+
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+
+
+def _meta(node: Node, st: os.stat_result) -> Node:
+    node.mode = stat.S_IMODE(st.st_mode)
+    node.mtime_ns, node.ctime_ns, node.ino = st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+    node.uid, node.gid = st.st_uid, st.st_gid
+    return node
+
+
+class _Saver:
+    """Submits chunks to the worker pool with a bound on chunks in flight."""
+
+    def __init__(self, repo: Repository, workers: int) -> None:
+        self.repo = repo
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-backup")
+        self.slots = threading.BoundedSemaphore(2 * workers + 2)
+
+    def submit(self, data: bytes) -> Future[tuple[bytes, bool]]:
+        self.slots.acquire()
+        try:
+            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data)
+        except BaseException:
+            self.slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self.slots.release())
+        return fut
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _read_file(
+    e: Entry, saver: _Saver, registry: SplitterRegistry, repo: Repository, on_bytes: Callable[[int], None]
+) -> tuple[Node, bool]:
+    """Chunk and store one file. Returns its node and whether it changed while being read."""
+    fd = os.open(e.abs, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb", buffering=0) as raw:
+        f: BinaryIO = raw
+        before = os.fstat(fd)
+        head = os.pread(fd, 65536, 0)
+        splitter = registry.select(os.path.basename(e.rel), head)
+        sha = hashlib.sha256()
+        futures: list[Future[tuple[bytes, bool]]] = []
+        size = 0
+        for chunk in splitter.split(f, repo.chunker):
+            sha.update(chunk.data)
+            size += len(chunk.data)
+            futures.append(saver.submit(chunk.data))
+            on_bytes(len(chunk.data))
+        blobs = [fut.result()[0] for fut in futures]
+        after = os.fstat(fd)
+    try:
+        now = os.lstat(e.abs)
+        replaced = now.st_ino != after.st_ino
+    except OSError:
+        replaced = True
+    node = Node(path=e.rel, type="file", size=size, blobs=blobs, sha256=sha.hexdigest())
+    changed = size != after.st_size or not _same_version(before, after) or replaced
+    return _meta(node, after), changed
+
+
+def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = None) -> BackupResult:
+    """Back up ``sources`` into ``repo`` (the caller holds a shared lock). Returns the committed snapshot."""
+    opts = opts or BackupOptions()
+    if not sources:
+        raise UsageError("nothing to back up: give at least one path")
+    abs_paths = [os.path.abspath(os.fsencode(p)) for p in sources]
+    roots: dict[bytes, bytes] = {}
+    for p in abs_paths:
+        if not os.path.lexists(p):
+            raise UsageError(f"source {os.fsdecode(p)} does not exist")
+        name = _root_name(p)
+        if name in roots and roots[name] != p:
+            raise UsageError(
+                f"sources {os.fsdecode(roots[name])} and {os.fsdecode(p)} share the name {os.fsdecode(name)!r}",
+                hint="back them up in separate snapshots or from a common parent directory",
+            )
+        roots[name] = p
+    path_strs = sorted(os.fsdecode(p) for p in roots.values())
+    host = opts.host or socket.gethostname()
+    registry = opts.registry or default_registry()
+    workers = opts.workers or os.cpu_count() or 2
+
+    repo.recover_unindexed_packs()
+    parent: Snapshot | None = None
+    if opts.parent:
+        try:
+            parent = repo.load_snapshot(opts.parent)
+        except Exception as exc:
+            raise SnapshotNotFoundError(f"parent snapshot {opts.parent} not found") from exc
+    elif not opts.force:
+        parent = find_parent(repo, host, path_strs)
+    previous: dict[bytes, Node] = {}
+    if parent is not None and not opts.force:
+        previous = {n.path: n for n in iter_manifest(parent.tree, repo.load_blob) if n.type == "file"}
+
+    reporter = Reporter(opts.progress, "backup")
+    if opts.progress is not None:
+        tf = tb = 0
+        for name, p in sorted(roots.items()):
+            for e in walk_source(p, name, opts.excludes, opts.exclude_caches):
+                if isinstance(e, Entry) and stat.S_ISREG(e.st.st_mode):
+                    tf, tb = tf + 1, tb + e.st.st_size
+        reporter.set_totals(tf, tb)
+
+    errors: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    totals = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0, "files_new": 0, "files_changed": 0,
+              "files_unmodified": 0, "bytes_read": 0}
+    start = time.monotonic()
+    blobs_before, stored_before = repo.stats_new_blobs, repo.stats_new_stored
+    writer = ManifestWriter()
+    saver = _Saver(repo, workers)
+    try:
+        for name, p in sorted(roots.items()):
+            for e in walk_source(p, name, opts.excludes, opts.exclude_caches):
+                if isinstance(e, WalkError):
+                    errors.append((os.fsdecode(e.rel), e.reason))
+                    continue
+                mode = e.st.st_mode
+                if stat.S_ISDIR(mode):
+                    writer.add(_meta(Node(path=e.rel, type="dir"), e.st))
+                    totals["dirs"] += 1
+                elif stat.S_ISLNK(mode):
+                    try:
+                        target = os.readlink(e.abs)
+                    except OSError as exc:
+                        errors.append((os.fsdecode(e.rel), exc.strerror or str(exc)))
+                        continue
+                    writer.add(_meta(Node(path=e.rel, type="symlink", target=target), e.st))
+                    totals["symlinks"] += 1
+                elif stat.S_ISREG(mode):
+                    prev = previous.get(e.rel)
+                    if _unchanged(prev, e.st, repo):
+                        assert prev is not None
+                        node = _meta(Node(path=e.rel, type="file", size=prev.size, blobs=prev.blobs,
+                                          sha256=prev.sha256), e.st)
+                        totals["files_unmodified"] += 1
+                        reporter.add(files=1, nbytes=e.st.st_size, current=os.fsdecode(e.rel))
+                    else:
+                        node_or_none = _backup_file(e, saver, registry, repo, reporter, errors, warnings, totals)
+                        if node_or_none is None:
+                            continue
+                        node = node_or_none
+                        totals["files_changed" if prev is not None else "files_new"] += 1
+                        reporter.add(files=1, current=os.fsdecode(e.rel))
+                    writer.add(node)
+                    totals["files"] += 1
+                    totals["bytes"] += node.size
+                else:
+                    warnings.append((os.fsdecode(e.rel), "special file (device, fifo or socket) not backed up"))
+    finally:
+        saver.close()
+    tree = writer.finish(lambda data: repo.save_blob(BlobType.TREE, data)[0])
+    repo.flush()  # packs, then index: everything the snapshot references is durable
+    reporter.done()
+    summary: dict[str, float] = dict(totals)
+    summary.update(
+        duration_s=round(time.monotonic() - start, 3),
+        blobs_added=repo.stats_new_blobs - blobs_before,
+        stored_bytes_added=repo.stats_new_stored - stored_before,
+        errors=len(errors),
+    )
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    snap = Snapshot(
+        time=(opts.time or datetime.now(UTC)).isoformat(),
+        host=host,
+        user=user,
+        paths=path_strs,
+        tags=list(opts.tags),
+        tree=tree,
+        parent=parent.id if parent else None,
+        summary=summary,
+        program_version=__version__,
+    )
+    repo.save_snapshot(snap)
+    return BackupResult(snap, errors, warnings)
+
+
+def _backup_file(
+    e: Entry,
+    saver: _Saver,
+    registry: SplitterRegistry,
+    repo: Repository,
+    reporter: Reporter,
+    errors: list[tuple[str, str]],
+    warnings: list[tuple[str, str]],
+    totals: dict[str, int],
+) -> Node | None:
+    """Read a new or changed file, re-reading it if it changes meanwhile; None if unreadable."""
+    rel = os.fsdecode(e.rel)
+    for attempt in range(MAX_REREADS + 1):
+        try:
+            node, changed = _read_file(e, saver, registry, repo, lambda n: reporter.add(nbytes=n))
+        except OSError as exc:
+            errors.append((rel, exc.strerror or str(exc)))
+            return None
+        totals["bytes_read"] += node.size
+        if not changed:
+            return node
+        if attempt == MAX_REREADS:
+            warnings.append(
+                (rel, f"changed while being read ({MAX_REREADS + 1} attempts); stored the bytes of the last read")
+            )
+    return node

@@ -1,0 +1,163 @@
+"""Check: verify the repository's structure and, optionally, every stored byte.
+
+Without ``read_data``: every index file decrypts; every indexed pack exists and its header agrees
+with the index; every snapshot decrypts; every manifest loads and every blob it references is
+indexed. With ``read_data`` (or a subset ``n/t`` / ``x%``): each selected pack is read whole, its
+BLAKE3 must equal its name, and every blob in it is authenticated, decompressed and hash-checked.
+Problems name the blob, the pack and the snapshot files that use the blob.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import blake3
+
+from weightvault.backends.base import FileType
+from weightvault.errors import UsageError, WeightvaultError
+from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.repository.index import decode_index_file
+from weightvault.repository.manifest import iter_manifest
+from weightvault.repository.packer import read_pack_header
+from weightvault.repository.repo import Repository
+from weightvault.types import PackedBlob
+
+__all__ = ["CheckResult", "check", "parse_subset", "select_packs"]
+
+
+@dataclass
+class CheckResult:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    packs: int = 0
+    packs_read: int = 0
+    blobs_read: int = 0
+    bytes_read: int = 0
+    snapshots: int = 0
+    bad_blobs: dict[str, list[str]] = field(default_factory=dict)  # blob hex -> ["snap:path", ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def parse_subset(spec: str) -> tuple[int, int] | float:
+    """'n/t' -> (n, t) with 1 <= n <= t; 'x%' -> fraction in (0, 1]."""
+    try:
+        if spec.endswith("%"):
+            frac = float(spec[:-1]) / 100
+            if not 0 < frac <= 1:
+                raise ValueError
+            return frac
+        n, t = (int(x) for x in spec.split("/"))
+        if not 1 <= n <= t:
+            raise ValueError
+        return n, t
+    except ValueError:
+        raise UsageError(f"invalid subset {spec!r}", hint="use n/t (e.g. 1/10) or a percentage (e.g. 5%)") from None
+
+
+def select_packs(pack_ids: list[str], subset: tuple[int, int] | float | None) -> list[str]:
+    """Deterministic selection: n/t takes packs whose id falls in bucket n of t (all t buckets cover
+    every pack); x% takes packs whose id hashes below x of the id space."""
+    if subset is None:
+        return sorted(pack_ids)
+    if isinstance(subset, tuple):
+        n, t = subset
+        return sorted(p for p in pack_ids if int(p[:8], 16) % t == n - 1)
+    limit = subset * 2**32
+    return sorted(p for p in pack_ids if int(p[:8], 16) < limit)
+
+
+def check(
+    repo: Repository,
+    read_data: bool = False,
+    subset: tuple[int, int] | float | None = None,
+    progress: ProgressCallback | None = None,
+) -> CheckResult:
+    res = CheckResult()
+    # 1. index files
+    indexed: dict[str, dict[bytes, PackedBlob]] = defaultdict(dict)
+    for name, _ in repo.backend.list(FileType.INDEX):
+        try:
+            for pack_id, blobs in decode_index_file(repo.key, name, repo.backend.load(FileType.INDEX, name)).items():
+                for b in blobs:
+                    indexed[pack_id][b.blob_id] = b
+                repo.index.add_pack(pack_id, blobs)
+        except WeightvaultError as exc:
+            res.errors.append(f"index file {name}: {exc.message}")
+    # 2. packs against the index
+    on_disk = dict(repo.backend.list(FileType.PACK))
+    res.packs = len(on_disk)
+    missing_blobs: set[bytes] = set()
+    for pack_id in sorted(set(indexed) - set(on_disk)):
+        res.errors.append(f"pack {pack_id} is in the index but missing from the repository ({len(indexed[pack_id])} blobs)")
+        missing_blobs.update(indexed[pack_id])
+    for pack_id in sorted(set(on_disk) - set(indexed)):
+        res.warnings.append(f"pack {pack_id} is not indexed (left by an interrupted backup; the next backup reuses it)")
+    bad: dict[bytes, str] = {}
+    for pack_id in sorted(set(on_disk) & set(indexed)):
+        try:
+            header = {b.blob_id: b for b in read_pack_header(repo.backend, repo.key, pack_id, on_disk[pack_id])}
+        except WeightvaultError as exc:
+            res.errors.append(f"pack {pack_id}: header unreadable: {exc.message}")
+            for bid in indexed[pack_id]:
+                bad[bid] = f"pack {pack_id} header unreadable"
+            continue
+        for bid, b in indexed[pack_id].items():
+            if header.get(bid) != b:
+                res.errors.append(f"pack {pack_id}: blob {bid.hex()} in the index does not match the pack header")
+                bad[bid] = f"pack {pack_id} header mismatch"
+    # 3. read data
+    if read_data or subset is not None:
+        chosen = select_packs([p for p in on_disk if p in indexed], subset)
+        reporter = Reporter(progress, "check")
+        reporter.set_totals(len(chosen), sum(on_disk[p] for p in chosen))
+        for pack_id in chosen:
+            _read_pack(repo, pack_id, indexed[pack_id], res, bad)
+            reporter.add(files=1, nbytes=on_disk[pack_id])
+        reporter.done()
+    # 4. snapshots and manifests
+    users: dict[bytes, list[str]] = defaultdict(list)
+    for snap_id in repo.list_snapshot_ids():
+        try:
+            snap = repo.load_snapshot(snap_id)
+        except WeightvaultError as exc:
+            res.errors.append(f"snapshot {snap_id}: {exc.message}")
+            continue
+        res.snapshots += 1
+        try:
+            for node in iter_manifest(snap.tree, repo.load_blob):
+                for bid in node.blobs:
+                    if bid in bad or bid in missing_blobs or bid not in repo.index:
+                        users[bid].append(f"{snap.short_id}:{node.path.decode('utf-8', 'replace')}")
+        except WeightvaultError as exc:
+            res.errors.append(f"snapshot {snap.short_id}: manifest unreadable: {exc.message}")
+    for bid, files in users.items():
+        reason = bad.get(bid) or ("its pack is missing" if bid in missing_blobs else "not in any index")
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        res.errors.append(f"blob {bid.hex()} ({reason}) is used by {shown}")
+        res.bad_blobs[bid.hex()] = files
+    return res
+
+
+def _read_pack(repo: Repository, pack_id: str, blobs: dict[bytes, PackedBlob], res: CheckResult, bad: dict[bytes, str]) -> None:
+    try:
+        data = repo.backend.load(FileType.PACK, pack_id)
+    except WeightvaultError as exc:
+        res.errors.append(f"pack {pack_id}: cannot be read: {exc.message}")
+        for bid in blobs:
+            bad[bid] = f"pack {pack_id} unreadable"
+        return
+    res.packs_read += 1
+    res.bytes_read += len(data)
+    if blake3.blake3(data).hexdigest() != pack_id:
+        res.errors.append(f"pack {pack_id}: content hash does not match its name (the file is corrupted)")
+    for bid, b in blobs.items():
+        try:
+            repo.decode_blob(pack_id, b, data[b.offset : b.offset + b.length])
+            res.blobs_read += 1
+        except WeightvaultError as exc:
+            res.errors.append(exc.message)
+            bad[bid] = f"corrupt in pack {pack_id}"

@@ -1,0 +1,335 @@
+"""Restore: write a snapshot (or part of it) under a target directory, safely.
+
+Safety: every manifest path is validated before anything is written (no absolute paths, no "."
+or ".." components, no empty components, no NUL); directories are walked with ``O_NOFOLLOW``
+relative to directory file descriptors, so no symlink (planted in the snapshot or already in the
+target) is ever followed; files are written to a temporary name, fsynced, hash-checked and then
+renamed into place. Symlinks are created last and never written through.
+
+Overwrite modes for paths that already exist in the target:
+  error      (default) refuse, before writing anything, if an existing file differs
+  never      keep existing files; restore only what is missing
+  if-changed replace existing files whose content differs; leave identical ones alone
+  always     replace everything
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from weightvault.errors import (
+    NoSpaceError,
+    RestoreConflictError,
+    UnsafePathError,
+    UsageError,
+    VerificationError,
+)
+from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.ops.walk import matches_any
+from weightvault.repository.manifest import Node, iter_manifest
+from weightvault.repository.repo import Repository
+from weightvault.repository.snapshots import Snapshot
+
+__all__ = ["OVERWRITE_MODES", "RestoreOptions", "RestoreResult", "check_path", "restore"]
+
+OverwriteMode = Literal["error", "never", "if-changed", "always"]
+OVERWRITE_MODES: tuple[str, ...] = ("error", "never", "if-changed", "always")
+_TMP = b".wvtmp-"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+@dataclass
+class RestoreOptions:
+    includes: list[str] = field(default_factory=list)
+    overwrite: OverwriteMode = "error"
+    verify: bool = False  # re-read each file from disk after fsync and compare SHA-256
+    workers: int = 0
+    progress: ProgressCallback | None = None
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    verified: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_path(path: bytes) -> list[bytes]:
+    """Split a manifest path into safe components or raise UnsafePathError."""
+    shown = os.fsdecode(path)
+    if not path or path.startswith(b"/") or b"\0" in path:
+        raise UnsafePathError(f"snapshot entry {shown!r} is absolute or empty; refusing to restore")
+    parts = path.split(b"/")
+    for p in parts:
+        if p in (b"", b".", b".."):
+            raise UnsafePathError(f"snapshot entry {shown!r} contains {os.fsdecode(p)!r}; refusing to restore")
+    return parts
+
+
+class _Dirs:
+    """Opens directories under the target one component at a time without following symlinks."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._cache: dict[tuple[bytes, ...], int] = {(): root_fd}
+
+    def open(self, parts: tuple[bytes, ...], create: bool) -> int:
+        fd = self._cache.get(parts)
+        if fd is not None:
+            return fd
+        parent = self.open(parts[:-1], create)
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(
+                    f"{os.fsdecode(b'/'.join(parts))} in the target is a symlink or not a directory; refusing to"
+                    " write through it",
+                    hint="restore into an empty directory or remove the conflicting entry",
+                ) from exc
+            raise
+        self._cache[parts] = fd
+        return fd
+
+    def close(self) -> None:
+        for key, fd in self._cache.items():
+            if key:
+                os.close(fd)
+        self._cache = {(): self.root_fd}
+
+
+def _selected(snap: Snapshot, repo: Repository, includes: list[str]) -> Iterator[tuple[Node, list[bytes]]]:
+    for n in iter_manifest(snap.tree, repo.load_blob):
+        parts = check_path(n.path)
+        if includes and not matches_any(n.path, includes):
+            continue
+        yield n, parts
+
+
+def _file_digest(dir_fd: int, name: bytes) -> str | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        while buf := f.read(1 << 20):
+            h.update(buf)
+    return h.hexdigest()
+
+
+def _existing_state(dir_fd: int, name: bytes, node: Node) -> str:
+    """'missing', 'same' or 'different' for the target entry at name."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return "missing"
+    if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
+        return "same" if _file_digest(dir_fd, name) == node.sha256 else "different"
+    if node.type == "symlink" and stat.S_ISLNK(st.st_mode):
+        return "same" if os.readlink(name, dir_fd=dir_fd) == node.target else "different"
+    return "different"
+
+
+def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions | None = None) -> RestoreResult:
+    """Restore ``snap`` under ``target`` (created if missing). Raises on unsafe or conflicting entries."""
+    opts = opts or RestoreOptions()
+    if opts.overwrite not in OVERWRITE_MODES:
+        raise UsageError(f"unknown overwrite mode {opts.overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
+    nodes = list(_selected(snap, repo, opts.includes))  # validates every path before writing
+    if opts.includes and not nodes:
+        raise UsageError(f"no entry of snapshot {snap.short_id} matches {opts.includes}")
+    os.makedirs(target, exist_ok=True)
+    root_fd = os.open(target, _DIR_FLAGS)
+    dirs = _Dirs(root_fd)
+    result = RestoreResult()
+    reporter = Reporter(opts.progress, "restore")
+    reporter.set_totals(sum(1 for n, _ in nodes if n.type == "file"), sum(n.size for n, _ in nodes if n.type == "file"))
+    workers = opts.workers or os.cpu_count() or 2
+    try:
+        plan = _plan(nodes, dirs, opts.overwrite, result)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool:
+            for n, parts in plan:
+                if n.type == "dir":
+                    dirs.open(tuple(parts), create=True)
+                    result.dirs += 1
+                elif n.type == "file":
+                    _restore_file(repo, pool, dirs, n, parts, opts.verify, reporter, result)
+        for n, parts in plan:  # symlinks after all files: nothing is ever written through them
+            if n.type == "symlink":
+                _restore_symlink(dirs, n, parts)
+                result.symlinks += 1
+        for n, parts in reversed(plan):  # directory metadata last, deepest first
+            if n.type == "dir":
+                fd = dirs.open(tuple(parts), create=True)
+                os.chmod(fd, n.mode)
+                os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
+        for fd in {dirs.open(tuple(p[:-1]), create=True) for _, p in plan}:
+            os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(
+                f"no space left on the restore target {target}",
+                hint="free space there (files already renamed into place are complete)",
+            ) from exc
+        raise
+    finally:
+        dirs.close()
+        os.close(root_fd)
+    reporter.done()
+    return result
+
+
+def _plan(
+    nodes: list[tuple[Node, list[bytes]]], dirs: _Dirs, mode: str, result: RestoreResult
+) -> list[tuple[Node, list[bytes]]]:
+    """Apply the overwrite mode; raises RestoreConflictError (mode 'error') before any write."""
+    plan, conflicts = [], []
+    for n, parts in nodes:
+        if n.type == "dir":
+            plan.append((n, parts))
+            continue
+        try:
+            parent_fd = dirs.open(tuple(parts[:-1]), create=False)
+        except FileNotFoundError:
+            plan.append((n, parts))
+            continue
+        state = _existing_state(parent_fd, parts[-1], n)
+        if state == "missing" or mode == "always":
+            plan.append((n, parts))
+        elif state == "same" or mode == "never":
+            result.skipped += 1
+        elif mode == "if-changed":
+            plan.append((n, parts))
+        else:
+            conflicts.append(os.fsdecode(n.path))
+    if conflicts:
+        more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+        raise RestoreConflictError(
+            f"{len(conflicts)} file(s) in the target differ from the snapshot: {', '.join(conflicts[:5])}{more}",
+            hint="choose --overwrite always|if-changed|never, or restore into an empty directory",
+        )
+    return plan
+
+
+def _restore_file(
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    dirs: _Dirs,
+    n: Node,
+    parts: list[bytes],
+    verify: bool,
+    reporter: Reporter,
+    result: RestoreResult,
+) -> None:
+    parent_fd = dirs.open(tuple(parts[:-1]), create=True)
+    name = parts[-1]
+    tmp = _TMP + secrets.token_hex(6).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+    renamed = False
+    try:
+        sha = hashlib.sha256()
+        pos = 0
+        for data in _prefetch(pool, repo, n.blobs, lookahead=4):
+            sha.update(data)
+            if data.count(0) != len(data):  # all-zero chunks become holes (sparse files stay sparse)
+                _pwrite_all(fd, data, pos)
+            pos += len(data)
+            reporter.add(nbytes=len(data))
+        os.ftruncate(fd, pos)
+        if pos != n.size or sha.hexdigest() != n.sha256:
+            raise VerificationError(
+                f"{os.fsdecode(n.path)}: restored content does not match the manifest "
+                f"(size {pos} vs {n.size}, sha256 {sha.hexdigest()[:16]} vs {str(n.sha256)[:16]})"
+            )
+        os.fchmod(fd, n.mode)
+        os.fsync(fd)
+        if verify:
+            if _file_digest(parent_fd, tmp) != n.sha256:
+                raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
+            result.verified += 1
+        os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
+        if os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, n.uid, n.gid)
+        os.close(fd)
+        fd = -1
+        _replace(parent_fd, tmp, name)
+        renamed = True
+        result.files += 1
+        result.bytes += n.size
+        reporter.add(files=1, current=os.fsdecode(n.path))
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=parent_fd)
+
+
+def _replace(parent_fd: int, tmp: bytes, name: bytes) -> None:
+    """Rename tmp over name. An existing directory in the way is only replaced if empty."""
+    try:
+        os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+    except IsADirectoryError:
+        os.rmdir(name, dir_fd=parent_fd)
+        os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _prefetch(pool: ThreadPoolExecutor, repo: Repository, blobs: list[bytes], lookahead: int) -> Iterator[bytes]:
+    """Load blobs in parallel, yielding them in order, with at most ``lookahead`` in flight."""
+    futs = []
+    it = iter(blobs)
+    for b in it:
+        futs.append(pool.submit(repo.load_blob, b))
+        if len(futs) >= lookahead:
+            break
+    while futs:
+        data = futs.pop(0).result()
+        nxt = next(it, None)
+        if nxt is not None:
+            futs.append(pool.submit(repo.load_blob, nxt))
+        yield data
+
+
+def _restore_symlink(dirs: _Dirs, n: Node, parts: list[bytes]) -> None:
+    parent_fd = dirs.open(tuple(parts[:-1]), create=True)
+    name = parts[-1]
+    tmp = _TMP + secrets.token_hex(6).encode()
+    os.symlink(n.target or b"", tmp, dir_fd=parent_fd)
+    try:
+        _replace(parent_fd, tmp, name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=parent_fd)
+        raise
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.utime(name, ns=(n.mtime_ns, n.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+
+

@@ -1,0 +1,67 @@
+"""Stats: raw bytes, unique bytes after deduplication, stored bytes after compression/encryption."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from weightvault.backends.base import FileType
+from weightvault.repository.manifest import iter_manifest
+from weightvault.repository.repo import Repository
+from weightvault.repository.snapshots import Snapshot
+
+__all__ = ["Stats", "stats"]
+
+
+@dataclass
+class Stats:
+    snapshots: int
+    files: int
+    raw_bytes: int  # sum of file sizes over the selected snapshots
+    unique_bytes: int  # plaintext bytes of the distinct blobs they reference
+    stored_bytes: int  # bytes those blobs occupy in packs (compressed + encrypted)
+    blobs: int
+    repository_bytes: int  # size of every pack file (whole repository)
+    packs: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.raw_bytes / self.unique_bytes if self.unique_bytes else 1.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.unique_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    @property
+    def stored_fraction(self) -> float:
+        return self.stored_bytes / self.raw_bytes if self.raw_bytes else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            dedup_ratio=round(self.dedup_ratio, 4),
+            compression_ratio=round(self.compression_ratio, 4),
+            stored_fraction=round(self.stored_fraction, 4),
+        )
+        return d
+
+
+def stats(repo: Repository, snaps: list[Snapshot]) -> Stats:
+    seen: set[bytes] = set()
+    files = raw = unique = stored = 0
+    for snap in snaps:
+        for node in iter_manifest(snap.tree, repo.load_blob):
+            if node.type != "file":
+                continue
+            files += 1
+            raw += node.size
+            for bid in node.blobs:
+                if bid in seen:
+                    continue
+                seen.add(bid)
+                entry = repo.index.get(bid)
+                if entry is not None:
+                    unique += entry.blob.raw_length
+                    stored += entry.blob.length
+    packs = list(repo.backend.list(FileType.PACK))
+    return Stats(len(snaps), files, raw, unique, stored, len(seen), sum(s for _, s in packs), len(packs))

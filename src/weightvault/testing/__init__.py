@@ -1,0 +1,1 @@
+"""Test support shipped with the package: backend conformance suite, fault-injecting backends."""
