@@ -101,7 +101,9 @@ class Repository:
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def init(cls, location: str | os.PathLike[str], password: str | bytes, *, kdf: KdfParams | None = None) -> Repository:
+    def init(
+        cls, location: str | os.PathLike[str], password: str | bytes, *, kdf: KdfParams | None = None
+    ) -> Repository:
         return cls(_Engine.init(LocalBackend(location), _pw(password), kdf=kdf))
 
     @classmethod

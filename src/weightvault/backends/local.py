@@ -7,6 +7,7 @@ linked, for create-only) into place, and the directory is fsynced.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import os
@@ -153,7 +154,7 @@ class LocalBackend:
                     continue
                 yield e.name, e.stat(follow_symlinks=False).st_size
 
-    def list_temp_files(self) -> list[Path]:
+    def list_temp_files(self) -> builtins.list[Path]:
         """Leftover ``.tmp-*`` files of interrupted writes (harmless; prune removes them)."""
         return [p for p in self.root.rglob(f"{_TMP_PREFIX}*") if p.is_file()]
 

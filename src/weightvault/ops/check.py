@@ -92,7 +92,8 @@ def check(
     res.packs = len(on_disk)
     missing_blobs: set[bytes] = set()
     for pack_id in sorted(set(indexed) - set(on_disk)):
-        res.errors.append(f"pack {pack_id} is in the index but missing from the repository ({len(indexed[pack_id])} blobs)")
+        n = len(indexed[pack_id])
+        res.errors.append(f"pack {pack_id} is in the index but missing from the repository ({n} blobs)")
         missing_blobs.update(indexed[pack_id])
     for pack_id in sorted(set(on_disk) - set(indexed)):
         res.warnings.append(f"pack {pack_id} is not indexed (left by an interrupted backup; the next backup reuses it)")
@@ -142,7 +143,9 @@ def check(
     return res
 
 
-def _read_pack(repo: Repository, pack_id: str, blobs: dict[bytes, PackedBlob], res: CheckResult, bad: dict[bytes, str]) -> None:
+def _read_pack(
+    repo: Repository, pack_id: str, blobs: dict[bytes, PackedBlob], res: CheckResult, bad: dict[bytes, str]
+) -> None:
     try:
         data = repo.backend.load(FileType.PACK, pack_id)
     except WeightvaultError as exc:
