@@ -1,0 +1,202 @@
+"""The backend conformance suite: the contract of ``weightvault.backends.base`` as pytest tests.
+
+Subclass it in a test module (the subclass name must start with ``Test``) and override
+``make_backend``; every backend must pass it unchanged::
+
+    class TestLocalBackend(BackendConformance):
+        def make_backend(self, tmp_path: Path) -> Backend:
+            return LocalBackend(tmp_path / "repo")
+
+``make_backend`` returns a backend on which ``create()`` has not been called yet.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from weightvault.backends.base import Backend, FileType
+from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError
+
+__all__ = ["BackendConformance"]
+
+_NAMED = [t for t in FileType if t is not FileType.CONFIG]
+
+
+def _name(i: int) -> str:
+    return f"{i:02x}" + os.urandom(31).hex()
+
+
+class BackendConformance:
+    """Contract tests. Not collected itself (no ``Test`` prefix); subclasses are."""
+
+    def make_backend(self, tmp_path: Path) -> Backend:
+        raise NotImplementedError("override make_backend in the subclass")
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Backend:
+        b = self.make_backend(tmp_path)
+        b.create()
+        return b
+
+    # -- save / load -----------------------------------------------------------------------------
+    @pytest.mark.parametrize("ftype", list(FileType), ids=lambda t: t.value)
+    def test_save_load_roundtrip(self, backend: Backend, ftype: FileType) -> None:
+        name = "config" if ftype is FileType.CONFIG else _name(7)
+        data = os.urandom(1000) + b"\x00" * 100
+        backend.save(ftype, name, data)
+        assert backend.load(ftype, name) == data
+        assert backend.stat(ftype, name) == len(data)
+        assert list(backend.list(ftype)) == [(name, len(data))]
+
+    def test_empty_object(self, backend: Backend) -> None:
+        name = _name(1)
+        backend.save(FileType.INDEX, name, b"")
+        assert backend.load(FileType.INDEX, name) == b""
+        assert backend.stat(FileType.INDEX, name) == 0
+
+    def test_ranges(self, backend: Backend) -> None:
+        name = _name(2)
+        data = os.urandom(4096)
+        backend.save(FileType.PACK, name, data)
+        assert backend.load(FileType.PACK, name, 0, 10) == data[:10]
+        assert backend.load(FileType.PACK, name, 100, 1000) == data[100:1100]
+        assert backend.load(FileType.PACK, name, 4000) == data[4000:]
+        assert backend.load(FileType.PACK, name, 4088, 8) == data[-8:]
+        assert backend.load(FileType.PACK, name, 0, None) == data
+
+    def test_range_past_end_raises(self, backend: Backend) -> None:
+        name = _name(3)
+        backend.save(FileType.PACK, name, b"x" * 100)
+        with pytest.raises(BackendError):
+            backend.load(FileType.PACK, name, 90, 20)
+        with pytest.raises(BackendError):
+            backend.load(FileType.PACK, name, 200, 1)
+
+    def test_missing_object(self, backend: Backend) -> None:
+        for ftype in FileType:
+            name = "config" if ftype is FileType.CONFIG else _name(4)
+            with pytest.raises(ObjectNotFoundError):
+                backend.load(ftype, name)
+            with pytest.raises(ObjectNotFoundError):
+                backend.load(ftype, name, 0, 10)
+            with pytest.raises(ObjectNotFoundError):
+                backend.stat(ftype, name)
+
+    def test_large_object(self, backend: Backend) -> None:
+        name = _name(5)
+        data = os.urandom(24 * 1024 * 1024 + 123)
+        backend.save(FileType.PACK, name, data)
+        assert backend.stat(FileType.PACK, name) == len(data)
+        assert backend.load(FileType.PACK, name, 17 * 1024 * 1024, 1 << 20) == data[17 << 20 : 18 << 20]
+        assert backend.load(FileType.PACK, name) == data
+
+    # -- listing ---------------------------------------------------------------------------------
+    def test_list_by_type(self, backend: Backend) -> None:
+        saved: dict[FileType, dict[str, int]] = {}
+        for ftype in _NAMED:
+            saved[ftype] = {}
+            for i in range(5):
+                name, data = _name(i * 40), os.urandom(i * 10 + 1)
+                backend.save(ftype, name, data)
+                saved[ftype][name] = len(data)
+        for ftype in _NAMED:
+            listed = list(backend.list(ftype))
+            assert len(listed) == len(saved[ftype])  # no duplicates
+            assert dict(listed) == saved[ftype]
+        assert list(backend.list(FileType.CONFIG)) == []
+
+    def test_list_empty(self, backend: Backend) -> None:
+        for ftype in FileType:
+            assert list(backend.list(ftype)) == []
+
+    # -- remove ----------------------------------------------------------------------------------
+    def test_remove_is_idempotent(self, backend: Backend) -> None:
+        name = _name(6)
+        backend.save(FileType.LOCK, name, b"lock")
+        backend.remove(FileType.LOCK, name)
+        with pytest.raises(ObjectNotFoundError):
+            backend.load(FileType.LOCK, name)
+        assert list(backend.list(FileType.LOCK)) == []
+        backend.remove(FileType.LOCK, name)
+        backend.remove(FileType.PACK, _name(9))  # never existed
+
+    def test_remove_only_named_object(self, backend: Backend) -> None:
+        a, b = _name(1), _name(1)
+        backend.save(FileType.SNAPSHOT, a, b"a")
+        backend.save(FileType.SNAPSHOT, b, b"b")
+        backend.save(FileType.INDEX, a, b"index")
+        backend.remove(FileType.SNAPSHOT, a)
+        assert dict(backend.list(FileType.SNAPSHOT)) == {b: 1}
+        assert backend.load(FileType.INDEX, a) == b"index"
+
+    # -- create-only and overwrite ---------------------------------------------------------------
+    def test_create_only(self, backend: Backend) -> None:
+        name = _name(8)
+        backend.save(FileType.LOCK, name, b"first", create_only=True)
+        with pytest.raises(ObjectExistsError) as ei:
+            backend.save(FileType.LOCK, name, b"second", create_only=True)
+        assert name in str(ei.value)
+        assert backend.load(FileType.LOCK, name) == b"first"
+        assert list(backend.list(FileType.LOCK)) == [(name, 5)]
+
+    def test_create_only_race_has_one_winner(self, backend: Backend) -> None:
+        name = _name(10)
+        wins: list[int] = []
+        losses: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def contend(i: int) -> None:
+            barrier.wait()
+            try:
+                backend.save(FileType.LOCK, name, f"owner {i}".encode(), create_only=True)
+                wins.append(i)
+            except ObjectExistsError:
+                losses.append(i)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1 and len(losses) == 7
+        assert backend.load(FileType.LOCK, name) == f"owner {wins[0]}".encode()
+
+    def test_overwrite(self, backend: Backend) -> None:
+        name = _name(11)
+        backend.save(FileType.LOCK, name, b"old")
+        backend.save(FileType.LOCK, name, b"new and longer")
+        assert backend.load(FileType.LOCK, name) == b"new and longer"
+        backend.save(FileType.LOCK, name, b"new and longer")  # same bytes again: idempotent
+        assert list(backend.list(FileType.LOCK)) == [(name, 14)]
+
+    def test_overwrite_is_atomic_for_readers(self, backend: Backend) -> None:
+        name = _name(12)
+        versions = [bytes([v]) * (64 * 1024 * (v + 1)) for v in range(4)]
+        backend.save(FileType.LOCK, name, versions[0])
+        stop = threading.Event()
+        seen: list[bytes] = []
+
+        def read() -> None:
+            while not stop.is_set():
+                seen.append(backend.load(FileType.LOCK, name))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for i in range(40):
+                backend.save(FileType.LOCK, name, versions[i % 4])
+        finally:
+            stop.set()
+            reader.join()
+        assert seen
+        assert all(s in versions for s in seen), "a reader saw a partial or mixed object"
+
+    # -- misc ------------------------------------------------------------------------------------
+    def test_location_and_free_space(self, backend: Backend) -> None:
+        assert isinstance(backend.location, str) and backend.location
+        free = backend.free_space()
+        assert free is None or free >= 0

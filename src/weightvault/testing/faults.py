@@ -1,0 +1,170 @@
+"""Fault injection: a backend wrapper that fails, drops or corrupts chosen calls of a real backend.
+
+    fb = FaultyBackend(LocalBackend(path))
+    fb.fail("save", nth=3, ftype=FileType.PACK, error=enospc)   # third pack save raises NoSpaceError
+    fb.drop_write(nth=1, ftype=FileType.PACK)                     # first pack save "succeeds", stores nothing
+    fb.corrupt_read(nth=1, ftype=FileType.PACK, position=10)     # first pack load returns a flipped byte
+    fb.calls["save"], fb.calls_of("save", FileType.PACK)          # call counters
+
+Counting is per (operation, file type filter): ``nth`` is 1-based and counts only the calls that
+match the fault's filter. A fault fires ``times`` times in a row (default once), then is spent.
+Everything else is delegated unchanged to the wrapped backend. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from weightvault.backends.base import Backend, FileType
+from weightvault.backends.local import _convert as _convert_os_error
+from weightvault.errors import BackendError
+
+__all__ = ["FaultyBackend", "Op", "backend_error", "enospc", "os_error"]
+
+Op = Literal["save", "load", "stat", "list", "remove"]
+ErrorFactory = Callable[[FileType, str], BaseException]
+_OPS: tuple[Op, ...] = ("save", "load", "stat", "list", "remove")
+
+
+def os_error(code: int) -> ErrorFactory:
+    """An error factory raising what LocalBackend raises for ``OSError(code)`` on that object."""
+
+    def make(ftype: FileType, name: str) -> BaseException:
+        exc = OSError(code, os.strerror(code))
+        converted = _convert_os_error(exc, f"{ftype.value}/{name}")
+        converted.__cause__ = exc
+        return converted
+
+    return make
+
+
+enospc: ErrorFactory = os_error(errno.ENOSPC)
+
+
+def backend_error(ftype: FileType, name: str) -> BaseException:
+    """A permanent storage failure naming the object (e.g. EIO on a dying disk)."""
+    return BackendError(f"I/O error on {ftype.value}/{name}: injected fault")
+
+
+@dataclass
+class _Fault:
+    op: Op
+    action: Literal["raise", "drop", "corrupt"]
+    nth: int
+    times: int
+    ftype: FileType | None
+    error: ErrorFactory | None = None
+    position: int = 0
+    seen: int = 0
+    fired: int = 0
+
+    def matches(self, op: Op, ftype: FileType) -> bool:
+        """Count a matching call; True when this call is one the fault fires on."""
+        if op != self.op or (self.ftype is not None and ftype is not self.ftype):
+            return False
+        self.seen += 1
+        if self.seen >= self.nth and self.fired < self.times:
+            self.fired += 1
+            return True
+        return False
+
+
+class FaultyBackend:
+    """Wraps ``inner``; see the module docstring. ``fired`` lists (op, file type, name) of fired faults."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self.fired: builtins.list[tuple[str, FileType, str]] = []
+        self._typed: Counter[tuple[str, FileType]] = Counter()
+        self._faults: builtins.list[_Fault] = []
+        self._lock = threading.Lock()
+
+    # -- configuring faults ----------------------------------------------------------------------
+    def fail(
+        self, op: Op, *, error: ErrorFactory = backend_error, nth: int = 1, times: int = 1,
+        ftype: FileType | None = None,
+    ) -> None:
+        """Raise ``error(ftype, name)`` on the ``nth`` matching call of ``op`` (and ``times - 1`` after)."""
+        self._add(_Fault(op, "raise", nth, times, ftype, error=error))
+
+    def drop_write(self, *, nth: int = 1, times: int = 1, ftype: FileType | None = None) -> None:
+        """Report success for the ``nth`` matching save without storing anything."""
+        self._add(_Fault("save", "drop", nth, times, ftype))
+
+    def corrupt_read(self, *, nth: int = 1, times: int = 1, ftype: FileType | None = None, position: int = 0) -> None:
+        """Flip the bits of byte ``position`` (modulo the length read) in the ``nth`` matching load."""
+        self._add(_Fault("load", "corrupt", nth, times, ftype, position=position))
+
+    def clear(self) -> None:
+        """Forget every fault that has not fired yet; counters are kept."""
+        with self._lock:
+            self._faults.clear()
+
+    def calls_of(self, op: Op, ftype: FileType) -> int:
+        return self._typed[(op, ftype)]
+
+    def _add(self, fault: _Fault) -> None:
+        if fault.op not in _OPS or fault.nth < 1 or fault.times < 1:
+            raise ValueError(f"invalid fault {fault}")
+        with self._lock:
+            self._faults.append(fault)
+
+    def _hit(self, op: Op, ftype: FileType, name: str) -> _Fault | None:
+        with self._lock:
+            self.calls[op] += 1
+            self._typed[(op, ftype)] += 1
+            hit = None
+            for f in self._faults:
+                if f.matches(op, ftype) and hit is None:
+                    hit = f
+            self._faults = [f for f in self._faults if f.fired < f.times]
+            if hit is not None:
+                self.fired.append((op, ftype, name))
+        if hit is not None and hit.action == "raise":
+            assert hit.error is not None
+            raise hit.error(ftype, name)
+        return hit
+
+    # -- the Backend protocol --------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def create(self) -> None:
+        self.inner.create()
+
+    def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
+        if self._hit("save", ftype, name) is None:
+            self.inner.save(ftype, name, data, create_only=create_only)
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        fault = self._hit("load", ftype, name)
+        data = self.inner.load(ftype, name, offset, length)
+        if fault is not None and data:
+            buf = bytearray(data)
+            buf[fault.position % len(buf)] ^= 0xFF
+            data = bytes(buf)
+        return data
+
+    def stat(self, ftype: FileType, name: str) -> int:
+        self._hit("stat", ftype, name)
+        return self.inner.stat(ftype, name)
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
+        self._hit("list", ftype, "")
+        return self.inner.list(ftype)
+
+    def remove(self, ftype: FileType, name: str) -> None:
+        if self._hit("remove", ftype, name) is None:
+            self.inner.remove(ftype, name)
+
+    def free_space(self) -> int | None:
+        return self.inner.free_space()
