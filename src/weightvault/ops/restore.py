@@ -117,12 +117,22 @@ class _Dirs:
         self._cache = {(): self.root_fd}
 
 
-def _selected(snap: Snapshot, repo: Repository, includes: list[str]) -> Iterator[tuple[Node, list[bytes]]]:
-    for n in iter_manifest(snap.tree, repo.load_blob):
-        parts = check_path(n.path)
-        if includes and not matches_any(n.path, includes):
-            continue
-        yield n, parts
+def _selected(snap: Snapshot, repo: Repository, includes: list[str]) -> list[tuple[Node, list[bytes]]]:
+    """Validate every entry (not only the selected ones), then apply ``includes``.
+
+    Besides ``check_path``, no entry may lie below a file or symlink of the same snapshot: a crafted
+    manifest with ``link -> /elsewhere`` and ``link/x`` must not be half-restored.
+    """
+    nodes = [(n, check_path(n.path)) for n in iter_manifest(snap.tree, repo.load_blob)]
+    leaves = {n.path for n, _ in nodes if n.type != "dir"}
+    for n, parts in nodes:
+        for i in range(1, len(parts)):
+            if b"/".join(parts[:i]) in leaves:
+                raise UnsafePathError(
+                    f"snapshot entry {os.fsdecode(n.path)!r} lies below a file or symlink of the same snapshot;"
+                    " refusing to restore"
+                )
+    return [(n, parts) for n, parts in nodes if not includes or matches_any(n.path, includes)]
 
 
 def _file_digest(dir_fd: int, name: bytes) -> str | None:
@@ -155,7 +165,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
     opts = opts or RestoreOptions()
     if opts.overwrite not in OVERWRITE_MODES:
         raise UsageError(f"unknown overwrite mode {opts.overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
-    nodes = list(_selected(snap, repo, opts.includes))  # validates every path before writing
+    nodes = _selected(snap, repo, opts.includes)  # validates every path before writing
     if opts.includes and not nodes:
         raise UsageError(f"no entry of snapshot {snap.short_id} matches {opts.includes}")
     os.makedirs(target, exist_ok=True)

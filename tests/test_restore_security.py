@@ -1,0 +1,231 @@
+"""Restore cannot be turned against the user: crafted snapshots never write outside the target.
+
+Malicious manifests are built directly with the engine (ManifestWriter + Node + save_blob), the way
+an attacker who can write to a repository (or a bug in another writer) could.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import write
+from weightvault.api import Repository
+from weightvault.errors import RestoreConflictError, UnsafePathError
+from weightvault.repository.manifest import ManifestWriter, Node
+from weightvault.repository.snapshots import Snapshot
+from weightvault.types import BlobType
+
+MakeSnap = Callable[[list[Node]], str]
+
+
+@pytest.fixture
+def make_snapshot(repo: Repository) -> MakeSnap:
+    """Commit a snapshot whose manifest is exactly ``nodes``; returns its id."""
+    engine = repo._repo
+
+    def make(nodes: list[Node]) -> str:
+        w = ManifestWriter()
+        for n in nodes:
+            w.add(n)
+        tree = w.finish(lambda data: engine.save_blob(BlobType.TREE, data)[0])
+        engine.flush()
+        snap = Snapshot(time="2026-01-01T00:00:00+00:00", host="attacker", user="mallory",
+                        paths=["/x"], tags=[], tree=tree)
+        return engine.save_snapshot(snap)
+
+    return make
+
+
+@pytest.fixture
+def file_node(repo: Repository) -> Callable[[bytes, bytes], Node]:
+    engine = repo._repo
+
+    def make(path: bytes, data: bytes) -> Node:
+        bid, _ = engine.save_blob(BlobType.DATA, data)
+        return Node(path=path, type="file", mode=0o644, size=len(data), blobs=[bid],
+                    sha256=hashlib.sha256(data).hexdigest())
+
+    return make
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory outside every restore target, with a sentinel file."""
+    d = tmp_path / "outside"
+    write(d / "victim", b"precious")
+    return d
+
+
+def _listing(root: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            out[str(p.relative_to(root))] = (
+                f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes()
+            )
+    return out
+
+
+def _assert_untouched(outside: Path, work: Path) -> None:
+    assert _listing(outside) == {"victim": b"precious"}
+    assert sorted(os.listdir(work)) in ([], ["target"])
+
+
+def _good(file_node: Callable[[bytes, bytes], Node]) -> list[Node]:
+    return [Node(path=b"ok", type="dir", mode=0o755), file_node(b"ok/good", b"fine")]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"../evil", b"a/../../evil", b"a/..", b"..", b"a//b", b".", b"./evil", b"a/./b", b"a/", b"", b"ev\0il",
+     b"/ABS/evil"],
+    ids=repr,
+)
+def test_unsafe_paths_refused_before_any_write(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path, bad: bytes,
+) -> None:
+    bad = bad.replace(b"/ABS", os.fsencode(outside))
+    work = tmp_path / "work"
+    work.mkdir()
+    snap = make_snapshot([*_good(file_node), file_node(bad, b"evil")])
+    with pytest.raises(UnsafePathError) as ei:
+        repo.restore(snap, work / "target")
+    assert ei.value.exit_code == 17
+    # validated before writing anything: not even the target directory was created
+    assert not (work / "target").exists()
+    _assert_untouched(outside, work)
+
+
+def test_unsafe_directory_and_symlink_entries_refused(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    for bad in (Node(path=b"../d", type="dir", mode=0o755),
+                Node(path=b"a/../../l", type="symlink", target=b"x"),
+                Node(path=os.fsencode(outside) + b"/l", type="symlink", target=b"/etc/passwd")):
+        snap = make_snapshot([*_good(file_node), bad])
+        with pytest.raises(UnsafePathError):
+            repo.restore(snap, work / "target")
+        assert not (work / "target").exists()
+        _assert_untouched(outside, work)
+
+
+def test_unsafe_entry_refused_even_when_not_included(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    snap = make_snapshot([*_good(file_node), file_node(b"../evil", b"evil")])
+    with pytest.raises(UnsafePathError):
+        repo.restore(snap, work / "target", includes=["ok/good"])
+    _assert_untouched(outside, work)
+
+
+@pytest.mark.parametrize("child_first", [False, True])
+@pytest.mark.parametrize("link_target", ["outside", ".."])
+def test_file_below_symlink_of_same_snapshot_refused(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path, child_first: bool, link_target: str,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    target = os.fsencode(outside) if link_target == "outside" else b".."
+    link = Node(path=b"link", type="symlink", target=target)
+    nodes = [link, file_node(b"link/pwned", b"pwned"), file_node(b"link/victim", b"overwritten")]
+    if child_first:
+        nodes = nodes[1:] + nodes[:1]
+    snap = make_snapshot(nodes)
+    for mode in ("error", "always"):
+        with pytest.raises(UnsafePathError):
+            repo.restore(snap, work / "target", overwrite=mode)
+        assert not (work / "target").exists()
+        _assert_untouched(outside, work)
+
+
+def test_entries_below_a_file_refused(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    snap = make_snapshot([file_node(b"f", b"x"), Node(path=b"f/sub", type="dir", mode=0o755)])
+    with pytest.raises(UnsafePathError):
+        repo.restore(snap, work / "target")
+    assert not (work / "target").exists()
+
+
+@pytest.mark.parametrize("mode", ["error", "never", "if-changed", "always"])
+@pytest.mark.parametrize("where", ["root", "nested"])
+def test_existing_symlink_in_target_is_never_followed(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path, mode: str, where: str,
+) -> None:
+    work = tmp_path / "work"
+    target = work / "target"
+    snap = make_snapshot([
+        Node(path=b"run", type="dir", mode=0o755),
+        Node(path=b"run/sub", type="dir", mode=0o755),
+        file_node(b"run/sub/victim", b"overwritten"),
+        file_node(b"run/sub/new", b"planted"),
+    ])
+    if where == "root":
+        (target).mkdir(parents=True)
+        (target / "run").symlink_to(outside)
+        (outside / "sub").mkdir()
+    else:
+        (target / "run").mkdir(parents=True)
+        (target / "run" / "sub").symlink_to(outside)
+    before = _listing(outside)
+    with pytest.raises(UnsafePathError):
+        repo.restore(snap, target, overwrite=mode)
+    assert _listing(outside) == before
+    assert (outside / "victim").read_bytes() == b"precious"
+
+
+def test_existing_symlink_at_file_position_is_replaced_not_written_through(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path,
+) -> None:
+    work = tmp_path / "work"
+    target = work / "target"
+    target.mkdir(parents=True)
+    (target / "victim").symlink_to(outside / "victim")
+    snap = make_snapshot([file_node(b"victim", b"from snapshot")])
+    with pytest.raises(RestoreConflictError):
+        repo.restore(snap, target)
+    assert (target / "victim").is_symlink()
+    repo.restore(snap, target, overwrite="always")
+    assert not (target / "victim").is_symlink()
+    assert (target / "victim").read_bytes() == b"from snapshot"
+    _assert_untouched(outside, work)
+
+
+def test_symlinks_pointing_outside_are_restored_as_links_only(
+    repo: Repository, outside: Path, tmp_path: Path,
+) -> None:
+    """A real backup with links to the outside world: the links come back, nothing is written through."""
+    src = tmp_path / "src" / "run"
+    write(src / "data.bin", b"weights")
+    (src / "abs").symlink_to(outside)
+    (src / "victim").symlink_to(outside / "victim")
+    (src / "up").symlink_to("../../outside")
+    repo.backup([src])
+    work = tmp_path / "work"
+    work.mkdir()
+    res = repo.restore("latest", work / "target", verify=True)
+    assert res.symlinks == 3
+    out = work / "target" / "run"
+    assert os.readlink(out / "abs") == str(outside)
+    assert os.readlink(out / "victim") == str(outside / "victim")
+    assert os.readlink(out / "up") == "../../outside"
+    _assert_untouched(outside, work)
