@@ -62,6 +62,13 @@ class BackupResult:
     warnings: list[tuple[str, str]]
 
 
+def _utc(t: datetime | None) -> datetime:
+    """Snapshot times are stored in UTC; a naive ``t`` is taken as UTC (as ``@TIME`` specs are)."""
+    if t is None:
+        return datetime.now(UTC)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 def _root_name(abs_path: bytes) -> bytes:
     name = os.path.basename(abs_path.rstrip(b"/"))
     return name or b"ROOT"
@@ -255,7 +262,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     except (KeyError, OSError):
         user = str(os.getuid())
     snap = Snapshot(
-        time=(opts.time or datetime.now(UTC)).isoformat(),
+        time=_utc(opts.time).isoformat(),
         host=host,
         user=user,
         paths=path_strs,

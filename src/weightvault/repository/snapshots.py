@@ -39,7 +39,9 @@ class Snapshot:
 
     @property
     def datetime(self) -> datetime:
-        return datetime.fromisoformat(self.time)
+        """The snapshot time, always timezone-aware (a stored time without offset is UTC)."""
+        t = datetime.fromisoformat(self.time)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
 
     def tag_dict(self) -> dict[str, str]:
         return dict(t.split("=", 1) for t in self.tags if "=" in t)
