@@ -1,0 +1,52 @@
+"""``weightvault check``: verify the repository's structure and, optionally, its data.
+
+Each problem is printed on stdout (or in the JSON document); then the command exits 5
+(CheckFailedError) if any were found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from weightvault.cli.common import Globals, open_repository, pass_globals
+from weightvault.cli.output import echo_json, human_size
+from weightvault.cli.progress import progress_bar, progress_enabled
+from weightvault.errors import CheckFailedError, UsageError
+
+__all__ = ["check"]
+
+
+@click.command()
+@click.option("--read-data", is_flag=True, help="Read and authenticate every stored byte.")
+@click.option("--read-data-subset", "subset", metavar="N/T|X%", help="Read only a subset of the packs: "
+              "part N of T (e.g. 1/10) or a random X percent (e.g. 5%).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_globals
+def check(g: Globals, read_data: bool, subset: str | None, as_json: bool) -> None:
+    """Check the repository for missing or corrupted data."""
+    if read_data and subset:
+        raise UsageError("--read-data and --read-data-subset are mutually exclusive")
+    repo = open_repository(g)
+    show = progress_enabled(g.quiet, as_json) and (read_data or subset is not None)
+    with progress_bar(show, "check", unit="packs") as cb:
+        res = repo.check(read_data=read_data, subset=subset, progress=cb)
+    if as_json:
+        doc = dataclasses.asdict(res)
+        doc["ok"] = res.ok
+        echo_json(doc)
+    else:
+        for w in res.warnings:
+            click.echo(f"warning: {w}", err=True)
+        for e in res.errors:
+            click.echo(f"problem: {e}")
+        if not g.quiet:
+            read = f", read {res.packs_read} pack(s) ({human_size(res.bytes_read)})" if res.packs_read else ""
+            click.echo(f"checked {res.snapshots} snapshot(s) and {res.packs} pack(s){read}: "
+                       + ("no problems found" if res.ok else f"{len(res.errors)} problem(s)"))
+    if not res.ok:
+        raise CheckFailedError(
+            f"check found {len(res.errors)} problem(s)",
+            hint="the problems above name the damaged packs and the snapshot files that use them",
+        )

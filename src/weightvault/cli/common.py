@@ -1,0 +1,145 @@
+"""Shared CLI plumbing: global options, choosing the repository and the password.
+
+Repository: ``-r/--repo``, else ``$WEIGHTVAULT_REPO``, else the embedded default repository
+(``api.default_repository_path()``), which ``init`` creates, ``backup`` creates on first use and every
+other command requires (exit 10 when missing).
+
+Password, first found wins: ``--password-file``, ``$WEIGHTVAULT_PASSWORD``, ``$WEIGHTVAULT_PASSWORD_FILE``,
+the default repository's generated key file (default repository only), a hidden prompt when stdin is a
+TTY. With none of them: UsageError (exit 2). New passwords (init, key add, key passwd) come from
+``--new-password-file`` or a prompt asked twice; never from argv. Passwords are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from weightvault import api
+from weightvault.errors import RepositoryExistsError, RepositoryNotFoundError, UsageError
+
+__all__ = [
+    "Globals",
+    "announce_default_created",
+    "create_repository",
+    "new_password",
+    "open_repository",
+    "pass_globals",
+    "supplied_password",
+]
+
+_PW_HINT = "set $WEIGHTVAULT_PASSWORD or $WEIGHTVAULT_PASSWORD_FILE, or use --password-file"
+
+
+@dataclass
+class Globals:
+    """Options given before the command name."""
+
+    repo: str | None
+    password_file: str | None
+    quiet: bool
+
+
+pass_globals = click.make_pass_decorator(Globals)
+
+
+def supplied_password(g: Globals) -> bytes | None:
+    """The password from --password-file or the environment, or None if none was given."""
+    if g.password_file:
+        return api.read_password_file(g.password_file)
+    env = os.environ.get("WEIGHTVAULT_PASSWORD")
+    if env is not None:
+        if not env:
+            raise UsageError("$WEIGHTVAULT_PASSWORD is set but empty", hint=_PW_HINT)
+        return os.fsencode(env)
+    path = os.environ.get("WEIGHTVAULT_PASSWORD_FILE")
+    if path:
+        return api.read_password_file(path)
+    return None
+
+
+def _prompt(text: str, *, confirm: bool) -> bytes:
+    if not sys.stdin.isatty():
+        raise UsageError("no password given and stdin is not a terminal to ask for one", hint=_PW_HINT)
+    value: str = click.prompt(text, hide_input=True, confirmation_prompt=confirm, err=True)
+    if not value:
+        raise UsageError("the password is empty")
+    return value.encode("utf-8")
+
+
+def new_password(new_password_file: str | None, what: str) -> bytes:
+    """A new password: from ``new_password_file``, else prompted twice on a TTY."""
+    if new_password_file:
+        return api.read_password_file(new_password_file)
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"no {what} given and stdin is not a terminal to ask for one",
+            hint="use --new-password-file FILE (passwords are never taken from the command line)",
+        )
+    return _prompt(f"{what}", confirm=True)
+
+
+def _explicit_exists(location: str) -> bool:
+    return Path(location, "config").exists()
+
+
+def open_repository(g: Globals, *, create_default: bool = False) -> api.Repository:
+    """Open the selected repository; with ``create_default`` the default one is created if missing."""
+    if g.repo is not None:
+        if not _explicit_exists(g.repo):
+            raise RepositoryNotFoundError(
+                f"no repository at {g.repo}", hint=f"create one with `weightvault -r {g.repo} init`"
+            )
+        pw = supplied_password(g)
+        if pw is None:
+            pw = _prompt(f"password for repository {g.repo}", confirm=False)
+        return api.Repository.open(g.repo, pw)
+    path = api.default_repository_path()
+    pw = supplied_password(g)
+    if pw is None and (path / "config").exists() and not api.default_key_file().exists():
+        pw = _prompt(f"password for the default repository {path}", confirm=False)
+    res = api.open_or_create_default(pw, create=create_default)
+    if res.created:
+        announce_default_created(res)
+    return res.repository
+
+
+def create_repository(g: Globals) -> tuple[api.Repository, bool]:
+    """``init``: create the selected repository. Returns it and whether it is the default one."""
+    if g.repo is not None:
+        if _explicit_exists(g.repo):
+            raise RepositoryExistsError(f"a repository already exists at {g.repo}")
+        pw = supplied_password(g)
+        if pw is None:
+            pw = _prompt(f"new password for repository {g.repo}", confirm=True)
+        return api.Repository.init(g.repo, pw), False
+    path = api.default_repository_path()
+    if (path / "config").exists():
+        raise RepositoryExistsError(
+            f"the default repository already exists at {path}", hint="use -r PATH to create another one"
+        )
+    res = api.open_or_create_default(supplied_password(g), create=True)
+    announce_default_created(res)
+    return res.repository, True
+
+
+def announce_default_created(res: api.DefaultRepository) -> None:
+    """Tell the user, on stderr and whatever --quiet says, where the new default repository and its key are."""
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    say(f"weightvault: created the default repository at {res.repository.location}")
+    if res.key_file is not None:
+        say(f"weightvault: its password was generated and saved in the key file {res.key_file} (mode 0600).")
+        say("  That key file is the ONLY way to read these backups. Keep a copy of it somewhere safe,")
+        say("  off this disk (a password manager or another machine): without it nothing can be restored.")
+    elif api.default_key_file().exists():
+        say(f"weightvault: it is protected by the password in the existing key file {api.default_key_file()}.")
+        say("  Keep a copy of that file somewhere safe, off this disk: without it nothing can be restored.")
+    else:
+        say("weightvault: it is protected by the password you supplied; without it nothing can be restored.")

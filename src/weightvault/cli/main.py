@@ -1,0 +1,107 @@
+"""The ``weightvault`` command: the click group, global options and error reporting.
+
+Errors print ``error: <message>`` (and ``hint: <hint>``) on stderr and exit with the error's
+``exit_code`` (see weightvault.errors); click usage errors exit 2; Ctrl-C exits 130; any other
+exception exits 1 with a one-line message (the traceback only with ``WEIGHTVAULT_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from weightvault import __version__
+from weightvault.cli import (
+    cmd_backup,
+    cmd_check,
+    cmd_diff,
+    cmd_init,
+    cmd_key,
+    cmd_ls,
+    cmd_restore,
+    cmd_snapshots,
+    cmd_stats,
+    cmd_unlock,
+)
+from weightvault.cli.common import Globals
+from weightvault.cli.output import display_lines
+from weightvault.errors import WeightvaultError
+
+__all__ = ["cli", "main", "run"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-r", "--repo", envvar="WEIGHTVAULT_REPO", metavar="PATH",
+    help="Repository directory (default: $WEIGHTVAULT_REPO, else the embedded default repository).",
+)
+@click.option(
+    "--password-file", metavar="FILE",
+    help="Read the password from the first line of FILE (default: $WEIGHTVAULT_PASSWORD, "
+    "$WEIGHTVAULT_PASSWORD_FILE, the default repository's key file, or a prompt).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summaries; errors and warnings still show.")
+@click.version_option(__version__, prog_name="weightvault")
+@click.pass_context
+def cli(ctx: click.Context, repo: str | None, password_file: str | None, quiet: bool) -> None:
+    """Deduplicated, compressed, encrypted backups of model checkpoints and training runs."""
+    ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet)
+
+
+for _cmd in (
+    cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
+    cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock,
+):
+    cli.add_command(_cmd)
+
+
+def _report(message: str, hint: str | None = None) -> None:
+    click.echo(f"error: {display_lines(message)}", err=True)
+    if hint:
+        click.echo(f"hint: {display_lines(hint)}", err=True)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit status (no sys.exit), reporting errors on stderr."""
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="weightvault", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except WeightvaultError as exc:
+        _report(exc.message, exc.hint)
+        return exc.exit_code
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _report("interrupted")
+            return 130
+        _report("aborted")
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _report("interrupted")
+        return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # a local file the library does not own (restore target, source path)
+        where = f"{exc.filename}: " if exc.filename else ""
+        _report(f"{where}{exc.strerror or exc}")
+        return 1
+    except Exception as exc:
+        if os.environ.get("WEIGHTVAULT_DEBUG") == "1":
+            traceback.print_exc()
+        detail = f"{type(exc).__name__}: {exc}"
+        _report(f"unexpected {detail}", "run again with WEIGHTVAULT_DEBUG=1 for a traceback, and report it")
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run(argv))

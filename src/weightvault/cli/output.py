@@ -1,0 +1,118 @@
+"""Output helpers: human sizes and times, terminal-safe text, aligned tables, JSON, node documents.
+
+Human output escapes control characters and undecodable bytes so a crafted file name cannot drive
+the terminal. JSON output is ASCII, one document per command, with stable keys; a path that is not
+valid UTF-8 is given as ``path`` (undecodable bytes shown as ``\\xNN``) plus ``path_b64`` (exact bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from weightvault import api
+
+__all__ = [
+    "display",
+    "display_lines",
+    "echo_json",
+    "human_size",
+    "human_time",
+    "mode_string",
+    "node_json",
+    "path_fields",
+    "print_table",
+]
+
+
+def human_size(n: float) -> str:
+    """1536 -> '1.5 KiB'; bytes below 1 KiB are exact."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def human_time(value: str | int) -> str:
+    """An ISO 8601 string or nanoseconds since the epoch, as local 'YYYY-MM-DD HH:MM:SS'."""
+    t = datetime.fromisoformat(value) if isinstance(value, str) else datetime.fromtimestamp(value / 1e9, UTC)
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def display(value: str | bytes) -> str:
+    """Text safe to print: undecodable bytes as \\xNN, control characters escaped."""
+    raw = os.fsencode(value) if isinstance(value, str) else value
+    text = _text(raw)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def display_lines(text: str) -> str:
+    """Like ``display`` but keeps line breaks (multi-line messages)."""
+    return "\n".join(display(line) for line in text.split("\n"))
+
+
+def path_fields(raw: bytes, key: str = "path") -> dict[str, str]:
+    """``{key: text}``, plus ``{key}_b64`` with the exact bytes when they are not valid UTF-8."""
+    out = {key: _text(raw)}
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        out[f"{key}_b64"] = base64.b64encode(raw).decode("ascii")
+    return out
+
+
+def node_json(n: api.Node) -> dict[str, Any]:
+    """The stable JSON form of a snapshot entry (``ls --json``)."""
+    d: dict[str, Any] = path_fields(n.path)
+    d.update(
+        type=n.type,
+        mode=n.mode,
+        size=n.size,
+        mtime=datetime.fromtimestamp(n.mtime_ns / 1e9, UTC).isoformat(),
+        mtime_ns=n.mtime_ns,
+        sha256=n.sha256,
+    )
+    if n.type == "symlink" and n.target is not None:
+        d.update(path_fields(n.target, "target"))
+    return d
+
+
+def mode_string(n: api.Node) -> str:
+    kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(n.type, stat.S_IFREG)
+    return stat.filemode(kind | n.mode)
+
+
+def echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> None:
+    """Columns padded to the widest cell; column indices in ``right`` are right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    click.echo(line(headers))
+    click.echo("  ".join("-" * w for w in widths))
+    for row in rows:
+        click.echo(line(row))
