@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from weightvault.errors import IntegrityError
-from weightvault.format.layout import NONCE_SIZE, OVERHEAD
+from weightvault.format.layout import NONCE_SIZE, OVERHEAD, TAG_SIZE
 
 __all__ = ["KdfParams", "MasterKey", "derive_key", "open_envelope", "seal_envelope", "sha256_hex"]
 
@@ -53,19 +53,22 @@ def derive_key(password: bytes, salt: bytes, params: KdfParams) -> bytes:
     )
 
 
-def seal_envelope(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytes:
-    """nonce || ciphertext || tag."""
+def seal_envelope(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytearray:
+    """nonce || ciphertext || tag, built in one buffer (no intermediate copies)."""
     nonce = os.urandom(NONCE_SIZE)
-    return nonce + ChaCha20Poly1305(key).encrypt(nonce, bytes(plaintext), aad)
+    out = bytearray(NONCE_SIZE + len(plaintext) + TAG_SIZE)
+    out[:NONCE_SIZE] = nonce
+    ChaCha20Poly1305(key).encrypt_into(nonce, plaintext, aad, memoryview(out)[NONCE_SIZE:])
+    return out
 
 
 def open_envelope(key: bytes, envelope: bytes | memoryview, aad: bytes, what: str) -> bytes:
     """Authenticate and decrypt; raises IntegrityError naming ``what`` on any mismatch."""
     if len(envelope) < OVERHEAD:
         raise IntegrityError(f"{what}: stored object is truncated ({len(envelope)} bytes)")
-    env = bytes(envelope)
+    env = memoryview(envelope)
     try:
-        return ChaCha20Poly1305(key).decrypt(env[:NONCE_SIZE], env[NONCE_SIZE:], aad)
+        return ChaCha20Poly1305(key).decrypt(bytes(env[:NONCE_SIZE]), env[NONCE_SIZE:], aad)
     except InvalidTag as exc:
         raise IntegrityError(f"{what}: authentication failed (corrupted, swapped or wrong key)") from exc
 
@@ -90,11 +93,12 @@ class MasterKey:
     def generate(cls) -> MasterKey:
         return cls(os.urandom(32), os.urandom(32), int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
 
+
     def blob_id(self, data: bytes | memoryview) -> bytes:
         """Keyed BLAKE3 of the plaintext: the content address of a blob."""
         return blake3.blake3(data, key=self.id_key).digest()
 
-    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytearray:
         return seal_envelope(self.enc_key, plaintext, aad)
 
     def open(self, envelope: bytes | memoryview, aad: bytes, what: str) -> bytes:

@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,6 +45,7 @@ OverwriteMode = Literal["error", "never", "if-changed", "always"]
 OVERWRITE_MODES: tuple[str, ...] = ("error", "never", "if-changed", "always")
 _TMP = b".wvtmp-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_LOOKAHEAD = 8  # blobs in flight per file (bounds memory to ~8 x max chunk size)
 
 
 @dataclass
@@ -259,10 +260,8 @@ def _restore_file(
     try:
         sha = hashlib.sha256()
         pos = 0
-        for data in _prefetch(pool, repo, n.blobs, lookahead=4):
+        for data in _load_and_write(pool, repo, n.blobs, fd, lookahead=_LOOKAHEAD):
             sha.update(data)
-            if data.count(0) != len(data):  # all-zero chunks become holes (sparse files stay sparse)
-                _pwrite_all(fd, data, pos)
             pos += len(data)
             reporter.add(nbytes=len(data))
         os.ftruncate(fd, pos)
@@ -312,20 +311,43 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
         view, pos = view[n:], pos + n
 
 
-def _prefetch(pool: ThreadPoolExecutor, repo: Repository, blobs: list[bytes], lookahead: int) -> Iterator[bytes]:
-    """Load blobs in parallel, yielding them in order, with at most ``lookahead`` in flight."""
-    futs = []
-    it = iter(blobs)
-    for b in it:
-        futs.append(pool.submit(repo.load_blob, b))
+def _load_and_write(
+    pool: ThreadPoolExecutor, repo: Repository, blobs: list[bytes], fd: int, lookahead: int
+) -> Iterator[bytes]:
+    """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
+    the plaintexts in file order for hashing. All-zero chunks are left as holes, so sparse files
+    stay sparse. Offsets come from the index's raw lengths; at most ``lookahead`` blobs in flight."""
+    offsets = []
+    pos = 0
+    for b in blobs:
+        offsets.append(pos)
+        pos += repo.lookup(b).blob.raw_length
+
+    def work(blob_id: bytes, offset: int) -> bytes:
+        data = repo.load_blob(blob_id)
+        if data.count(0) != len(data):
+            _pwrite_all(fd, data, offset)
+        return data
+
+    futs: list[Future[bytes]] = []
+    pending = iter(zip(blobs, offsets))
+    for b, off in pending:
+        futs.append(pool.submit(work, b, off))
         if len(futs) >= lookahead:
             break
-    while futs:
-        data = futs.pop(0).result()
-        nxt = next(it, None)
-        if nxt is not None:
-            futs.append(pool.submit(repo.load_blob, nxt))
-        yield data
+    try:
+        while futs:
+            data = futs.pop(0).result()
+            nxt = next(pending, None)
+            if nxt is not None:
+                futs.append(pool.submit(work, *nxt))
+            yield data
+    finally:
+        for f in futs:  # on error, let in-flight writes finish before the caller closes fd
+            f.cancel()
+        for f in futs:
+            if not f.cancelled():
+                f.exception()
 
 
 def _restore_symlink(dirs: _Dirs, n: Node, parts: list[bytes]) -> None:

@@ -29,24 +29,25 @@ class PackBuilder:
     """Accumulates encrypted blobs; not thread-safe (callers hold the repository lock)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._parts: list[bytes | bytearray] = []
+        self._size = 0
         self.blobs: list[PackedBlob] = []
 
     @property
     def size(self) -> int:
-        return len(self._buf)
+        return self._size
 
-    def add(self, blob_id: bytes, btype: BlobType, codec: int, envelope: bytes, raw_length: int) -> None:
-        self.blobs.append(PackedBlob(blob_id, btype, codec, len(self._buf), len(envelope), raw_length))
-        self._buf += envelope
+    def add(self, blob_id: bytes, btype: BlobType, codec: int, envelope: bytes | bytearray, raw_length: int) -> None:
+        self.blobs.append(PackedBlob(blob_id, btype, codec, self._size, len(envelope), raw_length))
+        self._parts.append(envelope)
+        self._size += len(envelope)
 
     def finish(self, key: MasterKey) -> tuple[str, bytes]:
         """Return (pack id, pack bytes). The builder must not be used afterwards."""
         header = key.seal(encode_pack_header(self.blobs), kind_aad(KIND_PACK_HEADER))
-        self._buf += header
-        self._buf += encode_trailer(len(header))
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        self._parts += [header, encode_trailer(len(header))]
+        data = b"".join(self._parts)
+        self._parts = []
         return blake3.blake3(data).hexdigest(), data
 
 
