@@ -23,7 +23,7 @@ def loads(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8"))
 
 
-def b64e(raw: bytes) -> str:
+def b64e(raw: bytes | bytearray) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 

@@ -101,7 +101,7 @@ def seal_document(key: MasterKey, doc: object, kind: int) -> tuple[str, bytes]:
     """Serialise, compress and encrypt a JSON document; returns (name, stored bytes)."""
     raw = objects.dumps(doc)
     codec, payload = compress_best(raw)
-    stored = key.seal(bytes((codec,)) + len(raw).to_bytes(8, "little") + payload, kind_aad(kind))
+    stored = bytes(key.seal(bytes((codec,)) + len(raw).to_bytes(8, "little") + payload, kind_aad(kind)))
     return blake3.blake3(stored).hexdigest(), stored
 
 
