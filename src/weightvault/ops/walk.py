@@ -30,13 +30,31 @@ class WalkError:
 
 
 def matches_any(rel: bytes, patterns: list[str]) -> bool:
-    """True if a glob matches the whole relative path, any of its parent paths, or its basename."""
+    """True if a glob matches the relative path or one of its parent paths.
+
+    Globs match path components: ``*``, ``?`` and ``[...]`` never match "/", ``**`` matches any
+    number of components. A glob without "/" matches any single component (``*.tmp``, ``cache``),
+    so it selects that entry and everything below it.
+    """
     if not patterns:
         return False
-    text = os.fsdecode(rel)
-    parts = text.split("/")
-    cands = ["/".join(parts[: i + 1]) for i in range(len(parts))] + [parts[-1]]
-    return any(fnmatch.fnmatchcase(c, p.rstrip("/")) for p in patterns for c in cands)
+    parts = os.fsdecode(rel).split("/")
+    for p in patterns:
+        pat = p.strip("/").split("/")
+        if len(pat) == 1 and pat[0] != "**":
+            if any(fnmatch.fnmatchcase(c, pat[0]) for c in parts):
+                return True
+        elif any(_match_parts(pat, parts[:i]) for i in range(1, len(parts) + 1)):
+            return True
+    return False
+
+
+def _match_parts(pat: list[str], parts: list[str]) -> bool:
+    if not pat:
+        return not parts
+    if pat[0] == "**":
+        return any(_match_parts(pat[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pat[0]) and _match_parts(pat[1:], parts[1:])
 
 
 def _is_cache_dir(path: bytes) -> bool:
