@@ -22,6 +22,7 @@ from weightvault.errors import (
     ObjectNotFoundError,
     RepositoryExistsError,
     RepositoryNotFoundError,
+    UnsupportedFormatError,
     WeightvaultError,
 )
 from weightvault.format import objects
@@ -103,10 +104,17 @@ class Repository:
 
     # -- index -----------------------------------------------------------------------------------
     def load_index(self) -> None:
+        """Load index files not loaded yet. A damaged one is skipped (and logged): its packs count as
+        unindexed, so the next backup re-indexes them from their headers; ``check`` reports it."""
         for name, _ in self.backend.list(FileType.INDEX):
             if name in self.indexed_files:
                 continue
-            for pack_id, blobs in decode_index_file(self.key, name, self.backend.load(FileType.INDEX, name)).items():
+            try:
+                packs = decode_index_file(self.key, name, self.backend.load(FileType.INDEX, name))
+            except (IntegrityError, UnsupportedFormatError) as exc:
+                log.warning("skipping unreadable index file %s: %s", name, exc.message)
+                continue
+            for pack_id, blobs in packs.items():
                 self.index.add_pack(pack_id, blobs)
             self.indexed_files.add(name)
 
@@ -237,8 +245,14 @@ class Repository:
         return sorted(n for n, _ in self.backend.list(FileType.SNAPSHOT))
 
     def snapshots(self) -> list[Snapshot]:
-        """All snapshots, oldest first."""
-        snaps = [self.load_snapshot(i) for i in self.list_snapshot_ids()]
+        """All readable snapshots, oldest first. A damaged snapshot file is skipped (and logged) so
+        it cannot hide the others; ``check`` reports it."""
+        snaps = []
+        for snap_id in self.list_snapshot_ids():
+            try:
+                snaps.append(self.load_snapshot(snap_id))
+            except (IntegrityError, UnsupportedFormatError) as exc:
+                log.warning("skipping unreadable snapshot %s: %s", snap_id, exc.message)
         return sorted(snaps, key=lambda s: (s.datetime, s.id))
 
     def iter_tree_blobs(self, snap: Snapshot) -> Iterator[bytes]:
