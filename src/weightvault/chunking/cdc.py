@@ -9,13 +9,24 @@ from pyfastcdc import FastCDC
 
 from weightvault.chunking.registry import Chunk, ChunkerParams
 
-__all__ = ["CdcSplitter", "cdc_cuts"]
+__all__ = ["CdcSplitter", "cdc_cuts", "validate_params"]
 
 
 def _fastcdc(params: ChunkerParams) -> FastCDC:
     # pyfastcdc's real mean chunk size is avg_size + min_size (cut-point skipping).
     avg = max(256, params.avg_size - params.min_size)
     return FastCDC(avg, min_size=params.min_size, max_size=params.max_size, seed=params.seed)
+
+
+def validate_params(params: ChunkerParams) -> str | None:
+    """None if FastCDC accepts these sizes, else the reason (the chunker's own bounds check)."""
+    if not params.min_size <= params.avg_size <= params.max_size:
+        return "chunk sizes must satisfy min <= avg <= max"
+    try:
+        _fastcdc(params)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class CdcSplitter:

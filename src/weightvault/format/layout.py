@@ -11,7 +11,7 @@ Associated data binds each ciphertext to what it claims to be::
     kind BLOB:        context = blob type (u8) || codec (u8) || blob id (32)
     kind PACK_HEADER: context = empty
     kind INDEX, SNAPSHOT: context = empty
-    kind KEY:         context = repository id (32 ascii hex bytes... as utf-8)
+    kind KEY:         context = repository id (its 64 hex characters, ASCII)
 
 Pack file::
 

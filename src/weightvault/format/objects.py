@@ -1,6 +1,8 @@
 """JSON documents stored in the repository (config, key files, index, snapshots, manifest entries).
 
-Encrypted documents are ``zstd(json)`` inside an AEAD envelope; see docs/FORMAT.md for fields.
+Encrypted documents (index, snapshot) are ``codec (u8) || raw length (u64 LE) || payload`` inside
+an AEAD envelope, the payload being the JSON compressed with that codec (or raw when compression
+does not pay); see docs/FORMAT.md for the fields.
 Paths are bytes (POSIX file names need not be UTF-8); in JSON they are ``"path"`` when the bytes
 decode as UTF-8, otherwise ``"path_b64"``.
 """

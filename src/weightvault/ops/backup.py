@@ -165,6 +165,13 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     for p in abs_paths:
         if not os.path.lexists(p):
             raise UsageError(f"source {os.fsdecode(p)} does not exist")
+        try:
+            p.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(
+                f"source path {os.fsdecode(p)!r} is not valid UTF-8",
+                hint="back up its parent directory instead (names inside a source may be any bytes)",
+            ) from None
         name = _root_name(p)
         if name in roots and roots[name] != p:
             raise UsageError(

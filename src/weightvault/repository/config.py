@@ -1,8 +1,10 @@
 """The repository config: a plaintext JSON document at ``config``.
 
 It holds no secrets, only the format version, the repository id and tuning parameters. Tampering
-with it can only hurt deduplication or performance, never confidentiality or integrity: every
-data object is authenticated under the master key, which is bound to the repository id.
+with it cannot break confidentiality or integrity (every data object is authenticated under the
+master key, which is bound to the repository id), but it can deny service: a changed id makes
+every password look wrong, a raised version gets the repository refused, and out-of-range sizes
+are refused at open time.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from weightvault.chunking.cdc import validate_params
 from weightvault.chunking.registry import ChunkerParams
-from weightvault.errors import IntegrityError, UnsupportedFormatError
+from weightvault.errors import IntegrityError, UnsupportedFormatError, UsageError
 from weightvault.format import objects
 from weightvault.format.layout import FORMAT_VERSION
 
@@ -35,7 +38,12 @@ class RepoConfig:
 
     @classmethod
     def new(cls, **overrides: int) -> RepoConfig:
-        return cls(repo_id=os.urandom(32).hex(), created=datetime.now(UTC).isoformat(), **overrides)
+        """A fresh config; UsageError if an override is out of range."""
+        cfg = cls(repo_id=os.urandom(32).hex(), created=datetime.now(UTC).isoformat(), **overrides)
+        problem = cfg.problem()
+        if problem:
+            raise UsageError(f"invalid repository parameters: {problem}")
+        return cfg
 
     def chunker(self, seed: int) -> ChunkerParams:
         return ChunkerParams(self.chunk_min, self.chunk_avg, self.chunk_max, seed)
@@ -62,7 +70,7 @@ class RepoConfig:
             raise IntegrityError(f"{location}/config is not a weightvault config") from exc
         if fmt != FORMAT_NAME:
             raise UnsupportedFormatError(f"{location} is not a weightvault repository (format {fmt!r})")
-        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise UnsupportedFormatError(
                 f"{location} uses repository format version {version}; this weightvault reads "
                 f"versions 1..{FORMAT_VERSION}",
@@ -82,8 +90,18 @@ class RepoConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{location}/config is missing or has a malformed field: {exc}") from exc
-        if not (64 <= cfg.chunk_min <= cfg.chunk_avg <= cfg.chunk_max <= 16 * 1024 * 1024):
-            raise IntegrityError(f"{location}/config has invalid chunk sizes")
-        if not (1024 <= cfg.pack_size <= 1024 * 1024 * 1024) or not (1 <= cfg.compression_level <= 22):
-            raise IntegrityError(f"{location}/config has an invalid pack size or compression level")
+        problem = cfg.problem()
+        if problem:
+            raise IntegrityError(f"{location}/config is invalid: {problem}")
         return cfg
+
+    def problem(self) -> str | None:
+        """None if every parameter is usable, else what is wrong."""
+        reason = validate_params(self.chunker(0))
+        if reason:
+            return f"chunk sizes {self.chunk_min}/{self.chunk_avg}/{self.chunk_max}: {reason}"
+        if not (1024 <= self.pack_size <= 1024 * 1024 * 1024):
+            return f"pack size {self.pack_size} outside 1 KiB .. 1 GiB"
+        if not (1 <= self.compression_level <= 22):
+            return f"compression level {self.compression_level} outside 1..22"
+        return None

@@ -1,6 +1,7 @@
 """The in-memory master index and index files.
 
-An index file is ``seal(zstd(json))`` (kind INDEX) named by the BLAKE3 of its stored bytes::
+An index file is a sealed document (kind INDEX, framing in ``seal_document``) named by the BLAKE3
+of its stored bytes::
 
     {"version": 1, "packs": [{"id": pack_hex, "blobs": [[blob_hex, type, codec, offset, length, raw_length], ...]}]}
 
@@ -111,7 +112,12 @@ def decode_index_file(key: MasterKey, name: str, stored: bytes) -> dict[str, lis
     if not isinstance(doc, dict) or doc.get("version") != 1:
         raise UnsupportedFormatError(f"{what} has an unknown version")
     out: dict[str, list[PackedBlob]] = {}
+    known = {int(t) for t in BlobType}
     try:
+        for p in doc["packs"]:
+            for row in p["blobs"]:
+                if row[1] not in known:
+                    raise UnsupportedFormatError(f"{what} names unknown blob type {row[1]}; upgrade weightvault")
         for p in doc["packs"]:
             out[str(p["id"])] = [
                 PackedBlob(bytes.fromhex(h), BlobType(t), int(c), int(o), int(ln), int(r))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
 import os
 import secrets
 import socket
@@ -24,6 +25,8 @@ from weightvault.backends.base import Backend, FileType
 from weightvault.errors import ObjectNotFoundError, RepositoryLockedError
 
 __all__ = ["REFRESH_EVERY", "STALE_AFTER", "LockInfo", "hold_lock", "list_locks", "remove_stale_locks"]
+
+log = logging.getLogger(__name__)
 
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60
@@ -125,9 +128,13 @@ def hold_lock(backend: Backend, exclusive: bool) -> Iterator[None]:
         stop = threading.Event()
 
         def refresh() -> None:
+            # Overwriting also re-creates the lock if someone removed it with `unlock` meanwhile.
             while not stop.wait(REFRESH_EVERY):
-                with contextlib.suppress(Exception):
+                try:
                     backend.save(FileType.LOCK, name, _doc(exclusive, created))
+                except Exception as exc:  # keep running; the failure is logged
+                    log.warning("could not refresh repository lock %s: %s (it will look stale after %d s)",
+                                name[:12], exc, STALE_AFTER)
 
         t = threading.Thread(target=refresh, name="weightvault-lock-refresh", daemon=True)
         t.start()

@@ -24,7 +24,7 @@ from typing import Any
 
 from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.registry import ChunkerParams
-from weightvault.errors import IntegrityError
+from weightvault.errors import IntegrityError, UnsupportedFormatError
 from weightvault.format import objects
 
 __all__ = ["MANIFEST_CHUNKER", "Node", "iter_manifest", "write_manifest"]
@@ -62,8 +62,10 @@ class Node:
     def from_doc(cls, d: dict[str, Any]) -> Node:
         path = objects.get_bytes_field(d, "path")
         t = d.get("type")
-        if path is None or t not in _TYPES:
-            raise IntegrityError(f"manifest entry has no path or an unknown type: {d!r:.200}")
+        if path is None:
+            raise IntegrityError(f"manifest entry has no path: {d!r:.200}")
+        if t not in _TYPES:
+            raise UnsupportedFormatError(f"manifest entry has unknown type {t!r}; upgrade weightvault")
         return cls(
             path=path,
             type=str(t),
