@@ -73,8 +73,8 @@ class Repository:
         """Create a repository in an empty location and return it unlocked."""
         if any(True for _ in backend.list(FileType.CONFIG)):
             raise RepositoryExistsError(f"a repository already exists at {backend.location}")
-        backend.create()
         cfg = RepoConfig.new(**config)
+        backend.create()
         master = MasterKey.generate()
         name = keyfiles.create_key_file(backend, cfg.repo_id, master, password, kdf or KdfParams())
         backend.save(FileType.CONFIG, "config", cfg.to_bytes())  # last: its presence marks a complete init
