@@ -11,16 +11,6 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from weightvault import api
 
 __all__ = ["progress_bar", "progress_enabled"]
@@ -36,6 +26,16 @@ def progress_bar(enabled: bool, label: str, unit: str = "files") -> Iterator[api
     if not enabled:
         yield None
         return
+    from rich.console import Console  # imported here: most runs draw no bar, and rich is slow to import
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
