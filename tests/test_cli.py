@@ -6,6 +6,7 @@ import base64
 import ctypes
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import FAST_KDF, PASSWORD, tree_digest, write
+from weightvault import errors
 from weightvault.api import Repository
 
 NEW_PASSWORD = "a whole new passphrase 42"
@@ -362,3 +364,16 @@ def test_progress_bar_only_on_a_terminal(shared: tuple[Path, Path, dict[str, str
     assert proc.returncode == 0
     assert b"backup" in drawn and b"files" in drawn  # the bar's label and file counter were drawn
     assert b"\x1b[" not in proc.stdout and b"snapshot" in proc.stdout  # nothing of it on stdout
+
+
+def test_docs_exit_code_table_matches_errors() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "CLI.md").read_text()
+    table = doc[doc.index("## Exit codes"):]
+    documented: dict[str, int] = {}
+    for code, names in re.findall(r"^\| (\d+) \|[^|]*\| ([^|]*)\|$", table, re.M):
+        for name in re.findall(r"`(\w+)`", names):
+            documented[name] = int(code)
+    classes = {n: getattr(errors, n) for n in errors.__all__}
+    assert {n for n in classes if n not in ("ObjectNotFoundError", "ObjectExistsError")} <= documented.keys()
+    for name, code in documented.items():
+        assert classes[name].exit_code == code, name
