@@ -252,6 +252,9 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
                     totals["bytes"] += node.size
                 else:
                     warnings.append((os.fsdecode(e.rel), "special file (device, fifo or socket) not backed up"))
+    except BaseException:
+        writer.close()
+        raise
     finally:
         saver.close()
     tree = writer.finish(lambda data: repo.save_blob(BlobType.TREE, data)[0])

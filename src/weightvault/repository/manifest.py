@@ -92,10 +92,16 @@ class ManifestWriter:
         self._f.write(objects.dumps(node.to_doc()) + b"\n")
 
     def finish(self, save_tree_blob: Callable[[bytes], bytes]) -> list[bytes]:
-        self._f.seek(0)
-        ids = [save_tree_blob(c.data) for c in CdcSplitter().split(self._f, MANIFEST_CHUNKER)]  # type: ignore[arg-type]
+        """Store the stream as TREE blobs and close the spool file (also when saving fails)."""
+        try:
+            self._f.seek(0)
+            return [save_tree_blob(c.data) for c in CdcSplitter().split(self._f, MANIFEST_CHUNKER)]  # type: ignore[arg-type]
+        finally:
+            self._f.close()
+
+    def close(self) -> None:
+        """Discard the stream (an aborted backup). Idempotent."""
         self._f.close()
-        return ids
 
 
 def write_manifest(nodes: Iterator[Node], save_tree_blob: Callable[[bytes], bytes]) -> list[bytes]:

@@ -202,7 +202,11 @@ class Repository:
 
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data = packer.finish(self.key)
-        self.backend.save(FileType.PACK, pack_id, data)
+        try:
+            self.backend.save(FileType.PACK, pack_id, data)
+        except BaseException:
+            self._forget_pending([packer])  # not stored: a later save_blob must store them again
+            raise
         write_index = None
         with self._lock:
             self.index.add_pack(pack_id, packer.blobs)
@@ -213,20 +217,41 @@ class Repository:
             ):
                 write_index, self._unindexed = self._unindexed, {}
         if write_index:
-            self._write_index(write_index)
+            self._write_index_or_keep(write_index)
+
+    def _forget_pending(self, packers: list[PackBuilder]) -> None:
+        with self._lock:
+            for p in packers:
+                self._pending.difference_update(b.blob_id for b in p.blobs)
+
+    def _write_index_or_keep(self, packs: dict[str, list[PackedBlob]]) -> None:
+        """Write an index for ``packs``; if that fails they stay queued for the next flush."""
+        try:
+            self._write_index(packs)
+        except BaseException:
+            with self._lock:
+                for pack_id, blobs in packs.items():
+                    self._unindexed.setdefault(pack_id, blobs)
+            raise
 
     def flush(self) -> None:
-        """Write partial packs and an index for every pack written so far. Durable on return."""
+        """Write partial packs and an index for every pack written so far. Durable on return.
+
+        If a write fails, nothing unwritten is assumed stored: its blobs can be saved again and
+        unindexed packs stay queued, so a retry with the same Repository is complete."""
         with self._lock:
-            packers = list(self._packers.values())
+            packers = [p for p in self._packers.values() if p.blobs]
             self._packers.clear()
-        for p in packers:
-            if p.blobs:
+        for i, p in enumerate(packers):
+            try:
                 self._write_pack(p)
+            except BaseException:
+                self._forget_pending(packers[i + 1 :])
+                raise
         with self._lock:
             todo, self._unindexed = self._unindexed, {}
         if todo:
-            self._write_index(todo)
+            self._write_index_or_keep(todo)
 
     # -- snapshots -------------------------------------------------------------------------------
     def save_snapshot(self, snap: Snapshot) -> str:
