@@ -11,6 +11,8 @@ import socket
 import stat
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -377,3 +379,47 @@ def test_docs_exit_code_table_matches_errors() -> None:
     assert {n for n in classes if n not in ("ObjectNotFoundError", "ObjectExistsError")} <= documented.keys()
     for name, code in documented.items():
         assert classes[name].exit_code == code, name
+
+
+def _answer_prompts(env: dict[str, str], args: list[str], answers: list[tuple[str, str]]) -> tuple[int, str]:
+    """Run the CLI with stdin on a pseudo-terminal and type each answer once its prompt (seen on
+    stderr) is waiting with echo off, i.e. after getpass has flushed the terminal's input."""
+    primary, replica = os.openpty()
+    err = bytearray()
+    try:
+        with subprocess.Popen([sys.executable, "-m", "weightvault", *args], env=env, stdin=replica,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True) as proc:
+            stream = proc.stderr
+            assert stream is not None
+
+            def pump() -> None:
+                while chunk := stream.read1(4096):
+                    err.extend(chunk)
+
+            reader = threading.Thread(target=pump)
+            reader.start()
+            for marker, text in answers:
+                deadline = time.monotonic() + 60
+                while not (marker.encode() in err and not termios.tcgetattr(replica)[3] & termios.ECHO):
+                    assert proc.poll() is None and time.monotonic() < deadline, err.decode()
+                    time.sleep(0.01)
+                os.write(primary, text.encode() + b"\n")
+            code = proc.wait(timeout=60)
+            reader.join()
+    finally:
+        os.close(primary)
+        os.close(replica)
+    return code, err.decode()
+
+
+def test_password_prompts_on_a_terminal(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", password=None)
+    repo = str(tmp_path / "repo")
+    code, err = _answer_prompts(env, ["-r", repo, "init"],
+                                [("new password for repository", PASSWORD), ("Repeat for confirmation", PASSWORD)])
+    assert code == 0, err
+    assert PASSWORD not in err
+    code, err = _answer_prompts(env, ["-r", repo, "snapshots"], [("password for repository", PASSWORD)])
+    assert code == 0, err
+    code, err = _answer_prompts(env, ["-r", repo, "snapshots"], [("password for repository", "wrong one")])
+    assert code == 11, err
