@@ -7,6 +7,7 @@ import ctypes
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -423,3 +424,26 @@ def test_password_prompts_on_a_terminal(tmp_path: Path) -> None:
     assert code == 0, err
     code, err = _answer_prompts(env, ["-r", repo, "snapshots"], [("password for repository", "wrong one")])
     assert code == 11, err
+
+
+def test_ctrl_c_exits_130_and_releases_the_lock(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    Repository.init(repo, PASSWORD, kdf=FAST_KDF)
+    write(tmp_path / "src" / "weights.bin", os.urandom(48 << 20))  # incompressible: takes a while to store
+    env = cli_env(tmp_path / "home")
+
+    def locks() -> list[str]:
+        return [p.name for p in (repo / "locks").iterdir() if not p.name.startswith(".")]
+
+    with subprocess.Popen([sys.executable, "-m", "weightvault", "-r", str(repo), "backup", str(tmp_path / "src")],
+                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 60
+        while not locks():  # the backup holds its lock: it is running
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"error: interrupted" in err and b"Traceback" not in err
+    assert locks() == []  # released (a ".tmp-" file of an interrupted write may remain; it is ignored)
+    assert json.loads(ok(wv(env, "-r", repo, "snapshots", "--json")).stdout) == []

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from weightvault.backends.base import Backend, FileType
-from weightvault.errors import ObjectNotFoundError, RepositoryLockedError
+from weightvault.errors import ObjectExistsError, ObjectNotFoundError, RepositoryLockedError
 
 __all__ = ["REFRESH_EVERY", "STALE_AFTER", "LockInfo", "hold_lock", "list_locks", "remove_stale_locks"]
 
@@ -120,8 +120,14 @@ def hold_lock(backend: Backend, exclusive: bool) -> Iterator[None]:
         _raise_locked(backend, conflicts)
     name = secrets.token_hex(16)
     created = time.time()
-    backend.save(FileType.LOCK, name, _doc(exclusive, created), create_only=True)
     try:
+        # inside the try: an interrupt (Ctrl-C) after the lock file is linked but before save()
+        # returns must still remove it, or it would outlive this process and block as a stale lock
+        try:
+            backend.save(FileType.LOCK, name, _doc(exclusive, created), create_only=True)
+        except ObjectExistsError:
+            name = ""  # a random 128-bit name taken: not ours to remove
+            raise
         conflicts = _conflicts(name, exclusive, list_locks(backend))  # lost a race?
         if conflicts:
             _raise_locked(backend, conflicts)
@@ -144,7 +150,8 @@ def hold_lock(backend: Backend, exclusive: bool) -> Iterator[None]:
             stop.set()
             t.join()
     finally:
-        backend.remove(FileType.LOCK, name)
+        if name:
+            backend.remove(FileType.LOCK, name)
 
 
 def remove_stale_locks(backend: Backend, remove_all: bool = False) -> list[LockInfo]:
