@@ -192,6 +192,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
         for n, parts in reversed(plan):  # directory metadata last, deepest first
             if n.type == "dir":
                 fd = dirs.open(tuple(parts), create=True)
+                _chown(n, fd)
                 os.chmod(fd, n.mode)
                 os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
         for fd in {dirs.open(tuple(p[:-1]), create=True) for _, p in plan}:
@@ -270,6 +271,7 @@ def _restore_file(
                 f"{os.fsdecode(n.path)}: restored content does not match the manifest "
                 f"(size {pos} vs {n.size}, sha256 {sha.hexdigest()[:16]} vs {str(n.sha256)[:16]})"
             )
+        _chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode)
         os.fsync(fd)
         if verify:
@@ -277,9 +279,6 @@ def _restore_file(
                 raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
             result.verified += 1
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        if os.geteuid() == 0:
-            with contextlib.suppress(OSError):
-                os.fchown(fd, n.uid, n.gid)
         os.close(fd)
         fd = -1
         _replace(parent_fd, tmp, name)
@@ -293,6 +292,16 @@ def _restore_file(
         if not renamed:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=parent_fd)
+
+
+def _chown(n: Node, target: int | bytes, dir_fd: int | None = None) -> None:
+    """As root, give a restored entry its recorded owner (never following a symlink); else no-op."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            if isinstance(target, int):
+                os.fchown(target, n.uid, n.gid)
+            else:
+                os.chown(target, n.uid, n.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _replace(parent_fd: int, tmp: bytes, name: bytes) -> None:
@@ -356,6 +365,7 @@ def _restore_symlink(dirs: _Dirs, n: Node, parts: list[bytes]) -> None:
     tmp = _TMP + secrets.token_hex(6).encode()
     os.symlink(n.target or b"", tmp, dir_fd=parent_fd)
     try:
+        _chown(n, tmp, parent_fd)
         _replace(parent_fd, tmp, name)
     except BaseException:
         with contextlib.suppress(OSError):
