@@ -169,8 +169,11 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
     nodes = _selected(snap, repo, opts.includes)  # validates every path before writing
     if opts.includes and not nodes:
         raise UsageError(f"no entry of snapshot {snap.short_id} matches {opts.includes}")
-    os.makedirs(target, exist_ok=True)
-    root_fd = os.open(target, _DIR_FLAGS)
+    try:  # the target itself is the user's choice and may be a symlink; nothing below it is followed
+        os.makedirs(target, exist_ok=True)
+        root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"restore target {target} exists and is not a directory") from None
     dirs = _Dirs(root_fd)
     result = RestoreResult()
     reporter = Reporter(opts.progress, "restore")
