@@ -95,8 +95,8 @@ def test_end_to_end(tmp_path: Path) -> None:
     Repository.init(repo, PASSWORD, kdf=FAST_KDF)
     outputs: list[str] = []
 
-    def run(*args: str | Path, code: int = 0, **envx: str) -> subprocess.CompletedProcess[str]:
-        proc = wv({**env, **envx}, "-r", repo, *args)
+    def run(*args: str | Path, code: int = 0, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = wv({**env, **(extra or {})}, "-r", repo, *args)
         outputs.extend([proc.stdout, proc.stderr])
         assert proc.returncode == code, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
@@ -108,71 +108,72 @@ def test_end_to_end(tmp_path: Path) -> None:
     assert first.stderr == ""  # no progress bar, no warnings when stderr is not a terminal
     write(src / "cfg" / "train.yaml", b"lr: 0.0005\n")
     write(src / "eval.json", b'{"acc": 0.9}')
-    second = json.loads(run("backup", src, "--tag", "run=exp7", "--tag", "step=2", "--json", **pw).stdout)
+    second = json.loads(run("backup", src, "--tag", "run=exp7", "--tag", "step=2", "--json", extra=pw).stdout)
     summary = second["snapshot"]["summary"]
     assert (summary["files_new"], summary["files_changed"], summary["files_unmodified"]) == (1, 1, 2)
     assert second["errors"] == [] and second["snapshot"]["tags"] == ["run=exp7", "step=2"]
 
-    snaps = json.loads(run("snapshots", "--json", **pw).stdout)
+    snaps = json.loads(run("snapshots", "--json", extra=pw).stdout)
     assert [s["tags"] for s in snaps] == [["run=exp7", "step=1"], ["run=exp7", "step=2"]]
     assert snaps[1]["id"] == second["snapshot"]["id"] and snaps[1]["parent"] == snaps[0]["id"]
-    assert [s["id"] for s in json.loads(run("snapshots", "--tag", "step=1", "--json", **pw).stdout)] == [snaps[0]["id"]]
-    table = run("snapshots", **pw).stdout
+    step1 = json.loads(run("snapshots", "--tag", "step=1", "--json", extra=pw).stdout)
+    assert [s["id"] for s in step1] == [snaps[0]["id"]]
+    table = run("snapshots", extra=pw).stdout
     assert snaps[0]["short_id"] in table and "step=2" in table
 
-    listing = run("ls", "latest", **pw).stdout.splitlines()
+    listing = run("ls", "latest", extra=pw).stdout.splitlines()
     assert "exp7/eval.json" in listing and "exp7/cfg/train.yaml" in listing
-    nodes = json.loads(run("ls", snaps[0]["short_id"], "exp7/cfg", "--json", **pw).stdout)
+    nodes = json.loads(run("ls", snaps[0]["short_id"], "exp7/cfg", "--json", extra=pw).stdout)
     assert [(n["path"], n["type"]) for n in nodes] == [("exp7/cfg", "dir"), ("exp7/cfg/train.yaml", "file")]
     assert nodes[1]["size"] == 10 and len(nodes[1]["sha256"]) == 64 and nodes[1]["mode"] == 0o644
-    long = run("ls", "latest", "-l", **pw).stdout
+    long = run("ls", "latest", "-l", extra=pw).stdout
     assert "-rw-r--r--" in long and "latest.safetensors -> model.safetensors" in long
 
-    d = json.loads(run("diff", snaps[0]["id"], "latest", "--json", **pw).stdout)
+    d = json.loads(run("diff", snaps[0]["id"], "latest", "--json", extra=pw).stdout)
     assert {(e["change"], e["path"]) for e in d["entries"]} >= {("M", "exp7/cfg/train.yaml"), ("+", "exp7/eval.json")}
     assert d["counts"]["+"] == 1 and d["counts"]["M"] == 1
-    assert "M  exp7/cfg/train.yaml" in run("diff", "latest:step=1", "latest:step=2", **pw).stdout
+    assert "M  exp7/cfg/train.yaml" in run("diff", "latest:step=1", "latest:step=2", extra=pw).stdout
 
     out = tmp_path / "out"
-    restored = json.loads(run("restore", "latest:step=1", "--target", out, "--verify", "--json", **pw).stdout)
+    restored = json.loads(run("restore", "latest:step=1", "--target", out, "--verify", "--json", extra=pw).stdout)
     assert restored["files"] == 3 and restored["verified"] == 3 and restored["symlinks"] == 1
     write(src / "cfg" / "train.yaml", b"lr: 0.001\n")
     (src / "eval.json").unlink()
     assert tree_digest(out / "exp7") == tree_digest(src)
-    run("restore", "latest", "--target", out, code=18, **pw)  # train.yaml differs
-    assert "restored" in run("restore", "latest", "--target", out, "--overwrite", "if-changed", **pw).stdout
+    run("restore", "latest", "--target", out, code=18, extra=pw)  # train.yaml differs
+    assert "restored" in run("restore", "latest", "--target", out, "--overwrite", "if-changed", extra=pw).stdout
 
-    assert "no problems" in run("check", **pw).stdout
-    checked = json.loads(run("check", "--read-data", "--json", **pw).stdout)
+    assert "no problems" in run("check", extra=pw).stdout
+    checked = json.loads(run("check", "--read-data", "--json", extra=pw).stdout)
     assert checked["ok"] is True and checked["packs_read"] == checked["packs"] > 0
-    run("check", "--read-data-subset", "50%", **pw)
-    run("check", "--read-data-subset", "1/2", **pw)
-    run("check", "--read-data", "--read-data-subset", "1/2", code=2, **pw)
+    run("check", "--read-data-subset", "50%", extra=pw)
+    run("check", "--read-data-subset", "1/2", extra=pw)
+    run("check", "--read-data", "--read-data-subset", "1/2", code=2, extra=pw)
 
-    st = json.loads(run("stats", "--json", **pw).stdout)
+    st = json.loads(run("stats", "--json", extra=pw).stdout)
     assert st["snapshots"] == 2 and st["raw_bytes"] > st["unique_bytes"] > 0 and st["dedup_ratio"] > 1
     assert {"stored_bytes", "compression_ratio", "repository_bytes"} <= st.keys()
-    assert json.loads(run("stats", "latest:step=1", "--json", **pw).stdout)["snapshots"] == 1
-    assert "deduplication ratio" in run("stats", **pw).stdout
+    assert json.loads(run("stats", "latest:step=1", "--json", extra=pw).stdout)["snapshots"] == 1
+    assert "deduplication ratio" in run("stats", extra=pw).stdout
 
     # keys: add a second password, remove the first, change the password, check which ones open it
-    keys = json.loads(run("key", "list", "--json", **pw).stdout)
+    keys = json.loads(run("key", "list", "--json", extra=pw).stdout)
     assert len(keys) == 1 and keys[0]["current"] is True
-    run("key", "add", code=2, **pw)  # the new password is never taken from argv and stdin is no TTY
+    run("key", "add", code=2, extra=pw)  # the new password is never taken from argv and stdin is no TTY
     newpw = write(tmp_path / "newpw", NEW_PASSWORD.encode())
-    assert "added key" in run("key", "add", "--new-password-file", newpw, **pw).stdout
-    assert len(json.loads(run("key", "list", "--json", **pw).stdout)) == 2
+    assert "added key" in run("key", "add", "--new-password-file", newpw, extra=pw).stdout
+    assert len(json.loads(run("key", "list", "--json", extra=pw).stdout)) == 2
     new = {"WEIGHTVAULT_PASSWORD": NEW_PASSWORD}
-    run("key", "remove", keys[0]["id"][:10], code=2, **pw)  # the key in use
-    assert keys[0]["id"][:12] in run("key", "remove", keys[0]["id"][:10], **new).stdout
-    assert "wrong password" in run("snapshots", code=11, **pw).stderr
+    run("key", "remove", keys[0]["id"][:10], code=2, extra=pw)  # the key in use
+    assert keys[0]["id"][:12] in run("key", "remove", keys[0]["id"][:10], extra=new).stdout
+    assert "wrong password" in run("snapshots", code=11, extra=pw).stderr
     third = write(tmp_path / "third", THIRD_PASSWORD.encode())
-    assert "password changed" in run("key", "passwd", "--new-password-file", third, **new).stdout
-    run("snapshots", code=11, **new)
-    final = json.loads(run("key", "list", "--json", WEIGHTVAULT_PASSWORD=THIRD_PASSWORD).stdout)
+    assert "password changed" in run("key", "passwd", "--new-password-file", third, extra=new).stdout
+    run("snapshots", code=11, extra=new)
+    final = json.loads(run("key", "list", "--json", extra={"WEIGHTVAULT_PASSWORD": THIRD_PASSWORD}).stdout)
     assert len(final) == 1 and final[0]["current"] is True
 
-    assert "no stale locks" in run("unlock", WEIGHTVAULT_PASSWORD=THIRD_PASSWORD).stdout
+    assert "no stale locks" in run("unlock", extra={"WEIGHTVAULT_PASSWORD": THIRD_PASSWORD}).stdout
     for secret in (PASSWORD, NEW_PASSWORD, THIRD_PASSWORD):
         assert not any(secret in text for text in outputs)
 
@@ -394,7 +395,7 @@ def _answer_prompts(env: dict[str, str], args: list[str], answers: list[tuple[st
             assert stream is not None
 
             def pump() -> None:
-                while chunk := stream.read1(4096):
+                while chunk := stream.read1(4096):  # type: ignore[attr-defined]
                     err.extend(chunk)
 
             reader = threading.Thread(target=pump)

@@ -62,7 +62,7 @@ def seal_envelope(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> byte
     return out
 
 
-def open_envelope(key: bytes, envelope: bytes | memoryview, aad: bytes, what: str) -> bytes:
+def open_envelope(key: bytes, envelope: bytes | bytearray | memoryview, aad: bytes, what: str) -> bytes:
     """Authenticate and decrypt; raises IntegrityError naming ``what`` on any mismatch."""
     if len(envelope) < OVERHEAD:
         raise IntegrityError(f"{what}: stored object is truncated ({len(envelope)} bytes)")
@@ -101,7 +101,7 @@ class MasterKey:
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytearray:
         return seal_envelope(self.enc_key, plaintext, aad)
 
-    def open(self, envelope: bytes | memoryview, aad: bytes, what: str) -> bytes:
+    def open(self, envelope: bytes | bytearray | memoryview, aad: bytes, what: str) -> bytes:
         return open_envelope(self.enc_key, envelope, aad, what)
 
     def __repr__(self) -> str:  # never print secrets
