@@ -24,12 +24,14 @@ from weightvault.errors import RepositoryNotFoundError, UsageError, WeightvaultE
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import diff as _diff
+from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
 from weightvault.ops import stats as _stats
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
 from weightvault.ops.diff import DiffEntry, DiffResult
 from weightvault.ops.progress import Progress, ProgressCallback
+from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
 from weightvault.ops.stats import Stats
 from weightvault.repository import keys as _keys
@@ -53,6 +55,7 @@ __all__ = [
     "Node",
     "Progress",
     "ProgressCallback",
+    "RepairResult",
     "Repository",
     "RestoreResult",
     "Snapshot",
@@ -199,6 +202,11 @@ class Repository:
         sub = _check.parse_subset(subset) if subset else None
         with self._repo.lock(exclusive=False):
             return _check.check(self._repo, read_data=read_data, subset=sub, progress=progress)
+
+    def repair_index(self) -> RepairResult:
+        """Rebuild the index from pack headers (exclusive lock); old index files are removed after."""
+        with self._repo.lock(exclusive=True):
+            return _repair.rebuild_index(self._repo)
 
     def stats(self, spec: str | None = None) -> Stats:
         snaps = [self.find_snapshot(spec)] if spec else self._repo.snapshots()

@@ -22,6 +22,7 @@ from weightvault.cli import (
     cmd_init,
     cmd_key,
     cmd_ls,
+    cmd_repair,
     cmd_restore,
     cmd_snapshots,
     cmd_stats,
@@ -54,7 +55,7 @@ def cli(ctx: click.Context, repo: str | None, password_file: str | None, quiet: 
 
 for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
-    cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock,
+    cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair,
 ):
     cli.add_command(_cmd)
 
