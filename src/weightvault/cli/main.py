@@ -7,6 +7,7 @@ exception exits 1 with a one-line message (the traceback only with ``WEIGHTVAULT
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -104,5 +105,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Library warnings (e.g. a skipped damaged snapshot file) go to
+    stderr as ``warning: ...``; ``WEIGHTVAULT_DEBUG=1`` shows debug logging too."""
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("WEIGHTVAULT_DEBUG") == "1" else logging.WARNING,
+        format="%(levelname)s: %(message)s" if os.environ.get("WEIGHTVAULT_DEBUG") == "1" else "warning: %(message)s",
+        stream=sys.stderr,
+    )
     sys.exit(run(argv))

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.chunking.registry import ChunkerParams
@@ -279,7 +278,3 @@ class Repository:
             except (IntegrityError, UnsupportedFormatError) as exc:
                 log.warning("skipping unreadable snapshot %s: %s", snap_id, exc.message)
         return sorted(snaps, key=lambda s: (s.datetime, s.id))
-
-    def iter_tree_blobs(self, snap: Snapshot) -> Iterator[bytes]:
-        for b in snap.tree:
-            yield self.load_blob(b)
