@@ -151,7 +151,7 @@ def test_includes_sub_directory(repo: Repository, snap_src: Path, tmp_path: Path
     target = tmp_path / "t"
     res = repo.restore("latest", target, includes=["run/sub"])
     assert _state(target).keys() == {"run/sub/c.bin", "run/sub/d.txt", "run/sub/deeper/e.bin"}
-    assert res.files == 3 and res.dirs == 2
+    assert res.files == 3 and res.dirs == 3  # run/sub, run/sub/deeper and the parent run (for its metadata)
     assert tree_digest(target / "run" / "sub") == tree_digest(snap_src / "sub")
 
 
@@ -199,3 +199,19 @@ def test_verify_counts_files(repo: Repository, snap_src: Path, tmp_path: Path) -
     assert res2.verified == 0
     res3 = repo.restore("latest", tmp_path / "t", verify=True, overwrite="if-changed")
     assert res3.verified == res3.files == 0  # nothing differed, nothing written
+
+
+def test_include_restores_parent_directories_with_their_metadata(repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "run"
+    write(src / "ckpt" / "step-10" / "model.bin", b"w" * 1000)
+    write(src / "ckpt" / "step-20" / "model.bin", b"v" * 1000)
+    os.chmod(src / "ckpt", 0o751)
+    os.chmod(src / "ckpt" / "step-10", 0o750)
+    repo.backup([src])
+    out = tmp_path / "out"
+    repo.restore("latest", out, includes=["run/ckpt/step-10/*"])
+    assert (out / "run" / "ckpt" / "step-10" / "model.bin").read_bytes() == b"w" * 1000
+    assert not (out / "run" / "ckpt" / "step-20").exists()
+    assert (out / "run" / "ckpt").stat().st_mode & 0o7777 == 0o751
+    assert (out / "run" / "ckpt" / "step-10").stat().st_mode & 0o7777 == 0o750
+    assert (out / "run" / "ckpt").stat().st_mtime_ns == (src / "ckpt").stat().st_mtime_ns

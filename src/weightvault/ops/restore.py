@@ -133,7 +133,12 @@ def _selected(snap: Snapshot, repo: Repository, includes: list[str]) -> list[tup
                     f"snapshot entry {os.fsdecode(n.path)!r} lies below a file or symlink of the same snapshot;"
                     " refusing to restore"
                 )
-    return [(n, parts) for n, parts in nodes if not includes or matches_any(n.path, includes)]
+    if not includes:
+        return nodes
+    chosen = {n.path for n, _ in nodes if matches_any(n.path, includes)}
+    # the parent directories of what was chosen come along, so they get their recorded metadata
+    chosen |= {b"/".join(parts[:i]) for n, parts in nodes if n.path in chosen for i in range(1, len(parts))}
+    return [(n, parts) for n, parts in nodes if n.path in chosen]
 
 
 def _file_digest(dir_fd: int, name: bytes) -> str | None:
