@@ -25,7 +25,7 @@ from weightvault.errors import (
     WeightvaultError,
 )
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "convert_os_error"]
 
 _TMP_PREFIX = ".tmp-"
 
@@ -38,7 +38,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _convert(exc: OSError, what: str) -> WeightvaultError:
+def convert_os_error(exc: OSError, what: str) -> WeightvaultError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpaceError(
             f"no space left writing {what}: {exc.strerror}",
@@ -84,7 +84,7 @@ class LocalBackend:
                 (self.root / FileType.PACK.value / f"{i:02x}").mkdir(exist_ok=True)
             _fsync_dir(self.root)
         except OSError as exc:
-            raise _convert(exc, f"repository directory {self.root}") from exc
+            raise convert_os_error(exc, f"repository directory {self.root}") from exc
 
     def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
         final = self._path(ftype, name)
@@ -115,7 +115,7 @@ class LocalBackend:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise _convert(exc, what) from exc
+            raise convert_os_error(exc, what) from exc
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         what = f"{ftype.value}/{name}"
@@ -125,7 +125,7 @@ class LocalBackend:
                     f.seek(offset)
                 data = f.read() if length is None else f.read(length)
         except OSError as exc:
-            raise _convert(exc, what) from exc
+            raise convert_os_error(exc, what) from exc
         if length is not None and len(data) != length:
             raise BackendError(f"{what}: short read ({len(data)} of {length} bytes at offset {offset})")
         return data
@@ -134,7 +134,7 @@ class LocalBackend:
         try:
             return self._path(ftype, name).stat().st_size
         except OSError as exc:
-            raise _convert(exc, f"{ftype.value}/{name}") from exc
+            raise convert_os_error(exc, f"{ftype.value}/{name}") from exc
 
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         if ftype is FileType.CONFIG:
@@ -166,7 +166,7 @@ class LocalBackend:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise _convert(exc, f"{ftype.value}/{name}") from exc
+            raise convert_os_error(exc, f"{ftype.value}/{name}") from exc
 
     def free_space(self) -> int | None:
         try:

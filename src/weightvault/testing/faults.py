@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from weightvault.backends.base import Backend, FileType
-from weightvault.backends.local import _convert as _convert_os_error
+from weightvault.backends.local import convert_os_error
 from weightvault.errors import BackendError
 
 __all__ = ["FaultyBackend", "Op", "backend_error", "enospc", "os_error"]
@@ -38,7 +38,7 @@ def os_error(code: int) -> ErrorFactory:
 
     def make(ftype: FileType, name: str) -> BaseException:
         exc = OSError(code, os.strerror(code))
-        converted = _convert_os_error(exc, f"{ftype.value}/{name}")
+        converted = convert_os_error(exc, f"{ftype.value}/{name}")
         converted.__cause__ = exc
         return converted
 
