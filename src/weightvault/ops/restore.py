@@ -19,8 +19,10 @@ import contextlib
 import errno
 import hashlib
 import os
+import resource
 import secrets
 import stat
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,17 +83,39 @@ def check_path(path: bytes) -> list[bytes]:
 
 
 class _Dirs:
-    """Opens directories under the target one component at a time without following symlinks."""
+    """Opens directories under the target one component at a time without following symlinks.
+
+    Keeps at most a quarter of the open-file limit (8..128) of directory fds open, closing the least
+    recently used, so a snapshot with many directories cannot exhaust file descriptors. A returned
+    fd is only valid until the next ``open`` call.
+    """
 
     def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd
-        self._cache: dict[tuple[bytes, ...], int] = {(): root_fd}
+        self._cache: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._max_open = 128 if soft == resource.RLIM_INFINITY else max(8, min(128, soft // 4))
 
-    def open(self, parts: tuple[bytes, ...], create: bool) -> int:
+    def _cached(self, parts: tuple[bytes, ...]) -> int | None:
+        if not parts:
+            return self.root_fd
         fd = self._cache.get(parts)
         if fd is not None:
-            return fd
-        parent = self.open(parts[:-1], create)
+            self._cache.move_to_end(parts)
+        return fd
+
+    def open(self, parts: tuple[bytes, ...], create: bool) -> int:
+        """The fd of target/parts, opening (and with ``create`` making) each missing level in turn."""
+        depth = len(parts)
+        fd = self._cached(parts)
+        while fd is None:
+            depth -= 1
+            fd = self._cached(parts[:depth])
+        for i in range(depth + 1, len(parts) + 1):
+            fd = self._open_child(fd, parts[:i], create)
+        return fd
+
+    def _open_child(self, parent: int, parts: tuple[bytes, ...], create: bool) -> int:
         name = parts[-1]
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
@@ -109,13 +133,14 @@ class _Dirs:
                 ) from exc
             raise
         self._cache[parts] = fd
+        if len(self._cache) > self._max_open:
+            os.close(self._cache.popitem(last=False)[1])
         return fd
 
     def close(self) -> None:
-        for key, fd in self._cache.items():
-            if key:
-                os.close(fd)
-        self._cache = {(): self.root_fd}
+        for fd in self._cache.values():
+            os.close(fd)
+        self._cache.clear()
 
 
 def _selected(snap: Snapshot, repo: Repository, includes: list[str]) -> list[tuple[Node, list[bytes]]]:
@@ -203,8 +228,8 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
                 _chown(n, fd)
                 os.chmod(fd, n.mode)
                 os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        for fd in {dirs.open(tuple(p[:-1]), create=True) for _, p in plan}:
-            os.fsync(fd)
+        for parent in sorted({tuple(p[:-1]) for _, p in plan}):
+            os.fsync(dirs.open(parent, create=True))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpaceError(

@@ -68,18 +68,32 @@ def _is_cache_dir(path: bytes) -> bool:
 def walk_source(
     abs_path: bytes, root_name: bytes, excludes: list[str], exclude_caches: bool
 ) -> Iterator[Entry | WalkError]:
-    """Yield entries (and errors for unreadable objects) in manifest order."""
-    try:
-        st = os.lstat(abs_path)
-    except OSError as exc:
-        yield WalkError(root_name, exc.strerror or str(exc))
+    """Yield entries (and errors for unreadable objects) in manifest order: depth-first, each
+    directory before its children, siblings sorted by name bytes. Iterative, so depth is unbounded."""
+    root = _entry(abs_path, root_name)
+    yield root
+    if not isinstance(root, Entry) or not stat.S_ISDIR(root.st.st_mode):
         return
-    yield Entry(abs_path, root_name, st)
-    if stat.S_ISDIR(st.st_mode):
-        yield from _walk_dir(abs_path, root_name, excludes, exclude_caches)
+    stack = [_children(abs_path, root_name, excludes, exclude_caches)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        yield item
+        if isinstance(item, Entry) and stat.S_ISDIR(item.st.st_mode):
+            stack.append(_children(item.abs, item.rel, excludes, exclude_caches))
 
 
-def _walk_dir(path: bytes, rel: bytes, excludes: list[str], exclude_caches: bool) -> Iterator[Entry | WalkError]:
+def _entry(path: bytes, rel: bytes) -> Entry | WalkError:
+    try:
+        return Entry(path, rel, os.lstat(path))
+    except OSError as exc:
+        return WalkError(rel, exc.strerror or str(exc))
+
+
+def _children(path: bytes, rel: bytes, excludes: list[str], exclude_caches: bool) -> Iterator[Entry | WalkError]:
+    """The direct children of one directory, not descending."""
     try:
         with os.scandir(path) as it:
             names = sorted(e.name for e in it)
@@ -91,14 +105,5 @@ def _walk_dir(path: bytes, rel: bytes, excludes: list[str], exclude_caches: bool
         if cache and name != b"CACHEDIR.TAG":
             continue
         child_rel = rel + b"/" + name
-        if matches_any(child_rel, excludes):
-            continue
-        child = os.path.join(path, name)
-        try:
-            st = os.lstat(child)
-        except OSError as exc:
-            yield WalkError(child_rel, exc.strerror or str(exc))
-            continue
-        yield Entry(child, child_rel, st)
-        if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(child, child_rel, excludes, exclude_caches)
+        if not matches_any(child_rel, excludes):
+            yield _entry(os.path.join(path, name), child_rel)
