@@ -104,25 +104,44 @@ def _meta(node: Node, st: os.stat_result) -> Node:
 
 
 class _Saver:
-    """Submits chunks to the worker pool with a bound on chunks in flight."""
+    """Stores chunks in a worker pool (compress, encrypt, pack) with a bound on chunks in flight.
+
+    Blob ids are computed by the caller, so a file's node is complete as soon as it has been read
+    and the next file can be read while its chunks are still being stored. A failed store is
+    raised by the next ``submit`` or by ``close``, so the snapshot is never committed after one.
+    """
 
     def __init__(self, repo: Repository, workers: int) -> None:
         self.repo = repo
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-backup")
         self.slots = threading.BoundedSemaphore(2 * workers + 2)
+        self._failed: list[BaseException] = []
 
-    def submit(self, data: bytes) -> Future[tuple[bytes, bool]]:
+    def _done(self, fut: Future[tuple[bytes, bool]]) -> None:
+        self.slots.release()
+        exc = fut.exception()
+        if exc is not None:
+            self._failed.append(exc)
+
+    def submit(self, data: bytes) -> bytes:
+        """Queue ``data`` for storing; returns its blob id."""
+        if self._failed:
+            raise self._failed[0]
+        blob_id = self.repo.key.blob_id(data)
         self.slots.acquire()
         try:
-            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data)
+            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data, blob_id)
         except BaseException:
             self.slots.release()
             raise
-        fut.add_done_callback(lambda _f: self.slots.release())
-        return fut
+        fut.add_done_callback(self._done)
+        return blob_id
 
     def close(self) -> None:
+        """Wait for every queued chunk; raise the first storing error, if any."""
         self.pool.shutdown(wait=True)
+        if self._failed:
+            raise self._failed[0]
 
 
 def _read_file(
@@ -136,14 +155,13 @@ def _read_file(
         head = os.pread(fd, 65536, 0)
         splitter = registry.select(os.path.basename(e.rel), head)
         sha = hashlib.sha256()
-        futures: list[Future[tuple[bytes, bool]]] = []
+        blobs: list[bytes] = []
         size = 0
         for chunk in splitter.split(f, repo.chunker):
             sha.update(chunk.data)
             size += len(chunk.data)
-            futures.append(saver.submit(chunk.data))
+            blobs.append(saver.submit(chunk.data))
             on_bytes(len(chunk.data))
-        blobs = [fut.result()[0] for fut in futures]
         after = os.fstat(fd)
     try:
         now = os.lstat(e.abs)
@@ -252,11 +270,11 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
                     totals["bytes"] += node.size
                 else:
                     warnings.append((os.fsdecode(e.rel), "special file (device, fifo or socket) not backed up"))
+        saver.close()  # every chunk stored (or the first storing error raised)
     except BaseException:
         writer.close()
+        saver.pool.shutdown(wait=True)
         raise
-    finally:
-        saver.close()
     tree = writer.finish(lambda data: repo.save_blob(BlobType.TREE, data)[0])
     repo.flush()  # packs, then index: everything the snapshot references is durable
     reporter.done()

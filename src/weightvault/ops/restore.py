@@ -22,6 +22,7 @@ import os
 import resource
 import secrets
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,7 +48,8 @@ OverwriteMode = Literal["error", "never", "if-changed", "always"]
 OVERWRITE_MODES: tuple[str, ...] = ("error", "never", "if-changed", "always")
 _TMP = b".wvtmp-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-_LOOKAHEAD = 8  # blobs in flight per file (bounds memory to ~8 x max chunk size)
+_LOOKAHEAD = 4  # blobs in flight per file
+_FILES_IN_FLIGHT = 4  # files restored concurrently; memory bound: 16 blobs of at most 8 MiB
 
 
 @dataclass
@@ -211,13 +213,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
     workers = opts.workers or os.cpu_count() or 2
     try:
         plan = _plan(nodes, dirs, opts.overwrite, result)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool:
-            for n, parts in plan:
-                if n.type == "dir":
-                    dirs.open(tuple(parts), create=True)
-                    result.dirs += 1
-                elif n.type == "file":
-                    _restore_file(repo, pool, dirs, n, parts, opts.verify, reporter, result)
+        _restore_files(repo, plan, dirs, workers, opts.verify, reporter, result)
         for n, parts in plan:  # symlinks after all files: nothing is ever written through them
             if n.type == "symlink":
                 _restore_symlink(dirs, n, parts)
@@ -276,18 +272,82 @@ def _plan(
     return plan
 
 
-def _restore_file(
+def _restore_files(
     repo: Repository,
-    pool: ThreadPoolExecutor,
+    plan: list[tuple[Node, list[bytes]]],
     dirs: _Dirs,
-    n: Node,
-    parts: list[bytes],
+    workers: int,
     verify: bool,
     reporter: Reporter,
     result: RestoreResult,
 ) -> None:
-    parent_fd = dirs.open(tuple(parts[:-1]), create=True)
-    name = parts[-1]
+    """Create the directories and restore the files of ``plan``, ``_FILES_IN_FLIGHT`` files at a
+    time (each file task gets its own duplicate of its directory's fd); blob loads and writes run
+    in a separate pool. The first failure stops new work and is raised once running tasks end."""
+    lock = threading.Lock()
+    slots = threading.BoundedSemaphore(_FILES_IN_FLIGHT)
+    failed: list[BaseException] = []
+
+    def done(fut: Future[None]) -> None:
+        slots.release()
+        exc = fut.exception()
+        if exc is not None:
+            failed.append(exc)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
+            ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
+        for n, parts in plan:
+            if failed:
+                break
+            if n.type == "dir":
+                dirs.open(tuple(parts), create=True)
+                result.dirs += 1
+            elif n.type == "file":
+                parent_fd = os.dup(dirs.open(tuple(parts[:-1]), create=True))
+                slots.acquire()
+                try:
+                    fut = files.submit(
+                        _restore_file, repo, pool, parent_fd, n, parts[-1], verify, reporter, result, lock
+                    )
+                except BaseException:
+                    slots.release()
+                    os.close(parent_fd)
+                    raise
+                fut.add_done_callback(done)
+    if failed:
+        raise failed[0]
+
+
+def _restore_file(
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    parent_fd: int,
+    n: Node,
+    name: bytes,
+    verify: bool,
+    reporter: Reporter,
+    result: RestoreResult,
+    lock: threading.Lock,
+) -> None:
+    """Write one file under a temporary name, check it, fsync it and rename it into place.
+    Takes ownership of ``parent_fd``."""
+    try:
+        _write_file(repo, pool, parent_fd, n, name, verify, reporter, result, lock)
+    finally:
+        os.close(parent_fd)
+
+
+def _write_file(
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    parent_fd: int,
+    n: Node,
+    name: bytes,
+    verify: bool,
+    reporter: Reporter,
+    result: RestoreResult,
+    lock: threading.Lock,
+) -> None:
     tmp = _TMP + secrets.token_hex(6).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
     renamed = False
@@ -306,18 +366,18 @@ def _restore_file(
             )
         _chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode)
-        os.fsync(fd)
-        if verify:
-            if _file_digest(parent_fd, tmp) != n.sha256:
-                raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
-            result.verified += 1
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
+        os.fsync(fd)
+        if verify and _file_digest(parent_fd, tmp) != n.sha256:
+            raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
         os.close(fd)
         fd = -1
         _replace(parent_fd, tmp, name)
         renamed = True
-        result.files += 1
-        result.bytes += n.size
+        with lock:
+            result.files += 1
+            result.bytes += n.size
+            result.verified += int(verify)
         reporter.add(files=1, current=os.fsdecode(n.path))
     finally:
         if fd >= 0:
