@@ -11,15 +11,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-__all__ = ["Chunk", "ChunkerParams", "Splitter", "SplitterRegistry", "default_registry"]
+__all__ = ["DTYPE_SIZES", "Chunk", "ChunkerParams", "Splitter", "SplitterRegistry", "default_registry"]
+
+# Element sizes in bytes of the dtype names used in Chunk.dtype (safetensors' vocabulary).
+DTYPE_SIZES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A piece of a file. ``data`` must stay valid after the next chunk is produced."""
+    """A piece of a file. ``data`` must stay valid after the next chunk is produced.
+
+    Format-aware splitters may describe what the bytes are: ``dtype`` is the element type of a
+    tensor's raw little-endian data using safetensors' names ("F32", "BF16", "F16", "F64", "I8",
+    ...; see ``DTYPE_SIZES``), and ``tensor`` names the tensor (with ``part``, the index of this
+    sub-chunk within it). These are hints for codecs and deltas only: they never change the bytes
+    stored or restored, and a wrong hint may only cost compression.
+    """
 
     offset: int
     data: bytes
+    dtype: str | None = None
+    tensor: str | None = None
+    part: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,8 +43,9 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress_best(data: bytes | memoryview, level: int = 3) -> tuple[int, bytes]:
-    """Return (codec id, payload): zstd when it saves >= 2 %, otherwise RAW."""
+def compress_best(data: bytes | memoryview, level: int = 3, dtype: str | None = None) -> tuple[int, bytes]:
+    """Return (codec id, payload): zstd when it saves >= 2 %, otherwise RAW. ``dtype`` is the
+    element-type hint of tensor data (unused by these codecs)."""
     packed = _compressor(level).compress(data)
     if len(packed) <= len(data) * (1 - _MIN_SAVING):
         return ZSTD, packed

@@ -123,14 +123,14 @@ class _Saver:
         if exc is not None:
             self._failed.append(exc)
 
-    def submit(self, data: bytes) -> bytes:
-        """Queue ``data`` for storing; returns its blob id."""
+    def submit(self, data: bytes, dtype: str | None = None) -> bytes:
+        """Queue ``data`` for storing (``dtype``: element type hint for the codec); returns its blob id."""
         if self._failed:
             raise self._failed[0]
         blob_id = self.repo.key.blob_id(data)
         self.slots.acquire()
         try:
-            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data, blob_id)
+            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data, blob_id, dtype)
         except BaseException:
             self.slots.release()
             raise
@@ -160,7 +160,7 @@ def _read_file(
         for chunk in splitter.split(f, repo.chunker):
             sha.update(chunk.data)
             size += len(chunk.data)
-            blobs.append(saver.submit(chunk.data))
+            blobs.append(saver.submit(chunk.data, chunk.dtype))
             on_bytes(len(chunk.data))
         after = os.fstat(fd)
     try:

@@ -170,7 +170,9 @@ class Repository:
             raise IntegrityError(f"{what}: content hash does not match its id")
         return data
 
-    def save_blob(self, btype: BlobType, data: bytes, blob_id: bytes | None = None) -> tuple[bytes, bool]:
+    def save_blob(
+        self, btype: BlobType, data: bytes, blob_id: bytes | None = None, dtype: str | None = None
+    ) -> tuple[bytes, bool]:
         """Store ``data`` unless a blob with its id exists. Returns (id, newly stored). Thread-safe.
 
         The blob becomes durable only when its pack is written (when full, or by ``flush()``).
@@ -181,7 +183,7 @@ class Repository:
                 return bid, False
             self._pending.add(bid)
         try:
-            codec, payload = compress_best(data, self.config.compression_level)
+            codec, payload = compress_best(data, self.config.compression_level, dtype=dtype)
             envelope = self.key.seal(payload, blob_aad(btype, codec, bid))
         except BaseException:
             with self._lock:
