@@ -79,5 +79,11 @@ class SplitterRegistry:
 
 def default_registry() -> SplitterRegistry:
     from weightvault.chunking.cdc import CdcSplitter
+    from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
+    from weightvault.chunking.safetensors import SafetensorsSplitter
 
-    return SplitterRegistry(CdcSplitter())
+    reg = SplitterRegistry(CdcSplitter())
+    reg.register(SafetensorsSplitter())
+    reg.register(NpySplitter())
+    reg.register(NpzSplitter())
+    return reg

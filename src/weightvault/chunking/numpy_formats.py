@@ -1,0 +1,202 @@
+"""Tensor-aligned splitting of NumPy ``.npy`` files and ``.npz`` archives.
+
+``.npy``: magic ``\\x93NUMPY``, version byte pair, header length (u16 for v1, u32 for v2/v3), a
+Python dict literal ``{'descr', 'fortran_order', 'shape'}`` (parsed with ``ast.literal_eval``,
+never evaluated), then the raw array data. ``.npz``: a zip of ``.npy`` members; stored members get
+the ``.npy`` treatment in place, compressed members and zip structures become opaque chunks.
+Anything inconsistent falls back to generic CDC over the whole file.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from weightvault.chunking.cdc import CdcSplitter
+from weightvault.chunking.registry import Chunk, ChunkerParams
+from weightvault.chunking.tensor_plan import (
+    Piece,
+    PlanBuilder,
+    TensorRange,
+    bounded_count,
+    file_size,
+    read_exact,
+    read_plan,
+)
+
+__all__ = ["NPY_MAGIC", "NpyHeader", "NpySplitter", "NpzSplitter", "descr_info", "parse_npy_header"]
+
+NPY_MAGIC = b"\x93NUMPY"
+MAX_NPY_HEADER = 1024 * 1024  # numpy itself refuses headers over 10 000 bytes by default
+
+# Little-endian (or byte-order-free) numeric descrs and their names in Chunk.dtype.
+_DESCR_DTYPES: dict[str, str] = {
+    "<f8": "F64", "<f4": "F32", "<f2": "F16",
+    "<i8": "I64", "<i4": "I32", "<i2": "I16", "|i1": "I8", "<i1": "I8",
+    "<u8": "U64", "<u4": "U32", "<u2": "U16", "|u1": "U8", "<u1": "U8",
+    "|b1": "BOOL", "<b1": "BOOL",
+}
+_SIMPLE_DESCR = re.compile(r"[<>|=]([a-zA-Z])(\d+)(\[\w+\])?")
+
+
+@dataclass(frozen=True, slots=True)
+class NpyHeader:
+    """A parsed ``.npy`` header: data begins at ``data_offset`` (relative to the magic) and is
+    ``data_length`` bytes of ``itemsize``-byte elements; ``dtype`` is the hint (None if not a
+    little-endian numeric type)."""
+
+    data_offset: int
+    data_length: int
+    itemsize: int
+    dtype: str | None
+
+
+def descr_info(descr: object) -> tuple[int, str | None]:
+    """(itemsize, dtype hint) of a ``.npy`` descr; ValueError for object dtypes and anything
+    whose size cannot be known from the descr alone."""
+    if isinstance(descr, str):
+        m = _SIMPLE_DESCR.fullmatch(descr)
+        if not m or m.group(1) == "O":
+            raise ValueError(f"unsupported descr {descr!r}")
+        n = int(m.group(2))
+        return (4 * n if m.group(1) == "U" else n), _DESCR_DTYPES.get(descr)
+    if isinstance(descr, list) and descr:  # structured: [(name, descr) | (name, descr, shape), ...]
+        total = 0
+        for field in descr:
+            if not isinstance(field, tuple) or len(field) not in (2, 3):
+                raise ValueError("bad structured descr")
+            sub, _ = descr_info(field[1])
+            count = 1
+            if len(field) == 3:
+                shape = field[2] if isinstance(field[2], tuple) else (field[2],)
+                count = bounded_count(shape, 1 << 40)
+            total += sub * count
+        return total, None
+    raise ValueError(f"unsupported descr {descr!r}")
+
+
+def parse_npy_header(read: BinaryIO, available: int) -> NpyHeader:
+    """Parse the header at the stream's position; ``available`` bytes follow it in the file or
+    member. ValueError (or another parse exception) if it is not a consistent ``.npy``."""
+    pre = read_exact(read, 8)
+    if len(pre) < 8 or pre[:6] != NPY_MAGIC or pre[6] not in (1, 2, 3):
+        raise ValueError("not a .npy header")
+    if pre[6] == 1:
+        lb = read_exact(read, 2)
+        (hlen,) = struct.unpack("<H", lb) if len(lb) == 2 else (-1,)
+        fixed = 10
+    else:
+        lb = read_exact(read, 4)
+        (hlen,) = struct.unpack("<I", lb) if len(lb) == 4 else (-1,)
+        fixed = 12
+    if hlen < 0 or hlen > MAX_NPY_HEADER or fixed + hlen > available:
+        raise ValueError("bad .npy header length")
+    raw = read_exact(read, hlen)
+    if len(raw) != hlen:
+        raise ValueError("truncated .npy header")
+    d = ast.literal_eval(raw.decode("utf-8" if pre[6] == 3 else "latin1"))
+    if not isinstance(d, dict) or not isinstance(d.get("fortran_order"), bool):
+        raise ValueError("bad .npy header dict")
+    shape = d.get("shape")
+    if not isinstance(shape, tuple):
+        raise ValueError("bad .npy shape")
+    itemsize, dtype = descr_info(d.get("descr"))
+    length = bounded_count(shape, available) * itemsize
+    if fixed + hlen + length > available:
+        raise ValueError(".npy data runs past the end")
+    return NpyHeader(fixed + hlen, length, itemsize, dtype)
+
+
+def _plan_npy_at(stream: BinaryIO, plan: PlanBuilder, start: int, end: int, name: str) -> None:
+    """Plan a ``.npy`` occupying ``[start, end)``: header, tensor data, trailing bytes."""
+    stream.seek(start)
+    h = parse_npy_header(stream, end - start)
+    plan.whole(start + h.data_offset, f"{name}/__header__" if name else "__header__")
+    data_start = start + h.data_offset
+    plan.tensors([TensorRange(data_start, data_start + h.data_length, name, h.dtype, h.itemsize)], end)
+
+
+class NpySplitter:
+    """Header chunk, then element-aligned data chunks; CDC for anything that does not parse."""
+
+    name = "npy"
+
+    def accepts(self, name: bytes, head: bytes) -> bool:
+        return name.lower().endswith(b".npy") or head.startswith(NPY_MAGIC)
+
+    def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
+        try:
+            size = file_size(stream)
+            plan = PlanBuilder()
+            _plan_npy_at(stream, plan, 0, size, "")
+            pieces = plan.finish(size)
+        except Exception:  # hostile or foreign bytes: whatever the parser raised, use generic CDC
+            stream.seek(0)
+            return CdcSplitter().split(stream, params)
+        return read_plan(stream, pieces)
+
+
+def plan_npz(stream: BinaryIO) -> list[Piece]:
+    """The chunk plan of a zip of ``.npy`` members; ValueError (or another exception from parsing
+    hostile bytes) if the archive's ranges are inconsistent."""
+    size = file_size(stream)
+    stream.seek(0)
+    with zipfile.ZipFile(stream) as zf:
+        infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+        cd_start = zf.start_dir
+    if not isinstance(cd_start, int) or not 0 <= cd_start <= size:
+        raise ValueError("central directory lies outside the file")
+    plan = PlanBuilder()
+    for info in infos:
+        stream.seek(info.header_offset)
+        local = read_exact(stream, 30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {info.filename!r}: bad local header")
+        name_len, extra_len = struct.unpack_from("<HH", local, 26)
+        data_start = info.header_offset + 30 + name_len + extra_len
+        data_end = data_start + info.compress_size
+        if info.header_offset < plan.pos or data_end > cd_start:
+            raise ValueError(f"member {info.filename!r} overlaps another or the central directory")
+        plan.opaque(info.header_offset)
+        plan.whole(data_start)  # local header: changes with the member's CRC and sizes
+        if info.compress_type == zipfile.ZIP_STORED and info.filename.endswith(".npy"):
+            before = (len(plan.pieces), plan.pos)
+            try:
+                _plan_npy_at(stream, plan, data_start, data_end, info.filename[: -len(".npy")])
+                continue
+            except Exception:  # a member that is not a valid .npy is stored as opaque bytes
+                del plan.pieces[before[0]:]
+                plan.pos = before[1]
+        plan.opaque(data_end)
+    plan.opaque(size)  # data descriptors, the central directory and the end record
+    return plan.finish(size)
+
+
+def _npz_head(head: bytes) -> bool:
+    """A zip whose first member is a ``.npy`` (what ``np.savez`` writes)."""
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        return False
+    (name_len,) = struct.unpack_from("<H", head, 26)
+    return head[30:30 + name_len].endswith(b".npy")
+
+
+class NpzSplitter:
+    """Zip of ``.npy`` members: stored members split like ``.npy`` files; CDC if the zip is off."""
+
+    name = "npz"
+
+    def accepts(self, name: bytes, head: bytes) -> bool:
+        return name.lower().endswith(b".npz") or _npz_head(head)
+
+    def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
+        try:
+            pieces = plan_npz(stream)
+        except Exception:  # hostile or foreign bytes: whatever the parser raised, use generic CDC
+            stream.seek(0)
+            return CdcSplitter().split(stream, params)
+        return read_plan(stream, pieces)
