@@ -79,11 +79,15 @@ class SplitterRegistry:
 
 def default_registry() -> SplitterRegistry:
     from weightvault.chunking.cdc import CdcSplitter
+    from weightvault.chunking.gguf import GgufSplitter
     from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
     from weightvault.chunking.safetensors import SafetensorsSplitter
+    from weightvault.chunking.torchzip import TorchZipSplitter
 
     reg = SplitterRegistry(CdcSplitter())
     reg.register(SafetensorsSplitter())
     reg.register(NpySplitter())
     reg.register(NpzSplitter())
+    reg.register(TorchZipSplitter())
+    reg.register(GgufSplitter())
     return reg

@@ -1,0 +1,203 @@
+"""Tensor-aligned splitter for GGUF (llama.cpp) model files, versions 2 and 3, little-endian.
+
+Layout: ``GGUF``, u32 version, u64 tensor_count, u64 kv_count, the key/value metadata, the tensor
+infos (name, n_dims, dims, ggml type, offset relative to the data section), padding to
+``general.alignment`` (default 32), then the data section. The header, metadata, infos and padding
+(up to the first tensor) become one region (content-defined cuts beyond 4 MiB); each tensor then
+gets fixed aligned sub-chunks of at most 4 MiB with a dtype hint for plain types (quantized types
+get none). A tensor's range runs to the next tensor's offset (alignment padding included), the
+last one to EOF. The parser is bounded (counts, lengths, nesting, total items, header size) and
+anything malformed sends the whole file to generic CDC.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from weightvault.chunking.cdc import CdcSplitter
+from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams
+from weightvault.chunking.torchzip import Segment, emit_plan
+
+__all__ = ["GGML_DTYPES", "MAX_HEADER", "GgufSplitter"]
+
+MAGIC = b"GGUF"
+MAX_HEADER = 256 * 1024 * 1024  # header + metadata + infos beyond this: generic CDC
+MAX_COUNT = 1 << 22  # tensors, keys
+MAX_ITEMS = 1 << 24  # array items over the whole metadata
+MAX_DIMS = 8
+DEFAULT_ALIGNMENT = 32
+
+GGML_DTYPES: dict[int, str] = {0: "F32", 1: "F16", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 30: "BF16"}
+
+# Metadata value types: fixed sizes (string = 8, array = 9 are variable).
+_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_INT_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 10: "<Q", 11: "<q"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Bad(Exception):
+    """Not a GGUF file this splitter trusts."""
+
+
+class _Reader:
+    """Reads the header incrementally from offset 0, never beyond MAX_HEADER or the file."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self.stream = stream
+        self.limit = min(size, MAX_HEADER)
+        self.buf = bytearray()
+        self.pos = 0
+        self.items = 0
+        stream.seek(0)
+
+    def need(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.limit:
+            raise _Bad("header runs past the file or the header size limit")
+        while len(self.buf) < self.pos + n:
+            more = self.stream.read(max(1 << 20, self.pos + n - len(self.buf)))
+            if not more:
+                raise _Bad("short read")
+            self.buf += more
+
+    def skip(self, n: int) -> None:
+        self.need(n)
+        self.pos += n
+
+    def unpack(self, fmt: str, n: int) -> int:
+        self.need(n)
+        v: int = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += n
+        return v
+
+    def u32(self) -> int:
+        return self.unpack("<I", 4)
+
+    def u64(self) -> int:
+        return self.unpack("<Q", 8)
+
+    def string(self) -> bytes:
+        n = self.u64()
+        self.need(n)
+        s = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return s
+
+    def value(self, vtype: int, depth: int = 0) -> int | None:
+        """Consume one metadata value; return it if it is an integer, else None."""
+        if vtype in _INT_FMT:
+            return self.unpack(_INT_FMT[vtype], _FIXED[vtype])
+        if vtype in _FIXED:
+            self.skip(_FIXED[vtype])
+        elif vtype == _STRING:
+            self.skip(self.u64())
+        elif vtype == _ARRAY:
+            if depth >= 3:
+                raise _Bad("arrays nested too deeply")
+            itype, count = self.u32(), self.u64()
+            self.items += count
+            if self.items > MAX_ITEMS:
+                raise _Bad("too many array items")
+            if itype in _FIXED:
+                self.skip(count * _FIXED[itype])
+            elif itype == _STRING:
+                self.need(count * 8)  # each string has at least its length field
+                for _ in range(count):
+                    self.skip(self.u64())
+            elif itype == _ARRAY:
+                self.need(count * 12)
+                for _ in range(count):
+                    self.value(_ARRAY, depth + 1)
+            else:
+                raise _Bad(f"unknown array item type {itype}")
+        else:
+            raise _Bad(f"unknown value type {vtype}")
+        return None
+
+
+def _parse(stream: BinaryIO, size: int) -> tuple[int, list[tuple[bytes, int, int, int]]]:
+    """(data section start, [(name, ggml type, offset, element count)]); raise _Bad if malformed."""
+    r = _Reader(stream, size)
+    r.need(24)
+    if bytes(r.buf[:4]) != MAGIC:
+        raise _Bad("magic")
+    r.pos = 4
+    version = r.u32()
+    if version not in (2, 3):
+        raise _Bad(f"version {version}")
+    n_tensors, n_kv = r.u64(), r.u64()
+    if n_tensors > MAX_COUNT or n_kv > MAX_COUNT or n_tensors * 24 + n_kv * 12 > size:
+        raise _Bad("absurd counts")
+    alignment = DEFAULT_ALIGNMENT
+    for _ in range(n_kv):
+        key = r.string()
+        vtype = r.u32()
+        v = r.value(vtype)
+        if key == b"general.alignment":
+            if v is None or v <= 0 or v & (v - 1) or v > 1 << 20:
+                raise _Bad("general.alignment")
+            alignment = v
+    infos: list[tuple[bytes, int, int, int]] = []
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.u32()
+        if n_dims > MAX_DIMS:
+            raise _Bad("n_dims")
+        numel = 1
+        for _ in range(n_dims):
+            numel *= r.u64()
+        ggml_type, offset = r.u32(), r.u64()
+        infos.append((name, ggml_type, offset, numel))
+    data_start = -(-r.pos // alignment) * alignment
+    if data_start > size:
+        raise _Bad("data section past EOF")
+    return data_start, infos
+
+
+def _plan(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int) -> list[Segment]:
+    order = sorted(infos, key=lambda t: t[2])
+    starts = [data_start + t[2] for t in order]
+    if any(s > size for s in starts):
+        raise _Bad("tensor offset past EOF")
+    segs: list[Segment] = []
+    cursor = 0
+    for i, (name, gtype, _off, numel) in enumerate(order):
+        start = starts[i]
+        end = starts[i + 1] if i + 1 < len(order) else size
+        dtype = GGML_DTYPES.get(gtype)
+        if dtype is not None:
+            nbytes = numel * DTYPE_SIZES[dtype]
+            if nbytes > end - start:
+                raise _Bad("tensor larger than its range")
+            if nbytes == 0:
+                continue
+            if (end - start) % DTYPE_SIZES[dtype]:
+                dtype = None
+        if end == start:
+            continue
+        if start > cursor:
+            segs.append(Segment(cursor, start))
+        segs.append(Segment(start, end, dtype, name.decode("utf-8", "replace")))
+        cursor = end
+    return segs
+
+
+class GgufSplitter:
+    """Splits GGUF files into the header region and per-tensor aligned sub-chunks."""
+
+    name = "gguf"
+
+    def accepts(self, name: bytes, head: bytes) -> bool:
+        return head.startswith(MAGIC)
+
+    def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
+        try:
+            size = stream.seek(0, 2)
+            data_start, infos = _parse(stream, size)
+            segs = _plan(data_start, infos, size)
+        except Exception:  # hostile or unsupported file: generic CDC is always correct
+            stream.seek(0)
+            yield from CdcSplitter().split(stream, params)
+            return
+        yield from emit_plan(stream, segs, params)
