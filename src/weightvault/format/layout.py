@@ -53,7 +53,7 @@ __all__ = [
     "parse_trailer",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2: blob codec 2 (byteplane); v1 repositories stay readable and writable
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE

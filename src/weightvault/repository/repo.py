@@ -183,7 +183,10 @@ class Repository:
                 return bid, False
             self._pending.add(bid)
         try:
-            codec, payload = compress_best(data, self.config.compression_level, dtype=dtype)
+            # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository.
+            codec, payload = compress_best(
+                data, self.config.compression_level, dtype=dtype, allow_byteplane=self.config.version >= 2
+            )
             envelope = self.key.seal(payload, blob_aad(btype, codec, bid))
         except BaseException:
             with self._lock:
