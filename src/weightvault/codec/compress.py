@@ -102,6 +102,9 @@ def decompress(codec: int, payload: bytes, raw_length: int) -> bytes:
         out = payload
     elif codec == ZSTD:
         try:
+            declared = zstandard.frame_content_size(payload)
+            if declared not in (-1, raw_length):  # zstandard would allocate what the frame declares
+                raise IntegrityError(f"zstd frame declares {declared} bytes, index says {raw_length}")
             out = _decompressor().decompress(payload, max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"zstd payload does not decompress: {exc}") from exc

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +42,7 @@ __all__ = ["FLOAT_ELEMENT_SIZES", "LAYOUT_VERSION", "decode", "encode", "order0_
 LAYOUT_VERSION = 1
 # Element sizes of the float dtypes this codec is used for (safetensors' names).
 FLOAT_ELEMENT_SIZES: dict[str, int] = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
-_UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_UINT: dict[int, np.dtype[np.unsignedinteger[Any]]] = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _ENTRY = struct.Struct("<BI")
 _PLANE_RAW, _PLANE_ZSTD = 0, 1
 _FLAG_ROTATE = 1
@@ -122,7 +123,7 @@ def encode(data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True
     bodies: list[bytes | memoryview] = []
     for j, plane in enumerate(planes):
         comp = _exponent_compressor() if rotate and j == k - 1 else _compressor(level)
-        raw = memoryview(plane)
+        raw = plane.data
         packed = comp.compress(raw) if plane.size else b""
         if plane.size and len(packed) <= plane.size * (1 - _MIN_SAVING):
             entries.append(_ENTRY.pack(_PLANE_ZSTD, len(packed)))
