@@ -194,8 +194,9 @@ class GgufSplitter:
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         try:
             size = stream.seek(0, 2)
-            data_start, infos = _parse(stream, size)
-            segs = _plan(data_start, infos, size)
+            segs: list[Segment] = []
+            if size >= params.min_size:  # smaller files are one chunk, as with CDC
+                segs = _plan(*_parse(stream, size), size)
         except Exception:  # hostile or unsupported file: generic CDC is always correct
             stream.seek(0)
             yield from CdcSplitter().split(stream, params)

@@ -255,8 +255,9 @@ class TorchZipSplitter:
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         try:
             size = stream.seek(0, 2)
-            storages, dtypes = _scan_zip(stream, size)
-            segs = _plan(storages, dtypes)
+            segs: list[Segment] = []
+            if size >= params.min_size:  # smaller files are one chunk, as with CDC
+                segs = _plan(*_scan_zip(stream, size))
         except Exception:  # hostile or unsupported archive: generic CDC is always correct
             stream.seek(0)
             yield from CdcSplitter().split(stream, params)
