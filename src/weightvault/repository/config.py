@@ -5,6 +5,10 @@ with it cannot break confidentiality or integrity (every data object is authenti
 master key, which is bound to the repository id), but it can deny service: a changed id makes
 every password look wrong, a raised version gets the repository refused, and out-of-range sizes
 are refused at open time.
+
+``version`` is the format version the repository was created with (``FORMAT_VERSION`` for new
+ones). It gates what writers may store: codec 2 (byteplane) only when ``version >= 2``, so a
+version-1 repository stays readable by version-1 weightvault. Nothing raises it implicitly.
 """
 
 from __future__ import annotations
