@@ -12,6 +12,7 @@ anything malformed sends the whole file to generic CDC.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -163,19 +164,19 @@ def _plan(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int) 
     segs: list[Segment] = []
     cursor = 0
     for i, (name, gtype, _off, numel) in enumerate(order):
+        if numel == 0:
+            continue  # an empty tensor may share its offset with the next one
         start = starts[i]
-        end = starts[i + 1] if i + 1 < len(order) else size
+        j = bisect.bisect_right(starts, start)
+        end = starts[j] if j < len(starts) else size
+        if start < cursor or start == end:
+            raise _Bad("tensors overlap")
         dtype = GGML_DTYPES.get(gtype)
         if dtype is not None:
-            nbytes = numel * DTYPE_SIZES[dtype]
-            if nbytes > end - start:
+            if numel * DTYPE_SIZES[dtype] > end - start:
                 raise _Bad("tensor larger than its range")
-            if nbytes == 0:
-                continue
             if (end - start) % DTYPE_SIZES[dtype]:
                 dtype = None
-        if end == start:
-            continue
         if start > cursor:
             segs.append(Segment(cursor, start))
         segs.append(Segment(start, end, dtype, name.decode("utf-8", "replace")))
