@@ -6,8 +6,9 @@ infos (name, n_dims, dims, ggml type, offset relative to the data section), padd
 (up to the first tensor) become one region (content-defined cuts beyond 4 MiB); each tensor then
 gets fixed aligned sub-chunks of at most 4 MiB with a dtype hint for plain types (quantized types
 get none). A tensor's range runs to the next tensor's offset (alignment padding included), the
-last one to EOF. The parser is bounded (counts, lengths, nesting, total items, header size) and
-anything malformed sends the whole file to generic CDC.
+last one to EOF. Files below the minimum chunk size stay one chunk. The parser is bounded
+(counts, lengths, nesting, total items, header size) and anything malformed sends the whole file
+to generic CDC.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ to data descriptors); each STORED storage's data start is read from its local he
 Chunks tile the file exactly: bytes between storages (local headers, data descriptors, small
 entries) form "metadata" chunks; each storage becomes fixed sub-chunks of at most 4 MiB, aligned
 to its start, with the dtype found by ``pickle_scan`` (never by unpickling); runs of small
-storages of one dtype are grouped up to ~1 MiB; the tail is cut like any other region. Anything
-inconsistent in the zip structure sends the whole file to generic CDC. The module also provides
+storages of one dtype are grouped up to ~1 MiB; the tail is cut like any other region. Files
+below the repository's minimum chunk size stay one chunk, as with CDC. Anything inconsistent in
+the zip structure sends the whole file to generic CDC. The module also provides
 the region/tensor emitters shared with the GGUF splitter.
 """
 
