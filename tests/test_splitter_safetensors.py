@@ -298,7 +298,7 @@ def test_minilm_one_tensor_changed_dedupes(repo: Repository, tmp_path: Path) -> 
     write(model, bytes(changed))
     second = _stored_added(repo, src)
     assert 0.5 * (e - b) < second < 1.1 * (e - b) + 64 * 1024
-    assert second < 0.1 * len(original) and first > 0.8 * len(original)
+    assert second < 0.1 * len(original) and first > 10 * second
 
     # insert a tensor first in the header and the data: every offset moves by its size
     (n,) = struct.unpack_from("<Q", original)
