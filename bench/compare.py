@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: weightvault vs restic vs borg, on the same corpora, in one run.
 
-    .venv/bin/python bench/compare.py [--corpus NAME ...] [--work DIR] [--smoke] [--json OUT]
+    .venv/bin/python bench/compare.py [--corpus NAME ...] [--work DIR] [--smoke] [--json OUT] [--incremental]
 
 For every corpus and every installed tool, in a fresh repository each:
 
@@ -19,6 +19,11 @@ time the sync took is recorded too (``*_sync_s``), because weightvault fsyncs re
 itself and restic and borg do not. Before each tool's backup the corpus is read once
 (``cat > /dev/null`` equivalent) so source files are in the page cache for every tool alike.
 The tool order rotates by corpus (corpus i starts with tool i mod 3) and is printed.
+
+The checkpoint-series corpora (finetune-full, finetune-frozen) are real fine-tuning runs produced by
+bench/finetune.py, which needs torch (bench/requirements-finetune.txt); without it they are skipped
+with a message. With --incremental they are backed up the way a training job would be: the run
+directory is staged checkpoint by checkpoint and each tool backs it up after every checkpoint.
 
 See docs/BENCHMARKS.md for the results on the reference machine and how to read them.
 """
@@ -50,6 +55,8 @@ PASSWORD = "bench-password-not-secret"  # noqa: S105 - throwaway repositories un
 TOOLS = ("weightvault", "restic", "borg")
 FULL_CORPORA = ("minilm", "minilm-bf16", "smallfiles", "synthetic-fp32")
 SMOKE_CORPORA = ("smoke-model", "smoke-smallfiles")
+CHECKPOINT_CORPORA = ("finetune-full", "finetune-frozen")  # built by bench/finetune.py; need torch
+FINETUNE_INSTALL = ".venv/bin/python -m pip install -r bench/requirements-finetune.txt"
 MIB = 1024 * 1024
 
 
@@ -226,11 +233,42 @@ def build_smoke_smallfiles(dst: Path) -> None:
         shutil.copy2(p, target)
 
 
+def torch_missing() -> str | None:
+    """Why bench/finetune.py cannot run in this interpreter, or None when it can."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "safetensors") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} not installed in {sys.executable}; the checkpoint-series corpora are "
+            f"real fine-tuning runs made with torch on CPU. Install with: {FINETUNE_INSTALL}")
+
+
+def _build_finetune(dst: Path, mode: str) -> None:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(HERE / "finetune.py"), "--mode", mode, "--out",
+                    str(dst / f"minilm-finetune-{mode}")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    print(f"built finetune-{mode} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def build_finetune_full(dst: Path) -> None:
+    _build_finetune(dst, "full")
+
+
+def build_finetune_frozen(dst: Path) -> None:
+    _build_finetune(dst, "frozen")
+
+
 CORPORA: dict[str, tuple[Callable[[Path], None], str]] = {
     "minilm": (build_minilm, "real all-MiniLM-L6-v2 run directory (F32 safetensors + tokenizer/config files)"),
     "minilm-bf16": (build_minilm_bf16, "the same model's weights rounded to BF16, one safetensors file"),
     "smallfiles": (build_smallfiles, "copy of a real Python site-packages tree (minus the bundled model)"),
     "synthetic-fp32": (build_synthetic_fp32, "SYNTHETIC: 1 GiB float32 from N(0, 0.02), numpy, fixed seed"),
+    "finetune-full": (build_finetune_full, "real fine-tuning run of all-MiniLM-L6-v2, every parameter trained: "
+                      "8 checkpoints of F32 + BF16 safetensors, AdamW optimizer.pt, trainer_state.json"),
+    "finetune-frozen": (build_finetune_frozen, "real fine-tuning run of all-MiniLM-L6-v2, only encoder layer 5 "
+                        "+ pooler trained: 8 checkpoints of F32 + BF16 safetensors, AdamW optimizer.pt, "
+                        "trainer_state.json"),
     "smoke-model": (build_smoke_model, "smoke: model config files + first 4 MiB of model.safetensors"),
     "smoke-smallfiles": (build_smoke_smallfiles, "smoke: 200 small .py files from site-packages"),
 }
@@ -509,7 +547,7 @@ def bench_tool(tool: Tool, corpus: Path, raw: int, base: Path) -> dict[str, Any]
     logs = base / "logs"
     cwd, name = corpus.parent, corpus.name
     mb = raw / 1e6
-    r: dict[str, Any] = {}
+    r: dict[str, Any] = {"mode": "single"}
     t = run_timed(tool.init(), tool.env, base, logs / "init")
     r["init_s"] = t.seconds
     warm(corpus)
@@ -518,6 +556,14 @@ def bench_tool(tool: Tool, corpus: Path, raw: int, base: Path) -> dict[str, Any]
              backup_rss_kib=t.max_rss_kib)
     r["stored_bytes"] = dir_bytes(tool.repo)
     r["stored_ratio"] = r["stored_bytes"] / raw if raw else None
+    _rebackup_restore_verify(tool, corpus, cwd, name, mb, base, r)
+    return r
+
+
+def _rebackup_restore_verify(tool: Tool, corpus: Path, cwd: Path, name: str, mb: float, base: Path,
+                             r: dict[str, Any]) -> None:
+    """Unchanged re-backup of cwd/name, restore of the latest snapshot, compare with corpus."""
+    logs = base / "logs"
     t = run_timed(tool.backup(name, "second"), tool.env, cwd, logs / "rebackup")
     r.update(rebackup_s=t.seconds, rebackup_rss_kib=t.max_rss_kib)
     r["stored_bytes_after_rebackup"] = dir_bytes(tool.repo)
@@ -532,6 +578,75 @@ def bench_tool(tool: Tool, corpus: Path, raw: int, base: Path) -> dict[str, Any]
     r["rss_source"] = t.rss_source
     r["peak_rss_kib"] = max(r["backup_rss_kib"], r["rebackup_rss_kib"], r["restore_rss_kib"])
     shutil.rmtree(target)  # keep the work dir small; repositories stay for inspection
+
+
+def checkpoint_dirs(corpus: Path) -> list[Path]:
+    """The checkpoint-* directories of a checkpoint-series corpus, in order (relative to corpus)."""
+    return sorted((p.relative_to(corpus) for p in corpus.rglob("checkpoint-*") if p.is_dir()),
+                  key=lambda p: (p.parent.as_posix(), p.name))
+
+
+def _stage_increment(corpus: Path, staging: Path, checkpoints: list[Path], k: int) -> None:
+    """Make staging look like the run directory right after checkpoints[k] was written.
+
+    Run-root files exist from the start (config, tokenizer), except train.log, which holds the lines
+    up to the "saved <checkpoint>" line, and corpus.json, which finetune.py writes when the run ends;
+    at the last checkpoint the staged tree is the whole corpus."""
+    last = k == len(checkpoints) - 1
+    ck = checkpoints[k]
+    shutil.copytree(corpus / ck, staging / ck, symlinks=True, copy_function=shutil.copy2)
+    for dirpath, dirnames, filenames in os.walk(corpus):
+        rel_dir = Path(dirpath).relative_to(corpus)
+        dirnames[:] = [d for d in dirnames if (rel_dir / d) not in checkpoints]
+        for n in filenames:
+            rel = rel_dir / n
+            src, dst = corpus / rel, staging / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if last:
+                shutil.copy2(src, dst, follow_symlinks=False)
+            elif n == "train.log":
+                lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
+                marker = f"saved {ck.name} "
+                cut = next((i + 1 for i, line in enumerate(lines) if line.startswith(marker)), 0)
+                dst.write_text("".join(lines[:cut]), encoding="utf-8")
+            elif n != "corpus.json" and not dst.exists():
+                shutil.copy2(src, dst, follow_symlinks=False)
+    os.sync()  # outside the timing: the staged copy is on disk before the backup starts
+
+
+def bench_tool_incremental(tool: Tool, corpus: Path, raw: int, base: Path) -> dict[str, Any]:
+    """Like bench_tool, but the first backup is N backups, one after each checkpoint is staged."""
+    if base.exists():
+        shutil.rmtree(base)
+    tool.cache.mkdir(parents=True)
+    logs = base / "logs"
+    cwd, name = base / "staging", corpus.name
+    (cwd / name).mkdir(parents=True)
+    checkpoints = checkpoint_dirs(corpus)
+    if not checkpoints:
+        raise BenchError(f"{corpus} has no checkpoint-* directories for --incremental")
+    r: dict[str, Any] = {"mode": "incremental"}
+    t = run_timed(tool.init(), tool.env, base, logs / "init")
+    r["init_s"] = t.seconds
+    steps: list[dict[str, Any]] = []
+    for k, ck in enumerate(checkpoints):
+        _stage_increment(corpus, cwd / name, checkpoints, k)
+        staged = dir_bytes(cwd / name)
+        t = run_timed(tool.backup(name, f"ck{k + 1:02d}"), tool.env, cwd, logs / f"backup-{k + 1:02d}")
+        steps.append({"checkpoint": ck.as_posix(), "staged_raw_bytes": staged, "backup_s": t.seconds,
+                      "backup_sync_s": t.sync_seconds, "backup_rss_kib": t.max_rss_kib,
+                      "stored_bytes": dir_bytes(tool.repo)})
+    compare_trees(corpus, cwd / name)  # the staged tree ended up exactly the corpus
+    total = sum(s["backup_s"] for s in steps)
+    secs = sorted(s["backup_s"] for s in steps)
+    r.update(increments=steps, backup_s=total, backup_sync_s=sum(s["backup_sync_s"] for s in steps),
+             backup_mb_s=raw / 1e6 / total, backup_rss_kib=max(s["backup_rss_kib"] for s in steps),
+             checkpoint_backup_s_median=secs[len(secs) // 2], checkpoint_backup_s_max=secs[-1],
+             checkpoint_backup_s_first=steps[0]["backup_s"])
+    r["stored_bytes"] = dir_bytes(tool.repo)
+    r["stored_ratio"] = r["stored_bytes"] / raw if raw else None
+    _rebackup_restore_verify(tool, corpus, cwd, name, raw / 1e6, base, r)
+    shutil.rmtree(cwd)
     return r
 
 
@@ -569,14 +684,35 @@ def ratios(wv: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def increments_markdown(c: dict[str, Any], tools: list[str]) -> list[str]:
+    runs = {t: c["tools"][t]["increments"] for t in tools if "increments" in c["tools"][t]}
+    if not runs:
+        return []
+    first = next(iter(runs.values()))
+    lines = [
+        "",
+        "Per checkpoint (incremental): backup s / stored MiB after that backup.",
+        "",
+        "| checkpoint | staged MiB | " + " | ".join(runs) + " |",
+        "|---|---:|" + "---:|" * len(runs),
+    ]
+    for i, step in enumerate(first):
+        cells = [f"{runs[t][i]['backup_s']:.2f} / {runs[t][i]['stored_bytes'] / MIB:.1f}" for t in runs]
+        lines.append(f"| {step['checkpoint']} | {step['staged_raw_bytes'] / MIB:.1f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def corpus_markdown(name: str, c: dict[str, Any]) -> str:
     tools = [t for t in TOOLS if t in c["tools"]]
+    incremental = c.get("mode") == "incremental"
+    note = (" **Incremental**: one backup after each checkpoint was staged; \"backup s\" is their sum and "
+            "\"backup MB/s\" the final raw size over that sum." if incremental else "")
     lines = [
-        f"### {name}",
+        f"### {name}" + (" (incremental)" if incremental else ""),
         "",
         f"{c['description']}. {c['raw_bytes'] / MIB:.2f} MiB in {c['files']} files "
         f"(median {c['median_file_bytes']} B, largest {c['largest_file_bytes'] / MIB:.2f} MiB), "
-        f"{c['dirs']} dirs, {c['symlinks']} symlinks. Tool order: {', '.join(c['order'])}.",
+        f"{c['dirs']} dirs, {c['symlinks']} symlinks. Tool order: {', '.join(c['order'])}.{note}",
         "",
         "| | " + " | ".join(tools) + " |",
         "|---|" + "---:|" * len(tools),
@@ -592,6 +728,8 @@ def corpus_markdown(name: str, c: dict[str, Any]) -> str:
             else:
                 cells.append(fmt(r))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if incremental:
+        lines += increments_markdown(c, [t for t in tools if "increments" in c["tools"][t]])
     if c.get("ratios"):
         lines += [
             "",
@@ -638,6 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny corpora, runs in seconds")
     ap.add_argument("--tool", action="append", choices=TOOLS, help="only these tools (repeatable)")
     ap.add_argument("--json", type=Path, help="write every raw number here")
+    ap.add_argument("--incremental", action="store_true",
+                    help="checkpoint-series corpora: back up after each checkpoint instead of once at the end")
     args = ap.parse_args(argv)
 
     corpora = args.corpus or list(SMOKE_CORPORA if args.smoke else FULL_CORPORA)
@@ -653,9 +793,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "corpora": {},
     }
     failed = False
+    no_torch = torch_missing()
     for i, cname in enumerate(corpora):
+        built = (work / "corpora" / f"{cname}.built").exists()
+        if cname in CHECKPOINT_CORPORA and no_torch and not built:
+            print(f"[{cname}] skipped: {no_torch}", file=sys.stderr, flush=True)
+            result.setdefault("skipped_corpora", {})[cname] = no_torch
+            continue
         path = ensure_corpus(cname, work)
-        info: dict[str, Any] = {"description": CORPORA[cname][1], **tree_stats(path)}
+        incremental = args.incremental and cname in CHECKPOINT_CORPORA
+        info: dict[str, Any] = {"description": CORPORA[cname][1], **tree_stats(path),
+                                "mode": "incremental" if incremental else "single"}
+        made_by = [json.loads(p.read_text()) for p in sorted(path.glob("*/corpus.json"))]
+        if made_by:
+            info["made_by"] = made_by
         order = [TOOLS[(i + k) % len(TOOLS)] for k in range(len(TOOLS))]
         info["order"] = [t for t in order if t in wanted]
         info["tools"] = {}
@@ -665,9 +816,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"[{cname}] {tname}: skipped (not installed)", file=sys.stderr, flush=True)
                 continue
             print(f"[{cname}] {tname} ...", file=sys.stderr, flush=True)
-            tool = make_tool(tname, work / "runs" / cname / tname)
+            base = work / "runs" / (f"{cname}-incremental" if incremental else cname) / tname
+            tool = make_tool(tname, base)
             try:
-                info["tools"][tname] = bench_tool(tool, path, info["raw_bytes"], work / "runs" / cname / tname)
+                bench = bench_tool_incremental if incremental else bench_tool
+                info["tools"][tname] = bench(tool, path, info["raw_bytes"], base)
             except BenchError as exc:
                 print(f"[{cname}] {tname}: FAILED: {exc}", file=sys.stderr, flush=True)
                 info["tools"][tname] = {"failed": str(exc)}
