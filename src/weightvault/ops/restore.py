@@ -23,7 +23,7 @@ import resource
 import secrets
 import stat
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ from weightvault.ops.walk import matches_any
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
+from weightvault.types import IndexEntry
 
 __all__ = ["OVERWRITE_MODES", "RestoreOptions", "RestoreResult", "check_path", "restore"]
 
@@ -50,6 +51,7 @@ _TMP = b".wvtmp-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _LOOKAHEAD = 4  # blobs in flight per file
 _FILES_IN_FLIGHT = 4  # files restored concurrently; memory bound: 16 blobs of at most 8 MiB
+_SHARED_BLOB_BYTES = 192 * 1024 * 1024  # plaintext kept for blobs the restore uses again
 
 
 @dataclass
@@ -272,6 +274,45 @@ def _plan(
     return plan
 
 
+class _SharedBlobs:
+    """Loads blobs for a restore, keeping (up to ``max_bytes``) the plaintext of blobs that the plan
+    uses more than once, until their last use: deduplicated data (frozen layers repeated across
+    checkpoints, identical files) is read and decoded once. Thread-safe."""
+
+    def __init__(self, repo: Repository, plan: list[tuple[Node, list[bytes]]], max_bytes: int) -> None:
+        self.repo = repo
+        self._uses = Counter(b for n, _ in plan if n.type == "file" for b in n.blobs)
+        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+        self._max = max_bytes
+        self._lock = threading.Lock()
+
+    def lookup(self, blob_id: bytes) -> IndexEntry:
+        return self.repo.lookup(blob_id)
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        with self._lock:
+            data = self._kept.get(blob_id)
+            if data is not None:
+                self._used(blob_id)
+                return data
+        data = self.repo.load_blob(blob_id)
+        with self._lock:
+            if self._uses[blob_id] > 1 and len(data) <= self._max and blob_id not in self._kept:
+                self._kept[blob_id] = data
+                self._size += len(data)
+                while self._size > self._max:
+                    _, old = self._kept.popitem(last=False)
+                    self._size -= len(old)
+            self._used(blob_id)
+        return data
+
+    def _used(self, blob_id: bytes) -> None:
+        self._uses[blob_id] -= 1
+        if self._uses[blob_id] <= 0 and blob_id in self._kept:
+            self._size -= len(self._kept.pop(blob_id))
+
+
 def _restore_files(
     repo: Repository,
     plan: list[tuple[Node, list[bytes]]],
@@ -286,6 +327,7 @@ def _restore_files(
     in a separate pool. The first failure stops new work and is raised once running tasks end."""
     lock = threading.Lock()
     slots = threading.BoundedSemaphore(_FILES_IN_FLIGHT)
+    blobs = _SharedBlobs(repo, plan, _SHARED_BLOB_BYTES)
     failed: list[BaseException] = []
 
     def done(fut: Future[None]) -> None:
@@ -307,7 +349,7 @@ def _restore_files(
                 slots.acquire()
                 try:
                     fut = files.submit(
-                        _restore_file, repo, pool, parent_fd, n, parts[-1], verify, reporter, result, lock
+                        _restore_file, blobs, pool, parent_fd, n, parts[-1], verify, reporter, result, lock
                     )
                 except BaseException:
                     slots.release()
@@ -319,7 +361,7 @@ def _restore_files(
 
 
 def _restore_file(
-    repo: Repository,
+    repo: _SharedBlobs,
     pool: ThreadPoolExecutor,
     parent_fd: int,
     n: Node,
@@ -338,7 +380,7 @@ def _restore_file(
 
 
 def _write_file(
-    repo: Repository,
+    repo: _SharedBlobs,
     pool: ThreadPoolExecutor,
     parent_fd: int,
     n: Node,
@@ -414,7 +456,7 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
 
 
 def _load_and_write(
-    pool: ThreadPoolExecutor, repo: Repository, blobs: list[bytes], fd: int, lookahead: int
+    pool: ThreadPoolExecutor, repo: _SharedBlobs, blobs: list[bytes], fd: int, lookahead: int
 ) -> Iterator[bytes]:
     """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
     the plaintexts in file order for hashing. All-zero chunks are left as holes, so sparse files

@@ -1,0 +1,53 @@
+"""Restore reads and decodes a blob used by several files (or several times in one file) once,
+within a bounded cache, and still writes every copy correctly."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import tree_digest, write
+from weightvault.api import Repository
+from weightvault.ops import restore as restore_mod
+from weightvault.repository.repo import Repository as Engine
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> Counter[bytes]:
+    calls: Counter[bytes] = Counter()
+    real = Engine.load_blob
+
+    def counting(self: Engine, blob_id: bytes) -> bytes:
+        calls[blob_id] += 1
+        return real(self, blob_id)
+
+    monkeypatch.setattr(Engine, "load_blob", counting)
+    return calls
+
+
+def test_duplicate_content_is_decoded_once(repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "run"
+    shared = os.urandom(3 << 20)
+    for i in range(4):  # four checkpoints sharing a frozen part, each with its own trained part
+        write(src / f"ckpt-{i}" / "model.bin", shared + os.urandom(1 << 20))
+    repo.backup([src])
+    calls = _count_loads(monkeypatch)
+    repo.restore("latest", tmp_path / "out", verify=True)
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    data_loads = {b: n for b, n in calls.items() if n}
+    assert max(data_loads.values()) == 1, "a shared blob was loaded more than once"
+
+
+def test_cache_is_bounded_and_still_correct(repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "run"
+    shared = os.urandom(4 << 20)
+    write(src / "a.bin", shared)
+    write(src / "b.bin", shared)
+    repo.backup([src])
+    monkeypatch.setattr(restore_mod, "_SHARED_BLOB_BYTES", 1024)  # smaller than any chunk: nothing kept
+    calls = _count_loads(monkeypatch)
+    repo.restore("latest", tmp_path / "out")
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    assert max(calls.values()) == 2  # without room in the cache, the second file loads again
