@@ -2,13 +2,13 @@
 
 Layout: ``GGUF``, u32 version, u64 tensor_count, u64 kv_count, the key/value metadata, the tensor
 infos (name, n_dims, dims, ggml type, offset relative to the data section), padding to
-``general.alignment`` (default 32), then the data section. The header, metadata, infos and padding
-(up to the first tensor) become one region (content-defined cuts beyond 4 MiB); each tensor then
-gets fixed aligned sub-chunks of at most 4 MiB with a dtype hint for plain types (quantized types
-get none). A tensor's range runs to the next tensor's offset (alignment padding included), the
-last one to EOF. Files below the minimum chunk size stay one chunk. The parser is bounded
-(counts, lengths, nesting, total items, header size) and anything malformed sends the whole file
-to generic CDC.
+``general.alignment`` (default 32), then the data section. The plan comes from ``tensor_plan``:
+the header, metadata, infos and padding (up to the first tensor) become one region
+(content-defined cuts beyond 4 MiB); each tensor, however small, then gets its own fixed aligned
+sub-chunks of at most 4 MiB with a dtype hint for plain types (quantized types get none). A
+tensor's range runs to the next tensor's offset (alignment padding included), the last one to EOF.
+Files below the minimum chunk size stay one chunk. The parser is bounded (counts, lengths,
+nesting, total items, header size) and anything malformed sends the whole file to generic CDC.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import BinaryIO
 
 from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams
-from weightvault.chunking.torchzip import Segment, emit_plan
+from weightvault.chunking.tensor_plan import Piece, PlanBuilder, TensorRange, file_size, piece_size, read_plan
 
-__all__ = ["GGML_DTYPES", "MAX_HEADER", "GgufSplitter"]
+__all__ = ["GGML_DTYPES", "MAX_HEADER", "GgufSplitter", "plan_gguf"]
 
 MAGIC = b"GGUF"
 MAX_HEADER = 256 * 1024 * 1024  # header + metadata + infos beyond this: generic CDC
@@ -157,12 +157,13 @@ def _parse(stream: BinaryIO, size: int) -> tuple[int, list[tuple[bytes, int, int
     return data_start, infos
 
 
-def _plan(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int) -> list[Segment]:
+def _ranges(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int) -> list[TensorRange]:
+    """Each non-empty tensor's range, from its offset to the next tensor's (or EOF), in file order."""
     order = sorted(infos, key=lambda t: t[2])
     starts = [data_start + t[2] for t in order]
     if any(s > size for s in starts):
         raise _Bad("tensor offset past EOF")
-    segs: list[Segment] = []
+    ranges: list[TensorRange] = []
     cursor = 0
     for i, (name, gtype, _off, numel) in enumerate(order):
         if numel == 0:
@@ -178,11 +179,21 @@ def _plan(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int) 
                 raise _Bad("tensor larger than its range")
             if (end - start) % DTYPE_SIZES[dtype]:
                 dtype = None
-        if start > cursor:
-            segs.append(Segment(cursor, start))
-        segs.append(Segment(start, end, dtype, name.decode("utf-8", "replace")))
+        ranges.append(TensorRange(start, end, name.decode("utf-8", "replace"), dtype,
+                                  DTYPE_SIZES[dtype] if dtype else 1))
         cursor = end
-    return segs
+    return ranges
+
+
+def plan_gguf(stream: BinaryIO, params: ChunkerParams) -> list[Piece]:
+    """The chunk plan of a GGUF stream; _Bad or ValueError if it is not a GGUF file this splitter
+    trusts."""
+    size = file_size(stream)
+    plan = PlanBuilder(piece_size(params), small=0, regions=True)  # no grouping: a chunk per tensor
+    if size >= params.min_size:  # smaller files are one chunk, as with CDC
+        plan.tensors(_ranges(*_parse(stream, size), size), size)
+    plan.region(size)
+    return plan.finish(size)
 
 
 class GgufSplitter:
@@ -195,12 +206,8 @@ class GgufSplitter:
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         try:
-            size = stream.seek(0, 2)
-            segs: list[Segment] = []
-            if size >= params.min_size:  # smaller files are one chunk, as with CDC
-                segs = _plan(*_parse(stream, size), size)
+            pieces = plan_gguf(stream, params)
         except Exception:  # hostile or unsupported file: generic CDC is always correct
             stream.seek(0)
-            yield from CdcSplitter().split(stream, params)
-            return
-        yield from emit_plan(stream, segs, params)
+            return CdcSplitter().split(stream, params)
+        return read_plan(stream, pieces, params)

@@ -2,10 +2,13 @@
 tiles a file, then read the plan sequentially.
 
 A plan is a list of ``Piece``s (offset, length and hints) covering ``[0, size)`` exactly. Tensor
-data is cut at element boundaries in pieces of at most ``TENSOR_CHUNK`` bytes; runs of adjacent
-small tensors of one dtype are grouped into pieces of at most ``GROUP_MAX`` bytes; everything else
-(headers, padding, bytes no tensor claims) becomes opaque pieces of at most ``OPAQUE_CHUNK`` bytes
-unless given as a single named piece. ``read_plan`` turns a plan into ``Chunk``s and keeps the
+data is cut at element boundaries in pieces of at most ``TENSOR_CHUNK`` bytes (or the builder's
+``tensor_chunk``); runs of adjacent small tensors of one dtype are grouped into pieces of at most
+``GROUP_MAX`` bytes; everything else (headers, padding, bytes no tensor claims) becomes opaque
+pieces of at most ``OPAQUE_CHUNK`` bytes, a single named piece, or a *region*: one chunk up to the
+tensor piece size and FastCDC cuts beyond it, made while reading with bounded memory. A builder
+may also let small metadata gaps between tensors (zip local headers) join a neighbouring group
+instead of becoming pieces of their own. ``read_plan`` turns a plan into ``Chunk``s and keeps the
 tiling contract even if the file shrinks or grows while it is read.
 """
 
@@ -19,11 +22,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from weightvault.chunking.registry import Chunk
+from weightvault.chunking.cdc import cdc_cuts
+from weightvault.chunking.registry import Chunk, ChunkerParams
 
 __all__ = [
     "GROUP_MAX", "OPAQUE_CHUNK", "SMALL_TENSOR", "TENSOR_CHUNK", "Piece", "PlanBuilder", "TensorRange",
-    "bounded_count", "file_size", "read_exact", "read_plan",
+    "bounded_count", "file_size", "piece_size", "read_exact", "read_plan",
 ]
 
 TENSOR_CHUNK = 4 * 1024 * 1024  # largest piece of one tensor (rounded down to whole elements)
@@ -31,6 +35,7 @@ SMALL_TENSOR = 256 * 1024  # tensors below this may share a piece with their nei
 GROUP_MAX = 1024 * 1024  # largest piece made of several small tensors
 OPAQUE_CHUNK = 1024 * 1024  # largest piece of bytes that belong to no tensor
 _GROUP_MIN_CUT = 32 * 1024  # a group may end at a name-defined boundary once it holds this much
+_CDC_WINDOW = 16 * 1024 * 1024  # bytes of a large region held in memory at once (at least)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +52,22 @@ class TensorRange:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """One planned chunk: ``length`` bytes at ``offset`` with the hints its ``Chunk`` will carry."""
+    """One planned chunk: ``length`` bytes at ``offset`` with the hints its ``Chunk`` will carry.
+    A ``region`` piece becomes one chunk up to ``piece_size(params)`` bytes and content-defined
+    chunks beyond, cut when it is read."""
 
     offset: int
     length: int
     dtype: str | None = None
     tensor: str | None = None
     part: int = 0
+    region: bool = False
+
+
+def piece_size(params: ChunkerParams) -> int:
+    """Tensor piece size that respects the repository's max chunk size: ``TENSOR_CHUNK``, or less
+    if ``params.max_size`` is smaller; always a multiple of 64 (so of every element size)."""
+    return max(64, min(TENSOR_CHUNK, params.max_size) // 64 * 64)
 
 
 def _name_cut(name: str) -> bool:
@@ -63,11 +77,27 @@ def _name_cut(name: str) -> bool:
 
 
 class PlanBuilder:
-    """Appends pieces in file order; raises ValueError if asked to go backwards or leave a hole."""
+    """Appends pieces in file order; raises ValueError if asked to go backwards or leave a hole.
 
-    def __init__(self) -> None:
+    ``tensor_chunk`` bounds every tensor and group piece; tensors below ``small`` bytes (0: none)
+    are grouped. Metadata of at most ``max_gap`` bytes lying between two tensors joins the group
+    before it, else the group after it if that piece would start on a multiple of ``align`` (0:
+    gaps never join). With ``regions`` the bytes no tensor claims become region pieces rather than
+    fixed opaque ones.
+    """
+
+    def __init__(self, tensor_chunk: int = TENSOR_CHUNK, *, small: int = SMALL_TENSOR, max_gap: int = 0,
+                 align: int = 1, regions: bool = False) -> None:
+        if tensor_chunk <= 0 or align <= 0:
+            raise ValueError("tensor_chunk and align must be positive")
         self.pieces: list[Piece] = []
         self.pos = 0
+        self._chunk = tensor_chunk
+        self._small = min(small, tensor_chunk)
+        self._group_max = min(GROUP_MAX, tensor_chunk)
+        self._max_gap = max_gap
+        self._align = align
+        self._regions = regions
 
     def whole(self, end: int, tensor: str | None = None) -> None:
         """``[pos, end)`` as one piece (a header)."""
@@ -84,19 +114,30 @@ class PlanBuilder:
             self.pieces.append(Piece(self.pos, n))
             self.pos += n
 
+    def region(self, end: int) -> None:
+        """``[pos, end)`` as one region piece (content-defined cuts when large), without hints."""
+        self._check(end)
+        if end > self.pos:
+            self.pieces.append(Piece(self.pos, end - self.pos, region=True))
+            self.pos = end
+
     def tensors(self, ranges: Iterable[TensorRange], end: int) -> None:
-        """Tensors (sorted, non-overlapping, within ``[pos, end)``), then opaque bytes up to ``end``.
+        """Tensors (sorted, non-overlapping, within ``[pos, end)``), then untyped bytes up to ``end``.
 
-        Empty tensors produce nothing; gaps between tensors become opaque pieces.
+        Empty tensors produce nothing; gaps between tensors become untyped pieces unless they are
+        small enough to join a neighbouring group (see the class).
         """
+        fill = self.region if self._regions else self.opaque
         group: list[TensorRange] = []
+        gstart = 0  # where the open group's piece starts (a joined gap before it included)
+        after_tensor = -1  # end of the last tensor piece, while nothing else followed it
 
-        def flush() -> None:
-            if group:
-                first, last = group[0], group[-1]
-                self.pieces.append(Piece(first.start, last.end - first.start, first.dtype, first.name or None))
-                self.pos = last.end
-                group.clear()
+        def flush(upto: int) -> None:
+            nonlocal after_tensor
+            first = group[0]
+            self.pieces.append(Piece(gstart, upto - gstart, first.dtype, first.name or None))
+            self.pos = after_tensor = upto
+            group.clear()
 
         for t in ranges:
             cur = group[-1].end if group else self.pos
@@ -105,23 +146,31 @@ class PlanBuilder:
             length = t.end - t.start
             if length == 0:
                 continue
-            if group and (
-                t.start != cur or t.dtype != group[0].dtype or length >= SMALL_TENSOR
-                or t.end - group[0].start > GROUP_MAX
-                or (_name_cut(group[-1].name) and cur - group[0].start >= _GROUP_MIN_CUT)
-            ):
-                flush()
-            if not group:
-                self.opaque(t.start)
-            if length < SMALL_TENSOR:
+            small = length < self._small
+            gap = t.start - cur
+            if group:
+                if (small and t.dtype == group[0].dtype and gap <= self._max_gap
+                        and t.end - gstart <= self._group_max and (t.start - gstart) % max(1, t.itemsize) == 0
+                        and not (_name_cut(group[-1].name) and cur - gstart >= _GROUP_MIN_CUT)):
+                    group.append(t)
+                    continue
+                flush(t.start if 0 < gap <= self._max_gap and t.start - gstart <= self._group_max else cur)
+            if small:
+                lead = (0 < t.start - self.pos <= self._max_gap and after_tensor == self.pos
+                        and self.pos % self._align == 0 and t.end - self.pos <= self._group_max)
+                if not lead:
+                    fill(t.start)
+                gstart = self.pos
                 group.append(t)
                 continue
-            step = TENSOR_CHUNK - TENSOR_CHUNK % t.itemsize if 0 < t.itemsize <= TENSOR_CHUNK else TENSOR_CHUNK
+            fill(t.start)
+            step = self._chunk - self._chunk % t.itemsize if 0 < t.itemsize <= self._chunk else self._chunk
             for part, off in enumerate(range(t.start, t.end, step)):
                 self.pieces.append(Piece(off, min(step, t.end - off), t.dtype, t.name or None, part))
-            self.pos = t.end
-        flush()
-        self.opaque(end)
+            self.pos = after_tensor = t.end
+        if group:
+            flush(group[-1].end)
+        fill(end)
 
     def finish(self, size: int) -> list[Piece]:
         """The plan, after checking that it tiles ``[0, size)`` exactly (ValueError if not)."""
@@ -183,17 +232,54 @@ def read_exact(stream: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def read_plan(stream: BinaryIO, pieces: Sequence[Piece]) -> Iterator[Chunk]:
-    """Read ``pieces`` from offset 0 in order and yield them as chunks.
+def _read_region(stream: BinaryIO, pos: int, length: int, params: ChunkerParams, limit: int) -> Iterator[Chunk]:
+    """``length`` bytes from the stream's position (file offset ``pos``): one chunk up to ``limit``,
+    else FastCDC cuts over a sliding window so memory stays bounded. Stops early at end of file."""
+    window = max(_CDC_WINDOW, 2 * params.max_size)
+    left, buf = length, b""
+    while True:
+        want = min(window - len(buf), left)
+        more = read_exact(stream, want) if want > 0 else b""
+        left -= len(more)
+        buf += more
+        final = left == 0 or len(more) < want
+        if not buf:
+            return
+        if final and len(buf) <= limit:
+            yield Chunk(pos, buf)
+            return
+        cuts = cdc_cuts(buf, params)
+        if not final:
+            cuts = cuts[:-1]  # the last cut may move once more bytes are seen
+        for off, n in cuts:
+            yield Chunk(pos + off, buf[off:off + n])
+        used = sum(n for _, n in cuts)
+        pos, buf = pos + used, buf[used:]
+        if final and not buf:
+            return
+
+
+def read_plan(stream: BinaryIO, pieces: Sequence[Piece], params: ChunkerParams | None = None) -> Iterator[Chunk]:
+    """Read ``pieces`` from offset 0 in order and yield them as chunks; region pieces are cut with
+    ``params`` (the defaults if None).
 
     If the file ends early (it shrank since it was planned) the rest of the plan is dropped; bytes
     beyond the plan (it grew) follow as opaque chunks. Either way the chunks tile what was read.
     """
+    params = params or ChunkerParams()
+    limit = piece_size(params)
     stream.seek(0)
     pos = 0
     for p in pieces:
         if p.offset != pos or p.length <= 0:
             raise ValueError(f"plan does not tile the file at offset {pos}")
+        if p.region:
+            for c in _read_region(stream, pos, p.length, params, limit):
+                yield c
+                pos += len(c.data)
+            if pos < p.offset + p.length:
+                return
+            continue
         data = read_exact(stream, p.length)
         if data:
             yield Chunk(pos, data, p.dtype, p.tensor, p.part)
