@@ -18,9 +18,15 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams
-from weightvault.chunking.tensor_plan import Piece, PlanBuilder, TensorRange, file_size, piece_size, read_plan
+from weightvault.chunking.tensor_plan import (
+    Piece,
+    PlanBuilder,
+    TensorRange,
+    file_size,
+    piece_size,
+    split_or_fallback,
+)
 
 __all__ = ["GGML_DTYPES", "MAX_HEADER", "GgufSplitter", "plan_gguf"]
 
@@ -205,9 +211,4 @@ class GgufSplitter:
         return head.startswith(MAGIC)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
-        try:
-            pieces = plan_gguf(stream, params)
-        except Exception:  # hostile or unsupported file: generic CDC is always correct
-            stream.seek(0)
-            return CdcSplitter().split(stream, params)
-        return read_plan(stream, pieces, params)
+        return split_or_fallback(stream, params, lambda: plan_gguf(stream, params))

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.registry import Chunk, ChunkerParams
 from weightvault.chunking.tensor_plan import (
     Piece,
@@ -26,7 +25,7 @@ from weightvault.chunking.tensor_plan import (
     bounded_count,
     file_size,
     read_exact,
-    read_plan,
+    split_or_fallback,
 )
 
 __all__ = ["NPY_MAGIC", "NpyHeader", "NpySplitter", "NpzSplitter", "descr_info", "parse_npy_header"]
@@ -121,6 +120,14 @@ def _plan_npy_at(stream: BinaryIO, plan: PlanBuilder, start: int, end: int, name
     plan.tensors([TensorRange(data_start, data_start + h.data_length, name, h.dtype, h.itemsize)], end)
 
 
+def plan_npy(stream: BinaryIO) -> list[Piece]:
+    """Plan a whole ``.npy`` file; raises on anything malformed."""
+    size = file_size(stream)
+    plan = PlanBuilder()
+    _plan_npy_at(stream, plan, 0, size, "")
+    return plan.finish(size)
+
+
 class NpySplitter:
     """Header chunk, then element-aligned data chunks; CDC for anything that does not parse."""
 
@@ -130,15 +137,7 @@ class NpySplitter:
         return name.lower().endswith(b".npy") or head.startswith(NPY_MAGIC)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
-        try:
-            size = file_size(stream)
-            plan = PlanBuilder()
-            _plan_npy_at(stream, plan, 0, size, "")
-            pieces = plan.finish(size)
-        except Exception:  # hostile or foreign bytes: whatever the parser raised, use generic CDC
-            stream.seek(0)
-            return CdcSplitter().split(stream, params)
-        return read_plan(stream, pieces)
+        return split_or_fallback(stream, params, lambda: plan_npy(stream))
 
 
 def plan_npz(stream: BinaryIO) -> list[Piece]:
@@ -194,9 +193,4 @@ class NpzSplitter:
         return name.lower().endswith(b".npz") or _npz_head(head)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
-        try:
-            pieces = plan_npz(stream)
-        except Exception:  # hostile or foreign bytes: whatever the parser raised, use generic CDC
-            stream.seek(0)
-            return CdcSplitter().split(stream, params)
-        return read_plan(stream, pieces)
+        return split_or_fallback(stream, params, lambda: plan_npz(stream))

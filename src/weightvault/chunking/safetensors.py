@@ -15,7 +15,6 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams
 from weightvault.chunking.tensor_plan import (
     Piece,
@@ -24,7 +23,7 @@ from weightvault.chunking.tensor_plan import (
     bounded_count,
     file_size,
     read_exact,
-    read_plan,
+    split_or_fallback,
 )
 
 __all__ = ["MAX_HEADER", "SafetensorsSplitter", "plan_safetensors"]
@@ -99,9 +98,4 @@ class SafetensorsSplitter:
         return name.lower().endswith(b".safetensors") or _looks_like(head)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
-        try:
-            pieces = plan_safetensors(stream)
-        except Exception:  # hostile or foreign bytes: whatever the parser raised, use generic CDC
-            stream.seek(0)
-            return CdcSplitter().split(stream, params)
-        return read_plan(stream, pieces)
+        return split_or_fallback(stream, params, lambda: plan_safetensors(stream))

@@ -18,11 +18,11 @@ import io
 import os
 import stat
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from weightvault.chunking.cdc import cdc_cuts
+from weightvault.chunking.cdc import CdcSplitter, cdc_cuts
 from weightvault.chunking.registry import Chunk, ChunkerParams
 
 __all__ = [
@@ -289,3 +289,17 @@ def read_plan(stream: BinaryIO, pieces: Sequence[Piece], params: ChunkerParams |
     while data := read_exact(stream, OPAQUE_CHUNK):
         yield Chunk(pos, data)
         pos += len(data)
+
+
+def split_or_fallback(
+    stream: BinaryIO, params: ChunkerParams, plan: Callable[[], Sequence[Piece]]
+) -> Iterator[Chunk]:
+    """The chunks of ``plan()`` read from ``stream``; if planning raises anything (hostile, foreign
+    or unsupported bytes), generic CDC over the whole stream instead, so a file that only looks like
+    a tensor file never fails a backup."""
+    try:
+        pieces = plan()
+    except Exception:  # any parser failure means "not a file we understand": CDC is always correct
+        stream.seek(0)
+        return CdcSplitter().split(stream, params)
+    return read_plan(stream, pieces, params)

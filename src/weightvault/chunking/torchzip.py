@@ -22,7 +22,6 @@ import zipfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.pickle_scan import scan_storage_dtypes
 from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams
 from weightvault.chunking.tensor_plan import (
@@ -34,7 +33,7 @@ from weightvault.chunking.tensor_plan import (
     file_size,
     piece_size,
     read_exact,
-    read_plan,
+    split_or_fallback,
 )
 
 __all__ = ["GROUP", "SMALL", "TorchZipSplitter", "piece_size", "plan_torch_zip"]
@@ -140,9 +139,4 @@ class TorchZipSplitter:
         return head[30:30 + nlen].endswith(_TORCH_FIRST)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
-        try:
-            pieces = plan_torch_zip(stream, params)
-        except Exception:  # hostile or unsupported archive: generic CDC is always correct
-            stream.seek(0)
-            return CdcSplitter().split(stream, params)
-        return read_plan(stream, pieces, params)
+        return split_or_fallback(stream, params, lambda: plan_torch_zip(stream, params))

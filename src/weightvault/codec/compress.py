@@ -10,11 +10,10 @@ UnsupportedFormatError, never guessed.
 
 from __future__ import annotations
 
-import threading
-
 import zstandard
 
 from weightvault.codec import floatplanes
+from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError, UnsupportedFormatError
 
 __all__ = ["BYTEPLANE", "CODEC_NAMES", "RAW", "ZSTD", "compress_best", "decompress"]
@@ -26,24 +25,6 @@ CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BYTEPLANE: "byteplane"}
 
 # Keep compression only if it saves at least this fraction.
 _MIN_SAVING = 0.02
-_local = threading.local()
-
-
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cache = getattr(_local, "c", None)
-    if cache is None:
-        cache = _local.c = {}
-    comp = cache.get(level)
-    if comp is None:
-        comp = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return comp
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
 
 
 def compress_best(
@@ -64,7 +45,7 @@ def compress_best(
     k = floatplanes.FLOAT_ELEMENT_SIZES.get(dtype or "", 0)
     limit = n * (1 - _MIN_SAVING)
     if not allow_byteplane or k == 0 or n < k:
-        packed = _compressor(level).compress(data)
+        packed = compressor(level).compress(data)
         if len(packed) <= limit:
             return ZSTD, packed
         return RAW, bytes(data)
@@ -81,7 +62,7 @@ _STEP = 256 * 1024
 
 def _zstd_unless_larger(data: bytes | memoryview, level: int, bound: int) -> bytes | None:
     """The zstd frame of ``data`` if it is at most ``bound`` bytes long, else None (maybe early)."""
-    cobj = _compressor(level).compressobj(size=len(data))
+    cobj = compressor(level).compressobj(size=len(data))
     view = memoryview(data)
     out: list[bytes] = []
     emitted = 0
@@ -105,7 +86,7 @@ def decompress(codec: int, payload: bytes, raw_length: int) -> bytes:
             declared = zstandard.frame_content_size(payload)
             if declared not in (-1, raw_length):  # zstandard would allocate what the frame declares
                 raise IntegrityError(f"zstd frame declares {declared} bytes, index says {raw_length}")
-            out = _decompressor().decompress(payload, max_output_size=raw_length)
+            out = decompressor().decompress(payload, max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"zstd payload does not decompress: {exc}") from exc
     elif codec == BYTEPLANE:

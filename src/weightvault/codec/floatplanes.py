@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError
 
 __all__ = ["FLOAT_ELEMENT_SIZES", "LAYOUT_VERSION", "decode", "encode", "order0_entropy", "split_planes"]
@@ -48,16 +49,6 @@ _PLANE_RAW, _PLANE_ZSTD = 0, 1
 _FLAG_ROTATE = 1
 _MIN_SAVING = 0.02
 _local = threading.local()
-
-
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cache = getattr(_local, "c", None)
-    if cache is None:
-        cache = _local.c = {}
-    comp = cache.get(level)
-    if comp is None:
-        comp = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return comp
 
 
 def _exponent_compressor() -> zstandard.ZstdCompressor:
@@ -79,13 +70,6 @@ def _exponent_compressor() -> zstandard.ZstdCompressor:
         )
         comp = _local.e = zstandard.ZstdCompressor(compression_params=params)
     return comp
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
 
 
 def _header_size(k: int) -> int:
@@ -122,7 +106,7 @@ def encode(data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True
     entries: list[bytes] = []
     bodies: list[bytes | memoryview] = []
     for j, plane in enumerate(planes):
-        comp = _exponent_compressor() if rotate and j == k - 1 else _compressor(level)
+        comp = _exponent_compressor() if rotate and j == k - 1 else compressor(level)
         raw = plane.data
         packed = comp.compress(raw) if plane.size else b""
         if plane.size and len(packed) <= plane.size * (1 - _MIN_SAVING):
@@ -185,7 +169,7 @@ def _decode_plane(codec: int, body: memoryview, n: int) -> bytes | memoryview:
     if declared != n:  # checked before decompressing: a hostile size is never allocated
         raise IntegrityError(f"byteplane plane declares {declared} bytes, expected {n}")
     try:
-        out: bytes = _decompressor().decompress(body, max_output_size=n)
+        out: bytes = decompressor().decompress(body, max_output_size=n)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"byteplane plane does not decompress: {exc}") from exc
     if len(out) != n:
