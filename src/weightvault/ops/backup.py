@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from weightvault import __version__
 from weightvault.chunking.registry import SplitterRegistry, default_registry
-from weightvault.errors import SnapshotNotFoundError, UsageError
+from weightvault.errors import ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.walk import Entry, WalkError, walk_source
 from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
@@ -207,7 +207,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     if opts.parent:
         try:
             parent = repo.load_snapshot(opts.parent)
-        except Exception as exc:
+        except ObjectNotFoundError as exc:  # a damaged parent raises its own IntegrityError
             raise SnapshotNotFoundError(f"parent snapshot {opts.parent} not found") from exc
     elif not opts.force:
         parent = find_parent(repo, host, path_strs)
