@@ -327,7 +327,7 @@ def _restore_files(
     in a separate pool. The first failure stops new work and is raised once running tasks end."""
     lock = threading.Lock()
     slots = threading.BoundedSemaphore(_FILES_IN_FLIGHT)
-    blobs = _SharedBlobs(repo, plan, _SHARED_BLOB_BYTES)
+    shared = _SharedBlobs(repo, plan, _SHARED_BLOB_BYTES)
     failed: list[BaseException] = []
 
     def done(fut: Future[None]) -> None:
@@ -338,6 +338,7 @@ def _restore_files(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
             ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
+        jobs = _FileJobs(shared, pool, verify, reporter, result, lock)
         for n, parts in plan:
             if failed:
                 break
@@ -348,9 +349,7 @@ def _restore_files(
                 parent_fd = os.dup(dirs.open(tuple(parts[:-1]), create=True))
                 slots.acquire()
                 try:
-                    fut = files.submit(
-                        _restore_file, blobs, pool, parent_fd, n, parts[-1], verify, reporter, result, lock
-                    )
+                    fut = files.submit(_restore_file, jobs, parent_fd, n, parts[-1])
                 except BaseException:
                     slots.release()
                     os.close(parent_fd)
@@ -360,46 +359,38 @@ def _restore_files(
         raise failed[0]
 
 
-def _restore_file(
-    repo: _SharedBlobs,
-    pool: ThreadPoolExecutor,
-    parent_fd: int,
-    n: Node,
-    name: bytes,
-    verify: bool,
-    reporter: Reporter,
-    result: RestoreResult,
-    lock: threading.Lock,
-) -> None:
+@dataclass(frozen=True)
+class _FileJobs:
+    """What every file task of one restore shares."""
+
+    blobs: _SharedBlobs
+    pool: ThreadPoolExecutor  # blob loads and positional writes
+    verify: bool
+    reporter: Reporter
+    result: RestoreResult
+    lock: threading.Lock  # guards ``result``
+
+
+def _restore_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
     """Write one file under a temporary name, check it, fsync it and rename it into place.
     Takes ownership of ``parent_fd``."""
     try:
-        _write_file(repo, pool, parent_fd, n, name, verify, reporter, result, lock)
+        _write_file(jobs, parent_fd, n, name)
     finally:
         os.close(parent_fd)
 
 
-def _write_file(
-    repo: _SharedBlobs,
-    pool: ThreadPoolExecutor,
-    parent_fd: int,
-    n: Node,
-    name: bytes,
-    verify: bool,
-    reporter: Reporter,
-    result: RestoreResult,
-    lock: threading.Lock,
-) -> None:
+def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
     tmp = _TMP + secrets.token_hex(6).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
     renamed = False
     try:
         sha = hashlib.sha256()
         pos = 0
-        for data in _load_and_write(pool, repo, n.blobs, fd, lookahead=_LOOKAHEAD):
+        for data in _load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, lookahead=_LOOKAHEAD):
             sha.update(data)
             pos += len(data)
-            reporter.add(nbytes=len(data))
+            jobs.reporter.add(nbytes=len(data))
         os.ftruncate(fd, pos)
         if pos != n.size or sha.hexdigest() != n.sha256:
             raise VerificationError(
@@ -410,17 +401,17 @@ def _write_file(
         os.fchmod(fd, n.mode)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
         os.fsync(fd)
-        if verify and _file_digest(parent_fd, tmp) != n.sha256:
+        if jobs.verify and _file_digest(parent_fd, tmp) != n.sha256:
             raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
         os.close(fd)
         fd = -1
         _replace(parent_fd, tmp, name)
         renamed = True
-        with lock:
-            result.files += 1
-            result.bytes += n.size
-            result.verified += int(verify)
-        reporter.add(files=1, current=os.fsdecode(n.path))
+        with jobs.lock:
+            jobs.result.files += 1
+            jobs.result.bytes += n.size
+            jobs.result.verified += int(jobs.verify)
+        jobs.reporter.add(files=1, current=os.fsdecode(n.path))
     finally:
         if fd >= 0:
             os.close(fd)
