@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from weightvault.api import KdfParams, Repository
+from weightvault.chunking.registry import Chunk
 
 FAST_KDF = KdfParams(memory_kib=8192, time_cost=1, parallelism=1)
 PASSWORD = "correct horse battery staple"
@@ -60,3 +61,12 @@ def tree_digest(root: Path) -> dict[str, tuple[str, object]]:
                 with open(p, "rb") as f:
                     out[os.fsdecode(rel)] = ("f", (f.read(), st.st_mode & 0o7777))
     return out
+
+
+def assert_tiles(chunks: list[Chunk], data: bytes) -> None:
+    """The splitter contract: chunks are non-empty, contiguous from 0 and concatenate to ``data``."""
+    pos = 0
+    for c in chunks:
+        assert c.offset == pos and c.data, (c.offset, pos, len(c.data))
+        pos += len(c.data)
+    assert b"".join(c.data for c in chunks) == data

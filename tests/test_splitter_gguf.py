@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_digest
+from conftest import assert_tiles, tree_digest
 from weightvault.api import Repository
 from weightvault.chunking.gguf import GgufSplitter
 from weightvault.chunking.registry import Chunk, ChunkerParams, default_registry
@@ -90,13 +90,6 @@ def write_gguf(tensors: list[tuple[str, int, tuple[int, ...]]], *, alignment: in
 def split(data: bytes, params: ChunkerParams = SMALL_PARAMS) -> list[Chunk]:
     return list(GgufSplitter().split(io.BytesIO(data), params))
 
-
-def assert_tiles(chunks: list[Chunk], data: bytes) -> None:
-    pos = 0
-    for c in chunks:
-        assert c.offset == pos and c.data, (c.offset, pos, len(c.data))
-        pos += len(c.data)
-    assert b"".join(c.data for c in chunks) == data
 
 
 def check_tensors(chunks: list[Chunk], data: bytes, layout: dict[str, tuple[int, int, int]],

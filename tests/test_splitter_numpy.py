@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_tiles
 from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
 from weightvault.chunking.registry import Chunk, ChunkerParams, default_registry
 from weightvault.chunking.tensor_plan import OPAQUE_CHUNK, TENSOR_CHUNK
@@ -39,13 +40,6 @@ def make_array(rng: np.random.Generator, descr: str, shape: tuple[int, ...]) -> 
         raw &= 1
     return np.frombuffer(raw.tobytes(), dtype=dt).reshape(shape)
 
-
-def assert_tiles(chunks: list[Chunk], data: bytes) -> None:
-    pos = 0
-    for c in chunks:
-        assert c.offset == pos and len(c.data) > 0
-        pos += len(c.data)
-    assert b"".join(c.data for c in chunks) == data
 
 
 def npy_data_offset(data: bytes) -> int:

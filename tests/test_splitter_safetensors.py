@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import write
+from conftest import assert_tiles, write
 from weightvault.api import Repository
 from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams, default_registry
 from weightvault.chunking.safetensors import SafetensorsSplitter
@@ -58,13 +58,6 @@ def build(tensors: list[Tensor], *, order: list[int] | None = None, pad: int = 0
 def split(data: bytes) -> list[Chunk]:
     return list(SafetensorsSplitter().split(io.BytesIO(data), PARAMS))
 
-
-def assert_tiles(chunks: list[Chunk], data: bytes) -> None:
-    pos = 0
-    for c in chunks:
-        assert c.offset == pos and len(c.data) > 0
-        pos += len(c.data)
-    assert b"".join(c.data for c in chunks) == data
 
 
 def tensor_ranges(data: bytes) -> dict[str, tuple[int, int, str]]:

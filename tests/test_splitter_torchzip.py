@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_digest
+from conftest import assert_tiles, tree_digest
 from weightvault.api import Repository
 from weightvault.chunking.pickle_scan import scan_storage_dtypes
 from weightvault.chunking.registry import Chunk, ChunkerParams, default_registry
@@ -35,13 +35,6 @@ MiB = 1024 * 1024
 def split(data: bytes, params: ChunkerParams = SMALL_PARAMS) -> list[Chunk]:
     return list(TorchZipSplitter().split(io.BytesIO(data), params))
 
-
-def assert_tiles(chunks: list[Chunk], data: bytes) -> None:
-    pos = 0
-    for c in chunks:
-        assert c.offset == pos and c.data, (c.offset, pos, len(c.data))
-        pos += len(c.data)
-    assert b"".join(c.data for c in chunks) == data
 
 
 def storage_ranges(data: bytes) -> dict[str, tuple[int, int]]:
