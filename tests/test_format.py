@@ -113,7 +113,7 @@ def test_invalid_format_versions_are_refused(repo: Repository, repo_path: Path, 
 
 
 def test_current_version_opens(repo: Repository, repo_path: Path) -> None:
-    assert json.loads((repo_path / "config").read_bytes())["version"] == FORMAT_VERSION == 2
+    assert json.loads((repo_path / "config").read_bytes())["version"] == FORMAT_VERSION == 3
     set_config(repo_path, version=1)  # rewritten, non-canonical JSON is still accepted (v1 still reads)
     assert Repository.open(repo_path, PASSWORD).id == repo.id
 
@@ -149,7 +149,10 @@ def test_directory_layout(repo: Repository, repo_path: Path, tmp_path: Path) -> 
 def test_config_document_fields(repo: Repository, repo_path: Path) -> None:
     doc = json.loads((repo_path / "config").read_bytes())
     assert doc["format"] == "weightvault-repository"
-    assert set(doc) == {"format", "version", "id", "created", "chunker", "pack_size", "compression_level"}
+    assert set(doc) == {
+        "format", "version", "id", "created", "chunker", "pack_size", "compression_level", "delta_max_depth"
+    }
+    assert doc["delta_max_depth"] == 8
     assert doc["id"] == repo.id and len(doc["id"]) == 64 and bytes.fromhex(doc["id"])
     assert doc["chunker"] == {"min": 256 * 1024, "avg": 1024 * 1024, "max": 8 * 1024 * 1024}
     assert doc["pack_size"] == 32 * 1024 * 1024
@@ -359,7 +362,7 @@ def _save_pack(eng: Engine, data: bytes) -> str:
     [
         (9, 0, "unknown blob type 9"),
         (0, 0, "unknown blob type 0"),
-        (1, 1, "unknown flags 0x1"),
+        (1, 2, "unknown flags 0x2"),
         (2, 0x8000, "unknown flags"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,9 @@ def _count_loads(monkeypatch: pytest.MonkeyPatch) -> Counter[bytes]:
     calls: Counter[bytes] = Counter()
     real = Engine.load_blob
 
-    def counting(self: Engine, blob_id: bytes) -> bytes:
+    def counting(self: Engine, blob_id: bytes, load_base: Callable[[bytes], bytes] | None = None) -> bytes:
         calls[blob_id] += 1
-        return real(self, blob_id)
+        return real(self, blob_id, load_base)
 
     monkeypatch.setattr(Engine, "load_blob", counting)
     return calls

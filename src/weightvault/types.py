@@ -25,6 +25,7 @@ class PackedBlob:
     offset: int  # byte offset of the stored (encrypted) blob inside the pack
     length: int  # stored length: nonce + ciphertext + tag
     raw_length: int  # plaintext length
+    base: bytes | None = None  # codec 3 (delta) only: id of the blob this one is a delta against
 
 
 @dataclass(frozen=True, slots=True)

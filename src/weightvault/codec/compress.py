@@ -3,34 +3,54 @@
     0  RAW        stored as is (used whenever compression does not pay)
     1  ZSTD       zstandard frame, level from the repository config (default 3)
     2  BYTEPLANE  float tensors split into byte planes (``floatplanes``); format version 2
+    3  DELTA      XOR against an earlier version of the same tensor chunk (its *base*), then
+                  BYTEPLANE (float dtypes) or ZSTD; format version 3. Payload::
 
-Later codecs (checkpoint deltas) register new ids here; an unknown id is refused with
-UnsupportedFormatError, never guessed.
+                      base blob id (32) || inner codec (u8: 1 ZSTD or 2 BYTEPLANE) || inner payload
+
+                  where the inner payload encodes ``plaintext XOR base plaintext`` (equal lengths).
+
+An unknown id is refused with UnsupportedFormatError, never guessed.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import zstandard
 
 from weightvault.codec import floatplanes
 from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError, UnsupportedFormatError
 
-__all__ = ["BYTEPLANE", "CODEC_NAMES", "RAW", "ZSTD", "compress_best", "decompress"]
+__all__ = ["BYTEPLANE", "CODEC_NAMES", "DELTA", "RAW", "ZSTD", "compress_best", "decompress", "delta_base"]
 
 RAW = 0
 ZSTD = 1
 BYTEPLANE = 2
-CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BYTEPLANE: "byteplane"}
+DELTA = 3
+CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BYTEPLANE: "byteplane", DELTA: "delta"}
+_ID_SIZE = 32
 
 # Keep compression only if it saves at least this fraction.
 _MIN_SAVING = 0.02
+# Keep a delta only if it is at least this fraction smaller than the best standalone coding.
+DELTA_MIN_GAIN = 0.1
 
 
 def compress_best(
-    data: bytes | memoryview, level: int = 3, dtype: str | None = None, allow_byteplane: bool = False
+    data: bytes | memoryview,
+    level: int = 3,
+    dtype: str | None = None,
+    allow_byteplane: bool = False,
+    base: tuple[bytes, bytes | memoryview] | None = None,
 ) -> tuple[int, bytes]:
-    """Return (codec id, payload), the smallest of RAW, ZSTD and (if allowed) BYTEPLANE.
+    """Return (codec id, payload), the smallest of RAW, ZSTD, BYTEPLANE (if allowed) and DELTA
+    (if ``base`` = (base blob id, base plaintext) is given and has the same length as ``data``).
+
+    With a base, the delta payload (size D) is computed first; the byteplane and zstd candidates
+    are then abandoned as soon as they exceed D / (1 - DELTA_MIN_GAIN), so a good delta costs
+    little extra work. DELTA is kept only if it is at least ``DELTA_MIN_GAIN`` (10 %) smaller than
+    every other candidate (a delta makes restores decode its base too): never larger than zstd.
 
     A compressed candidate must save >= 2 % over RAW; ties go to the lower codec id. Without
     ``allow_byteplane`` (a format-v1 repository), or when ``dtype`` is not a float type of
@@ -44,6 +64,8 @@ def compress_best(
     n = len(data)
     k = floatplanes.FLOAT_ELEMENT_SIZES.get(dtype or "", 0)
     limit = n * (1 - _MIN_SAVING)
+    if base is not None and len(base[1]) == n and n > 0:
+        return _best_with_delta(data, level, k if allow_byteplane else 0, base, int(limit))
     if not allow_byteplane or k == 0 or n < k:
         packed = compressor(level).compress(data)
         if len(packed) <= limit:
@@ -55,6 +77,44 @@ def compress_best(
     if packed_z is not None and len(packed_z) <= limit:
         return ZSTD, packed_z
     return best_codec, best
+
+
+def _best_with_delta(
+    data: bytes | memoryview, level: int, k: int, base: tuple[bytes, bytes | memoryview], limit: int
+) -> tuple[int, bytes]:
+    base_id, base_data = base
+    if len(base_id) != _ID_SIZE:
+        raise ValueError("a delta base id has 32 bytes")
+    n = len(data)
+    xor = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base_data, dtype=np.uint8)).data
+    if k and n >= k:  # no rotation: the XOR's top bytes are mostly zero, not exponents
+        inner_codec, inner = BYTEPLANE, floatplanes.encode(xor, k, level, rotate=False)
+    else:
+        inner_codec, inner = ZSTD, compressor(level).compress(xor)
+    delta_size = _ID_SIZE + 1 + len(inner)
+    # A delta makes restores decode its base too: it must be DELTA_MIN_GAIN smaller than the best
+    # standalone coding (RAW included), so standalone candidates only need to reach this bound.
+    bound = min(limit, int(delta_size / (1 - DELTA_MIN_GAIN)))
+    best: tuple[int, bytes] | None = None
+    if k and n >= k:
+        planes = floatplanes.encode_within(data, k, level, bound=bound)
+        if planes is not None:
+            best, bound = (BYTEPLANE, planes), len(planes)
+    packed_z = _zstd_unless_larger(data, level, bound)
+    if packed_z is not None:
+        return ZSTD, packed_z
+    if best is not None:
+        return best
+    if delta_size <= n * (1 - DELTA_MIN_GAIN):
+        return DELTA, b"".join((base_id, bytes((inner_codec,)), inner))
+    return RAW, bytes(data)
+
+
+def delta_base(payload: bytes | memoryview) -> bytes:
+    """The base blob id at the start of a DELTA payload."""
+    if len(payload) < _ID_SIZE + 1:
+        raise IntegrityError(f"delta payload of {len(payload)} bytes is shorter than its header")
+    return bytes(payload[:_ID_SIZE])
 
 
 _STEP = 256 * 1024
@@ -77,8 +137,22 @@ def _zstd_unless_larger(data: bytes | memoryview, level: int, bound: int) -> byt
     return frame if len(frame) <= bound else None
 
 
-def decompress(codec: int, payload: bytes, raw_length: int) -> bytes:
-    """Invert ``compress_best``. Raises IntegrityError if the output length is not ``raw_length``."""
+def decompress(codec: int, payload: bytes, raw_length: int, base: bytes | None = None) -> bytes:
+    """Invert ``compress_best``. Raises IntegrityError if the output length is not ``raw_length``.
+
+    A DELTA payload needs ``base``, the plaintext of the blob named by ``delta_base(payload)``;
+    the caller fetches it (and verifies the result's id, as for every codec)."""
+    if codec == DELTA:
+        base_id = delta_base(payload)
+        if base is None:
+            raise IntegrityError(f"delta blob needs the plaintext of its base {base_id.hex()}")
+        if len(base) != raw_length:
+            raise IntegrityError(f"delta base {base_id.hex()} has {len(base)} bytes, the blob {raw_length}")
+        inner_codec = payload[_ID_SIZE]
+        if inner_codec not in (ZSTD, BYTEPLANE):
+            raise IntegrityError(f"delta payload has inner codec {inner_codec}; expected 1 or 2")
+        xor = decompress(inner_codec, payload[_ID_SIZE + 1 :], raw_length)
+        return np.bitwise_xor(np.frombuffer(xor, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)).tobytes()
     if codec == RAW:
         out = payload
     elif codec == ZSTD:

@@ -38,7 +38,9 @@ import zstandard
 from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError
 
-__all__ = ["FLOAT_ELEMENT_SIZES", "LAYOUT_VERSION", "decode", "encode", "order0_entropy", "split_planes"]
+__all__ = [
+    "FLOAT_ELEMENT_SIZES", "LAYOUT_VERSION", "decode", "encode", "encode_within", "order0_entropy", "split_planes"
+]
 
 LAYOUT_VERSION = 1
 # Element sizes of the float dtypes this codec is used for (safetensors' names).
@@ -102,9 +104,20 @@ def order0_entropy(plane: bytes | memoryview | npt.NDArray[np.uint8]) -> float:
 
 def encode(data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True) -> bytes:
     """The byteplane payload of ``data`` with element size ``k`` (2, 4 or 8) at zstd ``level``."""
+    out = encode_within(data, k, level, rotate, bound=None)
+    assert out is not None
+    return out
+
+
+def encode_within(
+    data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True, bound: int | None = None
+) -> bytes | None:
+    """``encode``, or None as soon as the payload is known to exceed ``bound`` bytes (planes are
+    coded in order, so a hopeless candidate stops early and costs only part of the work)."""
     planes, tail = split_planes(data, k, rotate)
     entries: list[bytes] = []
     bodies: list[bytes | memoryview] = []
+    size = _header_size(k) + len(tail)
     for j, plane in enumerate(planes):
         comp = _exponent_compressor() if rotate and j == k - 1 else compressor(level)
         raw = plane.data
@@ -115,6 +128,9 @@ def encode(data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True
         else:
             entries.append(_ENTRY.pack(_PLANE_RAW, plane.size))
             bodies.append(raw)
+        size += len(bodies[-1])
+        if bound is not None and size > bound:
+            return None
     head = bytes((LAYOUT_VERSION, k, _FLAG_ROTATE if rotate else 0, k)) + b"".join(entries) + bytes((len(tail),))
     return b"".join([head, *bodies, tail])
 

@@ -17,9 +17,12 @@ Pack file::
 
     blob_0 || blob_1 || ... || blob_{n-1} || header_envelope || header_len (u32 LE) || b"WVP1"
 
-Pack header plaintext: n entries of 44 bytes, in file order (offsets are the running sum of lengths)::
+Pack header plaintext: n entries, in file order (offsets are the running sum of lengths)::
 
-    type (u8) | codec (u8) | flags (u16 LE, 0) | stored length (u32 LE) | raw length (u32 LE) | blob id (32)
+    type (u8) | codec (u8) | flags (u16 LE) | stored length (u32 LE) | raw length (u32 LE) | blob id (32)
+    [ base blob id (32) ]   present only when flags bit 0 (FLAG_BASE) is set (format v3, codec 3)
+
+An entry is 44 bytes, or 76 with a base. Other flag bits are refused.
 
 The pack id is the hex BLAKE3 (unkeyed) of the whole pack file, so corruption is detectable without keys.
 """
@@ -34,6 +37,7 @@ from weightvault.types import BlobType, PackedBlob
 __all__ = [
     "AAD_PREFIX",
     "ENTRY_SIZE",
+    "FLAG_BASE",
     "FORMAT_VERSION",
     "KIND_BLOB",
     "KIND_INDEX",
@@ -53,7 +57,7 @@ __all__ = [
     "parse_trailer",
 ]
 
-FORMAT_VERSION = 2  # v2: blob codec 2 (byteplane); v1 repositories stay readable and writable
+FORMAT_VERSION = 3  # v2: codec 2 (byteplane); v3: codec 3 (delta), FLAG_BASE. Older versions stay readable, writable
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE
@@ -68,6 +72,7 @@ KIND_KEY = 5
 PACK_MAGIC = b"WVP1"
 _ENTRY = struct.Struct("<BBHII32s")
 ENTRY_SIZE = _ENTRY.size  # 44
+FLAG_BASE = 1  # the entry is followed by the 32-byte id of the blob's delta base
 _TRAILER = struct.Struct("<I4s")
 TRAILER_SIZE = _TRAILER.size  # 8
 
@@ -86,25 +91,35 @@ def encode_pack_header(blobs: list[PackedBlob]) -> bytes:
     """Serialise header entries in file order. Offsets are implied by the order and lengths."""
     out = bytearray()
     for b in blobs:
-        out += _ENTRY.pack(int(b.type), b.codec, 0, b.length, b.raw_length, b.blob_id)
+        out += _ENTRY.pack(int(b.type), b.codec, FLAG_BASE if b.base else 0, b.length, b.raw_length, b.blob_id)
+        if b.base:
+            out += b.base
     return bytes(out)
 
 
 def decode_pack_header(raw: bytes) -> list[PackedBlob]:
     """Parse header entries; raises IntegrityError when the layout is malformed."""
-    if len(raw) % ENTRY_SIZE:
-        raise IntegrityError(f"pack header length {len(raw)} is not a multiple of {ENTRY_SIZE}")
     blobs: list[PackedBlob] = []
     offset = 0
-    for i in range(0, len(raw), ENTRY_SIZE):
+    i = 0
+    while i < len(raw):
+        if len(raw) - i < ENTRY_SIZE:
+            raise IntegrityError(f"pack header ends inside an entry ({len(raw) - i} of {ENTRY_SIZE} bytes)")
         t, codec, flags, length, raw_len, blob_id = _ENTRY.unpack_from(raw, i)
+        i += ENTRY_SIZE
         try:
             btype = BlobType(t)
         except ValueError as exc:
             raise UnsupportedFormatError(f"pack header names unknown blob type {t}") from exc
-        if flags != 0:
+        if flags & ~FLAG_BASE:
             raise UnsupportedFormatError(f"pack header entry has unknown flags {flags:#x}")
-        blobs.append(PackedBlob(blob_id, btype, codec, offset, length, raw_len))
+        base = None
+        if flags & FLAG_BASE:
+            if len(raw) - i < 32:
+                raise IntegrityError("pack header ends inside a base blob id")
+            base = bytes(raw[i : i + 32])
+            i += 32
+        blobs.append(PackedBlob(blob_id, btype, codec, offset, length, raw_len, base))
         offset += length
     return blobs
 

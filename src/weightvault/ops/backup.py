@@ -29,10 +29,11 @@ from typing import BinaryIO
 from weightvault import __version__
 from weightvault.chunking.registry import SplitterRegistry, default_registry
 from weightvault.errors import ObjectNotFoundError, SnapshotNotFoundError, UsageError
+from weightvault.ops.delta_bases import BaseFinder
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.walk import Entry, WalkError, walk_source
-from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
-from weightvault.repository.repo import Repository
+from weightvault.repository.manifest import ManifestWriter, Node, TensorPart, iter_manifest
+from weightvault.repository.repo import DeltaBase, Repository
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType
 
@@ -123,14 +124,15 @@ class _Saver:
         if exc is not None:
             self._failed.append(exc)
 
-    def submit(self, data: bytes, dtype: str | None = None) -> bytes:
-        """Queue ``data`` for storing (``dtype``: element type hint for the codec); returns its blob id."""
+    def submit(self, data: bytes, dtype: str | None = None, delta: DeltaBase | None = None) -> bytes:
+        """Queue ``data`` for storing (``dtype``: element type hint for the codec; ``delta``: a
+        candidate delta base); returns its blob id."""
         if self._failed:
             raise self._failed[0]
         blob_id = self.repo.key.blob_id(data)
         self.slots.acquire()
         try:
-            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data, blob_id, dtype)
+            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data, blob_id, dtype, delta)
         except BaseException:
             self.slots.release()
             raise
@@ -145,7 +147,12 @@ class _Saver:
 
 
 def _read_file(
-    e: Entry, saver: _Saver, registry: SplitterRegistry, repo: Repository, on_bytes: Callable[[int], None]
+    e: Entry,
+    saver: _Saver,
+    registry: SplitterRegistry,
+    repo: Repository,
+    on_bytes: Callable[[int], None],
+    finder: BaseFinder,
 ) -> tuple[Node, bool]:
     """Chunk and store one file. Returns its node and whether it changed while being read."""
     fd = os.open(e.abs, os.O_RDONLY | os.O_NOFOLLOW)
@@ -156,11 +163,23 @@ def _read_file(
         splitter = registry.select(os.path.basename(e.rel), head)
         sha = hashlib.sha256()
         blobs: list[bytes] = []
+        tensors: list[TensorPart | None] = []
+        offsets: list[int] = []
+        bases: dict[TensorPart, DeltaBase] | None = None
         size = 0
         for chunk in splitter.split(f, repo.chunker):
             sha.update(chunk.data)
             size += len(chunk.data)
-            blobs.append(saver.submit(chunk.data, chunk.dtype))
+            part: TensorPart | None = None
+            delta = None
+            if chunk.tensor is not None:
+                part = (chunk.tensor, chunk.part, chunk.dtype)
+                if bases is None:
+                    bases = finder.bases_for(e.rel)
+                delta = bases.get(part)
+            blobs.append(saver.submit(chunk.data, chunk.dtype, delta))
+            tensors.append(part)
+            offsets.append(chunk.offset)
             on_bytes(len(chunk.data))
         after = os.fstat(fd)
     try:
@@ -169,7 +188,11 @@ def _read_file(
     except OSError:
         replaced = True
     node = Node(path=e.rel, type="file", size=size, blobs=blobs, sha256=sha.hexdigest())
+    if any(t is not None for t in tensors):
+        node.tensors = tensors
     changed = size != after.st_size or not _same_version(before, after) or replaced
+    if not changed:
+        finder.note(e.rel, e.abs, node, offsets)
     return _meta(node, after), changed
 
 
@@ -214,6 +237,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     previous: dict[bytes, Node] = {}
     if parent is not None and not opts.force:
         previous = {n.path: n for n in iter_manifest(parent.tree, repo.load_blob) if n.type == "file"}
+    finder = BaseFinder(repo, previous, roots)
 
     reporter = Reporter(opts.progress, "backup")
     if opts.progress is not None:
@@ -255,11 +279,14 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
                     if _unchanged(prev, e.st, repo):
                         assert prev is not None
                         node = _meta(Node(path=e.rel, type="file", size=prev.size, blobs=prev.blobs,
-                                          sha256=prev.sha256), e.st)
+                                          sha256=prev.sha256, tensors=prev.tensors), e.st)
+                        finder.note(e.rel, e.abs, node, None)
                         totals["files_unmodified"] += 1
                         reporter.add(files=1, nbytes=e.st.st_size, current=os.fsdecode(e.rel))
                     else:
-                        node_or_none = _backup_file(e, saver, registry, repo, reporter, errors, warnings, totals)
+                        node_or_none = _backup_file(
+                            e, saver, registry, repo, reporter, errors, warnings, totals, finder
+                        )
                         if node_or_none is None:
                             continue
                         node = node_or_none
@@ -313,12 +340,13 @@ def _backup_file(
     errors: list[tuple[str, str]],
     warnings: list[tuple[str, str]],
     totals: dict[str, int],
+    finder: BaseFinder,
 ) -> Node | None:
     """Read a new or changed file, re-reading it if it changes meanwhile; None if unreadable."""
     rel = os.fsdecode(e.rel)
     for attempt in range(MAX_REREADS + 1):
         try:
-            node, changed = _read_file(e, saver, registry, repo, lambda n: reporter.add(nbytes=n))
+            node, changed = _read_file(e, saver, registry, repo, lambda n: reporter.add(nbytes=n), finder)
         except OSError as exc:
             errors.append((rel, exc.strerror or str(exc)))
             return None

@@ -277,11 +277,22 @@ def _plan(
 class _SharedBlobs:
     """Loads blobs for a restore, keeping (up to ``max_bytes``) the plaintext of blobs that the plan
     uses more than once, until their last use: deduplicated data (frozen layers repeated across
-    checkpoints, identical files) is read and decoded once. Thread-safe."""
+    checkpoints, identical files) and delta bases (each use of a delta blob uses every base on its
+    chain) are read and decoded once while they fit. Thread-safe."""
 
     def __init__(self, repo: Repository, plan: list[tuple[Node, list[bytes]]], max_bytes: int) -> None:
         self.repo = repo
         self._uses = Counter(b for n, _ in plan if n.type == "file" for b in n.blobs)
+        # Decoding a delta blob loads its base once (through this cache); each needed blob is
+        # decoded once while it is kept, so a base gets one more use per distinct dependant.
+        todo, seen = list(self._uses), set(self._uses)
+        while todo:
+            base = repo.index.base_of(todo.pop())
+            if base is not None:
+                self._uses[base] += 1
+                if base not in seen:
+                    seen.add(base)
+                    todo.append(base)
         self._kept: OrderedDict[bytes, bytes] = OrderedDict()
         self._size = 0
         self._max = max_bytes
@@ -296,7 +307,7 @@ class _SharedBlobs:
             if data is not None:
                 self._used(blob_id)
                 return data
-        data = self.repo.load_blob(blob_id)
+        data = self.repo.load_blob(blob_id, self.load_blob)
         with self._lock:
             if self._uses[blob_id] > 1 and len(data) <= self._max and blob_id not in self._kept:
                 self._kept[blob_id] = data

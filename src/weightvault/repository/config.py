@@ -7,8 +7,9 @@ every password look wrong, a raised version gets the repository refused, and out
 are refused at open time.
 
 ``version`` is the format version the repository was created with (``FORMAT_VERSION`` for new
-ones). It gates what writers may store: codec 2 (byteplane) only when ``version >= 2``, so a
-version-1 repository stays readable by version-1 weightvault. Nothing raises it implicitly.
+ones). It gates what writers may store: codec 2 (byteplane) only when ``version >= 2``, codec 3
+(delta) only when ``version >= 3``, so an older repository stays readable by the weightvault that
+created it. Nothing raises it implicitly.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from weightvault.errors import IntegrityError, UnsupportedFormatError, UsageErro
 from weightvault.format import objects
 from weightvault.format.layout import FORMAT_VERSION
 
-__all__ = ["DEFAULT_PACK_SIZE", "RepoConfig"]
+__all__ = ["DEFAULT_DELTA_MAX_DEPTH", "DEFAULT_PACK_SIZE", "DELTA_MAX_DEPTH_LIMIT", "RepoConfig"]
 
 DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+DEFAULT_DELTA_MAX_DEPTH = 8
+DELTA_MAX_DEPTH_LIMIT = 32
 FORMAT_NAME = "weightvault-repository"
 
 
@@ -39,6 +42,7 @@ class RepoConfig:
     chunk_max: int = 8 * 1024 * 1024
     pack_size: int = DEFAULT_PACK_SIZE
     compression_level: int = 3
+    delta_max_depth: int = DEFAULT_DELTA_MAX_DEPTH  # v3: longest delta chain a writer creates; 0: no deltas
 
     @classmethod
     def new(cls, **overrides: int) -> RepoConfig:
@@ -62,6 +66,7 @@ class RepoConfig:
                 "chunker": {"min": self.chunk_min, "avg": self.chunk_avg, "max": self.chunk_max},
                 "pack_size": self.pack_size,
                 "compression_level": self.compression_level,
+                **({"delta_max_depth": self.delta_max_depth} if self.version >= 3 else {}),
             }
         )
 
@@ -91,6 +96,7 @@ class RepoConfig:
                 chunk_max=int(ch["max"]),
                 pack_size=int(doc["pack_size"]),
                 compression_level=int(doc.get("compression_level", 3)),
+                delta_max_depth=int(doc.get("delta_max_depth", DEFAULT_DELTA_MAX_DEPTH)) if version >= 3 else 0,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{location}/config is missing or has a malformed field: {exc}") from exc
@@ -108,4 +114,6 @@ class RepoConfig:
             return f"pack size {self.pack_size} outside 1 KiB .. 1 GiB"
         if not (1 <= self.compression_level <= 22):
             return f"compression level {self.compression_level} outside 1..22"
+        if not (0 <= self.delta_max_depth <= DELTA_MAX_DEPTH_LIMIT):
+            return f"delta chain depth {self.delta_max_depth} outside 0..{DELTA_MAX_DEPTH_LIMIT}"
         return None

@@ -5,6 +5,8 @@ of its stored bytes::
 
     {"version": 1, "packs": [{"id": pack_hex, "blobs": [[blob_hex, type, codec, offset, length, raw_length], ...]}]}
 
+A delta blob (codec 3, format v3) has a seventh element, the hex id of its base blob.
+
 Index files only ever add information; several may describe the same pack. The index can always be
 rebuilt from pack headers alone.
 """
@@ -35,6 +37,7 @@ class MasterIndex:
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
         self._blobs: dict[bytes, _Row] = {}
+        self._bases: dict[bytes, bytes] = {}  # delta blob id -> base blob id
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -50,14 +53,24 @@ class MasterIndex:
                 no = self._pack_no[pack_id] = len(self._packs)
                 self._packs.append(pack_id)
             for b in blobs:
-                self._blobs.setdefault(b.blob_id, (no, int(b.type), b.codec, b.offset, b.length, b.raw_length))
+                if b.blob_id in self._blobs:
+                    continue
+                self._blobs[b.blob_id] = (no, int(b.type), b.codec, b.offset, b.length, b.raw_length)
+                if b.base is not None:
+                    self._bases[b.blob_id] = b.base
 
     def get(self, blob_id: bytes) -> IndexEntry | None:
         row = self._blobs.get(blob_id)
         if row is None:
             return None
         no, t, codec, off, length, raw = row
-        return IndexEntry(self._packs[no], PackedBlob(blob_id, BlobType(t), codec, off, length, raw))
+        return IndexEntry(
+            self._packs[no], PackedBlob(blob_id, BlobType(t), codec, off, length, raw, self._bases.get(blob_id))
+        )
+
+    def base_of(self, blob_id: bytes) -> bytes | None:
+        """The base of an indexed delta blob; None for any other blob."""
+        return self._bases.get(blob_id)
 
     def has_pack(self, pack_id: str) -> bool:
         return pack_id in self._pack_no
@@ -79,12 +92,19 @@ def encode_index_file(key: MasterKey, packs: dict[str, list[PackedBlob]]) -> tup
         "packs": [
             {
                 "id": pid,
-                "blobs": [[b.blob_id.hex(), int(b.type), b.codec, b.offset, b.length, b.raw_length] for b in blobs],
+                "blobs": [_row(b) for b in blobs],
             }
             for pid, blobs in sorted(packs.items())
         ],
     }
     return seal_document(key, doc, KIND_INDEX)
+
+
+def _row(b: PackedBlob) -> list[object]:
+    row: list[object] = [b.blob_id.hex(), int(b.type), b.codec, b.offset, b.length, b.raw_length]
+    if b.base is not None:
+        row.append(b.base.hex())
+    return row
 
 
 def open_document(key: MasterKey, stored: bytes, kind: int, what: str) -> bytes:
@@ -119,10 +139,19 @@ def decode_index_file(key: MasterKey, name: str, stored: bytes) -> dict[str, lis
                 if row[1] not in known:
                     raise UnsupportedFormatError(f"{what} names unknown blob type {row[1]}; upgrade weightvault")
         for p in doc["packs"]:
-            out[str(p["id"])] = [
-                PackedBlob(bytes.fromhex(h), BlobType(t), int(c), int(o), int(ln), int(r))
-                for h, t, c, o, ln, r in p["blobs"]
-            ]
+            out[str(p["id"])] = [_parse_row(row) for row in p["blobs"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{what} is malformed: {exc}") from exc
     return out
+
+
+def _parse_row(row: list[object]) -> PackedBlob:
+    if len(row) not in (6, 7):
+        raise ValueError(f"index row has {len(row)} fields")
+    h, t, c, o, ln, r = row[:6]
+    base = bytes.fromhex(str(row[6])) if len(row) == 7 else None
+    if base is not None and len(base) != 32:
+        raise ValueError("base id is not 32 bytes")
+    return PackedBlob(
+        bytes.fromhex(str(h)), BlobType(int(t)), int(c), int(o), int(ln), int(r), base  # type: ignore[call-overload]
+    )

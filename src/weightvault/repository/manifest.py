@@ -11,6 +11,9 @@ that unchanged parts of consecutive snapshots deduplicate. Node fields::
     size             bytes (files)
     blobs            list of hex blob ids whose plaintexts concatenate to the file (files)
     sha256           hex SHA-256 of the whole file (files)
+    tensors          optional (files cut by a format-aware splitter): a list parallel to ``blobs``;
+                     entry i is null or [tensor name, part, dtype] for blob i. Backups use it to
+                     find the earlier version of a tensor chunk as a delta base; restores ignore it.
     target|target_b64  link target (symlinks)
 """
 
@@ -27,7 +30,9 @@ from weightvault.chunking.registry import ChunkerParams
 from weightvault.errors import IntegrityError, UnsupportedFormatError
 from weightvault.format import objects
 
-__all__ = ["MANIFEST_CHUNKER", "Node", "iter_manifest", "write_manifest"]
+__all__ = ["MANIFEST_CHUNKER", "Node", "TensorPart", "iter_manifest", "write_manifest"]
+
+TensorPart = tuple[str, int, str | None]  # tensor name, sub-chunk index, dtype
 
 MANIFEST_CHUNKER = ChunkerParams(min_size=16 * 1024, avg_size=64 * 1024, max_size=512 * 1024, seed=0)
 _TYPES = ("file", "dir", "symlink")
@@ -47,6 +52,7 @@ class Node:
     blobs: list[bytes] = field(default_factory=list)
     sha256: str | None = None
     target: bytes | None = None
+    tensors: list[TensorPart | None] | None = None
 
     def to_doc(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "mode": self.mode, "mtime_ns": self.mtime_ns}
@@ -54,12 +60,21 @@ class Node:
         d.update(ctime_ns=self.ctime_ns, ino=self.ino, uid=self.uid, gid=self.gid)
         if self.type == "file":
             d.update(size=self.size, blobs=[b.hex() for b in self.blobs], sha256=self.sha256)
+            if self.tensors is not None and len(self.tensors) == len(self.blobs):
+                d["tensors"] = [list(t) if t is not None else None for t in self.tensors]
         elif self.type == "symlink" and self.target is not None:
             objects.put_bytes_field(d, "target", self.target)
         return d
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Node:
+        node = cls._from_doc(d)
+        if node.tensors is not None and len(node.tensors) != len(node.blobs):
+            node.tensors = None
+        return node
+
+    @classmethod
+    def _from_doc(cls, d: dict[str, Any]) -> Node:
         path = objects.get_bytes_field(d, "path")
         t = d.get("type")
         if path is None:
@@ -79,7 +94,26 @@ class Node:
             blobs=[bytes.fromhex(h) for h in d.get("blobs", [])],
             sha256=d.get("sha256"),
             target=objects.get_bytes_field(d, "target"),
+            tensors=_tensors(d.get("tensors")),
         )
+
+
+def _tensors(raw: object) -> list[TensorPart | None] | None:
+    """Parse the optional ``tensors`` list; anything malformed is dropped (it is only a hint)."""
+    if not isinstance(raw, list):
+        return None
+    out: list[TensorPart | None] = []
+    for t in raw:
+        if t is None:
+            out.append(None)
+        elif (
+            isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) and isinstance(t[1], int)
+            and isinstance(t[2], str | None)
+        ):
+            out.append((t[0], t[1], t[2]))
+        else:
+            return None
+    return out
 
 
 class ManifestWriter:

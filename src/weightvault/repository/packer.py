@@ -37,8 +37,16 @@ class PackBuilder:
     def size(self) -> int:
         return self._size
 
-    def add(self, blob_id: bytes, btype: BlobType, codec: int, envelope: bytes | bytearray, raw_length: int) -> None:
-        self.blobs.append(PackedBlob(blob_id, btype, codec, self._size, len(envelope), raw_length))
+    def add(
+        self,
+        blob_id: bytes,
+        btype: BlobType,
+        codec: int,
+        envelope: bytes | bytearray,
+        raw_length: int,
+        base: bytes | None = None,
+    ) -> None:
+        self.blobs.append(PackedBlob(blob_id, btype, codec, self._size, len(envelope), raw_length, base))
         self._parts.append(envelope)
         self._size += len(envelope)
 

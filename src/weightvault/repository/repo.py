@@ -11,10 +11,12 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.chunking.registry import ChunkerParams
-from weightvault.codec.compress import compress_best, decompress
+from weightvault.codec.compress import DELTA, compress_best, decompress, delta_base
 from weightvault.codec.crypto import KdfParams, MasterKey
 from weightvault.errors import (
     IntegrityError,
@@ -40,12 +42,23 @@ from weightvault.repository.packer import PackBuilder, read_pack_header
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType, IndexEntry, PackedBlob
 
-__all__ = ["Repository"]
+__all__ = ["MAX_CHAIN", "DeltaBase", "Repository"]
 
 log = logging.getLogger(__name__)
 
 INDEX_EVERY_PACKS = 16
 INDEX_EVERY_SECONDS = 300.0
+MAX_CHAIN = 64  # readers refuse longer delta chains (writers stop at config.delta_max_depth)
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaBase:
+    """A candidate delta base for a blob being saved: the base's id and a function returning its
+    plaintext (None if unavailable). ``load`` is only called if the blob is new and the base may
+    be used (it is durable and its chain is shorter than the repository's limit)."""
+
+    blob_id: bytes
+    load: Callable[[], bytes | None]
 
 
 class Repository:
@@ -155,27 +168,66 @@ class Repository:
             raise IntegrityError(f"blob {blob_id.hex()} is not in the index (missing data)")
         return entry
 
-    def load_blob(self, blob_id: bytes) -> bytes:
-        """Read, authenticate, decompress and hash-check one blob."""
+    def delta_depth(self, blob_id: bytes) -> int | None:
+        """Length of the delta chain below an indexed blob (0: not a delta); None if the blob or a
+        base on its chain is not indexed, or the chain is longer than ``MAX_CHAIN``."""
+        depth, cur = 0, blob_id
+        while cur in self.index:
+            nxt = self.index.base_of(cur)
+            if nxt is None:
+                return depth
+            depth, cur = depth + 1, nxt
+            if depth > MAX_CHAIN:
+                return None
+        return None
+
+    def load_blob(self, blob_id: bytes, load_base: Callable[[bytes], bytes] | None = None) -> bytes:
+        """Read, authenticate, decompress and hash-check one blob. A delta blob's base is fetched
+        with ``load_base`` (default: this method), e.g. through a restore's cache."""
         entry = self.lookup(blob_id)
         b = entry.blob
+        if b.base is not None and self.delta_depth(blob_id) is None:
+            raise IntegrityError(
+                f"blob {blob_id.hex()} is a delta whose chain of bases is broken or longer than {MAX_CHAIN}"
+                f" (base {b.base.hex()} or one below it is missing)"
+            )
         envelope = self.backend.load(FileType.PACK, entry.pack_id, b.offset, b.length)
-        return self.decode_blob(entry.pack_id, b, envelope)
+        return self.decode_blob(entry.pack_id, b, envelope, load_base)
 
-    def decode_blob(self, pack_id: str, b: PackedBlob, envelope: bytes) -> bytes:
+    def decode_blob(
+        self, pack_id: str, b: PackedBlob, envelope: bytes, load_base: Callable[[bytes], bytes] | None = None
+    ) -> bytes:
         what = f"blob {b.blob_id.hex()} in pack {pack_id}"
         payload = self.key.open(envelope, blob_aad(b.type, b.codec, b.blob_id), what)
-        data = decompress(b.codec, payload, b.raw_length)
+        base = None
+        if b.codec == DELTA:
+            base_id = delta_base(payload)
+            if base_id != b.base:
+                shown = b.base.hex() if b.base else "none"
+                raise IntegrityError(f"{what}: delta base {base_id.hex()} differs from the index's ({shown})")
+            if self.delta_depth(b.blob_id) is None and b.blob_id in self.index:
+                raise IntegrityError(f"{what}: its chain of delta bases is broken or too long")
+            base = (load_base or self.load_blob)(base_id)
+        data = decompress(b.codec, payload, b.raw_length, base)
         if self.key.blob_id(data) != b.blob_id:
             raise IntegrityError(f"{what}: content hash does not match its id")
         return data
 
     def save_blob(
-        self, btype: BlobType, data: bytes, blob_id: bytes | None = None, dtype: str | None = None
+        self,
+        btype: BlobType,
+        data: bytes,
+        blob_id: bytes | None = None,
+        dtype: str | None = None,
+        delta: DeltaBase | None = None,
     ) -> tuple[bytes, bool]:
         """Store ``data`` unless a blob with its id exists. Returns (id, newly stored). Thread-safe.
 
-        The blob becomes durable only when its pack is written (when full, or by ``flush()``).
+        With ``delta`` (format v3 repositories only) the blob may be stored as an XOR delta against
+        that base, if that is smallest (``compress_best``). A base is only used if it is already
+        durable and indexed (so no crash can leave a delta whose base was never written) and its
+        chain is shorter than ``config.delta_max_depth``. The blob becomes durable only when its
+        pack is written (when full, or by ``flush()``).
         """
         bid = blob_id if blob_id is not None else self.key.blob_id(data)
         with self._lock:
@@ -183,9 +235,10 @@ class Repository:
                 return bid, False
             self._pending.add(bid)
         try:
+            base = self._usable_base(bid, data, delta)
             # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository.
             codec, payload = compress_best(
-                data, self.config.compression_level, dtype=dtype, allow_byteplane=self.config.version >= 2
+                data, self.config.compression_level, dtype=dtype, allow_byteplane=self.config.version >= 2, base=base
             )
             envelope = self.key.seal(payload, blob_aad(btype, codec, bid))
         except BaseException:
@@ -195,7 +248,7 @@ class Repository:
         full = None
         with self._lock:
             packer = self._packers.setdefault(btype, PackBuilder())
-            packer.add(bid, btype, codec, envelope, len(data))
+            packer.add(bid, btype, codec, envelope, len(data), base[0] if codec == DELTA and base else None)
             self.stats_new_blobs += 1
             self.stats_new_stored += len(envelope)
             if packer.size >= self.config.pack_size:
@@ -203,6 +256,20 @@ class Repository:
         if full is not None:
             self._write_pack(full)
         return bid, True
+
+    def _usable_base(self, bid: bytes, data: bytes, delta: DeltaBase | None) -> tuple[bytes, bytes] | None:
+        if delta is None or delta.blob_id == bid or self.config.version < 3:
+            return None
+        depth = self.delta_depth(delta.blob_id)
+        if depth is None or depth >= self.config.delta_max_depth:
+            return None
+        entry = self.index.get(delta.blob_id)
+        if entry is None or entry.blob.raw_length != len(data):
+            return None
+        plain = delta.load()
+        if plain is None or len(plain) != len(data):
+            return None
+        return delta.blob_id, plain
 
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data = packer.finish(self.key)
