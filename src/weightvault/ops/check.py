@@ -1,7 +1,8 @@
 """Check: verify the repository's structure and, optionally, every stored byte.
 
 Without ``read_data``: every index file decrypts; every indexed pack exists and its header agrees
-with the index; every snapshot decrypts; every manifest loads and every blob it references is
+with the index; every delta blob's chain of bases is intact; every snapshot decrypts; every
+manifest loads and every blob it references is
 indexed. With ``read_data`` (or a subset ``n/t`` / ``x%``): each selected pack is read whole, its
 BLAKE3 must equal its name, and every blob in it is authenticated, decompressed and hash-checked.
 Problems name the blob, the pack and the snapshot files that use the blob.
@@ -110,6 +111,14 @@ def check(
             if header.get(bid) != b:
                 res.errors.append(f"pack {pack_id}: blob {bid.hex()} in the index does not match the pack header")
                 bad[bid] = f"pack {pack_id} header mismatch"
+    # delta blobs whose chain of bases is broken (a base missing, unindexed or with a bad header)
+    for entry in list(repo.index.entries()):
+        base = entry.blob.base
+        while base is not None:
+            if base in bad or base in missing_blobs or base not in repo.index:
+                bad[entry.blob.blob_id] = f"its delta base {base.hex()} is unavailable"
+                break
+            base = repo.index.base_of(base)
     # 3. read data
     if read_data or subset is not None:
         chosen = select_packs([p for p in on_disk if p in indexed], subset)

@@ -136,11 +136,17 @@ class BaseFinder:
         for i, (blob_id, t) in enumerate(zip(ref.blobs, ref.tensors, strict=True)):
             if t is None:
                 continue
-            entry = self.repo.index.get(blob_id)
-            if entry is None:
-                continue
+            # a base still being stored now may be durable by the time the dependant is saved
+            # (Repository.save_blob decides); its length then comes from the recorded offsets
+            if offsets and i + 1 < len(offsets):
+                length = offsets[i + 1] - offsets[i]
+            else:
+                entry = self.repo.index.get(blob_id)
+                if entry is None:
+                    continue
+                length = entry.blob.raw_length
             off = offsets[i] if offsets else None
-            base = _BaseRef(blob_id, ref.abs_path, off, entry.blob.raw_length)
+            base = _BaseRef(blob_id, ref.abs_path, off, length)
             out[t] = DeltaBase(blob_id, functools.partial(self._load, base))
         return out
 
