@@ -448,3 +448,14 @@ def test_ctrl_c_exits_130_and_releases_the_lock(tmp_path: Path) -> None:
     assert b"error: interrupted" in err and b"Traceback" not in err
     assert locks() == []  # released (a ".tmp-" file of an interrupted write may remain; it is ignored)
     assert json.loads(ok(wv(env, "-r", repo, "snapshots", "--json")).stdout) == []
+
+
+def test_init_delta_depth(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home")
+    ok(wv(env, "-r", tmp_path / "r0", "init", "--delta-depth", "0"))
+    assert json.loads((tmp_path / "r0" / "config").read_text())["delta_max_depth"] == 0
+    ok(wv(env, "-r", tmp_path / "r8", "init"))
+    assert json.loads((tmp_path / "r8" / "config").read_text())["delta_max_depth"] == 8
+    bad = wv(env, "-r", tmp_path / "r99", "init", "--delta-depth", "99")
+    assert bad.returncode == 2 and "0<=x<=32" in bad.stderr.replace(" ", "")
+    assert not (tmp_path / "r99").exists()

@@ -105,9 +105,17 @@ class Repository:
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
     def init(
-        cls, location: str | os.PathLike[str], password: str | bytes, *, kdf: KdfParams | None = None
+        cls,
+        location: str | os.PathLike[str],
+        password: str | bytes,
+        *,
+        kdf: KdfParams | None = None,
+        delta_max_depth: int | None = None,
     ) -> Repository:
-        return cls(_Engine.init(LocalBackend(location), _pw(password), kdf=kdf))
+        """Create a repository. ``delta_max_depth`` (default 8, 0..32; 0 disables checkpoint deltas)
+        bounds delta chains: restoring a chunk decodes at most that many bases first."""
+        extra = {} if delta_max_depth is None else {"delta_max_depth": delta_max_depth}
+        return cls(_Engine.init(LocalBackend(location), _pw(password), kdf=kdf, **extra))
 
     @classmethod
     def open(cls, location: str | os.PathLike[str], password: str | bytes) -> Repository:
@@ -259,7 +267,9 @@ class DefaultRepository:
     key_file: Path | None  # the generated key file, when this call created it
 
 
-def open_or_create_default(password: str | bytes | None, *, create: bool) -> DefaultRepository:
+def open_or_create_default(
+    password: str | bytes | None, *, create: bool, delta_max_depth: int | None = None
+) -> DefaultRepository:
     """Open the embedded default repository, creating it (and a key file, mode 0600) if asked.
 
     With no password, the generated key file is used; with one, it protects the new repository.
@@ -292,7 +302,7 @@ def open_or_create_default(password: str | bytes | None, *, create: bool) -> Def
             os.close(fd)
         generated = keyfile
     try:
-        repo = Repository.init(path, password)
+        repo = Repository.init(path, password, delta_max_depth=delta_max_depth)
     except WeightvaultError:
         if generated is not None:
             generated.unlink()

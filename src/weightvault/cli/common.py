@@ -108,7 +108,7 @@ def open_repository(g: Globals, *, create_default: bool = False) -> api.Reposito
     return res.repository
 
 
-def create_repository(g: Globals) -> tuple[api.Repository, bool]:
+def create_repository(g: Globals, delta_max_depth: int | None = None) -> tuple[api.Repository, bool]:
     """``init``: create the selected repository. Returns it and whether it is the default one."""
     if g.repo is not None:
         if _explicit_exists(g.repo):
@@ -116,13 +116,13 @@ def create_repository(g: Globals) -> tuple[api.Repository, bool]:
         pw = supplied_password(g)
         if pw is None:
             pw = _prompt(f"new password for repository {g.repo}", confirm=True)
-        return api.Repository.init(g.repo, pw), False
+        return api.Repository.init(g.repo, pw, delta_max_depth=delta_max_depth), False
     path = api.default_repository_path()
     if (path / "config").exists():
         raise RepositoryExistsError(
             f"the default repository already exists at {path}", hint="use -r PATH to create another one"
         )
-    res = api.open_or_create_default(supplied_password(g), create=True)
+    res = api.open_or_create_default(supplied_password(g), create=True, delta_max_depth=delta_max_depth)
     announce_default_created(res)
     return res.repository, True
 
