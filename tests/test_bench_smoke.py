@@ -65,3 +65,17 @@ def test_bench_compare_smoke(tmp_path: Path) -> None:
         for peer in ("restic", "borg"):
             assert (peer in corpus["ratios"]) == (peer in installed), (cname, peer)
     assert "| restore identical |" in proc.stdout
+
+
+def test_bench_delta_chain_smoke(tmp_path: Path) -> None:
+    """bench/delta_chain.py --smoke: every depth restores identically; deltas store less than none."""
+    out = tmp_path / "chain.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "delta_chain.py"), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["depth"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {0, 4, 8} and all(r["identical"] for r in rows.values())
+    assert rows[8]["stored_bytes"] < 0.9 * rows[0]["stored_bytes"]
+    assert "| 8 |" in proc.stdout

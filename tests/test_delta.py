@@ -290,31 +290,48 @@ def test_new_checkpoint_deltas_against_the_parent_snapshots_checkpoint(tmp_path:
     assert (tmp_path / "out" / "run" / "step-00020" / "model.safetensors").read_bytes() == expected
 
 
-def test_a_base_that_is_not_durable_yet_is_not_used(tmp_path: Path) -> None:
+def test_a_base_is_used_only_when_durable_or_in_the_same_pack(tmp_path: Path) -> None:
     repo_path = tmp_path / "repo"
     make_repo(repo_path)
     eng = engine(repo_path)
     rng = np.random.default_rng(5)
     w = rng.normal(0, 0.05, 64 * 1024).astype(np.float32)
-    base, near = w.tobytes(), (w + np.float32(1e-6)).tobytes()
-    base_id, fresh = eng.save_blob(BlobType.DATA, base, dtype="F32")
-    assert fresh and base_id not in eng.index  # still in an unwritten pack
-    loads: list[bytes] = []
+    versions = [(w + np.float32(i * 1e-6)).tobytes() for i in range(4)]
+    loads: list[int] = []
 
-    def load() -> bytes:
-        loads.append(base_id)
-        return base
+    def loader(i: int) -> DeltaBase:
+        def load() -> bytes:
+            loads.append(i)
+            return versions[i]
 
-    near_id, _ = eng.save_blob(BlobType.DATA, near, dtype="F32", delta=DeltaBase(base_id, load))
+        return DeltaBase(eng.key.blob_id(versions[i]), load)
+
+    # 1. the base waits in the open pack: the dependant joins the same pack, so both become durable together
+    eng.save_blob(BlobType.DATA, versions[0], dtype="F32")
+    v1, _ = eng.save_blob(BlobType.DATA, versions[1], dtype="F32", delta=loader(0))
     eng.flush()
-    assert eng.index.get(near_id).blob.codec != DELTA and loads == []  # type: ignore[union-attr]
-    # once durable, the same base is used
-    w2 = (w + np.float32(2e-6)).tobytes()
-    w2_id, _ = eng.save_blob(BlobType.DATA, w2, dtype="F32", delta=DeltaBase(base_id, load))
+    e0, e1 = eng.index.get(eng.key.blob_id(versions[0])), eng.index.get(v1)
+    assert e0 is not None and e1 is not None and e1.blob.codec == DELTA and e1.pack_id == e0.pack_id
+    # 2. the base's pack is sealed but not written yet (another thread writing it): not used
+    eng.save_blob(BlobType.DATA, versions[2], dtype="F32")
+    sealed = eng._packers.pop(BlobType.DATA)
+    loads.clear()
+    v3, _ = eng.save_blob(BlobType.DATA, versions[3], dtype="F32", delta=loader(2))
+    assert loads == []
+    eng._write_pack(sealed)
     eng.flush()
-    entry = eng.index.get(w2_id)
-    assert entry is not None and entry.blob.codec == DELTA and entry.blob.base == base_id and loads == [base_id]
-    assert engine(repo_path).load_blob(w2_id) == w2
+    e3 = eng.index.get(v3)
+    assert e3 is not None and e3.blob.codec != DELTA
+    # 3. an unknown base is never used
+    other = rng.normal(0, 0.05, 64 * 1024).astype(np.float32).tobytes()
+    ghost = DeltaBase(b"\x07" * 32, lambda: other)
+    vid, _ = eng.save_blob(BlobType.DATA, (w + np.float32(9e-6)).tobytes(), dtype="F32", delta=ghost)
+    eng.flush()
+    entry = eng.index.get(vid)
+    assert entry is not None and entry.blob.codec != DELTA
+    fresh = engine(repo_path)
+    for data in versions:
+        assert fresh.load_blob(fresh.key.blob_id(data)) == data
 
 
 def test_missing_base_is_reported_by_restore_and_check(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ class PackBuilder:
         self._parts: list[bytes | bytearray] = []
         self._size = 0
         self.blobs: list[PackedBlob] = []
+        self.by_id: dict[bytes, PackedBlob] = {}
 
     @property
     def size(self) -> int:
@@ -46,7 +47,9 @@ class PackBuilder:
         raw_length: int,
         base: bytes | None = None,
     ) -> None:
-        self.blobs.append(PackedBlob(blob_id, btype, codec, self._size, len(envelope), raw_length, base))
+        blob = PackedBlob(blob_id, btype, codec, self._size, len(envelope), raw_length, base)
+        self.blobs.append(blob)
+        self.by_id[blob_id] = blob
         self._parts.append(envelope)
         self._size += len(envelope)
 

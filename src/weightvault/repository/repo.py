@@ -225,9 +225,9 @@ class Repository:
 
         With ``delta`` (format v3 repositories only) the blob may be stored as an XOR delta against
         that base, if that is smallest (``compress_best``). A base is only used if it is already
-        durable and indexed (so no crash can leave a delta whose base was never written) and its
-        chain is shorter than ``config.delta_max_depth``. The blob becomes durable only when its
-        pack is written (when full, or by ``flush()``).
+        durable and indexed, or waits in the same pack as the blob (so no crash can leave a delta
+        whose base was never written), and its chain is shorter than ``config.delta_max_depth``.
+        The blob becomes durable only when its pack is written (when full, or by ``flush()``).
         """
         bid = blob_id if blob_id is not None else self.key.blob_id(data)
         with self._lock:
@@ -235,20 +235,24 @@ class Repository:
                 return bid, False
             self._pending.add(bid)
         try:
-            base = self._usable_base(bid, data, delta)
-            # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository.
-            codec, payload = compress_best(
-                data, self.config.compression_level, dtype=dtype, allow_byteplane=self.config.version >= 2, base=base
-            )
-            envelope = self.key.seal(payload, blob_aad(btype, codec, bid))
+            base = self._usable_base(btype, bid, data, delta)
+            codec, envelope = self._encode(btype, bid, data, dtype, base)
+            while True:
+                with self._lock:
+                    packer = self._packers.setdefault(btype, PackBuilder())
+                    base_id = base[0] if codec == DELTA and base else None
+                    # the durability rule: the base is durable, or in the very pack this blob joins
+                    if base_id is None or base_id in self.index or base_id in packer.by_id:
+                        packer.add(bid, btype, codec, envelope, len(data), base_id)
+                        break
+                base = None  # the base's pack was sealed meanwhile and is not durable yet: rare
+                codec, envelope = self._encode(btype, bid, data, dtype, None)
         except BaseException:
             with self._lock:
                 self._pending.discard(bid)
             raise
         full = None
         with self._lock:
-            packer = self._packers.setdefault(btype, PackBuilder())
-            packer.add(bid, btype, codec, envelope, len(data), base[0] if codec == DELTA and base else None)
             self.stats_new_blobs += 1
             self.stats_new_stored += len(envelope)
             if packer.size >= self.config.pack_size:
@@ -257,14 +261,37 @@ class Repository:
             self._write_pack(full)
         return bid, True
 
-    def _usable_base(self, bid: bytes, data: bytes, delta: DeltaBase | None) -> tuple[bytes, bytes] | None:
-        if delta is None or delta.blob_id == bid or self.config.version < 3:
+    def _encode(
+        self, btype: BlobType, bid: bytes, data: bytes, dtype: str | None, base: tuple[bytes, bytes] | None
+    ) -> tuple[int, bytes | bytearray]:
+        # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository.
+        codec, payload = compress_best(
+            data, self.config.compression_level, dtype=dtype, allow_byteplane=self.config.version >= 2, base=base
+        )
+        return codec, self.key.seal(payload, blob_aad(btype, codec, bid))
+
+    def _located(self, btype: BlobType, blob_id: bytes) -> PackedBlob | None:
+        """An indexed blob, or one in the open pack of ``btype``; caller holds ``_lock``."""
+        entry = self.index.get(blob_id)
+        if entry is not None:
+            return entry.blob
+        packer = self._packers.get(btype)
+        return packer.by_id.get(blob_id) if packer is not None else None
+
+    def _usable_base(
+        self, btype: BlobType, bid: bytes, data: bytes, delta: DeltaBase | None
+    ) -> tuple[bytes, bytes] | None:
+        """The base (id, plaintext) to try, if it is durable or in the open pack (the durability rule
+        is checked again when the blob joins a pack), has the blob's length and a chain shorter
+        than ``config.delta_max_depth``."""
+        if delta is None or delta.blob_id == bid or self.config.version < 3 or self.config.delta_max_depth == 0:
             return None
-        depth = self.delta_depth(delta.blob_id)
-        if depth is None or depth >= self.config.delta_max_depth:
-            return None
-        entry = self.index.get(delta.blob_id)
-        if entry is None or entry.blob.raw_length != len(data):
+        with self._lock:
+            first = self._located(btype, delta.blob_id)
+            depth, cur = 0, first
+            while cur is not None and cur.base is not None and depth <= MAX_CHAIN:
+                depth, cur = depth + 1, self._located(btype, cur.base)
+        if first is None or cur is None or depth >= self.config.delta_max_depth or first.raw_length != len(data):
             return None
         plain = delta.load()
         if plain is None or len(plain) != len(data):
