@@ -430,3 +430,45 @@ def test_bad_delta_depth_in_config_is_refused(tmp_path: Path, value: object) -> 
 
 def test_all_float_dtypes_are_known_to_the_codec() -> None:
     assert set(FLOAT_ELEMENT_SIZES) <= set(DTYPES)
+
+
+def test_stats_count_the_bases_a_snapshot_needs(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    repo = make_repo(repo_path)
+    model = Model()
+    for _ in range(2):
+        model.step()
+        model.save(tmp_path / "run" / "model.safetensors")
+        repo.backup([tmp_path / "run"])
+    latest = repo.stats("latest")
+    assert latest.delta_blobs >= 3
+    assert latest.base_bytes > 0  # the first version's chunks: needed, not referenced by the snapshot
+    whole = repo.stats(None)
+    assert whole.delta_blobs == latest.delta_blobs and whole.base_bytes == 0
+    assert latest.stored_bytes <= whole.stored_bytes
+
+
+def test_corrupt_base_fails_its_dependants_in_check_read_data(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    repo = make_repo(repo_path, pack_size=64 * 1024)
+    model = Model()
+    src = tmp_path / "run"
+    for _ in range(2):
+        model.step()
+        model.save(src / "model.safetensors")
+        repo.backup([src])
+    assert repo.check(read_data=True).ok
+    eng = engine(repo_path)
+    deltas = delta_blobs(repo_path)
+    victim = next(iter(deltas.values()))
+    entry = eng.index.get(victim)
+    assert entry is not None
+    pack = repo_path / "data" / entry.pack_id[:2] / entry.pack_id
+    raw = bytearray(pack.read_bytes())
+    raw[entry.blob.offset + 20] ^= 0x01
+    pack.chmod(0o600)
+    pack.write_bytes(bytes(raw))
+    result = repo.check(read_data=True)
+    assert not result.ok
+    dependants = {d.hex() for d, b in deltas.items() if b == victim}
+    assert victim.hex() in result.bad_blobs and dependants <= set(result.bad_blobs)

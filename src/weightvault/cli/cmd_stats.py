@@ -30,10 +30,11 @@ def stats(g: Globals, snapshot: str | None, as_json: bool) -> None:
         ["raw size", _size(s.raw_bytes)],
         ["unique size (deduplicated)", _size(s.unique_bytes)],
         ["stored size (compressed, encrypted)", _size(s.stored_bytes)],
+        ["  of which delta bases only", _size(s.base_bytes)],
         ["deduplication ratio", f"{s.dedup_ratio:.2f}x"],
         ["compression ratio", f"{s.compression_ratio:.2f}x"],
         ["stored / raw", f"{100 * s.stored_fraction:.1f}%"],
-        ["distinct blobs", str(s.blobs)],
+        ["distinct blobs", f"{s.blobs} ({s.delta_blobs} stored as checkpoint deltas)"],
         ["repository size (all packs)", f"{_size(s.repository_bytes)} in {s.packs} pack(s)"],
     ]
     print_table(["Statistic", "Value"], rows)

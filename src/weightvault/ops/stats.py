@@ -19,10 +19,12 @@ class Stats:
     files: int
     raw_bytes: int  # sum of file sizes over the selected snapshots
     unique_bytes: int  # plaintext bytes of the distinct blobs they reference
-    stored_bytes: int  # bytes those blobs occupy in packs (compressed + encrypted)
+    stored_bytes: int  # bytes those blobs and the delta bases they need occupy in packs
     blobs: int
     repository_bytes: int  # size of every pack file (whole repository)
     packs: int
+    delta_blobs: int = 0  # of ``blobs``, stored as checkpoint deltas (codec 3)
+    base_bytes: int = 0  # of ``stored_bytes``, delta bases needed that the snapshots do not reference
 
     @property
     def dedup_ratio(self) -> float:
@@ -47,8 +49,11 @@ class Stats:
 
 
 def stats(repo: Repository, snaps: list[Snapshot]) -> Stats:
+    """Sizes of ``snaps`` together. ``stored_bytes`` counts what restoring them needs: their blobs
+    plus every delta base on those blobs' chains (``base_bytes`` of it)."""
     seen: set[bytes] = set()
-    files = raw = unique = stored = 0
+    bases: set[bytes] = set()
+    files = raw = unique = stored = deltas = 0
     for snap in snaps:
         for node in iter_manifest(snap.tree, repo.load_blob):
             if node.type != "file":
@@ -63,5 +68,16 @@ def stats(repo: Repository, snaps: list[Snapshot]) -> Stats:
                 if entry is not None:
                     unique += entry.blob.raw_length
                     stored += entry.blob.length
+                    deltas += entry.blob.base is not None
+                    base = entry.blob.base
+                    while base is not None and base not in bases:
+                        bases.add(base)
+                        base = repo.index.base_of(base)
+    base_bytes = 0
+    for bid in bases - seen:
+        entry = repo.index.get(bid)
+        if entry is not None:
+            base_bytes += entry.blob.length
     packs = list(repo.backend.list(FileType.PACK))
-    return Stats(len(snaps), files, raw, unique, stored, len(seen), sum(s for _, s in packs), len(packs))
+    return Stats(len(snaps), files, raw, unique, stored + base_bytes, len(seen), sum(s for _, s in packs), len(packs),
+                 deltas, base_bytes)
