@@ -47,8 +47,9 @@ def compress_best(
     """Return (codec id, payload), the smallest of RAW, ZSTD, BYTEPLANE (if allowed) and DELTA
     (if ``base`` = (base blob id, base plaintext) is given and has the same length as ``data``).
 
-    With a base, the delta payload (size D) is computed first; the byteplane and zstd candidates
-    are then abandoned as soon as they exceed D / (1 - DELTA_MIN_GAIN), so a good delta costs
+    With a base, a 256 KiB sample of a chunk of >= 1 MiB is coded both ways first and the delta
+    skipped if it does not pay there. Otherwise the delta payload (size D) is computed first; the
+    byteplane and zstd candidates are abandoned once they exceed D / (1 - DELTA_MIN_GAIN), so a good delta costs
     little extra work. DELTA is kept only if it is at least ``DELTA_MIN_GAIN`` (10 %) smaller than
     every other candidate (a delta makes restores decode its base too): never larger than zstd.
 
@@ -65,7 +66,9 @@ def compress_best(
     k = floatplanes.FLOAT_ELEMENT_SIZES.get(dtype or "", 0)
     limit = n * (1 - _MIN_SAVING)
     if base is not None and len(base[1]) == n and n > 0:
-        return _best_with_delta(data, level, k if allow_byteplane else 0, base, int(limit))
+        kk = k if allow_byteplane else 0
+        if _delta_may_pay(data, base[1], level, kk):
+            return _best_with_delta(data, level, kk, base, int(limit))
     if not allow_byteplane or k == 0 or n < k:
         packed = compressor(level).compress(data)
         if len(packed) <= limit:
@@ -108,6 +111,30 @@ def _best_with_delta(
     if delta_size <= n * (1 - DELTA_MIN_GAIN):
         return DELTA, b"".join((base_id, bytes((inner_codec,)), inner))
     return RAW, bytes(data)
+
+
+_SAMPLE = 256 * 1024
+
+
+def _delta_may_pay(data: bytes | memoryview, base: bytes | memoryview, level: int, k: int) -> bool:
+    """A cheap pre-check on a sample from the middle of a large chunk: False when the delta codes
+    that sample no smaller than the standalone coding, so the full delta is not worth computing
+    (AdamW moments, say, which change completely between checkpoints). Only a shortcut: it can
+    only make the choice fall back to the standalone codecs, never affect correctness or size bounds.
+    """
+    n = len(data)
+    if n < 4 * _SAMPLE:
+        return True
+    start = (n // 2) // 64 * 64
+    view, bview = memoryview(data)[start : start + _SAMPLE], memoryview(base)[start : start + _SAMPLE]
+    xor = np.bitwise_xor(np.frombuffer(view, dtype=np.uint8), np.frombuffer(bview, dtype=np.uint8)).data
+    if k:
+        delta = len(floatplanes.encode(xor, k, level, rotate=False))
+        alone = len(floatplanes.encode(view, k, level))
+    else:
+        delta = len(compressor(level).compress(xor))
+        alone = len(compressor(level).compress(view))
+    return delta < alone * (1 - DELTA_MIN_GAIN / 2)
 
 
 def delta_base(payload: bytes | memoryview) -> bytes:
