@@ -436,7 +436,9 @@ def test_ctrl_c_exits_130_and_releases_the_lock(tmp_path: Path) -> None:
     def locks() -> list[str]:
         return [p.name for p in (repo / "locks").iterdir() if not p.name.startswith(".")]
 
-    with subprocess.Popen([sys.executable, "-m", "weightvault", "-r", str(repo), "backup", str(tmp_path / "src")],
+    # the upload limit keeps the backup running for seconds, so the signal surely lands mid-backup
+    with subprocess.Popen([sys.executable, "-m", "weightvault", "-r", str(repo), "--limit-upload", "16M", "backup",
+                           str(tmp_path / "src")],
                           env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         deadline = time.monotonic() + 60
         while not locks():  # the backup holds its lock: it is running

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from weightvault.backends.local import LocalBackend
+from weightvault.backends.factory import StorageOptions, is_remote, open_backend, repository_exists
+from weightvault.backends.limits import parse_rate
+from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
 from weightvault.errors import RepositoryNotFoundError, UsageError, WeightvaultError
 from weightvault.ops import backup as _backup
@@ -58,12 +60,16 @@ __all__ = [
     "RepairResult",
     "Repository",
     "RestoreResult",
+    "RetryPolicy",
     "Snapshot",
     "Stats",
+    "StorageOptions",
     "default_key_file",
     "default_repository_path",
     "open_or_create_default",
+    "parse_rate",
     "read_password_file",
+    "repository_exists",
 ]
 
 
@@ -111,19 +117,24 @@ class Repository:
         *,
         kdf: KdfParams | None = None,
         delta_max_depth: int | None = None,
+        storage: StorageOptions | None = None,
     ) -> Repository:
-        """Create a repository. ``delta_max_depth`` (default 8, 0..32; 0 disables checkpoint deltas)
-        bounds delta chains: restoring a chunk decodes at most that many bases first."""
+        """Create a repository at a local path or ``s3://bucket/prefix`` (the bucket must exist).
+        ``delta_max_depth`` (default 8, 0..32; 0 disables checkpoint deltas) bounds delta chains:
+        restoring a chunk decodes at most that many bases first."""
         extra = {} if delta_max_depth is None else {"delta_max_depth": delta_max_depth}
-        return cls(_Engine.init(LocalBackend(location), _pw(password), kdf=kdf, **extra))
+        return cls(_Engine.init(open_backend(location, storage), _pw(password), kdf=kdf, **extra))
 
     @classmethod
-    def open(cls, location: str | os.PathLike[str], password: str | bytes) -> Repository:
-        if not Path(location, "config").exists() and not Path(location).is_dir():
+    def open(
+        cls, location: str | os.PathLike[str], password: str | bytes, *, storage: StorageOptions | None = None
+    ) -> Repository:
+        """Open the repository at a local path or ``s3://bucket/prefix``."""
+        if not is_remote(location) and not Path(location, "config").exists() and not Path(location).is_dir():
             raise RepositoryNotFoundError(
                 f"no repository at {location}", hint=f"create one with `weightvault -r {location} init`"
             )
-        return cls(_Engine.open(LocalBackend(location), _pw(password)))
+        return cls(_Engine.open(open_backend(location, storage), _pw(password)))
 
     @property
     def location(self) -> str:

@@ -17,7 +17,8 @@
     ├── RestoreConflictError (18)          target exists and the overwrite mode forbids replacing it
     └── BackendError (20)                  the storage failed (I/O error, permission denied)
         ├── ObjectNotFoundError (20)       a named object does not exist
-        └── ObjectExistsError (20)         create-only save found the name taken
+        ├── ObjectExistsError (20)         create-only save found the name taken
+        └── TransientBackendError (21)     still failing after retries (throttling, 5xx, timeouts)
 
 Library code raises these; the CLI maps them to messages and exit codes. Third-party errors are
 converted at the boundary with ``raise X(...) from exc``.
@@ -38,6 +39,7 @@ __all__ = [
     "RepositoryNotFoundError",
     "RestoreConflictError",
     "SnapshotNotFoundError",
+    "TransientBackendError",
     "UnsafePathError",
     "UnsupportedFormatError",
     "UsageError",
@@ -134,3 +136,10 @@ class ObjectNotFoundError(BackendError):
 
 class ObjectExistsError(BackendError):
     pass
+
+
+class TransientBackendError(BackendError):
+    """A failure worth retrying (throttling, 5xx, timeout, connection reset). Raised to callers
+    only once ``backends.retry.RetryingBackend`` has given up."""
+
+    exit_code = 21

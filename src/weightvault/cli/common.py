@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import click
 
@@ -42,6 +41,7 @@ class Globals:
     repo: str | None
     password_file: str | None
     quiet: bool
+    storage: api.StorageOptions = field(default_factory=api.StorageOptions)
 
 
 pass_globals = click.make_pass_decorator(Globals)
@@ -83,21 +83,35 @@ def new_password(new_password_file: str | None, what: str) -> bytes:
     return _prompt(f"{what}", confirm=True)
 
 
-def _explicit_exists(location: str) -> bool:
-    return Path(location, "config").exists()
+def _explicit_exists(g: Globals, location: str) -> bool:
+    return api.repository_exists(location, g.storage)
+
+
+def storage_options(
+    s3_endpoint: str | None, connections: int, limit_upload: str | None, limit_download: str | None
+) -> api.StorageOptions:
+    """The global storage options, with rates parsed (UsageError naming the option if malformed)."""
+    rates: dict[str, int | None] = {}
+    for opt, value in (("--limit-upload", limit_upload), ("--limit-download", limit_download)):
+        try:
+            rates[opt] = api.parse_rate(value) if value else None
+        except ValueError as exc:
+            raise UsageError(f"{opt}: {exc}") from None
+    return api.StorageOptions(s3_endpoint=s3_endpoint or None, connections=connections,
+                              limit_upload=rates["--limit-upload"], limit_download=rates["--limit-download"])
 
 
 def open_repository(g: Globals, *, create_default: bool = False) -> api.Repository:
     """Open the selected repository; with ``create_default`` the default one is created if missing."""
     if g.repo is not None:
-        if not _explicit_exists(g.repo):
+        if not _explicit_exists(g, g.repo):
             raise RepositoryNotFoundError(
                 f"no repository at {g.repo}", hint=f"create one with `weightvault -r {g.repo} init`"
             )
         pw = supplied_password(g)
         if pw is None:
             pw = _prompt(f"password for repository {g.repo}", confirm=False)
-        return api.Repository.open(g.repo, pw)
+        return api.Repository.open(g.repo, pw, storage=g.storage)
     path = api.default_repository_path()
     pw = supplied_password(g)
     if pw is None and (path / "config").exists() and not api.default_key_file().exists():
@@ -111,12 +125,12 @@ def open_repository(g: Globals, *, create_default: bool = False) -> api.Reposito
 def create_repository(g: Globals, delta_max_depth: int | None = None) -> tuple[api.Repository, bool]:
     """``init``: create the selected repository. Returns it and whether it is the default one."""
     if g.repo is not None:
-        if _explicit_exists(g.repo):
+        if _explicit_exists(g, g.repo):
             raise RepositoryExistsError(f"a repository already exists at {g.repo}")
         pw = supplied_password(g)
         if pw is None:
             pw = _prompt(f"new password for repository {g.repo}", confirm=True)
-        return api.Repository.init(g.repo, pw, delta_max_depth=delta_max_depth), False
+        return api.Repository.init(g.repo, pw, delta_max_depth=delta_max_depth, storage=g.storage), False
     path = api.default_repository_path()
     if (path / "config").exists():
         raise RepositoryExistsError(

@@ -29,7 +29,7 @@ from weightvault.cli import (
     cmd_stats,
     cmd_unlock,
 )
-from weightvault.cli.common import Globals
+from weightvault.cli.common import Globals, storage_options
 from weightvault.cli.output import display_lines
 from weightvault.errors import WeightvaultError
 
@@ -38,9 +38,19 @@ __all__ = ["cli", "main", "run"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "-r", "--repo", envvar="WEIGHTVAULT_REPO", metavar="PATH",
-    help="Repository directory (default: $WEIGHTVAULT_REPO, else the embedded default repository).",
+    "-r", "--repo", envvar="WEIGHTVAULT_REPO", metavar="PATH|s3://BUCKET/PREFIX",
+    help="Repository: a directory or an S3 URL (default: $WEIGHTVAULT_REPO, else the embedded default repository).",
 )
+@click.option(
+    "--s3-endpoint", envvar="WEIGHTVAULT_S3_ENDPOINT", metavar="URL",
+    help="S3-compatible endpoint for s3:// repositories, e.g. http://minio:9000 (default: AWS, or $AWS_ENDPOINT_URL).",
+)
+@click.option(
+    "--connections", type=click.IntRange(1, 256), default=8, show_default=True, envvar="WEIGHTVAULT_CONNECTIONS",
+    help="Concurrent requests to object storage (also parts per multipart upload).",
+)
+@click.option("--limit-upload", metavar="RATE", help="Upload at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
+@click.option("--limit-download", metavar="RATE", help="Download at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option(
     "--password-file", metavar="FILE",
     help="Read the password from the first line of FILE (default: $WEIGHTVAULT_PASSWORD, "
@@ -49,9 +59,19 @@ __all__ = ["cli", "main", "run"]
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summaries; errors and warnings still show.")
 @click.version_option(__version__, prog_name="weightvault")
 @click.pass_context
-def cli(ctx: click.Context, repo: str | None, password_file: str | None, quiet: bool) -> None:
+def cli(
+    ctx: click.Context,
+    repo: str | None,
+    s3_endpoint: str | None,
+    connections: int,
+    limit_upload: str | None,
+    limit_download: str | None,
+    password_file: str | None,
+    quiet: bool,
+) -> None:
     """Deduplicated, compressed, encrypted backups of model checkpoints and training runs."""
-    ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet)
+    storage = storage_options(s3_endpoint, connections, limit_upload, limit_download)
+    ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet, storage=storage)
 
 
 for _cmd in (

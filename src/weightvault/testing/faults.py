@@ -4,6 +4,8 @@
     fb.fail("save", nth=3, ftype=FileType.PACK, error=enospc)   # third pack save raises NoSpaceError
     fb.drop_write(nth=1, ftype=FileType.PACK)                     # first pack save "succeeds", stores nothing
     fb.corrupt_read(nth=1, ftype=FileType.PACK, position=10)     # first pack load returns a flipped byte
+    fb.delay("load", seconds=0.5, nth=2)                          # second load waits half a second first
+    fb.fail_every(20, error=transient_error)                      # every 20th call of any kind fails transiently
     fb.calls["save"], fb.calls_of("save", FileType.PACK)          # call counters
 
 Counting is per (operation, file type filter): ``nth`` is 1-based and counts only the calls that
@@ -17,6 +19,7 @@ import builtins
 import errno
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,9 +27,9 @@ from typing import Literal
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.backends.local import convert_os_error
-from weightvault.errors import BackendError
+from weightvault.errors import BackendError, TransientBackendError
 
-__all__ = ["FaultyBackend", "Op", "backend_error", "enospc", "os_error"]
+__all__ = ["FaultyBackend", "Op", "backend_error", "enospc", "os_error", "transient_error"]
 
 Op = Literal["save", "load", "stat", "list", "remove"]
 ErrorFactory = Callable[[FileType, str], BaseException]
@@ -53,15 +56,21 @@ def backend_error(ftype: FileType, name: str) -> BaseException:
     return BackendError(f"I/O error on {ftype.value}/{name}: injected fault")
 
 
+def transient_error(ftype: FileType, name: str) -> BaseException:
+    """A failure worth retrying (what S3 throttling or a connection reset turns into)."""
+    return TransientBackendError(f"{ftype.value}/{name}: injected transient fault (503 SlowDown)")
+
+
 @dataclass
 class _Fault:
     op: Op
-    action: Literal["raise", "drop", "corrupt"]
+    action: Literal["raise", "drop", "corrupt", "delay"]
     nth: int
     times: int
     ftype: FileType | None
     error: ErrorFactory | None = None
     position: int = 0
+    seconds: float = 0.0
     seen: int = 0
     fired: int = 0
 
@@ -85,6 +94,8 @@ class FaultyBackend:
         self.fired: builtins.list[tuple[str, FileType, str]] = []
         self._typed: Counter[tuple[str, FileType]] = Counter()
         self._faults: builtins.list[_Fault] = []
+        self._every: tuple[int, ErrorFactory] | None = None
+        self._all_calls = 0
         self._lock = threading.Lock()
 
     # -- configuring faults ----------------------------------------------------------------------
@@ -103,10 +114,23 @@ class FaultyBackend:
         """Flip the bits of byte ``position`` (modulo the length read) in the ``nth`` matching load."""
         self._add(_Fault("load", "corrupt", nth, times, ftype, position=position))
 
+    def delay(self, op: Op, *, seconds: float, nth: int = 1, times: int = 1, ftype: FileType | None = None) -> None:
+        """Sleep ``seconds`` before the ``nth`` matching call of ``op`` (then run it normally)."""
+        self._add(_Fault(op, "delay", nth, times, ftype, seconds=seconds))
+
+    def fail_every(self, k: int, *, error: ErrorFactory = transient_error) -> None:
+        """Raise ``error`` on every ``k``-th call of any operation, from now until ``clear()``."""
+        if k < 1:
+            raise ValueError("fail_every needs k >= 1")
+        with self._lock:
+            self._every = (k, error)
+            self._all_calls = 0
+
     def clear(self) -> None:
-        """Forget every fault that has not fired yet; counters are kept."""
+        """Forget every fault that has not fired yet (and ``fail_every``); counters are kept."""
         with self._lock:
             self._faults.clear()
+            self._every = None
 
     def calls_of(self, op: Op, ftype: FileType) -> int:
         return self._typed[(op, ftype)]
@@ -128,9 +152,19 @@ class FaultyBackend:
             self._faults = [f for f in self._faults if f.fired < f.times]
             if hit is not None:
                 self.fired.append((op, ftype, name))
+            periodic = None
+            if self._every is not None:
+                self._all_calls += 1
+                if self._all_calls % self._every[0] == 0:
+                    periodic = self._every[1]
+                    self.fired.append((op, ftype, name))
+        if periodic is not None:
+            raise periodic(ftype, name)
         if hit is not None and hit.action == "raise":
             assert hit.error is not None
             raise hit.error(ftype, name)
+        if hit is not None and hit.action == "delay":
+            time.sleep(hit.seconds)
         return hit
 
     # -- the Backend protocol --------------------------------------------------------------------
@@ -142,13 +176,14 @@ class FaultyBackend:
         self.inner.create()
 
     def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
-        if self._hit("save", ftype, name) is None:
+        fault = self._hit("save", ftype, name)
+        if fault is None or fault.action != "drop":
             self.inner.save(ftype, name, data, create_only=create_only)
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         fault = self._hit("load", ftype, name)
         data = self.inner.load(ftype, name, offset, length)
-        if fault is not None and data:
+        if fault is not None and fault.action == "corrupt" and data:
             buf = bytearray(data)
             buf[fault.position % len(buf)] ^= 0xFF
             data = bytes(buf)
@@ -163,7 +198,8 @@ class FaultyBackend:
         return self.inner.list(ftype)
 
     def remove(self, ftype: FileType, name: str) -> None:
-        if self._hit("remove", ftype, name) is None:
+        fault = self._hit("remove", ftype, name)
+        if fault is None or fault.action != "drop":
             self.inner.remove(ftype, name)
 
     def free_space(self) -> int | None:

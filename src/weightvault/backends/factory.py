@@ -1,0 +1,66 @@
+"""Turn a repository location into a backend: a local path, or ``s3://bucket/prefix``.
+
+S3 backends are always wrapped in ``RetryingBackend`` (transient errors retried with backoff and
+jitter); any backend is wrapped in ``LimitedBackend`` when a bandwidth limit is set. The S3
+endpoint is ``StorageOptions.s3_endpoint``, else ``$WEIGHTVAULT_S3_ENDPOINT``, else boto3's own
+resolution (``$AWS_ENDPOINT_URL``, the profile, AWS).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from weightvault.backends.base import Backend, FileType
+from weightvault.backends.limits import LimitedBackend
+from weightvault.backends.local import LocalBackend
+from weightvault.backends.retry import RetryingBackend, RetryPolicy
+from weightvault.errors import ObjectNotFoundError
+
+__all__ = ["StorageOptions", "is_remote", "open_backend", "repository_exists"]
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_profile: str | None = None
+    connections: int = 8  # concurrent requests to object storage (and multipart parts per upload)
+    limit_upload: int | None = None  # bytes per second
+    limit_download: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    return os.fspath(location).startswith("s3://")
+
+
+def open_backend(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> Backend:
+    """The backend for ``location`` with ``storage``'s options applied (no I/O yet)."""
+    opts = storage or StorageOptions()
+    loc = os.fspath(location)
+    backend: Backend
+    if is_remote(loc):
+        from weightvault.backends.s3 import S3Backend, parse_s3_url  # boto3 only when needed
+
+        bucket, prefix = parse_s3_url(loc)
+        endpoint = opts.s3_endpoint or os.environ.get("WEIGHTVAULT_S3_ENDPOINT") or None
+        s3 = S3Backend(bucket, prefix, endpoint_url=endpoint, region=opts.s3_region, profile=opts.s3_profile,
+                       max_concurrency=opts.connections)
+        backend = RetryingBackend(s3, opts.retry)
+    else:
+        backend = LocalBackend(loc)
+    if opts.limit_upload or opts.limit_download:
+        backend = LimitedBackend(backend, upload_bps=opts.limit_upload, download_bps=opts.limit_download)
+    return backend
+
+
+def repository_exists(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> bool:
+    """True if ``location`` holds a repository config (a cheap check before prompting for a password)."""
+    if not is_remote(location):
+        return os.path.exists(os.path.join(os.fspath(location), "config"))
+    try:
+        open_backend(location, storage).stat(FileType.CONFIG, "config")
+    except ObjectNotFoundError:
+        return False
+    return True

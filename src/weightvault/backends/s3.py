@@ -1,0 +1,267 @@
+"""S3-compatible object storage (AWS S3, MinIO, Ceph RGW) through boto3.
+
+A repository lives under ``s3://BUCKET/PREFIX``; objects are named exactly as in the local layout
+(``config``, ``keys/<name>``, ``data/<XX>/<pack id>``, ``index/<name>``, ``snapshots/<name>``,
+``locks/<name>``). Credentials, region and profile come from the usual AWS sources (environment
+variables, ``~/.aws/config`` and ``credentials``, instance roles); the endpoint from
+``endpoint_url`` (``--s3-endpoint``), else ``$AWS_ENDPOINT_URL``, else AWS.
+
+Contract notes (``backends/base.py``):
+
+* ``save`` is atomic: a PUT, or a multipart upload for objects of ``multipart_threshold`` bytes
+  or more, is invisible until complete. Durability is the store's. ``create_only`` uses a
+  conditional PUT (``If-None-Match: *``); a store that does not support it is detected at the
+  first use and then an existence check precedes the PUT (racy; ``conditional_create`` says which).
+* Errors are classified: ``TransientBackendError`` for throttling, 5xx, timeouts and connection
+  resets (retry them: ``backends/retry.py``); ``BackendError`` with a hint for permanent ones
+  (access denied, no such bucket); ``ObjectNotFoundError`` for a missing key. botocore's own
+  retries are off, so each call is one request and every retry is counted by the wrapper.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from weightvault.backends.base import FileType
+from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError, UsageError
+
+__all__ = ["S3Backend", "parse_s3_url"]
+
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
+    "OperationAborted",
+}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix"); UsageError if malformed."""
+    if not url.startswith("s3://"):
+        raise UsageError(f"{url!r} is not an s3:// URL")
+    bucket, _, prefix = url[5:].partition("/")
+    prefix = prefix.rstrip("/")
+    if not bucket:
+        raise UsageError(f"{url!r} has no bucket name", hint="use s3://BUCKET or s3://BUCKET/PREFIX")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise UsageError(f"{url!r} has an empty, '.' or '..' prefix component", hint="use s3://BUCKET/a/b")
+    return bucket, prefix
+
+
+def _code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
+    err = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return str(err.get("Code", "")), status
+
+
+class S3Backend:
+    """Objects under ``s3://bucket/prefix``. Thread-safe (one boto3 client, which is)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        max_concurrency: int = 8,
+        multipart_threshold: int = 64 * 1024 * 1024,
+        multipart_chunk: int = 16 * 1024 * 1024,
+        client: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        if client is None:
+            session = boto3.session.Session(profile_name=profile, region_name=region)
+            cfg = botocore.config.Config(
+                retries={"max_attempts": 1, "mode": "standard"},  # retries are the wrapper's job
+                max_pool_connections=max(10, 2 * max_concurrency),
+                connect_timeout=10,
+                read_timeout=60,
+            )
+            client = session.client("s3", endpoint_url=endpoint_url, config=cfg)
+        self.client = client
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunk,
+            max_concurrency=max_concurrency,
+            use_threads=max_concurrency > 1,
+        )
+        self.conditional_create: bool | None = None  # unknown until the first create_only save
+        self._cc_lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        return f"{url} at {self.endpoint_url}" if self.endpoint_url else url
+
+    # -- naming ----------------------------------------------------------------------------------
+    def _dir(self, ftype: FileType) -> str:
+        return f"{self.prefix}/{ftype.value}/" if self.prefix else f"{ftype.value}/"
+
+    def _key(self, ftype: FileType, name: str) -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise BackendError(f"invalid object name {name!r}")
+        if ftype is FileType.CONFIG:
+            return f"{self.prefix}/config" if self.prefix else "config"
+        if ftype is FileType.PACK:
+            return f"{self._dir(ftype)}{name[:2]}/{name}"
+        return self._dir(ftype) + name
+
+    def _error(self, exc: Exception, what: str) -> BackendError:
+        """Classify a boto3/botocore exception for the object ``what``."""
+        where = f"{what} in {self.location}"
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code, status = _code(exc)
+            if code in _MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
+                return ObjectNotFoundError(f"{where} not found")
+            if code == "NoSuchBucket":
+                return BackendError(f"bucket {self.bucket!r} does not exist ({where})",
+                                    hint="create the bucket first, or check the URL and --s3-endpoint")
+            if code in ("AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                        "ExpiredToken", "InvalidToken") or status == 403:
+                return BackendError(f"access denied to {where} ({code or status})",
+                                    hint="check the credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE) and the IAM policy"
+                                    " (docs/S3.md lists the permissions)")
+            if code in _TRANSIENT_CODES or status in (429, 500, 502, 503, 504):
+                return TransientBackendError(f"{where}: {code or status} (transient)")
+            return BackendError(f"{where}: {code or status}: {exc}")
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return BackendError(f"no S3 credentials for {where}",
+                                hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+        if isinstance(exc, (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError)):
+            return TransientBackendError(f"{where}: {type(exc).__name__}: {exc} (transient)")
+        if isinstance(exc, botocore.exceptions.BotoCoreError):
+            return BackendError(f"{where}: {exc}")
+        raise exc
+
+    # -- the Backend protocol --------------------------------------------------------------------
+    def create(self) -> None:
+        """Check that the bucket is reachable and the prefix holds no repository yet."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            err = self._error(exc, "bucket")
+            if isinstance(err, ObjectNotFoundError):
+                raise BackendError(f"bucket {self.bucket!r} does not exist at {self.location}",
+                                   hint="create the bucket first (weightvault never creates buckets)") from exc
+            raise err from exc
+        if any(True for _ in self.list(FileType.CONFIG)):
+            raise ObjectExistsError(f"{self.location} already holds a repository")
+
+    def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
+        key = self._key(ftype, name)
+        what = f"{ftype.value}/{name}"
+        if create_only:
+            self._save_create_only(key, what, data)
+            return
+        try:
+            if len(data) >= self.transfer.multipart_threshold:
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=self.transfer)
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise self._error(exc, what) from exc
+
+    def _save_create_only(self, key: str, what: str, data: bytes) -> None:
+        if self.conditional_create is not False:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+                self._set_conditional(True)
+                return
+            except botocore.exceptions.ClientError as exc:
+                code, status = _code(exc)
+                if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise ObjectExistsError(f"{what} already exists in {self.location}") from exc
+                if status != 501 and code not in ("NotImplemented", "InvalidArgument"):
+                    raise self._error(exc, what) from exc
+                self._set_conditional(False)
+            except Exception as exc:
+                raise self._error(exc, what) from exc
+        try:  # no conditional PUT on this store: check, then write (a narrow race remains)
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            err = self._error(exc, what)
+            if not isinstance(err, ObjectNotFoundError):
+                raise err from exc
+        else:
+            raise ObjectExistsError(f"{what} already exists in {self.location}")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise self._error(exc, what) from exc
+
+    def _set_conditional(self, value: bool) -> None:
+        with self._cc_lock:
+            self.conditional_create = value
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        what = f"{ftype.value}/{name}"
+        if offset < 0 or (length is not None and length < 0):
+            raise ObjectNotFoundError(f"{what}: invalid range {offset}+{length}")
+        if length == 0:
+            self.stat(ftype, name)  # a missing object must still raise
+            return b""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(ftype, name)}
+        if offset or length is not None:
+            kwargs["Range"] = f"bytes={offset}-" + ("" if length is None else str(offset + length - 1))
+        try:
+            resp = self.client.get_object(**kwargs)
+            data: bytes = resp["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            code, status = _code(exc)
+            if status == 416 or code == "InvalidRange":
+                if offset == 0 and length is None:
+                    return b""
+                raise ObjectNotFoundError(f"{what}: range {offset}+{length} past its end") from exc
+            raise self._error(exc, what) from exc
+        except Exception as exc:
+            raise self._error(exc, what) from exc
+        if length is not None and len(data) != length:
+            raise ObjectNotFoundError(f"{what}: range {offset}+{length} past its end ({len(data)} bytes read)")
+        return data
+
+    def stat(self, ftype: FileType, name: str) -> int:
+        what = f"{ftype.value}/{name}"
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(ftype, name))["ContentLength"])
+        except Exception as exc:
+            raise self._error(exc, what) from exc
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
+        prefix = self._key(ftype, "config") if ftype is FileType.CONFIG else self._dir(ftype)
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = str(obj["Key"])
+                    if ftype is FileType.CONFIG:
+                        if key == prefix:
+                            yield "config", int(obj["Size"])
+                        continue
+                    name = key.rsplit("/", 1)[-1]
+                    if name and not name.startswith("."):
+                        yield name, int(obj["Size"])
+        except Exception as exc:
+            raise self._error(exc, f"{ftype.value}/") from exc
+
+    def remove(self, ftype: FileType, name: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(ftype, name))
+        except Exception as exc:
+            err = self._error(exc, f"{ftype.value}/{name}")
+            if not isinstance(err, ObjectNotFoundError):
+                raise err from exc
+
+    def free_space(self) -> int | None:
+        return None

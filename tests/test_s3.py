@@ -1,0 +1,221 @@
+"""The S3 backend against a real S3-compatible server (moto's standalone server on 127.0.0.1,
+started by ``weightvault.testing.s3server``; or any endpoint given by WEIGHTVAULT_TEST_S3_ENDPOINT):
+the conformance suite, multipart uploads, error classification, and backup/restore/check end to
+end through the API and the CLI, with and without injected transient faults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_KDF, PASSWORD, tree_digest, write
+from weightvault.api import Repository, RetryPolicy, StorageOptions
+from weightvault.backends.base import Backend, FileType
+from weightvault.backends.factory import open_backend
+from weightvault.backends.retry import RetryingBackend
+from weightvault.backends.s3 import S3Backend, parse_s3_url
+from weightvault.errors import BackendError, ObjectExistsError, RepositoryNotFoundError, UsageError
+from weightvault.repository.repo import Repository as Engine
+from weightvault.testing.backend_conformance import BackendConformance
+from weightvault.testing.faults import FaultyBackend
+from weightvault.testing.s3server import S3Endpoint, s3_endpoint
+
+pytest.importorskip("moto", reason="moto[server] is a dev dependency (pip install -e .[dev])")
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Endpoint]:
+    with s3_endpoint() as ep:
+        yield ep
+
+
+def s3_backend(ep: S3Endpoint, **kw: int) -> S3Backend:
+    bucket, prefix = parse_s3_url(ep.url("conf"))
+    return S3Backend(bucket, prefix, endpoint_url=ep.endpoint, **kw)  # type: ignore[arg-type]
+
+
+class TestS3Backend(BackendConformance):
+    @pytest.fixture
+    def backend(self, s3: S3Endpoint) -> Backend:
+        b = s3_backend(s3)
+        b.create()
+        return b
+
+
+class TestS3BackendMultipart(BackendConformance):
+    """Small multipart settings: the large-object tests go through multipart uploads."""
+
+    @pytest.fixture
+    def backend(self, s3: S3Endpoint) -> Backend:
+        b = s3_backend(s3, multipart_threshold=5 * 1024 * 1024, multipart_chunk=5 * 1024 * 1024, max_concurrency=4)
+        b.create()
+        return b
+
+
+class TestRetryingS3Backend(BackendConformance):
+    @pytest.fixture
+    def backend(self, s3: S3Endpoint) -> Backend:
+        b = open_backend(s3.url("retry"), s3.storage)
+        b.create()
+        return b
+
+
+# -- URLs and errors -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("s3://b", ("b", "")), ("s3://b/", ("b", "")), ("s3://b/x/y/", ("b", "x/y")),
+     ("s3://my-bucket/runs", ("my-bucket", "runs"))],
+)
+def test_parse_s3_url(url: str, expected: tuple[str, str]) -> None:
+    assert parse_s3_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///x", "http://b/x", "s3://b/x/../y", "s3://b//x"])
+def test_bad_s3_urls_are_usage_errors(url: str) -> None:
+    with pytest.raises(UsageError):
+        parse_s3_url(url)
+
+
+def test_missing_bucket_is_a_clear_permanent_error(s3: S3Endpoint) -> None:
+    b = S3Backend("no-such-bucket-wv", "p", endpoint_url=s3.endpoint)
+    with pytest.raises(BackendError) as ei:
+        b.create()
+    assert "does not exist" in str(ei.value) and ei.value.exit_code == 20
+    assert ei.value.hint and "bucket" in ei.value.hint
+    # permanent: the retrying wrapper does not retry it
+    rb = RetryingBackend(b, RetryPolicy(attempts=5, base_delay=0.0))
+    with pytest.raises(BackendError):
+        rb.load(FileType.CONFIG, "config")
+    assert rb.stats.retries == 0
+
+
+def test_unreachable_endpoint_is_transient_and_gives_up_with_exit_21() -> None:
+    with socket_port() as port:
+        b = open_backend("s3://b/p", StorageOptions(s3_endpoint=f"http://127.0.0.1:{port}",
+                                                     retry=RetryPolicy(attempts=3, base_delay=0.0)))
+        with pytest.raises(BackendError) as ei:
+            b.stat(FileType.CONFIG, "config")
+    assert ei.value.exit_code == 21 and "transient" in str(ei.value)
+    assert isinstance(b, RetryingBackend) and b.stats.retries == 2 and b.stats.gave_up == 1
+
+
+class socket_port:
+    """A local port with nothing listening on it."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        return int(self.s.getsockname()[1])  # bound, not listening: connections are refused
+
+    def __exit__(self, *exc: object) -> None:
+        self.s.close()
+
+
+def test_conditional_create_is_used_or_detected(s3: S3Endpoint) -> None:
+    b = s3_backend(s3)
+    b.create()
+    b.save(FileType.LOCK, "a" * 64, b"one", create_only=True)
+    with pytest.raises(ObjectExistsError):
+        b.save(FileType.LOCK, "a" * 64, b"two", create_only=True)
+    assert b.conditional_create in (True, False)
+    assert b.load(FileType.LOCK, "a" * 64) == b"one"
+
+
+def test_prefixes_isolate_repositories(s3: S3Endpoint) -> None:
+    a, b = s3_backend(s3), s3_backend(s3)
+    a.create()
+    b.create()
+    a.save(FileType.INDEX, "1" * 64, b"x")
+    assert list(b.list(FileType.INDEX)) == []
+    assert list(a.list(FileType.INDEX)) == [("1" * 64, 1)]
+
+
+# -- end to end ----------------------------------------------------------------------------------
+def _source(root: Path) -> Path:
+    src = root / "run"
+    write(src / "model.safetensors", os.urandom(3 * 1024 * 1024) + bytes(1024 * 1024))
+    write(src / "config.json", b'{"hidden": 384}')
+    write(src / "logs" / "train.log", b"step 1 loss 0.9\n" * 1000)
+    os.symlink("model.safetensors", src / "latest")
+    return src
+
+
+def test_backup_restore_check_through_s3(s3: S3Endpoint, tmp_path: Path) -> None:
+    url = s3.url("e2e")
+    repo = Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=s3.storage)
+    assert repo.location.startswith("s3://")
+    src = _source(tmp_path)
+    first = repo.backup([src], tags=["run=s3"]).snapshot
+    write(src / "config.json", b'{"hidden": 768}')
+    repo.backup([src])
+    again = Repository.open(url, PASSWORD, storage=s3.storage)
+    assert next(s.id for s in again.snapshots()) == first.id
+    again.restore("latest", tmp_path / "out", verify=True)
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    assert again.check(read_data=True).ok
+    with pytest.raises(RepositoryNotFoundError):
+        Repository.open(s3.url("nothing-here"), PASSWORD, storage=s3.storage)
+
+
+def test_backup_survives_one_in_five_requests_failing(s3: S3Endpoint, tmp_path: Path) -> None:
+    """Transient faults on every 5th request: the retrying wrapper absorbs them all."""
+    url = s3.url("flaky")
+    Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=s3.storage)
+    bucket, prefix = parse_s3_url(url)
+    faulty = FaultyBackend(S3Backend(bucket, prefix, endpoint_url=s3.endpoint))
+    retrying = RetryingBackend(faulty, RetryPolicy(attempts=4, base_delay=0.0))
+    faulty.fail_every(5)
+    eng = Engine.open(retrying, PASSWORD.encode())
+    src = _source(tmp_path)
+    from weightvault.ops.backup import backup
+    from weightvault.ops.restore import restore
+
+    with eng.lock():
+        snap = backup(eng, [str(src)]).snapshot
+        restore(eng, snap, str(tmp_path / "out"))
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    assert retrying.stats.retries >= 3 and retrying.stats.gave_up == 0
+    assert len(faulty.fired) == retrying.stats.retries
+
+
+def test_cli_with_s3_url_and_endpoint(s3: S3Endpoint, tmp_path: Path) -> None:
+    url = s3.url("cli")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
+    env.update(WEIGHTVAULT_PASSWORD=PASSWORD, HOME=str(tmp_path / "home"))
+
+    def wv(*args: str | Path, code: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "weightvault", "-r", url, "--s3-endpoint", s3.endpoint,
+                               "--limit-upload", "200MiB", *map(str, args)],
+                              env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        return proc
+
+    wv("init", "--delta-depth", "4")
+    src = _source(tmp_path)
+    wv("backup", src)
+    wv("restore", "latest", "--target", tmp_path / "out")
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    wv("check", "--read-data")
+    assert wv("init", code=13).returncode == 13
+    bad = subprocess.run([sys.executable, "-m", "weightvault", "-r", url, "--limit-upload", "fast", "snapshots"],
+                         env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "--limit-upload" in bad.stderr
+
+
+def test_large_pack_uses_multipart_and_round_trips(s3: S3Endpoint) -> None:
+    b = s3_backend(s3, multipart_threshold=5 * 1024 * 1024, multipart_chunk=5 * 1024 * 1024)
+    b.create()
+    data = os.urandom(13 * 1024 * 1024 + 7)
+    name = hashlib.sha256(data).hexdigest()
+    b.save(FileType.PACK, name, data)
+    head = s3.client().head_object(Bucket=b.bucket, Key=b._key(FileType.PACK, name))
+    assert "-" in head["ETag"]  # a multipart ETag is "<md5 of part md5s>-<parts>"
+    assert b.load(FileType.PACK, name, 12 * 1024 * 1024, 1024) == data[12 << 20 : (12 << 20) + 1024]
