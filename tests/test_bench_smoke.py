@@ -79,3 +79,20 @@ def test_bench_delta_chain_smoke(tmp_path: Path) -> None:
     assert set(rows) == {0, 4, 8} and all(r["identical"] for r in rows.values())
     assert rows[8]["stored_bytes"] < 0.9 * rows[0]["stored_bytes"]
     assert "| 8 |" in proc.stdout
+
+
+def test_bench_s3_smoke(tmp_path: Path) -> None:
+    """bench/s3_compare.py --smoke: local, S3 (moto) and S3 with 1-in-20 transient faults all
+    restore identically, and the faulty run counted its retries."""
+    pytest.importorskip("moto")
+    out = tmp_path / "s3.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "s3_compare.py"), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["results"]["smoke"]
+    assert set(rows) == {"local", "s3", "s3 + 1/20 faults"} and all(r["identical"] for r in rows.values())
+    flaky = rows["s3 + 1/20 faults"]
+    assert flaky["retries"] == flaky["faults_injected"] >= 1 and flaky["gave_up"] == 0
+    assert rows["s3"]["retries"] == 0

@@ -439,7 +439,10 @@ def test_ctrl_c_exits_130_and_releases_the_lock(tmp_path: Path) -> None:
     # the upload limit keeps the backup running for seconds, so the signal surely lands mid-backup
     with subprocess.Popen([sys.executable, "-m", "weightvault", "-r", str(repo), "--limit-upload", "16M", "backup",
                            str(tmp_path / "src")],
-                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          # a shell without job control starts background jobs with SIGINT ignored
+                          # (and Python keeps SIG_IGN): give the child the default disposition
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         deadline = time.monotonic() + 60
         while not locks():  # the backup holds its lock: it is running
             assert proc.poll() is None and time.monotonic() < deadline
