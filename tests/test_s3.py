@@ -258,9 +258,9 @@ def test_many_writers_at_once_lose_nothing(s3: S3Endpoint, tmp_path: Path) -> No
     result = repo.check(read_data=True)
     assert result.ok, result.errors
     for snap_id, digest in expected.items():
-        out = tmp_path / "out" / snap_id
-        repo.restore(snap_id, out, verify=True)
-        assert tree_digest(out / "run") == digest
+        target = tmp_path / "out" / snap_id
+        repo.restore(snap_id, target, verify=True)
+        assert tree_digest(target / "run") == digest
     # the shared file's blobs are stored, possibly more than once under the race, but are all readable
     assert repo.stats(None).files == 4 * 3 * 2
 
