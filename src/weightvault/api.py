@@ -26,12 +26,14 @@ from weightvault.errors import RepositoryNotFoundError, UsageError, WeightvaultE
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import diff as _diff
+from weightvault.ops import groups as _groups
 from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
 from weightvault.ops import stats as _stats
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
 from weightvault.ops.diff import DiffEntry, DiffResult
+from weightvault.ops.groups import Group
 from weightvault.ops.progress import Progress, ProgressCallback
 from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
@@ -51,6 +53,7 @@ __all__ = [
     "DefaultRepository",
     "DiffEntry",
     "DiffResult",
+    "Group",
     "KdfParams",
     "KeyInfo",
     "LockInfo",
@@ -146,19 +149,28 @@ class Repository:
 
     # -- snapshots -------------------------------------------------------------------------------
     def snapshots(self, tags: Sequence[str] = (), paths: Sequence[str] = (), host: str | None = None) -> list[Snapshot]:
-        """Snapshots oldest first, filtered: every tag must be present; any path may match."""
+        """Snapshots oldest first, filtered: every tag must be present; any path may match. The
+        ranks of a sharded group are not listed: its merged group snapshot is, once complete."""
         absp = {os.path.abspath(p) for p in paths}
         return [
             s
-            for s in self._repo.snapshots()
+            for s in _groups.representatives(self._repo.snapshots())
             if all(s.has_tag(t) for t in tags)
             and (not absp or any(p in absp for p in s.paths))
             and (host is None or s.host == host)
         ]
 
     def find_snapshot(self, spec: str) -> Snapshot:
-        """Resolve an id prefix, 'latest', 'latest:k=v' or '@TIME'."""
-        return resolve_snapshot(spec, self._repo.snapshots())
+        """Resolve an id prefix, 'latest', 'latest:k=v' or '@TIME'. Only an explicit id names a
+        rank snapshot of a group; 'latest' and '@TIME' see complete groups only."""
+        snaps = self._repo.snapshots()
+        if spec.startswith(("latest", "@")):
+            snaps = _groups.representatives(snaps)
+        return resolve_snapshot(spec, snaps)
+
+    def groups(self) -> list[Group]:
+        """Every sharded-checkpoint group, oldest first, with its ranks, state and group snapshot."""
+        return list(_groups.groups(self._repo.snapshots()).values())
 
     def ls(self, spec: str, path: str | None = None) -> list[Node]:
         snap = self.find_snapshot(spec)
@@ -185,14 +197,22 @@ class Repository:
         host: str | None = None,
         time: datetime | None = None,
         progress: ProgressCallback | None = None,
+        group: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> BackupResult:
-        """Back up ``paths`` into one snapshot. Unreadable files are listed in ``result.errors``."""
+        """Back up ``paths`` into one snapshot. Unreadable files are listed in ``result.errors``.
+
+        With ``group``/``rank``/``world_size`` (all or none) the snapshot is one rank's shard of a
+        distributed checkpoint; when all ranks have committed, a merged group snapshot appears
+        (``result.group`` tells the group's state)."""
         for t in tags:
             if not t or "\n" in t:
                 raise UsageError(f"invalid tag {t!r}")
         opts = _backup.BackupOptions(
             tags=list(tags), excludes=list(excludes), exclude_caches=exclude_caches, force=force,
             parent=self.find_snapshot(parent).id if parent else None, host=host, time=time, progress=progress,
+            group=group, rank=rank, world_size=world_size,
         )
         with self._repo.lock(exclusive=False):
             self._repo.load_index()

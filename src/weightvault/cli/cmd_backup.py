@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from weightvault.cli.common import Globals, open_repository, pass_globals
-from weightvault.cli.output import display, echo_json, human_size
+from weightvault.cli.output import display, echo_json, group_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
 from weightvault.errors import PartialBackupError
 
@@ -25,25 +25,35 @@ __all__ = ["backup"]
 @click.option("--parent", metavar="SNAPSHOT", help="Compare against this snapshot (default: the newest one "
               "with the same host and paths).")
 @click.option("--host", metavar="HOST", help="Record this host name instead of this machine's.")
+@click.option("--group", metavar="RUN_ID", help="Sharded checkpoint: this backup is one rank's shard of group RUN_ID.")
+@click.option("--rank", type=int, metavar="R", help="With --group: this process's rank, 0..W-1.")
+@click.option("--world-size", type=int, metavar="W", help="With --group: the number of ranks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_globals
 def backup(
     g: Globals, paths: tuple[str, ...], tags: tuple[str, ...], excludes: tuple[str, ...], exclude_caches: bool,
-    force: bool, parent: str | None, host: str | None, as_json: bool,
+    force: bool, parent: str | None, host: str | None, group: str | None, rank: int | None,
+    world_size: int | None, as_json: bool,
 ) -> None:
-    """Back up PATH... into a new snapshot (creating the default repository on first use)."""
+    """Back up PATH... into a new snapshot (creating the default repository on first use).
+
+    With --group RUN_ID --rank R --world-size W, every rank of a distributed job backs up its shard;
+    the group becomes one snapshot (listed and restorable) once all W ranks have committed.
+    """
     repo = open_repository(g, create_default=True)
     with progress_bar(progress_enabled(g.quiet, as_json), "backup") as cb:
         res = repo.backup(paths, tags=tags, excludes=excludes, exclude_caches=exclude_caches, force=force,
-                          parent=parent, host=host, progress=cb)
+                          parent=parent, host=host, progress=cb, group=group, rank=rank, world_size=world_size)
     snap = res.snapshot
     for path, reason in res.warnings:
         click.echo(f"warning: {display(path)}: {reason}", err=True)
+    grp = res.group
     if as_json:
         echo_json({
             "snapshot": snap.to_json(),
             "errors": [{"path": p, "reason": r} for p, r in res.errors],
             "warnings": [{"path": p, "reason": r} for p, r in res.warnings],
+            **({"group": group_json(grp)} if grp is not None else {}),
         })
     elif not g.quiet:
         s = snap.summary
@@ -54,6 +64,9 @@ def backup(
         click.echo(f"  added to repository: {human_size(s.get('stored_bytes_added', 0))} "
                    f"({int(s.get('blobs_added', 0))} new blobs)")
         click.echo(f"  duration: {float(s.get('duration_s', 0)):.2f}s")
+        if grp is not None:
+            done = f", group snapshot {grp.merged.short_id}" if grp.merged is not None else ""
+            click.echo(f"  group {display(grp.id)} (rank {rank} of {world_size}): {grp.status()}{done}")
     if res.errors:
         for path, reason in res.errors:
             click.echo(f"unreadable: {display(path)}: {reason}", err=True)

@@ -116,3 +116,16 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Se
     click.echo("  ".join("-" * w for w in widths))
     for row in rows:
         click.echo(line(row))
+
+
+def group_json(g: api.Group) -> dict[str, Any]:
+    """A sharded-checkpoint group as JSON: id, world size, state, ranks present and missing."""
+    return {
+        "id": g.id,
+        "world_size": g.world_size,
+        "complete": g.complete,
+        "status": g.status(),
+        "ranks": {str(r): s.id for r, s in sorted(g.ranks.items())},
+        "missing_ranks": g.missing,
+        "snapshot": g.merged.id if g.merged is not None else None,
+    }

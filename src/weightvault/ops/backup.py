@@ -30,6 +30,7 @@ from weightvault import __version__
 from weightvault.chunking.registry import SplitterRegistry, default_registry
 from weightvault.errors import ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.delta_bases import BaseFinder
+from weightvault.ops.groups import Group, commit_group, validate_group_args
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.walk import Entry, WalkError, walk_source
 from weightvault.repository.manifest import ManifestWriter, Node, TensorPart, iter_manifest
@@ -54,6 +55,9 @@ class BackupOptions:
     workers: int = 0  # 0: one per CPU
     progress: ProgressCallback | None = None
     registry: SplitterRegistry | None = None
+    group: str | None = None  # sharded checkpoints: this backup is rank ``rank`` of ``world_size``
+    rank: int | None = None
+    world_size: int | None = None
 
 
 @dataclass
@@ -61,6 +65,7 @@ class BackupResult:
     snapshot: Snapshot
     errors: list[tuple[str, str]]
     warnings: list[tuple[str, str]]
+    group: Group | None = None  # with --group: the group's state after this rank committed
 
 
 def _utc(t: datetime | None) -> datetime:
@@ -75,8 +80,11 @@ def _root_name(abs_path: bytes) -> bytes:
     return name or b"ROOT"
 
 
-def find_parent(repo: Repository, host: str, paths: list[str]) -> Snapshot | None:
-    cands = [s for s in repo.snapshots() if s.host == host and sorted(s.paths) == sorted(paths)]
+def find_parent(repo: Repository, host: str, paths: list[str], rank: int | None = None) -> Snapshot | None:
+    """The newest snapshot with the same host and paths (and, for a rank of a group, the same rank)."""
+    cands = [
+        s for s in repo.snapshots() if s.host == host and sorted(s.paths) == sorted(paths) and s.group_rank == rank
+    ]
     return cands[-1] if cands else None
 
 
@@ -201,6 +209,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     opts = opts or BackupOptions()
     if not sources:
         raise UsageError("nothing to back up: give at least one path")
+    validate_group_args(opts.group, opts.rank, opts.world_size)
     abs_paths = [os.path.abspath(os.fsencode(p)) for p in sources]
     roots: dict[bytes, bytes] = {}
     for p in abs_paths:
@@ -233,7 +242,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
         except ObjectNotFoundError as exc:  # a damaged parent raises its own IntegrityError
             raise SnapshotNotFoundError(f"parent snapshot {opts.parent} not found") from exc
     elif not opts.force:
-        parent = find_parent(repo, host, path_strs)
+        parent = find_parent(repo, host, path_strs, opts.rank if opts.group else None)
     previous: dict[bytes, Node] = {}
     if parent is not None and not opts.force:
         previous = {n.path: n for n in iter_manifest(parent.tree, repo.load_blob) if n.type == "file"}
@@ -326,9 +335,13 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
         parent=parent.id if parent else None,
         summary=summary,
         program_version=__version__,
+        group=(
+            {"id": opts.group, "rank": opts.rank, "world_size": opts.world_size} if opts.group is not None else None
+        ),
     )
     repo.save_snapshot(snap)
-    return BackupResult(snap, errors, warnings)
+    group = commit_group(repo, opts.group)[0] if opts.group is not None else None
+    return BackupResult(snap, errors, warnings, group)
 
 
 def _backup_file(

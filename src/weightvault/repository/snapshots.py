@@ -3,7 +3,12 @@
 ``snapshots/<id>`` is ``seal(codec || len || zstd(json))`` (kind SNAPSHOT); ``id`` is the hex
 BLAKE3 of the stored bytes. Fields: version, time (ISO 8601 UTC), host, user, paths (absolute
 sources), tags (list of "k=v" or plain strings), tree (hex TREE blob ids of the manifest stream),
-parent (snapshot id or null), summary (totals), program_version.
+parent (snapshot id or null), summary (totals), program_version, and optionally group:
+
+    {"id": RUN_ID, "rank": R, "world_size": W}           one rank's shard of a distributed job
+    {"id": RUN_ID, "world_size": W, "ranks": [id, ...]}   the group's merged snapshot (all W ranks)
+
+Rank snapshots are not listed or picked by ``latest``/``@TIME`` on their own (``ops/groups.py``).
 
 Snapshot specifiers: an id prefix, ``latest``, ``latest:k=v`` (newest with that tag), or
 ``@2026-11-20T10:00`` (newest at or before that time, UTC unless an offset is given).
@@ -32,6 +37,15 @@ class Snapshot:
     summary: dict[str, Any] = field(default_factory=dict)
     program_version: str = ""
     id: str = ""  # set when saved or loaded
+    group: dict[str, Any] | None = None
+
+    @property
+    def group_rank(self) -> int | None:
+        """This snapshot's rank if it is one rank's shard of a group, else None."""
+        if self.group is None:
+            return None
+        rank = self.group.get("rank")
+        return rank if isinstance(rank, int) else None
 
     @property
     def short_id(self) -> str:
@@ -61,6 +75,7 @@ class Snapshot:
             "parent": self.parent,
             "summary": self.summary,
             "program_version": self.program_version,
+            **({"group": self.group} if self.group is not None else {}),
         }
 
     @classmethod
@@ -79,6 +94,7 @@ class Snapshot:
                 summary=dict(d.get("summary") or {}),
                 program_version=str(d.get("program_version", "")),
                 id=snap_id,
+                group=_group(d.get("group"), snap_id),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"snapshot {snap_id} is malformed: {exc}") from exc
@@ -91,6 +107,19 @@ class Snapshot:
         d["id"] = self.id
         d["short_id"] = self.short_id
         return d
+
+
+def _group(raw: Any, snap_id: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    ok = isinstance(raw, dict) and isinstance(raw.get("id"), str) and isinstance(raw.get("world_size"), int)
+    if ok and "rank" in raw:
+        ok = isinstance(raw["rank"], int) and 0 <= raw["rank"] < raw["world_size"]
+    elif ok:
+        ok = isinstance(raw.get("ranks"), list) and all(isinstance(r, str) for r in raw["ranks"])
+    if not ok:
+        raise IntegrityError(f"snapshot {snap_id} has a malformed group field")
+    return dict(raw)
 
 
 def _parse_time(text: str) -> datetime:
