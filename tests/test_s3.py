@@ -19,6 +19,7 @@ from conftest import FAST_KDF, PASSWORD, tree_digest, write
 from weightvault.api import Repository, RetryPolicy, StorageOptions
 from weightvault.backends.base import Backend, FileType
 from weightvault.backends.factory import open_backend
+from weightvault.backends.limits import LimitedBackend
 from weightvault.backends.retry import RetryingBackend
 from weightvault.backends.s3 import S3Backend, parse_s3_url
 from weightvault.errors import BackendError, ObjectExistsError, RepositoryNotFoundError, UsageError
@@ -96,14 +97,17 @@ def test_missing_bucket_is_a_clear_permanent_error(s3: S3Endpoint) -> None:
     assert rb.stats.retries == 0
 
 
-def test_unreachable_endpoint_is_transient_and_gives_up_with_exit_21() -> None:
+def test_unreachable_endpoint_is_transient_and_gives_up_with_exit_21(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with socket_port() as port:
         b = open_backend("s3://b/p", StorageOptions(s3_endpoint=f"http://127.0.0.1:{port}",
                                                      retry=RetryPolicy(attempts=3, base_delay=0.0)))
         with pytest.raises(BackendError) as ei:
             b.stat(FileType.CONFIG, "config")
     assert ei.value.exit_code == 21 and "transient" in str(ei.value)
-    assert isinstance(b, RetryingBackend) and b.stats.retries == 2 and b.stats.gave_up == 1
+    assert isinstance(b, LimitedBackend) and isinstance(b.inner, RetryingBackend)  # connections, then retries
+    assert b.inner.stats.retries == 2 and b.inner.stats.gave_up == 1
 
 
 class socket_port:
@@ -307,3 +311,17 @@ def test_killed_backup_resumes_reusing_uploaded_packs(s3: S3Endpoint, tmp_path: 
     assert repo.check(read_data=True).ok
     repo.restore("latest", tmp_path / "out", verify=True)
     assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+
+
+def test_missing_credentials_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with socket_port() as port:
+        b = open_backend("s3://b/p", StorageOptions(s3_endpoint=f"http://127.0.0.1:{port}"))
+        with pytest.raises(BackendError) as ei:
+            b.stat(FileType.CONFIG, "config")
+    assert ei.value.exit_code == 20 and "no S3 credentials" in str(ei.value)
+    assert ei.value.hint and "AWS_ACCESS_KEY_ID" in ei.value.hint

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from weightvault.backends.factory import StorageOptions, is_remote, open_backend, repository_exists
+from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend, repository_exists
 from weightvault.backends.limits import parse_rate
 from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
@@ -126,7 +126,9 @@ class Repository:
         ``delta_max_depth`` (default 8, 0..32; 0 disables checkpoint deltas) bounds delta chains:
         restoring a chunk decodes at most that many bases first."""
         extra = {} if delta_max_depth is None else {"delta_max_depth": delta_max_depth}
-        return cls(_Engine.init(open_backend(location, storage), _pw(password), kdf=kdf, **extra))
+        engine = _Engine.init(open_backend(location, storage), _pw(password), kdf=kdf, **extra)
+        engine.io_threads = io_threads(location, storage)
+        return cls(engine)
 
     @classmethod
     def open(
@@ -137,7 +139,9 @@ class Repository:
             raise RepositoryNotFoundError(
                 f"no repository at {location}", hint=f"create one with `weightvault -r {location} init`"
             )
-        return cls(_Engine.open(open_backend(location, storage), _pw(password)))
+        engine = _Engine.open(open_backend(location, storage), _pw(password))
+        engine.io_threads = io_threads(location, storage)
+        return cls(engine)
 
     @property
     def location(self) -> str:

@@ -1,7 +1,8 @@
 """Turn a repository location into a backend: a local path, or ``s3://bucket/prefix``.
 
 S3 backends are always wrapped in ``RetryingBackend`` (transient errors retried with backoff and
-jitter); any backend is wrapped in ``LimitedBackend`` when a bandwidth limit is set. The S3
+jitter) and a ``LimitedBackend`` allowing ``connections`` concurrent calls; any backend is wrapped
+in a ``LimitedBackend`` when a bandwidth limit is set. The S3
 endpoint is ``StorageOptions.s3_endpoint``, else ``$WEIGHTVAULT_S3_ENDPOINT``, else boto3's own
 resolution (``$AWS_ENDPOINT_URL``, the profile, AWS).
 """
@@ -17,7 +18,7 @@ from weightvault.backends.local import LocalBackend
 from weightvault.backends.retry import RetryingBackend, RetryPolicy
 from weightvault.errors import ObjectNotFoundError
 
-__all__ = ["StorageOptions", "is_remote", "open_backend", "repository_exists"]
+__all__ = ["StorageOptions", "io_threads", "is_remote", "open_backend", "repository_exists"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class StorageOptions:
     limit_upload: int | None = None  # bytes per second
     limit_download: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def io_threads(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> int:
+    """Threads worth using for reads: ``connections`` for object storage (latency-bound), else 0
+    (callers use one per CPU)."""
+    return (storage or StorageOptions()).connections if is_remote(location) else 0
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -47,7 +54,7 @@ def open_backend(location: str | os.PathLike[str], storage: StorageOptions | Non
         endpoint = opts.s3_endpoint or os.environ.get("WEIGHTVAULT_S3_ENDPOINT") or None
         s3 = S3Backend(bucket, prefix, endpoint_url=endpoint, region=opts.s3_region, profile=opts.s3_profile,
                        max_concurrency=opts.connections)
-        backend = RetryingBackend(s3, opts.retry)
+        backend = LimitedBackend(RetryingBackend(s3, opts.retry), max_concurrent=opts.connections)
     else:
         backend = LocalBackend(loc)
     if opts.limit_upload or opts.limit_download:

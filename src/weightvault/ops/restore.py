@@ -212,7 +212,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
     result = RestoreResult()
     reporter = Reporter(opts.progress, "restore")
     reporter.set_totals(sum(1 for n, _ in nodes if n.type == "file"), sum(n.size for n, _ in nodes if n.type == "file"))
-    workers = opts.workers or os.cpu_count() or 2
+    workers = opts.workers or max(os.cpu_count() or 2, repo.io_threads)
     try:
         plan = _plan(nodes, dirs, opts.overwrite, result)
         _restore_files(repo, plan, dirs, workers, opts.verify, reporter, result)

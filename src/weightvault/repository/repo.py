@@ -78,6 +78,7 @@ class Repository:
         self.indexed_files: set[str] = set()
         self.stats_new_blobs = 0
         self.stats_new_stored = 0
+        self.io_threads = 0  # > 0: concurrent reads worth issuing (object storage latency), set by the opener
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
