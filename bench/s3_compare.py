@@ -47,9 +47,11 @@ PASSWORD = b"s3-bench"
 FAST = KdfParams(memory_kib=8192, time_cost=1, parallelism=1)
 
 
-def run_one(backend: Backend, corpus: Path, work: Path, stats_of: RetryingBackend | None) -> dict[str, Any]:
+def run_one(backend: Backend, corpus: Path, work: Path, stats_of: RetryingBackend | None,
+            io_threads: int = 0) -> dict[str, Any]:
     raw = compare.dir_bytes(corpus)
     repo = Engine.init(backend, PASSWORD, kdf=FAST)
+    repo.io_threads = io_threads  # as the CLI sets it for s3:// repositories (--connections)
     compare.warm(corpus)
     t = time.perf_counter()
     with repo.lock():
@@ -84,11 +86,11 @@ def bench_corpus(corpus: Path, ep: S3Endpoint, connections: int, work: Path) -> 
     rows["local"] = run_one(LocalBackend(local_dir), corpus, work, None)
     shutil.rmtree(local_dir)
     plain = RetryingBackend(s3_backend(ep, connections), RetryPolicy())
-    rows["s3"] = run_one(plain, corpus, work, plain)
+    rows["s3"] = run_one(plain, corpus, work, plain, connections)
     faulty = FaultyBackend(s3_backend(ep, connections))
     faulty.fail_every(20)
     flaky = RetryingBackend(faulty, RetryPolicy())
-    rows["s3 + 1/20 faults"] = run_one(flaky, corpus, work, flaky)
+    rows["s3 + 1/20 faults"] = run_one(flaky, corpus, work, flaky, connections)
     rows["s3 + 1/20 faults"]["faults_injected"] = len(faulty.fired)
     return rows
 
