@@ -325,3 +325,22 @@ def test_missing_credentials_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, 
             b.stat(FileType.CONFIG, "config")
     assert ei.value.exit_code == 20 and "no S3 credentials" in str(ei.value)
     assert ei.value.hint and "AWS_ACCESS_KEY_ID" in ei.value.hint
+
+
+def test_locks_on_object_storage(s3: S3Endpoint) -> None:
+    """Shared locks coexist; an exclusive lock is refused while one is held, and vice versa; a
+    lock file is removed when its holder finishes."""
+    from weightvault.errors import RepositoryLockedError
+    from weightvault.repository.locks import hold_lock, list_locks
+
+    url = s3.url("locks")
+    Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=s3.storage)
+    backend = open_backend(url, s3.storage)
+    with hold_lock(backend, exclusive=False), hold_lock(backend, exclusive=False):
+        assert len(list_locks(backend)) == 2
+        with pytest.raises(RepositoryLockedError), hold_lock(backend, exclusive=True):
+            pass
+    with hold_lock(backend, exclusive=True), pytest.raises(RepositoryLockedError), \
+            hold_lock(backend, exclusive=False):
+        pass
+    assert list_locks(backend) == []
