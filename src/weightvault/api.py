@@ -15,7 +15,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend, repository_exists
@@ -26,13 +26,16 @@ from weightvault.errors import RepositoryNotFoundError, UsageError, WeightvaultE
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import diff as _diff
+from weightvault.ops import forget as _forget
 from weightvault.ops import groups as _groups
 from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
+from weightvault.ops import retention as _retention
 from weightvault.ops import stats as _stats
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
 from weightvault.ops.diff import DiffEntry, DiffResult
+from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
 from weightvault.ops.progress import Progress, ProgressCallback
 from weightvault.ops.repair import RepairResult
@@ -53,6 +56,7 @@ __all__ = [
     "DefaultRepository",
     "DiffEntry",
     "DiffResult",
+    "ForgetResult",
     "Group",
     "KdfParams",
     "KeyInfo",
@@ -250,6 +254,39 @@ class Repository:
         """Rebuild the index from pack headers (exclusive lock); old index files are removed after."""
         with self._repo.lock(exclusive=True):
             return _repair.rebuild_index(self._repo)
+
+    def forget(
+        self,
+        snapshots: Sequence[str] = (),
+        *,
+        keep_last: int = 0,
+        keep_hourly: int = 0,
+        keep_daily: int = 0,
+        keep_weekly: int = 0,
+        keep_monthly: int = 0,
+        keep_yearly: int = 0,
+        keep_within: str | timedelta | None = None,
+        keep_tags: Sequence[str] = (),
+        group_by: Sequence[str] = ("host", "paths"),
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> ForgetResult:
+        """Remove the snapshots named in ``snapshots`` and/or those no keep rule keeps (see
+        ``weightvault.ops.retention``). Data stays until prune. Takes an exclusive lock."""
+        counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+        if any(n < 0 for n in counts):
+            raise UsageError("keep counts must be >= 0")
+        within = _retention.parse_duration(keep_within) if isinstance(keep_within, str) else keep_within
+        policy = _retention.Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
+                                   within, tuple(keep_tags), tuple(group_by))
+        rules = not policy.empty()
+        if not rules and not snapshots:
+            raise UsageError("nothing to forget: give snapshot ids or keep rules",
+                             hint="e.g. --keep-last 5 --keep-daily 7, or SNAPSHOT...; --dry-run shows the decision")
+        when = now or datetime.now(UTC)
+        with self._repo.lock(exclusive=True):
+            explicit = [self.find_snapshot(s) for s in snapshots]
+            return _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run)
 
     def stats(self, spec: str | None = None) -> Stats:
         snaps = [self.find_snapshot(spec)] if spec else self._repo.snapshots()

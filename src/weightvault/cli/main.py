@@ -20,6 +20,7 @@ from weightvault.cli import (
     cmd_backup,
     cmd_check,
     cmd_diff,
+    cmd_forget,
     cmd_init,
     cmd_key,
     cmd_ls,
@@ -76,7 +77,7 @@ def cli(
 
 for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
-    cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair,
+    cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
 ):
     cli.add_command(_cmd)
 
