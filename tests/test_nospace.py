@@ -82,7 +82,7 @@ def test_backup_to_full_repository_real_tmpfs(tmp_path: Path, small_fs: Mount) -
     src = _source(tmp_path / "src", 32)
     repo = api.Repository.open(path, PASSWORD)
     with pytest.raises(NoSpaceError) as ei:
-        repo.backup([src])
+        repo.backup([src], min_free=0)  # the capacity check off: the disk really fills up
     _assert_clean_no_space(ei.value, r"no space left writing (data|index|snapshots)/[0-9a-f]{64}")
     _assert_consistent(repo, path)
 
@@ -162,3 +162,39 @@ def test_index_write_enospc_then_retry_in_same_process(repo_path: Path, tmp_path
     repo.backup([src])
     res = api.Repository.open(repo_path, PASSWORD).check(read_data=True)
     assert res.ok and res.warnings == [], (res.errors, res.warnings)
+
+
+def test_capacity_check_refuses_before_writing_real_tmpfs(tmp_path: Path, small_fs: Mount) -> None:
+    path = small_fs(tmp_path / "fs", 20) / "repo"
+    Engine.init(LocalBackend(path), PASSWORD.encode(), kdf=FAST_KDF)
+    src = _source(tmp_path / "src", 32)
+    repo = api.Repository.open(path, PASSWORD)
+    with pytest.raises(NoSpaceError) as ei:
+        repo.backup([src])
+    assert ei.value.exit_code == 15 and "at least 10% must stay free" in str(ei.value)
+    assert "up to 32.0 MiB" in str(ei.value) and ei.value.hint and "--min-free" in ei.value.hint
+    assert list((path / "data").rglob("*.*")) == [] and not any(p.is_file() for p in (path / "data").rglob("*"))
+    assert repo.snapshots() == [] and repo.locks() == []
+
+
+def test_capacity_warning_then_unchanged_files_need_no_space_real_tmpfs(tmp_path: Path, small_fs: Mount) -> None:
+    path = small_fs(tmp_path / "fs", 48) / "repo"
+    Engine.init(LocalBackend(path), PASSWORD.encode(), kdf=FAST_KDF)
+    src = _source(tmp_path / "src", 40)
+    repo = api.Repository.open(path, PASSWORD)
+    res = repo.backup([src])  # leaves 10-20 % free: allowed, with a warning
+    assert any("past 80% full" in reason for _, reason in res.warnings)
+    again = repo.backup([src])  # nothing changed: nothing to add, no refusal even though the disk is full
+    assert again.snapshot.summary["files_unmodified"] == 11
+
+
+def test_check_space_rules() -> None:
+    from weightvault.ops.backup import check_space
+
+    crossing = check_space("r", free=300 * MiB, total=1000 * MiB, estimate=150 * MiB, min_free=0.1)
+    assert crossing == [("r", "this backup may take the repository's storage past 80% full"
+                              " (150.0 MiB of 1,000.0 MiB free)")]
+    assert check_space("r", free=150 * MiB, total=1000 * MiB, estimate=10 * MiB, min_free=0.1) == []  # already past
+    assert check_space("r", free=900 * MiB, total=1000 * MiB, estimate=100 * MiB, min_free=0.1) == []
+    with pytest.raises(NoSpaceError):
+        check_space("r", free=150 * MiB, total=1000 * MiB, estimate=60 * MiB, min_free=0.1)

@@ -208,19 +208,22 @@ class Repository:
         group: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        min_free: float = 0.10,
     ) -> BackupResult:
         """Back up ``paths`` into one snapshot. Unreadable files are listed in ``result.errors``.
 
         With ``group``/``rank``/``world_size`` (all or none) the snapshot is one rank's shard of a
         distributed checkpoint; when all ranks have committed, a merged group snapshot appears
-        (``result.group`` tells the group's state)."""
+        (``result.group`` tells the group's state). Before reading data, a backup to storage of
+        known size is refused (NoSpaceError, nothing written) if its new and changed files would
+        leave less than ``min_free`` of it free (0 disables the check)."""
         for t in tags:
             if not t or "\n" in t:
                 raise UsageError(f"invalid tag {t!r}")
         opts = _backup.BackupOptions(
             tags=list(tags), excludes=list(excludes), exclude_caches=exclude_caches, force=force,
             parent=self.find_snapshot(parent).id if parent else None, host=host, time=time, progress=progress,
-            group=group, rank=rank, world_size=world_size,
+            group=group, rank=rank, world_size=world_size, min_free=min_free,
         )
         with self._repo.lock(exclusive=False):
             self._repo.load_index()

@@ -57,3 +57,8 @@ class Backend(Protocol):
     def free_space(self) -> int | None:
         """Bytes free at the destination, or None if unknown."""
         ...
+
+    def total_space(self) -> int | None:
+        """Bytes of storage usable here (used + available, as ``df`` computes Use%; blocks reserved
+        for root excluded), or None if unknown (object storage)."""
+        ...

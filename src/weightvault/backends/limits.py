@@ -116,3 +116,6 @@ class LimitedBackend:
 
     def free_space(self) -> int | None:
         return self.inner.free_space()
+
+    def total_space(self) -> int | None:
+        return self.inner.total_space()

@@ -174,3 +174,10 @@ class LocalBackend:
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
+
+    def total_space(self) -> int | None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return (st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize  # used + available, as df's Use%

@@ -54,3 +54,6 @@ class MemoryBackend:
 
     def free_space(self) -> int | None:
         return None
+
+    def total_space(self) -> int | None:
+        return None

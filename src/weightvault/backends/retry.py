@@ -128,3 +128,6 @@ class RetryingBackend:
 
     def free_space(self) -> int | None:
         return self.inner.free_space()
+
+    def total_space(self) -> int | None:
+        return self.inner.total_space()

@@ -265,3 +265,6 @@ class S3Backend:
 
     def free_space(self) -> int | None:
         return None
+
+    def total_space(self) -> int | None:
+        return None

@@ -28,12 +28,15 @@ __all__ = ["backup"]
 @click.option("--group", metavar="RUN_ID", help="Sharded checkpoint: this backup is one rank's shard of group RUN_ID.")
 @click.option("--rank", type=int, metavar="R", help="With --group: this process's rank, 0..W-1.")
 @click.option("--world-size", type=int, metavar="W", help="With --group: the number of ranks.")
+@click.option("--min-free", type=click.FloatRange(0, 99), default=10.0, show_default=True, metavar="PCT",
+              help="Refuse (exit 15, before writing) if the repository's disk would keep less than PCT%% free "
+              "after this backup; 0 disables the check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_globals
 def backup(
     g: Globals, paths: tuple[str, ...], tags: tuple[str, ...], excludes: tuple[str, ...], exclude_caches: bool,
     force: bool, parent: str | None, host: str | None, group: str | None, rank: int | None,
-    world_size: int | None, as_json: bool,
+    world_size: int | None, min_free: float, as_json: bool,
 ) -> None:
     """Back up PATH... into a new snapshot (creating the default repository on first use).
 
@@ -43,7 +46,8 @@ def backup(
     repo = open_repository(g, create_default=True)
     with progress_bar(progress_enabled(g.quiet, as_json), "backup") as cb:
         res = repo.backup(paths, tags=tags, excludes=excludes, exclude_caches=exclude_caches, force=force,
-                          parent=parent, host=host, progress=cb, group=group, rank=rank, world_size=world_size)
+                          parent=parent, host=host, progress=cb, group=group, rank=rank, world_size=world_size,
+                          min_free=min_free / 100)
     snap = res.snapshot
     for path, reason in res.warnings:
         click.echo(f"warning: {display(path)}: {reason}", err=True)

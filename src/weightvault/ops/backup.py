@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from weightvault import __version__
 from weightvault.chunking.registry import SplitterRegistry, default_registry
-from weightvault.errors import ObjectNotFoundError, SnapshotNotFoundError, UsageError
+from weightvault.errors import NoSpaceError, ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.delta_bases import BaseFinder
 from weightvault.ops.groups import Group, commit_group, validate_group_args
 from weightvault.ops.progress import ProgressCallback, Reporter
@@ -55,6 +55,7 @@ class BackupOptions:
     workers: int = 0  # 0: one per CPU
     progress: ProgressCallback | None = None
     registry: SplitterRegistry | None = None
+    min_free: float = 0.10  # refuse when the repository's storage would keep less free than this fraction
     group: str | None = None  # sharded checkpoints: this backup is rank ``rank`` of ``world_size``
     rank: int | None = None
     world_size: int | None = None
@@ -99,6 +100,31 @@ def _unchanged(prev: Node | None, st: os.stat_result, repo: Repository) -> bool:
         and prev.sha256 is not None
         and all(repo.has_blob(b) for b in prev.blobs)
     )
+
+
+WARN_USED = 0.80  # warn when a backup may take the repository's storage past this fraction used
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def check_space(location: str, free: int, total: int, estimate: int, min_free: float) -> list[tuple[str, str]]:
+    """Before a backup: ``estimate`` bytes (new and changed files, uncompressed: an upper bound) must
+    leave at least ``min_free`` of ``total`` free. Raises NoSpaceError (nothing written yet) if not;
+    returns a warning if this backup may take the storage past ``WARN_USED`` full."""
+    after = free - estimate
+    if after < min_free * total:
+        raise NoSpaceError(
+            f"not enough space on {location}: this backup may add up to {_mib(estimate)} (new and changed files,"
+            f" before compression), leaving {_mib(max(after, 0))} free of {_mib(total)}; at least"
+            f" {min_free:.0%} must stay free",
+            hint="free space there or back up less; --min-free PCT lowers the reserve (0 disables this check)",
+        )
+    if after < (1 - WARN_USED) * total <= free:
+        return [(location, f"this backup may take the repository's storage past {WARN_USED:.0%} full"
+                           f" ({_mib(after)} of {_mib(total)} free)")]
+    return []
 
 
 def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
@@ -249,16 +275,23 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     finder = BaseFinder(repo, previous, roots)
 
     reporter = Reporter(opts.progress, "backup")
-    if opts.progress is not None:
-        tf = tb = 0
+    errors: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    free, total = repo.backend.free_space(), repo.backend.total_space()
+    space_check = opts.min_free > 0 and free is not None and bool(total)
+    if opts.progress is not None or space_check:
+        tf = tb = changed = 0
         for name, p in sorted(roots.items()):
             for e in walk_source(p, name, opts.excludes, opts.exclude_caches):
                 if isinstance(e, Entry) and stat.S_ISREG(e.st.st_mode):
                     tf, tb = tf + 1, tb + e.st.st_size
+                    if not _unchanged(previous.get(e.rel), e.st, repo):
+                        changed += e.st.st_size
         reporter.set_totals(tf, tb)
+        if space_check:
+            assert free is not None and total is not None
+            warnings += check_space(repo.backend.location, free, total, changed, opts.min_free)
 
-    errors: list[tuple[str, str]] = []
-    warnings: list[tuple[str, str]] = []
     totals = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0, "files_new": 0, "files_changed": 0,
               "files_unmodified": 0, "bytes_read": 0}
     start = time.monotonic()

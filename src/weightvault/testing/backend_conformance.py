@@ -198,5 +198,6 @@ class BackendConformance:
     # -- misc ------------------------------------------------------------------------------------
     def test_location_and_free_space(self, backend: Backend) -> None:
         assert isinstance(backend.location, str) and backend.location
-        free = backend.free_space()
+        free, total = backend.free_space(), backend.total_space()
         assert free is None or free >= 0
+        assert total is None or (total > 0 and (free is None or free <= total))

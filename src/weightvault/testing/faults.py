@@ -204,3 +204,6 @@ class FaultyBackend:
 
     def free_space(self) -> int | None:
         return self.inner.free_space()
+
+    def total_space(self) -> int | None:
+        return self.inner.total_space()
