@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
+from weightvault.backends.base import FileType
 from weightvault.errors import (
     NoSpaceError,
     RestoreConflictError,
@@ -301,6 +302,28 @@ class _SharedBlobs:
     def lookup(self, blob_id: bytes) -> IndexEntry:
         return self.repo.lookup(blob_id)
 
+    def shared(self, blob_id: bytes) -> bool:
+        """True if the plan uses this blob more than once (so it goes through the cache)."""
+        with self._lock:
+            return self._uses[blob_id] > 1 or blob_id in self._kept
+
+    def load_run(self, blob_ids: list[bytes]) -> list[bytes]:
+        """Plaintexts of blobs stored back to back in one pack, fetched with one range read (a
+        single blob goes through ``load_blob`` and the cache)."""
+        if len(blob_ids) == 1:
+            return [self.load_blob(blob_ids[0])]
+        entries = [self.repo.lookup(b) for b in blob_ids]
+        lo = min(e.blob.offset for e in entries)
+        hi = max(e.blob.offset + e.blob.length for e in entries)
+        span = self.repo.backend.load(FileType.PACK, entries[0].pack_id, lo, hi - lo)
+        out = []
+        for e in entries:
+            start = e.blob.offset - lo
+            out.append(self.repo.decode_blob(e.pack_id, e.blob, span[start : start + e.blob.length], self.load_blob))
+            with self._lock:
+                self._used(e.blob.blob_id)
+        return out
+
     def load_blob(self, blob_id: bytes) -> bytes:
         with self._lock:
             data = self._kept.get(blob_id)
@@ -457,37 +480,63 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
         view, pos = view[n:], pos + n
 
 
+_RUN_BYTES = 8 * 1024 * 1024  # largest stored span fetched by one coalesced read
+
+
+def _runs(repo: _SharedBlobs, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
+    """Group the file's blobs into runs of (blob id, file offset): consecutive blobs of the file that
+    lie in the same pack within one span of at most ``_RUN_BYTES`` (in any order: parallel backup
+    workers store neighbours slightly out of order), with at most an eighth of the span being other
+    blobs' bytes, become one range read. A blob the restore uses more than once (shared or a delta
+    base) stays alone, so the cache sees it."""
+    runs: list[list[tuple[bytes, int]]] = []
+    pos = 0
+    cur: tuple[str, int, int, int] | None = None  # pack, span start, span end, bytes wanted
+    for b in blobs:
+        e = repo.lookup(b)
+        start, end = e.blob.offset, e.blob.offset + e.blob.length
+        solo = repo.shared(b)
+        if cur is not None and not solo and cur[0] == e.pack_id:
+            lo, hi, wanted = min(cur[1], start), max(cur[2], end), cur[3] + e.blob.length
+            if hi - lo <= _RUN_BYTES and (hi - lo - wanted) * 8 <= hi - lo:
+                runs[-1].append((b, pos))
+                cur = (e.pack_id, lo, hi, wanted)
+                pos += e.blob.raw_length
+                continue
+        runs.append([(b, pos)])
+        cur = None if solo else (e.pack_id, start, end, e.blob.length)
+        pos += e.blob.raw_length
+    return runs
+
+
 def _load_and_write(
     pool: ThreadPoolExecutor, repo: _SharedBlobs, blobs: list[bytes], fd: int, lookahead: int
 ) -> Iterator[bytes]:
     """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
-    the plaintexts in file order for hashing. All-zero chunks are left as holes, so sparse files
-    stay sparse. Offsets come from the index's raw lengths; at most ``lookahead`` blobs in flight."""
-    offsets = []
-    pos = 0
-    for b in blobs:
-        offsets.append(pos)
-        pos += repo.lookup(b).blob.raw_length
+    the plaintexts in file order for hashing. Blobs stored back to back are fetched with one range
+    read (``_runs``). All-zero chunks are left as holes, so sparse files stay sparse. Offsets come
+    from the index's raw lengths; at most ``lookahead`` runs in flight."""
 
-    def work(blob_id: bytes, offset: int) -> bytes:
-        data = repo.load_blob(blob_id)
-        if data.count(0) != len(data):
-            _pwrite_all(fd, data, offset)
-        return data
+    def work(run: list[tuple[bytes, int]]) -> list[bytes]:
+        out = repo.load_run([b for b, _ in run])
+        for (_, offset), data in zip(run, out, strict=True):
+            if data.count(0) != len(data):
+                _pwrite_all(fd, data, offset)
+        return out
 
-    futs: list[Future[bytes]] = []
-    pending = iter(zip(blobs, offsets))
-    for b, off in pending:
-        futs.append(pool.submit(work, b, off))
+    futs: list[Future[list[bytes]]] = []
+    pending = iter(_runs(repo, blobs))
+    for run in pending:
+        futs.append(pool.submit(work, run))
         if len(futs) >= lookahead:
             break
     try:
         while futs:
-            data = futs.pop(0).result()
+            datas = futs.pop(0).result()
             nxt = next(pending, None)
             if nxt is not None:
-                futs.append(pool.submit(work, *nxt))
-            yield data
+                futs.append(pool.submit(work, nxt))
+            yield from datas
     finally:
         for f in futs:  # on error, let in-flight writes finish before the caller closes fd
             f.cancel()
