@@ -49,6 +49,8 @@ def test_group_becomes_one_snapshot_only_when_all_ranks_committed(repo: Reposito
         expected.update(tree_digest(d))
     assert restored == expected and len(restored) == 2 * world + 1
     assert repo.check(read_data=True).ok
+    # stats over everything count the group once, not its ranks again
+    assert repo.stats(None).files == len(restored) and repo.stats(None).snapshots == 1
     # a rank snapshot stays reachable by its explicit id (debugging), never by latest
     rank0 = grp.ranks[0].id
     assert repo.find_snapshot(rank0[:12]).id == rank0

@@ -292,8 +292,13 @@ class Repository:
             return _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run)
 
     def stats(self, spec: str | None = None) -> Stats:
-        snaps = [self.find_snapshot(spec)] if spec else self._repo.snapshots()
-        return _stats.stats(self._repo, snaps)
+        """Sizes of one snapshot, or of all: every listed snapshot plus the ranks of incomplete
+        groups (a complete group's ranks are counted once, through its group snapshot)."""
+        if spec:
+            return _stats.stats(self._repo, [self.find_snapshot(spec)])
+        everything = self._repo.snapshots()
+        pending = [s for g in _groups.groups(everything).values() if not g.complete for s in g.ranks.values()]
+        return _stats.stats(self._repo, _groups.representatives(everything) + pending)
 
     # -- keys and locks --------------------------------------------------------------------------
     @property

@@ -48,7 +48,7 @@ __all__ = ["cli", "main", "run"]
 )
 @click.option(
     "--connections", type=click.IntRange(1, 256), default=8, show_default=True, envvar="WEIGHTVAULT_CONNECTIONS",
-    help="Concurrent requests to object storage (also parts per multipart upload).",
+    help="Concurrent requests to object storage (also parts per multipart upload and restore reader threads).",
 )
 @click.option("--limit-upload", metavar="RATE", help="Upload at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option("--limit-download", metavar="RATE", help="Download at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
