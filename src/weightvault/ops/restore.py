@@ -298,6 +298,7 @@ class _SharedBlobs:
         self._size = 0
         self._max = max_bytes
         self._lock = threading.Lock()
+        self._loading: dict[bytes, threading.Event] = {}  # shared blobs being loaded right now
 
     def lookup(self, blob_id: bytes) -> IndexEntry:
         return self.repo.lookup(blob_id)
@@ -325,20 +326,41 @@ class _SharedBlobs:
         return out
 
     def load_blob(self, blob_id: bytes) -> bytes:
-        with self._lock:
-            data = self._kept.get(blob_id)
-            if data is not None:
+        """The blob's plaintext. A blob used more than once is loaded by one thread at a time: a
+        second thread asking meanwhile waits for it and takes the cached copy (or, if the first
+        failed or the copy did not fit, loads it itself)."""
+        while True:
+            with self._lock:
+                data = self._kept.get(blob_id)
+                if data is not None:
+                    self._used(blob_id)
+                    return data
+                busy = self._loading.get(blob_id)
+                if busy is None:
+                    mine = threading.Event() if self._uses[blob_id] > 1 else None
+                    if mine is not None:
+                        self._loading[blob_id] = mine
+                    break
+            busy.wait()
+            with self._lock:
+                if blob_id not in self._kept:  # the other load failed, or its result was not kept
+                    mine = None
+                    break
+        try:
+            data = self.repo.load_blob(blob_id, self.load_blob)
+            with self._lock:
+                if self._uses[blob_id] > 1 and len(data) <= self._max and blob_id not in self._kept:
+                    self._kept[blob_id] = data
+                    self._size += len(data)
+                    while self._size > self._max:
+                        _, old = self._kept.popitem(last=False)
+                        self._size -= len(old)
                 self._used(blob_id)
-                return data
-        data = self.repo.load_blob(blob_id, self.load_blob)
-        with self._lock:
-            if self._uses[blob_id] > 1 and len(data) <= self._max and blob_id not in self._kept:
-                self._kept[blob_id] = data
-                self._size += len(data)
-                while self._size > self._max:
-                    _, old = self._kept.popitem(last=False)
-                    self._size -= len(old)
-            self._used(blob_id)
+        finally:
+            if mine is not None:
+                with self._lock:
+                    self._loading.pop(blob_id, None)
+                mine.set()
         return data
 
     def _used(self, blob_id: bytes) -> None:
