@@ -75,6 +75,18 @@ class Model:
         return write(path, safetensors_bytes(self.w)).read_bytes()
 
 
+def back_up_versions(repo: Repository, src: Path, n: int, model: Model | None = None) -> bytes:
+    """Train ``model`` (default: a fresh one) a step before each of ``n`` backups of ``src``, with
+    the model rewritten in place at ``src/model.safetensors``; returns the last version's bytes."""
+    model = model or Model()
+    data = b""
+    for _ in range(n):
+        model.step()
+        data = model.save(src / "model.safetensors")
+        repo.backup([src])
+    return data
+
+
 def engine(path: Path) -> Engine:
     return Engine.open(LocalBackend(path), PASSWORD.encode())
 
@@ -337,11 +349,7 @@ def test_a_base_is_used_only_when_durable_or_in_the_same_pack(tmp_path: Path) ->
 def test_missing_base_is_reported_by_restore_and_check(tmp_path: Path) -> None:
     repo_path = tmp_path / "repo"
     repo = make_repo(repo_path, pack_size=64 * 1024)
-    model = Model()
-    for _ in range(2):
-        model.step()
-        model.save(tmp_path / "run" / "model.safetensors")
-        repo.backup([tmp_path / "run"])
+    back_up_versions(repo, tmp_path / "run", 2)
     deltas = delta_blobs(repo_path)
     eng = engine(repo_path)
     victim = next(iter(deltas.values()))
@@ -358,11 +366,7 @@ def test_missing_base_is_reported_by_restore_and_check(tmp_path: Path) -> None:
 def test_repair_index_recovers_bases_from_pack_headers(tmp_path: Path) -> None:
     repo_path = tmp_path / "repo"
     repo = make_repo(repo_path)
-    model = Model()
-    for _ in range(3):
-        model.step()
-        expected = model.save(tmp_path / "run" / "model.safetensors")
-        repo.backup([tmp_path / "run"])
+    expected = back_up_versions(repo, tmp_path / "run", 3)
     before = delta_blobs(repo_path)
     assert before
     for p in (repo_path / "index").iterdir():
@@ -376,11 +380,7 @@ def test_repair_index_recovers_bases_from_pack_headers(tmp_path: Path) -> None:
 def test_payload_base_must_match_the_index(tmp_path: Path) -> None:
     repo_path = tmp_path / "repo"
     repo = make_repo(repo_path)
-    model = Model()
-    for _ in range(2):
-        model.step()
-        model.save(tmp_path / "run" / "model.safetensors")
-        repo.backup([tmp_path / "run"])
+    back_up_versions(repo, tmp_path / "run", 2)
     eng = engine(repo_path)
     delta_id, _base = next(iter(delta_blobs(repo_path).items()))
     entry = eng.index.get(delta_id)
@@ -401,11 +401,7 @@ def test_version_2_repositories_never_get_deltas(tmp_path: Path) -> None:
     del doc["delta_max_depth"]
     (repo_path / "config").write_text(json.dumps(doc))
     repo = Repository.open(repo_path, PASSWORD)
-    model = Model()
-    for _ in range(3):
-        model.step()
-        expected = model.save(tmp_path / "run" / "model.safetensors")
-        repo.backup([tmp_path / "run"])
+    expected = back_up_versions(repo, tmp_path / "run", 3)
     codecs = {e.blob.codec for e in engine(repo_path).index.entries()}
     assert DELTA not in codecs and BYTEPLANE in codecs
     assert engine(repo_path).config.delta_max_depth == 0
@@ -435,11 +431,7 @@ def test_all_float_dtypes_are_known_to_the_codec() -> None:
 def test_stats_count_the_bases_a_snapshot_needs(tmp_path: Path) -> None:
     repo_path = tmp_path / "repo"
     repo = make_repo(repo_path)
-    model = Model()
-    for _ in range(2):
-        model.step()
-        model.save(tmp_path / "run" / "model.safetensors")
-        repo.backup([tmp_path / "run"])
+    back_up_versions(repo, tmp_path / "run", 2)
     latest = repo.stats("latest")
     assert latest.delta_blobs >= 3
     assert latest.base_bytes > 0  # the first version's chunks: needed, not referenced by the snapshot
