@@ -64,6 +64,23 @@ def test_local_list_ignores_temp_files(tmp_path: Path) -> None:
     assert len(b.list_temp_files()) == 2
 
 
+def test_local_list_skips_objects_removed_while_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock released between the directory read and the stat is skipped, not an I/O error (CI race)."""
+    b = LocalBackend(tmp_path / "r")
+    b.create()
+    b.save(FileType.LOCK, "aa" * 16, b"one")
+    b.save(FileType.LOCK, "bb" * 16, b"two")
+    real_scandir = os.scandir
+
+    def scandir_then_remove(path: str) -> list[os.DirEntry[str]]:
+        entries = list(real_scandir(path))
+        b.remove(FileType.LOCK, "aa" * 16)  # another process releases its lock right now
+        return entries
+
+    monkeypatch.setattr("weightvault.backends.local.os.scandir", scandir_then_remove)
+    assert list(b.list(FileType.LOCK)) == [("bb" * 16, 3)]
+
+
 def test_local_rejects_unsafe_names(tmp_path: Path) -> None:
     b = LocalBackend(tmp_path / "r")
     b.create()

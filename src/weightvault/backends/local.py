@@ -152,7 +152,11 @@ class LocalBackend:
             for e in entries:
                 if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
                     continue
-                yield e.name, e.stat(follow_symlinks=False).st_size
+                try:
+                    size = e.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # removed between the directory read and the stat (a released lock)
+                yield e.name, size
 
     def list_temp_files(self) -> builtins.list[Path]:
         """Leftover ``.tmp-*`` files of interrupted writes (harmless; prune removes them)."""
