@@ -113,7 +113,7 @@ def test_invalid_format_versions_are_refused(repo: Repository, repo_path: Path, 
 
 
 def test_current_version_opens(repo: Repository, repo_path: Path) -> None:
-    assert json.loads((repo_path / "config").read_bytes())["version"] == FORMAT_VERSION == 3
+    assert json.loads((repo_path / "config").read_bytes())["version"] == FORMAT_VERSION == 4
     set_config(repo_path, version=1)  # rewritten, non-canonical JSON is still accepted (v1 still reads)
     assert Repository.open(repo_path, PASSWORD).id == repo.id
 
@@ -133,7 +133,7 @@ def test_other_format_name_is_refused(repo: Repository, repo_path: Path, fmt: ob
 def test_directory_layout(repo: Repository, repo_path: Path, tmp_path: Path) -> None:
     backed_up(repo, tmp_path)
     top = sorted(p.name for p in repo_path.iterdir())
-    assert top == ["config", "data", "index", "keys", "locks", "snapshots"]
+    assert top == ["config", "data", "index", "keys", "locks", "plans", "snapshots"]
     assert sorted(p.name for p in (repo_path / "data").iterdir()) == [f"{i:02x}" for i in range(256)]
     for pack in files_in(repo_path, "data"):
         assert pack.parent.name == pack.name[:2]

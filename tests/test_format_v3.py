@@ -233,9 +233,9 @@ def set_config(repo_path: Path, version: int) -> None:
 # -- tests ---------------------------------------------------------------------------------------
 
 
-def test_new_config_is_version_3_with_delta_max_depth(repo: Repository, repo_path: Path) -> None:
+def test_new_config_has_delta_max_depth(repo: Repository, repo_path: Path) -> None:
     doc = json.loads((repo_path / "config").read_bytes())
-    assert doc["version"] == 3 and doc["delta_max_depth"] == 8
+    assert doc["version"] == 4 and doc["delta_max_depth"] == 8
 
 
 def test_delta_blobs_in_pack_headers_decode_independently(repo_path: Path, drifted: Path) -> None:
@@ -324,8 +324,8 @@ def test_version_2_repository_gets_no_deltas(repo: Repository, repo_path: Path, 
     assert restored == (src / "model.safetensors").read_bytes()
 
 
-def test_version_4_is_refused(repo: Repository, repo_path: Path) -> None:
-    set_config(repo_path, 4)
+def test_version_5_is_refused(repo: Repository, repo_path: Path) -> None:
+    set_config(repo_path, 5)
     with pytest.raises(UnsupportedFormatError) as ei:
         Repository.open(repo_path, PASSWORD)
-    assert ei.value.exit_code == 16 and "1..3" in str(ei.value) and "version 4" in str(ei.value)
+    assert ei.value.exit_code == 16 and "1..4" in str(ei.value) and "version 5" in str(ei.value)

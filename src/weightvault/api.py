@@ -13,21 +13,29 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from weightvault.backends.base import FileType
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend, repository_exists
 from weightvault.backends.limits import parse_rate
 from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
-from weightvault.errors import RepositoryNotFoundError, UsageError, WeightvaultError
+from weightvault.errors import (
+    ObjectNotFoundError,
+    RepositoryNotFoundError,
+    SnapshotNotFoundError,
+    UsageError,
+    WeightvaultError,
+)
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import diff as _diff
 from weightvault.ops import forget as _forget
 from weightvault.ops import groups as _groups
+from weightvault.ops import prune as _prune
 from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
 from weightvault.ops import retention as _retention
@@ -38,6 +46,7 @@ from weightvault.ops.diff import DiffEntry, DiffResult
 from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
 from weightvault.ops.progress import Progress, ProgressCallback
+from weightvault.ops.prune import PruneResult
 from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
 from weightvault.ops.stats import Stats
@@ -64,6 +73,7 @@ __all__ = [
     "Node",
     "Progress",
     "ProgressCallback",
+    "PruneResult",
     "RepairResult",
     "Repository",
     "RestoreResult",
@@ -245,12 +255,23 @@ class Repository:
         opts = _restore.RestoreOptions(includes=list(includes), overwrite=overwrite,  # type: ignore[arg-type]
                                        verify=verify, progress=progress)
         with self._repo.lock(exclusive=False):
+            self._still_there(snap)
             return _restore.restore(self._repo, snap, os.fspath(target), opts)
+
+    def _still_there(self, snap: Snapshot) -> None:
+        """With a lock held: the snapshot was not forgotten after it was looked up (a prune that
+        starts later waits for this lock, so its data stays until the lock is released)."""
+        try:
+            self._repo.backend.stat(FileType.SNAPSHOT, snap.id)
+        except ObjectNotFoundError:
+            raise SnapshotNotFoundError(f"snapshot {snap.short_id} was removed by a concurrent forget") from None
 
     def check(self, *, read_data: bool = False, subset: str | None = None,
               progress: ProgressCallback | None = None) -> CheckResult:
+        """Verify the repository (see ``weightvault.ops.check``). Takes a maintenance lock so that
+        no prune deletes packs while it compares index and storage; backups may run beside it."""
         sub = _check.parse_subset(subset) if subset else None
-        with self._repo.lock(exclusive=False):
+        with self._repo.lock(maintenance=True):
             return _check.check(self._repo, read_data=read_data, subset=sub, progress=progress)
 
     def repair_index(self) -> RepairResult:
@@ -273,9 +294,12 @@ class Repository:
         group_by: Sequence[str] = ("host", "paths"),
         dry_run: bool = False,
         now: datetime | None = None,
+        prune: bool = False,
+        max_unused: float = _prune.DEFAULT_MAX_UNUSED,
     ) -> ForgetResult:
         """Remove the snapshots named in ``snapshots`` and/or those no keep rule keeps (see
-        ``weightvault.ops.retention``). Data stays until prune. Takes an exclusive lock."""
+        ``weightvault.ops.retention``). Data stays until prune, or ``prune=True`` prunes right
+        after (``result.prune``). Takes a maintenance lock: backups may run beside it."""
         counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
         if any(n < 0 for n in counts):
             raise UsageError("keep counts must be >= 0")
@@ -287,9 +311,25 @@ class Repository:
             raise UsageError("nothing to forget: give snapshot ids or keep rules",
                              hint="e.g. --keep-last 5 --keep-daily 7, or SNAPSHOT...; --dry-run shows the decision")
         when = now or datetime.now(UTC)
-        with self._repo.lock(exclusive=True):
+        with self._repo.lock(maintenance=True, exclusive=self._repo.config.version < 4 and prune) as lock:
             explicit = [self.find_snapshot(s) for s in snapshots]
-            return _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run)
+            result = _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run)
+            if prune:
+                result.prune = _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run))
+            return result
+
+    def prune(self, *, max_unused: float = _prune.DEFAULT_MAX_UNUSED, dry_run: bool = False,
+              say: Callable[[str], None] | None = None) -> PruneResult:
+        """Delete data no snapshot needs, repacking packs more than ``max_unused`` unused (see
+        ``weightvault.ops.prune``). Safe while other clients back up: in a format v4 repository
+        it takes a maintenance lock, and packs that running clients might still use are deleted
+        by a later prune once they have finished (``result.pending_packs``). Older formats take
+        an exclusive lock."""
+        if not 0 <= max_unused <= 1:
+            raise UsageError(f"max unused {max_unused} is outside 0..1 (0 %..100 %)")
+        exclusive = self._repo.config.version < 4
+        with self._repo.lock(maintenance=True, exclusive=exclusive) as lock:
+            return _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, say))
 
     def stats(self, spec: str | None = None) -> Stats:
         """Sizes of one snapshot, or of all: every listed snapshot plus the ranks of incomplete

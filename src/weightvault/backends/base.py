@@ -30,6 +30,7 @@ class FileType(enum.Enum):
     INDEX = "index"
     SNAPSHOT = "snapshots"
     LOCK = "locks"
+    PLAN = "plans"  # format v4: prune's deletion plans
 
 
 class Backend(Protocol):

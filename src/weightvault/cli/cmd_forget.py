@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 import click
 
 from weightvault import api
-from weightvault.cli.common import Globals, open_repository, pass_globals
-from weightvault.cli.output import display, echo_json, human_time, print_table
+from weightvault.cli.common import Globals, open_repository, pass_globals, percent
+from weightvault.cli.output import display, echo_json, human_time, print_table, prune_json, prune_lines
 
 __all__ = ["forget"]
 
@@ -41,23 +41,26 @@ def _count(name: str, what: str) -> Callable[[F], F]:
 @click.option("--keep-tag", "keep_tags", multiple=True, metavar="K=V", help="Keep every snapshot with this tag.")
 @click.option("--group-by", default="host,paths", show_default=True, metavar="FIELDS",
               help="Decide per group of snapshots with equal FIELDS (host,paths,tags; '' for one group).")
+@click.option("--prune", "and_prune", is_flag=True, help="Prune right after: delete the data nothing needs any more.")
+@click.option("--max-unused", default="10%", show_default=True, metavar="PCT",
+              help="With --prune: repack a pack when more than PCT of it is unused.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be removed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @pass_globals
 def forget(
     g: Globals, snapshots: tuple[str, ...], keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
     keep_monthly: int, keep_yearly: int, keep_within: str | None, keep_tags: tuple[str, ...], group_by: str,
-    dry_run: bool, as_json: bool,
+    and_prune: bool, max_unused: str, dry_run: bool, as_json: bool,
 ) -> None:
     """Remove SNAPSHOT... and/or every snapshot no --keep-* rule keeps, printing why each kept one is
-    kept. Only snapshot records are removed; their data stays until prune. The ranks of a sharded
-    group go with their group snapshot."""
+    kept. Only snapshot records are removed; their data stays until prune (or use --prune). The
+    ranks of a sharded group go with their group snapshot."""
     repo = open_repository(g)
     fields = tuple(f.strip() for f in group_by.split(",") if f.strip())
     res = repo.forget(
         snapshots, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
         keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within, keep_tags=keep_tags,
-        group_by=fields, dry_run=dry_run,
+        group_by=fields, dry_run=dry_run, prune=and_prune, max_unused=percent(max_unused, "--max-unused"),
     )
     if as_json:
         echo_json({
@@ -71,6 +74,7 @@ def forget(
             ],
             "removed": [_snap_json(s) for s in res.removed],
             "removed_ids": res.removed_ids,
+            "prune": None if res.prune is None else prune_json(res.prune),
         })
         return
     for grp in res.groups:
@@ -83,4 +87,9 @@ def forget(
     if not g.quiet:
         extra = len(res.removed_ids) - len(res.removed)
         more = f" (and {extra} rank snapshot(s) of their groups)" if extra > 0 else ""
-        click.echo(f"{verb} {len(res.removed)} snapshot(s){more}; data stays until prune")
+        if res.prune is None:
+            click.echo(f"{verb} {len(res.removed)} snapshot(s){more}; data stays until prune")
+        else:
+            click.echo(f"{verb} {len(res.removed)} snapshot(s){more}")
+            for line in prune_lines(res.prune):
+                click.echo(line)

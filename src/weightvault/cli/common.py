@@ -157,3 +157,15 @@ def announce_default_created(res: api.DefaultRepository) -> None:
         say("  Keep a copy of that file somewhere safe, off this disk: without it nothing can be restored.")
     else:
         say("weightvault: it is protected by the password you supplied; without it nothing can be restored.")
+
+
+def percent(text: str, option: str) -> float:
+    """'10%' or '10' -> 0.10; UsageError unless within 0..100."""
+    try:
+        value = float(text.strip().removesuffix("%"))
+        if not 0 <= value <= 100:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is not a percentage",
+                         hint="give a number from 0 to 100, e.g. 10%") from None
+    return value / 100

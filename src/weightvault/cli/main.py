@@ -24,6 +24,7 @@ from weightvault.cli import (
     cmd_init,
     cmd_key,
     cmd_ls,
+    cmd_prune,
     cmd_repair,
     cmd_restore,
     cmd_snapshots,
@@ -78,6 +79,7 @@ def cli(
 for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
+    cmd_prune.prune,
 ):
     cli.add_command(_cmd)
 

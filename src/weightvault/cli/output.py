@@ -8,6 +8,7 @@ valid UTF-8 is given as ``path`` (undecodable bytes shown as ``\\xNN``) plus ``p
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import stat
@@ -129,3 +130,35 @@ def group_json(g: api.Group) -> dict[str, Any]:
         "missing_ranks": g.missing,
         "snapshot": g.merged.id if g.merged is not None else None,
     }
+
+
+def prune_json(res: api.PruneResult) -> dict[str, Any]:
+    return dataclasses.asdict(res)
+
+
+def prune_lines(res: api.PruneResult) -> list[str]:
+    """A human summary of a prune (or its dry run)."""
+    would = "would " if res.dry_run else ""
+    lines = [
+        f"{res.snapshots} snapshot(s) need {res.live_blobs} blobs; the repository holds {res.packs} packs,"
+        f" {human_size(res.pack_bytes)}",
+    ]
+    if res.dry_run:
+        lines.append(f"would condemn {res.condemned_packs} pack(s), repacking {res.repacked_blobs} blobs"
+                     f" from {res.repacked_packs} of them")
+    else:
+        if res.repacked_packs:
+            lines.append(f"repacked {res.repacked_blobs} blobs from {res.repacked_packs} pack(s)"
+                         f" into {human_size(res.repack_written_bytes)} of new packs")
+        lines.append(f"deleted {res.deleted_packs} pack(s), {human_size(res.deleted_bytes)}")
+        if res.rescued_packs:
+            lines.append(f"kept {res.rescued_packs} condemned pack(s) that a concurrent backup came to use")
+    if res.unused_bytes_kept:
+        lines.append(f"{human_size(res.unused_bytes_kept)} unused left in packs below the repack threshold")
+    if res.pending_packs:
+        lines.append(
+            f"{res.pending_packs} condemned pack(s), {human_size(res.pending_bytes)}, {would}wait for clients"
+            " that were running when they were condemned; the next prune deletes them once those have finished"
+        )
+        lines += [f"  waiting on {w}" for w in res.waiting_on]
+    return lines

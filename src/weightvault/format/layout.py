@@ -10,7 +10,7 @@ Associated data binds each ciphertext to what it claims to be::
 
     kind BLOB:        context = blob type (u8) || codec (u8) || blob id (32)
     kind PACK_HEADER: context = empty
-    kind INDEX, SNAPSHOT: context = empty
+    kind INDEX, SNAPSHOT, PLAN: context = empty
     kind KEY:         context = repository id (its 64 hex characters, ASCII)
 
 Pack file::
@@ -43,6 +43,7 @@ __all__ = [
     "KIND_INDEX",
     "KIND_KEY",
     "KIND_PACK_HEADER",
+    "KIND_PLAN",
     "KIND_SNAPSHOT",
     "NONCE_SIZE",
     "OVERHEAD",
@@ -57,7 +58,9 @@ __all__ = [
     "parse_trailer",
 ]
 
-FORMAT_VERSION = 3  # v2: codec 2 (byteplane); v3: codec 3 (delta), FLAG_BASE. Older versions stay readable, writable
+# v2: codec 2 (byteplane); v3: codec 3 (delta), FLAG_BASE; v4: prune plans, maintenance locks.
+# Older versions stay readable and writable.
+FORMAT_VERSION = 4
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE
@@ -68,6 +71,7 @@ KIND_PACK_HEADER = 2
 KIND_INDEX = 3
 KIND_SNAPSHOT = 4
 KIND_KEY = 5
+KIND_PLAN = 6  # format v4: a prune plan (plans/)
 
 PACK_MAGIC = b"WVP1"
 _ENTRY = struct.Struct("<BBHII32s")

@@ -1,10 +1,13 @@
 """Forget: remove snapshot documents by retention policy (``ops/retention.py``) or by id.
 
-Only snapshot files are removed; the data they referenced stays until prune. Runs under an
-exclusive lock. The ranks of a sharded group go with their group snapshot (and every duplicate
-group snapshot of that group): ranks are removed first, so an interrupted forget leaves the group
-snapshot, which is complete on its own, never rank snapshots that look like a fresh group. Rank
-snapshots of incomplete groups are never forgotten by a policy (only by explicit id).
+Only snapshot files are removed; the data they referenced stays until prune. Runs under a
+maintenance lock: backups may run beside it (one whose parent is forgotten meanwhile still holds
+its lock when a later prune starts, so prune waits for it).
+
+The ranks of a sharded group go with their group snapshot (and every duplicate group snapshot of
+that group): ranks are removed first, so an interrupted forget leaves the group snapshot, which is
+complete on its own, never rank snapshots that look like a fresh group. Rank snapshots of
+incomplete groups are never forgotten by a policy (only by explicit id).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import datetime
 
 from weightvault.backends.base import FileType
 from weightvault.ops.groups import representatives
+from weightvault.ops.prune import PruneResult
 from weightvault.ops.retention import GroupDecision, Policy, decide
 from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
@@ -27,13 +31,14 @@ class ForgetResult:
     removed: list[Snapshot] = field(default_factory=list)  # listed snapshots (group members not repeated)
     removed_ids: list[str] = field(default_factory=list)  # every snapshot document removed (or to be)
     dry_run: bool = False
+    prune: PruneResult | None = None  # with ``forget --prune``
 
 
 def forget(
     repo: Repository, policy: Policy | None, explicit: list[Snapshot], *, now: datetime, dry_run: bool = False
 ) -> ForgetResult:
     """Decide with ``policy`` (if any) and remove those snapshots plus ``explicit`` ones. Call with
-    an exclusive lock held."""
+    a maintenance (or exclusive) lock held."""
     snaps = repo.snapshots()
     result = ForgetResult(dry_run=dry_run)
     chosen: dict[str, Snapshot] = {s.id: s for s in explicit}

@@ -31,19 +31,34 @@ _Row = tuple[int, int, int, int, int, int]  # pack number, type, codec, offset, 
 
 
 class MasterIndex:
-    """blob id -> location. Thread-safe. Memory: one tuple per blob plus pack ids once each."""
+    """blob id -> location. Thread-safe. Memory: one tuple per blob plus pack ids once each.
 
-    def __init__(self) -> None:
+    Packs named in a prune plan are *condemned* (``condemned``, format v4): readers still find a
+    blob that only they hold (``get``, ``in``), but a copy in any other pack is preferred, and
+    writers must not reuse such a blob (``usable`` is False), so that prune may delete them."""
+
+    def __init__(self, condemned: Iterable[str] = ()) -> None:
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
         self._blobs: dict[bytes, _Row] = {}
+        self._shadow: dict[bytes, _Row] = {}  # blobs held only by condemned packs
         self._bases: dict[bytes, bytes] = {}  # delta blob id -> base blob id
+        self._condemned = frozenset(condemned)
         self._lock = threading.Lock()
 
+    @property
+    def condemned(self) -> frozenset[str]:
+        return self._condemned
+
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self._blobs) + len(self._shadow)
 
     def __contains__(self, blob_id: object) -> bool:
+        """Whether the blob can be read (condemned packs included)."""
+        return blob_id in self._blobs or blob_id in self._shadow
+
+    def usable(self, blob_id: bytes) -> bool:
+        """Whether a writer may reference the blob: it is held by a pack no prune plan condemns."""
         return blob_id in self._blobs
 
     def add_pack(self, pack_id: str, blobs: Iterable[PackedBlob]) -> None:
@@ -52,15 +67,21 @@ class MasterIndex:
             if no is None:
                 no = self._pack_no[pack_id] = len(self._packs)
                 self._packs.append(pack_id)
+            target = self._shadow if pack_id in self._condemned else self._blobs
             for b in blobs:
-                if b.blob_id in self._blobs:
+                if b.blob_id in self._blobs or b.blob_id in target:
                     continue
-                self._blobs[b.blob_id] = (no, int(b.type), b.codec, b.offset, b.length, b.raw_length)
+                self._shadow.pop(b.blob_id, None)
+                target[b.blob_id] = (no, int(b.type), b.codec, b.offset, b.length, b.raw_length)
                 if b.base is not None:
                     self._bases[b.blob_id] = b.base
+                else:
+                    self._bases.pop(b.blob_id, None)
 
-    def get(self, blob_id: bytes) -> IndexEntry | None:
+    def get(self, blob_id: bytes, usable_only: bool = False) -> IndexEntry | None:
         row = self._blobs.get(blob_id)
+        if row is None and not usable_only:
+            row = self._shadow.get(blob_id)
         if row is None:
             return None
         no, t, codec, off, length, raw = row
@@ -79,7 +100,7 @@ class MasterIndex:
         return list(self._packs)
 
     def entries(self) -> Iterator[IndexEntry]:
-        for blob_id in list(self._blobs):
+        for blob_id in [*self._blobs, *self._shadow]:
             e = self.get(blob_id)
             if e is not None:
                 yield e

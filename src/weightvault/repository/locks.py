@@ -1,7 +1,10 @@
 """Repository locks: ``locks/<random id>``, plaintext JSON, created with create-only saves.
 
-A backup (and check) takes a shared lock; destructive operations take an exclusive one. Shared
-locks coexist; an exclusive lock excludes every other lock. A lock is *stale* when its process is
+A backup, restore or check takes a shared lock; ``forget`` and ``prune`` take a *maintenance* lock,
+which coexists with shared locks but excludes other maintenance locks (prune's two-phase deletion
+keeps running backups safe, docs/FORMAT.md); ``repair index`` takes an exclusive lock, which
+excludes every other lock. The maintenance field is new in format v4; an older weightvault reads
+such a lock as shared, which is safe: it never runs prune. A lock is *stale* when its process is
 gone (same host, pid not alive) or it has not been refreshed for ``STALE_AFTER`` seconds. Stale
 locks still block (a crashed prune may have left work half done) but are reported as stale with
 the command that removes them: ``weightvault unlock``.
@@ -41,27 +44,31 @@ class LockInfo:
     user: str
     created: float
     refreshed: float
+    maintenance: bool = False
 
     def stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        if now - self.refreshed > STALE_AFTER:
+        return now - self.refreshed > STALE_AFTER or self.process_gone()
+
+    def process_gone(self) -> bool:
+        """True only when the lock's process is certainly gone: same host, no such pid."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
             return True
-        if self.host == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
+        except PermissionError:
+            return False
         return False
 
     def describe(self) -> str:
-        kind = "exclusive" if self.exclusive else "shared"
+        kind = "exclusive" if self.exclusive else "maintenance" if self.maintenance else "shared"
         age = int(time.time() - self.created)
         return f"{kind} lock {self.name[:12]} by {self.user}@{self.host} pid {self.pid}, {age}s old"
 
 
-def _doc(exclusive: bool, created: float) -> bytes:
+def _doc(exclusive: bool, created: float, maintenance: bool = False) -> bytes:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -69,6 +76,7 @@ def _doc(exclusive: bool, created: float) -> bytes:
     return json.dumps(
         {
             "exclusive": exclusive,
+            **({"maintenance": True} if maintenance else {}),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "user": user,
@@ -85,7 +93,7 @@ def list_locks(backend: Backend) -> list[LockInfo]:
             d = json.loads(backend.load(FileType.LOCK, name))
             out.append(
                 LockInfo(name, bool(d["exclusive"]), str(d["host"]), int(d["pid"]), str(d["user"]),
-                         float(d["created"]), float(d["refreshed"]))
+                         float(d["created"]), float(d["refreshed"]), bool(d.get("maintenance", False)))
             )
         except ObjectNotFoundError:
             continue  # released meanwhile
@@ -95,8 +103,11 @@ def list_locks(backend: Backend) -> list[LockInfo]:
     return out
 
 
-def _conflicts(mine: str, exclusive: bool, locks: list[LockInfo]) -> list[LockInfo]:
-    return [lk for lk in locks if lk.name != mine and (exclusive or lk.exclusive)]
+def _conflicts(mine: str, exclusive: bool, maintenance: bool, locks: list[LockInfo]) -> list[LockInfo]:
+    return [
+        lk for lk in locks
+        if lk.name != mine and (exclusive or lk.exclusive or (maintenance and lk.maintenance))
+    ]
 
 
 def _raise_locked(backend: Backend, conflicts: list[LockInfo]) -> None:
@@ -112,10 +123,11 @@ def _raise_locked(backend: Backend, conflicts: list[LockInfo]) -> None:
 
 
 @contextlib.contextmanager
-def hold_lock(backend: Backend, exclusive: bool) -> Iterator[None]:
-    """Acquire a lock for the duration of the block, refreshing it in the background."""
+def hold_lock(backend: Backend, exclusive: bool, maintenance: bool = False) -> Iterator[str]:
+    """Acquire a lock for the duration of the block, refreshing it in the background; yields the
+    lock's name. The lock file exists (durably) before the block starts."""
     existing = list_locks(backend)
-    conflicts = _conflicts("", exclusive, existing)
+    conflicts = _conflicts("", exclusive, maintenance, existing)
     if conflicts:
         _raise_locked(backend, conflicts)
     name = secrets.token_hex(16)
@@ -124,11 +136,11 @@ def hold_lock(backend: Backend, exclusive: bool) -> Iterator[None]:
         # inside the try: an interrupt (Ctrl-C) after the lock file is linked but before save()
         # returns must still remove it, or it would outlive this process and block as a stale lock
         try:
-            backend.save(FileType.LOCK, name, _doc(exclusive, created), create_only=True)
+            backend.save(FileType.LOCK, name, _doc(exclusive, created, maintenance), create_only=True)
         except ObjectExistsError:
             name = ""  # a random 128-bit name taken: not ours to remove
             raise
-        conflicts = _conflicts(name, exclusive, list_locks(backend))  # lost a race?
+        conflicts = _conflicts(name, exclusive, maintenance, list_locks(backend))  # lost a race?
         if conflicts:
             _raise_locked(backend, conflicts)
         stop = threading.Event()
@@ -137,7 +149,7 @@ def hold_lock(backend: Backend, exclusive: bool) -> Iterator[None]:
             # Overwriting also re-creates the lock if someone removed it with `unlock` meanwhile.
             while not stop.wait(REFRESH_EVERY):
                 try:
-                    backend.save(FileType.LOCK, name, _doc(exclusive, created))
+                    backend.save(FileType.LOCK, name, _doc(exclusive, created, maintenance))
                 except Exception as exc:  # keep running; the failure is logged
                     log.warning("could not refresh repository lock %s: %s (it will look stale after %d s)",
                                 name[:12], exc, STALE_AFTER)
@@ -145,7 +157,7 @@ def hold_lock(backend: Backend, exclusive: bool) -> Iterator[None]:
         t = threading.Thread(target=refresh, name="weightvault-lock-refresh", daemon=True)
         t.start()
         try:
-            yield
+            yield name
         finally:
             stop.set()
             t.join()

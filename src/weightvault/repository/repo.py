@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from weightvault.backends.base import Backend, FileType
@@ -39,6 +39,7 @@ from weightvault.repository.index import (
 )
 from weightvault.repository.locks import hold_lock
 from weightvault.repository.packer import PackBuilder, read_pack_header
+from weightvault.repository.plans import Plan, load_plans
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType, IndexEntry, PackedBlob
 
@@ -79,6 +80,7 @@ class Repository:
         self.stats_new_blobs = 0
         self.stats_new_stored = 0
         self.io_threads = 0  # > 0: concurrent reads worth issuing (object storage latency), set by the opener
+        self.plans: list[Plan] = []  # prune plans read when the lock was taken (format v4)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -112,28 +114,65 @@ class Repository:
     def chunker(self) -> ChunkerParams:
         return self.config.chunker(self.key.chunker_seed)
 
-    def lock(self, exclusive: bool = False) -> contextlib.AbstractContextManager[None]:
-        return hold_lock(self.backend, exclusive)
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False, maintenance: bool = False) -> Iterator[str]:
+        """Hold a repository lock (yields its name). Once it is held, the prune plans are read
+        (``apply_plans``): that ordering is what makes prune's two-phase deletion safe."""
+        with hold_lock(self.backend, exclusive, maintenance) as name:
+            self.apply_plans()
+            yield name
+
+    def apply_plans(self) -> None:
+        """Read the prune plans (format v4) and mark their packs condemned in the index: readers
+        prefer other copies, writers never reuse a blob only they hold. Reloads the index if the
+        set changed. Must run after this client's lock is durable."""
+        self.plans = load_plans(self.backend, self.key) if self.config.version >= 4 else []
+        condemned = frozenset(p for plan in self.plans for p in plan.packs)
+        if condemned == self.index.condemned:
+            return
+        self.reload_index(condemned)
+
+    def reload_index(self, condemned: frozenset[str] | None = None) -> None:
+        """Forget the in-memory index and read it again (if it had been read), e.g. after prune
+        rewrote it. ``condemned`` defaults to the packs condemned now."""
+        loaded = bool(self.indexed_files)
+        self.index = MasterIndex(self.index.condemned if condemned is None else condemned)
+        self.indexed_files = set()
+        if loaded:
+            self.load_index()
 
     # -- index -----------------------------------------------------------------------------------
     def load_index(self) -> None:
         """Load index files not loaded yet. A damaged one is skipped (and logged): its packs count as
-        unindexed, so the next backup re-indexes them from their headers; ``check`` reports it."""
-        for name, _ in self.backend.list(FileType.INDEX):
-            if name in self.indexed_files:
-                continue
-            try:
-                packs = decode_index_file(self.key, name, self.backend.load(FileType.INDEX, name))
-            except (IntegrityError, UnsupportedFormatError) as exc:
-                log.warning("skipping unreadable index file %s: %s", name, exc.message)
-                continue
-            for pack_id, blobs in packs.items():
-                self.index.add_pack(pack_id, blobs)
-            self.indexed_files.add(name)
+        unindexed, so the next backup re-indexes them from their headers; ``check`` reports it.
+        A file removed between listing and reading was superseded (prune and repair write its
+        replacement first), so the listing is read again."""
+        for _attempt in range(5):
+            vanished = False
+            for name, _ in self.backend.list(FileType.INDEX):
+                if name in self.indexed_files:
+                    continue
+                try:
+                    packs = decode_index_file(self.key, name, self.backend.load(FileType.INDEX, name))
+                except ObjectNotFoundError:
+                    vanished = True
+                    continue
+                except (IntegrityError, UnsupportedFormatError) as exc:
+                    log.warning("skipping unreadable index file %s: %s", name, exc.message)
+                    continue
+                for pack_id, blobs in packs.items():
+                    self.index.add_pack(pack_id, blobs)
+                self.indexed_files.add(name)
+            if not vanished:
+                return
 
     def unindexed_packs(self) -> list[tuple[str, int]]:
-        """Packs in data/ that no index file mentions (left by an interrupted or running backup)."""
-        return [(p, size) for p, size in self.backend.list(FileType.PACK) if not self.index.has_pack(p)]
+        """Packs in data/ that no index file mentions (left by an interrupted or running backup),
+        except packs a prune plan condemns (an interrupted prune left them to be deleted)."""
+        return [
+            (p, size) for p, size in self.backend.list(FileType.PACK)
+            if not self.index.has_pack(p) and p not in self.index.condemned
+        ]
 
     def recover_unindexed_packs(self) -> int:
         """Index packs that are durable but unindexed, so their blobs are reused. Returns blobs added."""
@@ -161,7 +200,9 @@ class Repository:
 
     # -- blobs -----------------------------------------------------------------------------------
     def has_blob(self, blob_id: bytes) -> bool:
-        return blob_id in self.index
+        """Whether a new snapshot may reference the blob without storing it (it is indexed and
+        not held only by packs a prune plan condemns)."""
+        return self.index.usable(blob_id)
 
     def lookup(self, blob_id: bytes) -> IndexEntry:
         entry = self.index.get(blob_id)
@@ -232,7 +273,7 @@ class Repository:
         """
         bid = blob_id if blob_id is not None else self.key.blob_id(data)
         with self._lock:
-            if bid in self.index or bid in self._pending:
+            if self.index.usable(bid) or bid in self._pending:
                 return bid, False
             self._pending.add(bid)
         try:
@@ -243,7 +284,7 @@ class Repository:
                     packer = self._packers.setdefault(btype, PackBuilder())
                     base_id = base[0] if codec == DELTA and base else None
                     # the durability rule: the base is durable, or in the very pack this blob joins
-                    if base_id is None or base_id in self.index or base_id in packer.by_id:
+                    if base_id is None or self.index.usable(base_id) or base_id in packer.by_id:
                         packer.add(bid, btype, codec, envelope, len(data), base_id)
                         break
                 base = None  # the base's pack was sealed meanwhile and is not durable yet: rare
@@ -273,7 +314,7 @@ class Repository:
 
     def _located(self, btype: BlobType, blob_id: bytes) -> PackedBlob | None:
         """An indexed blob, or one in the open pack of ``btype``; caller holds ``_lock``."""
-        entry = self.index.get(blob_id)
+        entry = self.index.get(blob_id, usable_only=True)
         if entry is not None:
             return entry.blob
         packer = self._packers.get(btype)
@@ -375,6 +416,8 @@ class Repository:
         for snap_id in self.list_snapshot_ids():
             try:
                 snaps.append(self.load_snapshot(snap_id))
+            except ObjectNotFoundError:
+                continue  # forgotten meanwhile
             except (IntegrityError, UnsupportedFormatError) as exc:
                 log.warning("skipping unreadable snapshot %s: %s", snap_id, exc.message)
         return sorted(snaps, key=lambda s: (s.datetime, s.id))
