@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UNUSED = 0.10
 INDEX_FILE_BLOBS = 100_000  # blobs per index file prune writes
+TEMP_MIN_AGE = 3600.0  # seconds: leftover temp files older than this are removed
 
 Copy = tuple[str, PackedBlob]  # (pack id, blob as that pack holds it)
 
@@ -110,10 +112,9 @@ def prune(repo: Repository, own_lock: str, opts: PruneOptions) -> PruneResult:
         res.adopted_blobs = repo.recover_unindexed_packs()
         res.temp_files_removed = _remove_temp_files(repo)
     say("reading index and snapshots")
-    view = _read_view(repo)
     plans = load_plans(repo.backend, repo.key) if persist else []
     pending = {p for plan in plans for p in plan.packs}
-    snaps = _read_snapshots(repo)
+    snaps, view = _read_state(repo)
     roots = _roots(repo, snaps)
     chosen = _choose(roots, view, avoid=pending)
     res.snapshots, res.live_blobs = len(snaps), len(chosen)
@@ -181,15 +182,28 @@ def _other_locks(repo: Repository, own_lock: str) -> list[LockInfo]:
 
 
 def _remove_temp_files(repo: Repository) -> int:
+    """Remove temp files of interrupted writes that are over ``TEMP_MIN_AGE`` old (a younger one
+    may belong to a client that is starting right now: its lock file is written that way)."""
     temp = getattr(repo.backend, "list_temp_files", None)
     if temp is None:
         return 0
     n = 0
+    now = time.time()
     for path in temp():
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            n += 1
+            if now - os.stat(path).st_mtime > TEMP_MIN_AGE:
+                os.unlink(path)
+                n += 1
     return n
+
+
+def _read_state(repo: Repository) -> tuple[list[Snapshot], _View]:
+    """Snapshots, then the index. In that order: a snapshot is saved only after the index files
+    naming its blobs, so every snapshot read has its blobs in the index read after it."""
+    snaps = _read_snapshots(repo)
+    view = _read_view(repo)
+    repo.load_index()  # the engine's index too (manifests are read through it)
+    return snaps, view
 
 
 def _read_view(repo: Repository) -> _View:
@@ -337,8 +351,7 @@ def _ready_plans(repo: Repository, own_lock: str, res: PruneResult) -> list[Plan
 
 
 def _sweep(repo: Repository, doomed: set[str], still_planned: set[str], ready: list[Plan], res: PruneResult) -> None:
-    view = _read_view(repo)
-    snaps = _read_snapshots(repo)
+    snaps, view = _read_state(repo)
     chosen = _choose(_roots(repo, snaps), view, avoid=doomed | still_planned)
     rescued = {pack_id for pack_id, _ in chosen.values()} & doomed
     if rescued:
