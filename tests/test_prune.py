@@ -482,3 +482,52 @@ def test_unindexed_packs_of_dead_backups_are_pruned_when_nobody_else_runs(tmp_pa
     res = Repository.open(tmp_path / "repo", PASSWORD).prune()
     assert res.adopted_blobs >= 1 and res.deleted_packs >= 1
     assert repo_bytes(tmp_path / "repo") == 0
+
+
+def test_an_unreadable_plan_is_reported_skipped_and_removed_by_prune(tmp_path: Path) -> None:
+    repo, src, _ = _garbage_repo(tmp_path)
+    with hold_lock(LocalBackend(tmp_path / "repo"), exclusive=False):
+        assert repo.prune().pending_packs >= 1
+    (plan,) = (tmp_path / "repo" / "plans").iterdir()
+    data = bytearray(plan.read_bytes())
+    data[-1] ^= 1
+    plan.write_bytes(bytes(data))
+    fresh = Repository.open(tmp_path / "repo", PASSWORD)
+    snap = fresh.backup([src]).snapshot.id  # not blocked by the damaged plan
+    errors = fresh.check().errors
+    assert any("prune plan" in e and plan.name in e for e in errors), errors
+    res = fresh.prune()
+    assert not plan.exists() and res.pending_packs == 0
+    assert fresh.check().errors == []
+    assert restored(fresh, snap, tmp_path / "out") == digest(src)
+
+
+def test_cli_prune_and_forget_prune(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    repo = make_repo(repo_path)
+    src = tmp_path / "src"
+    for i in range(3):
+        write(src / "w.bin", random.Random(i).randbytes(MiB))
+        repo.backup([src])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
+    env.update(WEIGHTVAULT_PASSWORD=PASSWORD, HOME=str(tmp_path / "home"))
+
+    def wv(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "weightvault", "-r", str(repo_path), *args], env=env,
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    forget = wv("forget", "--keep-last", "2", "--prune")
+    assert forget.returncode == 0, forget.stderr
+    assert "removed 1 snapshot(s)" in forget.stdout, forget.stdout
+    assert "deleted 2 pack(s)" in forget.stdout, forget.stdout  # its data pack and its tree pack
+    dry = wv("forget", "--keep-last", "1", "--prune", "--dry-run", "--json")
+    doc = json.loads(dry.stdout)
+    assert doc["dry_run"] and doc["prune"]["dry_run"] and doc["prune"]["condemned_packs"] == 2
+    assert len(repo.snapshots()) == 2
+    out = wv("prune", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["deleted_packs"] == 0
+    bad = wv("prune", "--max-unused", "lots")
+    assert bad.returncode == 2 and "--max-unused" in bad.stderr
+    with hold_lock(LocalBackend(repo_path), exclusive=False, maintenance=True):
+        busy = wv("prune")
+    assert busy.returncode == 12 and "maintenance lock" in busy.stderr

@@ -170,6 +170,31 @@ def test_backup_restore_check_through_s3(s3: S3Endpoint, tmp_path: Path) -> None
         Repository.open(s3.url("nothing-here"), PASSWORD, storage=s3.storage)
 
 
+def test_forget_and_prune_through_s3_beside_a_running_client(s3: S3Endpoint, tmp_path: Path) -> None:
+    """Two-phase prune on object storage: condemned while another client holds a lock, deleted by
+    the next prune once it is gone; what is kept restores and checks clean."""
+    from weightvault.backends.factory import open_backend as _open
+    from weightvault.repository.locks import hold_lock
+
+    url = s3.url("prune")
+    repo = Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=s3.storage)
+    src = _source(tmp_path)
+    old = repo.backup([src]).snapshot.id
+    write(src / "model.safetensors", os.urandom(2 * 1024 * 1024))
+    repo.backup([src])
+    before = repo.stats().repository_bytes
+    with hold_lock(_open(url, s3.storage), exclusive=False):
+        first = repo.forget([old], prune=True).prune
+        assert first is not None and first.pending_packs >= 1 and first.deleted_packs == 0
+    second = repo.prune()
+    assert second.deleted_packs >= 1 and second.pending_packs == 0
+    assert repo.stats().repository_bytes < before - 3 * 1024 * 1024
+    again = Repository.open(url, PASSWORD, storage=s3.storage)
+    again.restore("latest", tmp_path / "out", verify=True)
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    assert again.check(read_data=True).ok
+
+
 def test_backup_survives_one_in_five_requests_failing(s3: S3Endpoint, tmp_path: Path) -> None:
     """Transient faults on every 5th request: the retrying wrapper absorbs them all."""
     url = s3.url("flaky")

@@ -315,7 +315,8 @@ class Repository:
             explicit = [self.find_snapshot(s) for s in snapshots]
             result = _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run)
             if prune:
-                result.prune = _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run))
+                gone = frozenset(result.removed_ids) if dry_run else frozenset()
+                result.prune = _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, None, gone))
             return result
 
     def prune(self, *, max_unused: float = _prune.DEFAULT_MAX_UNUSED, dry_run: bool = False,

@@ -21,6 +21,7 @@ from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.repository.index import decode_index_file
 from weightvault.repository.manifest import iter_manifest
 from weightvault.repository.packer import read_pack_header
+from weightvault.repository.plans import load_plans
 from weightvault.repository.repo import Repository
 from weightvault.types import PackedBlob
 
@@ -96,8 +97,16 @@ def check(
         n = len(indexed[pack_id])
         res.errors.append(f"pack {pack_id} is in the index but missing from the repository ({n} blobs)")
         missing_blobs.update(indexed[pack_id])
+    bad_plans: list[str] = []
+    condemned = {p for plan in load_plans(repo.backend, repo.key, bad_plans) for p in plan.packs}
+    for name in bad_plans:
+        res.errors.append(f"prune plan {name} cannot be read (the next prune removes it; its packs stay)")
     for pack_id in sorted(set(on_disk) - set(indexed)):
-        res.warnings.append(f"pack {pack_id} is not indexed (left by an interrupted backup; the next backup reuses it)")
+        if pack_id in condemned:
+            res.warnings.append(f"pack {pack_id} is condemned by an interrupted prune (the next prune deletes it)")
+        else:
+            res.warnings.append(
+                f"pack {pack_id} is not indexed (left by an interrupted backup; the next backup reuses it)")
     bad: dict[bytes, str] = {}
     for pack_id in sorted(set(on_disk) & set(indexed)):
         try:

@@ -60,6 +60,7 @@ class PruneOptions:
     max_unused: float = DEFAULT_MAX_UNUSED  # repack a pack when more than this share of it is unused
     dry_run: bool = False
     say: Callable[[str], None] | None = None  # progress lines for a terminal
+    assume_gone: frozenset[str] = frozenset()  # dry run only: snapshot ids to treat as forgotten
 
 
 @dataclass
@@ -112,9 +113,15 @@ def prune(repo: Repository, own_lock: str, opts: PruneOptions) -> PruneResult:
         res.adopted_blobs = repo.recover_unindexed_packs()
         res.temp_files_removed = _remove_temp_files(repo)
     say("reading index and snapshots")
-    plans = load_plans(repo.backend, repo.key) if persist else []
+    bad_plans: list[str] = []
+    plans = load_plans(repo.backend, repo.key, bad_plans) if persist else []
+    if not opts.dry_run:
+        for name in bad_plans:  # its packs stay; this run judges them like any other
+            repo.backend.remove(FileType.PLAN, name)
     pending = {p for plan in plans for p in plan.packs}
     snaps, view = _read_state(repo)
+    if opts.dry_run:
+        snaps = [s for s in snaps if s.id not in opts.assume_gone]
     roots = _roots(repo, snaps)
     chosen = _choose(roots, view, avoid=pending)
     res.snapshots, res.live_blobs = len(snaps), len(chosen)

@@ -54,29 +54,37 @@ def save_plan(backend: Backend, key: MasterKey, packs: set[str] | frozenset[str]
     return Plan(frozenset(packs), None if waiting is None else frozenset(waiting), created, host, name)
 
 
-def load_plans(backend: Backend, key: MasterKey) -> list[Plan]:
-    """Every plan in the repository. An unreadable plan raises IntegrityError: its packs are
-    unknown, so no client could tell which blobs it must not reuse."""
+def load_plans(backend: Backend, key: MasterKey, unreadable: list[str] | None = None) -> list[Plan]:
+    """Every readable plan in the repository. An unreadable one is logged, its name appended to
+    ``unreadable``, and skipped: that is safe, since only prune deletes packs and only those of
+    plans it can read (its packs stay, and a later prune judges them afresh)."""
     plans = []
     for name, _ in backend.list(FileType.PLAN):
         try:
-            stored = backend.load(FileType.PLAN, name)
+            plans.append(_load(backend, key, name))
         except ObjectNotFoundError:
             continue  # completed meanwhile
-        what = f"plans/{name}"
-        doc = objects.loads(open_document(key, stored, KIND_PLAN, what))
-        if not isinstance(doc, dict) or doc.get("version") != 1:
-            raise UnsupportedFormatError(f"{what} has an unknown version; upgrade weightvault")
-        try:
-            waiting = doc["waiting"]
-            plans.append(Plan(
-                frozenset(str(p) for p in doc["packs"]),
-                None if waiting is None else frozenset(str(w) for w in waiting),
-                str(doc.get("created", "")), str(doc.get("host", "")), name,
-            ))
-        except (KeyError, TypeError) as exc:
-            raise IntegrityError(f"{what} is malformed: {exc}") from exc
+        except (IntegrityError, UnsupportedFormatError) as exc:
+            log.warning("skipping unreadable prune plan %s: %s", name, exc.message)
+            if unreadable is not None:
+                unreadable.append(name)
     return plans
+
+
+def _load(backend: Backend, key: MasterKey, name: str) -> Plan:
+    what = f"plans/{name}"
+    doc = objects.loads(open_document(key, backend.load(FileType.PLAN, name), KIND_PLAN, what))
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise UnsupportedFormatError(f"{what} has an unknown version; upgrade weightvault")
+    try:
+        waiting = doc["waiting"]
+        return Plan(
+            frozenset(str(p) for p in doc["packs"]),
+            None if waiting is None else frozenset(str(w) for w in waiting),
+            str(doc.get("created", "")), str(doc.get("host", "")), name,
+        )
+    except (KeyError, TypeError) as exc:
+        raise IntegrityError(f"{what} is malformed: {exc}") from exc
 
 
 def remove_plan(backend: Backend, plan: Plan) -> None:
