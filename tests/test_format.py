@@ -445,3 +445,35 @@ def test_codec_byte_is_bound_into_the_blob_aad(repo: Repository, repo_path: Path
     ):
         with pytest.raises(IntegrityError, match="authentication failed"):
             eng.decode_blob(pack_id, relabelled, env)
+
+
+def test_prune_plan_document_and_maintenance_lock(repo: Repository, repo_path: Path, tmp_path: Path) -> None:
+    """Version 4: a plan is a sealed document of kind PLAN (6) in plans/; a maintenance lock is
+    a shared lock with "maintenance": true."""
+    from weightvault.repository.locks import hold_lock
+
+    src = backed_up(repo, tmp_path)
+    old = repo.find_snapshot("latest").id
+    (src / "weights.bin").write_bytes(os.urandom(300_000))
+    repo.backup([src])
+    repo.forget([old])
+    backend = LocalBackend(repo_path)
+    with hold_lock(backend, exclusive=False, maintenance=True) as name:
+        lock = json.loads((repo_path / "locks" / name).read_bytes())
+        assert lock["exclusive"] is False and lock["maintenance"] is True
+    with hold_lock(backend, exclusive=False) as name:
+        assert "maintenance" not in json.loads((repo_path / "locks" / name).read_bytes())
+        repo.prune()  # condemns, waits for the shared lock above
+        (plan_path,) = files_in(repo_path, "plans")
+    stored = plan_path.read_bytes()
+    assert plan_path.name == blake3.blake3(stored).hexdigest()
+    eng = engine(repo_path)
+    doc = open_document(eng.key.enc_key, stored, b"wv1" + bytes((6,)))
+    assert set(doc) == {"version", "created", "host", "packs", "waiting"} and doc["version"] == 1
+    assert doc["waiting"] == [name]
+    assert doc["packs"] == sorted(doc["packs"]) and set(doc["packs"]) <= {p.name for p in files_in(repo_path, "data")}
+    with pytest.raises(InvalidTag):
+        open_env(eng.key.enc_key, stored, AAD_INDEX)
+    repo.prune()
+    assert files_in(repo_path, "plans") == []
+    assert not set(doc["packs"]) & {p.name for p in files_in(repo_path, "data")}
