@@ -195,6 +195,25 @@ def test_forget_and_prune_through_s3_beside_a_running_client(s3: S3Endpoint, tmp
     assert again.check(read_data=True).ok
 
 
+def test_copy_from_local_disk_to_s3_and_back(s3: S3Endpoint, tmp_path: Path) -> None:
+    """Replication to object storage: copy into S3 (another key), restore from there, copy back."""
+    local = Repository.init(tmp_path / "local", PASSWORD, kdf=FAST_KDF)
+    src = _source(tmp_path)
+    local.backup([src])
+    write(src / "config.json", b'{"hidden": 1024}')
+    local.backup([src])
+    remote = Repository.init(s3.url("replica"), "remote password", kdf=FAST_KDF, storage=s3.storage)
+    res = local.copy_to(remote)
+    assert len(res.copied) == 2 and res.packs_verified >= 1
+    remote.restore("latest", tmp_path / "out", verify=True)
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    assert remote.check(read_data=True).ok
+    back = Repository.init(tmp_path / "back", PASSWORD, kdf=FAST_KDF)
+    assert len(remote.copy_to(back).copied) == 2
+    back.restore("latest", tmp_path / "out2")
+    assert tree_digest(tmp_path / "out2" / "run") == tree_digest(src)
+
+
 def test_backup_survives_one_in_five_requests_failing(s3: S3Endpoint, tmp_path: Path) -> None:
     """Transient faults on every 5th request: the retrying wrapper absorbs them all."""
     url = s3.url("flaky")

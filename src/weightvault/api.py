@@ -32,6 +32,7 @@ from weightvault.errors import (
 )
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
+from weightvault.ops import copy as _copy
 from weightvault.ops import diff as _diff
 from weightvault.ops import forget as _forget
 from weightvault.ops import groups as _groups
@@ -42,6 +43,7 @@ from weightvault.ops import retention as _retention
 from weightvault.ops import stats as _stats
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
+from weightvault.ops.copy import CopyResult
 from weightvault.ops.diff import DiffEntry, DiffResult
 from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
@@ -62,6 +64,7 @@ __all__ = [
     "OVERWRITE_MODES",
     "BackupResult",
     "CheckResult",
+    "CopyResult",
     "DefaultRepository",
     "DiffEntry",
     "DiffResult",
@@ -318,6 +321,19 @@ class Repository:
                 gone = frozenset(result.removed_ids) if dry_run else frozenset()
                 result.prune = _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, None, gone))
             return result
+
+    def copy_to(self, dest: Repository, snapshots: Sequence[str] = (), *,
+                say: Callable[[str], None] | None = None) -> CopyResult:
+        """Copy snapshots (default: every listed one) from this repository into ``dest``, which
+        may have other keys and chunking parameters. Only blobs ``dest`` lacks are stored; what
+        was written is read back and verified before each snapshot is saved; snapshots copied
+        before are skipped (see ``weightvault.ops.copy``). Shared locks on both."""
+        with self._repo.lock(), dest._repo.lock():
+            chosen = ([self.find_snapshot(s) for s in snapshots] if snapshots
+                      else _groups.representatives(self._repo.snapshots()))
+            for snap in chosen:
+                self._still_there(snap)
+            return _copy.copy_snapshots(self._repo, dest._repo, chosen, say)
 
     def prune(self, *, max_unused: float = _prune.DEFAULT_MAX_UNUSED, dry_run: bool = False,
               say: Callable[[str], None] | None = None) -> PruneResult:

@@ -19,6 +19,7 @@ from weightvault import __version__
 from weightvault.cli import (
     cmd_backup,
     cmd_check,
+    cmd_copy,
     cmd_diff,
     cmd_forget,
     cmd_init,
@@ -79,7 +80,7 @@ def cli(
 for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
-    cmd_prune.prune,
+    cmd_prune.prune, cmd_copy.copy,
 ):
     cli.add_command(_cmd)
 

@@ -81,6 +81,7 @@ class Repository:
         self.stats_new_stored = 0
         self.io_threads = 0  # > 0: concurrent reads worth issuing (object storage latency), set by the opener
         self.plans: list[Plan] = []  # prune plans read when the lock was taken (format v4)
+        self.packs_written: list[str] = []  # by this client, in order (copy verifies them)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -349,6 +350,7 @@ class Repository:
             raise
         write_index = None
         with self._lock:
+            self.packs_written.append(pack_id)
             self.index.add_pack(pack_id, packer.blobs)
             self._pending.difference_update(b.blob_id for b in packer.blobs)
             self._unindexed[pack_id] = packer.blobs

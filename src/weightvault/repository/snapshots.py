@@ -38,6 +38,7 @@ class Snapshot:
     program_version: str = ""
     id: str = ""  # set when saved or loaded
     group: dict[str, Any] | None = None
+    copied_from: dict[str, str] | None = None  # {"repo": source repo id, "snapshot": source id}
 
     @property
     def group_rank(self) -> int | None:
@@ -76,6 +77,7 @@ class Snapshot:
             "summary": self.summary,
             "program_version": self.program_version,
             **({"group": self.group} if self.group is not None else {}),
+            **({"copied_from": self.copied_from} if self.copied_from is not None else {}),
         }
 
     @classmethod
@@ -95,6 +97,7 @@ class Snapshot:
                 program_version=str(d.get("program_version", "")),
                 id=snap_id,
                 group=_group(d.get("group"), snap_id),
+                copied_from=_copied_from(d.get("copied_from"), snap_id),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"snapshot {snap_id} is malformed: {exc}") from exc
@@ -107,6 +110,14 @@ class Snapshot:
         d["id"] = self.id
         d["short_id"] = self.short_id
         return d
+
+
+def _copied_from(raw: Any, snap_id: str) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    if not (isinstance(raw, dict) and isinstance(raw.get("repo"), str) and isinstance(raw.get("snapshot"), str)):
+        raise IntegrityError(f"snapshot {snap_id} has a malformed copied_from field")
+    return {"repo": raw["repo"], "snapshot": raw["snapshot"]}
 
 
 def _group(raw: Any, snap_id: str) -> dict[str, Any] | None:
