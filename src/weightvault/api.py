@@ -24,6 +24,7 @@ from weightvault.backends.limits import parse_rate
 from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
 from weightvault.errors import (
+    ImmutableError,
     ObjectNotFoundError,
     RepositoryNotFoundError,
     SnapshotNotFoundError,
@@ -51,6 +52,7 @@ from weightvault.ops.progress import Progress, ProgressCallback
 from weightvault.ops.prune import PruneResult
 from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
+from weightvault.ops.retention import parse_duration
 from weightvault.ops.stats import Stats
 from weightvault.repository import keys as _keys
 from weightvault.repository import locks as _locks
@@ -87,6 +89,7 @@ __all__ = [
     "default_key_file",
     "default_repository_path",
     "open_or_create_default",
+    "parse_duration",
     "parse_rate",
     "read_password_file",
     "repository_exists",
@@ -138,11 +141,16 @@ class Repository:
         kdf: KdfParams | None = None,
         delta_max_depth: int | None = None,
         storage: StorageOptions | None = None,
+        append_only: bool = False,
     ) -> Repository:
         """Create a repository at a local path or ``s3://bucket/prefix`` (the bucket must exist).
         ``delta_max_depth`` (default 8, 0..32; 0 disables checkpoint deltas) bounds delta chains:
-        restoring a chunk decodes at most that many bases first."""
-        extra = {} if delta_max_depth is None else {"delta_max_depth": delta_max_depth}
+        restoring a chunk decodes at most that many bases first. ``append_only``: this tool
+        refuses forget, prune, repair and key removal there (ImmutableError); the storage should
+        enforce it too (docs/POLICIES.md)."""
+        extra: dict[str, int] = {} if delta_max_depth is None else {"delta_max_depth": delta_max_depth}
+        if append_only:
+            extra["append_only"] = True
         engine = _Engine.init(open_backend(location, storage), _pw(password), kdf=kdf, **extra)
         engine.io_threads = io_threads(location, storage)
         return cls(engine)
@@ -222,6 +230,8 @@ class Repository:
         rank: int | None = None,
         world_size: int | None = None,
         min_free: float = 0.10,
+        includes: Sequence[str] = (),
+        lock_until: datetime | None = None,
     ) -> BackupResult:
         """Back up ``paths`` into one snapshot. Unreadable files are listed in ``result.errors``.
 
@@ -229,14 +239,17 @@ class Repository:
         distributed checkpoint; when all ranks have committed, a merged group snapshot appears
         (``result.group`` tells the group's state). Before reading data, a backup to storage of
         known size is refused (NoSpaceError, nothing written) if its new and changed files would
-        leave less than ``min_free`` of it free (0 disables the check)."""
+        leave less than ``min_free`` of it free (0 disables the check). With ``includes`` only files
+        matching one of the globs are backed up (directories always). ``lock_until`` puts the
+        snapshot under a retention lock: forget keeps it (and refuses to remove it by id) until then."""
         for t in tags:
             if not t or "\n" in t:
                 raise UsageError(f"invalid tag {t!r}")
         opts = _backup.BackupOptions(
             tags=list(tags), excludes=list(excludes), exclude_caches=exclude_caches, force=force,
             parent=self.find_snapshot(parent).id if parent else None, host=host, time=time, progress=progress,
-            group=group, rank=rank, world_size=world_size, min_free=min_free,
+            group=group, rank=rank, world_size=world_size, min_free=min_free, includes=list(includes),
+            lock_until=lock_until,
         )
         with self._repo.lock(exclusive=False):
             self._repo.load_index()
@@ -277,8 +290,21 @@ class Repository:
         with self._repo.lock(maintenance=True):
             return _check.check(self._repo, read_data=read_data, subset=sub, progress=progress)
 
+    @property
+    def append_only(self) -> bool:
+        return self._repo.config.append_only
+
+    def _mutable(self, what: str) -> None:
+        if self._repo.config.append_only:
+            raise ImmutableError(
+                f"refusing to {what}: {self.location} is an append-only repository",
+                hint="append-only repositories only ever grow; remove data from a repository created without"
+                " --append-only",
+            )
+
     def repair_index(self) -> RepairResult:
         """Rebuild the index from pack headers (exclusive lock); old index files are removed after."""
+        self._mutable("rewrite the index")
         with self._repo.lock(exclusive=True):
             return _repair.rebuild_index(self._repo)
 
@@ -314,6 +340,8 @@ class Repository:
             raise UsageError("nothing to forget: give snapshot ids or keep rules",
                              hint="e.g. --keep-last 5 --keep-daily 7, or SNAPSHOT...; --dry-run shows the decision")
         when = now or datetime.now(UTC)
+        if not dry_run:
+            self._mutable("forget snapshots")
         with self._repo.lock(maintenance=True, exclusive=self._repo.config.version < 4 and prune) as lock:
             explicit = [self.find_snapshot(s) for s in snapshots]
             result = _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run)
@@ -344,6 +372,8 @@ class Repository:
         an exclusive lock."""
         if not 0 <= max_unused <= 1:
             raise UsageError(f"max unused {max_unused} is outside 0..1 (0 %..100 %)")
+        if not dry_run:
+            self._mutable("prune")
         exclusive = self._repo.config.version < 4
         with self._repo.lock(maintenance=True, exclusive=exclusive) as lock:
             return _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, say))
@@ -372,6 +402,7 @@ class Repository:
         """Remove a key file by id prefix. The key in use and the last key cannot be removed."""
         from weightvault.backends.base import FileType
 
+        self._mutable("remove a key")
         matches = [k.name for k in self.list_keys() if k.name.startswith(key_id)]
         if len(matches) != 1:
             raise UsageError(f"key id {key_id!r} matches {len(matches)} keys; give a unique prefix")
@@ -384,6 +415,7 @@ class Repository:
         """Add a key for ``new_password``, then remove the current one. Returns the new key id."""
         from weightvault.backends.base import FileType
 
+        self._mutable("change the password (it removes the old key)")
         old = self._repo.key_name
         name = self.add_key(new_password, kdf=kdf)
         self._repo.key_name = name

@@ -6,6 +6,8 @@
     ├── IntegrityError (4)                 stored data failed authentication or hashing
     │   └── VerificationError (4)          restored file's SHA-256 differs from the manifest
     ├── CheckFailedError (5)               `check` found problems
+    ├── RpoBreachedError (6)               `status`: a source's newest snapshot is older than its RPO
+    ├── ConfigFileError (7)                a policy/config file is malformed or invalid (names the line)
     ├── RepositoryNotFoundError (10)
     ├── WrongPasswordError (11)
     ├── RepositoryLockedError (12)
@@ -15,6 +17,7 @@
     ├── UnsupportedFormatError (16)        repository written by a newer or unknown format version
     ├── UnsafePathError (17)               a snapshot entry would write outside the restore target
     ├── RestoreConflictError (18)          target exists and the overwrite mode forbids replacing it
+    ├── ImmutableError (19)                refused: append-only repository or a retention-locked snapshot
     └── BackendError (20)                  the storage failed (I/O error, permission denied)
         ├── ObjectNotFoundError (20)       a named object does not exist
         ├── ObjectExistsError (20)         create-only save found the name taken
@@ -29,6 +32,8 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "CheckFailedError",
+    "ConfigFileError",
+    "ImmutableError",
     "IntegrityError",
     "NoSpaceError",
     "ObjectExistsError",
@@ -38,6 +43,7 @@ __all__ = [
     "RepositoryLockedError",
     "RepositoryNotFoundError",
     "RestoreConflictError",
+    "RpoBreachedError",
     "SnapshotNotFoundError",
     "TransientBackendError",
     "UnsafePathError",
@@ -90,6 +96,14 @@ class CheckFailedError(WeightvaultError):
     exit_code = 5
 
 
+class RpoBreachedError(WeightvaultError):
+    exit_code = 6
+
+
+class ConfigFileError(WeightvaultError):
+    exit_code = 7
+
+
 class RepositoryNotFoundError(WeightvaultError):
     exit_code = 10
 
@@ -124,6 +138,10 @@ class UnsafePathError(WeightvaultError):
 
 class RestoreConflictError(WeightvaultError):
     exit_code = 18
+
+
+class ImmutableError(WeightvaultError):
+    exit_code = 19
 
 
 class BackendError(WeightvaultError):

@@ -6,8 +6,11 @@ still saved, and each skipped path is listed with its reason on stderr. Warnings
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 
+from weightvault import api
 from weightvault.cli.common import Globals, open_repository, pass_globals
 from weightvault.cli.output import display, echo_json, group_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
@@ -31,23 +34,28 @@ __all__ = ["backup"]
 @click.option("--min-free", type=click.FloatRange(0, 99), default=10.0, show_default=True, metavar="PCT",
               help="Refuse (exit 15, before writing) if the repository's disk would keep less than PCT%% free "
               "after this backup; 0 disables the check.")
+@click.option("--include", "includes", multiple=True, metavar="GLOB",
+              help="Back up only files matching GLOB (repeatable; directories are always kept).")
+@click.option("--lock-for", metavar="DURATION",
+              help="Retention lock: forget keeps this snapshot, and refuses to remove it, for DURATION (30d, 1y).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_globals
 def backup(
     g: Globals, paths: tuple[str, ...], tags: tuple[str, ...], excludes: tuple[str, ...], exclude_caches: bool,
     force: bool, parent: str | None, host: str | None, group: str | None, rank: int | None,
-    world_size: int | None, min_free: float, as_json: bool,
+    world_size: int | None, min_free: float, includes: tuple[str, ...], lock_for: str | None, as_json: bool,
 ) -> None:
     """Back up PATH... into a new snapshot (creating the default repository on first use).
 
     With --group RUN_ID --rank R --world-size W, every rank of a distributed job backs up its shard;
     the group becomes one snapshot (listed and restorable) once all W ranks have committed.
     """
+    lock_until = datetime.now(UTC) + api.parse_duration(lock_for) if lock_for else None
     repo = open_repository(g, create_default=True)
     with progress_bar(progress_enabled(g.quiet, as_json), "backup") as cb:
         res = repo.backup(paths, tags=tags, excludes=excludes, exclude_caches=exclude_caches, force=force,
                           parent=parent, host=host, progress=cb, group=group, rank=rank, world_size=world_size,
-                          min_free=min_free / 100)
+                          min_free=min_free / 100, includes=includes, lock_until=lock_until)
     snap = res.snapshot
     for path, reason in res.warnings:
         click.echo(f"warning: {display(path)}: {reason}", err=True)

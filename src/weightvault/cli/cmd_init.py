@@ -17,14 +17,18 @@ __all__ = ["init"]
     help="Longest chain of checkpoint deltas (default 8; 0: no deltas). Restoring a chunk decodes at most "
     "this many earlier versions first: lower restores the newest checkpoint faster, higher stores less.",
 )
+@click.option("--append-only", is_flag=True,
+              help="weightvault refuses forget, prune, repair and key removal in this repository (enforce it on the"
+              " storage too: see docs/POLICIES.md).")
 @pass_globals
-def init(g: Globals, delta_depth: int | None) -> None:
+def init(g: Globals, delta_depth: int | None, append_only: bool) -> None:
     """Create a new, empty repository.
 
     With -r PATH (or $WEIGHTVAULT_REPO) the password comes from --password-file, the environment or a
     prompt asked twice. Without, the embedded default repository is created; if no password is given,
     one is generated and saved in a key file (mode 0600) whose path is printed.
     """
-    repo, _default = create_repository(g, delta_depth)
+    repo, _default = create_repository(g, delta_depth, append_only)
     if not g.quiet:
-        click.echo(f"created repository {repo.id} at {repo.location}")
+        kind = "append-only repository" if append_only else "repository"
+        click.echo(f"created {kind} {repo.id} at {repo.location}")

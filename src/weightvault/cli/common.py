@@ -122,15 +122,21 @@ def open_repository(g: Globals, *, create_default: bool = False) -> api.Reposito
     return res.repository
 
 
-def create_repository(g: Globals, delta_max_depth: int | None = None) -> tuple[api.Repository, bool]:
+def create_repository(
+    g: Globals, delta_max_depth: int | None = None, append_only: bool = False
+) -> tuple[api.Repository, bool]:
     """``init``: create the selected repository. Returns it and whether it is the default one."""
+    if append_only and g.repo is None:
+        raise UsageError("--append-only needs an explicit repository", hint="use -r PATH or -r s3://BUCKET/PREFIX")
     if g.repo is not None:
         if _explicit_exists(g, g.repo):
             raise RepositoryExistsError(f"a repository already exists at {g.repo}")
         pw = supplied_password(g)
         if pw is None:
             pw = _prompt(f"new password for repository {g.repo}", confirm=True)
-        return api.Repository.init(g.repo, pw, delta_max_depth=delta_max_depth, storage=g.storage), False
+        repo = api.Repository.init(g.repo, pw, delta_max_depth=delta_max_depth, storage=g.storage,
+                                   append_only=append_only)
+        return repo, False
     path = api.default_repository_path()
     if (path / "config").exists():
         raise RepositoryExistsError(

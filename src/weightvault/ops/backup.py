@@ -59,6 +59,8 @@ class BackupOptions:
     group: str | None = None  # sharded checkpoints: this backup is rank ``rank`` of ``world_size``
     rank: int | None = None
     world_size: int | None = None
+    includes: list[str] = field(default_factory=list)  # non-empty: only files matching one of these globs
+    lock_until: datetime | None = None  # retention lock: forget refuses to remove the snapshot before then
 
 
 @dataclass
@@ -282,7 +284,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     if opts.progress is not None or space_check:
         tf = tb = changed = 0
         for name, p in sorted(roots.items()):
-            for e in walk_source(p, name, opts.excludes, opts.exclude_caches):
+            for e in walk_source(p, name, opts.excludes, opts.exclude_caches, opts.includes):
                 if isinstance(e, Entry) and stat.S_ISREG(e.st.st_mode):
                     tf, tb = tf + 1, tb + e.st.st_size
                     if not _unchanged(previous.get(e.rel), e.st, repo):
@@ -300,7 +302,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     saver = _Saver(repo, workers)
     try:
         for name, p in sorted(roots.items()):
-            for e in walk_source(p, name, opts.excludes, opts.exclude_caches):
+            for e in walk_source(p, name, opts.excludes, opts.exclude_caches, opts.includes):
                 if isinstance(e, WalkError):
                     errors.append((os.fsdecode(e.rel), e.reason))
                     continue
@@ -371,6 +373,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
         group=(
             {"id": opts.group, "rank": opts.rank, "world_size": opts.world_size} if opts.group is not None else None
         ),
+        locked_until=_utc(opts.lock_until).isoformat() if opts.lock_until is not None else None,
     )
     repo.save_snapshot(snap)
     group = commit_group(repo, opts.group)[0] if opts.group is not None else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from weightvault.backends.base import FileType
+from weightvault.errors import ImmutableError
 from weightvault.ops.groups import representatives
 from weightvault.ops.prune import PruneResult
 from weightvault.ops.retention import GroupDecision, Policy, decide
@@ -47,6 +48,13 @@ def forget(
         for g in result.groups:
             for s in g.remove:
                 chosen.setdefault(s.id, s)
+    locked = [s for s in explicit if s.locked(now)]
+    if locked:
+        raise ImmutableError(
+            "refusing to forget snapshots under a retention lock: "
+            + ", ".join(f"{s.short_id} (locked until {s.locked_until})" for s in locked),
+            hint="a retention lock cannot be lifted; the snapshot can be forgotten once it expires",
+        )
     result.removed = sorted(chosen.values(), key=lambda s: (s.datetime, s.id))
     ranks: list[str] = []
     tops: list[str] = []

@@ -13,6 +13,7 @@ rule that did:
 * ``keep_within D``: every snapshot taken within D before ``now`` (not before the newest snapshot:
   a writer flooding the repository with new snapshots cannot push good ones out of the window).
 * ``keep_tags``: every snapshot carrying one of these tags.
+* Whatever the policy: every snapshot under a retention lock (``locked_until`` after ``now``).
 
 A policy with no rule at all is refused (it would remove everything).
 """
@@ -124,6 +125,9 @@ def decide(snapshots: list[Snapshot], policy: Policy, now: datetime) -> list[Gro
         else:
             snaps = sorted(snaps, key=lambda s: (s.datetime, s.id), reverse=True)
         decisions = [Decision(s) for s in snaps]
+        for d in decisions:
+            if d.snapshot.locked(now):
+                d.reasons.append(f"locked until {d.snapshot.locked_until}")
         for i, d in enumerate(decisions):
             if i < policy.keep_last:
                 d.reasons.append(f"last {policy.keep_last}")

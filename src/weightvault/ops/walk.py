@@ -66,10 +66,22 @@ def _is_cache_dir(path: bytes) -> bool:
 
 
 def walk_source(
-    abs_path: bytes, root_name: bytes, excludes: list[str], exclude_caches: bool
+    abs_path: bytes, root_name: bytes, excludes: list[str], exclude_caches: bool, includes: list[str] | None = None
 ) -> Iterator[Entry | WalkError]:
     """Yield entries (and errors for unreadable objects) in manifest order: depth-first, each
-    directory before its children, siblings sorted by name bytes. Iterative, so depth is unbounded."""
+    directory before its children, siblings sorted by name bytes. Iterative, so depth is unbounded.
+    With ``includes``, only directories and the other entries matching one of them are yielded
+    (``matches_any``: a glob without "/" matches any path component)."""
+    for item in _walk(abs_path, root_name, excludes, exclude_caches):
+        if (
+            includes and isinstance(item, Entry) and item.rel != root_name
+            and not stat.S_ISDIR(item.st.st_mode) and not matches_any(item.rel, includes)
+        ):
+            continue
+        yield item
+
+
+def _walk(abs_path: bytes, root_name: bytes, excludes: list[str], exclude_caches: bool) -> Iterator[Entry | WalkError]:
     root = _entry(abs_path, root_name)
     yield root
     if not isinstance(root, Entry) or not stat.S_ISDIR(root.st.st_mode):

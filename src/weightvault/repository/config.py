@@ -43,11 +43,12 @@ class RepoConfig:
     pack_size: int = DEFAULT_PACK_SIZE
     compression_level: int = 3
     delta_max_depth: int = DEFAULT_DELTA_MAX_DEPTH  # v3: longest delta chain a writer creates; 0: no deltas
+    append_only: bool = False  # v4: forget, prune, repair and key removal are refused
 
     @classmethod
     def new(cls, **overrides: int) -> RepoConfig:
         """A fresh config; UsageError if an override is out of range."""
-        cfg = cls(repo_id=os.urandom(32).hex(), created=datetime.now(UTC).isoformat(), **overrides)
+        cfg = cls(repo_id=os.urandom(32).hex(), created=datetime.now(UTC).isoformat(), **overrides)  # type: ignore[arg-type]
         problem = cfg.problem()
         if problem:
             raise UsageError(f"invalid repository parameters: {problem}")
@@ -67,6 +68,7 @@ class RepoConfig:
                 "pack_size": self.pack_size,
                 "compression_level": self.compression_level,
                 **({"delta_max_depth": self.delta_max_depth} if self.version >= 3 else {}),
+                **({"append_only": True} if self.append_only and self.version >= 4 else {}),
             }
         )
 
@@ -97,6 +99,7 @@ class RepoConfig:
                 pack_size=int(doc["pack_size"]),
                 compression_level=int(doc.get("compression_level", 3)),
                 delta_max_depth=int(doc.get("delta_max_depth", DEFAULT_DELTA_MAX_DEPTH)) if version >= 3 else 0,
+                append_only=doc.get("append_only", False) is True if version >= 4 else False,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{location}/config is missing or has a malformed field: {exc}") from exc

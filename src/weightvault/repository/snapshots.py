@@ -39,6 +39,11 @@ class Snapshot:
     id: str = ""  # set when saved or loaded
     group: dict[str, Any] | None = None
     copied_from: dict[str, str] | None = None  # {"repo": source repo id, "snapshot": source id}
+    locked_until: str | None = None  # ISO 8601 UTC: forget refuses to remove the snapshot before then
+
+    def locked(self, now: datetime) -> bool:
+        """Whether a retention lock protects this snapshot at ``now`` (timezone-aware)."""
+        return self.locked_until is not None and _parse_time(self.locked_until) > now
 
     @property
     def group_rank(self) -> int | None:
@@ -78,6 +83,7 @@ class Snapshot:
             "program_version": self.program_version,
             **({"group": self.group} if self.group is not None else {}),
             **({"copied_from": self.copied_from} if self.copied_from is not None else {}),
+            **({"locked_until": self.locked_until} if self.locked_until is not None else {}),
         }
 
     @classmethod
@@ -98,6 +104,7 @@ class Snapshot:
                 id=snap_id,
                 group=_group(d.get("group"), snap_id),
                 copied_from=_copied_from(d.get("copied_from"), snap_id),
+                locked_until=_locked_until(d.get("locked_until"), snap_id),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"snapshot {snap_id} is malformed: {exc}") from exc
@@ -110,6 +117,16 @@ class Snapshot:
         d["id"] = self.id
         d["short_id"] = self.short_id
         return d
+
+
+def _locked_until(raw: Any, snap_id: str) -> str | None:
+    if raw is None:
+        return None
+    try:
+        _parse_time(str(raw))
+    except (ValueError, UsageError) as exc:
+        raise IntegrityError(f"snapshot {snap_id} has a malformed locked_until field") from exc
+    return str(raw)
 
 
 def _copied_from(raw: Any, snap_id: str) -> dict[str, str] | None:
