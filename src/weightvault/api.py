@@ -54,6 +54,12 @@ from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
 from weightvault.ops.retention import parse_duration
 from weightvault.ops.stats import Stats
+from weightvault.policy import journal as _journal_mod
+from weightvault.policy import plan as _plan
+from weightvault.policy import spec as _spec
+from weightvault.policy import suggest as _suggest
+from weightvault.policy.plan import RpoLine
+from weightvault.policy.spec import PolicySpec
 from weightvault.repository import keys as _keys
 from weightvault.repository import locks as _locks
 from weightvault.repository.keys import KeyInfo
@@ -70,12 +76,16 @@ __all__ = [
     "DefaultRepository",
     "DiffEntry",
     "DiffResult",
+    "Fleet",
     "ForgetResult",
     "Group",
     "KdfParams",
     "KeyInfo",
     "LockInfo",
     "Node",
+    "PolicyRun",
+    "PolicySpec",
+    "PolicyStep",
     "Progress",
     "ProgressCallback",
     "PruneResult",
@@ -83,16 +93,23 @@ __all__ = [
     "Repository",
     "RestoreResult",
     "RetryPolicy",
+    "RpoLine",
     "Snapshot",
     "Stats",
     "StorageOptions",
+    "apply_policy",
     "default_key_file",
     "default_repository_path",
+    "load_policy",
     "open_or_create_default",
     "parse_duration",
+    "parse_policy",
     "parse_rate",
+    "policy_status",
     "read_password_file",
     "repository_exists",
+    "suggest_policy",
+    "tier_run",
 ]
 
 
@@ -325,16 +342,20 @@ class Repository:
         now: datetime | None = None,
         prune: bool = False,
         max_unused: float = _prune.DEFAULT_MAX_UNUSED,
+        tags: Sequence[str] = (),
+        retention: _retention.Policy | None = None,
     ) -> ForgetResult:
         """Remove the snapshots named in ``snapshots`` and/or those no keep rule keeps (see
         ``weightvault.ops.retention``). Data stays until prune, or ``prune=True`` prunes right
-        after (``result.prune``). Takes a maintenance lock: backups may run beside it."""
+        after (``result.prune``). With ``tags``, the keep rules consider only snapshots carrying all
+        of them. ``retention`` (a ``weightvault.ops.retention.Policy``) replaces the keep_* arguments.
+        Takes a maintenance lock: backups may run beside it."""
         counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
         if any(n < 0 for n in counts):
             raise UsageError("keep counts must be >= 0")
         within = _retention.parse_duration(keep_within) if isinstance(keep_within, str) else keep_within
-        policy = _retention.Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
-                                   within, tuple(keep_tags), tuple(group_by))
+        policy = retention or _retention.Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
+                                                keep_yearly, within, tuple(keep_tags), tuple(group_by))
         rules = not policy.empty()
         if not rules and not snapshots:
             raise UsageError("nothing to forget: give snapshot ids or keep rules",
@@ -344,7 +365,8 @@ class Repository:
             self._mutable("forget snapshots")
         with self._repo.lock(maintenance=True, exclusive=self._repo.config.version < 4 and prune) as lock:
             explicit = [self.find_snapshot(s) for s in snapshots]
-            result = _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run)
+            result = _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run,
+                                    only_tags=tuple(tags))
             if prune:
                 gone = frozenset(result.removed_ids) if dry_run else frozenset()
                 result.prune = _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, None, gone))
@@ -477,3 +499,251 @@ def open_or_create_default(
             generated.unlink()
         raise
     return DefaultRepository(repo, True, generated)
+
+
+# -- policies: apply, tiers, status ------------------------------------------------------------------
+load_policy = _spec.load_policy
+parse_policy = _spec.parse_policy
+
+
+def suggest_policy(stage: str, model_size: str | int, *, repository: str | None = None,
+                   paths: Sequence[str] = ("/path/to/run",)) -> str:
+    """A policy file (TOML) for a run at ``stage`` (initial, middle, final) of a model of
+    ``model_size`` bytes (or text such as '120GB'); see ``weightvault.policy.suggest``."""
+    size = _suggest.parse_size(model_size) if isinstance(model_size, str) else int(model_size)
+    return _suggest.suggest_policy(stage, size, repository=repository or str(default_repository_path()),
+                                   paths=[os.path.abspath(p) if not p.startswith("/") else p for p in paths])
+
+
+@dataclass
+class PolicyStep:
+    """One step ``apply_policy`` or ``tier_run`` carried out (or, in a dry run, would)."""
+
+    step: str  # backup | forget | prune | copy | tier-move | tier-expire | tier-keep
+    repository: str
+    ok: bool
+    detail: str
+    source: str | None = None
+    data_class: str | None = None
+    snapshot: str | None = None
+    time: str = ""
+    exit_code: int = 0
+
+
+@dataclass
+class PolicyRun:
+    steps: list[PolicyStep]
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+
+class Fleet:
+    """The repositories a policy names, opened on first use. Passwords: the repository's
+    ``password_file`` or ``password_env``; for the embedded default repository its key file;
+    else ``$WEIGHTVAULT_PASSWORD``."""
+
+    def __init__(self, spec: _spec.PolicySpec, storage: StorageOptions | None = None) -> None:
+        self.spec = spec
+        self.storage = storage or StorageOptions()
+        self._open: dict[str, Repository] = {}
+
+    def __getitem__(self, name: str) -> Repository:
+        if name not in self._open:
+            r = self.spec.repositories[name]
+            storage = StorageOptions(**{**self.storage.__dict__, "s3_endpoint": r.s3_endpoint or
+                                        self.storage.s3_endpoint})
+            self._open[name] = Repository.open(os.path.expanduser(r.url), self._password(r), storage=storage)
+        return self._open[name]
+
+    def _password(self, r: _spec.RepoSpec) -> bytes:
+        if r.password_file:
+            return read_password_file(os.path.expanduser(r.password_file))
+        if r.password_env:
+            value = os.environ.get(r.password_env)
+            if not value:
+                raise UsageError(f"repository {r.name}: ${r.password_env} is not set",
+                                 hint="set it, or give password_file in the policy")
+            return value.encode()
+        if Path(os.path.expanduser(r.url)) == default_repository_path() and default_key_file().exists():
+            return read_password_file(default_key_file())
+        env = os.environ.get("WEIGHTVAULT_PASSWORD")
+        if env:
+            return env.encode()
+        raise UsageError(f"no password for repository {r.name}",
+                         hint="give password_file or password_env in its [repositories] table")
+
+
+def _journal(spec: _spec.PolicySpec) -> Path:
+    if spec.settings.journal:
+        return Path(os.path.expanduser(spec.settings.journal))
+    return _journal_mod.default_journal_path()
+
+
+def _run_step(steps: list[PolicyStep], step: PolicyStep, action: Callable[[], str | None], journal: Path | None,
+              say: Callable[[str], None] | None, clock: datetime) -> bool:
+    """Run one step, recording its outcome (a WeightvaultError fails the step, not the run)."""
+    step.time = clock.isoformat()
+    try:
+        detail = action()
+        if detail:
+            step.detail = detail
+    except WeightvaultError as exc:
+        step.ok, step.exit_code, step.detail = False, exc.exit_code, f"{step.detail}: failed: {exc.message}"
+    steps.append(step)
+    if journal is not None:
+        _journal_mod.append_record(journal, {k: v for k, v in step.__dict__.items() if v is not None})
+    if say is not None:
+        say(f"{'ok  ' if step.ok else 'FAIL'} {step.step} {step.repository}: {step.detail}")
+    return step.ok
+
+
+def apply_policy(spec: _spec.PolicySpec, *, now: datetime | None = None, dry_run: bool = False,
+                 fleet: Fleet | None = None, say: Callable[[str], None] | None = None) -> PolicyRun:
+    """Run what the policy says is due: backups per source and data class, retention (forget),
+    prune (every ``settings.prune_every``), copies to replicas, then ``tier_run``. Every step is
+    recorded in the journal. ``now`` (default: the clock) is also the time of new snapshots, so a
+    schedule can be simulated. A failing step is recorded and the others still run."""
+    fleet = fleet or Fleet(spec)
+    clock = now or datetime.now(UTC)
+    simulated = now is not None
+    journal = None if dry_run else _journal(spec)
+    run = PolicyRun([], dry_run)
+    snaps = {name: fleet[name].snapshots() for name in spec.repositories}
+    # 1. backups that are due
+    for due in _plan.due_backups(spec, snaps, clock):
+        src, dc = due.source, due.dc
+        step = PolicyStep("backup", src.repository, True, f"{src.name}/{dc.name}: {due.reason}", src.name, dc.name)
+        if dry_run:
+            run.steps.append(step)
+            continue
+
+        def backup(src: _spec.SourceSpec = src, dc: _spec.DataClass = dc, due: _plan.BackupDue = due,
+                   step: PolicyStep = step) -> str:
+            res = fleet[src.repository].backup(
+                list(src.paths), tags=_plan.class_tags(src, dc), includes=dc.globs, excludes=spec.excludes_for(dc),
+                parent=due.parent.id if due.parent else None, time=clock if simulated else None,
+                lock_until=clock + dc.lock_for if dc.lock_for else None)
+            step.snapshot = res.snapshot.id
+            s = res.snapshot.summary
+            return (f"{src.name}/{dc.name}: snapshot {res.snapshot.short_id}, {int(s.get('files', 0))} files,"
+                    f" {int(s.get('stored_bytes_added', 0))} bytes added")
+
+        _run_step(run.steps, step, backup, journal, say, clock)
+    # 2. retention per source and class, in every repository holding its snapshots (tiers, replicas)
+    snaps = {name: fleet[name].snapshots() for name in spec.repositories}
+    for src in spec.sources.values():
+        for dc in spec.classes_of(src):
+            tags = _plan.class_tags(src, dc)[:2]
+            for name in spec.repositories:
+                if not any(all(t in s.tags for t in tags) for s in snaps[name]):
+                    continue
+                step = PolicyStep("forget", name, True, f"{src.name}/{dc.name}", src.name, dc.name)
+
+                def forget(dc: _spec.DataClass = dc, tags: list[str] = tags, name: str = name) -> str:
+                    res = fleet[name].forget(retention=dc.retention, tags=tags, now=clock, dry_run=dry_run)
+                    verb = "would remove" if dry_run else "removed"
+                    return f"{tags[0][7:]}/{dc.name}: {verb} {len(res.removed)} snapshot(s)"
+
+                _run_step(run.steps, step, forget, journal, say if not dry_run else None, clock)
+    # 3. prune where due
+    records = _journal_mod.read_records(_journal(spec))
+    for name in spec.repositories:
+        last = max((r["time"] for r in records if r.get("step") == "prune" and r.get("repository") == name
+                    and r.get("ok")), default=None)
+        if last is not None and datetime.fromisoformat(last) + spec.settings.prune_every > clock:
+            continue
+        step = PolicyStep("prune", name, True, "prune")
+
+        def prune(name: str = name) -> str:
+            res = fleet[name].prune(dry_run=dry_run)
+            return (f"deleted {res.deleted_packs} pack(s), {res.deleted_bytes} bytes; {res.pending_packs} pending"
+                    if not dry_run else f"would condemn {res.condemned_packs} pack(s)")
+
+        _run_step(run.steps, step, prune, journal, say, clock)
+    # 4. copies to replicas
+    for src in spec.sources.values():
+        for replica in src.replicate_to:
+            ids = [s.id for s in fleet[src.repository].snapshots(tags=[f"source={src.name}"])]
+            step = PolicyStep("copy", replica, True, f"{src.name}: {src.repository} -> {replica}", src.name)
+            if dry_run or not ids:
+                if ids:
+                    run.steps.append(step)
+                continue
+
+            def copy(src: _spec.SourceSpec = src, replica: str = replica, ids: list[str] = ids) -> str:
+                res = fleet[src.repository].copy_to(fleet[replica], ids)
+                return (f"{src.name}: {len(res.copied)} snapshot(s) copied to {replica}, {len(res.skipped)} there;"
+                        f" {res.packs_verified} pack(s) verified")
+
+            _run_step(run.steps, step, copy, journal, say, clock)
+    # 5. tier moves
+    run.steps += tier_run(spec, now=now, dry_run=dry_run, fleet=fleet, say=say).steps
+    return run
+
+
+def tier_run(spec: _spec.PolicySpec, *, now: datetime | None = None, dry_run: bool = False,
+             fleet: Fleet | None = None, say: Callable[[str], None] | None = None) -> PolicyRun:
+    """Move snapshots older than their repository's tier age down to the next tier their class
+    passes through: copy (verified), then forget here; expire those whose class ends here. Before
+    anything moves to an archive tier, a copy exists on a second site (else it stays put)."""
+    fleet = fleet or Fleet(spec)
+    clock = now or datetime.now(UTC)
+    journal = None if dry_run else _journal(spec)
+    run = PolicyRun([], dry_run)
+    for repo in sorted(spec.repositories.values(), key=lambda r: _spec.TIERS.index(r.tier)):  # hot first: cascades
+        snaps = {name: fleet[name].snapshots() for name in spec.repositories}
+        for plan in _plan.tier_plan(spec, repo, snaps[repo.name], clock):
+            s = plan.snapshot
+            step = PolicyStep(f"tier-{plan.action}", repo.name, True, f"{s.short_id}: {plan.reason}",
+                              s.tag_dict().get("source"), s.tag_dict().get("class"), s.id)
+            if dry_run or plan.action == "keep":
+                run.steps.append(step)
+                continue
+
+            def act(plan: _plan.TierStep = plan, s: Snapshot = s,
+                    snaps: dict[str, list[Snapshot]] = snaps) -> str | None:
+                src = fleet[plan.repo]
+                if plan.action == "expire":
+                    src.forget([s.id], now=clock)
+                    return None
+                assert plan.target is not None
+                target = spec.repositories[plan.target]
+                if target.tier == "archive":
+                    _second_site(spec, fleet, snaps, plan.repo, target, s)
+                if not any(_plan.lineage(x) == _plan.lineage(s) for x in snaps[plan.target]):
+                    src.copy_to(fleet[plan.target], [s.id])  # verified there before it is forgotten here
+                if s.locked(clock):
+                    return f"{s.short_id}: copied to {plan.target}; kept here too: locked until {s.locked_until}"
+                src.forget([s.id], now=clock)
+                return None
+
+            _run_step(run.steps, step, act, journal, say, clock)
+    return run
+
+
+def _second_site(spec: _spec.PolicySpec, fleet: Fleet, snaps: dict[str, list[Snapshot]], here: str,
+                 archive: _spec.RepoSpec, s: Snapshot) -> None:
+    """Make sure that, once ``s`` leaves ``here`` for ``archive``, two sites hold it: copy it to a
+    repository on another site first if needed (ImmutableError-free UsageError if none exists)."""
+    key = _plan.lineage(s)
+    sites = {archive.site} | {spec.repositories[n].site for n, ss in snaps.items()
+                              if n != here and any(_plan.lineage(x) == key for x in ss)}
+    if len(sites) >= 2:
+        return
+    other = [r for r in spec.repositories.values() if r.site not in sites and r.name != here and r.tier != "archive"]
+    if not other:
+        raise UsageError(f"snapshot {s.short_id} would be held by one site only ({archive.site}) once archived",
+                         hint="add a repository on a second site (3-2-1: one copy offsite) to the policy")
+    fleet[here].copy_to(fleet[other[0].name], [s.id])
+
+
+def policy_status(spec: _spec.PolicySpec, *, now: datetime | None = None,
+                  fleet: Fleet | None = None) -> list[_plan.RpoLine]:
+    """Per source and class (primary) and per replica: the newest snapshot's age against the RPO."""
+    fleet = fleet or Fleet(spec)
+    used = {s.repository for s in spec.sources.values()} | {r for s in spec.sources.values() for r in s.replicate_to}
+    snaps = {name: fleet[name].snapshots() for name in sorted(used)}
+    return _plan.rpo_lines(spec, snaps, now or datetime.now(UTC))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -175,3 +177,31 @@ def percent(text: str, option: str) -> float:
         raise UsageError(f"{option} {text!r} is not a percentage",
                          hint="give a number from 0 to 100, e.g. 10%") from None
     return value / 100
+
+
+DEFAULT_POLICY = "~/.config/weightvault/policy.toml"
+
+
+def policy_option(f: Any) -> Any:
+    """``--policy FILE`` (``$WEIGHTVAULT_POLICY``, default ~/.config/weightvault/policy.toml)."""
+    return click.option("--policy", "policy_path", envvar="WEIGHTVAULT_POLICY", default=DEFAULT_POLICY,
+                        show_default=True, metavar="FILE", help="The policy file ($WEIGHTVAULT_POLICY).")(f)
+
+
+def now_option(f: Any) -> Any:
+    return click.option("--now", metavar="TIME",
+                        help="Act as if it were TIME (ISO 8601, UTC if no offset): to rehearse a schedule.")(f)
+
+
+def parse_now(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"cannot parse time {text!r}", hint="use ISO 8601, e.g. 2026-12-01T06:00") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def load_policy_file(path: str) -> api.PolicySpec:
+    return api.load_policy(os.path.expanduser(path))

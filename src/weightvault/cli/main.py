@@ -25,11 +25,14 @@ from weightvault.cli import (
     cmd_init,
     cmd_key,
     cmd_ls,
+    cmd_policy,
     cmd_prune,
     cmd_repair,
     cmd_restore,
     cmd_snapshots,
     cmd_stats,
+    cmd_status,
+    cmd_tier,
     cmd_unlock,
 )
 from weightvault.cli.common import Globals, storage_options
@@ -80,7 +83,7 @@ def cli(
 for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
-    cmd_prune.prune, cmd_copy.copy,
+    cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status,
 ):
     cli.add_command(_cmd)
 

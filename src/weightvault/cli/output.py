@@ -162,3 +162,18 @@ def prune_lines(res: api.PruneResult) -> list[str]:
         )
         lines += [f"  waiting on {w}" for w in res.waiting_on]
     return lines
+
+
+def run_json(run: api.PolicyRun) -> dict[str, Any]:
+    return {"ok": run.ok, "dry_run": run.dry_run, "steps": [dict(s.__dict__) for s in run.steps]}
+
+
+def print_run(run: api.PolicyRun, quiet: bool) -> None:
+    """One line per policy step: outcome, step, repository, detail."""
+    if quiet:
+        return
+    for s in run.steps:
+        mark = "would" if run.dry_run else ("ok" if s.ok else "FAILED")
+        click.echo(f"{mark:6} {s.step:11} {s.repository:12} {s.detail}")
+    if not run.steps:
+        click.echo("nothing is due")

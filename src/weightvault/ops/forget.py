@@ -36,15 +36,17 @@ class ForgetResult:
 
 
 def forget(
-    repo: Repository, policy: Policy | None, explicit: list[Snapshot], *, now: datetime, dry_run: bool = False
+    repo: Repository, policy: Policy | None, explicit: list[Snapshot], *, now: datetime, dry_run: bool = False,
+    only_tags: tuple[str, ...] = (),
 ) -> ForgetResult:
-    """Decide with ``policy`` (if any) and remove those snapshots plus ``explicit`` ones. Call with
-    a maintenance (or exclusive) lock held."""
+    """Decide with ``policy`` (if any) over the snapshots carrying every tag in ``only_tags``, and
+    remove those snapshots plus ``explicit`` ones. Call with a maintenance (or exclusive) lock held."""
     snaps = repo.snapshots()
     result = ForgetResult(dry_run=dry_run)
     chosen: dict[str, Snapshot] = {s.id: s for s in explicit}
     if policy is not None:
-        result.groups = decide(representatives(snaps), policy, now)
+        considered = [s for s in representatives(snaps) if all(s.has_tag(t) for t in only_tags)]
+        result.groups = decide(considered, policy, now)
         for g in result.groups:
             for s in g.remove:
                 chosen.setdefault(s.id, s)

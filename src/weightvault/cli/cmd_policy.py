@@ -1,0 +1,70 @@
+"""``weightvault policy suggest|check|apply``: declarative backup policies."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from weightvault import api
+from weightvault.cli.common import Globals, load_policy_file, now_option, parse_now, pass_globals, policy_option
+from weightvault.cli.output import echo_json, print_run, run_json
+from weightvault.errors import WeightvaultError
+
+__all__ = ["policy"]
+
+
+def _exit_for(run: api.PolicyRun) -> None:
+    failed = [s for s in run.steps if not s.ok]
+    if failed:
+        raise WeightvaultError(f"{len(failed)} of {len(run.steps)} step(s) failed (first: {failed[0].step}"
+                               f" {failed[0].repository}: {failed[0].detail})",
+                               hint="the journal and the lines above say what failed; the other steps ran")
+
+
+@click.group()
+def policy() -> None:
+    """Policy files: suggest one, check one, apply one."""
+
+
+@policy.command()
+@click.option("--stage", type=click.Choice(["initial", "middle", "final"]), required=True,
+              help="Training stage: initial (frequent, short retention), middle, final (long retention, locks).")
+@click.option("--model-size", required=True, metavar="SIZE",
+              help="Model (checkpoint) size, e.g. 120GB: above 100 GB intervals are 1.5 x longer.")
+@click.option("--path", "paths", multiple=True, metavar="DIR", help="Run directory to protect (repeatable).")
+@click.option("--repository", metavar="PATH|s3://…", help="Repository URL (default: the embedded default one).")
+def suggest(stage: str, model_size: str, paths: tuple[str, ...], repository: str | None) -> None:
+    """Print a policy file for a training run (review it, save it, then `policy apply`)."""
+    click.echo(api.suggest_policy(stage, model_size, repository=repository,
+                                  paths=[os.path.abspath(p) for p in paths] or ["/path/to/run"]), nl=False)
+
+
+@policy.command()
+@policy_option
+def check(policy_path: str) -> None:
+    """Validate a policy file (exit 7 naming the line of the first problem)."""
+    spec = load_policy_file(policy_path)
+    click.echo(f"{spec.path}: {len(spec.repositories)} repositories, {len(spec.sources)} sources, "
+               f"{len(spec.classes)} data classes ({', '.join(c.name for c in spec.classes)})")
+
+
+@policy.command()
+@policy_option
+@now_option
+@click.option("--dry-run", "-n", is_flag=True, help="Show what is due; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
+@pass_globals
+def apply(g: Globals, policy_path: str, now: str | None, dry_run: bool, as_json: bool) -> None:
+    """Run what is due now: backups per source and data class, retention, prune, copies to
+    replicas and tier moves. Each step is recorded in the journal; exit 1 if any step failed
+    (the others still run). Meant for cron or a systemd timer."""
+    spec = load_policy_file(policy_path)
+    run = api.apply_policy(spec, now=parse_now(now), dry_run=dry_run, fleet=api.Fleet(spec, g.storage))
+    if as_json:
+        echo_json(run_json(run))
+    else:
+        print_run(run, g.quiet)
+    _exit_for(run)
+
+

@@ -1,0 +1,114 @@
+"""``policy suggest``: a policy file from the training stage and the model size.
+
+Stages: *initial* (early training: the run changes fast and crashes often, so frequent backups
+and short, dense retention), *middle* (steady training: fewer, spread-out restore points),
+*final* (converging and release: rarer backups, long retention and retention locks). The larger
+the model, the longer the interval: above 100 GB every weight and optimizer interval, and the RPO,
+are multiplied by 1.5 (a backup of a large checkpoint takes longer and costs more to keep).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from datetime import timedelta
+from typing import Any
+
+from weightvault.errors import UsageError
+from weightvault.policy.defaults import DEFAULT_CLASSES
+from weightvault.policy.spec import parse_interval
+
+__all__ = ["LARGE_MODEL_BYTES", "STAGES", "parse_size", "suggest_policy"]
+
+LARGE_MODEL_BYTES = 100 * 10**9
+STAGES = ("initial", "middle", "final")
+
+_STAGE: dict[str, dict[str, Any]] = {
+    "initial": {
+        "rpo": "1h",
+        "weights": {"every": "30min", "keep_last": 10, "keep_within": "1d", "keep_daily": 7},
+        "optimizer": {"every": "30min", "keep_last": 3},
+    },
+    "middle": {
+        "rpo": "4h",
+        "weights": {"every": "2h", "keep_last": 5, "keep_daily": 7, "keep_weekly": 4},
+        "optimizer": {"every": "2h", "keep_last": 2},
+    },
+    "final": {
+        "rpo": "12h",
+        "weights": {"every": "6h", "keep_last": 5, "keep_daily": 14, "keep_weekly": 8, "keep_monthly": 12,
+                    "keep_yearly": 3, "lock_for": "90d"},
+        "optimizer": {"every": "6h", "keep_last": 1},
+    },
+}
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'120GB', '7.5 GiB', '800MB', '1TB' -> bytes (SI for GB, binary for GiB)."""
+    t = text.strip().lower().replace(" ", "")
+    num = t.rstrip("kmgtib")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise UsageError(f"cannot read model size {text!r}", hint="use e.g. 120GB, 7.5GiB or 800MB") from None
+    if unit not in _UNITS or value <= 0:
+        raise UsageError(f"cannot read model size {text!r}", hint="use e.g. 120GB, 7.5GiB or 800MB")
+    return int(value * _UNITS[unit])
+
+
+def _interval_text(d: timedelta) -> str:
+    minutes = round(d.total_seconds() / 60)
+    if minutes % (24 * 60) == 0:
+        return f"{minutes // (24 * 60)}d"
+    if minutes % 60 == 0:
+        return f"{minutes // 60}h"
+    return f"{minutes}min"
+
+
+def _scaled(text: str, factor: float) -> str:
+    return _interval_text(parse_interval(text) * factor)
+
+
+def suggest_policy(stage: str, model_bytes: int, *, repository: str, paths: list[str]) -> str:
+    """A complete, valid policy file (TOML) for one run directory."""
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage!r}", hint=f"use one of {', '.join(STAGES)}")
+    factor = 1.5 if model_bytes > LARGE_MODEL_BYTES else 1.0
+    s = _STAGE[stage]
+    classes = tomllib.loads(DEFAULT_CLASSES)["classes"]
+    for name in ("weights", "optimizer"):
+        keep = {k: v for k, v in classes[name].items() if k in ("globs", "tiers")}
+        keep.update(s[name])
+        keep["every"] = _scaled(keep["every"], factor)
+        classes[name] = keep
+    size = f"{model_bytes / 10**9:.1f} GB"
+    why = ("above 100 GB: weight and optimizer intervals and the RPO x1.5" if factor > 1
+           else "up to 100 GB: base intervals")
+    lines = [
+        f"# weightvault policy suggested for stage {stage!r}, model size {size} ({why}).",
+        "# Review it, then run `weightvault policy apply --policy FILE` from cron or a systemd timer.",
+        "version = 1",
+        "",
+        "[settings]",
+        f"rpo = {json.dumps(_scaled(s['rpo'], factor))}",
+        'prune_every = "7d"',
+        "",
+        "[repositories.local]",
+        f"url = {json.dumps(repository)}",
+        'tier = "hot"',
+        'site = "local"',
+        "",
+        "[sources.run]",
+        f"paths = {json.dumps(paths)}",
+        'repository = "local"',
+        "",
+    ]
+    for name, table in classes.items():
+        lines.append(f"[classes.{name}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
