@@ -96,3 +96,19 @@ def test_bench_s3_smoke(tmp_path: Path) -> None:
     flaky = rows["s3 + 1/20 faults"]
     assert flaky["retries"] == flaky["faults_injected"] >= 1 and flaky["gave_up"] == 0
     assert rows["s3"]["retries"] == 0
+
+
+def test_bench_lifecycle_smoke(tmp_path: Path) -> None:
+    """bench/lifecycle.py --smoke: forget+prune and copy restore identically for every tool."""
+    out = tmp_path / "lifecycle.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lifecycle.py"), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tools = json.loads(out.read_text())["tools"]
+    wv = tools["weightvault"]
+    assert wv["restore_identical"] and wv["copy_identical"]
+    assert wv["reclaimed"] > 0 and wv["stored_after"] < wv["stored_before"]
+    assert all(t["restore_identical"] for t in tools.values())
+    assert "| weightvault |" in proc.stdout

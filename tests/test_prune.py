@@ -130,37 +130,61 @@ def test_partly_used_packs_are_repacked_above_the_threshold(tmp_path: Path) -> N
 
 
 def test_prune_keeps_delta_bases_that_live_blobs_need(tmp_path: Path) -> None:
-    """Forget every checkpoint but the newest: its delta chain's bases stay, and it restores."""
+    """Keep the 2 newest checkpoints: the newest stays a delta against the one before (a live
+    base); the older kept one, whose bases were only in forgotten checkpoints, is re-encoded
+    standalone so those go; both restore exactly."""
     repo = make_repo(tmp_path / "repo")
     src = tmp_path / "run"
     model = Model(layers=2)
-    ids = []
+    ids, digests = [], []
     for _ in range(5):
         model.step()
         model.save(src / "model.safetensors")
         ids.append(repo.backup([src]).snapshot.id)
-    expect = digest(src)
+        digests.append(digest(src))
     eng = engine(tmp_path / "repo")
-    newest = eng.load_snapshot(ids[-1])
-    blobs = [b for n in iter_manifest(newest.tree, eng.load_blob) for b in n.blobs]
-    needed_bases = set()
-    for b in blobs:
-        base = eng.index.base_of(b)
-        while base is not None:
-            needed_bases.add(base)
-            base = eng.index.base_of(base)
-    assert needed_bases, "the newest checkpoint should be stored as deltas"
 
-    repo.forget(ids[:-1])
+    def file_blobs(snap_id: str) -> list[bytes]:
+        return [b for n in iter_manifest(eng.load_snapshot(snap_id).tree, eng.load_blob) for b in n.blobs]
+
+    newest, older = file_blobs(ids[-1]), file_blobs(ids[-2])
+    live_bases = {eng.index.base_of(b) for b in newest} - {None}
+    assert live_bases and live_bases <= set(older), "the newest checkpoint should be deltas against the one before"
+    assert any(eng.index.base_of(b) is not None for b in older)
+    before = repo_bytes(tmp_path / "repo")
+
+    repo.forget(ids[:-2])
     res = repo.prune(max_unused=0.0)  # repack everything partly used: bases must move, not vanish
-    assert res.deleted_packs >= 1
+    assert res.deleted_packs >= 1 and res.rebased_blobs >= 1
     eng = engine(tmp_path / "repo")
-    assert needed_bases <= {e.blob.blob_id for e in eng.index.entries()}
-    assert all(eng.delta_depth(b) is not None for b in blobs)
-    assert restored(repo, ids[-1], tmp_path / "out") == expect
+    assert live_bases <= {e.blob.blob_id for e in eng.index.entries()}
+    assert all(eng.index.base_of(b) in live_bases for b in newest if eng.index.base_of(b) is not None)
+    assert all(eng.index.base_of(b) is None for b in older)  # re-encoded standalone
+    assert all(eng.delta_depth(b) is not None for b in newest + older)
+    assert repo_bytes(tmp_path / "repo") < before
+    for snap_id, d in zip(ids[-2:], digests[-2:], strict=True):
+        assert restored(repo, snap_id, tmp_path / "out") == d
     assert_healthy(tmp_path / "repo")
     stats = repo.stats()
-    assert stats.delta_blobs > 0 and stats.base_bytes > 0
+    assert stats.delta_blobs > 0 and stats.base_bytes == 0  # every base is itself a kept blob
+
+
+def test_forgetting_all_but_the_newest_checkpoint_frees_its_chain(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    src = tmp_path / "run"
+    model = Model(layers=2)
+    ids = []
+    for _ in range(4):
+        model.step()
+        model.save(src / "model.safetensors")
+        ids.append(repo.backup([src]).snapshot.id)
+    size = (src / "model.safetensors").stat().st_size
+    repo.forget(ids[:-1])
+    res = repo.prune()
+    assert res.rebased_blobs >= 1
+    assert repo_bytes(tmp_path / "repo") < 1.05 * size  # one checkpoint's worth, not the chain
+    assert restored(repo, ids[-1], tmp_path / "out") == digest(src)
+    assert_healthy(tmp_path / "repo")
 
 
 def test_prune_refuses_when_a_snapshot_cannot_be_read(tmp_path: Path) -> None:

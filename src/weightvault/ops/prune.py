@@ -4,7 +4,9 @@ A blob is *live* if a snapshot references it (tree blobs, file blobs) or it is, 
 delta base of the copy of a live blob that is kept. Each live blob keeps one copy (preferring packs
 no plan condemns); every other pack byte is unused.
 
-Phase 1 (mark): a pack holding no kept copy is condemned; a pack whose unused share exceeds
+Phase 1 (mark): a referenced blob kept as a delta whose base no snapshot references is first
+re-encoded standalone (*rebased*), so the base and its chain stop being live; then a pack holding
+no kept copy is condemned; a pack whose unused share exceeds
 ``max_unused`` is repacked (its kept copies are authenticated and written to new packs, indexed)
 and condemned. Condemned packs go into a *plan* (``repository/plans.py``), written durably; then
 the locks present are recorded in it as the clients it waits for.
@@ -72,6 +74,8 @@ class PruneResult:
     condemned_packs: int = 0  # packs this run condemned (whole-unused plus repacked)
     repacked_packs: int = 0
     repacked_blobs: int = 0
+    rebased_blobs: int = 0  # live blobs re-encoded without their delta base, which no snapshot needed
+    rebase_written_bytes: int = 0
     repack_written_bytes: int = 0
     deleted_packs: int = 0
     deleted_bytes: int = 0
@@ -122,8 +126,17 @@ def prune(repo: Repository, own_lock: str, opts: PruneOptions) -> PruneResult:
     snaps, view = _read_state(repo)
     if opts.dry_run:
         snaps = [s for s in snaps if s.id not in opts.assume_gone]
-    roots = _roots(repo, snaps)
+    dtypes: dict[bytes, str] = {}
+    roots = _roots(repo, snaps, dtypes)
     chosen = _choose(roots, view, avoid=pending)
+    rebase = _rebase_candidates(roots, chosen)
+    res.rebased_blobs = len(rebase)
+    if rebase and not opts.dry_run:
+        # a live blob whose delta base nothing else needs: store it standalone, so the base goes
+        say(f"re-encoding {len(rebase)} blobs whose delta bases are no longer needed")
+        res.rebase_written_bytes = _rebase(repo, rebase, dtypes)
+        snaps, view = _read_state(repo)
+        chosen = _choose(roots, view, avoid=pending)
     res.snapshots, res.live_blobs = len(snaps), len(chosen)
     res.packs, res.pack_bytes = len(view.on_disk), sum(view.on_disk.values())
 
@@ -253,14 +266,19 @@ def _read_snapshots(repo: Repository) -> list[Snapshot]:
     return snaps
 
 
-def _roots(repo: Repository, snaps: list[Snapshot]) -> set[bytes]:
-    """Every blob a snapshot references directly (its tree blobs and its files' blobs)."""
+def _roots(repo: Repository, snaps: list[Snapshot], dtypes: dict[bytes, str] | None = None) -> set[bytes]:
+    """Every blob a snapshot references directly (its tree blobs and its files' blobs); with
+    ``dtypes``, the dtype hint of each file blob that has one is recorded there."""
     roots: set[bytes] = set()
     for snap in snaps:
         roots.update(snap.tree)
         try:
             for node in iter_manifest(snap.tree, repo.load_blob):
                 roots.update(node.blobs)
+                if dtypes is not None and node.tensors:
+                    for b, t in zip(node.blobs, node.tensors, strict=False):
+                        if t is not None and t[2]:
+                            dtypes[b] = t[2]
         except WeightvaultError as exc:
             raise IntegrityError(
                 f"the manifest of snapshot {snap.id} cannot be read: {exc.message}",
@@ -286,11 +304,48 @@ def _choose(roots: Iterable[bytes], view: _View, avoid: set[str]) -> dict[bytes,
                 hint="prune refuses to run on a damaged repository; run `weightvault check` to see which"
                 " snapshots are affected",
             )
-        pick = next((c for c in cands if c[0] not in avoid), cands[0])
+        # outside condemned packs first; then a copy without a delta base (it needs nothing else)
+        pick = min(cands, key=lambda c: (c[0] in avoid, c[1].base is not None))
         chosen[bid] = pick
         if pick[1].base is not None:
             todo.append(pick[1].base)
     return chosen
+
+
+def _rebase_candidates(roots: set[bytes], chosen: dict[bytes, Copy]) -> list[bytes]:
+    """Referenced blobs kept as deltas against a base that no snapshot references: re-encoding
+    them standalone frees the base (and its own chain)."""
+    return sorted(b for b in roots if b in chosen and (base := chosen[b][1].base) is not None and base not in roots)
+
+
+def _rebase(repo: Repository, blobs: list[bytes], dtypes: dict[bytes, str]) -> int:
+    """Store each blob again without a delta base (decoded through its chain, hash-checked, coded
+    with the best standalone codec), packs first, then their index. Returns bytes written."""
+    builders: dict[BlobType, PackBuilder] = {}
+    written: dict[str, list[PackedBlob]] = {}
+    total = 0
+
+    def write(builder: PackBuilder) -> None:
+        nonlocal total
+        pack_id, data = builder.finish(repo.key)
+        repo.backend.save(FileType.PACK, pack_id, data)
+        written[pack_id] = builder.blobs
+        total += len(data)
+
+    for bid in blobs:
+        entry = repo.lookup(bid)
+        data = repo.load_blob(bid)
+        codec, envelope = repo._encode(entry.blob.type, bid, data, dtypes.get(bid), None)
+        builder = builders.setdefault(entry.blob.type, PackBuilder())
+        builder.add(bid, entry.blob.type, codec, envelope, len(data))
+        if builder.size >= repo.config.pack_size:
+            write(builders.pop(entry.blob.type))
+    for builder in builders.values():
+        if builder.blobs:
+            write(builder)
+    if written:
+        repo._write_index(written)
+    return total
 
 
 def _repack(repo: Repository, packs: list[str], kept_in: dict[str, list[PackedBlob]]) -> int:
