@@ -272,6 +272,8 @@ def test_cli_policy_status_and_tier(tmp_path: Path) -> None:
     assert late.returncode == 6 and not json.loads(late.stdout)["ok"]
     tier = wv("tier", "run", "--now", "2026-01-20T06:00")
     assert tier.returncode == 0 and "tier-move" in tier.stdout, tier.stdout
+    copied = wv("copy", "--from", "warm", "--to", "arch", "--json")  # repositories by their policy names
+    assert copied.returncode == 0 and json.loads(copied.stdout)["copied"], copied.stderr
     suggest = wv("policy", "suggest", "--stage", "final", "--model-size", "120GB", "--path", str(tmp_path / "run"))
     assert suggest.returncode == 0 and "x1.5" in suggest.stdout
     (tmp_path / "suggested.toml").write_text(suggest.stdout)

@@ -8,7 +8,14 @@ import sys
 import click
 
 from weightvault import api
-from weightvault.cli.common import Globals, open_repository, pass_globals, supplied_password
+from weightvault.cli.common import (
+    DEFAULT_POLICY,
+    Globals,
+    load_policy_file,
+    open_repository,
+    pass_globals,
+    supplied_password,
+)
 from weightvault.cli.output import echo_json
 from weightvault.errors import RepositoryNotFoundError, UsageError
 
@@ -38,11 +45,24 @@ def _from_password(g: Globals, from_password_file: str | None, location: str) ->
     return value.encode("utf-8")
 
 
+def _named(g: Globals, name: str | None) -> api.Repository | None:
+    """A repository named in the policy file ($WEIGHTVAULT_POLICY or the default one), if ``name``
+    is such a name and not an existing repository path."""
+    if not name or "/" in name or ":" in name or api.repository_exists(name, g.storage):
+        return None
+    path = os.path.expanduser(os.environ.get("WEIGHTVAULT_POLICY") or DEFAULT_POLICY)
+    if not os.path.exists(path):
+        return None
+    spec = load_policy_file(path)
+    return api.Fleet(spec, g.storage)[name] if name in spec.repositories else None
+
+
 @click.command()
 @click.argument("snapshots", nargs=-1)
-@click.option("--from", "source", required=True, metavar="PATH|s3://…", help="The repository to copy from.")
-@click.option("--to", "dest", metavar="PATH|s3://…",
-              help="The repository to copy into (default: the one chosen by -r, as for every command).")
+@click.option("--from", "source", required=True, metavar="PATH|s3://…|NAME",
+              help="The repository to copy from (or its name in the policy file).")
+@click.option("--to", "dest", metavar="PATH|s3://…|NAME",
+              help="The repository to copy into, or its name in the policy file (default: the one chosen by -r).")
 @click.option("--from-password-file", metavar="FILE",
               help="Source password (default: $WEIGHTVAULT_FROM_PASSWORD(_FILE), else the destination's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -53,10 +73,14 @@ def copy(g: Globals, snapshots: tuple[str, ...], source: str, dest: str | None, 
     different passwords, keys and chunking parameters. Only data the destination lacks is stored,
     everything written is read back and verified before a snapshot is committed, and snapshots
     copied before are skipped, so repeating a copy is cheap."""
-    if not api.repository_exists(source, g.storage):
-        raise RepositoryNotFoundError(f"no repository at {source}", hint="check the --from location")
-    dst = open_repository(Globals(dest if dest is not None else g.repo, g.password_file, g.quiet, g.storage))
-    src = api.Repository.open(source, _from_password(g, from_password_file, source), storage=g.storage)
+    src = _named(g, source)
+    if src is None:
+        if not api.repository_exists(source, g.storage):
+            raise RepositoryNotFoundError(f"no repository at {source}",
+                                          hint="check the --from location (a path, s3:// URL or policy name)")
+        src = api.Repository.open(source, _from_password(g, from_password_file, source), storage=g.storage)
+    dst = _named(g, dest) or open_repository(Globals(dest if dest is not None else g.repo, g.password_file,
+                                                     g.quiet, g.storage))
     say = None if (g.quiet or as_json) else (lambda msg: click.echo(msg, err=True))
     res = src.copy_to(dst, snapshots, say=say)
     if as_json:
