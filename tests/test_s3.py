@@ -22,7 +22,7 @@ from weightvault.backends.factory import open_backend
 from weightvault.backends.limits import LimitedBackend
 from weightvault.backends.retry import RetryingBackend
 from weightvault.backends.s3 import S3Backend, parse_s3_url
-from weightvault.errors import BackendError, ObjectExistsError, RepositoryNotFoundError, UsageError
+from weightvault.errors import BackendError, ImmutableError, ObjectExistsError, RepositoryNotFoundError, UsageError
 from weightvault.repository.repo import Repository as Engine
 from weightvault.testing.backend_conformance import BackendConformance
 from weightvault.testing.faults import FaultyBackend
@@ -212,6 +212,50 @@ def test_copy_from_local_disk_to_s3_and_back(s3: S3Endpoint, tmp_path: Path) -> 
     assert len(remote.copy_to(back).copied) == 2
     back.restore("latest", tmp_path / "out2")
     assert tree_digest(tmp_path / "out2" / "run") == tree_digest(src)
+
+
+def test_retention_locked_snapshot_gets_s3_object_lock(s3: S3Endpoint, tmp_path: Path) -> None:
+    """With Object Lock on the bucket, a snapshot backed up with a retention lock has its objects
+    (snapshot, packs, keys, config) retained until the same date: S3 refuses to delete them."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    import botocore.exceptions
+
+    if s3.external:
+        pytest.skip("needs a bucket with Object Lock created by the test")
+    bucket = f"locked-{os.urandom(4).hex()}"
+    client = s3.client()
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    storage = dataclasses.replace(s3.storage, s3_object_lock="GOVERNANCE")
+    url = f"s3://{bucket}/repo"
+    repo = Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=storage)
+    src = _source(tmp_path)
+    plain = repo.backup([src]).snapshot
+    until = datetime.now(UTC) + timedelta(days=3)
+    locked = repo.backup([src], lock_until=until).snapshot
+
+    def retention(key: str) -> datetime | None:
+        try:
+            return client.get_object_retention(Bucket=bucket, Key=key)["Retention"]["RetainUntilDate"]
+        except botocore.exceptions.ClientError:
+            return None
+
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    packs = [k for k in keys if "/data/" in k]
+    assert retention(f"repo/snapshots/{plain.id}") is None
+    got = retention(f"repo/snapshots/{locked.id}")
+    assert got is not None and abs((got - until).total_seconds()) < 2
+    assert all(retention(k) is not None for k in packs)  # the second backup reused every pack
+    assert retention("repo/config") is not None
+    assert all(retention(k) is not None for k in keys if "/keys/" in k)
+    assert all(retention(k) is None for k in keys if "/index/" in k)  # prune may rewrite the index
+    version = client.head_object(Bucket=bucket, Key=packs[0])["VersionId"]
+    with pytest.raises(botocore.exceptions.ClientError) as ei:
+        client.delete_object(Bucket=bucket, Key=packs[0], VersionId=version)
+    assert "AccessDenied" in str(ei.value)
+    with pytest.raises(ImmutableError):
+        repo.forget([locked.id])
 
 
 def test_backup_survives_one_in_five_requests_failing(s3: S3Endpoint, tmp_path: Path) -> None:

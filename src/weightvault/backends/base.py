@@ -10,6 +10,9 @@ Contract (every backend passes ``weightvault.testing.backend_conformance``):
   ObjectNotFoundError / BackendError; ``length=None`` reads to the end.
 * ``list(t)`` yields (name, size) of complete objects only (never temp files), in no given order.
 * ``remove(t, name)`` is idempotent: removing a missing object is not an error.
+* Optional capability ``retain(t, name, until)`` (``supports_retention`` True): the store keeps
+  the object from being deleted or overwritten until ``until`` (S3 Object Lock); it only ever
+  extends a retention. Backends without it have ``supports_retention`` False or no such attribute.
 * Permanent failures raise BackendError subclasses with a message naming the object;
   ENOSPC raises NoSpaceError. A failed fsync is reported, never retried as success.
 """

@@ -30,6 +30,7 @@ class StorageOptions:
     limit_upload: int | None = None  # bytes per second
     limit_download: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    s3_object_lock: str | None = None  # GOVERNANCE or COMPLIANCE: retention-locked snapshots get S3 retention
 
 
 def io_threads(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> int:
@@ -53,7 +54,7 @@ def open_backend(location: str | os.PathLike[str], storage: StorageOptions | Non
         bucket, prefix = parse_s3_url(loc)
         endpoint = opts.s3_endpoint or os.environ.get("WEIGHTVAULT_S3_ENDPOINT") or None
         s3 = S3Backend(bucket, prefix, endpoint_url=endpoint, region=opts.s3_region, profile=opts.s3_profile,
-                       max_concurrency=opts.connections)
+                       max_concurrency=opts.connections, object_lock_mode=opts.s3_object_lock)
         backend = LimitedBackend(RetryingBackend(s3, opts.retry), max_concurrent=opts.connections)
     else:
         backend = LocalBackend(loc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TypeVar
 
 from weightvault.backends.base import Backend, FileType
@@ -113,6 +114,13 @@ class LimitedBackend:
 
     def remove(self, ftype: FileType, name: str) -> None:
         self._run(lambda: self.inner.remove(ftype, name))
+
+    @property
+    def supports_retention(self) -> bool:
+        return bool(getattr(self.inner, "supports_retention", False))
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        self._run(lambda: self.inner.retain(ftype, name, until))  # type: ignore[attr-defined]
 
     def free_space(self) -> int | None:
         return self.inner.free_space()

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from weightvault.backends.base import Backend, FileType
@@ -125,6 +126,13 @@ class RetryingBackend:
 
     def remove(self, ftype: FileType, name: str) -> None:
         self._call("remove", lambda: self.inner.remove(ftype, name))
+
+    @property
+    def supports_retention(self) -> bool:
+        return bool(getattr(self.inner, "supports_retention", False))
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        self._call("retain", lambda: self.inner.retain(ftype, name, until))  # type: ignore[attr-defined]
 
     def free_space(self) -> int | None:
         return self.inner.free_space()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -77,7 +78,11 @@ class S3Backend:
         multipart_threshold: int = 64 * 1024 * 1024,
         multipart_chunk: int = 16 * 1024 * 1024,
         client: Any = None,
+        object_lock_mode: str | None = None,
     ) -> None:
+        if object_lock_mode not in (None, "GOVERNANCE", "COMPLIANCE"):
+            raise BackendError(f"unknown S3 Object Lock mode {object_lock_mode!r}", hint="use GOVERNANCE or COMPLIANCE")
+        self.object_lock_mode = object_lock_mode
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
@@ -254,6 +259,31 @@ class S3Backend:
                         yield name, int(obj["Size"])
         except Exception as exc:
             raise self._error(exc, f"{ftype.value}/") from exc
+
+    @property
+    def supports_retention(self) -> bool:
+        return self.object_lock_mode is not None
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        """Set (or extend, never shorten) the object's Object Lock retention to ``until``. The
+        bucket must have Object Lock enabled."""
+        if self.object_lock_mode is None:
+            raise BackendError("retention needs an Object Lock mode (--s3-object-lock)")
+        key, what = self._key(ftype, name), f"{ftype.value}/{name}"
+        try:
+            try:
+                current = self.client.get_object_retention(Bucket=self.bucket, Key=key)["Retention"]
+                if current.get("RetainUntilDate") and current["RetainUntilDate"] >= until:
+                    return
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc)[0] not in ("NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"):
+                    raise
+            self.client.put_object_retention(
+                Bucket=self.bucket, Key=key,
+                Retention={"Mode": self.object_lock_mode, "RetainUntilDate": until},
+            )
+        except Exception as exc:
+            raise self._error(exc, what) from exc
 
     def remove(self, ftype: FileType, name: str) -> None:
         try:

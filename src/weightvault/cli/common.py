@@ -90,7 +90,8 @@ def _explicit_exists(g: Globals, location: str) -> bool:
 
 
 def storage_options(
-    s3_endpoint: str | None, connections: int, limit_upload: str | None, limit_download: str | None
+    s3_endpoint: str | None, connections: int, limit_upload: str | None, limit_download: str | None,
+    s3_object_lock: str | None = None,
 ) -> api.StorageOptions:
     """The global storage options, with rates parsed (UsageError naming the option if malformed)."""
     rates: dict[str, int | None] = {}
@@ -100,7 +101,8 @@ def storage_options(
         except ValueError as exc:
             raise UsageError(f"{opt}: {exc}") from None
     return api.StorageOptions(s3_endpoint=s3_endpoint or None, connections=connections,
-                              limit_upload=rates["--limit-upload"], limit_download=rates["--limit-download"])
+                              limit_upload=rates["--limit-upload"], limit_download=rates["--limit-download"],
+                              s3_object_lock=s3_object_lock)
 
 
 def open_repository(g: Globals, *, create_default: bool = False) -> api.Repository:

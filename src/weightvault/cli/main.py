@@ -55,6 +55,9 @@ __all__ = ["cli", "main", "run"]
     "--connections", type=click.IntRange(1, 256), default=8, show_default=True, envvar="WEIGHTVAULT_CONNECTIONS",
     help="Concurrent requests to object storage (also parts per multipart upload and restore reader threads).",
 )
+@click.option("--s3-object-lock", type=click.Choice(["GOVERNANCE", "COMPLIANCE"]), envvar="WEIGHTVAULT_S3_OBJECT_LOCK",
+              help="The bucket has S3 Object Lock: give the objects of retention-locked snapshots (backup --lock-for)"
+              " an Object Lock retention in this mode until the same date.")
 @click.option("--limit-upload", metavar="RATE", help="Upload at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option("--limit-download", metavar="RATE", help="Download at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option(
@@ -70,13 +73,14 @@ def cli(
     repo: str | None,
     s3_endpoint: str | None,
     connections: int,
+    s3_object_lock: str | None,
     limit_upload: str | None,
     limit_download: str | None,
     password_file: str | None,
     quiet: bool,
 ) -> None:
     """Deduplicated, compressed, encrypted backups of model checkpoints and training runs."""
-    storage = storage_options(s3_endpoint, connections, limit_upload, limit_download)
+    storage = storage_options(s3_endpoint, connections, limit_upload, limit_download, s3_object_lock)
     ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet, storage=storage)
 
 

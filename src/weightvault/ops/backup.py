@@ -24,9 +24,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from weightvault import __version__
+from weightvault.backends.base import FileType
 from weightvault.chunking.registry import SplitterRegistry, default_registry
 from weightvault.errors import NoSpaceError, ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.delta_bases import BaseFinder
@@ -376,8 +377,36 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
         locked_until=_utc(opts.lock_until).isoformat() if opts.lock_until is not None else None,
     )
     repo.save_snapshot(snap)
+    if opts.lock_until is not None and getattr(repo.backend, "supports_retention", False):
+        retain_snapshot(repo, snap, _utc(opts.lock_until))
     group = commit_group(repo, opts.group)[0] if opts.group is not None else None
     return BackupResult(snap, errors, warnings, group)
+
+
+def retain_snapshot(repo: Repository, snap: Snapshot, until: datetime) -> int:
+    """Object Lock: keep every object a retention-locked snapshot needs from deletion until
+    ``until`` (the snapshot document, the packs of its tree and file blobs and their delta
+    bases, the key files and the config). Index files are not locked: prune rewrites them, and
+    they can be rebuilt from the packs. Returns the number of objects retained."""
+    packs: set[str] = set()
+    todo = list(snap.tree) + [b for n in iter_manifest(snap.tree, repo.load_blob) for b in n.blobs]
+    seen: set[bytes] = set()
+    while todo:
+        bid = todo.pop()
+        if bid in seen:
+            continue
+        seen.add(bid)
+        packs.add(repo.lookup(bid).pack_id)
+        base = repo.index.base_of(bid)
+        if base is not None:
+            todo.append(base)
+    backend: Any = repo.backend
+    objects = [(FileType.SNAPSHOT, snap.id), (FileType.CONFIG, "config")]
+    objects += [(FileType.KEY, name) for name, _ in repo.backend.list(FileType.KEY)]
+    objects += [(FileType.PACK, p) for p in sorted(packs)]
+    for ftype, name in objects:
+        backend.retain(ftype, name, until)
+    return len(objects)
 
 
 def _backup_file(
