@@ -244,6 +244,9 @@ def test_status_reports_rpo_breaches(tmp_path: Path) -> None:
     fresh = api.policy_status(spec, now=T0 + timedelta(hours=6))
     assert not any(ln.breached for ln in fresh)
     assert {(ln.role, ln.repository) for ln in fresh} == {("primary", "hot"), ("replica", "cold")}
+    replica = next(ln for ln in fresh if ln.role == "replica")
+    assert replica.last_verified is not None and replica.verified_age_s is not None  # the copy read it back
+    assert all(ln.last_verified is None for ln in fresh if ln.role == "primary")  # no verify/drill yet
     stale = api.policy_status(spec, now=T0 + timedelta(days=2))
     assert all(ln.breached for ln in stale)
 

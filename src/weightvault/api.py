@@ -746,4 +746,4 @@ def policy_status(spec: _spec.PolicySpec, *, now: datetime | None = None,
     fleet = fleet or Fleet(spec)
     used = {s.repository for s in spec.sources.values()} | {r for s in spec.sources.values() for r in s.replicate_to}
     snaps = {name: fleet[name].snapshots() for name in sorted(used)}
-    return _plan.rpo_lines(spec, snaps, now or datetime.now(UTC))
+    return _plan.rpo_lines(spec, snaps, now or datetime.now(UTC), _journal_mod.read_records(_journal(spec)))

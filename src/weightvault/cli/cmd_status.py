@@ -30,7 +30,8 @@ def _age(seconds: float | None) -> str:
 @pass_globals
 def status(g: Globals, policy_path: str, now: str | None, as_json: bool) -> None:
     """Per source and data class (in its repository) and per replica: the newest snapshot's age
-    against the source's RPO. Exit 6 when any RPO is breached, so cron and monitoring can alert."""
+    against the source's RPO, and how long ago data there was last verified (copies and tier moves
+    read back what they write). Exit 6 when any RPO is breached, so cron and monitoring can alert."""
     spec = load_policy_file(policy_path)
     lines = api.policy_status(spec, now=parse_now(now), fleet=api.Fleet(spec, g.storage))
     breached = [ln for ln in lines if ln.breached]
@@ -38,8 +39,8 @@ def status(g: Globals, policy_path: str, now: str | None, as_json: bool) -> None
         echo_json({"ok": not breached, "lines": [dict(ln.__dict__) for ln in lines]})
     elif not g.quiet:
         rows = [[ln.source, ln.dc or "*", ln.repository, ln.site, ln.role, _age(ln.age_s), _age(ln.rpo_s),
-                 "BREACHED" if ln.breached else "ok"] for ln in lines]
-        print_table(["Source", "Class", "Repository", "Site", "Role", "Last", "RPO", "State"], rows)
+                 _age(ln.verified_age_s), "BREACHED" if ln.breached else "ok"] for ln in lines]
+        print_table(["Source", "Class", "Repository", "Site", "Role", "Last", "RPO", "Verified", "State"], rows)
     if breached:
         raise RpoBreachedError(f"{len(breached)} recovery point(s) older than their RPO",
                                hint="run `weightvault policy apply` (and check why it has not run)")

@@ -7,7 +7,7 @@ tags, which ``copy`` preserves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -121,11 +121,18 @@ class RpoLine:
     age_s: float | None
     rpo_s: float
     breached: bool
+    last_verified: str | None = None  # time of the newest verified write or check recorded for it
+    verified_age_s: float | None = None
 
 
-def rpo_lines(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now: datetime) -> list[RpoLine]:
+VERIFYING_STEPS = ("copy", "tier-move", "verify", "drill")
+
+
+def rpo_lines(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now: datetime,
+              journal: Sequence[dict[str, object]] = ()) -> list[RpoLine]:
     """Per source: the newest snapshot of each class in its repository, and the newest snapshot in
-    each replica, against the source's RPO."""
+    each replica, against the source's RPO; with the journal, when data of that source was last
+    verified there (copies read back what they wrote; verify and drill runs read it all)."""
     out = []
     for source in spec.sources.values():
         rpo = spec.rpo_of(source)
@@ -137,7 +144,26 @@ def rpo_lines(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now: d
             replica = spec.repositories[name]
             out.append(_line(source, None, replica, "replica",
                              newest(snaps_by_repo.get(name, []), source.name), rpo, now))
-    return out
+    return [_verified(ln, journal, now) for ln in out]
+
+
+def _verified(line: RpoLine, journal: Sequence[dict[str, object]], now: datetime) -> RpoLine:
+    times = [str(r["time"]) for r in journal
+             if r.get("ok") and r.get("step") in VERIFYING_STEPS and r.get("source") == line.source
+             and _target(r) == line.repository and (line.dc is None or r.get("data_class") in (None, line.dc))]
+    if not times:
+        return line
+    last = max(times)
+    age = (now - datetime.fromisoformat(last)).total_seconds()
+    return RpoLine(**{**line.__dict__, "last_verified": last, "verified_age_s": age})
+
+
+def _target(record: dict[str, object]) -> str | None:
+    """The repository a journal record's verified data lives in (a tier move's is in its detail)."""
+    if record.get("step") == "tier-move":
+        detail = str(record.get("detail", ""))
+        return detail.rsplit("(", 1)[-1].rstrip(")") if "(" in detail else None
+    return str(record.get("repository")) if record.get("repository") else None
 
 
 def _line(source: SourceSpec, dc: str | None, repo: RepoSpec, role: str, last: Snapshot | None, rpo: timedelta,
