@@ -236,10 +236,8 @@ def test_retention_locked_snapshot_gets_s3_object_lock(s3: S3Endpoint, tmp_path:
     locked = repo.backup([src], lock_until=until).snapshot
 
     def retention(key: str) -> datetime | None:
-        try:
-            return client.get_object_retention(Bucket=bucket, Key=key)["Retention"]["RetainUntilDate"]
-        except botocore.exceptions.ClientError:
-            return None
+        until: datetime | None = client.head_object(Bucket=bucket, Key=key).get("ObjectLockRetainUntilDate")
+        return until
 
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
     packs = [k for k in keys if "/data/" in k]

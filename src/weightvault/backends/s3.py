@@ -271,13 +271,9 @@ class S3Backend:
             raise BackendError("retention needs an Object Lock mode (--s3-object-lock)")
         key, what = self._key(ftype, name), f"{ftype.value}/{name}"
         try:
-            try:
-                current = self.client.get_object_retention(Bucket=self.bucket, Key=key)["Retention"]
-                if current.get("RetainUntilDate") and current["RetainUntilDate"] >= until:
-                    return
-            except botocore.exceptions.ClientError as exc:
-                if _code(exc)[0] not in ("NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"):
-                    raise
+            current = self.client.head_object(Bucket=self.bucket, Key=key).get("ObjectLockRetainUntilDate")
+            if current is not None and current >= until:
+                return
             self.client.put_object_retention(
                 Bucket=self.bucket, Key=key,
                 Retention={"Mode": self.object_lock_mode, "RetainUntilDate": until},
