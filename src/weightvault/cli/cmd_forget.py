@@ -77,7 +77,7 @@ def forget(
             "prune": None if res.prune is None else prune_json(res.prune),
         })
         return
-    for grp in res.groups:
+    for grp in res.groups if not g.quiet else []:
         key = ", ".join(f"{k} {display(' '.join(v) if isinstance(v, tuple) else str(v))}" for k, v in grp.key.items())
         click.echo(f"group: {key or 'all snapshots'} (ordered by {grp.ordered_by})")
         rows = [[d.snapshot.short_id, human_time(d.snapshot.time), display(",".join(d.snapshot.tags)),
