@@ -8,18 +8,9 @@ import click
 
 from weightvault import api
 from weightvault.cli.common import Globals, load_policy_file, now_option, parse_now, pass_globals, policy_option
-from weightvault.cli.output import echo_json, print_run, run_json
-from weightvault.errors import WeightvaultError
+from weightvault.cli.output import report_run
 
 __all__ = ["policy"]
-
-
-def _exit_for(run: api.PolicyRun) -> None:
-    failed = [s for s in run.steps if not s.ok]
-    if failed:
-        raise WeightvaultError(f"{len(failed)} of {len(run.steps)} step(s) failed (first: {failed[0].step}"
-                               f" {failed[0].repository}: {failed[0].detail})",
-                               hint="the journal and the lines above say what failed; the other steps ran")
 
 
 @click.group()
@@ -61,10 +52,6 @@ def apply(g: Globals, policy_path: str, now: str | None, dry_run: bool, as_json:
     (the others still run). Meant for cron or a systemd timer."""
     spec = load_policy_file(policy_path)
     run = api.apply_policy(spec, now=parse_now(now), dry_run=dry_run, fleet=api.Fleet(spec, g.storage))
-    if as_json:
-        echo_json(run_json(run))
-    else:
-        print_run(run, g.quiet)
-    _exit_for(run)
+    report_run(run, g.quiet, as_json)
 
 

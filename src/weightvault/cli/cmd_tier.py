@@ -6,8 +6,7 @@ import click
 
 from weightvault import api
 from weightvault.cli.common import Globals, load_policy_file, now_option, parse_now, pass_globals, policy_option
-from weightvault.cli.output import echo_json, print_run, run_json
-from weightvault.errors import WeightvaultError
+from weightvault.cli.output import report_run
 
 __all__ = ["tier"]
 
@@ -29,9 +28,4 @@ def run_(g: Globals, policy_path: str, now: str | None, dry_run: bool, as_json: 
     tier are forgotten. Nothing moves to an archive tier before a second site holds a copy."""
     spec = load_policy_file(policy_path)
     res = api.tier_run(spec, now=parse_now(now), dry_run=dry_run, fleet=api.Fleet(spec, g.storage))
-    if as_json:
-        echo_json(run_json(res))
-    else:
-        print_run(res, g.quiet)
-    if not res.ok:
-        raise WeightvaultError("some tier moves failed; see above", hint="the journal records each step")
+    report_run(res, g.quiet, as_json)

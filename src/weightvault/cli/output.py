@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from weightvault import api
+from weightvault.errors import WeightvaultError
 
 __all__ = [
     "display",
@@ -164,16 +165,19 @@ def prune_lines(res: api.PruneResult) -> list[str]:
     return lines
 
 
-def run_json(run: api.PolicyRun) -> dict[str, Any]:
-    return {"ok": run.ok, "dry_run": run.dry_run, "steps": [dict(s.__dict__) for s in run.steps]}
-
-
-def print_run(run: api.PolicyRun, quiet: bool) -> None:
-    """One line per policy step: outcome, step, repository, detail."""
-    if quiet:
-        return
-    for s in run.steps:
-        mark = "would" if run.dry_run else ("ok" if s.ok else "FAILED")
-        click.echo(f"{mark:6} {s.step:11} {s.repository:12} {s.detail}")
-    if not run.steps:
-        click.echo("nothing is due")
+def report_run(run: api.PolicyRun, quiet: bool, as_json: bool) -> None:
+    """Print a policy run (one line per step: outcome, step, repository, detail; or JSON), then
+    raise if any step failed (exit 1: the others still ran, and the journal has them all)."""
+    if as_json:
+        echo_json({"ok": run.ok, "dry_run": run.dry_run, "steps": [dict(s.__dict__) for s in run.steps]})
+    elif not quiet:
+        for s in run.steps:
+            mark = "would" if run.dry_run else ("ok" if s.ok else "FAILED")
+            click.echo(f"{mark:6} {s.step:11} {s.repository:12} {s.detail}")
+        if not run.steps:
+            click.echo("nothing is due")
+    failed = [s for s in run.steps if not s.ok]
+    if failed:
+        raise WeightvaultError(f"{len(failed)} of {len(run.steps)} step(s) failed (first: {failed[0].step}"
+                               f" {failed[0].repository}: {failed[0].detail})",
+                               hint="the lines above and the journal say what failed; the other steps ran")

@@ -318,65 +318,62 @@ def _rebase_candidates(roots: set[bytes], chosen: dict[bytes, Copy]) -> list[byt
     return sorted(b for b in roots if b in chosen and (base := chosen[b][1].base) is not None and base not in roots)
 
 
+class _PackWriter:
+    """New packs for blobs prune moves or re-encodes: packs are written as they fill, then one
+    index file for all of them (packs first, then their index)."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.builders: dict[BlobType, PackBuilder] = {}
+        self.written: dict[str, list[PackedBlob]] = {}
+        self.bytes = 0
+
+    def add(self, blob: PackedBlob, codec: int, envelope: bytes | bytearray, base: bytes | None) -> None:
+        builder = self.builders.setdefault(blob.type, PackBuilder())
+        builder.add(blob.blob_id, blob.type, codec, envelope, blob.raw_length, base)
+        if builder.size >= self.repo.config.pack_size:
+            self._write(self.builders.pop(blob.type))
+
+    def _write(self, builder: PackBuilder) -> None:
+        pack_id, data = builder.finish(self.repo.key)
+        self.repo.backend.save(FileType.PACK, pack_id, data)
+        self.written[pack_id] = builder.blobs
+        self.bytes += len(data)
+
+    def finish(self) -> int:
+        """Write what is left and the index; returns the bytes of packs written."""
+        for builder in self.builders.values():
+            if builder.blobs:
+                self._write(builder)
+        self.builders = {}
+        if self.written:
+            self.repo._write_index(self.written)
+        return self.bytes
+
+
 def _rebase(repo: Repository, blobs: list[bytes], dtypes: dict[bytes, str]) -> int:
     """Store each blob again without a delta base (decoded through its chain, hash-checked, coded
     with the best standalone codec), packs first, then their index. Returns bytes written."""
-    builders: dict[BlobType, PackBuilder] = {}
-    written: dict[str, list[PackedBlob]] = {}
-    total = 0
-
-    def write(builder: PackBuilder) -> None:
-        nonlocal total
-        pack_id, data = builder.finish(repo.key)
-        repo.backend.save(FileType.PACK, pack_id, data)
-        written[pack_id] = builder.blobs
-        total += len(data)
-
+    out = _PackWriter(repo)
     for bid in blobs:
-        entry = repo.lookup(bid)
+        blob = repo.lookup(bid).blob
         data = repo.load_blob(bid)
-        codec, envelope = repo._encode(entry.blob.type, bid, data, dtypes.get(bid), None)
-        builder = builders.setdefault(entry.blob.type, PackBuilder())
-        builder.add(bid, entry.blob.type, codec, envelope, len(data))
-        if builder.size >= repo.config.pack_size:
-            write(builders.pop(entry.blob.type))
-    for builder in builders.values():
-        if builder.blobs:
-            write(builder)
-    if written:
-        repo._write_index(written)
-    return total
+        codec, envelope = repo._encode(blob.type, bid, data, dtypes.get(bid), None)
+        out.add(blob, codec, envelope, None)
+    return out.finish()
 
 
 def _repack(repo: Repository, packs: list[str], kept_in: dict[str, list[PackedBlob]]) -> int:
     """Copy the kept blobs of ``packs`` into new packs (envelopes authenticated, bytes unchanged),
     write the packs, then an index for them. Returns bytes written."""
-    builders: dict[BlobType, PackBuilder] = {}
-    written: dict[str, list[PackedBlob]] = {}
-    total = 0
-
-    def write(builder: PackBuilder) -> None:
-        nonlocal total
-        pack_id, data = builder.finish(repo.key)
-        repo.backend.save(FileType.PACK, pack_id, data)
-        written[pack_id] = builder.blobs
-        total += len(data)
-
+    out = _PackWriter(repo)
     for pack_id in packs:
         data = repo.backend.load(FileType.PACK, pack_id)
         for b in sorted(kept_in[pack_id], key=lambda b: b.offset):
             envelope = data[b.offset : b.offset + b.length]
             repo.key.open(envelope, blob_aad(b.type, b.codec, b.blob_id), f"blob {b.blob_id.hex()} in pack {pack_id}")
-            builder = builders.setdefault(b.type, PackBuilder())
-            builder.add(b.blob_id, b.type, b.codec, envelope, b.raw_length, b.base)
-            if builder.size >= repo.config.pack_size:
-                write(builders.pop(b.type))
-    for builder in builders.values():
-        if builder.blobs:
-            write(builder)
-    if written:
-        repo._write_index(written)  # packs first, then their index
-    return total
+            out.add(b, b.codec, envelope, b.base)
+    return out.finish()
 
 
 def _record_waiting(repo: Repository, own_lock: str, plan: Plan) -> Plan:
