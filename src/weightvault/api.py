@@ -11,12 +11,14 @@ Errors are ``weightvault.errors.WeightvaultError`` subclasses, each with an ``ex
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from weightvault.backends.base import FileType
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend, repository_exists
@@ -42,6 +44,7 @@ from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
 from weightvault.ops import retention as _retention
 from weightvault.ops import stats as _stats
+from weightvault.ops import verify as _verify
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
 from weightvault.ops.copy import CopyResult
@@ -54,6 +57,7 @@ from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
 from weightvault.ops.retention import parse_duration
 from weightvault.ops.stats import Stats
+from weightvault.ops.verify import VerifyResult
 from weightvault.policy import journal as _journal_mod
 from weightvault.policy import plan as _plan
 from weightvault.policy import spec as _spec
@@ -97,6 +101,7 @@ __all__ = [
     "Snapshot",
     "Stats",
     "StorageOptions",
+    "VerifyResult",
     "apply_policy",
     "default_key_file",
     "default_repository_path",
@@ -128,6 +133,30 @@ def read_password_file(path: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         raise UsageError(f"cannot read password file {path}: {exc.strerror}") from exc
     return _pw(data.splitlines()[0] if data else b"")
+
+
+def _verify_state_path(repo_id: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "weightvault" / "verify" / f"{repo_id}.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Atomically: temp file, fsync, rename (a crash leaves the old state or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def default_repository_path() -> Path:
@@ -290,6 +319,39 @@ class Repository:
         with self._repo.lock(exclusive=False):
             self._still_there(snap)
             return _restore.restore(self._repo, snap, os.fspath(target), opts)
+
+    def verify(self, spec: str, *, against: str | os.PathLike[str] | None = None, sample: float | None = None,
+               progress: ProgressCallback | None = None) -> VerifyResult:
+        """Re-read a snapshot's data: every blob authenticated and hash-checked, every file's
+        SHA-256 and size compared with the manifest; with ``against``, compared with that live
+        directory too. ``sample`` (0 < x <= 1) checks one of round(1/x) deterministic buckets of
+        files, the next one on each run (state in ``$XDG_STATE_HOME/weightvault/verify/``), so
+        repeated runs cover every file; ``result.coverage`` says how much has been covered."""
+        snap = self.find_snapshot(spec)
+        buckets = None
+        if sample is not None:
+            if not 0 < sample <= 1:
+                raise UsageError(f"sample {sample} is outside (0, 1]", hint="e.g. --sample 5%")
+            buckets = max(1, round(1 / sample))
+        state_path = _verify_state_path(self.id)
+        state = _read_json(state_path) if buckets else {}
+        key = f"{snap.id}:{buckets}"
+        entry = state.get(key, {})
+        done, last = set(entry.get("done", [])), int(entry.get("last", -1))
+        if buckets and len(done) >= buckets:
+            done = set()  # every bucket verified: start another round
+        order = [(last + 1 + i) % buckets for i in range(buckets)] if buckets else []
+        pick = (next((b for b in order if b not in done), order[0]), buckets) if buckets else None
+        with self._repo.lock():
+            self._still_there(snap)
+            res = _verify.verify_snapshot(self._repo, snap, against, pick, progress)
+        if buckets and pick is not None:
+            if res.ok:
+                done.add(pick[0])
+            state[key] = {"done": sorted(done), "last": pick[0]}
+            _write_json(state_path, state)
+            res.coverage = len(done) / buckets
+        return res
 
     def _still_there(self, snap: Snapshot) -> None:
         """With a lock held: the snapshot was not forgotten after it was looked up (a prune that

@@ -8,6 +8,7 @@
     ├── CheckFailedError (5)               `check` found problems
     ├── RpoBreachedError (6)               `status`: a source's newest snapshot is older than its RPO
     ├── ConfigFileError (7)                a policy/config file is malformed or invalid (names the line)
+    ├── DifferencesFoundError (8)          `verify --against`: the live tree differs from the snapshot
     ├── RepositoryNotFoundError (10)
     ├── WrongPasswordError (11)
     ├── RepositoryLockedError (12)
@@ -33,6 +34,7 @@ __all__ = [
     "BackendError",
     "CheckFailedError",
     "ConfigFileError",
+    "DifferencesFoundError",
     "ImmutableError",
     "IntegrityError",
     "NoSpaceError",
@@ -102,6 +104,10 @@ class RpoBreachedError(WeightvaultError):
 
 class ConfigFileError(WeightvaultError):
     exit_code = 7
+
+
+class DifferencesFoundError(WeightvaultError):
+    exit_code = 8
 
 
 class RepositoryNotFoundError(WeightvaultError):

@@ -34,6 +34,7 @@ from weightvault.cli import (
     cmd_status,
     cmd_tier,
     cmd_unlock,
+    cmd_verify,
 )
 from weightvault.cli.common import Globals, storage_options
 from weightvault.cli.output import display_lines
@@ -87,7 +88,7 @@ def cli(
 for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
-    cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status,
+    cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status, cmd_verify.verify,
 ):
     cli.add_command(_cmd)
 

@@ -17,7 +17,6 @@ what any interrupted backup leaves; the next copy adopts the packs and reuses th
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,15 +26,13 @@ from weightvault.backends.base import FileType
 from weightvault.errors import IntegrityError, UsageError, WeightvaultError
 from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
 from weightvault.repository.packer import read_pack_header
-from weightvault.repository.repo import DeltaBase, Repository
+from weightvault.repository.repo import DeltaBase, PlaintextCache, Repository
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType
 
 __all__ = ["CopyResult", "copy_snapshots"]
 
 log = logging.getLogger(__name__)
-
-CACHE_BYTES = 256 * 1024 * 1024  # decoded source blobs kept as delta bases (least recently used dropped)
 
 
 @dataclass
@@ -49,28 +46,6 @@ class CopyResult:
     stored_bytes_added: int = 0  # bytes the destination's new blobs take
     packs_verified: int = 0
     bytes_verified: int = 0
-
-
-class _Plaintexts:
-    """Decoded source blobs, bounded; delta bases are served from here when possible."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
-        self._size = 0
-
-    def load(self, blob_id: bytes) -> bytes:
-        data = self._kept.get(blob_id)
-        if data is not None:
-            self._kept.move_to_end(blob_id)
-            return data
-        data = self.repo.load_blob(blob_id, self.load)
-        if len(data) <= CACHE_BYTES:
-            self._kept[blob_id] = data
-            self._size += len(data)
-            while self._size > CACHE_BYTES:
-                self._size -= len(self._kept.popitem(last=False)[1])
-        return data
 
 
 def copy_snapshots(
@@ -90,7 +65,7 @@ def copy_snapshots(
         if s.copied_from is not None and s.copied_from["repo"] == src_repo:
             done.setdefault(s.copied_from["snapshot"], s)
     mapping = _known_mapping(src, dst, done)
-    cache = _Plaintexts(src)
+    cache = PlaintextCache(src)
     for snap in sorted(snaps, key=lambda s: (s.datetime, s.id)):
         if snap.id in done:
             res.skipped.append(snap.id)
@@ -124,7 +99,7 @@ def _copy_one(
     dst: Repository,
     snap: Snapshot,
     mapping: dict[bytes, bytes],
-    cache: _Plaintexts,
+    cache: PlaintextCache,
     done: dict[str, Snapshot],
     res: CopyResult,
 ) -> Snapshot:
@@ -163,7 +138,7 @@ def _copy_blob(
     i: int,
     blob_id: bytes,
     mapping: dict[bytes, bytes],
-    cache: _Plaintexts,
+    cache: PlaintextCache,
     res: CopyResult,
 ) -> bytes:
     known = mapping.get(blob_id)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ from weightvault.repository.plans import Plan, load_plans
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType, IndexEntry, PackedBlob
 
-__all__ = ["MAX_CHAIN", "DeltaBase", "Repository"]
+__all__ = ["MAX_CHAIN", "DeltaBase", "PlaintextCache", "Repository"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,30 @@ class DeltaBase:
 
     blob_id: bytes
     load: Callable[[], bytes | None]
+
+
+class PlaintextCache:
+    """Decoded blobs, bounded (least recently used dropped). ``load`` decodes delta blobs with
+    their bases served from here, so a chain shared by many blobs is decoded once while cached."""
+
+    def __init__(self, repo: Repository, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.repo = repo
+        self.max_bytes = max_bytes
+        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+
+    def load(self, blob_id: bytes) -> bytes:
+        data = self._kept.get(blob_id)
+        if data is not None:
+            self._kept.move_to_end(blob_id)
+            return data
+        data = self.repo.load_blob(blob_id, self.load)
+        if len(data) <= self.max_bytes:
+            self._kept[blob_id] = data
+            self._size += len(data)
+            while self._size > self.max_bytes:
+                self._size -= len(self._kept.popitem(last=False)[1])
+        return data
 
 
 class Repository:
