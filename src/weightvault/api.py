@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import random as _random
 import secrets
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +31,7 @@ from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
 from weightvault.errors import (
     ImmutableError,
+    IntegrityError,
     ObjectNotFoundError,
     RepositoryNotFoundError,
     SnapshotNotFoundError,
@@ -44,6 +49,7 @@ from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
 from weightvault.ops import retention as _retention
 from weightvault.ops import stats as _stats
+from weightvault.ops import validate as _validate
 from weightvault.ops import verify as _verify
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
@@ -57,6 +63,7 @@ from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
 from weightvault.ops.retention import parse_duration
 from weightvault.ops.stats import Stats
+from weightvault.ops.validate import ValidationReport
 from weightvault.ops.verify import VerifyResult
 from weightvault.policy import journal as _journal_mod
 from weightvault.policy import plan as _plan
@@ -80,6 +87,7 @@ __all__ = [
     "DefaultRepository",
     "DiffEntry",
     "DiffResult",
+    "DrillResult",
     "Fleet",
     "ForgetResult",
     "Group",
@@ -101,6 +109,7 @@ __all__ = [
     "Snapshot",
     "Stats",
     "StorageOptions",
+    "ValidationReport",
     "VerifyResult",
     "apply_policy",
     "default_key_file",
@@ -353,6 +362,66 @@ class Repository:
             res.coverage = len(done) / buckets
         return res
 
+    def validate(self, spec: str, directory: str | os.PathLike[str], *, level: int = 3) -> ValidationReport:
+        """Validate the restored (or live) copy of a snapshot in ``directory`` (standing for its
+        source path) at model-validation ``level`` 1..3 (see ``weightvault.ops.validate``)."""
+        if level not in _validate.LEVELS:
+            raise UsageError(f"validation level {level} is not one of 1..3",
+                             hint="1 integrity, 2 format, 3 structure (level 4, a forward pass, is not available yet)")
+        snap = self.find_snapshot(spec)
+        with self._repo.lock():
+            self._still_there(snap)
+            return _validate.validate_tree(self._repo, snap, Path(directory), level)
+
+    def drill(self, *, pick: str = "latest", within: str | timedelta | None = None, level: int = 3,
+              now: datetime | None = None, workdir: str | os.PathLike[str] | None = None,
+              seed: int | None = None, journal: Path | None = None) -> DrillResult:
+        """A restore drill: pick a snapshot (``latest`` or ``random``, optionally ``within`` a time
+        before now), restore it into a fresh temporary directory (every file SHA-256-checked before
+        it is renamed into place), validate it at ``level``, record the outcome and the measured
+        restore time (RTO) in the journal, and remove the copy. Failure is a result, not an error."""
+        if pick not in ("latest", "random"):
+            raise UsageError(f"unknown pick {pick!r}", hint="use latest or random")
+        if level not in _validate.LEVELS:
+            raise UsageError(f"validation level {level} is not one of 1..3")
+        clock = now or datetime.now(UTC)
+        snaps = self.snapshots()
+        if within is not None:
+            span = _retention.parse_duration(within) if isinstance(within, str) else within
+            snaps = [s for s in snaps if s.datetime >= clock - span]
+        if not snaps:
+            raise SnapshotNotFoundError("no snapshot to drill" + (f" within {within}" if within else ""))
+        snap = snaps[-1] if pick == "latest" else _random.Random(seed).choice(snaps)
+        result = DrillResult(snap.id, level, False, clock.isoformat())
+        tmp = Path(tempfile.mkdtemp(prefix="wv-drill-", dir=workdir))
+        try:
+            t0 = time.perf_counter()
+            try:
+                restored = self.restore(snap.id, tmp, verify=True)
+                result.restore_s = time.perf_counter() - t0
+                result.files, result.bytes = restored.files, restored.bytes
+                if restored.errors:
+                    raise IntegrityError(f"{len(restored.errors)} file(s) could not be restored; first: "
+                                         f"{restored.errors[0][0]}: {restored.errors[0][1]}")
+                root = tmp / os.path.basename(snap.paths[0]) if len(snap.paths) == 1 else tmp
+                t1 = time.perf_counter()
+                result.report = self.validate(snap.id, root, level=level)
+                result.validate_s = time.perf_counter() - t1
+                result.ok = result.report.ok
+                if not result.ok:
+                    bad = result.report.failed[0]
+                    result.error = f"{len(result.report.failed)} file(s) failed; first: {bad.path}: {bad.problems[0]}"
+            except WeightvaultError as exc:
+                result.error = f"restore failed: {exc.message}"
+            result.rto_s = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        record = {"time": result.time, "step": "drill", "repository": self.location, "snapshot": snap.id,
+                  "level": level, "ok": result.ok, "rto_s": round(result.rto_s, 3), "bytes": result.bytes,
+                  "detail": result.error or f"restored {result.files} files and validated them at level {level}"}
+        _journal_mod.append_record(journal or _journal_mod.default_journal_path(), record)
+        return result
+
     def _still_there(self, snap: Snapshot) -> None:
         """With a lock held: the snapshot was not forgotten after it was looked up (a prune that
         starts later waits for this lock, so its data stays until the lock is released)."""
@@ -600,6 +669,24 @@ class PolicyRun:
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.steps)
+
+
+@dataclass
+class DrillResult:
+    """What a restore drill did: the snapshot, whether restore and validation passed, the time
+    to restore and validate (``rto_s``), and the validation report."""
+
+    snapshot: str
+    level: int
+    ok: bool
+    time: str
+    rto_s: float = 0.0
+    restore_s: float = 0.0
+    validate_s: float = 0.0
+    files: int = 0
+    bytes: int = 0
+    error: str | None = None
+    report: ValidationReport | None = None
 
 
 class Fleet:

@@ -9,6 +9,7 @@
     ├── RpoBreachedError (6)               `status`: a source's newest snapshot is older than its RPO
     ├── ConfigFileError (7)                a policy/config file is malformed or invalid (names the line)
     ├── DifferencesFoundError (8)          `verify --against`: the live tree differs from the snapshot
+    ├── ValidationFailedError (9)          `validate`/`drill`: a restored model failed validation
     ├── RepositoryNotFoundError (10)
     ├── WrongPasswordError (11)
     ├── RepositoryLockedError (12)
@@ -51,6 +52,7 @@ __all__ = [
     "UnsafePathError",
     "UnsupportedFormatError",
     "UsageError",
+    "ValidationFailedError",
     "VerificationError",
     "WeightvaultError",
     "WrongPasswordError",
@@ -108,6 +110,10 @@ class ConfigFileError(WeightvaultError):
 
 class DifferencesFoundError(WeightvaultError):
     exit_code = 8
+
+
+class ValidationFailedError(WeightvaultError):
+    exit_code = 9
 
 
 class RepositoryNotFoundError(WeightvaultError):

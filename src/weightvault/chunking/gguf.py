@@ -28,7 +28,7 @@ from weightvault.chunking.tensor_plan import (
     split_or_fallback,
 )
 
-__all__ = ["GGML_DTYPES", "MAX_HEADER", "GgufSplitter", "plan_gguf"]
+__all__ = ["GGML_DTYPES", "MAX_HEADER", "GgufSplitter", "gguf_tensors", "plan_gguf"]
 
 MAGIC = b"GGUF"
 MAX_HEADER = 256 * 1024 * 1024  # header + metadata + infos beyond this: generic CDC
@@ -189,6 +189,17 @@ def _ranges(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int
                                   DTYPE_SIZES[dtype] if dtype else 1))
         cursor = end
     return ranges
+
+
+def gguf_tensors(stream: BinaryIO, size: int) -> list[tuple[str, int, int]]:
+    """(name, ggml type, element count) of every tensor, after the same bounds checks the splitter
+    makes (header, counts, offsets inside the file, no overlaps); ValueError if any fails."""
+    try:
+        data_start, infos = _parse(stream, size)
+        _ranges(data_start, infos, size)
+    except (_Bad, struct.error) as exc:
+        raise ValueError(f"bad GGUF: {exc}") from None
+    return [(name.decode("utf-8", "replace"), gtype, numel) for name, gtype, _off, numel in infos]
 
 
 def plan_gguf(stream: BinaryIO, params: ChunkerParams) -> list[Piece]:

@@ -21,6 +21,7 @@ from weightvault.cli import (
     cmd_check,
     cmd_copy,
     cmd_diff,
+    cmd_drill,
     cmd_forget,
     cmd_init,
     cmd_key,
@@ -34,6 +35,7 @@ from weightvault.cli import (
     cmd_status,
     cmd_tier,
     cmd_unlock,
+    cmd_validate,
     cmd_verify,
 )
 from weightvault.cli.common import Globals, storage_options
@@ -89,6 +91,7 @@ for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
     cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status, cmd_verify.verify,
+    cmd_validate.validate, cmd_drill.drill,
 ):
     cli.add_command(_cmd)
 

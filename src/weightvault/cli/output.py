@@ -181,3 +181,9 @@ def report_run(run: api.PolicyRun, quiet: bool, as_json: bool) -> None:
         raise WeightvaultError(f"{len(failed)} of {len(run.steps)} step(s) failed (first: {failed[0].step}"
                                f" {failed[0].repository}: {failed[0].detail})",
                                hint="the lines above and the journal say what failed; the other steps ran")
+
+
+def report_json(report: api.ValidationReport) -> dict[str, Any]:
+    return {"snapshot": report.snapshot, "level": report.level, "ok": report.ok,
+            "files": [{"path": f.path, "format": f.format, "passed": f.passed, "problems": f.problems}
+                      for f in report.files]}

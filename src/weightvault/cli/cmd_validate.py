@@ -1,0 +1,36 @@
+"""``weightvault validate``: model validation of a restored or live copy of a snapshot."""
+
+from __future__ import annotations
+
+import click
+
+from weightvault.cli.common import Globals, open_repository, pass_globals
+from weightvault.cli.output import echo_json, report_json
+from weightvault.errors import ValidationFailedError
+
+__all__ = ["validate"]
+
+
+@click.command()
+@click.argument("snapshot")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--level", type=click.IntRange(1, 3), default=3, show_default=True,
+              help="1 integrity (SHA-256), 2 format (files parse, bounds hold), 3 structure (tensor names,"
+              " shapes, dtypes as backed up).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_globals
+def validate(g: Globals, snapshot: str, directory: str, level: int, as_json: bool) -> None:
+    """Validate DIRECTORY (a restored or live copy of SNAPSHOT's source path) against the snapshot,
+    up to LEVEL. Never executes code from the files (no unpickling). Exit 9 if any file fails."""
+    report = open_repository(g).validate(snapshot, directory, level=level)
+    if as_json:
+        echo_json(report_json(report))
+    elif not g.quiet:
+        for f in report.files:
+            for p in f.problems:
+                click.echo(f"FAIL {f.path}: {p}")
+        models = sum(1 for f in report.files if f.format)
+        click.echo(f"{len(report.files)} file(s) ({models} model files) validated at level {level}: "
+                   + ("ok" if report.ok else f"{len(report.failed)} failed"))
+    if not report.ok:
+        raise ValidationFailedError(f"{len(report.failed)} file(s) failed validation against {snapshot}")
