@@ -19,7 +19,7 @@ from conftest import PASSWORD, write
 from test_delta import safetensors_bytes
 from test_splitter_gguf import LAYOUT, write_gguf
 from weightvault.api import Repository
-from weightvault.errors import UsageError
+from weightvault.errors import UsageError, ValidationFailedError, WeightvaultError
 
 
 def _tensors() -> dict[str, tuple[str, np.ndarray]]:
@@ -171,3 +171,65 @@ def test_drill_on_a_corrupted_repository_fails_loudly(
                           str(run), "--level", "2"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 9 and "FAIL run/model.safetensors" in bad.stdout
     assert not restored.exists()
+
+
+# -- restore --swap ----------------------------------------------------------------------------------
+def test_swap_replaces_a_live_directory_and_keeps_a_dated_copy(repo: Repository, run: Path) -> None:
+    snap = repo.backup([run]).snapshot.id
+    good = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    (run / "model.safetensors").write_bytes(b"half-written garbage")  # the live copy got damaged
+    write(run / "scratch.tmp", b"x")
+    res = repo.restore_swap(snap, run, level=3)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == good
+    assert res.previous is not None and Path(res.previous).name.startswith("run.before-")
+    assert (Path(res.previous) / "model.safetensors").read_bytes() == b"half-written garbage"
+    assert (Path(res.previous) / "scratch.tmp").exists()
+    assert not [p for p in run.parent.iterdir() if ".wv-swap-" in p.name]  # no scratch left
+
+
+def test_swap_leaves_the_original_untouched_when_validation_fails(
+    repo: Repository, repo_path: Path, run: Path
+) -> None:
+    repo.backup([run])
+    (run / "model.safetensors").write_bytes(b"\x00" * 8)
+    snap = repo.backup([run]).snapshot.id  # a snapshot of a broken model
+    write(run / "model.safetensors", safetensors_bytes(_tensors()))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ValidationFailedError) as ei:
+        repo.restore_swap(snap, run, level=2)
+    assert ei.value.exit_code == 9 and "untouched" in (ei.value.hint or "")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in run.parent.iterdir()) == ["repo", "run"]
+
+
+def test_swap_leaves_the_original_untouched_when_restore_fails(
+    repo: Repository, repo_path: Path, run: Path
+) -> None:
+    snap = repo.backup([run]).snapshot.id
+    pack = max((p for p in (repo_path / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[50] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(WeightvaultError):
+        Repository.open(repo_path, PASSWORD).restore_swap(snap, run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in run.parent.iterdir()) == ["repo", "run"]
+
+
+def test_cli_restore_swap(tmp_path: Path, repo: Repository, repo_path: Path, run: Path) -> None:
+    repo.backup([run])
+    (run / "config.json").write_bytes(b"changed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
+    env.update(WEIGHTVAULT_PASSWORD=PASSWORD, HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-m", "weightvault", "-r", str(repo_path), "restore", "latest", "--target",
+                          str(run), "--swap", "--validate-level", "3", "--json"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert (run / "config.json").read_bytes() == b'{"hidden": 32}'
+    assert (Path(doc["previous"]) / "config.json").read_bytes() == b"changed"
+    bad = subprocess.run([sys.executable, "-m", "weightvault", "-r", str(repo_path), "restore", "latest", "--target",
+                          str(run), "--swap", "--include", "*.json"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2

@@ -11,6 +11,8 @@ Errors are ``weightvault.errors.WeightvaultError`` subclasses, each with an ``ex
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import random as _random
@@ -36,6 +38,7 @@ from weightvault.errors import (
     RepositoryNotFoundError,
     SnapshotNotFoundError,
     UsageError,
+    ValidationFailedError,
     WeightvaultError,
 )
 from weightvault.ops import backup as _backup
@@ -109,6 +112,7 @@ __all__ = [
     "Snapshot",
     "Stats",
     "StorageOptions",
+    "SwapResult",
     "ValidationReport",
     "VerifyResult",
     "apply_policy",
@@ -328,6 +332,40 @@ class Repository:
         with self._repo.lock(exclusive=False):
             self._still_there(snap)
             return _restore.restore(self._repo, snap, os.fspath(target), opts)
+
+    def restore_swap(self, spec: str, target: str | os.PathLike[str], *, level: int = 1,
+                     progress: ProgressCallback | None = None) -> SwapResult:
+        """Restore a snapshot (of one source path) into a fresh sibling of ``target``, verify every
+        file's SHA-256, validate it at ``level`` (1..3), then swap it into place: atomically where
+        the kernel can exchange two paths (Linux renameat2), else with two renames. The previous
+        contents are kept beside it as ``<target>.before-<UTC time>``. Any failure before the swap
+        removes the new copy and leaves ``target`` untouched (the error is raised)."""
+        snap = self.find_snapshot(spec)
+        if len(snap.paths) != 1:
+            raise UsageError(f"snapshot {snap.short_id} has {len(snap.paths)} source paths; --swap needs exactly one",
+                             hint="restore it with --target and move the parts yourself")
+        if level not in _validate.LEVELS:
+            raise UsageError(f"validation level {level} is not one of 1..3")
+        dest = Path(target).absolute()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.wv-swap-", dir=dest.parent))
+        try:
+            restored = self.restore(snap.id, scratch, verify=True, progress=progress)
+            if restored.errors:
+                raise IntegrityError(f"{len(restored.errors)} file(s) could not be restored; first: "
+                                     f"{restored.errors[0][0]}: {restored.errors[0][1]}")
+            new = scratch / os.path.basename(snap.paths[0])
+            report = self.validate(snap.id, new, level=level)
+            if not report.ok:
+                bad = report.failed[0]
+                raise ValidationFailedError(
+                    f"the restored copy failed validation at level {level}: {bad.path}: {bad.problems[0]}",
+                    hint=f"{dest} was left untouched")
+            backup = dest.with_name(f"{dest.name}.before-{stamp}") if dest.exists() else None
+            _swap_into_place(new, dest, backup)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return SwapResult(snap.id, str(dest), str(backup) if backup else None, restored, report)
 
     def verify(self, spec: str, *, against: str | os.PathLike[str] | None = None, sample: float | None = None,
                progress: ProgressCallback | None = None) -> VerifyResult:
@@ -669,6 +707,55 @@ class PolicyRun:
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.steps)
+
+
+@dataclass
+class SwapResult:
+    """``restore_swap``: what is now at ``target``, where its previous contents went."""
+
+    snapshot: str
+    target: str
+    previous: str | None  # the dated safety copy, or None if target did not exist
+    restore: RestoreResult
+    report: ValidationReport
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _swap_into_place(new: Path, dest: Path, previous: Path | None) -> None:
+    """Put ``new`` at ``dest``; the old ``dest`` (if any) ends up at ``previous``. With renameat2
+    RENAME_EXCHANGE the switch is one atomic step; otherwise ``dest`` is briefly absent between
+    two renames (never both half-there). Directories are fsynced."""
+    if previous is None:
+        os.rename(new, dest)
+    elif _exchange(new, dest):
+        os.rename(new, previous)  # ``new`` now holds the old contents
+    else:
+        os.rename(dest, previous)
+        os.rename(new, dest)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 @dataclass

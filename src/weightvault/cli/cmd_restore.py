@@ -14,6 +14,7 @@ from weightvault import api
 from weightvault.cli.common import Globals, open_repository, pass_globals
 from weightvault.cli.output import display, echo_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
+from weightvault.errors import UsageError
 
 __all__ = ["restore"]
 
@@ -25,13 +26,32 @@ __all__ = ["restore"]
 @click.option("--verify", is_flag=True, help="Read each restored file back from disk and check its SHA-256.")
 @click.option("--overwrite", type=click.Choice(api.OVERWRITE_MODES), default="error", show_default=True,
               help="What to do with files that already exist in the target.")
+@click.option("--swap", is_flag=True,
+              help="Replace --target DIR (the snapshot's source path) with the snapshot: restore beside it, verify,"
+              " validate, then swap it into place, keeping the old contents as DIR.before-<time>.")
+@click.option("--validate-level", type=click.IntRange(1, 3), default=1, show_default=True,
+              help="With --swap: the model validation level the new copy must pass before the swap.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_globals
 def restore(
-    g: Globals, snapshot: str, target: str, includes: tuple[str, ...], verify: bool, overwrite: str, as_json: bool
+    g: Globals, snapshot: str, target: str, includes: tuple[str, ...], verify: bool, overwrite: str, swap: bool,
+    validate_level: int, as_json: bool,
 ) -> None:
-    """Restore SNAPSHOT into --target DIR."""
+    """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR)."""
     repo = open_repository(g)
+    if swap:
+        if includes or overwrite != "error":
+            raise UsageError("--swap restores the whole snapshot: --include and --overwrite do not apply")
+        with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
+            sw = repo.restore_swap(snapshot, target, level=validate_level, progress=cb)
+        if as_json:
+            echo_json({"snapshot": sw.snapshot, "target": sw.target, "previous": sw.previous,
+                       "restore": dataclasses.asdict(sw.restore), "validated_level": validate_level})
+        elif not g.quiet:
+            kept = f"; the previous contents are in {display(sw.previous)}" if sw.previous else ""
+            click.echo(f"restored {sw.restore.files} file(s) ({human_size(sw.restore.bytes)}), verified and validated"
+                       f" at level {validate_level}, and swapped into {display(sw.target)}{kept}")
+        return
     with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
         res = repo.restore(snapshot, target, includes=includes, overwrite=overwrite, verify=verify, progress=cb)
     for path, reason in res.errors:
