@@ -285,3 +285,25 @@ def test_cli_policy_status_and_tier(tmp_path: Path) -> None:
     bad.write_text('[classes.w]\nglobs = ["*.pt"]\nevery = "often"\nkeep_last = 1\n')
     res = wv("policy", "check", "--policy", str(bad))
     assert res.returncode == 7 and "line 3" in res.stderr
+
+
+def test_apply_runs_scheduled_drills_and_status_shows_them(tmp_path: Path) -> None:
+    text = fleet_policy(tmp_path) + """
+[drills.weekly]
+repository = "hot"
+every = "7d"
+level = 3
+pick = "latest"
+"""
+    spec = api.parse_policy(text)
+    assert spec.drills["weekly"].level == 3
+    runs = simulate(spec, tmp_path / "run", days=9)
+    drills = [s for r in runs for s in r.steps if s.step == "drill"]
+    assert len(drills) == 2 and all(s.ok and "RTO" in s.detail for s in drills)  # day 0 and day 7
+    lines = api.policy_status(spec, now=T0 + timedelta(days=8, hours=1))
+    primary = [ln for ln in lines if ln.role == "primary"]
+    assert all(ln.last_verified is not None and ln.verified_age_s is not None for ln in primary)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace('level = 3\npick', 'level = 7\npick'))
+    with pytest.raises(ConfigFileError, match="drills.weekly.level"):
+        api.load_policy(bad)

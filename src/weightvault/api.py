@@ -413,11 +413,12 @@ class Repository:
 
     def drill(self, *, pick: str = "latest", within: str | timedelta | None = None, level: int = 3,
               now: datetime | None = None, workdir: str | os.PathLike[str] | None = None,
-              seed: int | None = None, journal: Path | None = None) -> DrillResult:
+              seed: int | None = None, journal: Path | None = None, record: bool = True) -> DrillResult:
         """A restore drill: pick a snapshot (``latest`` or ``random``, optionally ``within`` a time
         before now), restore it into a fresh temporary directory (every file SHA-256-checked before
         it is renamed into place), validate it at ``level``, record the outcome and the measured
-        restore time (RTO) in the journal, and remove the copy. Failure is a result, not an error."""
+        restore time (RTO) in the journal (unless ``record`` is False: ``policy apply`` records it
+        itself), and remove the copy. Failure is a result, not an error."""
         if pick not in ("latest", "random"):
             raise UsageError(f"unknown pick {pick!r}", hint="use latest or random")
         if level not in _validate.LEVELS:
@@ -454,10 +455,11 @@ class Repository:
             result.rto_s = time.perf_counter() - t0
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        record = {"time": result.time, "step": "drill", "repository": self.location, "snapshot": snap.id,
+        entry = {"time": result.time, "step": "drill", "repository": self.location, "snapshot": snap.id,
                   "level": level, "ok": result.ok, "rto_s": round(result.rto_s, 3), "bytes": result.bytes,
                   "detail": result.error or f"restored {result.files} files and validated them at level {level}"}
-        _journal_mod.append_record(journal or _journal_mod.default_journal_path(), record)
+        if record:
+            _journal_mod.append_record(journal or _journal_mod.default_journal_path(), entry)
         return result
 
     def _still_there(self, snap: Snapshot) -> None:
@@ -917,6 +919,28 @@ def apply_policy(spec: _spec.PolicySpec, *, now: datetime | None = None, dry_run
             _run_step(run.steps, step, copy, journal, say, clock)
     # 5. tier moves
     run.steps += tier_run(spec, now=now, dry_run=dry_run, fleet=fleet, say=say).steps
+    # 6. restore drills that are due
+    for drill in spec.drills.values():
+        last = max((r["time"] for r in records if r.get("step") == "drill" and r.get("ok") and str(
+            r.get("detail", "")).startswith(f"{drill.name}:") and r.get("repository") == drill.repository),
+                   default=None)
+        if last is not None and datetime.fromisoformat(last) + drill.every > clock:
+            continue
+        step = PolicyStep("drill", drill.repository, True, f"{drill.name}: level {drill.level}, pick {drill.pick}")
+        if dry_run:
+            run.steps.append(step)
+            continue
+
+        def do_drill(drill: _spec.DrillSpec = drill, step: PolicyStep = step) -> str:
+            res = fleet[drill.repository].drill(pick=drill.pick, within=drill.within, level=drill.level, now=clock,
+                                                record=False)
+            step.snapshot = res.snapshot
+            if not res.ok:
+                raise ValidationFailedError(f"{drill.name}: snapshot {res.snapshot[:8]}: {res.error}")
+            return (f"{drill.name}: snapshot {res.snapshot[:8]} restored ({res.files} files) and validated at level"
+                    f" {drill.level} in {res.rto_s:.1f} s (RTO)")
+
+        _run_step(run.steps, step, do_drill, journal, say, clock)
     return run
 
 

@@ -149,7 +149,7 @@ def rpo_lines(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now: d
 
 def _verified(line: RpoLine, journal: Sequence[dict[str, object]], now: datetime) -> RpoLine:
     times = [str(r["time"]) for r in journal
-             if r.get("ok") and r.get("step") in VERIFYING_STEPS and r.get("source") == line.source
+             if r.get("ok") and r.get("step") in VERIFYING_STEPS and r.get("source") in (None, line.source)
              and _target(r) == line.repository and (line.dc is None or r.get("data_class") in (None, line.dc))]
     if not times:
         return line

@@ -22,6 +22,13 @@
     tags = ["run=exp42"]             # optional, added to every snapshot
     classes = ["weights", "configs"] # optional, default all
 
+    [drills.weekly]                  # restore drills that `policy apply` runs when due
+    repository = "hot"
+    every = "7d"
+    level = 3                        # 1 integrity, 2 format, 3 structure
+    pick = "random"                  # or latest
+    within = "30d"                   # optional: only snapshots this recent
+
     [classes.weights]                # ordered: a file belongs to the first class whose globs match it
     globs = ["*.safetensors", "*.pt"]
     every = "1h"                     # back up at most this often
@@ -52,6 +59,7 @@ __all__ = [
     "TIERS",
     "TIER_MAX_AGE",
     "DataClass",
+    "DrillSpec",
     "PolicySpec",
     "RepoSpec",
     "Settings",
@@ -123,12 +131,23 @@ class SourceSpec:
     classes: tuple[str, ...] = ()  # empty: every class
 
 
+@dataclass(frozen=True)
+class DrillSpec:
+    name: str
+    repository: str
+    every: timedelta = timedelta(days=7)
+    level: int = 3
+    pick: str = "random"
+    within: timedelta | None = None
+
+
 @dataclass
 class PolicySpec:
     settings: Settings = field(default_factory=Settings)
     repositories: dict[str, RepoSpec] = field(default_factory=dict)
     sources: dict[str, SourceSpec] = field(default_factory=dict)
     classes: list[DataClass] = field(default_factory=list)
+    drills: dict[str, DrillSpec] = field(default_factory=dict)
     path: str = "<policy>"
 
     def cls(self, name: str) -> DataClass | None:
@@ -197,7 +216,7 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: not valid TOML: {exc}", hint="fix the syntax at the line named") from exc
     w = _Where(path, text)
-    _only(w, "", doc, {"version", "settings", "repositories", "sources", "classes"})
+    _only(w, "", doc, {"version", "settings", "repositories", "sources", "classes", "drills"})
     if doc.get("version", 1) != 1:
         raise ConfigFileError(f"{path}, line {_top_line(w, 'version')}: version: only version 1 is known")
     spec = PolicySpec(path=path)
@@ -211,7 +230,28 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
         spec.classes = parse_policy(DEFAULT_CLASSES, "<default classes>").classes
     for name, raw in _table(w, "", doc, "sources").items():
         spec.sources[name] = _source(w, name, raw, spec)
+    for name, raw in _table(w, "", doc, "drills").items():
+        spec.drills[name] = _drill(w, name, raw, spec)
     return spec
+
+
+def _drill(w: _Where, name: str, raw: Any, spec: PolicySpec) -> DrillSpec:
+    table = f"drills.{name}"
+    if not isinstance(raw, dict):
+        raise w.error(table, None, "must be a table")
+    _name(w, table, name)
+    _only(w, table, raw, {"repository", "every", "level", "pick", "within"})
+    repo = _get(w, table, raw, "repository", str, required=True)
+    if repo not in spec.repositories:
+        raise w.error(table, "repository", f"no repository named {repo!r} in [repositories]")
+    level = _get(w, table, raw, "level", int)
+    if level is not None and level not in (1, 2, 3):
+        raise w.error(table, "level", "must be 1 (integrity), 2 (format) or 3 (structure)")
+    pick = _get(w, table, raw, "pick", str) or "random"
+    if pick not in ("latest", "random"):
+        raise w.error(table, "pick", "must be latest or random")
+    return DrillSpec(name, repo, _duration(w, table, raw, "every", interval=True) or timedelta(days=7),
+                     level or 3, pick, _duration(w, table, raw, "within"))
 
 
 def _top_line(w: _Where, key: str) -> int:
