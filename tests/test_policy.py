@@ -305,5 +305,5 @@ pick = "latest"
     assert all(ln.last_verified is not None and ln.verified_age_s is not None for ln in primary)
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace('level = 3\npick', 'level = 7\npick'))
-    with pytest.raises(ConfigFileError, match="drills.weekly.level"):
+    with pytest.raises(ConfigFileError, match=r"drills\.weekly\.level"):
         api.load_policy(bad)
