@@ -47,6 +47,7 @@ from weightvault.ops import copy as _copy
 from weightvault.ops import diff as _diff
 from weightvault.ops import forget as _forget
 from weightvault.ops import groups as _groups
+from weightvault.ops import heal as _heal
 from weightvault.ops import prune as _prune
 from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
@@ -60,6 +61,7 @@ from weightvault.ops.copy import CopyResult
 from weightvault.ops.diff import DiffEntry, DiffResult
 from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
+from weightvault.ops.heal import HealResult
 from weightvault.ops.progress import Progress, ProgressCallback
 from weightvault.ops.prune import PruneResult
 from weightvault.ops.repair import RepairResult
@@ -94,6 +96,7 @@ __all__ = [
     "Fleet",
     "ForgetResult",
     "Group",
+    "HealResult",
     "KdfParams",
     "KeyInfo",
     "LockInfo",
@@ -461,6 +464,22 @@ class Repository:
         if record:
             _journal_mod.append_record(journal or _journal_mod.default_journal_path(), entry)
         return result
+
+    def heal_from(self, replica: Repository, *, dry_run: bool = False) -> HealResult:
+        """Rewrite blobs that are damaged or missing here from ``replica`` (a repository ``copy``
+        filled from this one), each checked against its id first; then the index no longer names
+        the damaged copies (see ``weightvault.ops.heal``). Exclusive lock here, shared there."""
+        if not dry_run:
+            self._mutable("rewrite damaged data")
+        with self._repo.lock(exclusive=not dry_run), replica._repo.lock():
+            self._repo.load_index()
+            res = _heal.heal(self._repo, replica._repo, dry_run)
+        if res.damaged and not dry_run:
+            _journal_mod.append_record(_journal_mod.default_journal_path(), {
+                "time": datetime.now(UTC).isoformat(), "step": "repair", "repository": self.location,
+                "replica": replica.location, "ok": res.ok, "repaired": len(res.repaired),
+                "detail": f"{len(res.repaired)} blob(s) rewritten from the replica, {len(res.unrepaired)} not"})
+        return res
 
     def _still_there(self, snap: Snapshot) -> None:
         """With a lock held: the snapshot was not forgotten after it was looked up (a prune that

@@ -10,7 +10,7 @@ import dataclasses
 
 import click
 
-from weightvault.cli.common import Globals, open_repository, pass_globals
+from weightvault.cli.common import Globals, open_other_repository, open_repository, pass_globals
 from weightvault.cli.output import echo_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
 from weightvault.errors import CheckFailedError, UsageError
@@ -22,13 +22,26 @@ __all__ = ["check"]
 @click.option("--read-data", is_flag=True, help="Read and authenticate every stored byte.")
 @click.option("--read-data-subset", "subset", metavar="N/T|X%", help="Read only a subset of the packs: "
               "part N of T (e.g. 1/10) or a random X percent (e.g. 5%).")
+@click.option("--repair-from", metavar="REPO",
+              help="Rewrite damaged or missing data from this replica (a repository `copy` filled), then check again.")
+@click.option("--from-password-file", metavar="FILE", help="With --repair-from: the replica's password.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_globals
-def check(g: Globals, read_data: bool, subset: str | None, as_json: bool) -> None:
-    """Check the repository for missing or corrupted data."""
+def check(g: Globals, read_data: bool, subset: str | None, repair_from: str | None, from_password_file: str | None,
+          as_json: bool) -> None:
+    """Check the repository for missing or corrupted data (with --repair-from, and heal it)."""
     if read_data and subset:
         raise UsageError("--read-data and --read-data-subset are mutually exclusive")
     repo = open_repository(g)
+    if repair_from:
+        replica = open_other_repository(g, repair_from, from_password_file, "--repair-from")
+        healed = repo.heal_from(replica)
+        if not as_json and not g.quiet:
+            click.echo(f"self-healing from {replica.location}: {len(healed.damaged)} damaged blob(s) found,"
+                       f" {len(healed.repaired)} rewritten from the replica, {len(healed.unrepaired)} not repairable")
+            for what, why in healed.unrepaired:
+                click.echo(f"problem: {what[:16]}: {why}")
+        read_data = read_data or subset is None
     show = progress_enabled(g.quiet, as_json) and (read_data or subset is not None)
     with progress_bar(show, "check", unit="packs") as cb:
         res = repo.check(read_data=read_data, subset=subset, progress=cb)

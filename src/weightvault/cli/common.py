@@ -207,3 +207,50 @@ def parse_now(text: str | None) -> datetime | None:
 
 def load_policy_file(path: str) -> api.PolicySpec:
     return api.load_policy(os.path.expanduser(path))
+
+
+def _other_password(g: Globals, from_password_file: str | None, location: str) -> bytes:
+    """--from-password-file, $WEIGHTVAULT_FROM_PASSWORD(_FILE), else the destination's password
+    (or a prompt on a terminal)."""
+    if from_password_file:
+        return api.read_password_file(from_password_file)
+    env = os.environ.get("WEIGHTVAULT_FROM_PASSWORD")
+    if env:
+        return os.fsencode(env)
+    path = os.environ.get("WEIGHTVAULT_FROM_PASSWORD_FILE")
+    if path:
+        return api.read_password_file(path)
+    pw = supplied_password(g)
+    if pw is not None:
+        return pw
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"no password given for the source repository {location}",
+            hint="use --from-password-file, or set $WEIGHTVAULT_FROM_PASSWORD or $WEIGHTVAULT_FROM_PASSWORD_FILE",
+        )
+    value: str = click.prompt(f"password for the source repository {location}", hide_input=True, err=True)
+    return value.encode("utf-8")
+
+
+def named_repository(g: Globals, name: str | None) -> api.Repository | None:
+    """A repository named in the policy file ($WEIGHTVAULT_POLICY or the default one), if ``name``
+    is such a name and not an existing repository path."""
+    if not name or "/" in name or ":" in name or api.repository_exists(name, g.storage):
+        return None
+    path = os.path.expanduser(os.environ.get("WEIGHTVAULT_POLICY") or DEFAULT_POLICY)
+    if not os.path.exists(path):
+        return None
+    spec = load_policy_file(path)
+    return api.Fleet(spec, g.storage)[name] if name in spec.repositories else None
+
+
+def open_other_repository(g: Globals, location: str, password_file: str | None, option: str) -> api.Repository:
+    """A second repository (copy's source, check's replica): a name from the policy file, or a
+    path or URL opened with ``password_file``, $WEIGHTVAULT_FROM_PASSWORD(_FILE) or this one's password."""
+    named = named_repository(g, location)
+    if named is not None:
+        return named
+    if not api.repository_exists(location, g.storage):
+        raise RepositoryNotFoundError(f"no repository at {location}",
+                                      hint=f"check the {option} location (a path, s3:// URL or policy name)")
+    return api.Repository.open(location, _other_password(g, password_file, location), storage=g.storage)

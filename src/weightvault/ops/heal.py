@@ -1,0 +1,191 @@
+"""Self-healing: rewrite blobs that are damaged or missing here from a replica's good copies.
+
+A replica is a repository that ``copy`` filled (other keys, so other blob ids). For every
+snapshot here, its copy there is found by lineage (time, host, paths, tags: ``copy`` keeps them),
+and the two manifests are walked side by side (``copy`` keeps node order and blob boundaries), so
+each blob here has its counterpart there. Every blob a snapshot here needs is decoded; one that
+fails (its own bytes or its chain) is read from the replica (decoded and hash-checked there), its
+plaintext hashed with this repository's key and compared with the blob id, and written again,
+standalone, into new packs with an index. The other blobs of each damaged pack that still
+authenticate are copied (envelopes unchanged) into the new packs too, the index is rewritten
+without the damaged packs, and those packs are deleted. Runs under an exclusive lock (it
+rewrites the index and deletes packs). Tree blobs cannot be matched across keys: a snapshot whose
+manifest is damaged is reported, not repaired.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from weightvault.backends.base import FileType
+from weightvault.errors import IntegrityError, WeightvaultError
+from weightvault.format.layout import blob_aad
+from weightvault.repository.index import decode_index_file, encode_index_file
+from weightvault.repository.manifest import Node, iter_manifest
+from weightvault.repository.packer import PackBuilder
+from weightvault.repository.repo import PlaintextCache, Repository
+from weightvault.repository.snapshots import Snapshot
+from weightvault.types import BlobType, PackedBlob
+
+__all__ = ["HealResult", "heal"]
+
+
+@dataclass
+class HealResult:
+    checked_blobs: int = 0
+    damaged: list[str] = field(default_factory=list)  # blob ids (hex) found unreadable here
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: list[tuple[str, str]] = field(default_factory=list)  # (blob hex, why)
+    packs_written: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.unrepaired
+
+
+def _lineage(s: Snapshot) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+    return (s.time, s.host, tuple(sorted(s.paths)), tuple(sorted(s.tags)))
+
+
+def _pairs(repo: Repository, snap: Snapshot, replica: Repository, twin: Snapshot | None
+           ) -> Iterator[tuple[Node, Node | None]]:
+    """This snapshot's file nodes, each with its twin in the replica's copy (None if unmatched)."""
+    theirs = iter_manifest(twin.tree, replica.load_blob) if twin is not None else iter([])
+    for node in iter_manifest(snap.tree, repo.load_blob):
+        other = next(theirs, None)
+        if node.type != "file":
+            continue
+        ok = other is not None and other.path == node.path and len(other.blobs) == len(node.blobs)
+        yield node, other if ok else None
+
+
+def heal(repo: Repository, replica: Repository, dry_run: bool = False) -> HealResult:
+    """Find and rewrite this repository's unreadable blobs from ``replica``. The caller holds an
+    exclusive lock here and a shared one on the replica."""
+    res = HealResult()
+    twins = {_lineage(s): s for s in replica.snapshots()}
+    ours = PlaintextCache(repo, 64 * 1024 * 1024)
+    theirs = PlaintextCache(replica, 64 * 1024 * 1024)
+    seen: set[bytes] = set()
+    repaired: dict[bytes, tuple[bytes, BlobType, str | None]] = {}
+    for snap in repo.snapshots():
+        try:
+            pairs = list(_pairs(repo, snap, replica, twins.get(_lineage(snap))))
+        except WeightvaultError as exc:
+            res.unrepaired.append((snap.id, f"the manifest of snapshot {snap.short_id} cannot be read here or in the"
+                                            f" replica: {exc.message}"))
+            continue
+        for node, twin in pairs:
+            for i, bid in enumerate(node.blobs):
+                if bid in seen:
+                    continue
+                seen.add(bid)
+                try:
+                    ours.load(bid)
+                    continue
+                except WeightvaultError:
+                    res.damaged.append(bid.hex())
+                if twin is None:
+                    res.unrepaired.append((bid.hex(), "the replica has no copy of this snapshot's file"))
+                    continue
+                try:
+                    data = theirs.load(twin.blobs[i])
+                except WeightvaultError as exc:
+                    res.unrepaired.append((bid.hex(), f"the replica's copy is damaged too: {exc.message}"))
+                    continue
+                if repo.key.blob_id(data) != bid:
+                    res.unrepaired.append((bid.hex(), "the replica's counterpart holds other data"))
+                    continue
+                hint = node.tensors[i] if node.tensors and i < len(node.tensors) else None
+                repaired[bid] = (data, BlobType.DATA, hint[2] if hint else None)
+    res.checked_blobs = len(seen)
+    if repaired and not dry_run:
+        bad_packs = {e.pack_id for b in repaired if (e := repo.index.get(b)) is not None}
+        salvaged = _salvage(repo, bad_packs, set(repaired))
+        new_packs = _write(repo, repaired, salvaged)
+        res.packs_written = len(new_packs)
+        _drop_packs(repo, bad_packs)
+        repo.reload_index()
+    res.repaired = sorted(b.hex() for b in repaired)
+    return res
+
+
+def _salvage(repo: Repository, packs: set[str], skip: set[bytes]) -> list[tuple[PackedBlob, bytes]]:
+    """The blobs of damaged packs that still authenticate (their envelopes, unchanged), so the
+    packs can go; blobs in ``skip`` are being rewritten anyway, unreadable others are garbage
+    (every blob a snapshot needs was checked)."""
+    out = []
+    for pack_id in sorted(packs):
+        try:
+            data = repo.backend.load(FileType.PACK, pack_id)
+        except WeightvaultError:
+            continue  # lost: nothing to salvage
+        for entry in repo.index.entries():
+            b = entry.blob
+            if entry.pack_id != pack_id or b.blob_id in skip:
+                continue
+            envelope = data[b.offset : b.offset + b.length]
+            try:
+                repo.key.open(envelope, blob_aad(b.type, b.codec, b.blob_id), f"blob {b.blob_id.hex()}")
+            except WeightvaultError:
+                continue
+            out.append((b, envelope))
+    return out
+
+
+def _write(repo: Repository, blobs: dict[bytes, tuple[bytes, BlobType, str | None]],
+           salvaged: list[tuple[PackedBlob, bytes]]) -> list[str]:
+    """Store the repaired blobs standalone and the salvaged envelopes unchanged (bases kept) in
+    new packs, then index them. Returns the new pack ids."""
+    written: dict[str, list[PackedBlob]] = {}
+    builder = PackBuilder()
+
+    def flush() -> None:
+        nonlocal builder
+        if builder.blobs:
+            pack_id, data = builder.finish(repo.key)
+            repo.backend.save(FileType.PACK, pack_id, data)
+            written[pack_id] = builder.blobs
+            builder = PackBuilder()
+
+    for bid, (data, btype, dtype) in sorted(blobs.items()):
+        codec, envelope = repo._encode(btype, bid, data, dtype, None)
+        builder.add(bid, btype, codec, envelope, len(data))
+        if builder.size >= repo.config.pack_size:
+            flush()
+    for b, envelope in salvaged:
+        builder.add(b.blob_id, b.type, b.codec, envelope, b.raw_length, b.base)
+        if builder.size >= repo.config.pack_size:
+            flush()
+    flush()
+    repo._write_index(written)
+    return list(written)
+
+
+def _drop_packs(repo: Repository, drop: set[str]) -> None:
+    """Rewrite the index without the damaged packs, then delete them: the new index is durable
+    before the files it replaces are removed, and those before the packs (exclusive lock held)."""
+    packs: dict[str, dict[bytes, PackedBlob]] = defaultdict(dict)
+    names = []
+    for name, _ in repo.backend.list(FileType.INDEX):
+        try:
+            content = decode_index_file(repo.key, name, repo.backend.load(FileType.INDEX, name))
+        except WeightvaultError as exc:
+            raise IntegrityError(f"index file {name} cannot be read: {exc.message}",
+                                 hint="run `weightvault repair index` first") from exc
+        names.append(name)
+        for pack_id, rows in content.items():
+            if pack_id in drop:
+                continue
+            for b in rows:
+                packs[pack_id].setdefault(b.blob_id, b)
+    name, stored = encode_index_file(repo.key, {p: sorted(r.values(), key=lambda b: b.offset)
+                                                for p, r in sorted(packs.items())})
+    repo.backend.save(FileType.INDEX, name, stored)
+    for old in names:
+        if old != name:
+            repo.backend.remove(FileType.INDEX, old)
+    for pack_id in sorted(drop):
+        repo.backend.remove(FileType.PACK, pack_id)

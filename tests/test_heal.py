@@ -1,0 +1,96 @@
+"""Self-healing: damaged or missing data rewritten from a replica that `copy` filled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import FAST_KDF, PASSWORD, tree_digest, write
+from test_delta import Model
+from weightvault.api import Repository
+
+OTHER = "replica password"
+
+
+def _setup(tmp_path: Path) -> tuple[Repository, Repository, Path]:
+    primary = Repository.init(tmp_path / "primary", PASSWORD, kdf=FAST_KDF)
+    src = tmp_path / "run"
+    model = Model(layers=2)
+    for _ in range(3):
+        model.step()
+        model.save(src / "model.safetensors")
+        write(src / "notes.txt", os.urandom(3000))
+        primary.backup([src])
+    replica = Repository.init(tmp_path / "replica", OTHER, kdf=FAST_KDF)
+    primary.copy_to(replica)
+    return primary, replica, src
+
+
+def _packs(path: Path) -> list[Path]:
+    return sorted((p for p in (path / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_a_corrupted_pack_is_repaired_from_the_replica(tmp_path: Path, isolated_home: Path) -> None:
+    primary, replica, src = _setup(tmp_path)
+    pack = _packs(tmp_path / "primary")[-1]
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    assert not primary.check(read_data=True).ok
+    res = primary.heal_from(replica)
+    assert res.damaged and res.repaired and res.ok and res.packs_written >= 1
+    assert set(res.repaired) <= set(res.damaged)
+    fresh = Repository.open(tmp_path / "primary", PASSWORD)
+    assert fresh.check().ok
+    fresh.restore("latest", tmp_path / "out", verify=True)
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    fresh.prune()  # the damaged pack's bytes go; everything still restores
+    assert fresh.check(read_data=True).ok
+    journal = isolated_home / ".local" / "state" / "weightvault" / "journal.jsonl"
+    rec = [json.loads(x) for x in journal.read_text().splitlines() if '"repair"' in x][-1]
+    assert rec["ok"] and rec["repaired"] == len(res.repaired)
+
+
+def test_a_lost_pack_is_rewritten(tmp_path: Path, isolated_home: Path) -> None:
+    primary, replica, src = _setup(tmp_path)
+    _packs(tmp_path / "primary")[-1].unlink()
+    res = Repository.open(tmp_path / "primary", PASSWORD).heal_from(replica)
+    assert res.repaired and res.ok
+    fresh = Repository.open(tmp_path / "primary", PASSWORD)
+    for snap in fresh.snapshots():
+        fresh.restore(snap.id, tmp_path / f"out-{snap.short_id}", verify=True)
+    assert tree_digest(tmp_path / f"out-{fresh.snapshots()[-1].short_id}" / "run") == tree_digest(src)
+
+
+def test_without_a_copy_in_the_replica_the_damage_is_reported(tmp_path: Path, isolated_home: Path) -> None:
+    primary = Repository.init(tmp_path / "primary", PASSWORD, kdf=FAST_KDF)
+    write(tmp_path / "run" / "a.bin", os.urandom(100_000))
+    primary.backup([tmp_path / "run"])
+    replica = Repository.init(tmp_path / "replica", OTHER, kdf=FAST_KDF)  # never copied into
+    pack = _packs(tmp_path / "primary")[-1]
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    res = primary.heal_from(replica)
+    assert res.damaged and not res.repaired and not res.ok
+    assert "no copy" in res.unrepaired[0][1]
+
+
+def test_cli_check_repair_from(tmp_path: Path) -> None:
+    _primary, _replica, _src = _setup(tmp_path)
+    pack = _packs(tmp_path / "primary")[-1]
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    pack.write_bytes(bytes(data))
+    (tmp_path / "replica.pw").write_text(OTHER + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
+    env.update(WEIGHTVAULT_PASSWORD=PASSWORD, HOME=str(tmp_path / "home"))
+    base = [sys.executable, "-m", "weightvault", "-r", str(tmp_path / "primary"), "check"]
+    assert subprocess.run([*base, "--read-data"], env=env, capture_output=True, timeout=120).returncode == 5
+    out = subprocess.run([*base, "--repair-from", str(tmp_path / "replica"), "--from-password-file",
+                          str(tmp_path / "replica.pw")], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rewritten from the replica" in out.stdout and "no problems found" in out.stdout
