@@ -55,7 +55,7 @@ def test_a_corrupted_pack_is_repaired_from_the_replica(tmp_path: Path, isolated_
 
 
 def test_a_lost_pack_is_rewritten(tmp_path: Path, isolated_home: Path) -> None:
-    primary, replica, src = _setup(tmp_path)
+    _primary, replica, src = _setup(tmp_path)
     _packs(tmp_path / "primary")[-1].unlink()
     res = Repository.open(tmp_path / "primary", PASSWORD).heal_from(replica)
     assert res.repaired and res.ok
