@@ -133,7 +133,7 @@ def test_other_format_name_is_refused(repo: Repository, repo_path: Path, fmt: ob
 def test_directory_layout(repo: Repository, repo_path: Path, tmp_path: Path) -> None:
     backed_up(repo, tmp_path)
     top = sorted(p.name for p in repo_path.iterdir())
-    assert top == ["config", "data", "index", "keys", "locks", "plans", "snapshots"]
+    assert top == ["config", "data", "index", "keys", "ledger", "locks", "plans", "snapshots"]
     assert sorted(p.name for p in (repo_path / "data").iterdir()) == [f"{i:02x}" for i in range(256)]
     for pack in files_in(repo_path, "data"):
         assert pack.parent.name == pack.name[:2]

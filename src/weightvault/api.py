@@ -11,16 +11,20 @@ Errors are ``weightvault.errors.WeightvaultError`` subclasses, each with an ``ex
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import getpass
 import json
+import logging
 import os
 import random as _random
 import secrets
 import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,8 +81,10 @@ from weightvault.policy import suggest as _suggest
 from weightvault.policy.plan import RpoLine
 from weightvault.policy.spec import PolicySpec
 from weightvault.repository import keys as _keys
+from weightvault.repository import ledger as _ledger
 from weightvault.repository import locks as _locks
 from weightvault.repository.keys import KeyInfo
+from weightvault.repository.ledger import LedgerCheck
 from weightvault.repository.locks import LockInfo
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository as _Engine
@@ -99,6 +105,7 @@ __all__ = [
     "HealResult",
     "KdfParams",
     "KeyInfo",
+    "LedgerCheck",
     "LockInfo",
     "Node",
     "PolicyRun",
@@ -149,6 +156,9 @@ def read_password_file(path: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         raise UsageError(f"cannot read password file {path}: {exc.strerror}") from exc
     return _pw(data.splitlines()[0] if data else b"")
+
+
+_log = logging.getLogger(__name__)
 
 
 def _verify_state_path(repo_id: str) -> Path:
@@ -238,6 +248,60 @@ class Repository:
     def id(self) -> str:
         return self._repo.config.repo_id
 
+    # -- the ledger ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _audit(self, op: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Record the operation in the repository's ledger (format v4) when the block ends, also
+        when it fails with a WeightvaultError (then ``ok`` is False and ``detail`` the message)."""
+        rec: dict[str, Any] = {"op": op, "ok": True, "snapshots": [], "source": None, "target": None, "bytes": 0,
+                               "detail": "", **fields}
+        t0 = time.perf_counter()
+        try:
+            yield rec
+        except WeightvaultError as exc:
+            rec.update(ok=False, detail=exc.message)
+            self._append(rec, t0)
+            raise
+        self._append(rec, t0)
+
+    def _append(self, rec: dict[str, Any], t0: float) -> None:
+        if self._repo.config.version < 4 or rec.pop("dry_run", False):
+            return  # the ledger is a format v4 object; dry runs change nothing, so nothing is recorded
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        fields = {**rec, "time": datetime.now(UTC).isoformat(), "operator": f"{user}@{socket.gethostname()}",
+                  "duration_s": round(time.perf_counter() - t0, 3)}
+        try:
+            _ledger.append_record(self._repo.backend, self._repo.key, fields)
+        except WeightvaultError as exc:
+            _log.warning("could not append to the ledger of %s: %s", self.location, exc.message)
+
+    def ledger(self, *, since: str | None = None, op: str | None = None) -> list[dict[str, Any]]:
+        """The ledger's records (oldest first), through the local SQLite catalog
+        (``$XDG_CACHE_HOME/weightvault/ledger-<id>.sqlite``), which is brought up to date first."""
+        catalog = _ledger.LedgerCatalog(_ledger.catalog_path(self.id))
+        try:
+            catalog.sync(self._repo.backend, self._repo.key)
+            return catalog.query(since, op)
+        finally:
+            catalog.close()
+
+    def verify_ledger(self) -> _ledger.LedgerCheck:
+        """Check the ledger's chain: every record readable, no sequence number missing, every
+        record chained onto the one before (deleting or editing a record is detected)."""
+        res = _ledger.verify_chain(self._repo.backend, self._repo.key)
+        catalog = _ledger.LedgerCatalog(_ledger.catalog_path(self.id))
+        try:
+            seen = catalog.last_seq()  # records this machine has seen: catches a truncated tail
+        finally:
+            catalog.close()
+        if seen >= res.records and seen >= 0:
+            res.problems.append(f"records up to {seen} were seen here before, the repository holds {res.records}:"
+                                " the end of the ledger was removed")
+        return res
+
     # -- snapshots -------------------------------------------------------------------------------
     def snapshots(self, tags: Sequence[str] = (), paths: Sequence[str] = (), host: str | None = None) -> list[Snapshot]:
         """Snapshots oldest first, filtered: every tag must be present; any path may match. The
@@ -313,9 +377,15 @@ class Repository:
             group=group, rank=rank, world_size=world_size, min_free=min_free, includes=list(includes),
             lock_until=lock_until,
         )
-        with self._repo.lock(exclusive=False):
-            self._repo.load_index()
-            return _backup.backup(self._repo, [os.fspath(p) for p in paths], opts)
+        with self._audit("backup", source=", ".join(os.path.abspath(p) for p in paths)) as rec:
+            with self._repo.lock(exclusive=False):
+                self._repo.load_index()
+                res = _backup.backup(self._repo, [os.fspath(p) for p in paths], opts)
+            s = res.snapshot.summary
+            rec.update(snapshots=[res.snapshot.id], bytes=int(s.get("bytes", 0)), ok=not res.errors,
+                       detail=f"{int(s.get('files', 0))} files, {int(s.get('stored_bytes_added', 0))} bytes added,"
+                       f" {len(res.errors)} unreadable")
+            return res
 
     def restore(
         self,
@@ -332,9 +402,14 @@ class Repository:
             raise UsageError(f"unknown overwrite mode {overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
         opts = _restore.RestoreOptions(includes=list(includes), overwrite=overwrite,  # type: ignore[arg-type]
                                        verify=verify, progress=progress)
-        with self._repo.lock(exclusive=False):
-            self._still_there(snap)
-            return _restore.restore(self._repo, snap, os.fspath(target), opts)
+        with self._audit("restore", snapshots=[snap.id], target=os.path.abspath(target)) as rec:
+            with self._repo.lock(exclusive=False):
+                self._still_there(snap)
+                res = _restore.restore(self._repo, snap, os.fspath(target), opts)
+            rec.update(bytes=res.bytes, ok=not res.errors,
+                       detail=f"{res.files} files" + (f", {res.verified} verified" if verify else "")
+                       + (f", {len(res.errors)} failed" if res.errors else ""))
+            return res
 
     def restore_swap(self, spec: str, target: str | os.PathLike[str], *, level: int = 1,
                      progress: ProgressCallback | None = None) -> SwapResult:
@@ -392,9 +467,13 @@ class Repository:
             done = set()  # every bucket verified: start another round
         order = [(last + 1 + i) % buckets for i in range(buckets)] if buckets else []
         pick = (next((b for b in order if b not in done), order[0]), buckets) if buckets else None
-        with self._repo.lock():
-            self._still_there(snap)
-            res = _verify.verify_snapshot(self._repo, snap, against, pick, progress)
+        with self._audit("verify", snapshots=[snap.id], target=os.fspath(against) if against else None) as rec:
+            with self._repo.lock():
+                self._still_there(snap)
+                res = _verify.verify_snapshot(self._repo, snap, against, pick, progress)
+            rec.update(bytes=res.bytes, ok=res.ok, detail=f"{res.files} files"
+                       + (f", sample {pick[0] + 1}/{pick[1]}" if pick else "")
+                       + f", {len(res.damaged)} damaged, {len(res.missing) + len(res.changed) + len(res.extra)} differ")
         if buckets and pick is not None:
             if res.ok:
                 done.add(pick[0])
@@ -463,6 +542,9 @@ class Repository:
                   "detail": result.error or f"restored {result.files} files and validated them at level {level}"}
         if record:
             _journal_mod.append_record(journal or _journal_mod.default_journal_path(), entry)
+        self._append({"op": "drill", "ok": result.ok, "snapshots": [snap.id], "source": None, "target": None,
+                      "bytes": result.bytes, "detail": f"level {level}, RTO {result.rto_s:.1f} s: {entry['detail']}"},
+                     time.perf_counter() - result.rto_s)
         return result
 
     def heal_from(self, replica: Repository, *, dry_run: bool = False) -> HealResult:
@@ -471,9 +553,12 @@ class Repository:
         the damaged copies (see ``weightvault.ops.heal``). Exclusive lock here, shared there."""
         if not dry_run:
             self._mutable("rewrite damaged data")
-        with self._repo.lock(exclusive=not dry_run), replica._repo.lock():
+        with self._audit("repair", source=replica.location, dry_run=dry_run) as rec, \
+                self._repo.lock(exclusive=not dry_run), replica._repo.lock():
             self._repo.load_index()
             res = _heal.heal(self._repo, replica._repo, dry_run)
+            rec.update(ok=res.ok, detail=f"{len(res.damaged)} damaged, {len(res.repaired)} rewritten from the replica,"
+                       f" {len(res.unrepaired)} not repairable")
         if res.damaged and not dry_run:
             _journal_mod.append_record(_journal_mod.default_journal_path(), {
                 "time": datetime.now(UTC).isoformat(), "step": "repair", "repository": self.location,
@@ -553,13 +638,18 @@ class Repository:
         when = now or datetime.now(UTC)
         if not dry_run:
             self._mutable("forget snapshots")
-        with self._repo.lock(maintenance=True, exclusive=self._repo.config.version < 4 and prune) as lock:
+        with self._audit("forget", dry_run=dry_run) as rec, \
+                self._repo.lock(maintenance=True, exclusive=self._repo.config.version < 4 and prune) as lock:
             explicit = [self.find_snapshot(s) for s in snapshots]
             result = _forget.forget(self._repo, policy if rules else None, explicit, now=when, dry_run=dry_run,
                                     only_tags=tuple(tags))
             if prune:
                 gone = frozenset(result.removed_ids) if dry_run else frozenset()
                 result.prune = _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, None, gone))
+            rec.update(snapshots=result.removed_ids,
+                       detail=f"{len(result.removed_ids)} snapshot(s) removed"
+                       + (f"; prune deleted {result.prune.deleted_packs} pack(s)" if result.prune else ""),
+                       bytes=result.prune.deleted_bytes if result.prune else 0)
             return result
 
     def copy_to(self, dest: Repository, snapshots: Sequence[str] = (), *,
@@ -568,12 +658,17 @@ class Repository:
         may have other keys and chunking parameters. Only blobs ``dest`` lacks are stored; what
         was written is read back and verified before each snapshot is saved; snapshots copied
         before are skipped (see ``weightvault.ops.copy``). Shared locks on both."""
-        with self._repo.lock(), dest._repo.lock():
-            chosen = ([self.find_snapshot(s) for s in snapshots] if snapshots
-                      else _groups.representatives(self._repo.snapshots()))
-            for snap in chosen:
-                self._still_there(snap)
-            return _copy.copy_snapshots(self._repo, dest._repo, chosen, say)
+        with dest._audit("copy", source=self.location, target=dest.location) as rec:
+            with self._repo.lock(), dest._repo.lock():
+                chosen = ([self.find_snapshot(s) for s in snapshots] if snapshots
+                          else _groups.representatives(self._repo.snapshots()))
+                for snap in chosen:
+                    self._still_there(snap)
+                res = _copy.copy_snapshots(self._repo, dest._repo, chosen, say)
+            rec.update(snapshots=[d for _, d in res.copied], bytes=res.bytes_read,
+                       detail=f"{len(res.copied)} copied, {len(res.skipped)} already there,"
+                       f" {res.packs_verified} packs verified")
+            return res
 
     def prune(self, *, max_unused: float = _prune.DEFAULT_MAX_UNUSED, dry_run: bool = False,
               say: Callable[[str], None] | None = None) -> PruneResult:
@@ -587,8 +682,12 @@ class Repository:
         if not dry_run:
             self._mutable("prune")
         exclusive = self._repo.config.version < 4
-        with self._repo.lock(maintenance=True, exclusive=exclusive) as lock:
-            return _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, say))
+        with self._audit("prune", dry_run=dry_run) as rec, \
+                self._repo.lock(maintenance=True, exclusive=exclusive) as lock:
+            res = _prune.prune(self._repo, lock, _prune.PruneOptions(max_unused, dry_run, say))
+            rec.update(bytes=res.deleted_bytes, detail=f"{res.deleted_packs} pack(s) deleted, {res.repacked_packs}"
+                       f" repacked, {res.rebased_blobs} blobs rebased, {res.pending_packs} pending")
+            return res
 
     def stats(self, spec: str | None = None) -> Stats:
         """Sizes of one snapshot, or of all: every listed snapshot plus the ranks of incomplete

@@ -34,6 +34,7 @@ class FileType(enum.Enum):
     SNAPSHOT = "snapshots"
     LOCK = "locks"
     PLAN = "plans"  # format v4: prune's deletion plans
+    LEDGER = "ledger"  # format v4: the hash-chained record of operations
 
 
 class Backend(Protocol):

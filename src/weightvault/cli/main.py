@@ -25,6 +25,7 @@ from weightvault.cli import (
     cmd_forget,
     cmd_init,
     cmd_key,
+    cmd_ledger,
     cmd_ls,
     cmd_policy,
     cmd_prune,
@@ -91,7 +92,7 @@ for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
     cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status, cmd_verify.verify,
-    cmd_validate.validate, cmd_drill.drill,
+    cmd_validate.validate, cmd_drill.drill, cmd_ledger.ledger,
 ):
     cli.add_command(_cmd)
 

@@ -10,7 +10,7 @@ Associated data binds each ciphertext to what it claims to be::
 
     kind BLOB:        context = blob type (u8) || codec (u8) || blob id (32)
     kind PACK_HEADER: context = empty
-    kind INDEX, SNAPSHOT, PLAN: context = empty
+    kind INDEX, SNAPSHOT, PLAN, LEDGER: context = empty
     kind KEY:         context = repository id (its 64 hex characters, ASCII)
 
 Pack file::
@@ -42,6 +42,7 @@ __all__ = [
     "KIND_BLOB",
     "KIND_INDEX",
     "KIND_KEY",
+    "KIND_LEDGER",
     "KIND_PACK_HEADER",
     "KIND_PLAN",
     "KIND_SNAPSHOT",
@@ -72,6 +73,7 @@ KIND_INDEX = 3
 KIND_SNAPSHOT = 4
 KIND_KEY = 5
 KIND_PLAN = 6  # format v4: a prune plan (plans/)
+KIND_LEDGER = 7  # format v4: a ledger record (ledger/)
 
 PACK_MAGIC = b"WVP1"
 _ENTRY = struct.Struct("<BBHII32s")
