@@ -233,3 +233,77 @@ def test_cli_restore_swap(tmp_path: Path, repo: Repository, repo_path: Path, run
                           str(run), "--swap", "--include", "*.json"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2
+
+
+# -- level 4: the user's function check ------------------------------------------------------------
+CHECK = '''
+import json, struct
+from pathlib import Path
+import numpy as np
+
+X = np.linspace(-1, 1, 32, dtype=np.float32)
+
+
+def forward(root):
+    data = (Path(root) / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header, base = json.loads(data[8 : 8 + n]), 8 + n
+
+    def tensor(name):
+        b, e = header[name]["data_offsets"]
+        return np.frombuffer(data[base + b : base + e], dtype=np.float32).reshape(header[name]["shape"])
+
+    y = X @ tensor("layer.0.weight") + tensor("layer.0.bias")
+    err = float(np.abs(y - np.load(Path(__file__).with_name("expected.npy"))).max())
+    return [] if err <= 1e-4 else [f"output differs from the recorded one by {err:.3g} (tolerance 1e-4)"]
+'''
+
+
+@pytest.fixture
+def checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "checks"
+    write(d / "mychecks.py", CHECK.encode())
+    t = _tensors()
+    x = np.linspace(-1, 1, 32, dtype=np.float32)
+    np.save(d / "expected.npy", x @ t["layer.0.weight"][1] + t["layer.0.bias"][1])
+    monkeypatch.setenv("PYTHONPATH", str(d))
+    return d
+
+
+def test_level_4_runs_the_users_forward_pass_check(repo: Repository, run: Path, tmp_path: Path,
+                                                   checks: Path) -> None:
+    snap = repo.backup([run]).snapshot.id
+    report = repo.validate(snap, _restored(repo, snap, tmp_path), level=4, check="mychecks:forward")
+    assert report.ok and report.check == "mychecks:forward" and not report.check_problems
+    # a later checkpoint whose output drifted beyond the tolerance: levels 1-3 pass, level 4 fails
+    t = _tensors()
+    t["layer.0.weight"] = ("F32", t["layer.0.weight"][1] * np.float32(1.05))
+    write(run / "model.safetensors", safetensors_bytes(t))
+    drifted = repo.backup([run]).snapshot.id
+    report = repo.validate(drifted, _restored(repo, drifted, tmp_path), level=4, check="mychecks:forward")
+    assert all(f.ok for f in report.files) and not report.ok
+    assert "output differs from the recorded one" in report.check_problems[0]
+    with pytest.raises(UsageError):
+        repo.validate(snap, run, level=4)  # level 4 needs a check
+
+
+def test_level_4_never_runs_code_from_the_restored_tree(repo: Repository, run: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    evil = b"import os\nopen(os.environ['WV_MARK'], 'w').close()\ndef forward(root):\n    return []\n"
+    write(run / "evilcheck.py", evil)
+    snap = repo.backup([run]).snapshot.id
+    root = _restored(repo, snap, tmp_path)
+    mark = tmp_path / "ran"
+    monkeypatch.setenv("WV_MARK", str(mark))
+    monkeypatch.chdir(root)
+    report = repo.validate(snap, root, level=4, check="evilcheck:forward")  # not importable from the tree
+    assert not report.ok and not mark.exists()
+    monkeypatch.setenv("PYTHONPATH", str(root))  # even when the user points there by mistake
+    report = repo.validate(snap, root, level=4, check="evilcheck:forward")
+    assert not report.ok and "inside the restored tree" in report.check_problems[0] and not mark.exists()
+
+
+def test_drill_at_level_4(repo: Repository, run: Path, tmp_path: Path, checks: Path, isolated_home: Path) -> None:
+    repo.backup([run])
+    res = repo.drill(level=4, check="mychecks:forward")
+    assert res.ok and res.report is not None and res.report.check == "mychecks:forward"

@@ -161,6 +161,15 @@ def read_password_file(path: str | os.PathLike[str]) -> bytes:
 _log = logging.getLogger(__name__)
 
 
+def _check_level(level: int, check: str | None) -> None:
+    if level not in _validate.LEVELS:
+        raise UsageError(f"validation level {level} is not one of 1..4",
+                         hint="1 integrity, 2 format, 3 structure, 4 function (with a check)")
+    if level == 4 and not check:
+        raise UsageError("level 4 runs a check of yours: give one as module:function",
+                         hint="e.g. --check mychecks:forward_pass (it gets the restored directory)")
+
+
 def _verify_state_path(repo_id: str) -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "weightvault" / "verify" / f"{repo_id}.json"
@@ -273,6 +282,9 @@ class Repository:
             user = str(os.getuid())
         fields = {**rec, "time": datetime.now(UTC).isoformat(), "operator": f"{user}@{socket.gethostname()}",
                   "duration_s": round(time.perf_counter() - t0, 3)}
+        for k in ("source", "target", "detail"):  # paths may hold bytes that are not UTF-8
+            if isinstance(fields.get(k), str):
+                fields[k] = fields[k].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         try:
             _ledger.append_record(self._repo.backend, self._repo.key, fields)
         except WeightvaultError as exc:
@@ -422,8 +434,7 @@ class Repository:
         if len(snap.paths) != 1:
             raise UsageError(f"snapshot {snap.short_id} has {len(snap.paths)} source paths; --swap needs exactly one",
                              hint="restore it with --target and move the parts yourself")
-        if level not in _validate.LEVELS:
-            raise UsageError(f"validation level {level} is not one of 1..3")
+        _check_level(level, None)
         dest = Path(target).absolute()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.wv-swap-", dir=dest.parent))
@@ -482,20 +493,21 @@ class Repository:
             res.coverage = len(done) / buckets
         return res
 
-    def validate(self, spec: str, directory: str | os.PathLike[str], *, level: int = 3) -> ValidationReport:
+    def validate(self, spec: str, directory: str | os.PathLike[str], *, level: int = 3,
+                 check: str | None = None) -> ValidationReport:
         """Validate the restored (or live) copy of a snapshot in ``directory`` (standing for its
-        source path) at model-validation ``level`` 1..3 (see ``weightvault.ops.validate``)."""
-        if level not in _validate.LEVELS:
-            raise UsageError(f"validation level {level} is not one of 1..3",
-                             hint="1 integrity, 2 format, 3 structure (level 4, a forward pass, is not available yet)")
+        source path) at model-validation ``level`` 1..4 (see ``weightvault.ops.validate``); level 4
+        runs the user's ``check`` (``module:function``)."""
+        _check_level(level, check)
         snap = self.find_snapshot(spec)
         with self._repo.lock():
             self._still_there(snap)
-            return _validate.validate_tree(self._repo, snap, Path(directory), level)
+            return _validate.validate_tree(self._repo, snap, Path(directory), level, check)
 
     def drill(self, *, pick: str = "latest", within: str | timedelta | None = None, level: int = 3,
               now: datetime | None = None, workdir: str | os.PathLike[str] | None = None,
-              seed: int | None = None, journal: Path | None = None, record: bool = True) -> DrillResult:
+              seed: int | None = None, journal: Path | None = None, record: bool = True,
+              check: str | None = None) -> DrillResult:
         """A restore drill: pick a snapshot (``latest`` or ``random``, optionally ``within`` a time
         before now), restore it into a fresh temporary directory (every file SHA-256-checked before
         it is renamed into place), validate it at ``level``, record the outcome and the measured
@@ -503,8 +515,7 @@ class Repository:
         itself), and remove the copy. Failure is a result, not an error."""
         if pick not in ("latest", "random"):
             raise UsageError(f"unknown pick {pick!r}", hint="use latest or random")
-        if level not in _validate.LEVELS:
-            raise UsageError(f"validation level {level} is not one of 1..3")
+        _check_level(level, check)
         clock = now or datetime.now(UTC)
         snaps = self.snapshots()
         if within is not None:
@@ -526,12 +537,14 @@ class Repository:
                                          f"{restored.errors[0][0]}: {restored.errors[0][1]}")
                 root = tmp / os.path.basename(snap.paths[0]) if len(snap.paths) == 1 else tmp
                 t1 = time.perf_counter()
-                result.report = self.validate(snap.id, root, level=level)
+                result.report = self.validate(snap.id, root, level=level, check=check)
                 result.validate_s = time.perf_counter() - t1
                 result.ok = result.report.ok
-                if not result.ok:
+                if not result.ok and result.report.failed:
                     bad = result.report.failed[0]
                     result.error = f"{len(result.report.failed)} file(s) failed; first: {bad.path}: {bad.problems[0]}"
+                elif not result.ok:
+                    result.error = "; ".join(result.report.check_problems[:3])
             except WeightvaultError as exc:
                 result.error = f"restore failed: {exc.message}"
             result.rto_s = time.perf_counter() - t0
@@ -1051,7 +1064,7 @@ def apply_policy(spec: _spec.PolicySpec, *, now: datetime | None = None, dry_run
 
         def do_drill(drill: _spec.DrillSpec = drill, step: PolicyStep = step) -> str:
             res = fleet[drill.repository].drill(pick=drill.pick, within=drill.within, level=drill.level, now=clock,
-                                                record=False)
+                                                record=False, check=drill.check)
             step.snapshot = res.snapshot
             if not res.ok:
                 raise ValidationFailedError(f"{drill.name}: snapshot {res.snapshot[:8]}: {res.error}")

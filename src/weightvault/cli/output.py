@@ -184,6 +184,7 @@ def report_run(run: api.PolicyRun, quiet: bool, as_json: bool) -> None:
 
 
 def report_json(report: api.ValidationReport) -> dict[str, Any]:
-    return {"snapshot": report.snapshot, "level": report.level, "ok": report.ok,
+    return {"snapshot": report.snapshot, "level": report.level, "ok": report.ok, "check": report.check,
+            "check_problems": report.check_problems,
             "files": [{"path": f.path, "format": f.format, "passed": f.passed, "problems": f.problems}
                       for f in report.files]}

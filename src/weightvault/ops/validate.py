@@ -9,6 +9,9 @@
 3. **Structure**: tensor names, shapes and dtypes of the file equal those of the file as it was
    backed up (read back from the repository); missing, extra and changed tensors are listed. No
    torch is needed; no code from the backup is ever executed (nothing is unpickled).
+4. **Function**: a user-supplied check (``module:function`` from the user's environment) runs on
+   the restored directory in its own process: e.g. a forward pass on a fixed input compared with a
+   recorded output within a tolerance, an eval metric, determinism over N runs (``run_check``).
 
 Each file gets the levels requested; a file that fails a level is not checked at higher ones.
 """
@@ -20,6 +23,8 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -38,7 +43,20 @@ from weightvault.repository.snapshots import Snapshot
 
 __all__ = ["LEVELS", "FileValidation", "ValidationReport", "model_format", "structure", "validate_tree"]
 
-LEVELS = {1: "integrity", 2: "format", 3: "structure"}
+LEVELS = {1: "integrity", 2: "format", 3: "structure", 4: "function"}
+CHECK_TIMEOUT = 1800.0  # seconds a level-4 check may run
+_RUNNER = """
+import importlib, sys
+from pathlib import Path
+module, _, name = sys.argv[1].partition(":")
+fn = getattr(importlib.import_module(module), name)
+result = fn(Path(sys.argv[2]))
+problems = [result] if isinstance(result, str) else list(result or []) if not isinstance(result, bool) else (
+    [] if result else ["the check returned False"])
+for p in problems:
+    print(p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+"""
 Structure = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (dtype, shape)
 _HASH_READ = 4 * 1024 * 1024
 
@@ -60,10 +78,12 @@ class ValidationReport:
     snapshot: str
     level: int
     files: list[FileValidation] = field(default_factory=list)
+    check: str | None = None  # level 4: the entry point that ran
+    check_problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(f.ok for f in self.files)
+        return all(f.ok for f in self.files) and not self.check_problems
 
     @property
     def failed(self) -> list[FileValidation]:
@@ -223,9 +243,44 @@ def _original(cache: PlaintextCache, node: Node, work: Path) -> Path:
     return Path(name)
 
 
-def validate_tree(repo: Repository, snap: Snapshot, root: Path, level: int) -> ValidationReport:
-    """Validate the files of ``root`` (standing for the snapshot's source path) at ``level``."""
-    report = ValidationReport(snap.id, level)
+def run_check(entry: str, root: Path, timeout: float = CHECK_TIMEOUT) -> list[str]:
+    """Level 4: run the user's check ``module:function`` on ``root`` in a separate Python process
+    (its own memory; a crash or a hang is a failure, not ours). The function gets the restored
+    directory and returns nothing, True, or problems (a string or a list); it may load the
+    weights with ``torch.load(..., weights_only=True)`` and compare a forward pass with recorded
+    outputs. It is imported from the user's environment, never from the restored tree: the
+    process runs outside it with ``PYTHONSAFEPATH`` set, and an entry point whose module lies
+    inside the tree is refused."""
+    module, sep, name = entry.partition(":")
+    if not sep or not module or not name.isidentifier():
+        raise ValueError(f"check {entry!r} is not of the form module:function")
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    with tempfile.TemporaryDirectory(prefix="wv-check-") as cwd:
+        where = subprocess.run(
+            [sys.executable, "-c", "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]);"
+             " print(s.origin if s and s.origin else '')", module],
+            capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+        origin = where.stdout.strip()
+        if not origin:
+            return [f"check module {module!r} cannot be found: {where.stderr.strip()[-300:]}"]
+        if Path(origin).resolve().is_relative_to(root.resolve()):
+            return [f"check module {module!r} lies inside the restored tree: refused (backup code is never run)"]
+        try:
+            proc = subprocess.run([sys.executable, "-c", _RUNNER, entry, str(root)], capture_output=True, text=True,
+                                  cwd=cwd, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return [f"check {entry} did not finish within {timeout:.0f} s"]
+    if proc.returncode == 0:
+        return []
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return lines[-20:] or [f"check {entry} failed (exit {proc.returncode})"]
+
+
+def validate_tree(repo: Repository, snap: Snapshot, root: Path, level: int,
+                  check: str | None = None) -> ValidationReport:
+    """Validate the files of ``root`` (standing for the snapshot's source path) at ``level``;
+    level 4 runs ``check`` (``run_check``) once levels 1-3 passed."""
+    report = ValidationReport(snap.id, level, check=check if level >= 4 else None)
     cache = PlaintextCache(repo, 64 * 1024 * 1024)
     with tempfile.TemporaryDirectory(prefix=".wv-validate-", dir=root if root.is_dir() else None) as tmp:
         for node in iter_manifest(snap.tree, repo.load_blob):
@@ -273,6 +328,11 @@ def validate_tree(repo: Repository, snap: Snapshot, root: Path, level: int) -> V
             fv.problems += [f"level 3: {d}" for d in diffs]
             if fv.ok:
                 fv.passed = 3
+    if level >= 4 and check is not None:
+        if report.ok:
+            report.check_problems = [f"level 4: {p}" for p in run_check(check, root)]
+        else:
+            report.check_problems = ["level 4: not run, lower levels failed"]
     return report
 
 

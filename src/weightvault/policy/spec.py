@@ -28,6 +28,7 @@
     level = 3                        # 1 integrity, 2 format, 3 structure
     pick = "random"                  # or latest
     within = "30d"                   # optional: only snapshots this recent
+    check = "mychecks:forward_pass"  # level 4: a function of yours, given the restored directory
 
     [classes.weights]                # ordered: a file belongs to the first class whose globs match it
     globs = ["*.safetensors", "*.pt"]
@@ -139,6 +140,7 @@ class DrillSpec:
     level: int = 3
     pick: str = "random"
     within: timedelta | None = None
+    check: str | None = None  # level 4: module:function
 
 
 @dataclass
@@ -240,18 +242,21 @@ def _drill(w: _Where, name: str, raw: Any, spec: PolicySpec) -> DrillSpec:
     if not isinstance(raw, dict):
         raise w.error(table, None, "must be a table")
     _name(w, table, name)
-    _only(w, table, raw, {"repository", "every", "level", "pick", "within"})
+    _only(w, table, raw, {"repository", "every", "level", "pick", "within", "check"})
     repo = _get(w, table, raw, "repository", str, required=True)
     if repo not in spec.repositories:
         raise w.error(table, "repository", f"no repository named {repo!r} in [repositories]")
     level = _get(w, table, raw, "level", int)
-    if level is not None and level not in (1, 2, 3):
-        raise w.error(table, "level", "must be 1 (integrity), 2 (format) or 3 (structure)")
+    if level is not None and level not in (1, 2, 3, 4):
+        raise w.error(table, "level", "must be 1 (integrity), 2 (format), 3 (structure) or 4 (function)")
+    check = _get(w, table, raw, "check", str)
+    if level == 4 and not check:
+        raise w.error(table, "check", "level 4 needs check = \"module:function\"")
     pick = _get(w, table, raw, "pick", str) or "random"
     if pick not in ("latest", "random"):
         raise w.error(table, "pick", "must be latest or random")
     return DrillSpec(name, repo, _duration(w, table, raw, "every", interval=True) or timedelta(days=7),
-                     level or 3, pick, _duration(w, table, raw, "within"))
+                     level or 3, pick, _duration(w, table, raw, "within"), check)
 
 
 def _top_line(w: _Where, key: str) -> int:
