@@ -94,3 +94,17 @@ def test_cli_check_repair_from(tmp_path: Path) -> None:
                           str(tmp_path / "replica.pw")], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "rewritten from the replica" in out.stdout and "no problems found" in out.stdout
+
+
+def test_restore_heals_from_the_replica_on_the_way(tmp_path: Path, isolated_home: Path) -> None:
+    primary, replica, src = _setup(tmp_path)
+    pack = _packs(tmp_path / "primary")[-1]
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    res = Repository.open(tmp_path / "primary", PASSWORD).restore("latest", tmp_path / "out", verify=True,
+                                                                   repair_from=replica)
+    assert not res.errors
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    ops = [r["op"] for r in Repository.open(tmp_path / "primary", PASSWORD).ledger()]
+    assert "repair" in ops and ops[-1] == "restore"

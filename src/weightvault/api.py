@@ -408,7 +408,26 @@ class Repository:
         overwrite: str = "error",
         verify: bool = False,
         progress: ProgressCallback | None = None,
+        repair_from: Repository | None = None,
     ) -> RestoreResult:
+        """Restore a snapshot under ``target`` (never outside it). With ``repair_from`` (a replica
+        that ``copy`` filled), data found damaged on the way is rewritten from the replica
+        (``heal_from``) and the files that failed are restored again."""
+        if repair_from is not None:
+            try:
+                first = self.restore(spec, target, includes=includes, overwrite=overwrite, verify=verify,
+                                     progress=progress)
+                if not first.errors:
+                    return first
+            except IntegrityError:
+                pass
+            healed = self.heal_from(repair_from)
+            if not healed.repaired:
+                raise IntegrityError("restore found damaged data and the replica could not repair it: "
+                                     + "; ".join(why for _, why in healed.unrepaired[:3]),
+                                     hint="run `weightvault check --read-data` to see what is damaged")
+            return self.restore(spec, target, includes=includes, overwrite="if-changed" if overwrite == "error"
+                                else overwrite, verify=verify, progress=progress)
         snap = self.find_snapshot(spec)
         if overwrite not in OVERWRITE_MODES:
             raise UsageError(f"unknown overwrite mode {overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")

@@ -11,7 +11,7 @@ import dataclasses
 import click
 
 from weightvault import api
-from weightvault.cli.common import Globals, open_repository, pass_globals
+from weightvault.cli.common import Globals, open_other_repository, open_repository, pass_globals
 from weightvault.cli.output import display, echo_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
 from weightvault.errors import UsageError
@@ -31,11 +31,14 @@ __all__ = ["restore"]
               " validate, then swap it into place, keeping the old contents as DIR.before-<time>.")
 @click.option("--validate-level", type=click.IntRange(1, 3), default=1, show_default=True,
               help="With --swap: the model validation level the new copy must pass before the swap.")
+@click.option("--repair-from", metavar="REPO",
+              help="If data is damaged, rewrite it from this replica (a repository `copy` filled) and go on.")
+@click.option("--from-password-file", metavar="FILE", help="With --repair-from: the replica's password.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_globals
 def restore(
     g: Globals, snapshot: str, target: str, includes: tuple[str, ...], verify: bool, overwrite: str, swap: bool,
-    validate_level: int, as_json: bool,
+    validate_level: int, repair_from: str | None, from_password_file: str | None, as_json: bool,
 ) -> None:
     """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR)."""
     repo = open_repository(g)
@@ -52,8 +55,10 @@ def restore(
             click.echo(f"restored {sw.restore.files} file(s) ({human_size(sw.restore.bytes)}), verified and validated"
                        f" at level {validate_level}, and swapped into {display(sw.target)}{kept}")
         return
+    replica = open_other_repository(g, repair_from, from_password_file, "--repair-from") if repair_from else None
     with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
-        res = repo.restore(snapshot, target, includes=includes, overwrite=overwrite, verify=verify, progress=cb)
+        res = repo.restore(snapshot, target, includes=includes, overwrite=overwrite, verify=verify, progress=cb,
+                           repair_from=replica)
     for path, reason in res.errors:
         click.echo(f"error: {display(path)}: {reason}", err=True)
     if as_json:
