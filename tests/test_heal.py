@@ -97,7 +97,7 @@ def test_cli_check_repair_from(tmp_path: Path) -> None:
 
 
 def test_restore_heals_from_the_replica_on_the_way(tmp_path: Path, isolated_home: Path) -> None:
-    primary, replica, src = _setup(tmp_path)
+    _primary, replica, src = _setup(tmp_path)
     pack = _packs(tmp_path / "primary")[-1]
     data = bytearray(pack.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -179,8 +179,10 @@ def test_swap_replaces_a_live_directory_and_keeps_a_dated_copy(repo: Repository,
     good = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     (run / "model.safetensors").write_bytes(b"half-written garbage")  # the live copy got damaged
     write(run / "scratch.tmp", b"x")
-    res = repo.restore_swap(snap, run, level=3)
+    res = repo.restore_swap(snap, run, level=3, backup_previous=True)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == good
+    assert res.previous_snapshot is not None
+    assert repo.find_snapshot(res.previous_snapshot).has_tag("safety-copy")
     assert res.previous is not None and Path(res.previous).name.startswith("run.before-")
     assert (Path(res.previous) / "model.safetensors").read_bytes() == b"half-written garbage"
     assert (Path(res.previous) / "scratch.tmp").exists()

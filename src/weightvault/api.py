@@ -443,12 +443,14 @@ class Repository:
             return res
 
     def restore_swap(self, spec: str, target: str | os.PathLike[str], *, level: int = 1,
-                     progress: ProgressCallback | None = None) -> SwapResult:
+                     progress: ProgressCallback | None = None, backup_previous: bool = False) -> SwapResult:
         """Restore a snapshot (of one source path) into a fresh sibling of ``target``, verify every
         file's SHA-256, validate it at ``level`` (1..3), then swap it into place: atomically where
         the kernel can exchange two paths (Linux renameat2), else with two renames. The previous
         contents are kept beside it as ``<target>.before-<UTC time>``. Any failure before the swap
-        removes the new copy and leaves ``target`` untouched (the error is raised)."""
+        removes the new copy and leaves ``target`` untouched (the error is raised). With
+        ``backup_previous`` the safety copy is itself backed up (tags ``safety-copy`` and
+        ``replaced-by=<snapshot>``) before this returns."""
         snap = self.find_snapshot(spec)
         if len(snap.paths) != 1:
             raise UsageError(f"snapshot {snap.short_id} has {len(snap.paths)} source paths; --swap needs exactly one",
@@ -473,7 +475,10 @@ class Repository:
             _swap_into_place(new, dest, backup)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        return SwapResult(snap.id, str(dest), str(backup) if backup else None, restored, report)
+        saved = None
+        if backup_previous and backup is not None:
+            saved = self.backup([backup], tags=["safety-copy", f"replaced-by={snap.short_id}"]).snapshot.id
+        return SwapResult(snap.id, str(dest), str(backup) if backup else None, restored, report, saved)
 
     def verify(self, spec: str, *, against: str | os.PathLike[str] | None = None, sample: float | None = None,
                progress: ProgressCallback | None = None) -> VerifyResult:
@@ -870,6 +875,7 @@ class SwapResult:
     previous: str | None  # the dated safety copy, or None if target did not exist
     restore: RestoreResult
     report: ValidationReport
+    previous_snapshot: str | None = None  # with backup_previous: the snapshot of the safety copy
 
 
 _RENAME_EXCHANGE = 2

@@ -29,6 +29,8 @@ __all__ = ["restore"]
 @click.option("--swap", is_flag=True,
               help="Replace --target DIR (the snapshot's source path) with the snapshot: restore beside it, verify,"
               " validate, then swap it into place, keeping the old contents as DIR.before-<time>.")
+@click.option("--backup-previous", is_flag=True,
+              help="With --swap: also back up the previous contents (tags safety-copy, replaced-by=SNAPSHOT).")
 @click.option("--validate-level", type=click.IntRange(1, 3), default=1, show_default=True,
               help="With --swap: the model validation level the new copy must pass before the swap.")
 @click.option("--repair-from", metavar="REPO",
@@ -38,7 +40,7 @@ __all__ = ["restore"]
 @pass_globals
 def restore(
     g: Globals, snapshot: str, target: str, includes: tuple[str, ...], verify: bool, overwrite: str, swap: bool,
-    validate_level: int, repair_from: str | None, from_password_file: str | None, as_json: bool,
+    backup_previous: bool, validate_level: int, repair_from: str | None, from_password_file: str | None, as_json: bool,
 ) -> None:
     """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR)."""
     repo = open_repository(g)
@@ -46,9 +48,11 @@ def restore(
         if includes or overwrite != "error":
             raise UsageError("--swap restores the whole snapshot: --include and --overwrite do not apply")
         with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
-            sw = repo.restore_swap(snapshot, target, level=validate_level, progress=cb)
+            sw = repo.restore_swap(snapshot, target, level=validate_level, progress=cb,
+                                   backup_previous=backup_previous)
         if as_json:
             echo_json({"snapshot": sw.snapshot, "target": sw.target, "previous": sw.previous,
+                       "previous_snapshot": sw.previous_snapshot,
                        "restore": dataclasses.asdict(sw.restore), "validated_level": validate_level})
         elif not g.quiet:
             kept = f"; the previous contents are in {display(sw.previous)}" if sw.previous else ""
