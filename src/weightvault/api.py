@@ -281,7 +281,7 @@ class Repository:
         except (KeyError, OSError):
             user = str(os.getuid())
         fields = {**rec, "time": datetime.now(UTC).isoformat(), "operator": f"{user}@{socket.gethostname()}",
-                  "duration_s": round(time.perf_counter() - t0, 3)}
+                  "duration_s": round(time.perf_counter() - t0, 3), "repository": self.location}
         for k in ("source", "target", "detail"):  # paths may hold bytes that are not UTF-8
             if isinstance(fields.get(k), str):
                 fields[k] = fields[k].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

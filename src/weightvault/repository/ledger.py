@@ -5,7 +5,7 @@
     {"version": 1, "seq": n, "prev": hex | null, "time": ISO UTC, "operator": "user@host",
      "op": "backup" | "restore" | "verify" | "drill" | "copy" | "forget" | "prune" | "repair",
      "ok": bool, "snapshots": [ids], "source": str | null, "target": str | null, "bytes": int,
-     "duration_s": float, "detail": str}
+     "duration_s": float, "detail": str, "repository": location}
 
 ``prev`` is the keyed BLAKE3 (the repository's id key) of the previous record's canonical JSON
 (``null`` for record 0), so deleting, reordering or editing a record breaks the chain, and nobody
