@@ -10,7 +10,7 @@ Problems name the blob, the pack and the snapshot files that use the blob.
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import blake3
@@ -22,7 +22,7 @@ from weightvault.repository.index import decode_index_file
 from weightvault.repository.manifest import iter_manifest
 from weightvault.repository.packer import read_pack_header
 from weightvault.repository.plans import load_plans
-from weightvault.repository.repo import Repository
+from weightvault.repository.repo import PlaintextCache, Repository
 from weightvault.types import PackedBlob
 
 __all__ = ["CheckResult", "check", "parse_subset", "select_packs"]
@@ -133,7 +133,7 @@ def check(
         chosen = select_packs([p for p in on_disk if p in indexed], subset)
         reporter = Reporter(progress, "check")
         reporter.set_totals(len(chosen), sum(on_disk[p] for p in chosen))
-        bases = _BaseCache(repo, {e.blob.base for e in repo.index.entries() if e.blob.base is not None})
+        bases = PlaintextCache(repo, wanted={e.blob.base for e in repo.index.entries() if e.blob.base is not None})
         for pack_id in chosen:
             _read_pack(repo, pack_id, indexed[pack_id], res, bad, bases)
             reporter.add(files=1, nbytes=on_disk[pack_id])
@@ -162,42 +162,13 @@ def check(
     return res
 
 
-class _BaseCache:
-    """Plaintexts of delta bases decoded during the check (bounded, least recently used dropped),
-    so a chain shared by many delta blobs is not decoded again for each of them."""
-
-    def __init__(self, repo: Repository, wanted: set[bytes], max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.repo = repo
-        self.wanted = wanted
-        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
-        self._size = 0
-        self._max = max_bytes
-
-    def keep(self, blob_id: bytes, data: bytes) -> None:
-        if blob_id not in self.wanted or blob_id in self._kept or len(data) > self._max:
-            return
-        self._kept[blob_id] = data
-        self._size += len(data)
-        while self._size > self._max:
-            self._size -= len(self._kept.popitem(last=False)[1])
-
-    def load(self, blob_id: bytes) -> bytes:
-        data = self._kept.get(blob_id)
-        if data is not None:
-            self._kept.move_to_end(blob_id)
-            return data
-        data = self.repo.load_blob(blob_id, self.load)
-        self.keep(blob_id, data)
-        return data
-
-
 def _read_pack(
     repo: Repository,
     pack_id: str,
     blobs: dict[bytes, PackedBlob],
     res: CheckResult,
     bad: dict[bytes, str],
-    bases: _BaseCache,
+    bases: PlaintextCache,
 ) -> None:
     try:
         data = repo.backend.load(FileType.PACK, pack_id)

@@ -67,11 +67,22 @@ class PlaintextCache:
     """Decoded blobs, bounded (least recently used dropped). ``load`` decodes delta blobs with
     their bases served from here, so a chain shared by many blobs is decoded once while cached."""
 
-    def __init__(self, repo: Repository, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, repo: Repository, max_bytes: int = 256 * 1024 * 1024, wanted: set[bytes] | None = None) -> None:
         self.repo = repo
         self.max_bytes = max_bytes
+        self.wanted = wanted  # None: keep any blob; else only these (e.g. known delta bases)
         self._kept: OrderedDict[bytes, bytes] = OrderedDict()
         self._size = 0
+
+    def keep(self, blob_id: bytes, data: bytes) -> None:
+        """Remember a decoded blob (if wanted and not larger than the whole budget)."""
+        if (self.wanted is not None and blob_id not in self.wanted) or blob_id in self._kept:
+            return
+        if len(data) <= self.max_bytes:
+            self._kept[blob_id] = data
+            self._size += len(data)
+            while self._size > self.max_bytes:
+                self._size -= len(self._kept.popitem(last=False)[1])
 
     def load(self, blob_id: bytes) -> bytes:
         data = self._kept.get(blob_id)
@@ -79,11 +90,7 @@ class PlaintextCache:
             self._kept.move_to_end(blob_id)
             return data
         data = self.repo.load_blob(blob_id, self.load)
-        if len(data) <= self.max_bytes:
-            self._kept[blob_id] = data
-            self._size += len(data)
-            while self._size > self.max_bytes:
-                self._size -= len(self._kept.popitem(last=False)[1])
+        self.keep(blob_id, data)
         return data
 
 
