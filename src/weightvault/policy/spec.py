@@ -239,10 +239,7 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
 
 def _drill(w: _Where, name: str, raw: Any, spec: PolicySpec) -> DrillSpec:
     table = f"drills.{name}"
-    if not isinstance(raw, dict):
-        raise w.error(table, None, "must be a table")
-    _name(w, table, name)
-    _only(w, table, raw, {"repository", "every", "level", "pick", "within", "check"})
+    _named_table(w, table, name, raw, {"repository", "every", "level", "pick", "within", "check"})
     repo = _get(w, table, raw, "repository", str, required=True)
     if repo not in spec.repositories:
         raise w.error(table, "repository", f"no repository named {repo!r} in [repositories]")
@@ -306,6 +303,14 @@ def _name(w: _Where, table: str, name: str) -> None:
         raise w.error(table, None, "names use letters, digits, '.', '_' and '-' (at most 64)")
 
 
+def _named_table(w: _Where, table: str, name: str, raw: Any, allowed: set[str]) -> None:
+    """``[kind.name]`` is a table with a valid name and only ``allowed`` keys."""
+    if not isinstance(raw, dict):
+        raise w.error(table, None, "must be a table")
+    _name(w, table, name)
+    _only(w, table, raw, allowed)
+
+
 def _settings(w: _Where, raw: dict[str, Any]) -> Settings:
     _only(w, "settings", raw, {"rpo", "prune_every", "journal"})
     d = Settings()
@@ -318,10 +323,8 @@ def _settings(w: _Where, raw: dict[str, Any]) -> Settings:
 
 def _repo(w: _Where, name: str, raw: Any) -> RepoSpec:
     table = f"repositories.{name}"
-    if not isinstance(raw, dict):
-        raise w.error(table, None, "must be a table")
-    _name(w, table, name)
-    _only(w, table, raw, {"url", "tier", "site", "password_file", "password_env", "s3_endpoint", "max_age"})
+    _named_table(w, table, name, raw,
+                 {"url", "tier", "site", "password_file", "password_env", "s3_endpoint", "max_age"})
     tier = _get(w, table, raw, "tier", str) or "hot"
     if tier not in TIERS:
         raise w.error(table, "tier", f"unknown tier {tier!r} (use {', '.join(TIERS)})")
@@ -341,10 +344,7 @@ _KEEP = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"
 
 def _class(w: _Where, name: str, raw: Any) -> DataClass:
     table = f"classes.{name}"
-    if not isinstance(raw, dict):
-        raise w.error(table, None, "must be a table")
-    _name(w, table, name)
-    _only(w, table, raw, {"globs", "every", "keep_within", "keep_tags", "lock_for", "tiers", *_KEEP})
+    _named_table(w, table, name, raw, {"globs", "every", "keep_within", "keep_tags", "lock_for", "tiers", *_KEEP})
     globs = _get(w, table, raw, "globs", list, required=True)
     if not globs:
         raise w.error(table, "globs", "must name at least one glob")
@@ -366,10 +366,7 @@ def _class(w: _Where, name: str, raw: Any) -> DataClass:
 
 def _source(w: _Where, name: str, raw: Any, spec: PolicySpec) -> SourceSpec:
     table = f"sources.{name}"
-    if not isinstance(raw, dict):
-        raise w.error(table, None, "must be a table")
-    _name(w, table, name)
-    _only(w, table, raw, {"paths", "repository", "replicate_to", "rpo", "tags", "classes"})
+    _named_table(w, table, name, raw, {"paths", "repository", "replicate_to", "rpo", "tags", "classes"})
     paths = _get(w, table, raw, "paths", list, required=True)
     if not paths:
         raise w.error(table, "paths", "must name at least one path")
