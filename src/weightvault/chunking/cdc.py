@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from pyfastcdc import FastCDC
 
-from weightvault.chunking.registry import Chunk, ChunkerParams
+from weightvault.chunking.base import Chunk, ChunkerParams
 
 __all__ = ["CdcSplitter", "cdc_cuts", "validate_params"]
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from weightvault.chunking.registry import Chunk, ChunkerParams
+from weightvault.chunking.base import Chunk, ChunkerParams
 from weightvault.chunking.tensor_plan import (
     Piece,
     PlanBuilder,

@@ -1,63 +1,19 @@
-"""The splitter registry.
+"""The splitter registry: format-aware splitters in order, generic CDC for everything else.
 
-A ``Splitter`` decides from a file's name and first bytes whether it handles the file, then yields
-``Chunk``s that exactly tile the stream, in order. The engine only relies on that tiling contract,
-so a new splitter changes where chunk boundaries fall, never what is restored.
+``Chunk``, ``ChunkerParams``, ``DTYPE_SIZES`` and ``Splitter`` live in ``chunking.base`` (which
+imports no splitter) and are re-exported here for existing importers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams, Splitter
+from weightvault.chunking.cdc import CdcSplitter
+from weightvault.chunking.gguf import GgufSplitter
+from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
+from weightvault.chunking.safetensors import SafetensorsSplitter
+from weightvault.chunking.torchzip import TorchZipSplitter
 
 __all__ = ["DTYPE_SIZES", "Chunk", "ChunkerParams", "Splitter", "SplitterRegistry", "default_registry"]
-
-# Element sizes in bytes of the dtype names used in Chunk.dtype (safetensors' vocabulary).
-DTYPE_SIZES: dict[str, int] = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """A piece of a file. ``data`` must stay valid after the next chunk is produced.
-
-    Format-aware splitters may describe what the bytes are: ``dtype`` is the element type of a
-    tensor's raw little-endian data using safetensors' names ("F32", "BF16", "F16", "F64", "I8",
-    ...; see ``DTYPE_SIZES``), and ``tensor`` names the tensor (with ``part``, the index of this
-    sub-chunk within it). These are hints for codecs and deltas only: they never change the bytes
-    stored or restored, and a wrong hint may only cost compression.
-    """
-
-    offset: int
-    data: bytes
-    dtype: str | None = None
-    tensor: str | None = None
-    part: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkerParams:
-    """Repository-wide chunking parameters (stored in the repository config)."""
-
-    min_size: int = 256 * 1024
-    avg_size: int = 1024 * 1024
-    max_size: int = 8 * 1024 * 1024
-    seed: int = 0
-
-
-class Splitter(Protocol):
-    name: str
-
-    def accepts(self, name: bytes, head: bytes) -> bool:
-        """True if this splitter wants the file; ``head`` holds up to its first 64 KiB."""
-        ...
-
-    def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
-        """Yield chunks that tile the stream from offset 0 to EOF, in order, none empty."""
-        ...
 
 
 class SplitterRegistry:
@@ -78,12 +34,6 @@ class SplitterRegistry:
 
 
 def default_registry() -> SplitterRegistry:
-    from weightvault.chunking.cdc import CdcSplitter
-    from weightvault.chunking.gguf import GgufSplitter
-    from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
-    from weightvault.chunking.safetensors import SafetensorsSplitter
-    from weightvault.chunking.torchzip import TorchZipSplitter
-
     reg = SplitterRegistry(CdcSplitter())
     reg.register(SafetensorsSplitter())
     reg.register(NpySplitter())

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams
+from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams
 from weightvault.chunking.tensor_plan import (
     Piece,
     PlanBuilder,

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from weightvault.chunking.base import Chunk, ChunkerParams
 from weightvault.chunking.cdc import CdcSplitter, cdc_cuts
-from weightvault.chunking.registry import Chunk, ChunkerParams
 
 __all__ = [
     "GROUP_MAX", "OPAQUE_CHUNK", "SMALL_TENSOR", "TENSOR_CHUNK", "Piece", "PlanBuilder", "TensorRange",

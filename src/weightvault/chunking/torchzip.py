@@ -22,8 +22,8 @@ import zipfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams
 from weightvault.chunking.pickle_scan import scan_storage_dtypes
-from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams
 from weightvault.chunking.tensor_plan import (
     GROUP_MAX,
     SMALL_TENSOR,
