@@ -63,8 +63,6 @@ def restore(
     with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
         res = repo.restore(snapshot, target, includes=includes, overwrite=overwrite, verify=verify, progress=cb,
                            repair_from=replica)
-    for path, reason in res.errors:
-        click.echo(f"error: {display(path)}: {reason}", err=True)
     if as_json:
         echo_json(dataclasses.asdict(res))
     elif not g.quiet:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from weightvault.backends.base import FileType
 from weightvault.errors import ImmutableError
 from weightvault.ops.groups import representatives
 from weightvault.ops.prune import PruneResult
@@ -73,5 +72,5 @@ def forget(
     result.removed_ids = order
     if not dry_run:
         for snap_id in order:
-            repo.backend.remove(FileType.SNAPSHOT, snap_id)
+            repo.remove_snapshot(snap_id)
     return result

@@ -66,13 +66,15 @@ class RestoreOptions:
 
 @dataclass
 class RestoreResult:
+    """What a restore wrote. A file that cannot be restored fails the whole restore with an
+    error (nothing partial is left under its name), so there is no list of per-file failures."""
+
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
     bytes: int = 0
     skipped: int = 0
     verified: int = 0
-    errors: list[tuple[str, str]] = field(default_factory=list)
 
 
 def check_path(path: bytes) -> list[bytes]:

@@ -21,7 +21,7 @@ A policy with no rule at all is refused (it would remove everything).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -54,6 +54,17 @@ class Policy:
     keep_within: timedelta | None = None
     keep_tags: tuple[str, ...] = ()
     group_by: tuple[str, ...] = ("host", "paths")
+
+    @classmethod
+    def from_arguments(cls, keep_last: int = 0, keep_hourly: int = 0, keep_daily: int = 0, keep_weekly: int = 0,
+                       keep_monthly: int = 0, keep_yearly: int = 0, keep_within: str | timedelta | None = None,
+                       keep_tags: Sequence[str] = (), group_by: Sequence[str] = ("host", "paths")) -> Policy:
+        """A policy from ``forget``'s arguments; ``keep_within`` may be text such as '7d'."""
+        if any(n < 0 for n in (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)):
+            raise UsageError("keep counts must be >= 0")
+        within = parse_duration(keep_within) if isinstance(keep_within, str) else keep_within
+        return cls(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, within,
+                   tuple(keep_tags), tuple(group_by))
 
     def empty(self) -> bool:
         counts = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly,

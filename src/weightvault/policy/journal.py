@@ -12,12 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from weightvault.paths import state_home
+
 __all__ = ["append_record", "default_journal_path", "read_records"]
 
 
 def default_journal_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "weightvault" / "journal.jsonl"
+    """``$XDG_STATE_HOME/weightvault/journal.jsonl``."""
+    return state_home() / "journal.jsonl"
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -120,3 +120,8 @@ def unlock(backend: Backend, repo_id: str, password: bytes) -> tuple[MasterKey, 
         f"wrong password for repository {backend.location} (tried {len(names)} key file(s))",
         hint="check $WEIGHTVAULT_PASSWORD or --password-file",
     )
+
+
+def remove_key_file(backend: Backend, name: str) -> None:
+    """Remove one key file (the caller made sure another key remains)."""
+    backend.remove(FileType.KEY, name)

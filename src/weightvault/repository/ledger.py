@@ -17,7 +17,6 @@ A local SQLite catalog caches the records for queries; the repository copy is au
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from weightvault.codec.crypto import MasterKey
 from weightvault.errors import IntegrityError, ObjectExistsError, ObjectNotFoundError, UnsupportedFormatError
 from weightvault.format import objects
 from weightvault.format.layout import KIND_LEDGER
+from weightvault.paths import cache_home
 from weightvault.repository.index import open_document, seal_document
 
 __all__ = ["LedgerCatalog", "LedgerCheck", "append_record", "catalog_path", "chain_hash", "load_records",
@@ -155,5 +155,5 @@ class LedgerCatalog:
 
 
 def catalog_path(repo_id: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "weightvault" / f"ledger-{repo_id}.sqlite"
+    """``$XDG_CACHE_HOME/weightvault/ledger-<id>.sqlite``."""
+    return cache_home() / f"ledger-{repo_id}.sqlite"

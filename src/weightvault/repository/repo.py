@@ -41,6 +41,7 @@ from weightvault.repository.index import (
 from weightvault.repository.locks import hold_lock
 from weightvault.repository.packer import PackBuilder, read_pack_header
 from weightvault.repository.plans import Plan, load_plans
+from weightvault.repository.session import LockMode, Session
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType, IndexEntry, PackedBlob
 
@@ -114,6 +115,9 @@ class Repository:
         self.io_threads = 0  # > 0: concurrent reads worth issuing (object storage latency), set by the opener
         self.plans: list[Plan] = []  # prune plans read when the lock was taken (format v4)
         self.packs_written: list[str] = []  # by this client, in order (copy verifies them)
+        self._snapshot_docs: dict[str, dict[str, object]] = {}  # id -> document (immutable: named by hash)
+        self._listing: list[Snapshot] | None = None  # the open session's snapshot list
+        self._sessions = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -155,6 +159,25 @@ class Repository:
             self.apply_plans()
             yield name
 
+    @contextlib.contextmanager
+    def session(self, mode: LockMode = LockMode.SHARED) -> Iterator[Session]:
+        """One unit of work (``weightvault.repository.session``): take the lock, read the plans,
+        refresh the index, list the snapshots once."""
+        with contextlib.ExitStack() as stack:
+            name = ""
+            if mode is LockMode.NONE:
+                self.apply_plans()
+            else:
+                name = stack.enter_context(self.lock(*mode.flags))
+            self.load_index()
+            self._sessions += 1
+            self._listing = None
+            try:
+                yield Session(self, mode, name)
+            finally:
+                self._sessions -= 1
+                self._listing = None
+
     def apply_plans(self) -> None:
         """Read the prune plans (format v4) and mark their packs condemned in the index: readers
         prefer other copies, writers never reuse a blob only they hold. Reloads the index if the
@@ -176,13 +199,19 @@ class Repository:
 
     # -- index -----------------------------------------------------------------------------------
     def load_index(self) -> None:
-        """Load index files not loaded yet. A damaged one is skipped (and logged): its packs count as
-        unindexed, so the next backup re-indexes them from their headers; ``check`` reports it.
-        A file removed between listing and reading was superseded (prune and repair write its
-        replacement first), so the listing is read again."""
+        """Bring the in-memory index up to date with ``index/``: read the files not read yet. If a
+        file read before is gone, another client superseded it (prune, heal and repair write the
+        replacement first, then remove it, then maybe the packs it named): the whole index is read
+        again, so a blob of a deleted pack is never reused nor looked up. A damaged file is skipped
+        (and logged): its packs count as unindexed, so the next backup re-indexes them from their
+        headers; ``check`` reports it. A file removed between listing and reading is handled the
+        same way, by listing again."""
         for _attempt in range(5):
+            listed = [name for name, _ in self.backend.list(FileType.INDEX)]
+            if self.indexed_files - set(listed):
+                self._reset_index()
             vanished = False
-            for name, _ in self.backend.list(FileType.INDEX):
+            for name in listed:
                 if name in self.indexed_files:
                     continue
                 try:
@@ -198,6 +227,15 @@ class Repository:
                 self.indexed_files.add(name)
             if not vanished:
                 return
+
+    def _reset_index(self) -> None:
+        """Drop what was read from index files; keep the packs this client wrote and has not
+        indexed yet (they are durable and will be indexed by the next flush)."""
+        with self._lock:
+            self.index = MasterIndex(self.index.condemned)
+            self.indexed_files = set()
+            for pack_id, blobs in self._unindexed.items():
+                self.index.add_pack(pack_id, blobs)
 
     def unindexed_packs(self) -> list[tuple[str, int]]:
         """Packs in data/ that no index file mentions (left by an interrupted or running backup),
@@ -312,6 +350,7 @@ class Repository:
         try:
             base = self._usable_base(btype, bid, data, delta)
             codec, envelope = self._encode(btype, bid, data, dtype, base)
+            full = None
             while True:
                 with self._lock:
                     packer = self._packers.setdefault(btype, PackBuilder())
@@ -319,6 +358,12 @@ class Repository:
                     # the durability rule: the base is durable, or in the very pack this blob joins
                     if base_id is None or self.index.usable(base_id) or base_id in packer.by_id:
                         packer.add(bid, btype, codec, envelope, len(data), base_id)
+                        self.stats_new_blobs += 1
+                        self.stats_new_stored += len(envelope)
+                        # sealed in the same critical section as the add: exactly one thread takes
+                        # a full pack (two that filled it could otherwise both try to take it)
+                        if packer.size >= self.config.pack_size:
+                            full = self._packers.pop(btype)
                         break
                 base = None  # the base's pack was sealed meanwhile and is not durable yet: rare
                 codec, envelope = self._encode(btype, bid, data, dtype, None)
@@ -326,12 +371,6 @@ class Repository:
             with self._lock:
                 self._pending.discard(bid)
             raise
-        full = None
-        with self._lock:
-            self.stats_new_blobs += 1
-            self.stats_new_stored += len(envelope)
-            if packer.size >= self.config.pack_size:
-                full = self._packers.pop(btype)
         if full is not None:
             self._write_pack(full)
         return bid, True
@@ -433,25 +472,47 @@ class Repository:
         name, stored = seal_document(self.key, snap.to_doc(), KIND_SNAPSHOT)
         self.backend.save(FileType.SNAPSHOT, name, stored)
         snap.id = name
+        self._listing = None
         return name
 
+    def remove_snapshot(self, snap_id: str) -> None:
+        """Remove a snapshot document (its data stays until prune)."""
+        self.backend.remove(FileType.SNAPSHOT, snap_id)
+        self._listing = None
+
     def load_snapshot(self, snap_id: str) -> Snapshot:
-        stored = self.backend.load(FileType.SNAPSHOT, snap_id)
-        doc = objects.loads(open_document(self.key, stored, KIND_SNAPSHOT, f"snapshot {snap_id}"))
+        """One snapshot by id. Documents are immutable (named by the hash of their bytes), so each
+        is read and decrypted once per Repository object."""
+        doc = self._snapshot_docs.get(snap_id)
+        if doc is None:
+            stored = self.backend.load(FileType.SNAPSHOT, snap_id)
+            loaded = objects.loads(open_document(self.key, stored, KIND_SNAPSHOT, f"snapshot {snap_id}"))
+            snap = Snapshot.from_doc(loaded, snap_id)  # validates before it is remembered
+            self._snapshot_docs[snap_id] = loaded
+            return snap
         return Snapshot.from_doc(doc, snap_id)
 
     def list_snapshot_ids(self) -> list[str]:
         return sorted(n for n, _ in self.backend.list(FileType.SNAPSHOT))
 
-    def snapshots(self) -> list[Snapshot]:
-        """All readable snapshots, oldest first. A damaged snapshot file is skipped (and logged) so
-        it cannot hide the others; ``check`` reports it."""
+    def snapshots(self, *, fresh: bool = False) -> list[Snapshot]:
+        """All readable snapshots, oldest first. Inside a session the list is made once (until the
+        session saves or removes a snapshot); ``fresh`` lists again. A damaged snapshot file is
+        skipped (and logged) so it cannot hide the others; ``check`` reports it."""
+        if self._listing is not None and not fresh and self._sessions:
+            return list(self._listing)
         snaps = []
-        for snap_id in self.list_snapshot_ids():
+        listed = self.list_snapshot_ids()
+        for snap_id in listed:
             try:
                 snaps.append(self.load_snapshot(snap_id))
             except ObjectNotFoundError:
                 continue  # forgotten meanwhile
             except (IntegrityError, UnsupportedFormatError) as exc:
                 log.warning("skipping unreadable snapshot %s: %s", snap_id, exc.message)
-        return sorted(snaps, key=lambda s: (s.datetime, s.id))
+        for gone in set(self._snapshot_docs) - set(listed):
+            del self._snapshot_docs[gone]
+        snaps.sort(key=lambda s: (s.datetime, s.id))
+        if self._sessions:
+            self._listing = snaps
+        return list(snaps)

@@ -1,0 +1,42 @@
+"""Where weightvault keeps its files on this machine: the XDG base directories, in one place.
+
+Each ``$XDG_*_HOME`` variable is honoured when it holds an absolute path; an empty or relative
+value is ignored, as the XDG Base Directory Specification asks, and the default under ``$HOME``
+is used instead. Every function returns the ``weightvault`` directory inside the base directory
+(created by the caller when it writes there).
+
+    data_home()     $XDG_DATA_HOME   (~/.local/share)  the embedded default repository
+    config_home()   $XDG_CONFIG_HOME (~/.config)       the default repository's key file, policy.toml
+    state_home()    $XDG_STATE_HOME  (~/.local/state)  the policy journal, verify sampling state
+    cache_home()    $XDG_CACHE_HOME  (~/.cache)        the ledger's SQLite catalog
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_home", "config_home", "data_home", "state_home"]
+
+
+def _base(var: str, *default: str) -> Path:
+    value = os.environ.get(var, "")
+    if value and os.path.isabs(value):
+        return Path(value) / "weightvault"
+    return Path(os.path.expanduser("~"), *default, "weightvault")
+
+
+def data_home() -> Path:
+    return _base("XDG_DATA_HOME", ".local", "share")
+
+
+def config_home() -> Path:
+    return _base("XDG_CONFIG_HOME", ".config")
+
+
+def state_home() -> Path:
+    return _base("XDG_STATE_HOME", ".local", "state")
+
+
+def cache_home() -> Path:
+    return _base("XDG_CACHE_HOME", ".cache")

@@ -1,0 +1,64 @@
+"""The embedded default repository's place and its generated key file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from weightvault.errors import UsageError
+from weightvault.paths import config_home, data_home
+
+__all__ = ["default_key_file", "default_policy_file", "default_repository_path", "generate_key_file",
+           "read_password_file"]
+
+
+def default_repository_path() -> Path:
+    """The embedded default repository: ``$XDG_DATA_HOME/weightvault/repo`` (~/.local/share/...)."""
+    return data_home() / "repo"
+
+
+def default_key_file() -> Path:
+    """Generated password of the default repository: ``$XDG_CONFIG_HOME/weightvault/default-repo.key``."""
+    return config_home() / "default-repo.key"
+
+
+def default_policy_file() -> Path:
+    """The policy file used without ``--policy``: ``$XDG_CONFIG_HOME/weightvault/policy.toml``."""
+    return config_home() / "policy.toml"
+
+
+def password_bytes(password: str | bytes) -> bytes:
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    if not password:
+        raise UsageError("the password is empty", hint="set $WEIGHTVAULT_PASSWORD or use --password-file")
+    return password
+
+
+def read_password_file(path: str | os.PathLike[str]) -> bytes:
+    """The first line of a password file, without its line ending."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from exc
+    return password_bytes(data.splitlines()[0] if data else b"")
+
+
+def generate_key_file(path: Path) -> str:
+    """Write a new random password to ``path`` (mode 0600, created exclusively, fsynced, and the
+    directory too) and return it."""
+    password = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, password.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return password

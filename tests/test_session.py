@@ -1,0 +1,267 @@
+"""Sessions: a long-lived Repository object always works on what other clients committed.
+
+Covers the silent-loss scenario (an open object, a prune by someone else, a backup of content
+the prune deleted), stale indexes between two objects and two processes, the snapshot list read
+once per operation, and a race between two threads that filled the same pack."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from conftest import FAST_KDF, PASSWORD, write
+from weightvault.api import Repository
+from weightvault.backends.base import FileType
+from weightvault.backends.local import LocalBackend
+from weightvault.repository.repo import Repository as Engine
+from weightvault.repository.session import LockMode
+from weightvault.testing.counting import CountingBackend
+from weightvault.types import BlobType
+
+KiB = 1024
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def blob(seed: str, size: int = 200 * KiB) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
+def wv(repo: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, WEIGHTVAULT_PASSWORD=PASSWORD)
+    return subprocess.run([sys.executable, "-m", "weightvault", "-r", str(repo), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def restores_exactly(repo: Repository, snap_id: str, out: Path, expect: dict[str, str]) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    repo.restore(snap_id, out, verify=True)
+    (src,) = repo.find_snapshot(snap_id).paths
+    assert digest(out / os.path.basename(src)) == expect
+
+
+def _silent_loss_scenario(tmp_path: Path, prune_elsewhere: Any) -> None:
+    repo_path = tmp_path / "repo"
+    held = Repository.init(repo_path, PASSWORD, kdf=FAST_KDF)
+    src = tmp_path / "run"
+    write(src / "data.bin", blob("v1"))
+    held.backup([src])
+    write(src / "data.bin", blob("v2"))
+    kept = held.backup([src]).snapshot.id
+    prune_elsewhere(repo_path)  # forget --keep-last 1 --prune: v1's data is deleted
+    write(src / "data.bin", blob("v1"))  # the content the prune deleted comes back
+    res = held.backup([src])
+    assert res.snapshot.summary["stored_bytes_added"] > 0  # stored again, not "reused" from a deleted pack
+    assert held.check(read_data=True).errors == []
+    assert Repository.open(repo_path, PASSWORD).check(read_data=True).errors == []
+    restores_exactly(held, res.snapshot.id, tmp_path / "o1", {"data.bin": hashlib.sha256(blob("v1")).hexdigest()})
+    restores_exactly(held, kept, tmp_path / "o2", {"data.bin": hashlib.sha256(blob("v2")).hexdigest()})
+    other = Repository.open(repo_path, PASSWORD)
+    restores_exactly(other, res.snapshot.id, tmp_path / "o3", {"data.bin": hashlib.sha256(blob("v1")).hexdigest()})
+
+
+def test_an_open_object_never_reuses_data_another_process_pruned(tmp_path: Path) -> None:
+    def prune(repo_path: Path) -> None:
+        proc = wv(repo_path, "forget", "--keep-last", "1", "--prune")
+        assert proc.returncode == 0, proc.stderr
+
+    _silent_loss_scenario(tmp_path, prune)
+
+
+def test_an_open_object_never_reuses_data_another_object_pruned(tmp_path: Path) -> None:
+    def prune(repo_path: Path) -> None:
+        res = Repository.open(repo_path, PASSWORD).forget(keep_last=1, prune=True)
+        assert res.prune is not None and res.prune.deleted_packs > 0
+
+    _silent_loss_scenario(tmp_path, prune)
+
+
+def test_a_second_object_reads_what_the_first_wrote(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    a = Repository.init(repo_path, PASSWORD, kdf=FAST_KDF)
+    b = Repository.open(repo_path, PASSWORD)
+    src = tmp_path / "run"
+    write(src / "w.bin", blob("w"))
+    write(src / "cfg.json", b'{"lr": 0.1}')
+    first = a.backup([src]).snapshot.id
+    write(src / "w.bin", blob("w2"))
+    second = a.backup([src]).snapshot.id
+    expect = digest(src)
+    assert [s.id for s in b.snapshots()] == [first, second]
+    restores_exactly(b, second, tmp_path / "out", expect)
+    assert b.verify(second).ok
+    assert b.validate(second, tmp_path / "out" / "run", level=3).ok
+    assert b.drill(level=3, record=False, journal=tmp_path / "j").ok
+    assert {e.path for e in b.diff(first, second).entries} == {"run/w.bin"}
+    assert {n.path for n in b.ls(second)} >= {b"run/w.bin", b"run/cfg.json"}
+    assert b.stats().snapshots == 2
+
+
+def test_an_object_in_another_process_reads_what_this_one_wrote(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    a = Repository.init(repo_path, PASSWORD, kdf=FAST_KDF)
+    src = tmp_path / "run"
+    write(src / "w.bin", blob("w"))
+    a.backup([src])
+    child = subprocess.Popen(  # opens its object now, then waits for a line before each step
+        [sys.executable, "-c", CHILD, str(repo_path), str(tmp_path / "out")], env=dict(os.environ, P=PASSWORD),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    assert child.stdout.readline().strip() == "open"
+    write(src / "w.bin", blob("w3"))
+    snap = a.backup([src]).snapshot.id
+    child.stdin.write(snap + "\n")
+    child.stdin.flush()
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0, out
+    assert out.strip() == "ok"
+    assert digest(tmp_path / "out" / "run") == digest(src)
+
+
+CHILD = """
+import sys
+from weightvault.api import Repository
+import os
+repo = Repository.open(sys.argv[1], os.environ["P"])
+repo.snapshots()
+print("open", flush=True)
+snap = sys.stdin.readline().strip()
+repo.restore(snap, sys.argv[2], verify=True)
+assert repo.verify(snap).ok
+assert repo.find_snapshot("latest").id == snap
+print("ok")
+"""
+
+LOOP = """
+import os, sys, random
+from pathlib import Path
+from weightvault.api import Repository
+repo = Repository.open(sys.argv[1], os.environ["P"])
+src = Path(sys.argv[2]); src.mkdir(parents=True, exist_ok=True)
+for i in range(int(sys.argv[3]), int(sys.argv[4])):
+    (src / "a.bin").write_bytes(random.Random(f"a-{i % 3}").randbytes(150_000))
+    (src / "b.bin").write_bytes(random.Random(f"b-{i}").randbytes(20_000))
+    repo.backup([src], tags=[f"i={i}"])
+"""
+
+
+def test_one_object_stays_correct_across_50_backups_by_other_processes_and_a_prune(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    Engine.init(LocalBackend(repo_path), PASSWORD.encode(), kdf=FAST_KDF, pack_size=64 * KiB)
+    held = Repository.open(repo_path, PASSWORD)
+    mine = tmp_path / "mine"
+    env = dict(os.environ, P=PASSWORD)
+
+    def others(lo: int, hi: int) -> None:
+        procs = [subprocess.run([sys.executable, "-c", LOOP, str(repo_path), str(tmp_path / f"o{w}"), str(lo + w * (hi - lo) // 2),
+                                 str(lo + (w + 1) * (hi - lo) // 2)], env=env, capture_output=True, text=True,
+                                timeout=600) for w in range(2)]
+        for p in procs:
+            assert p.returncode == 0, p.stderr
+
+    def mine_round(seed: str) -> None:
+        write(mine / "a.bin", blob(seed, 150_000))  # the same contents the other writers store
+        snap = held.backup([mine]).snapshot.id
+        restores_exactly(held, snap, tmp_path / "out", digest(mine))
+        assert held.snapshots()[-1].id == snap
+
+    mine_round("a-0")
+    others(0, 25)
+    assert len(held.snapshots()) == 26
+    mine_round("a-1")
+    proc = wv(repo_path, "forget", "--keep-last", "3", "--prune")  # per host and paths: 3 + 3 + 2 kept
+    assert proc.returncode == 0, proc.stderr
+    assert len(held.snapshots()) == 8
+    mine_round("a-2")
+    others(25, 50)
+    mine_round("a-0")
+    assert len(held.snapshots()) == 8 + 1 + 25 + 1
+    assert held.check(read_data=True).errors == []
+    for s in held.snapshots()[-4:]:
+        shutil.rmtree(tmp_path / "r", ignore_errors=True)
+        assert held.restore(s.id, tmp_path / "r", verify=True).verified > 0
+
+
+def test_an_operation_lists_and_reads_snapshots_once(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    Repository.init(repo_path, PASSWORD, kdf=FAST_KDF)
+    src = tmp_path / "run"
+    for i in range(3):
+        write(src / "w.bin", blob(f"w{i}"))
+        Repository.open(repo_path, PASSWORD).backup([src])
+    counting = CountingBackend(LocalBackend(repo_path))
+    engine = Engine.open(counting, PASSWORD.encode())
+    counting.reset()
+    with engine.session(LockMode.SHARED) as s:
+        for spec in ("latest", "@2100-01-01", s.snapshots()[0].id[:8]):
+            s.find(spec)
+        s.snapshots()
+    assert counting.lists[FileType.SNAPSHOT] == 1
+    assert counting.loads[FileType.SNAPSHOT] == 3
+    counting.reset()
+    with engine.session(LockMode.SHARED) as s:  # a second operation: a listing, no document read again
+        assert len(s.snapshots()) == 3
+    assert counting.lists[FileType.SNAPSHOT] == 1
+    assert counting.loads[FileType.SNAPSHOT] == 0
+
+
+class _GateLock:
+    """A lock that parks one thread right after its n-th release until ``go`` is set: it forces
+    the interleaving where another thread runs a whole save_blob in between."""
+
+    def __init__(self, thread: str, nth: int) -> None:
+        self._lock = threading.Lock()
+        self._thread, self._nth, self._count = thread, nth, 0
+        self.parked, self.go = threading.Event(), threading.Event()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        if threading.current_thread().name == self._thread:
+            self._count += 1
+            if self._count == self._nth:
+                self.parked.set()
+                assert self.go.wait(30)
+
+
+def test_two_threads_that_filled_the_same_pack_never_both_seal_it(tmp_path: Path) -> None:
+    """The first thread adds a blob that fills the open pack and is parked right after; a second
+    thread adds a blob to the same (still open) pack and seals it; then the first goes on. Before
+    the fix both tried to take the pack and the first died with KeyError."""
+    engine = Engine.init(LocalBackend(tmp_path / "repo"), PASSWORD.encode(), kdf=FAST_KDF, pack_size=1024)
+    gate = _GateLock("first", nth=2)  # 1st release: blob marked pending; 2nd: blob added to the pack
+    engine._lock = gate  # type: ignore[assignment]
+    errors: list[BaseException] = []
+
+    def save(data: bytes) -> None:
+        try:
+            engine.save_blob(BlobType.DATA, data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=save, args=(blob("x", 4096),), name="first")
+    first.start()
+    assert gate.parked.wait(30)
+    second = threading.Thread(target=save, args=(blob("y", 4096),), name="second")
+    second.start()
+    second.join(30)
+    gate.go.set()
+    first.join(30)
+    assert errors == []
+    engine.flush()
+    assert len(engine.index) == 2
+    for data in (blob("x", 4096), blob("y", 4096)):
+        assert engine.load_blob(engine.key.blob_id(data)) == data
