@@ -50,9 +50,11 @@ def restore(
         with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
             sw = repo.restore_swap(snapshot, target, level=validate_level, progress=cb,
                                    backup_previous=backup_previous)
+        for line in sw.recovered:
+            click.echo(f"note: {line}", err=True)
         if as_json:
             echo_json({"snapshot": sw.snapshot, "target": sw.target, "previous": sw.previous,
-                       "previous_snapshot": sw.previous_snapshot,
+                       "previous_snapshot": sw.previous_snapshot, "recovered": sw.recovered,
                        "restore": dataclasses.asdict(sw.restore), "validated_level": validate_level})
         elif not g.quiet:
             kept = f"; the previous contents are in {display(sw.previous)}" if sw.previous else ""

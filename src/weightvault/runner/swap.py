@@ -166,8 +166,8 @@ def _recover_one(scratch: Path, dest: Path) -> str:
         previous = _park_previous(held[0], dest)
         shutil.rmtree(scratch)
         return f"an interrupted swap of {dest} was finished: its previous contents are in {previous}"
-    shutil.rmtree(scratch)  # only a restored copy that was never swapped in
-    return f"removed {scratch.name}, the unfinished copy of an interrupted swap of {dest}"
+    shutil.rmtree(scratch)  # a restored copy that was never swapped in, or an emptied scratch directory
+    return f"removed {scratch.name}, left by an interrupted swap of {dest} (none of its previous contents)"
 
 
 def _write_state(scratch: Path, doc: dict[str, Any]) -> None:
