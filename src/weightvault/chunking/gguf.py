@@ -9,6 +9,7 @@ sub-chunks of at most 4 MiB with a dtype hint for plain types (quantized types g
 tensor's range runs to the next tensor's offset (alignment padding included), the last one to EOF.
 Files below the minimum chunk size stay one chunk. The parser is bounded (counts, lengths,
 nesting, total items, header size) and anything malformed sends the whole file to generic CDC.
+Validation reads tensor infos through the same parser (``gguf_tensors``, with a ``strict`` mode).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import bisect
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams
@@ -36,6 +38,7 @@ MAX_COUNT = 1 << 22  # tensors, keys
 MAX_ITEMS = 1 << 24  # array items over the whole metadata
 MAX_DIMS = 8
 DEFAULT_ALIGNMENT = 32
+SPLIT_READAHEAD = 1 << 20  # the splitter reads the header in steps of this size (it reads the file anyway)
 
 GGML_DTYPES: dict[int, str] = {0: "F32", 1: "F16", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 30: "BF16"}
 
@@ -50,10 +53,13 @@ class _Bad(Exception):
 
 
 class _Reader:
-    """Reads the header incrementally from offset 0, never beyond MAX_HEADER or the file."""
+    """Reads the header incrementally from offset 0, never beyond MAX_HEADER or the file, at least
+    ``readahead`` bytes at a time (0: exactly what is needed, so that reads through a backed-up
+    file's blobs stop at the header)."""
 
-    def __init__(self, stream: BinaryIO, size: int) -> None:
+    def __init__(self, stream: BinaryIO, size: int, readahead: int = SPLIT_READAHEAD) -> None:
         self.stream = stream
+        self.readahead = readahead
         self.limit = min(size, MAX_HEADER)
         self.buf = bytearray()
         self.pos = 0
@@ -64,7 +70,7 @@ class _Reader:
         if n < 0 or self.pos + n > self.limit:
             raise _Bad("header runs past the file or the header size limit")
         while len(self.buf) < self.pos + n:
-            more = self.stream.read(max(1 << 20, self.pos + n - len(self.buf)))
+            more = self.stream.read(max(self.readahead, self.pos + n - len(self.buf)))
             if not more:
                 raise _Bad("short read")
             self.buf += more
@@ -124,9 +130,18 @@ class _Reader:
         return None
 
 
-def _parse(stream: BinaryIO, size: int) -> tuple[int, list[tuple[bytes, int, int, int]]]:
-    """(data section start, [(name, ggml type, offset, element count)]); raise _Bad if malformed."""
-    r = _Reader(stream, size)
+@dataclass(frozen=True, slots=True)
+class _Info:
+    name: bytes
+    ggml_type: int
+    offset: int  # relative to the data section
+    dims: tuple[int, ...]
+    numel: int
+
+
+def _parse(stream: BinaryIO, size: int, readahead: int = SPLIT_READAHEAD) -> tuple[int, int, list[_Info]]:
+    """(data section start, alignment, tensor infos); raise _Bad if malformed."""
+    r = _Reader(stream, size, readahead)
     r.need(24)
     if bytes(r.buf[:4]) != MAGIC:
         raise _Bad("magic")
@@ -146,32 +161,34 @@ def _parse(stream: BinaryIO, size: int) -> tuple[int, list[tuple[bytes, int, int
             if v is None or v <= 0 or v & (v - 1) or v > 1 << 20:
                 raise _Bad("general.alignment")
             alignment = v
-    infos: list[tuple[bytes, int, int, int]] = []
+    infos: list[_Info] = []
     for _ in range(n_tensors):
         name = r.string()
         n_dims = r.u32()
         if n_dims > MAX_DIMS:
             raise _Bad("n_dims")
+        dims = tuple(r.u64() for _ in range(n_dims))
         numel = 1
-        for _ in range(n_dims):
-            numel *= r.u64()
+        for d in dims:
+            numel *= d
         ggml_type, offset = r.u32(), r.u64()
-        infos.append((name, ggml_type, offset, numel))
+        infos.append(_Info(name, ggml_type, offset, dims, numel))
     data_start = -(-r.pos // alignment) * alignment
     if data_start > size:
         raise _Bad("data section past EOF")
-    return data_start, infos
+    return data_start, alignment, infos
 
 
-def _ranges(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int) -> list[TensorRange]:
+def _ranges(data_start: int, infos: list[_Info], size: int) -> list[TensorRange]:
     """Each non-empty tensor's range, from its offset to the next tensor's (or EOF), in file order."""
-    order = sorted(infos, key=lambda t: t[2])
-    starts = [data_start + t[2] for t in order]
+    order = sorted(infos, key=lambda t: t.offset)
+    starts = [data_start + t.offset for t in order]
     if any(s > size for s in starts):
         raise _Bad("tensor offset past EOF")
     ranges: list[TensorRange] = []
     cursor = 0
-    for i, (name, gtype, _off, numel) in enumerate(order):
+    for i, t in enumerate(order):
+        name, gtype, numel = t.name, t.ggml_type, t.numel
         if numel == 0:
             continue  # an empty tensor may share its offset with the next one
         start = starts[i]
@@ -191,15 +208,24 @@ def _ranges(data_start: int, infos: list[tuple[bytes, int, int, int]], size: int
     return ranges
 
 
-def gguf_tensors(stream: BinaryIO, size: int) -> list[tuple[str, int, int]]:
-    """(name, ggml type, element count) of every tensor, after the same bounds checks the splitter
-    makes (header, counts, offsets inside the file, no overlaps); ValueError if any fails."""
+def gguf_tensors(stream: BinaryIO, size: int, *, strict: bool = False) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(name, ggml type, dims) of every tensor in file order of the infos, after the bounds checks
+    the splitter makes (header, counts, offsets inside the file, no overlaps, a plain-typed tensor
+    fits its range); reads the header only, and no byte beyond it. ``strict`` (validation) also wants every offset a
+    multiple of the alignment and no tensor name twice. ValueError naming the problem."""
     try:
-        data_start, infos = _parse(stream, size)
+        data_start, alignment, infos = _parse(stream, size, readahead=0)
         _ranges(data_start, infos, size)
     except (_Bad, struct.error) as exc:
         raise ValueError(f"bad GGUF: {exc}") from None
-    return [(name.decode("utf-8", "replace"), gtype, numel) for name, gtype, _off, numel in infos]
+    out = [(t.name.decode("utf-8", "replace"), t.ggml_type, t.dims) for t in infos]
+    if strict:
+        for t, (name, _, _) in zip(infos, out, strict=True):
+            if t.offset % alignment:
+                raise ValueError(f"bad GGUF: tensor {name!r} at offset {t.offset} is not {alignment}-byte aligned")
+        if len({name for name, _, _ in out}) != len(out):
+            raise ValueError("bad GGUF: a tensor name occurs twice")
+    return out
 
 
 def plan_gguf(stream: BinaryIO, params: ChunkerParams) -> list[Piece]:
@@ -208,7 +234,8 @@ def plan_gguf(stream: BinaryIO, params: ChunkerParams) -> list[Piece]:
     size = file_size(stream)
     plan = PlanBuilder(piece_size(params), small=0, regions=True)  # no grouping: a chunk per tensor
     if size >= params.min_size:  # smaller files are one chunk, as with CDC
-        plan.tensors(_ranges(*_parse(stream, size), size), size)
+        data_start, _alignment, infos = _parse(stream, size)
+        plan.tensors(_ranges(data_start, infos, size), size)
     plan.region(size)
     return plan.finish(size)
 

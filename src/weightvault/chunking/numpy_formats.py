@@ -5,6 +5,9 @@ Python dict literal ``{'descr', 'fortran_order', 'shape'}`` (parsed with ``ast.l
 never evaluated), then the raw array data. ``.npz``: a zip of ``.npy`` members; stored members get
 the ``.npy`` treatment in place, compressed members and zip structures become opaque chunks.
 Anything inconsistent falls back to generic CDC over the whole file.
+
+``parse_npy_header`` is the one ``.npy`` header parser (lenient for the splitter, ``strict`` for
+validation) and ``npz_arrays`` reads an archive's array headers the way validation needs them.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import struct
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from weightvault.chunking.base import Chunk, ChunkerParams
 from weightvault.chunking.tensor_plan import (
@@ -27,8 +30,11 @@ from weightvault.chunking.tensor_plan import (
     read_exact,
     split_or_fallback,
 )
+from weightvault.chunking.zipscan import ZIP_ERRORS, ZipMember, check_crcs, open_zip, zip_members
 
-__all__ = ["NPY_MAGIC", "NpyHeader", "NpySplitter", "NpzSplitter", "descr_info", "parse_npy_header"]
+__all__ = [
+    "NPY_MAGIC", "NpyHeader", "NpySplitter", "NpzSplitter", "descr_info", "npz_arrays", "parse_npy_header",
+]
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_NPY_HEADER = 1024 * 1024  # numpy itself refuses headers over 10 000 bytes by default
@@ -41,27 +47,33 @@ _DESCR_DTYPES: dict[str, str] = {
     "|b1": "BOOL", "<b1": "BOOL",
 }
 _SIMPLE_DESCR = re.compile(r"[<>|=]([a-zA-Z])(\d+)(\[\w+\])?")
+_OBJECT_DESCR = re.compile(r"[<>|=]?O\d*")  # pickled Python objects: '|O' as numpy writes it
 
 
 @dataclass(frozen=True, slots=True)
 class NpyHeader:
     """A parsed ``.npy`` header: data begins at ``data_offset`` (relative to the magic) and is
     ``data_length`` bytes of ``itemsize``-byte elements; ``dtype`` is the hint (None if not a
-    little-endian numeric type)."""
+    little-endian numeric type). ``descr`` is the header's descr as text (a structured one as the
+    repr of its field list) and ``shape`` the array's shape."""
 
     data_offset: int
     data_length: int
     itemsize: int
     dtype: str | None
+    descr: str = ""
+    shape: tuple[int, ...] = ()
 
 
 def descr_info(descr: object) -> tuple[int, str | None]:
     """(itemsize, dtype hint) of a ``.npy`` descr; ValueError for object dtypes and anything
     whose size cannot be known from the descr alone."""
     if isinstance(descr, str):
+        if _OBJECT_DESCR.fullmatch(descr):
+            raise ValueError("holds Python objects (pickled data), refused")
         m = _SIMPLE_DESCR.fullmatch(descr)
-        if not m or m.group(1) == "O":
-            raise ValueError(f"unsupported descr {descr!r}")
+        if not m:
+            raise ValueError(f"unsupported descr {descr!r:.100}")
         n = int(m.group(2))
         return (4 * n if m.group(1) == "U" else n), _DESCR_DTYPES.get(descr)
     if isinstance(descr, list) and descr:  # structured: [(name, descr) | (name, descr, shape), ...]
@@ -76,15 +88,21 @@ def descr_info(descr: object) -> tuple[int, str | None]:
                 count = bounded_count(shape, 1 << 40)
             total += sub * count
         return total, None
-    raise ValueError(f"unsupported descr {descr!r}")
+    raise ValueError(f"unsupported descr {descr!r:.100}")
 
 
-def parse_npy_header(read: BinaryIO, available: int) -> NpyHeader:
+_NPY_KEYS = {"descr", "fortran_order", "shape"}
+
+
+def parse_npy_header(read: BinaryIO, available: int, *, strict: bool = False) -> NpyHeader:
     """Parse the header at the stream's position; ``available`` bytes follow it in the file or
-    member. ValueError (or another parse exception) if it is not a consistent ``.npy``."""
+    member. ValueError naming the problem if it is not a consistent ``.npy``: magic and version,
+    header length, the dict (``ast.literal_eval``, never evaluated), no object dtype, enough data
+    for the shape. ``strict`` (validation) also wants exactly numpy's three keys and no bytes
+    after the data."""
     pre = read_exact(read, 8)
     if len(pre) < 8 or pre[:6] != NPY_MAGIC or pre[6] not in (1, 2, 3):
-        raise ValueError("not a .npy header")
+        raise ValueError("bad .npy header: no magic string or an unknown version")
     if pre[6] == 1:
         lb = read_exact(read, 2)
         (hlen,) = struct.unpack("<H", lb) if len(lb) == 2 else (-1,)
@@ -94,21 +112,33 @@ def parse_npy_header(read: BinaryIO, available: int) -> NpyHeader:
         (hlen,) = struct.unpack("<I", lb) if len(lb) == 4 else (-1,)
         fixed = 12
     if hlen < 0 or hlen > MAX_NPY_HEADER or fixed + hlen > available:
-        raise ValueError("bad .npy header length")
+        raise ValueError(f"bad .npy header: header length {hlen} does not fit ({available} bytes)")
     raw = read_exact(read, hlen)
     if len(raw) != hlen:
-        raise ValueError("truncated .npy header")
-    d = ast.literal_eval(raw.decode("utf-8" if pre[6] == 3 else "latin1"))
+        raise ValueError("bad .npy header: truncated")
+    try:
+        d = ast.literal_eval(raw.decode("utf-8" if pre[6] == 3 else "latin1"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"bad .npy header: the header dict does not parse ({type(exc).__name__})") from None
     if not isinstance(d, dict) or not isinstance(d.get("fortran_order"), bool):
-        raise ValueError("bad .npy header dict")
+        raise ValueError("bad .npy header: not a dict with a boolean fortran_order")
+    if strict and set(d) != _NPY_KEYS:
+        raise ValueError(f"bad .npy header: keys {sorted(map(repr, d))[:8]}, numpy writes {sorted(_NPY_KEYS)}")
     shape = d.get("shape")
-    if not isinstance(shape, tuple):
-        raise ValueError("bad .npy shape")
-    itemsize, dtype = descr_info(d.get("descr"))
-    length = bounded_count(shape, available) * itemsize
-    if fixed + hlen + length > available:
-        raise ValueError(".npy data runs past the end")
-    return NpyHeader(fixed + hlen, length, itemsize, dtype)
+    if not isinstance(shape, tuple) or not all(type(x) is int and x >= 0 for x in shape):
+        raise ValueError(f"bad .npy header: bad shape {shape!r:.100}")
+    descr = d.get("descr")
+    itemsize, dtype = descr_info(descr)
+    text = descr if isinstance(descr, str) else repr(descr)
+    have = available - fixed - hlen
+    try:
+        length = bounded_count(shape, available) * itemsize
+    except ValueError:
+        raise ValueError(f"{have} data bytes for shape {shape} of {text} (more needed)") from None
+    if length > have or (strict and length != have):
+        want = "needed" if length > have else "expected"
+        raise ValueError(f"{have} data bytes for shape {shape} of {text} ({length} {want})")
+    return NpyHeader(fixed + hlen, length, itemsize, dtype, text, shape)
 
 
 def _plan_npy_at(stream: BinaryIO, plan: PlanBuilder, start: int, end: int, name: str) -> None:
@@ -146,21 +176,10 @@ def plan_npz(stream: BinaryIO) -> list[Piece]:
     size = file_size(stream)
     stream.seek(0)
     with zipfile.ZipFile(stream) as zf:
-        infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
-        cd_start = zf.start_dir
-    if not isinstance(cd_start, int) or not 0 <= cd_start <= size:
-        raise ValueError("central directory lies outside the file")
+        members = zip_members(zf, stream, size)
     plan = PlanBuilder()
-    for info in infos:
-        stream.seek(info.header_offset)
-        local = read_exact(stream, 30)
-        if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            raise ValueError(f"member {info.filename!r}: bad local header")
-        name_len, extra_len = struct.unpack_from("<HH", local, 26)
-        data_start = info.header_offset + 30 + name_len + extra_len
-        data_end = data_start + info.compress_size
-        if info.header_offset < plan.pos or data_end > cd_start:
-            raise ValueError(f"member {info.filename!r} overlaps another or the central directory")
+    for m in members:
+        info, data_start, data_end = m.info, m.data_start, m.data_end
         plan.opaque(info.header_offset)
         plan.whole(data_start)  # local header: changes with the member's CRC and sizes
         if info.compress_type == zipfile.ZIP_STORED and info.filename.endswith(".npy"):
@@ -174,6 +193,41 @@ def plan_npz(stream: BinaryIO) -> list[Piece]:
         plan.opaque(data_end)
     plan.opaque(size)  # data descriptors, the central directory and the end record
     return plan.finish(size)
+
+
+def _member_header(zf: zipfile.ZipFile, stream: BinaryIO, m: ZipMember) -> NpyHeader:
+    """A member's ``.npy`` header, parsed strictly. A stored member is read in place (only its
+    header bytes), a compressed one through zipfile (only as far as its header)."""
+    info = m.info
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise ValueError(f"stored member of {info.compress_size} bytes claims {info.file_size}")
+        stream.seek(m.data_start)
+        return parse_npy_header(stream, m.data_end - m.data_start, strict=True)
+    with zf.open(info) as f:
+        return parse_npy_header(cast(BinaryIO, f), info.file_size, strict=True)
+
+
+def npz_arrays(stream: BinaryIO, size: int, *, check_crc: bool = False) -> dict[str, NpyHeader]:
+    """The header of every ``.npy`` member of an ``.npz`` archive of ``size`` bytes, by array name
+    (the member name without ``.npy``), for validation: the zip's ranges checked as the splitter
+    checks them (``zip_members``), every array header parsed strictly, reading only the end
+    record, the central directory, the local headers and the array headers; ``check_crc`` also
+    reads every member in full and checks its CRC-32. ValueError naming the problem."""
+    with open_zip(stream) as zf:
+        members = zip_members(zf, stream, size)
+        if check_crc:
+            check_crcs(zf)
+        out: dict[str, NpyHeader] = {}
+        for m in members:
+            name = m.info.filename
+            if not name.endswith(".npy"):
+                continue
+            try:
+                out[name[: -len(".npy")]] = _member_header(zf, stream, m)
+            except ZIP_ERRORS as exc:
+                raise ValueError(f"{name[: -len('.npy')]}: {exc}") from None
+        return out
 
 
 def _npz_head(head: bytes) -> bool:

@@ -12,7 +12,8 @@ storages of one dtype are grouped up to 1 MiB, and the few hundred bytes of zip 
 two storages join a neighbouring group instead of becoming chunks of their own. The bytes before
 the first storage (``data.pkl``) and after the last one are regions (content-defined cuts beyond
 4 MiB). Files below the repository's minimum chunk size stay one chunk, as with CDC. Anything
-inconsistent in the zip structure sends the whole file to generic CDC.
+inconsistent in the zip structure sends the whole file to generic CDC. The zip ranges are checked
+by ``zipscan.zip_members``, which validation (``torch_zip_members``) uses too.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from weightvault.chunking.tensor_plan import (
     TensorRange,
     file_size,
     piece_size,
-    read_exact,
     split_or_fallback,
 )
+from weightvault.chunking.zipscan import check_crcs, open_zip, zip_members
 
-__all__ = ["GROUP", "SMALL", "TorchZipSplitter", "piece_size", "plan_torch_zip"]
+__all__ = ["GROUP", "SMALL", "TorchZipSplitter", "piece_size", "plan_torch_zip", "torch_zip_members"]
 
 SMALL = SMALL_TENSOR  # storages below this may be grouped ...
 GROUP = GROUP_MAX  # ... into chunks of up to this size
@@ -48,10 +49,6 @@ _TORCH_FIRST = (b"/data.pkl", b"/.format_version", b"/byteorder", b"/version", b
 _LOCAL_SIG = b"PK\x03\x04"
 
 
-class _Bad(Exception):
-    """The zip structure is not something this splitter trusts."""
-
-
 def _storage_key(name: str) -> tuple[str, str] | None:
     """(archive prefix, key) for ``<archive>/data/<key>``."""
     parts = name.split("/")
@@ -60,39 +57,23 @@ def _storage_key(name: str) -> tuple[str, str] | None:
     return None
 
 
+def _is_pickle(name: str) -> bool:
+    """``<archive>/data.pkl``: the object graph of a torch archive."""
+    return name.endswith("/data.pkl") and name.count("/") == 1
+
+
 def _scan_zip(stream: BinaryIO, size: int) -> list[TensorRange]:
     """Every STORED storage's data range with its dtype hint, in file order, after validating the
-    archive; raise _Bad if it is inconsistent."""
+    archive; ValueError if it is inconsistent."""
     with zipfile.ZipFile(stream) as zf:
-        start_dir = getattr(zf, "start_dir", None)
-        if not isinstance(start_dir, int) or not 0 <= start_dir <= size:
-            raise _Bad("central directory offset")
-        infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
         storages: list[tuple[str, int, int]] = []
         pkl: dict[str, zipfile.ZipInfo] = {}
-        prev_end = 0
-        for info in infos:
-            off = info.header_offset
-            if off < prev_end or off + 30 > start_dir:
-                raise _Bad("overlapping or out-of-range entry")
-            stream.seek(off)
-            lh = read_exact(stream, 30)
-            if len(lh) < 30 or lh[:4] != _LOCAL_SIG:
-                raise _Bad("local header")
-            flags = struct.unpack_from("<H", lh, 6)[0]
-            nlen, elen = struct.unpack_from("<HH", lh, 26)
-            lname = read_exact(stream, nlen)
-            if lname.decode("utf-8" if flags & 0x800 else "cp437", "replace") != info.orig_filename:
-                raise _Bad("local name differs from central directory")
-            data_start = off + 30 + nlen + elen
-            data_end = data_start + info.compress_size
-            if info.compress_size < 0 or data_end > start_dir:
-                raise _Bad("entry data past central directory")
-            prev_end = data_end
+        for m in zip_members(zf, stream, size):
+            info = m.info
             sk = _storage_key(info.filename)
             if sk is not None and info.compress_type == zipfile.ZIP_STORED and info.file_size == info.compress_size:
-                storages.append((sk[1], data_start, data_end))
-            elif info.filename.endswith("/data.pkl") and info.filename.count("/") == 1:
+                storages.append((sk[1], m.data_start, m.data_end))
+            elif _is_pickle(info.filename):
                 pkl[info.filename[:-len("/data.pkl")]] = info
         dtypes: dict[str, str] = {}
         if len(pkl) == 1:
@@ -112,8 +93,24 @@ def _scan_zip(stream: BinaryIO, size: int) -> list[TensorRange]:
     return ranges
 
 
+def torch_zip_members(stream: BinaryIO, size: int, *, check_crc: bool = False) -> list[str]:
+    """The member names of a ``torch.save`` archive of ``size`` bytes, for validation: the zip's
+    ranges checked as the splitter checks them (``zip_members``) and an ``<archive>/data.pkl``
+    present (never unpickled), reading only the end record, the central directory and the local
+    headers; ``check_crc`` also reads every member in full and checks its CRC-32. ValueError
+    naming the problem."""
+    with open_zip(stream) as zf:
+        members = zip_members(zf, stream, size)
+        if check_crc:
+            check_crcs(zf)
+    names = [m.info.filename for m in members]
+    if not any(_is_pickle(n) for n in names):
+        raise ValueError("a PyTorch archive without <archive>/data.pkl")
+    return names
+
+
 def plan_torch_zip(stream: BinaryIO, params: ChunkerParams) -> list[Piece]:
-    """The chunk plan of a ``torch.save`` archive; ValueError, _Bad or whatever zipfile raises on
+    """The chunk plan of a ``torch.save`` archive; ValueError or whatever zipfile raises on
     hostile bytes if it is not one this splitter trusts."""
     size = file_size(stream)
     plan = PlanBuilder(piece_size(params), max_gap=MAX_GAP, align=ALIGN, regions=True)

@@ -1,11 +1,13 @@
 """Model validation of a restored (or live) directory against a snapshot, by level.
 
 1. **Integrity**: every file's size and SHA-256 match the manifest.
-2. **Format**: model files parse and pass bounds checks: safetensors (header length, JSON, known
-   dtypes, offsets inside the data section, sizes equal to shape x element size, the data section
-   covered exactly, without overlaps), ``.npy`` (header, no pickled objects, enough data), ``.npz``
-   and PyTorch zip archives (every member's CRC; ``data.pkl`` present in a torch archive), GGUF
-   (header, tensor infos, data inside the file).
+2. **Format**: model files parse and pass bounds checks, with the splitters' parsers in their
+   strict mode (``weightvault.chunking``): safetensors (header length, JSON, known dtypes, offsets
+   inside the data section, sizes equal to shape x element size, the data section covered
+   exactly, without overlaps), ``.npy`` (header, no pickled objects, data exactly as long as the
+   shape needs), ``.npz`` and PyTorch zip archives (member ranges, every member's CRC, each array
+   header; ``<archive>/data.pkl`` present in a torch archive), GGUF (header, tensor infos, aligned
+   offsets, data inside the file).
 3. **Structure**: tensor names, shapes and dtypes of the file equal those of the file as it was
    backed up (read back from the repository); missing, extra and changed tensors are listed. No
    torch is needed; no code from the backup is ever executed (nothing is unpickled).
@@ -19,23 +21,19 @@ Each file gets the levels requested; a file that fails a level is not checked at
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-
 from weightvault.chunking.gguf import gguf_tensors
-from weightvault.chunking.registry import DTYPE_SIZES
+from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
+from weightvault.chunking.safetensors import parse_safetensors
+from weightvault.chunking.torchzip import torch_zip_members
 from weightvault.errors import WeightvaultError
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import PlaintextCache, Repository
@@ -107,114 +105,41 @@ def model_format(name: str, head: bytes) -> str | None:
 
 
 # -- level 2 and 3: parse a file -------------------------------------------------------------------
-def structure(fmt: str, f: BinaryIO, size: int) -> Structure:
-    """Parse ``f`` (``size`` bytes) as ``fmt`` with bounds checks; ValueError naming the problem.
-    Returns the tensors' dtypes and shapes (empty when the format has none we can read without
-    unpickling: torch zip)."""
-    parser: dict[str, Callable[[BinaryIO, int], Structure]] = {
-        "safetensors": _safetensors, "npy": _npy_file, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip,
+def structure(fmt: str, f: BinaryIO, size: int, *, read_data: bool = True) -> Structure:
+    """Parse ``f`` (``size`` bytes) as ``fmt`` with the splitters' parsers in strict mode;
+    ValueError naming the problem. Returns the tensors' dtypes and shapes (empty when the format
+    has none we can read without unpickling: torch zip). ``read_data``: also check what needs the
+    whole file read (zip members' CRCs); False for a backed-up file, whose blobs are authenticated
+    and hash-checked as they load, so that only headers are read."""
+    parser: dict[str, Callable[[BinaryIO, int, bool], Structure]] = {
+        "safetensors": _safetensors, "npy": _npy, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip,
     }
-    return parser[fmt](f, size)
+    return parser[fmt](f, size, read_data)
 
 
-def _safetensors(f: BinaryIO, size: int) -> Structure:
-    head = f.read(8)
-    if len(head) < 8:
-        raise ValueError("file is shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", head)
-    if n > size - 8 or n > 100_000_000:
-        raise ValueError(f"header length {n} runs past the end of the file ({size} bytes)")
+def _safetensors(f: BinaryIO, size: int, read_data: bool) -> Structure:
+    return {t.name: (t.dtype, t.shape) for t in parse_safetensors(f, size, strict=True).tensors}
+
+
+def _npy(f: BinaryIO, size: int, read_data: bool) -> Structure:
     try:
-        header = json.loads(f.read(n))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    data_len = size - 8 - n
-    out: Structure = {}
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict):
-            raise ValueError(f"tensor {name!r}: entry is not an object")
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in DTYPE_SIZES:
-            raise ValueError(f"tensor {name!r}: unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise ValueError(f"tensor {name!r}: bad shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-            raise ValueError(f"tensor {name!r}: bad data_offsets")
-        b, e = offsets
-        if not 0 <= b <= e <= data_len:
-            raise ValueError(f"tensor {name!r}: bytes {b}..{e} lie outside the data section ({data_len} bytes)")
-        want = int(np.prod(shape, dtype=np.int64)) * DTYPE_SIZES[str(dtype)]
-        if e - b != want:
-            raise ValueError(f"tensor {name!r}: {e - b} bytes for shape {shape} of {dtype} ({want} expected)")
-        spans.append((b, e, name))
-        out[name] = (str(dtype), tuple(shape))
-    pos = 0
-    for b, e, name in sorted(spans):
-        if b != pos:
-            raise ValueError(f"tensor {name!r} starts at {b}: " + ("overlaps" if b < pos else "a gap precedes it"))
-        pos = e
-    if pos != data_len:
-        raise ValueError(f"the data section has {data_len} bytes, the tensors cover {pos} (truncated or padded)")
-    return out
+        h = parse_npy_header(f, size, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"array: {exc}") from None
+    return {"": (h.descr, h.shape)}
 
 
-def _npy(f: BinaryIO, size: int, name: str = "") -> Structure:
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, EOFError, SyntaxError) as exc:
-        raise ValueError(f"{name or 'array'}: bad .npy header: {exc}") from None
-    if dtype.hasobject:
-        raise ValueError(f"{name or 'array'}: holds Python objects (pickled data), refused")
-    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    have = size - f.tell()
-    if have < need:
-        raise ValueError(f"{name or 'array'}: {have} data bytes for shape {shape} of {dtype.str} ({need} needed)")
-    return {name: (dtype.str, tuple(int(d) for d in shape))}
+def _npz(f: BinaryIO, size: int, read_data: bool) -> Structure:
+    return {name: (h.descr, h.shape) for name, h in npz_arrays(f, size, check_crc=read_data).items()}
 
 
-def _npy_file(f: BinaryIO, size: int) -> Structure:
-    return _npy(f, size)
-
-
-def _zip(f: BinaryIO) -> zipfile.ZipFile:
-    try:
-        z = zipfile.ZipFile(f)
-        bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ValueError(f"not a complete zip archive: {exc}") from None
-    if bad is not None:
-        raise ValueError(f"zip member {bad!r} fails its CRC check")
-    return z
-
-
-def _npz(f: BinaryIO, size: int) -> Structure:
-    z = _zip(f)
-    out: Structure = {}
-    for info in z.infolist():
-        if info.filename.endswith(".npy"):
-            data = z.read(info)
-            out.update(_npy(io.BytesIO(data), len(data), info.filename[:-4]))
-    return out
-
-
-def _torch_zip(f: BinaryIO, size: int) -> Structure:
-    z = _zip(f)
-    if not any(n.endswith("data.pkl") for n in z.namelist()):
-        raise ValueError("a PyTorch archive without data.pkl")
+def _torch_zip(f: BinaryIO, size: int, read_data: bool) -> Structure:
+    torch_zip_members(f, size, check_crc=read_data)
     return {}  # tensor shapes live in the pickle, which is never executed here
 
 
-def _gguf(f: BinaryIO, size: int) -> Structure:
-    return {name: (f"ggml-{gtype}", (numel,)) for name, gtype, numel in gguf_tensors(f, size)}
+def _gguf(f: BinaryIO, size: int, read_data: bool) -> Structure:
+    return {name: (f"ggml-{gtype}", dims) for name, gtype, dims in gguf_tensors(f, size, strict=True)}
 
 
 # -- the tree --------------------------------------------------------------------------------------
@@ -328,7 +253,7 @@ def validate_tree(repo: Repository, snap: Snapshot, root: Path, level: int,
             try:
                 original = _original(cache, node, Path(tmp))
                 with open(original, "rb") as f:
-                    expected = structure(fmt, f, node.size)
+                    expected = structure(fmt, f, node.size, read_data=False)
                 original.unlink()
             except (ValueError, WeightvaultError) as exc:
                 fv.problems.append(f"level 3: the backed-up file cannot be read as {fmt}: {exc}")
