@@ -1,36 +1,146 @@
 """Backend wrappers: retries with backoff and jitter, concurrency and bandwidth limits, and the
-fault injector's delay and periodic faults. Uses the in-memory and local backends; S3 is in
-tests/test_s3.py."""
+fault injector's delay and periodic faults, the call counter, and capabilities forwarded by every
+wrapper. Uses the in-memory and local backends; S3 is in tests/test_s3.py."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from conftest import FAST_KDF, PASSWORD
+from weightvault.api import Repository, StorageOptions
 from weightvault.backends.base import Backend, FileType
+from weightvault.backends.factory import open_backend
 from weightvault.backends.limits import LimitedBackend, TokenBucket, parse_rate
 from weightvault.backends.local import LocalBackend
 from weightvault.backends.memory import MemoryBackend
 from weightvault.backends.retry import RetryingBackend, RetryPolicy
 from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError
-from weightvault.testing.backend_conformance import BackendConformance
+from weightvault.testing.backend_conformance import BackendConformance, LocalConformance
+from weightvault.testing.counting import CountingBackend
 from weightvault.testing.faults import FaultyBackend, transient_error
 
 NAME = "ab" * 32
 
 
-class TestRetryingBackendConforms(BackendConformance):
+class TestRetryingBackendConforms(LocalConformance):
     def make_backend(self, tmp_path: Path) -> Backend:
         return RetryingBackend(LocalBackend(tmp_path / "repo"))
 
 
-class TestLimitedBackendConforms(BackendConformance):
+class TestLimitedBackendConforms(LocalConformance):
     def make_backend(self, tmp_path: Path) -> Backend:
         return LimitedBackend(LocalBackend(tmp_path / "repo"), max_concurrent=2, upload_bps=10**9, download_bps=10**9)
+
+
+class TestCountingBackendConforms(LocalConformance):
+    def make_backend(self, tmp_path: Path) -> Backend:
+        return CountingBackend(LocalBackend(tmp_path / "repo"))
+
+
+class TestUploadLimitedLocalConforms(LocalConformance):
+    """What ``--limit-upload`` builds for a local repository (backends/factory.py)."""
+
+    def make_backend(self, tmp_path: Path) -> Backend:
+        backend = open_backend(tmp_path / "repo", StorageOptions(limit_upload=10**9, limit_download=10**9))
+        assert isinstance(backend, LimitedBackend)
+        return backend
+
+
+class TestStackedWrappersOverMemoryConform(BackendConformance):
+    """Every wrapper at once, over the in-memory backend (no temp objects, no retention)."""
+
+    def make_backend(self, tmp_path: Path) -> Backend:
+        return CountingBackend(FaultyBackend(LimitedBackend(RetryingBackend(MemoryBackend()), max_concurrent=4)))
+
+
+# -- capabilities through wrappers -----------------------------------------------------------------
+class _Retaining(MemoryBackend):
+    """A store with retention and temp objects, recording what reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retained: list[tuple[FileType, str, datetime]] = []
+        self.temp_calls: list[float] = []
+
+    @property
+    def supports_retention(self) -> bool:
+        return True
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        self.load(ftype, name)
+        self.retained.append((ftype, name, until))
+
+    def remove_temp(self, min_age: float) -> int:
+        self.temp_calls.append(min_age)
+        return 3
+
+
+_WRAPPERS: dict[str, Callable[[Backend], Backend]] = {
+    "retry": RetryingBackend,
+    "limits": lambda b: LimitedBackend(b, max_concurrent=1, upload_bps=10**9),
+    "faults": FaultyBackend,
+    "counting": CountingBackend,
+}
+
+
+@pytest.mark.parametrize("wrap", list(_WRAPPERS.values()), ids=list(_WRAPPERS))
+def test_wrappers_forward_capabilities(wrap: Callable[[Backend], Backend]) -> None:
+    inner = _Retaining()
+    wrapped = wrap(inner)
+    assert wrapped.supports_retention is True
+    assert wrap(MemoryBackend()).supports_retention is False
+    until = datetime.now(UTC) + timedelta(days=1)
+    wrapped.save(FileType.SNAPSHOT, NAME, b"snap")
+    wrapped.retain(FileType.SNAPSHOT, NAME, until)
+    assert inner.retained == [(FileType.SNAPSHOT, NAME, until)]
+    assert wrapped.remove_temp(42.0) == 3 and inner.temp_calls == [42.0]
+
+
+def test_prune_removes_old_temp_files_under_the_upload_limit(tmp_path: Path) -> None:
+    """With ``--limit-upload`` the local backend sits under a LimitedBackend; prune's cleanup of
+    leftover temp files must still reach it (it used to find nothing and silently do nothing)."""
+    path = tmp_path / "repo"
+    storage = StorageOptions(limit_upload=10**9)
+    assert isinstance(open_backend(path, storage), LimitedBackend)
+    Repository.init(path, PASSWORD, kdf=FAST_KDF, storage=storage)
+    stale = path / FileType.PACK.value / "ab" / ".tmp-0123456789abcdef"  # as LocalBackend.save names them
+    fresh = path / FileType.INDEX.value / ".tmp-fedcba9876543210"
+    for p in (stale, fresh):
+        p.write_bytes(b"half written")
+    long_ago = time.time() - 7 * 86400
+    os.utime(stale, (long_ago, long_ago))
+    res = Repository.open(path, PASSWORD, storage=storage).prune()
+    assert res.temp_files_removed == 1
+    assert not stale.exists()
+    assert fresh.exists()  # younger than prune's TEMP_MIN_AGE: a save may still be writing it
+
+
+# -- counting --------------------------------------------------------------------------------------
+def test_counting_backend_counts_per_file_type() -> None:
+    cb = CountingBackend(MemoryBackend())
+    cb.save(FileType.PACK, NAME, b"0123456789")
+    cb.save(FileType.INDEX, NAME, b"idx")
+    assert cb.load(FileType.PACK, NAME, 2, 4) == b"2345"
+    cb.load(FileType.PACK, NAME)
+    with pytest.raises(ObjectNotFoundError):
+        cb.load(FileType.SNAPSHOT, NAME)
+    list(cb.list(FileType.SNAPSHOT))
+    assert cb.loads[FileType.PACK] == 2 and cb.load_bytes[FileType.PACK] == 14
+    assert cb.loads[FileType.SNAPSHOT] == 1 and cb.load_bytes[FileType.SNAPSHOT] == 0
+    assert cb.lists[FileType.SNAPSHOT] == 1 and cb.lists[FileType.PACK] == 0
+    assert cb.saves[FileType.PACK] == 1 and cb.save_bytes[FileType.PACK] == 10
+    assert cb.saves[FileType.INDEX] == 1 and cb.save_bytes[FileType.INDEX] == 3
+    cb.reset()
+    assert not (cb.loads or cb.load_bytes or cb.lists or cb.saves or cb.save_bytes)
+    assert cb.loads[FileType.PACK] == 0
 
 
 def _retrying(inner: Backend, attempts: int = 5) -> tuple[RetryingBackend, list[float]]:

@@ -12,7 +12,7 @@ from weightvault.backends.base import Backend, FileType
 from weightvault.backends.local import LocalBackend
 from weightvault.backends.memory import MemoryBackend
 from weightvault.errors import BackendError, NoSpaceError, RepositoryExistsError
-from weightvault.testing.backend_conformance import BackendConformance
+from weightvault.testing.backend_conformance import BackendConformance, LocalConformance
 from weightvault.testing.faults import FaultyBackend, enospc, os_error
 
 
@@ -21,12 +21,11 @@ class TestMemoryBackend(BackendConformance):
         return MemoryBackend()
 
 
-class TestLocalBackend(BackendConformance):
-    def make_backend(self, tmp_path: Path) -> Backend:
-        return LocalBackend(tmp_path / "repo")
+class TestLocalBackend(LocalConformance):
+    """LocalBackend itself (LocalConformance's default ``make_backend``)."""
 
 
-class TestFaultyBackendWithoutFaults(BackendConformance):
+class TestFaultyBackendWithoutFaults(LocalConformance):
     """The wrapper with no faults configured is a conforming backend itself."""
 
     def make_backend(self, tmp_path: Path) -> Backend:

@@ -10,9 +10,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 
 from conftest import FAST_KDF, PASSWORD, tree_digest, write
@@ -310,6 +313,65 @@ def test_large_pack_uses_multipart_and_round_trips(s3: S3Endpoint) -> None:
     head = s3.client().head_object(Bucket=b.bucket, Key=b._key(FileType.PACK, name))
     assert "-" in head["ETag"]  # a multipart ETag is "<md5 of part md5s>-<parts>"
     assert b.load(FileType.PACK, name, 12 * 1024 * 1024, 1024) == data[12 << 20 : (12 << 20) + 1024]
+
+
+def test_remove_temp_aborts_stale_multipart_uploads_under_the_prefix(s3: S3Endpoint) -> None:
+    """An interrupted multipart save leaves an incomplete upload (invisible, still billed):
+    remove_temp aborts those older than min_age under this repository's prefix, nothing else."""
+    b, other = s3_backend(s3), s3_backend(s3)  # two repositories in one bucket
+    b.create()
+    client, name = s3.client(), "ab" * 32
+    mine = client.create_multipart_upload(Bucket=b.bucket, Key=b._key(FileType.PACK, name))["UploadId"]
+    theirs = client.create_multipart_upload(Bucket=other.bucket, Key=other._key(FileType.PACK, name))["UploadId"]
+    try:
+        started = {u["UploadId"]: u["Initiated"] for u in client.list_multipart_uploads(Bucket=b.bucket)["Uploads"]}
+        if abs(datetime.now(UTC) - started[mine]) < timedelta(minutes=10):  # moto reports a fixed date in 2010
+            assert b.remove_temp(3600.0) == 0  # just started: it may be a save still running
+            time.sleep(1.1)
+        assert b.remove_temp(0.5) == 1
+        left = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=b.bucket).get("Uploads", [])}
+        assert mine not in left and theirs in left
+        assert b.remove_temp(0.0) == 0
+    finally:
+        client.abort_multipart_upload(Bucket=other.bucket, Key=other._key(FileType.PACK, name), UploadId=theirs)
+
+
+def test_remove_temp_keeps_multipart_uploads_younger_than_min_age() -> None:
+    """The age rule, with a stub client (moto reports every upload as started in 2010)."""
+    now = datetime.now(UTC)
+    uploads = [{"Key": "p/data/ab/old", "UploadId": "old", "Initiated": now - timedelta(hours=2)},
+               {"Key": "p/data/ab/new", "UploadId": "new", "Initiated": now - timedelta(minutes=1)}]
+    aborted: list[str] = []
+
+    class Client:
+        def get_paginator(self, op: str) -> Client:
+            assert op == "list_multipart_uploads"
+            return self
+
+        def paginate(self, *, Bucket: str, Prefix: str) -> list[dict[str, object]]:
+            assert (Bucket, Prefix) == ("b", "p/")
+            return [{"Uploads": uploads}]
+
+        def abort_multipart_upload(self, *, Bucket: str, Key: str, UploadId: str) -> None:
+            aborted.append(UploadId)
+
+    assert S3Backend("b", "p", client=Client()).remove_temp(3600.0) == 1
+    assert aborted == ["old"]
+
+
+def test_remove_temp_without_permission_to_list_uploads_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """A policy without s3:ListBucketMultipartUploads (docs/S3.md's lists) must not fail prune."""
+    denied = {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
+
+    class Client:
+        def get_paginator(self, op: str) -> Client:
+            return self
+
+        def paginate(self, **kw: str) -> list[dict[str, object]]:
+            raise botocore.exceptions.ClientError(denied, "ListMultipartUploads")  # type: ignore[arg-type]
+
+    assert S3Backend("b", "p", client=Client()).remove_temp(3600.0) == 0
+    assert "access denied" in caplog.text
 
 
 def test_many_writers_at_once_lose_nothing(s3: S3Endpoint, tmp_path: Path) -> None:

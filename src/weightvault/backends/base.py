@@ -10,9 +10,14 @@ Contract (every backend passes ``weightvault.testing.backend_conformance``):
   ObjectNotFoundError / BackendError; ``length=None`` reads to the end.
 * ``list(t)`` yields (name, size) of complete objects only (never temp files), in no given order.
 * ``remove(t, name)`` is idempotent: removing a missing object is not an error.
-* Optional capability ``retain(t, name, until)`` (``supports_retention`` True): the store keeps
-  the object from being deleted or overwritten until ``until`` (S3 Object Lock); it only ever
-  extends a retention. Backends without it have ``supports_retention`` False or no such attribute.
+* Capabilities are properties (``supports_retention``); every backend has every method, and one
+  lacking the capability refuses the call with a BackendError saying so. Callers check the
+  property, never ``getattr``. Wrappers (retry, limits, faults, counting) forward every member
+  explicitly, so a capability is never lost under a wrapper.
+* ``retain(t, name, until)`` (``supports_retention`` True): the store keeps the object from being
+  deleted or overwritten until ``until`` (S3 Object Lock); it only ever extends a retention.
+* ``remove_temp(min_age)`` removes what interrupted saves left behind (temp files, incomplete
+  multipart uploads) once older than ``min_age`` seconds, never anything ``list`` shows.
 * Permanent failures raise BackendError subclasses with a message naming the object;
   ENOSPC raises NoSpaceError. A failed fsync is reported, never retried as success.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Protocol
 
 __all__ = ["Backend", "FileType"]
@@ -58,6 +64,27 @@ class Backend(Protocol):
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]: ...
 
     def remove(self, ftype: FileType, name: str) -> None: ...
+
+    @property
+    def supports_retention(self) -> bool:
+        """True if ``retain`` works here (S3 with an Object Lock mode); constant for a backend."""
+        ...
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        """Keep the object from deletion and overwriting until ``until`` (timezone-aware). Only
+        ever extends a retention: an object already retained longer is left as it is. Idempotent.
+        ObjectNotFoundError if missing. A backend whose ``supports_retention`` is False raises
+        BackendError ("retention is not supported by ...") and changes nothing."""
+        ...
+
+    def remove_temp(self, min_age: float) -> int:
+        """Remove temporary objects left by interrupted saves (a crash, a kill) that are older than
+        ``min_age`` seconds, and return how many were removed. ``min_age`` exists because a save
+        still running in another process looks exactly like an interrupted one: the caller picks
+        an age no running save reaches. Never touches complete objects (anything ``list`` yields).
+        Idempotent; a temp object vanishing meanwhile is not an error. 0 where a backend leaves
+        no temporary objects."""
+        ...
 
     def free_space(self) -> int | None:
         """Bytes free at the destination, or None if unknown."""

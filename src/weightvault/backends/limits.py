@@ -5,7 +5,7 @@
   token bucket shared by all threads (burst: one second's worth, at least one object's size is
   always let through, so large objects are never starved). ``None`` means unlimited.
 
-Listing, stat and remove are counted against the concurrency limit only.
+Listing, stat, remove, retain and remove_temp are counted against the concurrency limit only.
 """
 
 from __future__ import annotations
@@ -117,10 +117,13 @@ class LimitedBackend:
 
     @property
     def supports_retention(self) -> bool:
-        return bool(getattr(self.inner, "supports_retention", False))
+        return self.inner.supports_retention
 
     def retain(self, ftype: FileType, name: str, until: datetime) -> None:
-        self._run(lambda: self.inner.retain(ftype, name, until))  # type: ignore[attr-defined]
+        self._run(lambda: self.inner.retain(ftype, name, until))
+
+    def remove_temp(self, min_age: float) -> int:
+        return self._run(lambda: self.inner.remove_temp(min_age))
 
     def free_space(self) -> int | None:
         return self.inner.free_space()

@@ -12,7 +12,9 @@ import contextlib
 import errno
 import os
 import secrets
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 from weightvault.backends.base import FileType
@@ -161,6 +163,30 @@ class LocalBackend:
     def list_temp_files(self) -> builtins.list[Path]:
         """Leftover ``.tmp-*`` files of interrupted writes (harmless; prune removes them)."""
         return [p for p in self.root.rglob(f"{_TMP_PREFIX}*") if p.is_file()]
+
+    def remove_temp(self, min_age: float) -> int:
+        """Unlink the ``.tmp-*`` files of interrupted saves whose mtime is over ``min_age`` seconds
+        ago (a younger one may be a save still being written). Returns the number removed."""
+        n = 0
+        now = time.time()
+        for path in self.list_temp_files():
+            try:
+                if now - path.stat().st_mtime > min_age:
+                    path.unlink()
+                    n += 1
+            except FileNotFoundError:
+                continue  # renamed into place or removed meanwhile
+            except OSError as exc:
+                raise convert_os_error(exc, f"temp file {path}") from exc
+        return n
+
+    @property
+    def supports_retention(self) -> bool:
+        return False
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        raise BackendError(f"retention is not supported by the local directory backend ({self.root})",
+                           hint="retention-locked snapshots need S3 with Object Lock (--s3-object-lock)")
 
     def remove(self, ftype: FileType, name: str) -> None:
         path = self._path(ftype, name)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 
 from weightvault.backends.base import FileType
-from weightvault.errors import ObjectExistsError, ObjectNotFoundError
+from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError
 
 __all__ = ["MemoryBackend"]
 
@@ -51,6 +52,17 @@ class MemoryBackend:
     def remove(self, ftype: FileType, name: str) -> None:
         with self._lock:
             self._data.pop((ftype, name), None)
+
+    def remove_temp(self, min_age: float) -> int:
+        """Saves are atomic in memory: nothing temporary is ever left. Always 0."""
+        return 0
+
+    @property
+    def supports_retention(self) -> bool:
+        return False
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        raise BackendError(f"retention is not supported by the in-memory backend ({self.location})")
 
     def free_space(self) -> int | None:
         return None

@@ -129,10 +129,13 @@ class RetryingBackend:
 
     @property
     def supports_retention(self) -> bool:
-        return bool(getattr(self.inner, "supports_retention", False))
+        return self.inner.supports_retention
 
     def retain(self, ftype: FileType, name: str, until: datetime) -> None:
-        self._call("retain", lambda: self.inner.retain(ftype, name, until))  # type: ignore[attr-defined]
+        self._call("retain", lambda: self.inner.retain(ftype, name, until))
+
+    def remove_temp(self, min_age: float) -> int:
+        return self._call("remove_temp", lambda: self.inner.remove_temp(min_age))
 
     def free_space(self) -> int | None:
         return self.inner.free_space()

@@ -12,6 +12,9 @@ Contract notes (``backends/base.py``):
   or more, is invisible until complete. Durability is the store's. ``create_only`` uses a
   conditional PUT (``If-None-Match: *``); a store that does not support it is detected at the
   first use and then an existence check precedes the PUT (racy; ``conditional_create`` says which).
+* Temporary objects: a multipart upload interrupted by a crash or kill stays in the bucket,
+  invisible and billed, until aborted; ``remove_temp`` aborts those under the prefix. A plain
+  PUT leaves nothing behind.
 * Errors are classified: ``TransientBackendError`` for throttling, 5xx, timeouts and connection
   resets (retry them: ``backends/retry.py``); ``BackendError`` with a hint for permanent ones
   (access denied, no such bucket); ``ObjectNotFoundError`` for a missing key. botocore's own
@@ -21,9 +24,10 @@ Contract notes (``backends/base.py``):
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -35,6 +39,8 @@ from weightvault.backends.base import FileType
 from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError, UsageError
 
 __all__ = ["S3Backend", "parse_s3_url"]
+
+log = logging.getLogger(__name__)
 
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -61,6 +67,13 @@ def _code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
     err = exc.response.get("Error", {})
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     return str(err.get("Code", "")), status
+
+
+def _denied(exc: Exception) -> bool:
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    code, status = _code(exc)
+    return code == "AccessDenied" or status == 403
 
 
 class S3Backend:
@@ -268,7 +281,9 @@ class S3Backend:
         """Set (or extend, never shorten) the object's Object Lock retention to ``until``. The
         bucket must have Object Lock enabled."""
         if self.object_lock_mode is None:
-            raise BackendError("retention needs an Object Lock mode (--s3-object-lock)")
+            raise BackendError(f"retention is not supported by {self.location} without an Object Lock mode",
+                               hint="open the repository with --s3-object-lock GOVERNANCE or COMPLIANCE"
+                               " (the bucket must have Object Lock enabled)")
         key, what = self._key(ftype, name), f"{ftype.value}/{name}"
         try:
             current = self.client.head_object(Bucket=self.bucket, Key=key).get("ObjectLockRetainUntilDate")
@@ -280,6 +295,39 @@ class S3Backend:
             )
         except Exception as exc:
             raise self._error(exc, what) from exc
+
+    def remove_temp(self, min_age: float) -> int:
+        """Abort the incomplete multipart uploads under the prefix that were initiated over
+        ``min_age`` seconds ago (``save`` uses multipart uploads for large objects; a younger
+        upload may be a save still running). Returns the number aborted. Without permission to
+        list or abort them (``s3:ListBucketMultipartUploads``, ``s3:AbortMultipartUpload``) it
+        logs a warning and stops: leftovers cost storage, never correctness."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        cutoff = datetime.now(UTC) - timedelta(seconds=min_age)
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            stale = [(str(u["Key"]), str(u["UploadId"])) for page in pages for u in page.get("Uploads", [])
+                     if u["Initiated"] < cutoff]
+        except Exception as exc:
+            if _denied(exc):
+                log.warning("cannot list incomplete multipart uploads in %s (access denied); not removing them",
+                            self.location)
+                return 0
+            raise self._error(exc, "multipart uploads") from exc
+        n = 0
+        for key, upload_id in stale:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception as exc:
+                if _denied(exc):
+                    log.warning("cannot abort incomplete multipart uploads in %s (access denied)", self.location)
+                    break
+                err = self._error(exc, f"multipart upload of {key}")
+                if not isinstance(err, ObjectNotFoundError):  # NoSuchUpload: completed or aborted meanwhile
+                    raise err from exc
+                continue
+            n += 1
+        return n
 
     def remove(self, ftype: FileType, name: str) -> None:
         try:

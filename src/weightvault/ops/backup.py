@@ -377,7 +377,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
         locked_until=_utc(opts.lock_until).isoformat() if opts.lock_until is not None else None,
     )
     repo.save_snapshot(snap)
-    if opts.lock_until is not None and getattr(repo.backend, "supports_retention", False):
+    if opts.lock_until is not None and repo.backend.supports_retention:
         retain_snapshot(repo, snap, _utc(opts.lock_until))
     group = commit_group(repo, opts.group)[0] if opts.group is not None else None
     return BackupResult(snap, errors, warnings, group)

@@ -26,10 +26,7 @@ there runs under an exclusive lock, so no client runs beside it, and does both p
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -202,19 +199,9 @@ def _other_locks(repo: Repository, own_lock: str) -> list[LockInfo]:
 
 
 def _remove_temp_files(repo: Repository) -> int:
-    """Remove temp files of interrupted writes that are over ``TEMP_MIN_AGE`` old (a younger one
+    """Remove temp objects of interrupted writes that are over ``TEMP_MIN_AGE`` old (a younger one
     may belong to a client that is starting right now: its lock file is written that way)."""
-    temp = getattr(repo.backend, "list_temp_files", None)
-    if temp is None:
-        return 0
-    n = 0
-    now = time.time()
-    for path in temp():
-        with contextlib.suppress(FileNotFoundError):
-            if now - os.stat(path).st_mtime > TEMP_MIN_AGE:
-                os.unlink(path)
-                n += 1
-    return n
+    return repo.backend.remove_temp(TEMP_MIN_AGE)
 
 
 def _read_state(repo: Repository) -> tuple[list[Snapshot], _View]:

@@ -7,21 +7,32 @@ Subclass it in a test module (the subclass name must start with ``Test``) and ov
         def make_backend(self, tmp_path: Path) -> Backend:
             return LocalBackend(tmp_path / "repo")
 
-``make_backend`` returns a backend on which ``create()`` has not been called yet.
+``make_backend`` returns a backend on which ``create()`` has not been called yet. A backend that
+leaves temporary objects overrides ``plant_temp`` too, so ``remove_temp``'s age rule is tested;
+``LocalConformance`` does that for a ``LocalBackend`` at ``tmp_path / "repo"``, bare or wrapped::
+
+    class TestRetryingBackend(LocalConformance):
+        def make_backend(self, tmp_path: Path) -> Backend:
+            return RetryingBackend(LocalBackend(tmp_path / "repo"))
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from weightvault.backends.base import Backend, FileType
-from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError
+from weightvault.backends.local import LocalBackend
+from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError
 
-__all__ = ["BackendConformance"]
+__all__ = ["BackendConformance", "LocalConformance"]
 
 _NAMED = [t for t in FileType if t is not FileType.CONFIG]
 
@@ -35,6 +46,12 @@ class BackendConformance:
 
     def make_backend(self, tmp_path: Path) -> Backend:
         raise NotImplementedError("override make_backend in the subclass")
+
+    def plant_temp(self, backend: Backend, tmp_path: Path, age: float) -> Callable[[], bool] | None:
+        """Leave a temporary object as an interrupted save on ``backend`` would, ``age`` seconds
+        old, and return a function telling whether it still exists. The default, None: this
+        backend leaves none (or the suite cannot age one), so only the count is checked."""
+        return None
 
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Backend:
@@ -201,3 +218,66 @@ class BackendConformance:
         free, total = backend.free_space(), backend.total_space()
         assert free is None or free >= 0
         assert total is None or (total > 0 and (free is None or free <= total))
+
+    # -- capabilities ----------------------------------------------------------------------------
+    def test_supports_retention_is_a_constant_bool(self, backend: Backend) -> None:
+        assert type(backend.supports_retention) is bool
+        assert backend.supports_retention == backend.supports_retention
+
+    def test_retain_works_or_refuses_clearly(self, backend: Backend) -> None:
+        name = _name(13)
+        backend.save(FileType.SNAPSHOT, name, b"snapshot")
+        until = datetime.now(UTC) + timedelta(minutes=5)
+        if backend.supports_retention:
+            backend.retain(FileType.SNAPSHOT, name, until)
+            backend.retain(FileType.SNAPSHOT, name, until)  # idempotent
+            with pytest.raises(ObjectNotFoundError):
+                backend.retain(FileType.SNAPSHOT, _name(14), until)
+        else:
+            with pytest.raises(BackendError, match="retention is not supported") as ei:
+                backend.retain(FileType.SNAPSHOT, name, until)
+            assert not isinstance(ei.value, (TransientBackendError, ObjectNotFoundError))
+        assert backend.load(FileType.SNAPSHOT, name) == b"snapshot"
+
+    # -- temporary objects -----------------------------------------------------------------------
+    def test_remove_temp_never_removes_complete_objects(self, backend: Backend) -> None:
+        saved = {t: ("config" if t is FileType.CONFIG else _name(15), os.urandom(50)) for t in FileType}
+        for t, (name, data) in saved.items():
+            backend.save(t, name, data)
+        n = backend.remove_temp(0.0)
+        assert type(n) is int and n >= 0
+        for t, (name, data) in saved.items():
+            assert backend.load(t, name) == data
+            assert list(backend.list(t)) == [(name, len(data))]
+        assert backend.remove_temp(0.0) == 0  # nothing left to remove the second time
+
+    def test_remove_temp_removes_only_stale_temp_objects(self, backend: Backend, tmp_path: Path) -> None:
+        stale = self.plant_temp(backend, tmp_path, 7200.0)
+        fresh = self.plant_temp(backend, tmp_path, 0.0)
+        name = _name(16)
+        backend.save(FileType.PACK, name, b"pack")
+        if stale is None or fresh is None:
+            assert backend.remove_temp(3600.0) == 0
+        else:
+            assert stale() and fresh()
+            assert backend.remove_temp(3600.0) == 1
+            assert not stale(), "a temp object older than min_age was kept"
+            assert fresh(), "a temp object younger than min_age (a save in progress?) was removed"
+            assert backend.remove_temp(3600.0) == 0
+        assert list(backend.list(FileType.PACK)) == [(name, 4)]
+
+
+class LocalConformance(BackendConformance):
+    """The suite for a ``LocalBackend`` at ``tmp_path / "repo"``, bare (the default) or under
+    wrappers (override ``make_backend``); it plants ``.tmp-*`` files the way LocalBackend names
+    the temp files of its saves."""
+
+    def make_backend(self, tmp_path: Path) -> Backend:
+        return LocalBackend(tmp_path / "repo")
+
+    def plant_temp(self, backend: Backend, tmp_path: Path, age: float) -> Callable[[], bool] | None:
+        path = tmp_path / "repo" / FileType.PACK.value / "ab" / f".tmp-{secrets.token_hex(8)}"
+        path.write_bytes(b"half a pack")
+        then = time.time() - age
+        os.utime(path, (then, then))
+        return path.exists

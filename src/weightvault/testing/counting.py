@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 
 from weightvault.backends.base import Backend, FileType
 
@@ -74,6 +75,16 @@ class CountingBackend:
 
     def remove(self, ftype: FileType, name: str) -> None:
         self.inner.remove(ftype, name)
+
+    @property
+    def supports_retention(self) -> bool:
+        return self.inner.supports_retention
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        self.inner.retain(ftype, name, until)
+
+    def remove_temp(self, min_age: float) -> int:
+        return self.inner.remove_temp(min_age)
 
     def free_space(self) -> int | None:
         return self.inner.free_space()

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from weightvault.backends.base import Backend, FileType
@@ -201,6 +202,16 @@ class FaultyBackend:
         fault = self._hit("remove", ftype, name)
         if fault is None or fault.action != "drop":
             self.inner.remove(ftype, name)
+
+    @property
+    def supports_retention(self) -> bool:
+        return self.inner.supports_retention
+
+    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
+        self.inner.retain(ftype, name, until)
+
+    def remove_temp(self, min_age: float) -> int:
+        return self.inner.remove_temp(min_age)
 
     def free_space(self) -> int | None:
         return self.inner.free_space()
