@@ -9,8 +9,10 @@
    header; ``<archive>/data.pkl`` present in a torch archive), GGUF (header, tensor infos, aligned
    offsets, data inside the file).
 3. **Structure**: tensor names, shapes and dtypes of the file equal those of the file as it was
-   backed up (read back from the repository); missing, extra and changed tensors are listed. No
-   torch is needed; no code from the backup is ever executed (nothing is unpickled).
+   backed up; missing, extra and changed tensors are listed. The backed-up file is read through
+   its manifest node's blobs (``StoredFile``), loading only the blobs that hold the bytes the
+   parser asks for (a safetensors header: its first chunk), never the whole file. No torch is
+   needed; no code from the backup is ever executed (nothing is unpickled).
 4. **Function**: a user-supplied check (``module:function`` from the user's environment) runs on
    the restored directory in its own process: e.g. a forward pass on a fixed input compared with a
    recorded output within a tolerance, an eval metric, determinism over N runs (``run_check``).
@@ -20,7 +22,10 @@ Each file gets the levels requested; a file that fails a level is not checked at
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import io
+import itertools
 import os
 import subprocess
 import sys
@@ -28,18 +33,23 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from weightvault.chunking.gguf import gguf_tensors
 from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
 from weightvault.chunking.safetensors import parse_safetensors
 from weightvault.chunking.torchzip import torch_zip_members
-from weightvault.errors import WeightvaultError
+from weightvault.errors import IntegrityError, WeightvaultError
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import PlaintextCache, Repository
 from weightvault.repository.snapshots import Snapshot
 
-__all__ = ["LEVELS", "FileValidation", "ValidationReport", "model_format", "structure", "validate_tree"]
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = [
+    "LEVELS", "FileValidation", "StoredFile", "ValidationReport", "model_format", "structure", "validate_tree",
+]
 
 LEVELS = {1: "integrity", 2: "format", 3: "structure", 4: "function"}
 CHECK_TIMEOUT = 1800.0  # seconds a level-4 check may run
@@ -142,6 +152,68 @@ def _gguf(f: BinaryIO, size: int, read_data: bool) -> Structure:
     return {name: (f"ggml-{gtype}", dims) for name, gtype, dims in gguf_tensors(f, size, strict=True)}
 
 
+class StoredFile(io.RawIOBase):
+    """A backed-up file read through its manifest node's blobs: seekable and read-only, each read
+    loading with ``load`` (a blob cache's, authenticated and hash-checked) only the blobs it
+    touches; the last blob read is kept. Blob sizes come from ``repo``'s index, so nothing is
+    loaded before the first read. IntegrityError if those sizes do not add up to the node's size
+    or a blob is missing."""
+
+    def __init__(self, repo: Repository, node: Node, load: Callable[[bytes], bytes]) -> None:
+        super().__init__()
+        self._load = load
+        self._blobs = node.blobs
+        sizes = [repo.lookup(b).blob.raw_length for b in node.blobs]
+        self._starts = list(itertools.accumulate(sizes, initial=0))  # blob i covers starts[i]..starts[i+1]
+        self._size = self._starts[-1]
+        if self._size != node.size:
+            shown = node.path.decode("utf-8", "replace")
+            raise IntegrityError(f"{shown}: its blobs hold {self._size} bytes, the manifest says {node.size}")
+        self._pos = 0
+        self._last: tuple[int, bytes] = (-1, b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        bases = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence {whence}")
+        base = bases[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        out = memoryview(buffer).cast("B")
+        n = 0
+        while n < len(out) and self._pos < self._size:
+            i = bisect.bisect_right(self._starts, self._pos) - 1
+            data = self._blob(i)
+            at = self._pos - self._starts[i]
+            k = min(len(out) - n, len(data) - at)
+            out[n:n + k] = data[at:at + k]
+            n += k
+            self._pos += k
+        return n
+
+    def _blob(self, i: int) -> bytes:
+        if self._last[0] != i:
+            data = self._load(self._blobs[i])
+            if len(data) != self._starts[i + 1] - self._starts[i]:
+                raise IntegrityError(f"blob {self._blobs[i].hex()} holds {len(data)} bytes, the index says"
+                                     f" {self._starts[i + 1] - self._starts[i]}")
+            self._last = (i, data)
+        return self._last[1]
+
+
 # -- the tree --------------------------------------------------------------------------------------
 def _live(root: Path, snap: Snapshot, rel: bytes) -> Path:
     parts = rel.split(b"/")
@@ -157,15 +229,6 @@ def _sha256(path: Path) -> tuple[str, int]:
             h.update(chunk)
             n += len(chunk)
     return h.hexdigest(), n
-
-
-def _original(cache: PlaintextCache, node: Node, work: Path) -> Path:
-    """The file as backed up, rebuilt from the repository into ``work`` (blobs hash-checked)."""
-    fd, name = tempfile.mkstemp(dir=work)
-    with os.fdopen(fd, "wb") as out:
-        for b in node.blobs:
-            out.write(cache.load(b))
-    return Path(name)
 
 
 def run_check(entry: str, root: Path, timeout: float = CHECK_TIMEOUT) -> list[str]:
@@ -213,55 +276,52 @@ def validate_tree(repo: Repository, snap: Snapshot, root: Path, level: int,
     """
     report = ValidationReport(snap.id, level, check=check if level >= 4 else None)
     cache = PlaintextCache(repo, 64 * 1024 * 1024)
-    with tempfile.TemporaryDirectory(prefix=".wv-validate-", dir=root if root.is_dir() else None) as tmp:
-        for node in iter_manifest(snap.tree, repo.load_blob):
-            if node.type != "file":
+    for node in iter_manifest(snap.tree, repo.load_blob):
+        if node.type != "file":
+            continue
+        shown = node.path.decode("utf-8", "replace")
+        live = _live(root, snap, node.path)
+        try:
+            with open(live, "rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            report.files.append(FileValidation(shown, None, 0, [f"cannot be read: {exc.strerror or exc}"]))
+            continue
+        fmt = model_format(live.name, head)
+        fv = FileValidation(shown, fmt, 0)
+        report.files.append(fv)
+        if hashed:  # the caller compared the SHA-256 already: only a size change since then is seen
+            digest, size = node.sha256, live.stat().st_size
+        else:
+            digest, size = _sha256(live)
+        if size != node.size or digest != node.sha256:
+            fv.problems.append(f"level 1: size {size} / SHA-256 differ from the snapshot's ({node.size} bytes)")
+            if level == 1 or fmt is None:
                 continue
-            shown = node.path.decode("utf-8", "replace")
-            live = _live(root, snap, node.path)
-            try:
-                with open(live, "rb") as f:
-                    head = f.read(16)
-            except OSError as exc:
-                report.files.append(FileValidation(shown, None, 0, [f"cannot be read: {exc.strerror or exc}"]))
-                continue
-            fmt = model_format(live.name, head)
-            fv = FileValidation(shown, fmt, 0)
-            report.files.append(fv)
-            if hashed:  # the caller compared the SHA-256 already: only a size change since then is seen
-                digest, size = node.sha256, live.stat().st_size
-            else:
-                digest, size = _sha256(live)
-            if size != node.size or digest != node.sha256:
-                fv.problems.append(f"level 1: size {size} / SHA-256 differ from the snapshot's ({node.size} bytes)")
-                if level == 1 or fmt is None:
-                    continue
-            else:
-                fv.passed = 1
-            if level < 2 or fmt is None:
-                continue
-            try:
-                with open(live, "rb") as f:
-                    found = structure(fmt, f, size)
-            except ValueError as exc:
-                fv.problems.append(f"level 2: {fmt}: {exc}")
-                continue
-            if fv.ok:
-                fv.passed = 2
-            if level < 3:
-                continue
-            try:
-                original = _original(cache, node, Path(tmp))
-                with open(original, "rb") as f:
-                    expected = structure(fmt, f, node.size, read_data=False)
-                original.unlink()
-            except (ValueError, WeightvaultError) as exc:
-                fv.problems.append(f"level 3: the backed-up file cannot be read as {fmt}: {exc}")
-                continue
-            diffs = _compare(expected, found)
-            fv.problems += [f"level 3: {d}" for d in diffs]
-            if fv.ok:
-                fv.passed = 3
+        else:
+            fv.passed = 1
+        if level < 2 or fmt is None:
+            continue
+        try:
+            with open(live, "rb") as f:
+                found = structure(fmt, f, size)
+        except ValueError as exc:
+            fv.problems.append(f"level 2: {fmt}: {exc}")
+            continue
+        if fv.ok:
+            fv.passed = 2
+        if level < 3:
+            continue
+        try:
+            with StoredFile(repo, node, cache.load) as stored:
+                expected = structure(fmt, cast(BinaryIO, stored), node.size, read_data=False)
+        except (ValueError, WeightvaultError) as exc:
+            fv.problems.append(f"level 3: the backed-up file cannot be read as {fmt}: {exc}")
+            continue
+        diffs = _compare(expected, found)
+        fv.problems += [f"level 3: {d}" for d in diffs]
+        if fv.ok:
+            fv.passed = 3
     if level >= 4 and check is not None:
         if report.ok:
             report.check_problems = [f"level 4: {p}" for p in run_check(check, root)]
