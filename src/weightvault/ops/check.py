@@ -18,11 +18,12 @@ import blake3
 from weightvault.backends.base import FileType
 from weightvault.errors import UsageError, WeightvaultError
 from weightvault.ops.progress import ProgressCallback, Reporter
-from weightvault.repository.index import decode_index_file
+from weightvault.repository.blobcache import BlobCache
+from weightvault.repository.maintenance import read_index_files
 from weightvault.repository.manifest import iter_manifest
 from weightvault.repository.packer import read_pack_header
 from weightvault.repository.plans import load_plans
-from weightvault.repository.repo import PlaintextCache, Repository
+from weightvault.repository.repo import Repository
 from weightvault.types import PackedBlob
 
 __all__ = ["CheckResult", "check", "parse_subset", "select_packs"]
@@ -80,15 +81,12 @@ def check(
 ) -> CheckResult:
     res = CheckResult()
     # 1. index files
-    indexed: dict[str, dict[bytes, PackedBlob]] = defaultdict(dict)
-    for name, _ in repo.backend.list(FileType.INDEX):
-        try:
-            for pack_id, blobs in decode_index_file(repo.key, name, repo.backend.load(FileType.INDEX, name)).items():
-                for b in blobs:
-                    indexed[pack_id][b.blob_id] = b
-                repo.index.add_pack(pack_id, blobs)
-        except WeightvaultError as exc:
-            res.errors.append(f"index file {name}: {exc.message}")
+    stored = read_index_files(repo, strict=False)
+    indexed = stored.packs
+    for name, why in sorted(stored.unreadable.items()):
+        res.errors.append(f"index file {name}: {why}")
+    for pack_id, blobs in indexed.items():
+        repo.index.add_pack(pack_id, blobs.values())
     # 2. packs against the index
     on_disk = dict(repo.backend.list(FileType.PACK))
     res.packs = len(on_disk)
@@ -133,12 +131,17 @@ def check(
         chosen = select_packs([p for p in on_disk if p in indexed], subset)
         reporter = Reporter(progress, "check")
         reporter.set_totals(len(chosen), sum(on_disk[p] for p in chosen))
-        bases = PlaintextCache(repo, wanted={e.blob.base for e in repo.index.entries() if e.blob.base is not None})
+        bases = BlobCache(repo, wanted={e.blob.base for e in repo.index.entries() if e.blob.base is not None})
         for pack_id in chosen:
             _read_pack(repo, pack_id, indexed[pack_id], res, bad, bases)
             reporter.add(files=1, nbytes=on_disk[pack_id])
         reporter.done()
-    # 4. snapshots and manifests
+    _check_snapshots(repo, bad, missing_blobs, res)
+    return res
+
+
+def _check_snapshots(repo: Repository, bad: dict[bytes, str], missing: set[bytes], res: CheckResult) -> None:
+    """4. every snapshot and manifest readable; every blob they use present and sound."""
     users: dict[bytes, list[str]] = defaultdict(list)
     for snap_id in repo.list_snapshot_ids():
         try:
@@ -150,16 +153,15 @@ def check(
         try:
             for node in iter_manifest(snap.tree, repo.load_blob):
                 for bid in node.blobs:
-                    if bid in bad or bid in missing_blobs or bid not in repo.index:
+                    if bid in bad or bid in missing or bid not in repo.index:
                         users[bid].append(f"{snap.short_id}:{node.path.decode('utf-8', 'replace')}")
         except WeightvaultError as exc:
             res.errors.append(f"snapshot {snap.short_id}: manifest unreadable: {exc.message}")
     for bid, files in users.items():
-        reason = bad.get(bid) or ("its pack is missing" if bid in missing_blobs else "not in any index")
+        reason = bad.get(bid) or ("its pack is missing" if bid in missing else "not in any index")
         shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
         res.errors.append(f"blob {bid.hex()} ({reason}) is used by {shown}")
         res.bad_blobs[bid.hex()] = files
-    return res
 
 
 def _read_pack(
@@ -168,7 +170,7 @@ def _read_pack(
     blobs: dict[bytes, PackedBlob],
     res: CheckResult,
     bad: dict[bytes, str],
-    bases: PlaintextCache,
+    bases: BlobCache,
 ) -> None:
     try:
         data = repo.backend.load(FileType.PACK, pack_id)

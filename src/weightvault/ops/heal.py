@@ -15,17 +15,16 @@ manifest is damaged is reported, not repaired.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from weightvault.backends.base import FileType
-from weightvault.errors import IntegrityError, WeightvaultError
+from weightvault.errors import WeightvaultError
 from weightvault.format.layout import blob_aad
-from weightvault.repository.index import decode_index_file, encode_index_file
+from weightvault.repository.blobcache import BlobCache
+from weightvault.repository.maintenance import PackWriter, rewrite_index
 from weightvault.repository.manifest import Node, iter_manifest
-from weightvault.repository.packer import PackBuilder
-from weightvault.repository.repo import PlaintextCache, Repository
+from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType, PackedBlob
 
@@ -66,8 +65,8 @@ def heal(repo: Repository, replica: Repository, dry_run: bool = False) -> HealRe
     exclusive lock here and a shared one on the replica."""
     res = HealResult()
     twins = {_lineage(s): s for s in replica.snapshots()}
-    ours = PlaintextCache(repo, 64 * 1024 * 1024)
-    theirs = PlaintextCache(replica, 64 * 1024 * 1024)
+    ours = BlobCache(repo, 64 * 1024 * 1024)
+    theirs = BlobCache(replica, 64 * 1024 * 1024)
     seen: set[bytes] = set()
     repaired: dict[bytes, tuple[bytes, BlobType, str | None]] = {}
     for snap in repo.snapshots():
@@ -139,53 +138,18 @@ def _write(repo: Repository, blobs: dict[bytes, tuple[bytes, BlobType, str | Non
            salvaged: list[tuple[PackedBlob, bytes]]) -> list[str]:
     """Store the repaired blobs standalone and the salvaged envelopes unchanged (bases kept) in
     new packs, then index them. Returns the new pack ids."""
-    written: dict[str, list[PackedBlob]] = {}
-    builder = PackBuilder()
-
-    def flush() -> None:
-        nonlocal builder
-        if builder.blobs:
-            pack_id, data = builder.finish(repo.key)
-            repo.backend.save(FileType.PACK, pack_id, data)
-            written[pack_id] = builder.blobs
-            builder = PackBuilder()
-
+    out = PackWriter(repo)
     for bid, (data, btype, dtype) in sorted(blobs.items()):
-        codec, envelope = repo._encode(btype, bid, data, dtype, None)
-        builder.add(bid, btype, codec, envelope, len(data))
-        if builder.size >= repo.config.pack_size:
-            flush()
+        out.add_plain(btype, bid, data, dtype)
     for b, envelope in salvaged:
-        builder.add(b.blob_id, b.type, b.codec, envelope, b.raw_length, b.base)
-        if builder.size >= repo.config.pack_size:
-            flush()
-    flush()
-    repo._write_index(written)
-    return list(written)
+        out.add_envelope(b, envelope)
+    out.finish()
+    return list(out.written)
 
 
 def _drop_packs(repo: Repository, drop: set[str]) -> None:
     """Rewrite the index without the damaged packs, then delete them: the new index is durable
     before the files it replaces are removed, and those before the packs (exclusive lock held)."""
-    packs: dict[str, dict[bytes, PackedBlob]] = defaultdict(dict)
-    names = []
-    for name, _ in repo.backend.list(FileType.INDEX):
-        try:
-            content = decode_index_file(repo.key, name, repo.backend.load(FileType.INDEX, name))
-        except WeightvaultError as exc:
-            raise IntegrityError(f"index file {name} cannot be read: {exc.message}",
-                                 hint="run `weightvault repair index` first") from exc
-        names.append(name)
-        for pack_id, rows in content.items():
-            if pack_id in drop:
-                continue
-            for b in rows:
-                packs[pack_id].setdefault(b.blob_id, b)
-    name, stored = encode_index_file(repo.key, {p: sorted(r.values(), key=lambda b: b.offset)
-                                                for p, r in sorted(packs.items())})
-    repo.backend.save(FileType.INDEX, name, stored)
-    for old in names:
-        if old != name:
-            repo.backend.remove(FileType.INDEX, old)
+    rewrite_index(repo, exclude_packs=drop)
     for pack_id in sorted(drop):
         repo.backend.remove(FileType.PACK, pack_id)

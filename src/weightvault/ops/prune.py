@@ -33,22 +33,19 @@ from dataclasses import dataclass, field
 
 from weightvault.backends.base import FileType
 from weightvault.errors import IntegrityError, ObjectNotFoundError, UnsupportedFormatError, WeightvaultError
-from weightvault.format.layout import blob_aad
-from weightvault.repository.index import decode_index_file, encode_index_file
 from weightvault.repository.locks import LockInfo, list_locks
+from weightvault.repository.maintenance import PackWriter, read_index_files, replace_index
 from weightvault.repository.manifest import iter_manifest
-from weightvault.repository.packer import PackBuilder
 from weightvault.repository.plans import Plan, load_plans, remove_plan, save_plan
 from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
-from weightvault.types import BlobType, PackedBlob
+from weightvault.types import PackedBlob
 
 __all__ = ["DEFAULT_MAX_UNUSED", "PruneOptions", "PruneResult", "prune"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UNUSED = 0.10
-INDEX_FILE_BLOBS = 100_000  # blobs per index file prune writes
 TEMP_MIN_AGE = 3600.0  # seconds: leftover temp files older than this are removed
 
 Copy = tuple[str, PackedBlob]  # (pack id, blob as that pack holds it)
@@ -136,8 +133,17 @@ def prune(repo: Repository, own_lock: str, opts: PruneOptions) -> PruneResult:
         chosen = _choose(roots, view, avoid=pending)
     res.snapshots, res.live_blobs = len(snaps), len(chosen)
     res.packs, res.pack_bytes = len(view.on_disk), sum(view.on_disk.values())
+    condemn = _mark(repo, own_lock, opts, chosen, view, pending, res)
+    if opts.dry_run:
+        return res
+    _sweep_ready(repo, own_lock, condemn, persist, res, say)
+    return res
 
-    # phase 1: mark
+
+def _mark(repo: Repository, own_lock: str, opts: PruneOptions, chosen: dict[bytes, Copy], view: _View,
+          pending: set[str], res: PruneResult) -> set[str]:
+    """Phase 1: condemn unused packs, repack those over the threshold, write the plan (format
+    v4) and record the locks present. Returns the condemned packs (a dry run only counts)."""
     used: dict[str, int] = defaultdict(int)
     kept_in: dict[str, list[PackedBlob]] = defaultdict(list)
     for pack_id, blob in chosen.values():
@@ -160,17 +166,22 @@ def prune(repo: Repository, own_lock: str, opts: PruneOptions) -> PruneResult:
         res.condemned_packs = len(condemn) + len(repack)
         res.pending_packs = len(pending)
         res.pending_bytes = sum(view.on_disk.get(p, 0) for p in pending)
-        return res
+        return condemn
     if repack:
-        say(f"repacking {res.repacked_blobs} blobs from {len(repack)} packs")
+        if opts.say:
+            opts.say(f"repacking {res.repacked_blobs} blobs from {len(repack)} packs")
         res.repack_written_bytes = _repack(repo, repack, kept_in)
         condemn.update(repack)
     res.condemned_packs = len(condemn)
-    if condemn and persist:
+    if condemn and repo.config.version >= 4:
         plan = save_plan(repo.backend, repo.key, condemn, waiting=None)
         _record_waiting(repo, own_lock, plan)
+    return condemn
 
-    # phase 2: sweep what no running client can still need
+
+def _sweep_ready(repo: Repository, own_lock: str, condemn: set[str], persist: bool, res: PruneResult,
+                 say: Callable[[str], None]) -> None:
+    """Phase 2 for every plan no running client can still need (format v1..v3: at once)."""
     if persist:
         ready = _ready_plans(repo, own_lock, res)
         doomed = {p for plan in ready for p in plan.packs}
@@ -188,7 +199,6 @@ def prune(repo: Repository, own_lock: str, opts: PruneOptions) -> PruneResult:
         sizes = dict(repo.backend.list(FileType.PACK))
         res.pending_packs = len(left & set(sizes))
         res.pending_bytes = sum(sizes[p] for p in left if p in sizes)
-    return res
 
 
 # -- phase 1 ---------------------------------------------------------------------------------------
@@ -214,27 +224,9 @@ def _read_state(repo: Repository) -> tuple[list[Snapshot], _View]:
 
 
 def _read_view(repo: Repository) -> _View:
-    files: list[str] = []
-    packs: dict[str, dict[bytes, PackedBlob]] = defaultdict(dict)
-    for name, _ in repo.backend.list(FileType.INDEX):
-        try:
-            content = decode_index_file(repo.key, name, repo.backend.load(FileType.INDEX, name))
-        except ObjectNotFoundError:
-            continue  # superseded meanwhile (a repair); its packs are in the file that replaced it
-        except (IntegrityError, UnsupportedFormatError) as exc:
-            raise IntegrityError(
-                f"index file {name} cannot be read: {exc.message}",
-                hint="prune needs the whole index; run `weightvault repair index`, then prune again",
-            ) from exc
-        files.append(name)
-        for pack_id, blobs in content.items():
-            for b in blobs:
-                packs[pack_id].setdefault(b.blob_id, b)
-    copies: dict[bytes, list[Copy]] = defaultdict(list)
-    for pack_id in sorted(packs):
-        for b in packs[pack_id].values():
-            copies[b.blob_id].append((pack_id, b))
-    return _View(files, dict(packs), dict(copies), dict(repo.backend.list(FileType.PACK)))
+    stored = read_index_files(
+        repo, strict=True, hint="prune needs the whole index; run `weightvault repair index`, then prune again")
+    return _View(stored.files, stored.packs, stored.copies(), dict(repo.backend.list(FileType.PACK)))
 
 
 def _read_snapshots(repo: Repository) -> list[Snapshot]:
@@ -305,61 +297,23 @@ def _rebase_candidates(roots: set[bytes], chosen: dict[bytes, Copy]) -> list[byt
     return sorted(b for b in roots if b in chosen and (base := chosen[b][1].base) is not None and base not in roots)
 
 
-class _PackWriter:
-    """New packs for blobs prune moves or re-encodes: packs are written as they fill, then one
-    index file for all of them (packs first, then their index)."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        self.builders: dict[BlobType, PackBuilder] = {}
-        self.written: dict[str, list[PackedBlob]] = {}
-        self.bytes = 0
-
-    def add(self, blob: PackedBlob, codec: int, envelope: bytes | bytearray, base: bytes | None) -> None:
-        builder = self.builders.setdefault(blob.type, PackBuilder())
-        builder.add(blob.blob_id, blob.type, codec, envelope, blob.raw_length, base)
-        if builder.size >= self.repo.config.pack_size:
-            self._write(self.builders.pop(blob.type))
-
-    def _write(self, builder: PackBuilder) -> None:
-        pack_id, data = builder.finish(self.repo.key)
-        self.repo.backend.save(FileType.PACK, pack_id, data)
-        self.written[pack_id] = builder.blobs
-        self.bytes += len(data)
-
-    def finish(self) -> int:
-        """Write what is left and the index; returns the bytes of packs written."""
-        for builder in self.builders.values():
-            if builder.blobs:
-                self._write(builder)
-        self.builders = {}
-        if self.written:
-            self.repo._write_index(self.written)
-        return self.bytes
-
-
 def _rebase(repo: Repository, blobs: list[bytes], dtypes: dict[bytes, str]) -> int:
     """Store each blob again without a delta base (decoded through its chain, hash-checked, coded
     with the best standalone codec), packs first, then their index. Returns bytes written."""
-    out = _PackWriter(repo)
+    out = PackWriter(repo)
     for bid in blobs:
-        blob = repo.lookup(bid).blob
-        data = repo.load_blob(bid)
-        codec, envelope = repo._encode(blob.type, bid, data, dtypes.get(bid), None)
-        out.add(blob, codec, envelope, None)
+        out.add_plain(repo.lookup(bid).blob.type, bid, repo.load_blob(bid), dtypes.get(bid))
     return out.finish()
 
 
 def _repack(repo: Repository, packs: list[str], kept_in: dict[str, list[PackedBlob]]) -> int:
     """Copy the kept blobs of ``packs`` into new packs (envelopes authenticated, bytes unchanged),
     write the packs, then an index for them. Returns bytes written."""
-    out = _PackWriter(repo)
+    out = PackWriter(repo)
     for pack_id in packs:
         data = repo.backend.load(FileType.PACK, pack_id)
         for b in sorted(kept_in[pack_id], key=lambda b: b.offset):
-            envelope = data[b.offset : b.offset + b.length]
-            repo.key.open(envelope, blob_aad(b.type, b.codec, b.blob_id), f"blob {b.blob_id.hex()} in pack {pack_id}")
-            out.add(b, b.codec, envelope, b.base)
+            out.add_envelope(b, data[b.offset : b.offset + b.length], pack_id)
     return out.finish()
 
 
@@ -409,14 +363,11 @@ def _sweep(repo: Repository, doomed: set[str], still_planned: set[str], ready: l
         log.warning("dropping %d packs from the index that storage no longer holds (no snapshot needs them)",
                     len(missing))
     res.missing_packs_dropped = len(missing)
-    keep = {p: blobs for p, blobs in view.packs.items() if p not in delete and p in view.on_disk}
+    keep = {p: blobs.values() for p, blobs in view.packs.items() if p not in delete and p in view.on_disk}
     # new index first, then drop the files it replaces, then the packs, then the plans
-    written = _write_index_files(repo, keep)
+    written = replace_index(repo, keep, view.files)
     res.index_files_written = len(written)
-    for name in view.files:
-        if name not in written:
-            repo.backend.remove(FileType.INDEX, name)
-            res.index_files_removed += 1
+    res.index_files_removed = len([n for n in view.files if n not in written])
     for pack_id in sorted(delete):
         if pack_id in view.on_disk:
             repo.backend.remove(FileType.PACK, pack_id)
@@ -424,24 +375,3 @@ def _sweep(repo: Repository, doomed: set[str], still_planned: set[str], ready: l
             res.deleted_bytes += view.on_disk[pack_id]
     for plan in ready:
         remove_plan(repo.backend, plan)
-
-
-def _write_index_files(repo: Repository, packs: dict[str, dict[bytes, PackedBlob]]) -> set[str]:
-    names: set[str] = set()
-    batch: dict[str, list[PackedBlob]] = {}
-    count = 0
-    for pack_id in sorted(packs):
-        batch[pack_id] = sorted(packs[pack_id].values(), key=lambda b: b.offset)
-        count += len(batch[pack_id])
-        if count >= INDEX_FILE_BLOBS:
-            names.add(_save_index(repo, batch))
-            batch, count = {}, 0
-    if batch:
-        names.add(_save_index(repo, batch))
-    return names
-
-
-def _save_index(repo: Repository, batch: dict[str, list[PackedBlob]]) -> str:
-    name, stored = encode_index_file(repo.key, batch)
-    repo.backend.save(FileType.INDEX, name, stored)
-    return name

@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 
 from weightvault.backends.base import FileType
 from weightvault.errors import WeightvaultError
-from weightvault.repository.index import MasterIndex, decode_index_file, encode_index_file
+from weightvault.repository.maintenance import read_index_files, replace_index
 from weightvault.repository.packer import read_pack_header
 from weightvault.repository.repo import Repository
 from weightvault.types import PackedBlob
 
-__all__ = ["PACKS_PER_INDEX_FILE", "RepairResult", "rebuild_index"]
-
-PACKS_PER_INDEX_FILE = 2000
+__all__ = ["RepairResult", "rebuild_index"]
 
 
 @dataclass
@@ -35,45 +33,24 @@ class RepairResult:
     skipped_index_files: list[str] = field(default_factory=list)  # damaged old index files
 
 
-def _old_entries(repo: Repository, res: RepairResult) -> dict[str, list[PackedBlob]]:
-    old: dict[str, list[PackedBlob]] = {}
-    for name, _ in repo.backend.list(FileType.INDEX):
-        try:
-            old.update(decode_index_file(repo.key, name, repo.backend.load(FileType.INDEX, name)))
-        except WeightvaultError:
-            res.skipped_index_files.append(name)
-    return old
-
-
 def rebuild_index(repo: Repository) -> RepairResult:
     res = RepairResult()
-    old_names = [n for n, _ in repo.backend.list(FileType.INDEX)]
-    old = _old_entries(repo, res)
+    stored = read_index_files(repo, strict=False)
+    res.skipped_index_files = sorted(stored.unreadable)
     packs: dict[str, list[PackedBlob]] = {}
     for pack_id, size in sorted(repo.backend.list(FileType.PACK)):
         try:
             packs[pack_id] = read_pack_header(repo.backend, repo.key, pack_id, size)
         except WeightvaultError:
-            if pack_id in old:
-                packs[pack_id] = old[pack_id]
+            if pack_id in stored.packs:
+                packs[pack_id] = list(stored.packs[pack_id].values())
                 res.carried_over.append(pack_id)
             else:
                 res.unreadable.append(pack_id)
-    ids = sorted(packs)
-    written: set[str] = set()
-    for i in range(0, len(ids), PACKS_PER_INDEX_FILE):
-        part = {p: packs[p] for p in ids[i : i + PACKS_PER_INDEX_FILE]}
-        name, stored = encode_index_file(repo.key, part)
-        repo.backend.save(FileType.INDEX, name, stored)
-        written.add(name)
-    for name in old_names:  # only after the new index is durable
-        if name not in written:
-            repo.backend.remove(FileType.INDEX, name)
-            res.index_files_removed += 1
+    old_names = [*stored.files, *stored.unreadable]
+    written = replace_index(repo, packs, old_names)  # old files removed only after the new index is durable
+    res.index_files_removed = len([n for n in old_names if n not in written])
     res.index_files_written = len(written)
     res.packs = len(packs)
     res.blobs = sum(len(b) for b in packs.values())
-    repo.index = MasterIndex()
-    repo.indexed_files = set()
-    repo.load_index()
     return res
