@@ -24,9 +24,10 @@ import blake3
 
 from weightvault.backends.base import FileType
 from weightvault.errors import IntegrityError, UsageError, WeightvaultError
+from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
 from weightvault.repository.packer import read_pack_header
-from weightvault.repository.repo import DeltaBase, PlaintextCache, Repository
+from weightvault.repository.repo import DeltaBase, Repository
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType
 
@@ -65,7 +66,7 @@ def copy_snapshots(
         if s.copied_from is not None and s.copied_from["repo"] == src_repo:
             done.setdefault(s.copied_from["snapshot"], s)
     mapping = _known_mapping(src, dst, done)
-    cache = PlaintextCache(src)
+    cache = BlobCache(src)
     for snap in sorted(snaps, key=lambda s: (s.datetime, s.id)):
         if snap.id in done:
             res.skipped.append(snap.id)
@@ -99,7 +100,7 @@ def _copy_one(
     dst: Repository,
     snap: Snapshot,
     mapping: dict[bytes, bytes],
-    cache: PlaintextCache,
+    cache: BlobCache,
     done: dict[str, Snapshot],
     res: CopyResult,
 ) -> Snapshot:
@@ -138,7 +139,7 @@ def _copy_blob(
     i: int,
     blob_id: bytes,
     mapping: dict[bytes, bytes],
-    cache: PlaintextCache,
+    cache: BlobCache,
     res: CopyResult,
 ) -> bytes:
     known = mapping.get(blob_id)

@@ -23,13 +23,12 @@ import resource
 import secrets
 import stat
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from weightvault.backends.base import FileType
 from weightvault.errors import (
     NoSpaceError,
     RestoreConflictError,
@@ -39,10 +38,10 @@ from weightvault.errors import (
 )
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.walk import matches_any
+from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
-from weightvault.types import IndexEntry
 
 __all__ = ["OVERWRITE_MODES", "RestoreOptions", "RestoreResult", "check_path", "restore"]
 
@@ -277,100 +276,6 @@ def _plan(
     return plan
 
 
-class _SharedBlobs:
-    """Loads blobs for a restore, keeping (up to ``max_bytes``) the plaintext of blobs that the plan
-    uses more than once, until their last use: deduplicated data (frozen layers repeated across
-    checkpoints, identical files) and delta bases (each use of a delta blob uses every base on its
-    chain) are read and decoded once while they fit. Thread-safe."""
-
-    def __init__(self, repo: Repository, plan: list[tuple[Node, list[bytes]]], max_bytes: int) -> None:
-        self.repo = repo
-        self._uses = Counter(b for n, _ in plan if n.type == "file" for b in n.blobs)
-        # Decoding a delta blob loads its base once (through this cache); each needed blob is
-        # decoded once while it is kept, so a base gets one more use per distinct dependant.
-        todo, seen = list(self._uses), set(self._uses)
-        while todo:
-            base = repo.index.base_of(todo.pop())
-            if base is not None:
-                self._uses[base] += 1
-                if base not in seen:
-                    seen.add(base)
-                    todo.append(base)
-        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
-        self._size = 0
-        self._max = max_bytes
-        self._lock = threading.Lock()
-        self._loading: dict[bytes, threading.Event] = {}  # shared blobs being loaded right now
-
-    def lookup(self, blob_id: bytes) -> IndexEntry:
-        return self.repo.lookup(blob_id)
-
-    def shared(self, blob_id: bytes) -> bool:
-        """True if the plan uses this blob more than once (so it goes through the cache)."""
-        with self._lock:
-            return self._uses[blob_id] > 1 or blob_id in self._kept
-
-    def load_run(self, blob_ids: list[bytes]) -> list[bytes]:
-        """Plaintexts of blobs stored back to back in one pack, fetched with one range read (a
-        single blob goes through ``load_blob`` and the cache)."""
-        if len(blob_ids) == 1:
-            return [self.load_blob(blob_ids[0])]
-        entries = [self.repo.lookup(b) for b in blob_ids]
-        lo = min(e.blob.offset for e in entries)
-        hi = max(e.blob.offset + e.blob.length for e in entries)
-        span = self.repo.backend.load(FileType.PACK, entries[0].pack_id, lo, hi - lo)
-        out = []
-        for e in entries:
-            start = e.blob.offset - lo
-            out.append(self.repo.decode_blob(e.pack_id, e.blob, span[start : start + e.blob.length], self.load_blob))
-            with self._lock:
-                self._used(e.blob.blob_id)
-        return out
-
-    def load_blob(self, blob_id: bytes) -> bytes:
-        """The blob's plaintext. A blob used more than once is loaded by one thread at a time: a
-        second thread asking meanwhile waits for it and takes the cached copy (or, if the first
-        failed or the copy did not fit, loads it itself)."""
-        while True:
-            with self._lock:
-                data = self._kept.get(blob_id)
-                if data is not None:
-                    self._used(blob_id)
-                    return data
-                busy = self._loading.get(blob_id)
-                if busy is None:
-                    mine = threading.Event() if self._uses[blob_id] > 1 else None
-                    if mine is not None:
-                        self._loading[blob_id] = mine
-                    break
-            busy.wait()
-            with self._lock:
-                if blob_id not in self._kept:  # the other load failed, or its result was not kept
-                    mine = None
-                    break
-        try:
-            data = self.repo.load_blob(blob_id, self.load_blob)
-            with self._lock:
-                if self._uses[blob_id] > 1 and len(data) <= self._max and blob_id not in self._kept:
-                    self._kept[blob_id] = data
-                    self._size += len(data)
-                    while self._size > self._max:
-                        _, old = self._kept.popitem(last=False)
-                        self._size -= len(old)
-                self._used(blob_id)
-        finally:
-            if mine is not None:
-                with self._lock:
-                    self._loading.pop(blob_id, None)
-                mine.set()
-        return data
-
-    def _used(self, blob_id: bytes) -> None:
-        self._uses[blob_id] -= 1
-        if self._uses[blob_id] <= 0 and blob_id in self._kept:
-            self._size -= len(self._kept.pop(blob_id))
-
-
 def _restore_files(
     repo: Repository,
     plan: list[tuple[Node, list[bytes]]],
@@ -385,7 +290,8 @@ def _restore_files(
     in a separate pool. The first failure stops new work and is raised once running tasks end."""
     lock = threading.Lock()
     slots = threading.BoundedSemaphore(_FILES_IN_FLIGHT)
-    shared = _SharedBlobs(repo, plan, _SHARED_BLOB_BYTES)
+    shared = BlobCache.counting(repo, (b for n, _ in plan if n.type == "file" for b in n.blobs),
+                                _SHARED_BLOB_BYTES)
     failed: list[BaseException] = []
 
     def done(fut: Future[None]) -> None:
@@ -421,7 +327,7 @@ def _restore_files(
 class _FileJobs:
     """What every file task of one restore shares."""
 
-    blobs: _SharedBlobs
+    blobs: BlobCache
     pool: ThreadPoolExecutor  # blob loads and positional writes
     verify: bool
     reporter: Reporter
@@ -507,7 +413,7 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
 _RUN_BYTES = 8 * 1024 * 1024  # largest stored span fetched by one coalesced read
 
 
-def _runs(repo: _SharedBlobs, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
+def _runs(repo: BlobCache, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
     """Group the file's blobs into runs of (blob id, file offset): consecutive blobs of the file that
     lie in the same pack within one span of at most ``_RUN_BYTES`` (in any order: parallel backup
     workers store neighbours slightly out of order), with at most an eighth of the span being other
@@ -534,7 +440,7 @@ def _runs(repo: _SharedBlobs, blobs: list[bytes]) -> list[list[tuple[bytes, int]
 
 
 def _load_and_write(
-    pool: ThreadPoolExecutor, repo: _SharedBlobs, blobs: list[bytes], fd: int, lookahead: int
+    pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int, lookahead: int
 ) -> Iterator[bytes]:
     """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
     the plaintexts in file order for hashing. Blobs stored back to back are fetched with one range

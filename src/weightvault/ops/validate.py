@@ -40,8 +40,9 @@ from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
 from weightvault.chunking.safetensors import parse_safetensors
 from weightvault.chunking.torchzip import torch_zip_members
 from weightvault.errors import IntegrityError, WeightvaultError
+from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
-from weightvault.repository.repo import PlaintextCache, Repository
+from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
 
 if TYPE_CHECKING:
@@ -275,7 +276,7 @@ def validate_tree(repo: Repository, snap: Snapshot, root: Path, level: int,
     anything else may have written since.
     """
     report = ValidationReport(snap.id, level, check=check if level >= 4 else None)
-    cache = PlaintextCache(repo, 64 * 1024 * 1024)
+    cache = BlobCache(repo, 64 * 1024 * 1024)
     for node in iter_manifest(snap.tree, repo.load_blob):
         if node.type != "file":
             continue

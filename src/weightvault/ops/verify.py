@@ -22,8 +22,9 @@ from pathlib import Path
 
 from weightvault.errors import WeightvaultError
 from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
-from weightvault.repository.repo import PlaintextCache, Repository
+from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
 
 __all__ = ["VerifyResult", "bucket_of", "verify_snapshot"]
@@ -67,7 +68,7 @@ def verify_snapshot(
     files = [n for n in chosen if n.type == "file"]
     reporter = Reporter(progress, "verify")
     reporter.set_totals(len(files), sum(n.size for n in files))
-    cache = PlaintextCache(repo)
+    cache = BlobCache(repo)
     seen: set[bytes] = set()
     for n in files:
         _check_file(n, cache, seen, res)
@@ -79,7 +80,7 @@ def verify_snapshot(
     return res
 
 
-def _check_file(n: Node, cache: PlaintextCache, seen: set[bytes], res: VerifyResult) -> None:
+def _check_file(n: Node, cache: BlobCache, seen: set[bytes], res: VerifyResult) -> None:
     path = n.path.decode("utf-8", "replace")
     sha, size = hashlib.sha256(), 0
     try:

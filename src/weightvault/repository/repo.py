@@ -11,7 +11,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -45,7 +44,7 @@ from weightvault.repository.session import LockMode, Session
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType, IndexEntry, PackedBlob
 
-__all__ = ["MAX_CHAIN", "DeltaBase", "PlaintextCache", "Repository"]
+__all__ = ["MAX_CHAIN", "DeltaBase", "Repository"]
 
 log = logging.getLogger(__name__)
 
@@ -64,37 +63,6 @@ class DeltaBase:
     load: Callable[[], bytes | None]
 
 
-class PlaintextCache:
-    """Decoded blobs, bounded (least recently used dropped). ``load`` decodes delta blobs with
-    their bases served from here, so a chain shared by many blobs is decoded once while cached."""
-
-    def __init__(self, repo: Repository, max_bytes: int = 256 * 1024 * 1024, wanted: set[bytes] | None = None) -> None:
-        self.repo = repo
-        self.max_bytes = max_bytes
-        self.wanted = wanted  # None: keep any blob; else only these (e.g. known delta bases)
-        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
-        self._size = 0
-
-    def keep(self, blob_id: bytes, data: bytes) -> None:
-        """Remember a decoded blob (if wanted and not larger than the whole budget)."""
-        if (self.wanted is not None and blob_id not in self.wanted) or blob_id in self._kept:
-            return
-        if len(data) <= self.max_bytes:
-            self._kept[blob_id] = data
-            self._size += len(data)
-            while self._size > self.max_bytes:
-                self._size -= len(self._kept.popitem(last=False)[1])
-
-    def load(self, blob_id: bytes) -> bytes:
-        data = self._kept.get(blob_id)
-        if data is not None:
-            self._kept.move_to_end(blob_id)
-            return data
-        data = self.repo.load_blob(blob_id, self.load)
-        self.keep(blob_id, data)
-        return data
-
-
 class Repository:
     """An unlocked repository. Blob saving is thread-safe; call ``flush()`` before saving a snapshot."""
 
@@ -105,6 +73,7 @@ class Repository:
         self.key_name = key_name
         self.index = MasterIndex()
         self._lock = threading.Lock()
+        self._index_lock = threading.RLock()  # one index refresh at a time
         self._pending: set[bytes] = set()
         self._packers: dict[BlobType, PackBuilder] = {}
         self._unindexed: dict[str, list[PackedBlob]] = {}
@@ -191,11 +160,11 @@ class Repository:
     def reload_index(self, condemned: frozenset[str] | None = None) -> None:
         """Forget the in-memory index and read it again (if it had been read), e.g. after prune
         rewrote it. ``condemned`` defaults to the packs condemned now."""
-        loaded = bool(self.indexed_files)
-        self.index = MasterIndex(self.index.condemned if condemned is None else condemned)
-        self.indexed_files = set()
-        if loaded:
-            self.load_index()
+        with self._index_lock:
+            loaded = bool(self.indexed_files)
+            self._reset_index(condemned)
+            if loaded:
+                self._refresh_index()
 
     # -- index -----------------------------------------------------------------------------------
     def load_index(self) -> None:
@@ -205,7 +174,11 @@ class Repository:
         again, so a blob of a deleted pack is never reused nor looked up. A damaged file is skipped
         (and logged): its packs count as unindexed, so the next backup re-indexes them from their
         headers; ``check`` reports it. A file removed between listing and reading is handled the
-        same way, by listing again."""
+        same way, by listing again. Threads refresh one at a time."""
+        with self._index_lock:
+            self._refresh_index()
+
+    def _refresh_index(self) -> None:
         for _attempt in range(5):
             listed = [name for name, _ in self.backend.list(FileType.INDEX)]
             if self.indexed_files - set(listed):
@@ -228,11 +201,11 @@ class Repository:
             if not vanished:
                 return
 
-    def _reset_index(self) -> None:
+    def _reset_index(self, condemned: frozenset[str] | None = None) -> None:
         """Drop what was read from index files; keep the packs this client wrote and has not
         indexed yet (they are durable and will be indexed by the next flush)."""
         with self._lock:
-            self.index = MasterIndex(self.index.condemned)
+            self.index = MasterIndex(self.index.condemned if condemned is None else condemned)
             self.indexed_files = set()
             for pack_id, blobs in self._unindexed.items():
                 self.index.add_pack(pack_id, blobs)
@@ -260,14 +233,16 @@ class Repository:
         if found:
             for pack_id, blobs in found.items():
                 self.index.add_pack(pack_id, blobs)
-            self._write_index(found)
+            self.write_index_file(found)
         return added
 
-    def _write_index(self, packs: dict[str, list[PackedBlob]]) -> None:
+    def write_index_file(self, packs: dict[str, list[PackedBlob]]) -> str:
+        """Write one index file describing ``packs`` (all durable already); returns its name."""
         name, stored = encode_index_file(self.key, packs)
         self.backend.save(FileType.INDEX, name, stored)
         self.indexed_files.add(name)
         self._last_index_write = time.monotonic()
+        return name
 
     # -- blobs -----------------------------------------------------------------------------------
     def has_blob(self, blob_id: bytes) -> bool:
@@ -349,7 +324,7 @@ class Repository:
             self._pending.add(bid)
         try:
             base = self._usable_base(btype, bid, data, delta)
-            codec, envelope = self._encode(btype, bid, data, dtype, base)
+            codec, envelope = self.encode_blob(btype, bid, data, dtype, base)
             full = None
             while True:
                 with self._lock:
@@ -366,7 +341,7 @@ class Repository:
                             full = self._packers.pop(btype)
                         break
                 base = None  # the base's pack was sealed meanwhile and is not durable yet: rare
-                codec, envelope = self._encode(btype, bid, data, dtype, None)
+                codec, envelope = self.encode_blob(btype, bid, data, dtype, None)
         except BaseException:
             with self._lock:
                 self._pending.discard(bid)
@@ -375,9 +350,11 @@ class Repository:
             self._write_pack(full)
         return bid, True
 
-    def _encode(
-        self, btype: BlobType, bid: bytes, data: bytes, dtype: str | None, base: tuple[bytes, bytes] | None
+    def encode_blob(
+        self, btype: BlobType, bid: bytes, data: bytes, dtype: str | None, base: tuple[bytes, bytes] | None = None
     ) -> tuple[int, bytes | bytearray]:
+        """(codec, sealed envelope) of ``data`` as this repository stores it: the smallest
+        encoding its format allows (with ``base``: possibly an XOR delta against it)."""
         # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository.
         codec, payload = compress_best(
             data, self.config.compression_level, dtype=dtype, allow_byteplane=self.config.version >= 2, base=base
@@ -440,7 +417,7 @@ class Repository:
     def _write_index_or_keep(self, packs: dict[str, list[PackedBlob]]) -> None:
         """Write an index for ``packs``; if that fails they stay queued for the next flush."""
         try:
-            self._write_index(packs)
+            self.write_index_file(packs)
         except BaseException:
             with self._lock:
                 for pack_id, blobs in packs.items():
