@@ -41,7 +41,7 @@ def setup(tmp_path: Path) -> tuple[Repository, Path, str, dict[str, str]]:
 
 class _FrozenClock(datetime):
     @classmethod
-    def now(cls, tz: object = None) -> _FrozenClock:  # type: ignore[override]
+    def now(cls, tz: object = None) -> _FrozenClock:
         return cls(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 
 
@@ -122,7 +122,7 @@ def test_a_swap_killed_at_any_step_loses_nothing_and_the_next_swap_cleans_up(
 ) -> None:
     """Without RENAME_EXCHANGE (other kernels, some filesystems) the swap is two renames; a kill
     between them leaves no live directory for a moment, and the next swap finishes the job."""
-    repo, run, _snap, good = setup
+    _repo, run, _snap, good = setup
     damaged = contents(run)
     base = tmp_path / "base"
     shutil.copytree(tmp_path / "site", base / "site", symlinks=True)

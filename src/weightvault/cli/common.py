@@ -181,13 +181,11 @@ def percent(text: str, option: str) -> float:
     return value / 100
 
 
-DEFAULT_POLICY = "~/.config/weightvault/policy.toml"
-
-
 def policy_option(f: Any) -> Any:
-    """``--policy FILE`` (``$WEIGHTVAULT_POLICY``, default ~/.config/weightvault/policy.toml)."""
-    return click.option("--policy", "policy_path", envvar="WEIGHTVAULT_POLICY", default=DEFAULT_POLICY,
-                        show_default=True, metavar="FILE", help="The policy file ($WEIGHTVAULT_POLICY).")(f)
+    """``--policy FILE`` (``$WEIGHTVAULT_POLICY``, default ``$XDG_CONFIG_HOME/weightvault/policy.toml``)."""
+    return click.option("--policy", "policy_path", envvar="WEIGHTVAULT_POLICY",
+                        default=lambda: str(api.default_policy_file()), show_default="$XDG_CONFIG_HOME/weightvault/"
+                        "policy.toml (~/.config/...)", metavar="FILE", help="The policy file ($WEIGHTVAULT_POLICY).")(f)
 
 
 def now_option(f: Any) -> Any:
@@ -237,7 +235,7 @@ def named_repository(g: Globals, name: str | None) -> api.Repository | None:
     is such a name and not an existing repository path."""
     if not name or "/" in name or ":" in name or api.repository_exists(name, g.storage):
         return None
-    path = os.path.expanduser(os.environ.get("WEIGHTVAULT_POLICY") or DEFAULT_POLICY)
+    path = os.path.expanduser(os.environ.get("WEIGHTVAULT_POLICY") or str(api.default_policy_file()))
     if not os.path.exists(path):
         return None
     spec = load_policy_file(path)

@@ -20,7 +20,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -239,7 +239,47 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     if not sources:
         raise UsageError("nothing to back up: give at least one path")
     validate_group_args(opts.group, opts.rank, opts.world_size)
-    abs_paths = [os.path.abspath(os.fsencode(p)) for p in sources]
+    roots = _roots([os.path.abspath(os.fsencode(p)) for p in sources])
+    path_strs = sorted(os.fsdecode(p) for p in roots.values())
+    host = opts.host or socket.gethostname()
+    repo.recover_unindexed_packs()
+    parent = _parent(repo, opts, host, path_strs)
+    previous: dict[bytes, Node] = {}
+    if parent is not None and not opts.force:
+        previous = {n.path: n for n in iter_manifest(parent.tree, repo.load_blob) if n.type == "file"}
+    run = _Run(repo, opts, roots, previous, Reporter(opts.progress, "backup"), BaseFinder(repo, previous, roots))
+    run.prescan()
+    start = time.monotonic()
+    blobs_before, stored_before = repo.stats_new_blobs, repo.stats_new_stored
+    tree = run.store_tree()
+    repo.flush()  # packs, then index: everything the snapshot references is durable
+    run.reporter.done()
+    summary: dict[str, float] = dict(run.totals)
+    summary.update(duration_s=round(time.monotonic() - start, 3), blobs_added=repo.stats_new_blobs - blobs_before,
+                   stored_bytes_added=repo.stats_new_stored - stored_before, errors=len(run.errors))
+    snap = Snapshot(
+        time=_utc(opts.time).isoformat(), host=host, user=_user(), paths=path_strs, tags=list(opts.tags), tree=tree,
+        parent=parent.id if parent else None, summary=summary, program_version=__version__,
+        group={"id": opts.group, "rank": opts.rank, "world_size": opts.world_size} if opts.group is not None else None,
+        locked_until=_utc(opts.lock_until).isoformat() if opts.lock_until is not None else None,
+    )
+    repo.save_snapshot(snap)
+    if opts.lock_until is not None and repo.backend.supports_retention:
+        retain_snapshot(repo, snap, _utc(opts.lock_until))
+    group = commit_group(repo, opts.group)[0] if opts.group is not None else None
+    return BackupResult(snap, run.errors, run.warnings, group)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _roots(abs_paths: list[bytes]) -> dict[bytes, bytes]:
+    """Each source's name in the snapshot -> its absolute path (UsageError for a missing source, a
+    path that is not UTF-8, or two sources with the same name)."""
     roots: dict[bytes, bytes] = {}
     for p in abs_paths:
         if not os.path.lexists(p):
@@ -258,129 +298,115 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
                 hint="back them up in separate snapshots or from a common parent directory",
             )
         roots[name] = p
-    path_strs = sorted(os.fsdecode(p) for p in roots.values())
-    host = opts.host or socket.gethostname()
-    registry = opts.registry or default_registry()
-    workers = opts.workers or os.cpu_count() or 2
+    return roots
 
-    repo.recover_unindexed_packs()
-    parent: Snapshot | None = None
+
+def _parent(repo: Repository, opts: BackupOptions, host: str, path_strs: list[str]) -> Snapshot | None:
     if opts.parent:
         try:
-            parent = repo.load_snapshot(opts.parent)
+            return repo.load_snapshot(opts.parent)
         except ObjectNotFoundError as exc:  # a damaged parent raises its own IntegrityError
             raise SnapshotNotFoundError(f"parent snapshot {opts.parent} not found") from exc
-    elif not opts.force:
-        parent = find_parent(repo, host, path_strs, opts.rank if opts.group else None)
-    previous: dict[bytes, Node] = {}
-    if parent is not None and not opts.force:
-        previous = {n.path: n for n in iter_manifest(parent.tree, repo.load_blob) if n.type == "file"}
-    finder = BaseFinder(repo, previous, roots)
+    if opts.force:
+        return None
+    return find_parent(repo, host, path_strs, opts.rank if opts.group else None)
 
-    reporter = Reporter(opts.progress, "backup")
-    errors: list[tuple[str, str]] = []
-    warnings: list[tuple[str, str]] = []
-    free, total = repo.backend.free_space(), repo.backend.total_space()
-    space_check = opts.min_free > 0 and free is not None and bool(total)
-    if opts.progress is not None or space_check:
+
+@dataclass
+class _Run:
+    """One backup's walk: what it found, stored, skipped and counted."""
+
+    repo: Repository
+    opts: BackupOptions
+    roots: dict[bytes, bytes]
+    previous: dict[bytes, Node]
+    reporter: Reporter
+    finder: BaseFinder
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("files", "dirs", "symlinks", "bytes", "files_new", "files_changed", "files_unmodified", "bytes_read"), 0))
+
+    def walk(self) -> Iterator[Entry | WalkError]:
+        for name, p in sorted(self.roots.items()):
+            yield from walk_source(p, name, self.opts.excludes, self.opts.exclude_caches, self.opts.includes)
+
+    def prescan(self) -> None:
+        """With a progress display or a free-space check: count what the walk will read first."""
+        backend = self.repo.backend
+        free, total = backend.free_space(), backend.total_space()
+        space_check = self.opts.min_free > 0 and free is not None and bool(total)
+        if self.opts.progress is None and not space_check:
+            return
         tf = tb = changed = 0
-        for name, p in sorted(roots.items()):
-            for e in walk_source(p, name, opts.excludes, opts.exclude_caches, opts.includes):
-                if isinstance(e, Entry) and stat.S_ISREG(e.st.st_mode):
-                    tf, tb = tf + 1, tb + e.st.st_size
-                    if not _unchanged(previous.get(e.rel), e.st, repo):
-                        changed += e.st.st_size
-        reporter.set_totals(tf, tb)
+        for e in self.walk():
+            if isinstance(e, Entry) and stat.S_ISREG(e.st.st_mode):
+                tf, tb = tf + 1, tb + e.st.st_size
+                if not _unchanged(self.previous.get(e.rel), e.st, self.repo):
+                    changed += e.st.st_size
+        self.reporter.set_totals(tf, tb)
         if space_check:
             assert free is not None and total is not None
-            warnings += check_space(repo.backend.location, free, total, changed, opts.min_free)
+            self.warnings += check_space(backend.location, free, total, changed, self.opts.min_free)
 
-    totals = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0, "files_new": 0, "files_changed": 0,
-              "files_unmodified": 0, "bytes_read": 0}
-    start = time.monotonic()
-    blobs_before, stored_before = repo.stats_new_blobs, repo.stats_new_stored
-    writer = ManifestWriter()
-    saver = _Saver(repo, workers)
-    try:
-        for name, p in sorted(roots.items()):
-            for e in walk_source(p, name, opts.excludes, opts.exclude_caches, opts.includes):
-                if isinstance(e, WalkError):
-                    errors.append((os.fsdecode(e.rel), e.reason))
-                    continue
-                mode = e.st.st_mode
-                if stat.S_ISDIR(mode):
-                    writer.add(_meta(Node(path=e.rel, type="dir"), e.st))
-                    totals["dirs"] += 1
-                elif stat.S_ISLNK(mode):
-                    try:
-                        target = os.readlink(e.abs)
-                    except OSError as exc:
-                        errors.append((os.fsdecode(e.rel), exc.strerror or str(exc)))
-                        continue
-                    writer.add(_meta(Node(path=e.rel, type="symlink", target=target), e.st))
-                    totals["symlinks"] += 1
-                elif stat.S_ISREG(mode):
-                    prev = previous.get(e.rel)
-                    if _unchanged(prev, e.st, repo):
-                        assert prev is not None
-                        node = _meta(Node(path=e.rel, type="file", size=prev.size, blobs=prev.blobs,
-                                          sha256=prev.sha256, tensors=prev.tensors), e.st)
-                        finder.note(e.rel, e.abs, node, None)
-                        totals["files_unmodified"] += 1
-                        reporter.add(files=1, nbytes=e.st.st_size, current=os.fsdecode(e.rel))
-                    else:
-                        node_or_none = _backup_file(
-                            e, saver, registry, repo, reporter, errors, warnings, totals, finder
-                        )
-                        if node_or_none is None:
-                            continue
-                        node = node_or_none
-                        totals["files_changed" if prev is not None else "files_new"] += 1
-                        reporter.add(files=1, current=os.fsdecode(e.rel))
+    def store_tree(self) -> list[bytes]:
+        """Walk the sources, store new data and the manifest; returns the manifest's tree blobs."""
+        writer = ManifestWriter()
+        saver = _Saver(self.repo, self.opts.workers or os.cpu_count() or 2)
+        try:
+            for e in self.walk():
+                node = self._node(e, saver)
+                if node is not None:
                     writer.add(node)
-                    totals["files"] += 1
-                    totals["bytes"] += node.size
-                else:
-                    warnings.append((os.fsdecode(e.rel), "special file (device, fifo or socket) not backed up"))
-        saver.close()  # every chunk stored (or the first storing error raised)
-    except BaseException:
-        writer.close()
-        saver.pool.shutdown(wait=True)
-        raise
-    tree = writer.finish(lambda data: repo.save_blob(BlobType.TREE, data)[0])
-    repo.flush()  # packs, then index: everything the snapshot references is durable
-    reporter.done()
-    summary: dict[str, float] = dict(totals)
-    summary.update(
-        duration_s=round(time.monotonic() - start, 3),
-        blobs_added=repo.stats_new_blobs - blobs_before,
-        stored_bytes_added=repo.stats_new_stored - stored_before,
-        errors=len(errors),
-    )
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    snap = Snapshot(
-        time=_utc(opts.time).isoformat(),
-        host=host,
-        user=user,
-        paths=path_strs,
-        tags=list(opts.tags),
-        tree=tree,
-        parent=parent.id if parent else None,
-        summary=summary,
-        program_version=__version__,
-        group=(
-            {"id": opts.group, "rank": opts.rank, "world_size": opts.world_size} if opts.group is not None else None
-        ),
-        locked_until=_utc(opts.lock_until).isoformat() if opts.lock_until is not None else None,
-    )
-    repo.save_snapshot(snap)
-    if opts.lock_until is not None and repo.backend.supports_retention:
-        retain_snapshot(repo, snap, _utc(opts.lock_until))
-    group = commit_group(repo, opts.group)[0] if opts.group is not None else None
-    return BackupResult(snap, errors, warnings, group)
+            saver.close()  # every chunk stored (or the first storing error raised)
+        except BaseException:
+            writer.close()
+            saver.pool.shutdown(wait=True)
+            raise
+        return writer.finish(lambda data: self.repo.save_blob(BlobType.TREE, data)[0])
+
+    def _node(self, e: Entry | WalkError, saver: _Saver) -> Node | None:
+        if isinstance(e, WalkError):
+            self.errors.append((os.fsdecode(e.rel), e.reason))
+            return None
+        mode = e.st.st_mode
+        if stat.S_ISDIR(mode):
+            self.totals["dirs"] += 1
+            return _meta(Node(path=e.rel, type="dir"), e.st)
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(e.abs)
+            except OSError as exc:
+                self.errors.append((os.fsdecode(e.rel), exc.strerror or str(exc)))
+                return None
+            self.totals["symlinks"] += 1
+            return _meta(Node(path=e.rel, type="symlink", target=target), e.st)
+        if stat.S_ISREG(mode):
+            return self._file(e, saver)
+        self.warnings.append((os.fsdecode(e.rel), "special file (device, fifo or socket) not backed up"))
+        return None
+
+    def _file(self, e: Entry, saver: _Saver) -> Node | None:
+        prev = self.previous.get(e.rel)
+        if _unchanged(prev, e.st, self.repo):
+            assert prev is not None
+            node = _meta(Node(path=e.rel, type="file", size=prev.size, blobs=prev.blobs, sha256=prev.sha256,
+                              tensors=prev.tensors), e.st)
+            self.finder.note(e.rel, e.abs, node, None)
+            self.totals["files_unmodified"] += 1
+            self.reporter.add(files=1, nbytes=e.st.st_size, current=os.fsdecode(e.rel))
+        else:
+            registry = self.opts.registry or default_registry()
+            stored = _backup_file(e, saver, registry, self.repo, self.reporter, self.errors, self.warnings,
+                                  self.totals, self.finder)
+            if stored is None:
+                return None
+            node = stored
+            self.totals["files_changed" if prev is not None else "files_new"] += 1
+            self.reporter.add(files=1, current=os.fsdecode(e.rel))
+        self.totals["files"] += 1
+        self.totals["bytes"] += node.size
+        return node
 
 
 def retain_snapshot(repo: Repository, snap: Snapshot, until: datetime) -> int:

@@ -1,19 +1,4 @@
-"""The public Python API. The CLI, integrations and the web dashboard use only this module.
-
-    from weightvault.api import Repository
-    repo = Repository.open("/backups/repo", password="...")
-    result = repo.backup(["runs/exp7"], tags=["run=exp7", "step=2000"])
-    repo.restore("latest:run=exp7", target="/tmp/exp7", verify=True)
-    assert repo.check(read_data=True).ok
-
-A ``Repository`` may be kept open for days and used from several threads: every method runs in
-one session (``weightvault.repository.session``) that takes the lock it needs and first brings
-the index and the snapshot list up to date with what other clients committed. A method called
-from inside another (a drill's restore) joins the caller's session when its lock suffices.
-
-Errors are ``weightvault.errors.WeightvaultError`` subclasses, each with an ``exit_code``; an
-``OSError`` from this machine's files is converted to one at this boundary.
-"""
+"""``Repository``: the public facade over the engine, one session per call (see ``weightvault.api``)."""
 
 from __future__ import annotations
 
@@ -22,17 +7,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend, repository_exists
-from weightvault.backends.limits import parse_rate
+from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
 from weightvault.backends.local import convert_os_error
-from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
-from weightvault.errors import ImmutableError, IntegrityError, RepositoryNotFoundError, UsageError, WeightvaultError
+from weightvault.errors import ImmutableError, RepositoryNotFoundError, UsageError
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import copy as _copy
@@ -50,23 +32,18 @@ from weightvault.ops import verify as _verify
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
 from weightvault.ops.copy import CopyResult
-from weightvault.ops.diff import DiffEntry, DiffResult
+from weightvault.ops.diff import DiffResult
 from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
 from weightvault.ops.heal import HealResult
-from weightvault.ops.progress import Progress, ProgressCallback
+from weightvault.ops.progress import ProgressCallback
 from weightvault.ops.prune import PruneResult
 from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
-from weightvault.ops.retention import parse_duration
 from weightvault.ops.stats import Stats
 from weightvault.ops.validate import ValidationReport
 from weightvault.ops.verify import VerifyResult
 from weightvault.policy import journal as _journal
-from weightvault.policy import spec as _spec
-from weightvault.policy import suggest as _suggest
-from weightvault.policy.plan import RpoLine
-from weightvault.policy.spec import PolicySpec
 from weightvault.repository import keys as _keys
 from weightvault.repository import ledger as _ledger
 from weightvault.repository import locks as _locks
@@ -79,30 +56,16 @@ from weightvault.repository.session import LockMode, Session
 from weightvault.repository.snapshots import Snapshot
 from weightvault.runner import audit as _audit
 from weightvault.runner import drill as _drill
-from weightvault.runner import policy as _policy
+from weightvault.runner import repairing as _repairing
 from weightvault.runner import swap as _swap
 from weightvault.runner.defaults import (
-    default_key_file,
-    default_policy_file,
-    default_repository_path,
-    generate_key_file,
     password_bytes,
-    read_password_file,
 )
 from weightvault.runner.drill import DrillResult
-from weightvault.runner.policy import PolicyRun, PolicyStep
 from weightvault.runner.sampling import SampleRotation
 from weightvault.runner.swap import SwapResult
 
-__all__ = [
-    "OVERWRITE_MODES", "BackupResult", "CheckResult", "CopyResult", "DefaultRepository", "DiffEntry", "DiffResult",
-    "DrillResult", "Fleet", "ForgetResult", "Group", "HealResult", "KdfParams", "KeyInfo", "LedgerCheck", "LockInfo",
-    "Node", "PolicyRun", "PolicySpec", "PolicyStep", "Progress", "ProgressCallback", "PruneResult", "RepairResult",
-    "Repository", "RestoreResult", "RetryPolicy", "RpoLine", "Snapshot", "Stats", "StorageOptions", "SwapResult",
-    "ValidationReport", "VerifyResult", "apply_policy", "default_key_file", "default_policy_file",
-    "default_repository_path", "load_policy", "open_or_create_default", "parse_duration", "parse_policy",
-    "parse_rate", "policy_status", "read_password_file", "repository_exists", "suggest_policy", "tier_run",
-]
+__all__ = ["Repository"]
 
 _COVERS = {  # the modes a session already holding a lock can serve without taking another
     LockMode.NONE: {LockMode.NONE}, LockMode.SHARED: {LockMode.NONE, LockMode.SHARED},
@@ -302,17 +265,8 @@ class Repository:
         if overwrite not in OVERWRITE_MODES:
             raise UsageError(f"unknown overwrite mode {overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
         if repair_from is not None:
-            try:
-                return self.restore(spec, target, includes=includes, overwrite=overwrite, verify=verify,
-                                    progress=progress)
-            except IntegrityError as exc:
-                healed = self.heal_from(repair_from)
-                if not healed.repaired:
-                    raise IntegrityError("restore found damaged data and the replica could not repair it: "
-                                         + "; ".join(why for _, why in healed.unrepaired[:3]),
-                                         hint="run `weightvault check --read-data` to see what is damaged") from exc
-            return self.restore(spec, target, includes=includes, overwrite="if-changed" if overwrite == "error"
-                                else overwrite, verify=verify, progress=progress)
+            return _repairing.restore_repairing(self, repair_from, spec, target, includes=includes,
+                                                overwrite=overwrite, verify=verify, progress=progress)
         opts = _restore.RestoreOptions(includes=list(includes), overwrite=overwrite,  # type: ignore[arg-type]
                                        verify=verify, progress=progress)
         with self._session(LockMode.SHARED) as s:
@@ -399,10 +353,7 @@ class Repository:
             rec.update(ok=res.ok, detail=f"{len(res.damaged)} damaged, {len(res.repaired)} rewritten from the replica,"
                        f" {len(res.unrepaired)} not repairable")
         if res.damaged and not dry_run:
-            _journal.append_record(_journal.default_journal_path(), {
-                "time": datetime.now(UTC).isoformat(), "step": "repair", "repository": self.location,
-                "replica": replica.location, "ok": res.ok, "repaired": len(res.repaired),
-                "detail": f"{len(res.repaired)} blob(s) rewritten from the replica, {len(res.unrepaired)} not"})
+            _repairing.journal_repair(self.location, replica.location, res)
         return res
 
     def check(self, *, read_data: bool = False, subset: str | None = None,
@@ -520,80 +471,3 @@ class Repository:
 
     def unlock(self, remove_all: bool = False) -> list[LockInfo]:
         return _locks.remove_stale_locks(self._repo.backend, remove_all)
-
-
-@dataclass(frozen=True)
-class DefaultRepository:
-    repository: Repository
-    created: bool
-    key_file: Path | None  # the generated key file, when this call created it
-
-
-def open_or_create_default(password: str | bytes | None, *, create: bool,
-                           delta_max_depth: int | None = None) -> DefaultRepository:
-    """Open the embedded default repository, creating it (and a key file, mode 0600) if asked.
-    With no password, the generated key file is used; with one, it protects the new repository."""
-    path, keyfile = default_repository_path(), default_key_file()
-    if password is None and keyfile.exists():
-        password = read_password_file(keyfile)
-    if (path / "config").exists():
-        if password is None:
-            raise UsageError(f"the default repository at {path} needs a password and {keyfile} does not exist",
-                             hint="set $WEIGHTVAULT_PASSWORD or use --password-file")
-        return DefaultRepository(Repository.open(path, password), False, None)
-    if not create:
-        raise RepositoryNotFoundError(f"the default repository {path} does not exist yet",
-                                      hint="run `weightvault init` or a first `weightvault backup PATH`")
-    generated = None
-    if password is None:
-        password, generated = generate_key_file(keyfile), keyfile
-    try:
-        repo = Repository.init(path, password, delta_max_depth=delta_max_depth)
-    except WeightvaultError:
-        if generated is not None:
-            generated.unlink()
-        raise
-    return DefaultRepository(repo, True, generated)
-
-
-# -- policies: apply, tiers, status (weightvault.runner.policy) ----------------------------------------
-load_policy = _spec.load_policy
-parse_policy = _spec.parse_policy
-
-
-def suggest_policy(stage: str, model_size: str | int, *, repository: str | None = None,
-                   paths: Sequence[str] = ("/path/to/run",)) -> str:
-    """A policy file (TOML) for a run at ``stage`` (initial, middle, final) of a model of
-    ``model_size`` bytes (or text such as '120GB'); see ``weightvault.policy.suggest``."""
-    size = _suggest.parse_size(model_size) if isinstance(model_size, str) else int(model_size)
-    return _suggest.suggest_policy(stage, size, repository=repository or str(default_repository_path()),
-                                   paths=[os.path.abspath(p) if not p.startswith("/") else p for p in paths])
-
-
-class Fleet(_policy.Fleet):
-    """The repositories a policy names, opened (as ``Repository``) on first use."""
-
-    def __init__(self, spec: PolicySpec, storage: StorageOptions | None = None) -> None:
-        super().__init__(spec, lambda url, pw, st: Repository.open(url, pw, storage=st), storage)
-
-    def __getitem__(self, name: str) -> Repository:
-        repo = super().__getitem__(name)
-        assert isinstance(repo, Repository)
-        return repo
-
-
-def apply_policy(spec: PolicySpec, *, now: datetime | None = None, dry_run: bool = False, fleet: Fleet | None = None,
-                 say: Callable[[str], None] | None = None) -> PolicyRun:
-    """Run what the policy says is due (``weightvault.runner.policy.apply_policy``)."""
-    return _policy.apply_policy(spec, fleet or Fleet(spec), now=now, dry_run=dry_run, say=say)
-
-
-def tier_run(spec: PolicySpec, *, now: datetime | None = None, dry_run: bool = False, fleet: Fleet | None = None,
-             say: Callable[[str], None] | None = None) -> PolicyRun:
-    """Move snapshots down their tiers (``weightvault.runner.policy.tier_run``)."""
-    return _policy.tier_run(spec, fleet or Fleet(spec), now=now, dry_run=dry_run, say=say)
-
-
-def policy_status(spec: PolicySpec, *, now: datetime | None = None, fleet: Fleet | None = None) -> list[RpoLine]:
-    """Per source and class and per replica: the newest snapshot's age against the RPO."""
-    return _policy.policy_status(spec, fleet or Fleet(spec), now=now)
