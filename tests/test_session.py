@@ -311,3 +311,20 @@ def test_one_object_serves_several_threads_beside_a_pruning_process(tmp_path: Pa
     for s in shared.snapshots():
         shutil.rmtree(tmp_path / "final", ignore_errors=True)
         shared.restore(s.id, tmp_path / "final", verify=True)
+
+
+def test_os_errors_from_local_paths_come_back_as_library_errors(tmp_path: Path) -> None:
+    from weightvault.errors import BackendError
+
+    repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    write(tmp_path / "run" / "a.txt", b"a")
+    write(tmp_path / "afile", b"x")
+    snap = repo.backup([tmp_path / "run"]).snapshot.id
+    for call in (lambda: repo.verify(snap, against=tmp_path / "afile" / "x"),
+                 lambda: repo.restore(snap, "/proc/1/cannot-create-here")):
+        try:
+            call()
+        except BackendError as exc:
+            assert exc.exit_code == 20 and exc.hint and "cannot use" in exc.message
+        else:
+            raise AssertionError("no error")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -14,7 +15,7 @@ from typing import Any
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
 from weightvault.backends.local import convert_os_error
 from weightvault.codec.crypto import KdfParams
-from weightvault.errors import ImmutableError, RepositoryNotFoundError, UsageError
+from weightvault.errors import BackendError, ImmutableError, RepositoryNotFoundError, UsageError, WeightvaultError
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import copy as _copy
@@ -70,6 +71,16 @@ __all__ = ["Repository"]
 _COVERS = {  # the modes a session already holding a lock can serve without taking another
     LockMode.NONE: {LockMode.NONE}, LockMode.SHARED: {LockMode.NONE, LockMode.SHARED},
     LockMode.MAINTENANCE: {LockMode.NONE, LockMode.SHARED, LockMode.MAINTENANCE}, LockMode.EXCLUSIVE: set(LockMode)}
+
+
+def _local_error(exc: OSError) -> WeightvaultError:
+    """An OSError from a local path an operation was given (target, directory to compare)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return convert_os_error(exc, exc.filename or "a local file")
+    where = f" {exc.filename}" if exc.filename else ""
+    return BackendError(f"cannot use{where}: {exc.strerror or exc}",
+                        hint="check that the path exists, is a directory where one is needed, and that this user"
+                        " may write there")
 
 
 def _check_level(level: int, check: str | None) -> None:
@@ -144,7 +155,7 @@ class Repository:
                     else:
                         self._active[tid] = outer
         except OSError as exc:  # this machine's files (a restore target, a source): one error tree
-            raise convert_os_error(exc, exc.filename or "a local file") from exc
+            raise _local_error(exc) from exc
 
     def _audit(self, op: str, **fields: Any) -> contextlib.AbstractContextManager[dict[str, Any]]:
         return _audit.record(self._repo, op, **fields)
