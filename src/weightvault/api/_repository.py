@@ -46,7 +46,6 @@ from weightvault.ops.validate import ValidationReport
 from weightvault.ops.verify import VerifyResult
 from weightvault.policy import journal as _journal
 from weightvault.repository import keys as _keys
-from weightvault.repository import ledger as _ledger
 from weightvault.repository import locks as _locks
 from weightvault.repository.keys import KeyInfo
 from weightvault.repository.ledger import LedgerCheck
@@ -177,26 +176,12 @@ class Repository:
     def ledger(self, *, since: str | None = None, op: str | None = None) -> list[dict[str, Any]]:
         """The ledger's records (oldest first), through the local SQLite catalog
         (``$XDG_CACHE_HOME/weightvault/ledger-<id>.sqlite``), which is brought up to date first."""
-        catalog = _ledger.LedgerCatalog(_ledger.catalog_path(self.id))
-        try:
-            catalog.sync(self._repo.backend, self._repo.key)
-            return catalog.query(since, op)
-        finally:
-            catalog.close()
+        return _audit.query(self._repo, since, op)
 
     def verify_ledger(self) -> LedgerCheck:
         """Check the chain: every record readable, none missing, each chained onto the one before;
         a tail that this machine saw and that is gone is reported too."""
-        res = _ledger.verify_chain(self._repo.backend, self._repo.key)
-        catalog = _ledger.LedgerCatalog(_ledger.catalog_path(self.id))
-        try:
-            seen = catalog.last_seq()
-        finally:
-            catalog.close()
-        if seen >= res.records and seen >= 0:
-            res.problems.append(f"records up to {seen} were seen here before, the repository holds {res.records}:"
-                                " the end of the ledger was removed")
-        return res
+        return _audit.verify(self._repo)
 
     # -- snapshots -------------------------------------------------------------------------------
     def snapshots(self, tags: Sequence[str] = (), paths: Sequence[str] = (), host: str | None = None) -> list[Snapshot]:
@@ -460,13 +445,7 @@ class Repository:
     def remove_key(self, key_id: str) -> str:
         """Remove a key file by id prefix. The key in use and the last key cannot be removed."""
         self._mutable("remove a key")
-        matches = [k.name for k in self.list_keys() if k.name.startswith(key_id)]
-        if len(matches) != 1:
-            raise UsageError(f"key id {key_id!r} matches {len(matches)} keys; give a unique prefix")
-        if matches[0] == self._repo.key_name:
-            raise UsageError("refusing to remove the key this session is using", hint="open with another key first")
-        _keys.remove_key_file(self._repo.backend, matches[0])
-        return matches[0]
+        return _keys.remove_key_by_prefix(self._repo.backend, key_id, in_use=self._repo.key_name)
 
     def change_password(self, new_password: str | bytes, *, kdf: KdfParams | None = None) -> str:
         """Add a key for ``new_password``, then remove the current one. Returns the new key id."""

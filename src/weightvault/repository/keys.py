@@ -21,7 +21,7 @@ import blake3
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.codec.crypto import KdfParams, MasterKey, derive_key, open_envelope, seal_envelope
-from weightvault.errors import IntegrityError, UnsupportedFormatError, WrongPasswordError
+from weightvault.errors import IntegrityError, UnsupportedFormatError, UsageError, WrongPasswordError
 from weightvault.format import objects
 from weightvault.format.layout import KIND_KEY, kind_aad
 
@@ -120,6 +120,18 @@ def unlock(backend: Backend, repo_id: str, password: bytes) -> tuple[MasterKey, 
         f"wrong password for repository {backend.location} (tried {len(names)} key file(s))",
         hint="check $WEIGHTVAULT_PASSWORD or --password-file",
     )
+
+
+def remove_key_by_prefix(backend: Backend, prefix: str, *, in_use: str) -> str:
+    """Remove the one key file whose name starts with ``prefix``, never ``in_use`` (UsageError);
+    returns its name."""
+    matches = [k.name for k in list_keys(backend) if k.name.startswith(prefix)]
+    if len(matches) != 1:
+        raise UsageError(f"key id {prefix!r} matches {len(matches)} keys; give a unique prefix")
+    if matches[0] == in_use:
+        raise UsageError("refusing to remove the key this session is using", hint="open with another key first")
+    remove_key_file(backend, matches[0])
+    return matches[0]
 
 
 def remove_key_file(backend: Backend, name: str) -> None:

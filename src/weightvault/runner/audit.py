@@ -16,7 +16,7 @@ from weightvault.errors import WeightvaultError
 from weightvault.repository import ledger
 from weightvault.repository.repo import Repository
 
-__all__ = ["append", "operator", "record"]
+__all__ = ["append", "operator", "query", "record", "verify"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,3 +61,28 @@ def append(engine: Repository, rec: dict[str, Any], t0: float) -> None:
         ledger.append_record(engine.backend, engine.key, fields)
     except WeightvaultError as exc:
         _log.warning("could not append to the ledger of %s: %s", engine.backend.location, exc.message)
+
+
+def query(engine: Repository, since: str | None, op: str | None) -> list[dict[str, Any]]:
+    """The ledger's records (oldest first) through the local SQLite catalog, synced first."""
+    catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
+    try:
+        catalog.sync(engine.backend, engine.key)
+        return catalog.query(since, op)
+    finally:
+        catalog.close()
+
+
+def verify(engine: Repository) -> ledger.LedgerCheck:
+    """Check the chain (``ledger.verify_chain``); records this machine saw that are gone (a
+    truncated tail) are reported too."""
+    res = ledger.verify_chain(engine.backend, engine.key)
+    catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
+    try:
+        seen = catalog.last_seq()
+    finally:
+        catalog.close()
+    if seen >= res.records and seen >= 0:
+        res.problems.append(f"records up to {seen} were seen here before, the repository holds {res.records}:"
+                            " the end of the ledger was removed")
+    return res
