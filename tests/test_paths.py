@@ -35,6 +35,14 @@ def test_the_defaults_follow_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert api.default_repository_path() == tmp_path / "d" / "weightvault" / "repo"
     assert api.default_key_file() == tmp_path / "c" / "weightvault" / "default-repo.key"
     assert api.default_policy_file() == tmp_path / "c" / "weightvault" / "policy.toml"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    legacy = tmp_path / "home" / ".config" / "weightvault" / "policy.toml"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text("")
+    assert api.default_policy_file() == legacy  # where earlier versions looked, while the new one is absent
+    (tmp_path / "c" / "weightvault").mkdir(parents=True)
+    (tmp_path / "c" / "weightvault" / "policy.toml").write_text("")
+    assert api.default_policy_file() == tmp_path / "c" / "weightvault" / "policy.toml"
 
 
 def test_the_cli_reads_the_policy_file_under_xdg_config_home(tmp_path: Path) -> None:

@@ -357,6 +357,17 @@ def test_remove_temp_keeps_multipart_uploads_younger_than_min_age() -> None:
 
     assert S3Backend("b", "p", client=Client()).remove_temp(3600.0) == 1
     assert aborted == ["old"]
+    # a repository at the bucket's root: another program's upload there is not ours to abort
+    uploads[:] = [{"Key": "videos/big.mp4", "UploadId": "foreign", "Initiated": now - timedelta(days=3)},
+                  {"Key": "index/cd", "UploadId": "ours", "Initiated": now - timedelta(days=3)}]
+    aborted.clear()
+
+    class RootClient(Client):
+        def paginate(self, *, Bucket: str, Prefix: str) -> list[dict[str, object]]:
+            return [{"Uploads": uploads}]
+
+    assert S3Backend("b", "", client=RootClient()).remove_temp(3600.0) == 1
+    assert aborted == ["ours"]
 
 
 def test_remove_temp_without_permission_to_list_uploads_warns(caplog: pytest.LogCaptureFixture) -> None:

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import FAST_KDF, PASSWORD, write
 from weightvault.api import Repository
 from weightvault.backends.base import FileType
@@ -314,7 +316,7 @@ def test_one_object_serves_several_threads_beside_a_pruning_process(tmp_path: Pa
 
 
 def test_os_errors_from_local_paths_come_back_as_library_errors(tmp_path: Path) -> None:
-    from weightvault.errors import BackendError
+    from weightvault.errors import LocalPathError
 
     repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
     write(tmp_path / "run" / "a.txt", b"a")
@@ -324,7 +326,113 @@ def test_os_errors_from_local_paths_come_back_as_library_errors(tmp_path: Path) 
                  lambda: repo.restore(snap, "/proc/1/cannot-create-here")):
         try:
             call()
-        except BackendError as exc:
-            assert exc.exit_code == 20 and exc.hint and "cannot use" in exc.message
+        except LocalPathError as exc:  # exit 1, the CLI's code for these before the conversion too
+            assert exc.exit_code == 1 and exc.hint and exc.filename and exc.filename in exc.message
         else:
             raise AssertionError("no error")
+
+
+def test_packs_a_failed_backup_left_are_never_counted_on_after_another_client_pruned(tmp_path: Path) -> None:
+    """A backup fails after writing packs but before indexing them; with no lock held, another
+    client's prune adopts those packs, finds them unused and deletes them. The object that wrote
+    them must store that data again, not reuse the deleted packs."""
+    from weightvault.testing.faults import FaultyBackend
+
+    repo_path = tmp_path / "repo"
+    Engine.init(LocalBackend(repo_path), PASSWORD.encode(), kdf=FAST_KDF, pack_size=64 * KiB)
+    faulty = FaultyBackend(LocalBackend(repo_path))
+    held = Repository(Engine.open(faulty, PASSWORD.encode()))
+    src = tmp_path / "run"
+    write(src / "w.bin", blob("w", 400_000))
+    faulty.fail("save", ftype=FileType.INDEX)  # packs are written, their index is not
+    try:
+        held.backup([src])
+    except Exception:
+        pass
+    else:
+        raise AssertionError("the backup should have failed")
+    assert list((repo_path / "data").rglob("*")) and not list((repo_path / "index").iterdir())
+    pruned = Repository.open(repo_path, PASSWORD).prune()
+    assert pruned.adopted_blobs > 0 and pruned.deleted_packs > 0  # adopted, unused, deleted
+    res = held.backup([src])
+    assert res.snapshot.summary["stored_bytes_added"] > 0
+    assert Repository.open(repo_path, PASSWORD).check(read_data=True).errors == []
+    restores_exactly(Repository.open(repo_path, PASSWORD), res.snapshot.id, tmp_path / "out", digest(src))
+
+
+def test_a_stale_plan_read_never_undoes_a_newer_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads read the plans; the one that read before a prune wrote its plan applies last.
+    The condemned set must stay the newer one."""
+    from weightvault.repository.plans import load_plans as real
+    from weightvault.repository.plans import save_plan
+
+    repo_path = tmp_path / "repo"
+    Repository.init(repo_path, PASSWORD, kdf=FAST_KDF)
+    engine = Engine.open(LocalBackend(repo_path), PASSWORD.encode())
+    first_read, go = threading.Event(), threading.Event()
+
+    def slow_first(*args: Any, **kwargs: Any) -> Any:
+        plans = real(*args, **kwargs)
+        if threading.current_thread().name == "stale":
+            first_read.set()
+            go.wait(2)  # the fix serialises readers: the other thread waits for this one instead
+        return plans
+
+    monkeypatch.setattr("weightvault.repository.repo.load_plans", slow_first)
+    stale = threading.Thread(target=engine.apply_plans, name="stale")
+    stale.start()
+    assert first_read.wait(10)
+    save_plan(engine.backend, engine.key, {"ab" * 32}, waiting=None)
+    fresh = threading.Thread(target=engine.apply_plans, name="fresh")
+    fresh.start()
+    go.set()
+    stale.join(10)
+    fresh.join(10)
+    assert engine.index.condemned == {"ab" * 32}
+
+
+def test_an_index_refresh_in_another_thread_never_loses_packs_being_indexed(tmp_path: Path) -> None:
+    """Thread A writes the index file of its new packs (slowly); meanwhile thread B refreshes the
+    index and finds a file it had read superseded, so it reads the whole index again. A's packs
+    must still be found afterwards."""
+    from weightvault.repository.index import decode_index_file, encode_index_file
+
+    repo_path = tmp_path / "repo"
+    Engine.init(LocalBackend(repo_path), PASSWORD.encode(), kdf=FAST_KDF, pack_size=64 * KiB)
+    src = tmp_path / "run"
+    write(src / "w.bin", blob("w", 300_000))
+    Repository.open(repo_path, PASSWORD).backup([src])
+    entered, release = threading.Event(), threading.Event()
+
+    class Gated(LocalBackend):
+        def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
+            if ftype is FileType.INDEX and threading.current_thread().name == "writer":
+                entered.set()
+                assert release.wait(10)
+            super().save(ftype, name, data, create_only=create_only)
+
+    engine = Engine.open(Gated(repo_path), PASSWORD.encode())
+    # another client supersedes the index file the engine read: same packs, split into two files
+    (old,) = [p.name for p in (repo_path / "index").iterdir()]
+    packs = decode_index_file(engine.key, old, (repo_path / "index" / old).read_bytes())
+    assert len(packs) >= 2
+    other = LocalBackend(repo_path)
+    for part in (dict(list(packs.items())[:1]), dict(list(packs.items())[1:])):
+        other.save(FileType.INDEX, *encode_index_file(engine.key, part))
+    other.remove(FileType.INDEX, old)
+    data = blob("new", 50_000)
+
+    def writer() -> None:
+        engine.save_blob(BlobType.DATA, data)
+        engine.flush()
+
+    a = threading.Thread(target=writer, name="writer")
+    a.start()
+    assert entered.wait(10)
+    b = threading.Thread(target=engine.load_index, name="refresher")
+    b.start()
+    b.join(0.5)  # without the fix the refresh runs now, in the middle of the index write
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert engine.load_blob(engine.key.blob_id(data)) == data

@@ -149,3 +149,27 @@ def test_a_swap_killed_at_any_step_loses_nothing_and_the_next_swap_cleans_up(
         assert not siblings(live, ".wv-swap-"), die_at  # nothing hidden left behind
         assert bool(again.recovered) == leftover, (die_at, again.recovered)  # reported when there was any
         shutil.rmtree(case)
+
+
+def test_a_scratch_directory_of_an_older_version_is_reported_not_deleted(
+    setup: tuple[Repository, Path, str, dict[str, str]]
+) -> None:
+    """7455b7c restored into the scratch directory itself: killed right after its exchange, it
+    left the previous contents at ``.run.wv-swap-x/run`` with no state file."""
+    repo, run, snap, good = setup
+    old = run.parent / ".run.wv-swap-oldver"
+    write(old / "run" / "precious.bin", b"the only copy")
+    res = repo.restore_swap(snap, run)
+    assert contents(run) == good
+    assert (old / "run" / "precious.bin").read_bytes() == b"the only copy"
+    assert any("left" in line and str(old) in line for line in res.recovered)
+
+
+def test_a_lookalike_target_name_is_not_touched(tmp_path: Path) -> None:
+    """``run[1]`` as a glob also matches ``run1``: the swap of one must never touch the other's."""
+    repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    target = write(tmp_path / "site" / "run[1]" / "w.bin", b"v1").parent
+    snap = repo.backup([target]).snapshot.id
+    other = write(tmp_path / "site" / ".run1.wv-swap-abc" / "new" / "run1" / "w.bin", b"someone else's")
+    res = repo.restore_swap(snap, target)
+    assert other.read_bytes() == b"someone else's" and res.recovered == []

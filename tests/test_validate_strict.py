@@ -59,14 +59,16 @@ def test_hostile_safetensors_headers_are_value_errors_in_both_modes(header: byte
             parse_safetensors(io.BytesIO(data), len(data), strict=strict)
 
 
-def test_npy_trailing_bytes_and_extra_keys_are_strict_failures() -> None:
+def test_npy_trailing_bytes_pass_and_extra_keys_are_strict_failures() -> None:
     arr = np.arange(12, dtype="<f4").reshape(3, 4)
-    padded = _npy(arr, b"\0" * 4)
-    h = parse_npy_header(io.BytesIO(padded), len(padded))
-    assert (h.descr, h.shape, h.data_length, h.dtype) == ("<f4", (3, 4), 48, "F32")
+    padded = _npy(arr, _npy(arr))  # np.save(f, a); np.save(f, b): np.load reads the first array
+    for strict in (False, True):
+        h = parse_npy_header(io.BytesIO(padded), len(padded), strict=strict)
+        assert (h.descr, h.shape, h.data_length, h.dtype) == ("<f4", (3, 4), 48, "F32")
     assert any(c.dtype == "F32" for c in NpySplitter().split(io.BytesIO(padded), PARAMS))
-    with pytest.raises(ValueError, match=r"52 data bytes for shape \(3, 4\) of <f4 \(48 expected\)"):
-        parse_npy_header(io.BytesIO(padded), len(padded), strict=True)
+    short = _npy(arr)[:-4]
+    with pytest.raises(ValueError, match=r"44 data bytes for shape \(3, 4\) of <f4 \(48 needed\)"):
+        parse_npy_header(io.BytesIO(short), len(short), strict=True)
     ok = _npy(arr)
     assert structure("npy", io.BytesIO(ok), len(ok)) == {"": ("<f4", (3, 4))}
     key = b"'extra': 1, "

@@ -1,6 +1,8 @@
 """The exception tree. Every error carries the process exit code the CLI uses for it.
 
     WeightvaultError (1)
+    ├── LocalPathError (1)                 a local path given to an operation cannot be used (restore
+    │                                      target, directory to compare): the OSError, converted
     ├── UsageError (2)                     bad arguments or options
     ├── PartialBackupError (3)             backup committed, but some sources could not be read
     ├── IntegrityError (4)                 stored data failed authentication or hashing
@@ -38,6 +40,7 @@ __all__ = [
     "DifferencesFoundError",
     "ImmutableError",
     "IntegrityError",
+    "LocalPathError",
     "NoSpaceError",
     "ObjectExistsError",
     "ObjectNotFoundError",
@@ -71,6 +74,19 @@ class WeightvaultError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class LocalPathError(WeightvaultError):
+    """An OSError on a path of this machine that an operation was given (not the repository's
+    storage); ``errno`` and ``filename`` are those of the OSError."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, errno: int | None = None,
+                 filename: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errno = errno
+        self.filename = filename
 
 
 class UsageError(WeightvaultError):

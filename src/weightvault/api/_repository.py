@@ -15,7 +15,7 @@ from typing import Any
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
 from weightvault.backends.local import convert_os_error
 from weightvault.codec.crypto import KdfParams
-from weightvault.errors import BackendError, ImmutableError, RepositoryNotFoundError, UsageError, WeightvaultError
+from weightvault.errors import ImmutableError, LocalPathError, RepositoryNotFoundError, UsageError, WeightvaultError
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import copy as _copy
@@ -73,13 +73,15 @@ _COVERS = {  # the modes a session already holding a lock can serve without taki
 
 
 def _local_error(exc: OSError) -> WeightvaultError:
-    """An OSError from a local path an operation was given (target, directory to compare)."""
+    """An OSError from a local path an operation was given (restore target, directory to compare):
+    NoSpaceError for ENOSPC/EDQUOT, else LocalPathError (exit 1, as the CLI always reported it)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return convert_os_error(exc, exc.filename or "a local file")
-    where = f" {exc.filename}" if exc.filename else ""
-    return BackendError(f"cannot use{where}: {exc.strerror or exc}",
-                        hint="check that the path exists, is a directory where one is needed, and that this user"
-                        " may write there")
+    where = f"{exc.filename}: " if exc.filename else ""
+    return LocalPathError(f"{where}{exc.strerror or exc}", errno=exc.errno,
+                          filename=None if exc.filename is None else str(exc.filename),
+                          hint="check that the path exists, is a directory where one is needed, and that this user"
+                          " may write there")
 
 
 def _check_level(level: int, check: str | None) -> None:

@@ -297,17 +297,20 @@ class S3Backend:
             raise self._error(exc, what) from exc
 
     def remove_temp(self, min_age: float) -> int:
-        """Abort the incomplete multipart uploads under the prefix that were initiated over
-        ``min_age`` seconds ago (``save`` uses multipart uploads for large objects; a younger
-        upload may be a save still running). Returns the number aborted. Without permission to
+        """Abort the incomplete multipart uploads of this repository's objects (keys under the
+        prefix's ``data/``, ``index/``, ... directories: never another program's, even when the
+        repository is at the bucket's root) that were initiated over ``min_age`` seconds ago
+        (``save`` uses multipart uploads for large objects; a younger upload may be a save still
+        running). Returns the number aborted. Without permission to
         list or abort them (``s3:ListBucketMultipartUploads``, ``s3:AbortMultipartUpload``) it
         logs a warning and stops: leftovers cost storage, never correctness."""
         prefix = f"{self.prefix}/" if self.prefix else ""
         cutoff = datetime.now(UTC) - timedelta(seconds=min_age)
         try:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            ours = {f"{prefix}{ft.value}/" for ft in FileType if ft is not FileType.CONFIG}
             stale = [(str(u["Key"]), str(u["UploadId"])) for page in pages for u in page.get("Uploads", [])
-                     if u["Initiated"] < cutoff]
+                     if u["Initiated"] < cutoff and str(u["Key"]).startswith(tuple(ours))]
         except Exception as exc:
             if _denied(exc):
                 log.warning("cannot list incomplete multipart uploads in %s (access denied); not removing them",

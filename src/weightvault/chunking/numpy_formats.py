@@ -135,9 +135,8 @@ def parse_npy_header(read: BinaryIO, available: int, *, strict: bool = False) ->
         length = bounded_count(shape, available) * itemsize
     except ValueError:
         raise ValueError(f"{have} data bytes for shape {shape} of {text} (more needed)") from None
-    if length > have or (strict and length != have):
-        want = "needed" if length > have else "expected"
-        raise ValueError(f"{have} data bytes for shape {shape} of {text} ({length} {want})")
+    if length > have:  # bytes after the data are fine: np.save appends arrays that way, np.load reads the first
+        raise ValueError(f"{have} data bytes for shape {shape} of {text} ({length} needed)")
     return NpyHeader(fixed + hlen, length, itemsize, dtype, text, shape)
 
 

@@ -158,7 +158,5 @@ class PackWriter:
                 self._write(builder)
         self._builders = {}
         if self.written:
-            self.repo.write_index_file(self.written)
-            for pack_id, blobs in self.written.items():
-                self.repo.index.add_pack(pack_id, blobs)
+            self.repo.index_packs(self.written)
         return self.bytes

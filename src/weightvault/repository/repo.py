@@ -26,22 +26,19 @@ from weightvault.errors import (
     UnsupportedFormatError,
     WeightvaultError,
 )
-from weightvault.format import objects
-from weightvault.format.layout import KIND_SNAPSHOT, blob_aad
+from weightvault.format.layout import blob_aad
 from weightvault.repository import keys as keyfiles
 from weightvault.repository.config import RepoConfig
 from weightvault.repository.index import (
     MasterIndex,
     decode_index_file,
     encode_index_file,
-    open_document,
-    seal_document,
 )
 from weightvault.repository.locks import hold_lock
 from weightvault.repository.packer import PackBuilder, read_pack_header
 from weightvault.repository.plans import Plan, load_plans
 from weightvault.repository.session import LockMode, Session
-from weightvault.repository.snapshots import Snapshot
+from weightvault.repository.snapshot_docs import SnapshotDocuments
 from weightvault.types import BlobType, IndexEntry, PackedBlob
 
 __all__ = ["MAX_CHAIN", "DeltaBase", "Repository"]
@@ -63,7 +60,7 @@ class DeltaBase:
     load: Callable[[], bytes | None]
 
 
-class Repository:
+class Repository(SnapshotDocuments):
     """An unlocked repository. Blob saving is thread-safe; call ``flush()`` before saving a snapshot."""
 
     def __init__(self, backend: Backend, config: RepoConfig, key: MasterKey, key_name: str) -> None:
@@ -85,8 +82,8 @@ class Repository:
         self.plans: list[Plan] = []  # prune plans read when the lock was taken (format v4)
         self.packs_written: list[str] = []  # by this client, in order (copy verifies them)
         self._snapshot_docs: dict[str, dict[str, object]] = {}  # id -> document (immutable: named by hash)
-        self._listing: list[Snapshot] | None = None  # the open session's snapshot list
-        self._sessions = 0
+        self.snapshot_generation = 0  # bumped whenever this object saves or removes a snapshot
+        self._sessions = 0  # open sessions (all threads), under _lock
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -139,23 +136,42 @@ class Repository:
             else:
                 name = stack.enter_context(self.lock(*mode.flags))
             self.load_index()
-            self._sessions += 1
-            self._listing = None
+            with self._lock:
+                self._sessions += 1
             try:
                 yield Session(self, mode, name)
             finally:
-                self._sessions -= 1
-                self._listing = None
+                with self._lock:
+                    self._sessions -= 1
+                    last = self._sessions == 0
+                if last:
+                    self._discard_unflushed()
+
+    def _discard_unflushed(self) -> None:
+        """After the last session: what a failed operation left in memory (blobs in open packs,
+        packs written but not indexed) is dropped, and the index is read afresh next time. Such a
+        pack is on storage unindexed: the next backup adopts it, or a prune deletes it meanwhile,
+        so this object must never count on it."""
+        with self._index_lock, self._lock:
+            if not self._unindexed and not any(p.blobs for p in self._packers.values()):
+                return
+            for p in self._packers.values():
+                self._pending.difference_update(b.blob_id for b in p.blobs)
+            self._packers.clear()
+            self._unindexed = {}
+            self.index = MasterIndex(self.index.condemned)
+            self.indexed_files = set()
 
     def apply_plans(self) -> None:
         """Read the prune plans (format v4) and mark their packs condemned in the index: readers
         prefer other copies, writers never reuse a blob only they hold. Reloads the index if the
-        set changed. Must run after this client's lock is durable."""
-        self.plans = load_plans(self.backend, self.key) if self.config.version >= 4 else []
-        condemned = frozenset(p for plan in self.plans for p in plan.packs)
-        if condemned == self.index.condemned:
-            return
-        self.reload_index(condemned)
+        set changed. Must run after this client's lock is durable. Threads apply one at a time, so
+        the newest read is the one that stays."""
+        with self._index_lock:
+            self.plans = load_plans(self.backend, self.key) if self.config.version >= 4 else []
+            condemned = frozenset(p for plan in self.plans for p in plan.packs)
+            if condemned != self.index.condemned:
+                self.reload_index(condemned)
 
     def reload_index(self, condemned: frozenset[str] | None = None) -> None:
         """Forget the in-memory index and read it again (if it had been read), e.g. after prune
@@ -231,18 +247,26 @@ class Repository:
             found[pack_id] = blobs
             added += len(blobs)
         if found:
-            for pack_id, blobs in found.items():
-                self.index.add_pack(pack_id, blobs)
-            self.write_index_file(found)
+            self.index_packs(found)
         return added
 
     def write_index_file(self, packs: dict[str, list[PackedBlob]]) -> str:
         """Write one index file describing ``packs`` (all durable already); returns its name."""
         name, stored = encode_index_file(self.key, packs)
-        self.backend.save(FileType.INDEX, name, stored)
-        self.indexed_files.add(name)
+        with self._index_lock:  # no refresh between the write and recording it as read
+            self.backend.save(FileType.INDEX, name, stored)
+            self.indexed_files.add(name)
         self._last_index_write = time.monotonic()
         return name
+
+    def index_packs(self, packs: dict[str, list[PackedBlob]]) -> str:
+        """Write an index file for durable ``packs`` and add them to the in-memory index, with no
+        index refresh of another thread in between. Returns the file's name."""
+        with self._index_lock:
+            name = self.write_index_file(packs)
+            for pack_id, blobs in packs.items():
+                self.index.add_pack(pack_id, blobs)
+            return name
 
     # -- blobs -----------------------------------------------------------------------------------
     def has_blob(self, blob_id: bytes) -> bool:
@@ -396,18 +420,29 @@ class Repository:
         except BaseException:
             self._forget_pending([packer])  # not stored: a later save_blob must store them again
             raise
-        write_index = None
         with self._lock:
             self.packs_written.append(pack_id)
             self.index.add_pack(pack_id, packer.blobs)
             self._pending.difference_update(b.blob_id for b in packer.blobs)
             self._unindexed[pack_id] = packer.blobs
-            if len(self._unindexed) >= INDEX_EVERY_PACKS or (
-                time.monotonic() - self._last_index_write > INDEX_EVERY_SECONDS
-            ):
-                write_index, self._unindexed = self._unindexed, {}
-        if write_index:
-            self._write_index_or_keep(write_index)
+        self._index_written_packs(force=False)
+
+    def _due(self) -> bool:
+        return len(self._unindexed) >= INDEX_EVERY_PACKS or (
+            time.monotonic() - self._last_index_write > INDEX_EVERY_SECONDS)
+
+    def _index_written_packs(self, force: bool) -> None:
+        """Write an index file for the packs written but not indexed yet (when due, or ``force``).
+        Taken out of ``_unindexed`` and written under the index lock: an index refresh by another
+        thread in between would otherwise lose them from memory."""
+        with self._lock:
+            if not self._unindexed or not (force or self._due()):
+                return
+        with self._index_lock:
+            with self._lock:
+                todo, self._unindexed = self._unindexed, {}
+            if todo:
+                self._write_index_or_keep(todo)
 
     def _forget_pending(self, packers: list[PackBuilder]) -> None:
         with self._lock:
@@ -438,58 +473,4 @@ class Repository:
             except BaseException:
                 self._forget_pending(packers[i + 1 :])
                 raise
-        with self._lock:
-            todo, self._unindexed = self._unindexed, {}
-        if todo:
-            self._write_index_or_keep(todo)
-
-    # -- snapshots -------------------------------------------------------------------------------
-    def save_snapshot(self, snap: Snapshot) -> str:
-        """Persist a snapshot; every blob it references must already be durable (call flush())."""
-        name, stored = seal_document(self.key, snap.to_doc(), KIND_SNAPSHOT)
-        self.backend.save(FileType.SNAPSHOT, name, stored)
-        snap.id = name
-        self._listing = None
-        return name
-
-    def remove_snapshot(self, snap_id: str) -> None:
-        """Remove a snapshot document (its data stays until prune)."""
-        self.backend.remove(FileType.SNAPSHOT, snap_id)
-        self._listing = None
-
-    def load_snapshot(self, snap_id: str) -> Snapshot:
-        """One snapshot by id. Documents are immutable (named by the hash of their bytes), so each
-        is read and decrypted once per Repository object."""
-        doc = self._snapshot_docs.get(snap_id)
-        if doc is None:
-            stored = self.backend.load(FileType.SNAPSHOT, snap_id)
-            loaded = objects.loads(open_document(self.key, stored, KIND_SNAPSHOT, f"snapshot {snap_id}"))
-            snap = Snapshot.from_doc(loaded, snap_id)  # validates before it is remembered
-            self._snapshot_docs[snap_id] = loaded
-            return snap
-        return Snapshot.from_doc(doc, snap_id)
-
-    def list_snapshot_ids(self) -> list[str]:
-        return sorted(n for n, _ in self.backend.list(FileType.SNAPSHOT))
-
-    def snapshots(self, *, fresh: bool = False) -> list[Snapshot]:
-        """All readable snapshots, oldest first. Inside a session the list is made once (until the
-        session saves or removes a snapshot); ``fresh`` lists again. A damaged snapshot file is
-        skipped (and logged) so it cannot hide the others; ``check`` reports it."""
-        if self._listing is not None and not fresh and self._sessions:
-            return list(self._listing)
-        snaps = []
-        listed = self.list_snapshot_ids()
-        for snap_id in listed:
-            try:
-                snaps.append(self.load_snapshot(snap_id))
-            except ObjectNotFoundError:
-                continue  # forgotten meanwhile
-            except (IntegrityError, UnsupportedFormatError) as exc:
-                log.warning("skipping unreadable snapshot %s: %s", snap_id, exc.message)
-        for gone in set(self._snapshot_docs) - set(listed):
-            del self._snapshot_docs[gone]
-        snaps.sort(key=lambda s: (s.datetime, s.id))
-        if self._sessions:
-            self._listing = snaps
-        return list(snaps)
+        self._index_written_packs(force=True)

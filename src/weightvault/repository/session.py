@@ -14,8 +14,12 @@ docs/FORMAT.md section 9):
 3. refresh the index: read the index files not read yet; if a file read before is gone (prune,
    heal or repair superseded it), read the whole index again, so no blob of a deleted pack is
    ever reused or looked up;
-4. list the snapshots once: ``snapshots()`` returns that list for the rest of the session, until
-   the session itself saves or removes a snapshot.
+4. list the snapshots once, on first use: ``Session.snapshots()`` returns that list for the rest
+   of the session, until this process saves or removes a snapshot.
+
+When the last session of a ``Repository`` ends, whatever a failed operation left in memory (blobs
+in open packs, packs written but never indexed) is dropped, so a later session cannot count on a
+pack that a prune by someone else may have deleted meanwhile.
 
 A long-lived ``Repository`` (a training callback, an agent, a server) therefore sees what other
 processes committed at the start of each operation, and re-opening one idle for hours costs a
@@ -25,7 +29,7 @@ listing of ``index/`` and ``snapshots/`` plus the files that are new.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from weightvault.backends.base import FileType
@@ -60,10 +64,16 @@ class Session:
     repo: Repository
     mode: LockMode
     lock: str
+    _listing: list[Snapshot] | None = field(default=None, repr=False)
+    _generation: int = -1
 
     def snapshots(self) -> list[Snapshot]:
-        """Every readable snapshot, oldest first, listed once per session (see the module doc)."""
-        return self.repo.snapshots()
+        """Every readable snapshot, oldest first, listed once per session (again only after this
+        process saved or removed a snapshot meanwhile)."""
+        generation = self.repo.snapshot_generation
+        if self._listing is None or generation != self._generation:
+            self._listing, self._generation = self.repo.snapshots(), generation
+        return list(self._listing)
 
     def find(self, spec: str, snaps: list[Snapshot] | None = None) -> Snapshot:
         """Resolve an id prefix, 'latest', 'latest:k=v' or '@TIME' against ``snaps`` (default:

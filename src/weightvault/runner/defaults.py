@@ -24,8 +24,11 @@ def default_key_file() -> Path:
 
 
 def default_policy_file() -> Path:
-    """The policy file used without ``--policy``: ``$XDG_CONFIG_HOME/weightvault/policy.toml``."""
-    return config_home() / "policy.toml"
+    """The policy file used without ``--policy``: ``$XDG_CONFIG_HOME/weightvault/policy.toml``, or
+    ``~/.config/weightvault/policy.toml`` when only that exists (where earlier versions looked)."""
+    path = config_home() / "policy.toml"
+    legacy = Path(os.path.expanduser("~"), ".config", "weightvault", "policy.toml")
+    return legacy if not path.exists() and legacy.exists() else path
 
 
 def password_bytes(password: str | bytes) -> bytes:

@@ -96,7 +96,8 @@ class Fleet:
         return self._listed[name]
 
     def changed(self, *names: str) -> None:
-        for n in names:
+        """Forget the listings of ``names`` (all of them with none named): each run starts afresh."""
+        for n in names or list(self._listed):
             self._listed.pop(n, None)
 
     def _password(self, r: spec_mod.RepoSpec) -> bytes:
@@ -156,6 +157,7 @@ class _Run:
 
 def _start(spec: spec_mod.PolicySpec, fleet: Fleet, now: datetime | None, dry_run: bool,
            say: Callable[[str], None] | None) -> _Run:
+    fleet.changed()  # a Fleet may serve many runs: never plan on a listing from an earlier one
     return _Run(spec, fleet, now or datetime.now(UTC), dry_run, None if dry_run else journal_path(spec), say, [])
 
 
@@ -341,5 +343,6 @@ def _second_site(run: _Run, snaps: dict[str, list[Snapshot]], here: str, archive
 def policy_status(spec: spec_mod.PolicySpec, fleet: Fleet, *, now: datetime | None = None) -> list[plan_mod.RpoLine]:
     """Per source and class (primary) and per replica: the newest snapshot's age against the RPO."""
     used = {s.repository for s in spec.sources.values()} | {r for s in spec.sources.values() for r in s.replicate_to}
+    fleet.changed()
     snaps = {name: fleet.snapshots(name) for name in sorted(used)}
     return plan_mod.rpo_lines(spec, snaps, now or datetime.now(UTC), journal_mod.read_records(journal_path(spec)))

@@ -15,15 +15,18 @@ The steps, each one durable before the next (a kill at any point loses nothing):
 
 Before it starts, a swap looks for scratch directories of earlier swaps of the same target that
 were killed, and finishes or undoes each from its state: a copy that was never swapped in is
-removed; old contents left inside a scratch directory are moved to a safety copy. What it did is
-reported in ``SwapResult.recovered``. Nothing here ever deletes a directory that may hold the
-user's previous contents.
+removed; old contents left inside a scratch directory are moved to a safety copy; a scratch
+directory it cannot account for (one an older weightvault left, which kept the old contents at
+its top level) is left alone and reported. What it did is reported in ``SwapResult.recovered``.
+Nothing here ever deletes a directory that may hold the user's previous contents. Two swaps of
+one target must not run at the same time.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import json
 import logging
 import os
@@ -143,14 +146,21 @@ def recover(dest: Path) -> list[str]:
     done: list[str] = []
     if not dest.parent.is_dir():
         return done
-    for scratch in sorted(dest.parent.glob(f".{dest.name}.wv-swap-*")):
+    for scratch in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.wv-swap-*")):
         if scratch.is_dir() and not scratch.is_symlink():
-            done.append(_recover_one(scratch, dest))
+            line = _recover_one(scratch, dest)
+            if line:
+                done.append(line)
     return done
 
 
-def _recover_one(scratch: Path, dest: Path) -> str:
+def _recover_one(scratch: Path, dest: Path) -> str | None:
     state = _read_state(scratch)
+    if state and state.get("target") != str(dest):
+        return None  # another target's swap (a name that only looks alike): not ours to touch
+    if not state and not {p.name for p in scratch.iterdir()} <= {_NEW, f".{_STATE}.tmp"}:
+        return (f"left {scratch} in place: it is not laid out as this version's swaps are, and may hold"
+                f" the previous contents of {dest} from an interrupted swap; look inside, then remove it")
 
     def holding(ino: object) -> list[Path]:
         """The places inside ``scratch`` where a swap leaves a tree, if it is the one with ``ino``."""
