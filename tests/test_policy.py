@@ -307,3 +307,12 @@ pick = "latest"
     bad.write_text(text.replace('level = 3\npick', 'level = 7\npick'))
     with pytest.raises(ConfigFileError, match=r"drills\.weekly\.level"):
         api.load_policy(bad)
+
+
+def test_a_fleet_reused_across_runs_never_plans_on_an_old_listing(tmp_path: Path) -> None:
+    """A long-lived Fleet (an agent's) sees what others backed up since its last run."""
+    spec = api.parse_policy(fleet_policy(tmp_path))
+    fleet = api.Fleet(spec)
+    assert all(ln.breached for ln in api.policy_status(spec, now=T0, fleet=fleet))
+    simulate(spec, tmp_path / "run", days=1)  # other Fleet objects back up meanwhile
+    assert not any(ln.breached for ln in api.policy_status(spec, now=T0 + timedelta(hours=6), fleet=fleet))
