@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from weightvault.backends.base import Backend, FileType
+from weightvault.backends.wrapper import WrapperBackend
 
 __all__ = ["LimitedBackend", "TokenBucket", "parse_rate"]
 
@@ -66,7 +67,7 @@ class TokenBucket:
                 self._tokens = 0.0
 
 
-class LimitedBackend:
+class LimitedBackend(WrapperBackend):
     """Wraps ``inner``; same protocol."""
 
     def __init__(
@@ -77,14 +78,11 @@ class LimitedBackend:
         upload_bps: int | None = None,
         download_bps: int | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
         self.upload = TokenBucket(upload_bps) if upload_bps else None
         self.download = TokenBucket(download_bps) if download_bps else None
 
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def _run(self, fn: Callable[[], T]) -> T:
         if self._slots is None:
@@ -115,9 +113,6 @@ class LimitedBackend:
     def remove(self, ftype: FileType, name: str) -> None:
         self._run(lambda: self.inner.remove(ftype, name))
 
-    @property
-    def supports_retention(self) -> bool:
-        return self.inner.supports_retention
 
     def retain(self, ftype: FileType, name: str, until: datetime) -> None:
         self._run(lambda: self.inner.retain(ftype, name, until))
@@ -125,8 +120,4 @@ class LimitedBackend:
     def remove_temp(self, min_age: float) -> int:
         return self._run(lambda: self.inner.remove_temp(min_age))
 
-    def free_space(self) -> int | None:
-        return self.inner.free_space()
 
-    def total_space(self) -> int | None:
-        return self.inner.total_space()

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from weightvault.backends.base import Backend, FileType
+from weightvault.backends.wrapper import WrapperBackend
 from weightvault.errors import ObjectExistsError, TransientBackendError
 
 __all__ = ["RetryPolicy", "RetryStats", "RetryingBackend"]
@@ -46,7 +47,7 @@ class RetryStats:
     by_op: dict[str, int] = field(default_factory=dict)
 
 
-class RetryingBackend:
+class RetryingBackend(WrapperBackend):
     """Wraps ``inner``; same protocol. Thread-safe if ``inner`` is."""
 
     def __init__(
@@ -57,16 +58,13 @@ class RetryingBackend:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.policy = policy or RetryPolicy()
         self.stats = RetryStats()
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
 
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         with self._lock:
@@ -127,9 +125,6 @@ class RetryingBackend:
     def remove(self, ftype: FileType, name: str) -> None:
         self._call("remove", lambda: self.inner.remove(ftype, name))
 
-    @property
-    def supports_retention(self) -> bool:
-        return self.inner.supports_retention
 
     def retain(self, ftype: FileType, name: str, until: datetime) -> None:
         self._call("retain", lambda: self.inner.retain(ftype, name, until))
@@ -137,8 +132,4 @@ class RetryingBackend:
     def remove_temp(self, min_age: float) -> int:
         return self._call("remove_temp", lambda: self.inner.remove_temp(min_age))
 
-    def free_space(self) -> int | None:
-        return self.inner.free_space()
 
-    def total_space(self) -> int | None:
-        return self.inner.total_space()

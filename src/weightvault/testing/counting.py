@@ -18,18 +18,18 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
 
 from weightvault.backends.base import Backend, FileType
+from weightvault.backends.wrapper import WrapperBackend
 
 __all__ = ["CountingBackend"]
 
 
-class CountingBackend:
+class CountingBackend(WrapperBackend):
     """Wraps ``inner``; same protocol. See the module docstring."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.loads: Counter[FileType] = Counter()
         self.load_bytes: Counter[FileType] = Counter()
         self.lists: Counter[FileType] = Counter()
@@ -44,12 +44,7 @@ class CountingBackend:
                 c.clear()
 
     # -- the Backend protocol --------------------------------------------------------------------
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
-    def create(self) -> None:
-        self.inner.create()
 
     def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
         with self._lock:
@@ -65,29 +60,14 @@ class CountingBackend:
             self.load_bytes[ftype] += len(data)
         return data
 
-    def stat(self, ftype: FileType, name: str) -> int:
-        return self.inner.stat(ftype, name)
 
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         with self._lock:
             self.lists[ftype] += 1
         return self.inner.list(ftype)
 
-    def remove(self, ftype: FileType, name: str) -> None:
-        self.inner.remove(ftype, name)
 
-    @property
-    def supports_retention(self) -> bool:
-        return self.inner.supports_retention
 
-    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
-        self.inner.retain(ftype, name, until)
 
-    def remove_temp(self, min_age: float) -> int:
-        return self.inner.remove_temp(min_age)
 
-    def free_space(self) -> int | None:
-        return self.inner.free_space()
 
-    def total_space(self) -> int | None:
-        return self.inner.total_space()

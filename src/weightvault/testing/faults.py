@@ -23,11 +23,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.backends.local import convert_os_error
+from weightvault.backends.wrapper import WrapperBackend
 from weightvault.errors import BackendError, TransientBackendError
 
 __all__ = ["FaultyBackend", "Op", "backend_error", "enospc", "os_error", "transient_error"]
@@ -86,11 +86,11 @@ class _Fault:
         return False
 
 
-class FaultyBackend:
+class FaultyBackend(WrapperBackend):
     """Wraps ``inner``; see the module docstring. ``fired`` lists (op, file type, name) of fired faults."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls: Counter[str] = Counter()
         self.fired: builtins.list[tuple[str, FileType, str]] = []
         self._typed: Counter[tuple[str, FileType]] = Counter()
@@ -169,12 +169,7 @@ class FaultyBackend:
         return hit
 
     # -- the Backend protocol --------------------------------------------------------------------
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
-    def create(self) -> None:
-        self.inner.create()
 
     def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
         fault = self._hit("save", ftype, name)
@@ -203,18 +198,7 @@ class FaultyBackend:
         if fault is None or fault.action != "drop":
             self.inner.remove(ftype, name)
 
-    @property
-    def supports_retention(self) -> bool:
-        return self.inner.supports_retention
 
-    def retain(self, ftype: FileType, name: str, until: datetime) -> None:
-        self.inner.retain(ftype, name, until)
 
-    def remove_temp(self, min_age: float) -> int:
-        return self.inner.remove_temp(min_age)
 
-    def free_space(self) -> int | None:
-        return self.inner.free_space()
 
-    def total_space(self) -> int | None:
-        return self.inner.total_space()
