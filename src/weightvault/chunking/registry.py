@@ -13,7 +13,13 @@ from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
 from weightvault.chunking.safetensors import SafetensorsSplitter
 from weightvault.chunking.torchzip import TorchZipSplitter
 
-__all__ = ["DTYPE_SIZES", "Chunk", "ChunkerParams", "Splitter", "SplitterRegistry", "default_registry"]
+__all__ = ["DTYPE_SIZES", "HDF5_MAGIC", "MODEL_SUFFIXES", "Chunk", "ChunkerParams", "Splitter", "SplitterRegistry",
+           "default_registry", "detect_format", "looks_like_model"]
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # at offset 0 (files h5py and Keras write; a user block would move it)
+# names that say "model file" whatever the content (hub-cache blobs have no name: content decides)
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".npy", ".npz", ".h5", ".hdf5",
+                  ".keras", ".distcp", ".weights")
 
 
 class SplitterRegistry:
@@ -41,3 +47,27 @@ def default_registry() -> SplitterRegistry:
     reg.register(TorchZipSplitter())
     reg.register(GgufSplitter())
     return reg
+
+
+_BY_CONTENT: tuple[tuple[str, Splitter], ...] = (
+    ("gguf", GgufSplitter()), ("npy", NpySplitter()), ("npz", NpzSplitter()), ("torch-zip", TorchZipSplitter()),
+    ("safetensors", SafetensorsSplitter()),
+)
+
+
+def detect_format(head: bytes) -> str | None:
+    """The model file format from content alone (up to the first 64 KiB; no name): "gguf",
+    "npy", "npz", "torch-zip", "safetensors", "hdf5", or None. The splitters' own tests, asked
+    without a file name, so a hub-cache blob or a renamed file is recognised as what it is."""
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    for fmt, splitter in _BY_CONTENT:
+        if splitter.accepts(b"", head):
+            return fmt
+    return None
+
+
+def looks_like_model(name: str) -> bool:
+    """Whether a file name says it holds model data (e.g. to warn when its content is not a
+    format this tool understands)."""
+    return name.lower().endswith(MODEL_SUFFIXES)

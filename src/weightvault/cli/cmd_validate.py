@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from weightvault.cli.common import Globals, open_repository, pass_globals
-from weightvault.cli.output import echo_json, report_json
+from weightvault.cli.output import display, echo_json, model_summary, report_json
 from weightvault.errors import ValidationFailedError
 
 __all__ = ["validate"]
@@ -31,11 +31,12 @@ def validate(g: Globals, snapshot: str, directory: str, level: int, check: str |
         for f in report.files:
             for p in f.problems:
                 click.echo(f"FAIL {f.path}: {p}")
+            for w in f.warnings:
+                click.echo(f"warning: {f.path}: {w}", err=True)
         for p in report.check_problems:
             click.echo(f"FAIL {report.check}: {p}")
-        models = sum(1 for f in report.files if f.format)
-        click.echo(f"{len(report.files)} file(s) ({models} model files) validated at level {level}: "
-                   + ("ok" if report.ok else f"{len(report.failed)} failed"))
+        click.echo(f"{display(report.root)}: {len(report.files)} file(s) validated at level {level}"
+                   f" ({model_summary(report)}): " + ("ok" if report.ok else f"{len(report.failed)} failed"))
     if not report.ok:
         raise ValidationFailedError(f"validation against {snapshot} failed: {len(report.failed)} file(s)"
                                     + (", the check" if report.check_problems else ""))

@@ -185,6 +185,16 @@ def report_run(run: api.PolicyRun, quiet: bool, as_json: bool) -> None:
 
 def report_json(report: api.ValidationReport) -> dict[str, Any]:
     return {"snapshot": report.snapshot, "level": report.level, "ok": report.ok, "check": report.check,
-            "check_problems": report.check_problems,
-            "files": [{"path": f.path, "format": f.format, "passed": f.passed, "problems": f.problems}
-                      for f in report.files]}
+            "check_problems": report.check_problems, "root": report.root,
+            "files": [{"path": f.path, "format": f.format, "passed": f.passed, "problems": f.problems,
+                       "warnings": f.warnings} for f in report.files]}
+
+
+def model_summary(report: api.ValidationReport) -> str:
+    """'2 safetensors, 1 gguf parsed' (model files by the format their content was parsed as)."""
+    counts: dict[str, int] = {}
+    for f in report.files:
+        if f.format and f.passed >= 2:
+            counts[f.format] = counts.get(f.format, 0) + 1
+    parsed = ", ".join(f"{n} {fmt}" for fmt, n in sorted(counts.items()))
+    return f"{parsed} parsed" if parsed else "no model file parsed"

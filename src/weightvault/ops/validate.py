@@ -35,11 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from weightvault.chunking.gguf import gguf_tensors
-from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
-from weightvault.chunking.safetensors import parse_safetensors
-from weightvault.chunking.torchzip import torch_zip_members
 from weightvault.errors import IntegrityError, WeightvaultError
+from weightvault.ops.formats import HEAD_BYTES, Structure, detect, parse, structure
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository
@@ -49,7 +46,7 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = [
-    "LEVELS", "FileValidation", "StoredFile", "ValidationReport", "model_format", "structure", "validate_tree",
+    "LEVELS", "FileValidation", "StoredFile", "ValidationReport", "detect", "parse", "structure", "validate_tree",
 ]
 
 LEVELS = {1: "integrity", 2: "format", 3: "structure", 4: "function"}
@@ -66,16 +63,16 @@ for p in problems:
     print(p, file=sys.stderr)
 sys.exit(1 if problems else 0)
 """
-Structure = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (dtype, shape)
 _HASH_READ = 4 * 1024 * 1024
 
 
 @dataclass
 class FileValidation:
     path: str
-    format: str | None
+    format: str | None  # what its content is (``ops.formats.detect``), None for other files
     passed: int  # highest level passed (0: none)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # never fail validation (e.g. an unknown dtype)
 
     @property
     def ok(self) -> bool:
@@ -89,6 +86,7 @@ class ValidationReport:
     files: list[FileValidation] = field(default_factory=list)
     check: str | None = None  # level 4: the entry point that ran
     check_problems: list[str] = field(default_factory=list)
+    root: str = ""  # the directory validated as the source path (see ``resolve_root``)
 
     @property
     def ok(self) -> bool:
@@ -97,60 +95,6 @@ class ValidationReport:
     @property
     def failed(self) -> list[FileValidation]:
         return [f for f in self.files if not f.ok]
-
-
-def model_format(name: str, head: bytes) -> str | None:
-    """The model file format, from the name and the first bytes; None for other files."""
-    lower = name.lower()
-    if lower.endswith(".safetensors"):
-        return "safetensors"
-    if lower.endswith(".npy"):
-        return "npy"
-    if lower.endswith(".npz"):
-        return "npz"
-    if lower.endswith(".gguf") or head[:4] == b"GGUF":
-        return "gguf"
-    if lower.endswith((".pt", ".pth", ".bin", ".ckpt")) and head[:4] == b"PK\x03\x04":
-        return "torch-zip"
-    return None
-
-
-# -- level 2 and 3: parse a file -------------------------------------------------------------------
-def structure(fmt: str, f: BinaryIO, size: int, *, read_data: bool = True) -> Structure:
-    """Parse ``f`` (``size`` bytes) as ``fmt`` with the splitters' parsers in strict mode;
-    ValueError naming the problem. Returns the tensors' dtypes and shapes (empty when the format
-    has none we can read without unpickling: torch zip). ``read_data``: also check what needs the
-    whole file read (zip members' CRCs); False for a backed-up file, whose blobs are authenticated
-    and hash-checked as they load, so that only headers are read."""
-    parser: dict[str, Callable[[BinaryIO, int, bool], Structure]] = {
-        "safetensors": _safetensors, "npy": _npy, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip,
-    }
-    return parser[fmt](f, size, read_data)
-
-
-def _safetensors(f: BinaryIO, size: int, read_data: bool) -> Structure:
-    return {t.name: (t.dtype, t.shape) for t in parse_safetensors(f, size, strict=True).tensors}
-
-
-def _npy(f: BinaryIO, size: int, read_data: bool) -> Structure:
-    try:
-        h = parse_npy_header(f, size, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"array: {exc}") from None
-    return {"": (h.descr, h.shape)}
-
-
-def _npz(f: BinaryIO, size: int, read_data: bool) -> Structure:
-    return {name: (h.descr, h.shape) for name, h in npz_arrays(f, size, check_crc=read_data).items()}
-
-
-def _torch_zip(f: BinaryIO, size: int, read_data: bool) -> Structure:
-    torch_zip_members(f, size, check_crc=read_data)
-    return {}  # tensor shapes live in the pickle, which is never executed here
-
-
-def _gguf(f: BinaryIO, size: int, read_data: bool) -> Structure:
-    return {name: (f"ggml-{gtype}", dims) for name, gtype, dims in gguf_tensors(f, size, strict=True)}
 
 
 class StoredFile(io.RawIOBase):
@@ -223,6 +167,20 @@ def _live(root: Path, snap: Snapshot, rel: bytes) -> Path:
     return Path(os.fsdecode(os.path.join(os.fsencode(root), *parts))) if parts else root
 
 
+def resolve_root(root: Path, snap: Snapshot, files: list[Node]) -> Path:
+    """The directory standing for the snapshot's source path: ``root`` itself (a live copy, or a
+    restore with --swap), or ``root/<source name>`` when ``root`` is the target a restore wrote
+    into. Of the two, the one where more of the snapshot's files exist (ties: ``root``)."""
+    if len(snap.paths) != 1:
+        return root  # several sources restore as <target>/<name>/...: root is the target
+    inner = root / os.path.basename(snap.paths[0])
+    if not inner.exists():
+        return root
+    here = sum(1 for n in files if _live(root, snap, n.path).is_file())
+    there = sum(1 for n in files if _live(inner, snap, n.path).is_file())
+    return inner if there > here else root
+
+
 def _sha256(path: Path) -> tuple[str, int]:
     h, n = hashlib.sha256(), 0
     with open(path, "rb") as f:
@@ -275,60 +233,71 @@ def validate_tree(repo: Repository, snap: Snapshot, root: Path, level: int,
     compares sizes only instead of hashing every file again. Leave it False for a tree that
     anything else may have written since.
     """
-    report = ValidationReport(snap.id, level, check=check if level >= 4 else None)
+    files = [n for n in iter_manifest(snap.tree, repo.load_blob) if n.type == "file"]
+    root = resolve_root(root, snap, files)
+    report = ValidationReport(snap.id, level, check=check if level >= 4 else None, root=str(root))
     cache = BlobCache(repo, 64 * 1024 * 1024)
-    for node in iter_manifest(snap.tree, repo.load_blob):
-        if node.type != "file":
-            continue
-        shown = node.path.decode("utf-8", "replace")
-        live = _live(root, snap, node.path)
-        try:
-            with open(live, "rb") as f:
-                head = f.read(16)
-        except OSError as exc:
-            report.files.append(FileValidation(shown, None, 0, [f"cannot be read: {exc.strerror or exc}"]))
-            continue
-        fmt = model_format(live.name, head)
-        fv = FileValidation(shown, fmt, 0)
-        report.files.append(fv)
-        if hashed:  # the caller compared the SHA-256 already: only a size change since then is seen
-            digest, size = node.sha256, live.stat().st_size
-        else:
-            digest, size = _sha256(live)
-        if size != node.size or digest != node.sha256:
-            fv.problems.append(f"level 1: size {size} / SHA-256 differ from the snapshot's ({node.size} bytes)")
-            if level == 1 or fmt is None:
-                continue
-        else:
-            fv.passed = 1
-        if level < 2 or fmt is None:
-            continue
-        try:
-            with open(live, "rb") as f:
-                found = structure(fmt, f, size)
-        except ValueError as exc:
-            fv.problems.append(f"level 2: {fmt}: {exc}")
-            continue
-        if fv.ok:
-            fv.passed = 2
-        if level < 3:
-            continue
-        try:
-            with StoredFile(repo, node, cache.load) as stored:
-                expected = structure(fmt, cast(BinaryIO, stored), node.size, read_data=False)
-        except (ValueError, WeightvaultError) as exc:
-            fv.problems.append(f"level 3: the backed-up file cannot be read as {fmt}: {exc}")
-            continue
-        diffs = _compare(expected, found)
-        fv.problems += [f"level 3: {d}" for d in diffs]
-        if fv.ok:
-            fv.passed = 3
+    inside = os.path.realpath(root)
+    for node in files:
+        report.files.append(_validate_file(repo, snap, node, root, inside, level, hashed, cache))
     if level >= 4 and check is not None:
         if report.ok:
             report.check_problems = [f"level 4: {p}" for p in run_check(check, root)]
         else:
             report.check_problems = ["level 4: not run, lower levels failed"]
     return report
+
+
+def _validate_file(repo: Repository, snap: Snapshot, node: Node, root: Path, inside: str, level: int,
+                   hashed: bool, cache: BlobCache) -> FileValidation:
+    """Levels 1..3 of one file (see the module docstring)."""
+    shown = node.path.decode("utf-8", "replace")
+    live = _live(root, snap, node.path)
+    real = os.path.realpath(live)
+    if real != inside and not real.startswith(inside.rstrip(os.sep) + os.sep):
+        return FileValidation(shown, None, 0, [f"resolves outside {root} (through a symlink): not read"])
+    try:
+        with open(live, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:
+        return FileValidation(shown, None, 0, [f"cannot be read: {exc.strerror or exc}"])
+    fmt, warnings = detect(live.name, head)
+    fv = FileValidation(shown, fmt, 0, warnings=warnings)
+    if hashed:  # the caller compared the SHA-256 already: only a size change since then is seen
+        digest, size = node.sha256, live.stat().st_size
+    else:
+        digest, size = _sha256(live)
+    if size != node.size or digest != node.sha256:
+        fv.problems.append(f"level 1: size {size} / SHA-256 differ from the snapshot's ({node.size} bytes)")
+        if level == 1 or fmt is None:
+            return fv
+    else:
+        fv.passed = 1
+    if level < 2 or fmt is None:
+        return fv
+    try:
+        with open(live, "rb") as f:
+            found = parse(fmt, f, size)
+    except ValueError as exc:
+        fv.problems.append(f"level 2: {fmt}: {exc}")
+        return fv
+    fv.warnings += found.warnings
+    if not found.checked:
+        return fv
+    if fv.ok:
+        fv.passed = 2
+    if level < 3:
+        return fv
+    try:
+        with StoredFile(repo, node, cache.load) as stored:
+            expected = parse(fmt, cast(BinaryIO, stored), node.size, read_data=False)
+    except (ValueError, WeightvaultError) as exc:
+        fv.problems.append(f"level 3: the backed-up file cannot be read as {fmt}: {exc}")
+        return fv
+    fv.problems += [f"level 3: {d}" for d in _compare(expected.tensors, found.tensors)]
+    if fv.ok:
+        fv.passed = 3
+    return fv
 
 
 def _compare(expected: Structure, found: Structure) -> list[str]:

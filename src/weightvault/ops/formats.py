@@ -1,0 +1,156 @@
+"""Model file formats as validation sees them: recognised by content, parsed strictly.
+
+``detect`` names a file's format from its first bytes (``chunking.registry.detect_format``: the
+splitters' own tests, asked without the file's name), so a hub-cache blob, a ``*.weights`` file or
+a renamed checkpoint is checked as what it is; a file whose *name* says model but whose content is
+no known format gets a warning instead of silence. ``parse`` runs the splitters' parsers in strict
+mode and returns the tensors' dtypes and shapes with any warnings (a dtype this version does not
+know, a format whose library is not installed): a warning never fails validation, a ValueError
+always does. Nothing is ever unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from weightvault.chunking.gguf import gguf_tensors
+from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
+from weightvault.chunking.registry import detect_format, looks_like_model
+from weightvault.chunking.safetensors import parse_safetensors
+from weightvault.chunking.torchzip import torch_zip_members
+
+__all__ = ["FORMATS", "HEAD_BYTES", "Parsed", "Structure", "detect", "parse", "structure"]
+
+HEAD_BYTES = 64 * 1024  # what detection reads, as the splitters do
+Structure = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (dtype, shape)
+
+
+@dataclass
+class Parsed:
+    tensors: Structure = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    checked: bool = True  # False: nothing could be checked (the warnings say why): no level is claimed
+
+
+# names that claim one format: content that is not that format fails level 2, as a broken model
+_CLAIMED = {".safetensors": "safetensors", ".npy": "npy", ".npz": "npz", ".gguf": "gguf", ".h5": "hdf5",
+            ".hdf5": "hdf5", ".keras": "hdf5"}
+
+
+def detect(name: str, head: bytes) -> tuple[str | None, list[str]]:
+    """(format or None, warnings). Content decides; failing that, a name that claims one format
+    (``model.safetensors``) is checked as that format, so a broken model fails; a name that only
+    says "model" (``.bin``, ``.pt``: torch, but also anything else) gets a warning."""
+    fmt = detect_format(head)
+    if fmt is not None:
+        return fmt, []
+    lower = name.lower()
+    claimed = next((f for ext, f in _CLAIMED.items() if lower.endswith(ext)), None)
+    if claimed is not None:
+        return claimed, []
+    if looks_like_model(name):
+        what = "empty" if not head else "none of safetensors, npy, npz, torch zip, GGUF or HDF5"
+        return None, [f"the name says model file but the content is {what}: only level 1 applies"]
+    return None, []
+
+
+def parse(fmt: str, f: BinaryIO, size: int, *, read_data: bool = True) -> Parsed:
+    """Parse ``f`` (``size`` bytes) as ``fmt`` strictly; ValueError naming the problem.
+    ``read_data``: also check what needs the whole file read (zip members' CRCs); False for a
+    backed-up file, whose blobs are authenticated and hash-checked as they load."""
+    return FORMATS[fmt](f, size, read_data)
+
+
+def structure(fmt: str, f: BinaryIO, size: int, *, read_data: bool = True) -> Structure:
+    """``parse(...).tensors``."""
+    return parse(fmt, f, size, read_data=read_data).tensors
+
+
+def _safetensors(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    h = parse_safetensors(f, size, strict=True)
+    return Parsed({t.name: (t.dtype, t.shape) for t in h.tensors}, list(getattr(h, "warnings", [])))
+
+
+def _npy(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    try:
+        h = parse_npy_header(f, size, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"array: {exc}") from None
+    return Parsed({"": (h.descr, h.shape)})
+
+
+def _npz(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    return Parsed({name: (h.descr, h.shape) for name, h in npz_arrays(f, size, check_crc=read_data).items()})
+
+
+def _torch_zip(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    torch_zip_members(f, size, check_crc=read_data)
+    return Parsed()
+
+
+def _gguf(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    return Parsed({name: (f"ggml-{gtype}", dims) for name, gtype, dims in gguf_tensors(f, size, strict=True)})
+
+
+def _hdf5(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    """Datasets' dtypes and shapes through h5py (an optional extra); without it, a warning. A
+    contiguous dataset's bytes must lie inside the file; with ``read_data`` every dataset is read
+    (chunked, compressed ones decompress)."""
+    try:
+        import h5py
+    except ImportError:
+        return Parsed(warnings=["HDF5: levels 2 and 3 skipped: h5py is not installed (pip install h5py)"],
+                      checked=False)
+    out: Structure = {}
+    problems: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        out[name] = (str(obj.dtype), tuple(int(n) for n in obj.shape))
+        offset = obj.id.get_offset()
+        if offset is not None and offset + obj.id.get_storage_size() > size:
+            problems.append(f"dataset {name!r} lies beyond the end of the file")
+        elif read_data and obj.size:
+            obj[()]  # decodes every chunk: a damaged one raises
+
+    try:
+        with h5py.File(io.BufferedReader(_Unclosable(f)), "r") as h5:
+            h5.visititems(visit)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"HDF5: {exc}") from None
+    if problems:
+        raise ValueError(problems[0])
+    return Parsed(out)
+
+
+class _Unclosable(io.RawIOBase):
+    """``f`` for h5py, which closes what it is given."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._f.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+FORMATS: dict[str, Callable[[BinaryIO, int, bool], Parsed]] = {
+    "safetensors": _safetensors, "npy": _npy, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip, "hdf5": _hdf5,
+}
