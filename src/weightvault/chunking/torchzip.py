@@ -14,17 +14,35 @@ the first storage (``data.pkl``) and after the last one are regions (content-def
 4 MiB). Files below the repository's minimum chunk size stay one chunk, as with CDC. Anything
 inconsistent in the zip structure sends the whole file to generic CDC. The zip ranges are checked
 by ``zipscan.zip_members``, which validation (``torch_zip_members``) uses too.
+
+``torch_zip_structure`` (validation's structure level) names each tensor with its dtype and shape
+through the same non-executing scan (``pickle_scan.scan_tensors``) and, in strict mode, checks
+every storage the pickle references against the archive: present, as long as its record says,
+long enough for every tensor viewing it. It also reads legacy (non-zip) ``torch.save`` files:
+
+    pickle: magic number 0x1950a86a20f9469cfc6c | pickle: protocol version 1001 | pickle: sys_info
+    {"little_endian", ...} | pickle: the object (storages as persistent ids) | pickle: sorted list
+    of storage keys | per key, in that order: int64 numel (in the storage's elements, byte order of
+    sys_info) + numel x element size raw bytes
 """
 
 from __future__ import annotations
 
 import struct
 import zipfile
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Literal
 
 from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams
-from weightvault.chunking.pickle_scan import scan_storage_dtypes
+from weightvault.chunking.pickle_scan import (
+    PickleTensors,
+    StorageRef,
+    TensorRef,
+    scan_storage_dtypes,
+    scan_tensors,
+    scan_value,
+)
 from weightvault.chunking.tensor_plan import (
     GROUP_MAX,
     SMALL_TENSOR,
@@ -33,11 +51,13 @@ from weightvault.chunking.tensor_plan import (
     TensorRange,
     file_size,
     piece_size,
+    read_exact,
     split_or_fallback,
 )
-from weightvault.chunking.zipscan import check_crcs, open_zip, zip_members
+from weightvault.chunking.zipscan import ZIP_ERRORS, check_crcs, open_zip, zip_members
 
-__all__ = ["GROUP", "SMALL", "TorchZipSplitter", "piece_size", "plan_torch_zip", "torch_zip_members"]
+__all__ = ["GROUP", "SMALL", "TorchStructure", "TorchZipSplitter", "piece_size", "plan_torch_zip",
+           "torch_zip_members", "torch_zip_structure"]
 
 SMALL = SMALL_TENSOR  # storages below this may be grouped ...
 GROUP = GROUP_MAX  # ... into chunks of up to this size
@@ -47,6 +67,8 @@ MAX_PKL = 64 * 1024 * 1024  # larger data.pkl files are not scanned for dtypes
 _EXTS = (b".pt", b".pth", b".bin", b".ckpt")
 _TORCH_FIRST = (b"/data.pkl", b"/.format_version", b"/byteorder", b"/version", b"/.storage_alignment")
 _LOCAL_SIG = b"PK\x03\x04"
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a legacy torch.save file
+LEGACY_PROTOCOL = 1001
 
 
 def _storage_key(name: str) -> tuple[str, str] | None:
@@ -137,3 +159,202 @@ class TorchZipSplitter:
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         return split_or_fallback(stream, params, lambda: plan_torch_zip(stream, params))
+
+
+# -- structure (validation) -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TorchStructure:
+    """The tensors of a ``torch.save`` file, name -> (dtype in ``DTYPE_SIZES``' vocabulary, shape),
+    in pickle order; ``warnings`` say what the scan could not follow or (non-strict) check."""
+
+    tensors: dict[str, tuple[str, tuple[int, ...]]]
+    warnings: list[str]
+
+
+def torch_zip_structure(stream: BinaryIO, size: int, *, strict: bool = False) -> TorchStructure:
+    """Tensor names, dtypes and shapes of a ``torch.save`` file of ``size`` bytes (zip archive or
+    legacy format), read without executing its pickle (``pickle_scan.scan_tensors``); names are
+    key paths ("state_dict.layer.weight", list indices as numbers).
+
+    Reads the zip's end record, central directory, local headers and ``data.pkl`` (legacy: the
+    pickles and the 8-byte header of each storage), never the storages' data. ValueError if the
+    file is not a torch.save file or its zip structure is inconsistent (``zip_members``). With
+    ``strict`` also ValueError, naming the tensor, when a storage the pickle references is missing,
+    holds other than its record's numel x element size, or is shorter than a tensor viewing it
+    needs (offset + furthest element by size and stride); without it these are warnings. A pickle
+    the scan cannot read at all gives no tensors and a warning; objects it cannot follow (custom
+    classes, unknown rebuild functions) are warnings, never failures."""
+    stream.seek(0)
+    head = read_exact(stream, 4)
+    if head == _LOCAL_SIG:
+        return _zip_structure(stream, size, strict)
+    if head[:1] == b"\x80":  # pickle protocol >= 2: maybe legacy torch.save
+        return _legacy_structure(stream, size, strict)
+    raise ValueError("neither a torch.save zip archive nor a legacy torch.save file")
+
+
+def _zip_structure(stream: BinaryIO, size: int, strict: bool) -> TorchStructure:
+    warnings: list[str] = []
+    with open_zip(stream) as zf:
+        members = zip_members(zf, stream, size)
+        pkls = [m for m in members if _is_pickle(m.info.filename)]
+        if len(pkls) != 1:
+            raise ValueError(f"a PyTorch archive needs one <archive>/data.pkl, found {len(pkls)}")
+        pinfo = pkls[0].info
+        prefix = pinfo.filename[:-len("/data.pkl")]
+        have: dict[str, int | None] = {}
+        for m in members:
+            sk = _storage_key(m.info.filename)
+            if sk is not None and sk[0] == prefix:
+                have[sk[1]] = m.info.file_size
+            elif m.info.filename == f"{prefix}/byteorder" and _byteorder(zf, m.info) == b"big":
+                warnings.append("storages are big-endian")
+        if pinfo.file_size > MAX_PKL:
+            return TorchStructure({}, [*warnings, f"{pinfo.filename} is larger than {MAX_PKL} bytes: not scanned"])
+        try:
+            pkl = _read_member(zf, pinfo, MAX_PKL)
+        except ValueError as exc:
+            if strict:
+                raise
+            return TorchStructure({}, [*warnings, str(exc)])
+    scan = scan_tensors(pkl)
+    extra = sorted(set(have) - set(scan.storages)) if scan.readable else []
+    if extra:
+        warnings.append(f"{len(extra)} storages no tensor references, e.g. {prefix}/data/{extra[0]}")
+    return _finish(scan, have, lambda k: f"{prefix}/data/{k}", warnings, strict)
+
+
+def _byteorder(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return _read_member(zf, info, 16).strip()
+    except ValueError:
+        return b""
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    try:
+        with zf.open(info) as f:
+            return f.read(limit)
+    except ZIP_ERRORS as exc:
+        raise ValueError(f"{info.filename} cannot be read: {exc}") from None
+
+
+def _legacy_pickles(head: bytes) -> tuple[Literal["little", "big"], PickleTensors, list[str] | None, int]:
+    """Byte order, object scan, storage keys (None if unreadable) and the offset after the keys."""
+    try:
+        magic, pos = scan_value(head)
+    except ValueError:
+        magic, pos = None, 0
+    if magic != LEGACY_MAGIC or isinstance(magic, bool):
+        raise ValueError("a pickle without torch's magic number: not a torch.save file")
+    proto, pos = scan_value(head, pos)
+    if proto != LEGACY_PROTOCOL or isinstance(proto, bool):
+        raise ValueError(f"legacy torch.save protocol {proto!r} is unknown")
+    info, pos = scan_value(head, pos)
+    order: Literal["little", "big"] = (
+        "big" if isinstance(info, dict) and info.get("little_endian", True) is False else "little")
+    scan = scan_tensors(head, pos)
+    if not scan.readable:
+        return order, scan, None, -1
+    try:
+        keys, end = scan_value(head, scan.end)
+    except ValueError:
+        return order, scan, None, -1
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        return order, scan, None, -1
+    return order, scan, keys, end
+
+
+def _legacy_structure(stream: BinaryIO, size: int, strict: bool) -> TorchStructure:
+    n = 1 << 20
+    while True:  # the pickles come first: read more of the file only while they do not decode
+        stream.seek(0)
+        head = read_exact(stream, min(size, n))
+        order, scan, keys, pos = _legacy_pickles(head)
+        if keys is not None or n >= min(size, MAX_PKL):
+            break
+        n *= 4
+    warnings = ["storages are big-endian"] if order == "big" else []
+    if not scan.readable:
+        if size > MAX_PKL:
+            warnings.append(f"only the first {MAX_PKL} bytes are scanned")
+        return TorchStructure({}, [*warnings, *scan.warnings])
+    if keys is None:
+        msg = "the legacy storage key list cannot be read"
+        if strict:
+            raise ValueError(msg)
+        return _finish(scan, {k: None for k in scan.storages}, str, [*warnings, msg], strict)
+    have: dict[str, int | None] = {k: None for k in keys}
+    off = pos
+    for key in keys:
+        ref = scan.storages.get(key)
+        if ref is None or ref.unit is None:
+            warnings.append(f"legacy storage {key!r}: element size unknown, it and later storages are not checked")
+            break
+        stream.seek(off)
+        hdr = read_exact(stream, 8)
+        numel = int.from_bytes(hdr, order) if len(hdr) == 8 else 0
+        avail = max(0, min(numel * ref.unit, size - off - 8))
+        have[key] = avail
+        off += 8 + numel * ref.unit
+        if off > size:
+            break
+    else:
+        if off < size:
+            warnings.append(f"{size - off} bytes after the last legacy storage")
+    extra = sorted(set(keys) - set(scan.storages))
+    if extra:
+        warnings.append(f"{len(extra)} storages no tensor references, e.g. {extra[0]!r}")
+    return _finish(scan, have, lambda k: f"legacy storage {k!r}", warnings, strict)
+
+
+def _storage_problems(scan: PickleTensors, have: dict[str, int | None], where: Callable[[str], str],
+                      first: dict[int, str]) -> list[str]:
+    """Each referenced storage: present, as long as its record, long enough for its tensors."""
+    viewers: dict[str, list[TensorRef]] = {}
+    for t in scan.tensors:
+        viewers.setdefault(t.storage.key, []).append(t)
+    problems: list[str] = []
+    for key, ref in scan.storages.items():
+        ts = viewers.get(key, [])
+        label = next((f"tensor {first[id(t)]!r}" for t in ts if id(t) in first), f"a tensor on storage {key!r}")
+        if key not in have:
+            problems.append(f"{label}: its storage {where(key)} is missing")
+            continue
+        n = have[key]
+        if n is None:
+            continue
+        if ref.nbytes is not None and ref.nbytes != n:
+            problems.append(f"{label}: storage {where(key)} holds {n} bytes, its record says "
+                            f"{ref.numel} x {ref.unit} ({_storage_name(ref)})")
+        for t in ts:
+            need = t.needed_bytes()
+            if need is not None and need > n:
+                name = first.get(id(t), f"on storage {key!r}")
+                problems.append(f"tensor {name!r} ({t.dtype} {list(t.shape)}, offset {t.offset}, stride "
+                                f"{list(t.stride)}) needs {need} bytes of storage {where(key)}, which holds {n}")
+    return problems
+
+
+def _storage_name(ref: StorageRef) -> str:
+    return ref.storage_type.rsplit(".", 1)[-1]
+
+
+def _finish(scan: PickleTensors, have: dict[str, int | None], where: Callable[[str], str],
+            warnings: list[str], strict: bool) -> TorchStructure:
+    first: dict[int, str] = {}
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, t in scan.named:
+        first.setdefault(id(t), name)
+        if t.dtype is None:
+            warnings.append(f"tensor {name!r}: dtype unknown, left out")
+        elif name in tensors and tensors[name] != (t.dtype, t.shape):
+            warnings.append(f"two different tensors are named {name!r}; the first is kept")
+        else:
+            tensors.setdefault(name, (t.dtype, t.shape))
+    problems = _storage_problems(scan, have, where, first)
+    if strict and problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ValueError(problems[0] + more)
+    return TorchStructure(tensors, [*warnings, *scan.warnings, *problems])
