@@ -126,3 +126,39 @@ def test_without_h5py_hdf5_levels_are_skipped_with_a_warning(
     (f,) = repo.validate(snap, run, level=3).files
     assert f.ok and f.format == "hdf5" and "h5py is not installed" in f.warnings[0]
     assert f.passed == 1  # integrity only: no level is claimed that was not checked
+
+
+def test_ls_and_stats_show_how_files_are_stored(repo: Repository, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write(run / "model.safetensors", _model())
+    write(run / "notes.txt", b"plain text " * 100)
+    snap = repo.backup([run]).snapshot.id
+    layouts = {p.decode().split("/")[-1]: lay for p, lay in repo.layouts(snap).items()}
+    assert layouts["model.safetensors"].chunking == "tensor-aware"
+    assert layouts["notes.txt"].chunking == "cdc"
+    for lay in layouts.values():
+        assert lay.stored_bytes == sum(lay.stored_by_codec.values()) > 0 and lay.missing_blobs == 0
+    st = repo.stats(snap)
+    assert sum(st.stored_by_codec.values()) == st.stored_bytes
+    assert st.raw_by_chunking == {"tensor-aware": len(_model()), "cdc": 1100}
+
+
+def test_cli_ls_long_and_json_show_chunking_and_codecs(repo: Repository, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    run = write(tmp_path / "run" / "model.safetensors", _model()).parent
+    repo.backup([run])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")} | {"WEIGHTVAULT_PASSWORD": PASSWORD}
+
+    def wv(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "weightvault", "-r", str(tmp_path / "repo"), *args], env=env,
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    (entry,) = [e for e in json.loads(wv("ls", "latest", "--json")) if e["type"] == "file"]
+    assert entry["chunking"] == "tensor-aware" and entry["stored_bytes"] == sum(entry["stored_by_codec"].values())
+    assert "tensor-aware" in wv("ls", "latest", "-l")
+    assert "stored as " in wv("stats")

@@ -39,6 +39,7 @@ from weightvault.ops.diff import DiffEntry, DiffResult
 from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
 from weightvault.ops.heal import HealResult
+from weightvault.ops.layout import FileLayout
 from weightvault.ops.progress import Progress, ProgressCallback
 from weightvault.ops.prune import PruneResult
 from weightvault.ops.repair import RepairResult
@@ -66,7 +67,8 @@ from weightvault.runner.swap import SwapResult
 
 __all__ = [
     "OVERWRITE_MODES", "BackupResult", "CheckResult", "CopyResult", "DefaultRepository", "DiffEntry", "DiffResult",
-    "DrillResult", "Fleet", "ForgetResult", "Group", "HealResult", "KdfParams", "KeyInfo", "LedgerCheck", "LockInfo",
+    "DrillResult", "FileLayout", "Fleet", "ForgetResult", "Group", "HealResult", "KdfParams", "KeyInfo",
+    "LedgerCheck", "LockInfo",
     "Node", "PolicyRun", "PolicySpec", "PolicyStep", "Progress", "ProgressCallback", "PruneResult", "RepairResult",
     "Repository", "RestoreResult", "RetryPolicy", "RpoLine", "Snapshot", "Stats", "StorageOptions", "SwapResult",
     "ValidationReport", "VerifyResult", "apply_policy", "default_key_file", "default_policy_file",

@@ -23,6 +23,7 @@ from weightvault.ops import diff as _diff
 from weightvault.ops import forget as _forget
 from weightvault.ops import groups as _groups
 from weightvault.ops import heal as _heal
+from weightvault.ops import layout as _layout
 from weightvault.ops import prune as _prune
 from weightvault.ops import repair as _repair
 from weightvault.ops import restore as _restore
@@ -37,6 +38,7 @@ from weightvault.ops.diff import DiffResult
 from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
 from weightvault.ops.heal import HealResult
+from weightvault.ops.layout import FileLayout
 from weightvault.ops.progress import ProgressCallback
 from weightvault.ops.prune import PruneResult
 from weightvault.ops.repair import RepairResult
@@ -210,6 +212,11 @@ class Repository:
         with self._session(LockMode.NONE) as s:
             nodes = iter_manifest(self._find(s, spec).tree, self._repo.load_blob)
             return [n for n in nodes if not prefix or n.path == prefix or n.path.startswith(prefix + b"/")]
+
+    def layouts(self, spec: str, path: str | None = None) -> dict[bytes, FileLayout]:
+        """How each file (under ``path``) of a snapshot is stored: chunking and bytes by codec."""
+        with self._session(LockMode.NONE):
+            return {n.path: _layout.file_layout(self._repo, n) for n in self.ls(spec, path) if n.type == "file"}
 
     def diff(self, spec_a: str, spec_b: str) -> DiffResult:
         with self._session(LockMode.NONE) as s:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from weightvault import api
 from weightvault.cli.common import Globals, open_repository, pass_globals
 from weightvault.cli.output import display, echo_json, human_size, human_time, mode_string, node_json, print_table
 
@@ -13,14 +16,17 @@ __all__ = ["ls"]
 @click.command()
 @click.argument("snapshot")
 @click.argument("path", required=False)
-@click.option("-l", "--long", "long_", is_flag=True, help="Show mode, size and modification time.")
+@click.option("-l", "--long", "long_", is_flag=True,
+              help="Show mode, size, stored size, chunking (tensor-aware or cdc), time and stored bytes by codec.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of entries.")
 @pass_globals
 def ls(g: Globals, snapshot: str, path: str | None, long_: bool, as_json: bool) -> None:
     """List the entries of SNAPSHOT (an id prefix, 'latest', 'latest:k=v' or '@TIME'), under PATH if given."""
-    nodes = open_repository(g).ls(snapshot, path)
+    repo = open_repository(g)
+    nodes = repo.ls(snapshot, path)
+    layouts = repo.layouts(snapshot, path) if as_json or long_ else {}
     if as_json:
-        echo_json([node_json(n) for n in nodes])
+        echo_json([node_json(n) | _layout_json(layouts.get(n.path)) for n in nodes])
         return
     if not long_:
         for n in nodes:
@@ -32,5 +38,15 @@ def ls(g: Globals, snapshot: str, path: str | None, long_: bool, as_json: bool) 
         if n.type == "symlink" and n.target is not None:
             name += f" -> {display(n.target)}"
         size = human_size(n.size) if n.type == "file" else ""
-        rows.append([mode_string(n), size, human_time(n.mtime_ns), name])
-    print_table(["Mode", "Size", "Modified", "Path"], rows, right=(1,))
+        lay = layouts.get(n.path)
+        stored = human_size(lay.stored_bytes) if lay else ""
+        codecs = ", ".join(f"{c} {human_size(b)}" for c, b in sorted(lay.stored_by_codec.items())) if lay else ""
+        rows.append([mode_string(n), size, stored, lay.chunking if lay else "", human_time(n.mtime_ns), name, codecs])
+    print_table(["Mode", "Size", "Stored", "Chunking", "Modified", "Path", "By codec"], rows, right=(1, 2))
+
+
+def _layout_json(lay: api.FileLayout | None) -> dict[str, Any]:
+    if lay is None:
+        return {}
+    return {"chunking": lay.chunking, "chunks": lay.chunks, "stored_bytes": lay.stored_bytes,
+            "stored_by_codec": lay.stored_by_codec}

@@ -36,5 +36,7 @@ def stats(g: Globals, snapshot: str | None, as_json: bool) -> None:
         ["stored / raw", f"{100 * s.stored_fraction:.1f}%"],
         ["distinct blobs", f"{s.blobs} ({s.delta_blobs} stored as checkpoint deltas)"],
         ["repository size (all packs)", f"{_size(s.repository_bytes)} in {s.packs} pack(s)"],
+        *[[f"  stored as {codec}", _size(n)] for codec, n in sorted(s.stored_by_codec.items())],
+        *[[f"raw size, {kind} chunking", _size(n)] for kind, n in sorted(s.raw_by_chunking.items())],
     ]
     print_table(["Statistic", "Value"], rows)

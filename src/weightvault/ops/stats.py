@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weightvault.backends.base import FileType
+from weightvault.codec.compress import CODEC_NAMES
+from weightvault.ops.layout import chunking_of
 from weightvault.repository.manifest import iter_manifest
 from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
@@ -25,6 +27,8 @@ class Stats:
     packs: int
     delta_blobs: int = 0  # of ``blobs``, stored as checkpoint deltas (codec 3)
     base_bytes: int = 0  # of ``stored_bytes``, delta bases needed that the snapshots do not reference
+    stored_by_codec: dict[str, int] = field(default_factory=dict)  # ``stored_bytes`` by codec (raw, zstd, ...)
+    raw_by_chunking: dict[str, int] = field(default_factory=dict)  # file bytes: tensor-aware / cdc (ops.layout)
 
     @property
     def dedup_ratio(self) -> float:
@@ -54,12 +58,16 @@ def stats(repo: Repository, snaps: list[Snapshot]) -> Stats:
     seen: set[bytes] = set()
     bases: set[bytes] = set()
     files = raw = unique = stored = deltas = 0
+    by_codec: dict[str, int] = {}
+    by_chunking: dict[str, int] = {}
     for snap in snaps:
         for node in iter_manifest(snap.tree, repo.load_blob):
             if node.type != "file":
                 continue
             files += 1
             raw += node.size
+            kind = chunking_of(node)
+            by_chunking[kind] = by_chunking.get(kind, 0) + node.size
             for bid in node.blobs:
                 if bid in seen:
                     continue
@@ -68,6 +76,8 @@ def stats(repo: Repository, snaps: list[Snapshot]) -> Stats:
                 if entry is not None:
                     unique += entry.blob.raw_length
                     stored += entry.blob.length
+                    codec = CODEC_NAMES.get(entry.blob.codec, f"codec-{entry.blob.codec}")
+                    by_codec[codec] = by_codec.get(codec, 0) + entry.blob.length
                     deltas += entry.blob.base is not None
                     base = entry.blob.base
                     while base is not None and base not in bases:
@@ -78,6 +88,8 @@ def stats(repo: Repository, snaps: list[Snapshot]) -> Stats:
         entry = repo.index.get(bid)
         if entry is not None:
             base_bytes += entry.blob.length
+            codec = CODEC_NAMES.get(entry.blob.codec, f"codec-{entry.blob.codec}")
+            by_codec[codec] = by_codec.get(codec, 0) + entry.blob.length
     packs = list(repo.backend.list(FileType.PACK))
     return Stats(len(snaps), files, raw, unique, stored + base_bytes, len(seen), sum(s for _, s in packs), len(packs),
-                 deltas, base_bytes)
+                 deltas, base_bytes, by_codec, by_chunking)
