@@ -4,7 +4,9 @@ through the public API."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import itertools
 import json
 import pickle
 import random
@@ -16,14 +18,16 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import assert_tiles, tree_digest
 from weightvault.api import Repository
+from weightvault.chunking.dcp import DcpSplitter, dcp_archives, plan_dcp
 from weightvault.chunking.pickle_scan import scan_storage_dtypes
 from weightvault.chunking.registry import Chunk, ChunkerParams, default_registry
-from weightvault.chunking.torchzip import GROUP, SMALL, TorchZipSplitter, piece_size
+from weightvault.chunking.torchzip import GROUP, SMALL, TorchZipSplitter, piece_size, torch_zip_structure
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED: dict[str, dict[str, str]] = json.loads((FIXTURES / "torch_fixtures.json").read_text())
@@ -360,3 +364,122 @@ def test_changed_storage_leaves_others_deduplicated(repo: Repository, tmp_path: 
     assert len(raw) <= added < len(raw) + 256 * 1024, (added, len(raw))
     repo.restore(res.snapshot.id, tmp_path / "out")
     assert (tmp_path / "out" / "ckpt" / "model.pt").read_bytes() == path.read_bytes()
+
+
+# -- DCP .distcp files: concatenated torch.save archives ------------------------------------------
+
+DCP_ITEMS: dict[str, list[Any]] = json.loads((FIXTURES / "dcp_fixture.json").read_text())
+
+
+def dcp_expected(items: dict[str, list[Any]]) -> list[tuple[int, int, str | None, list[int] | None]]:
+    """(start, end, dtype, shape) of each archive, from DCP's own metadata, in file order."""
+    return sorted((off, off + n, dt, shape) for off, n, dt, shape in items.values())
+
+
+def check_dcp(data: bytes, items: dict[str, list[Any]], params: ChunkerParams = SMALL_PARAMS) -> None:
+    """Archives found where DCP's metadata puts them; each archive's storage chunks carry its
+    dtype, named "<archive index>/<key>"; the structure of each archive is its one tensor."""
+    expected = dcp_expected(items)
+    assert dcp_archives(io.BytesIO(data), len(data)) == [(s, e) for s, e, _, _ in expected]
+    assert expected[0][0] == 0 and expected[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(expected))  # DCP leaves no gaps
+    chunks = list(DcpSplitter().split(io.BytesIO(data), params))
+    assert_tiles(chunks, data)
+    piece = piece_size(params)
+    for i, (s, e, dt, shape) in enumerate(expected):
+        inside = [c for c in chunks if c.dtype is not None and s <= c.offset < e]
+        if dt is None:  # a pickled object: no storages
+            assert inside == []
+            continue
+        assert inside and {c.dtype for c in inside} == {dt} and {c.tensor for c in inside} <= {f"{i}/0", None}
+        (key_range,) = [r for k, r in storage_ranges(data[s:e]).items() if k == "0"]
+        n = key_range[1] - key_range[0]
+        if n >= SMALL:
+            assert [(c.offset, c.part) for c in inside] == [
+                (off, j) for j, off in enumerate(range(s + key_range[0], s + key_range[1], piece))]
+        structure = torch_zip_structure(io.BytesIO(data[s:e]), e - s, strict=True)
+        assert structure.tensors == {"": (dt, tuple(shape or ()))} and structure.warnings == []
+
+
+def test_dcp_fixture_archives_and_hints() -> None:
+    data = (FIXTURES / "dcp_shard.distcp").read_bytes()
+    check_dcp(data, DCP_ITEMS)
+
+
+def test_dcp_splitter_accepts_concatenated_archives_only() -> None:
+    data = (FIXTURES / "dcp_shard.distcp").read_bytes()
+    s = DcpSplitter()
+    assert s.accepts(b"__0_0.distcp", data[:65536]) and s.accepts(b"shard.bin", data[:65536])  # by content
+    assert s.accepts(b"__1_0.DISTCP", data[:4] + b"\0" * 100)  # by name
+    for name in ZIP_FIXTURES:
+        assert not s.accepts(name.encode(), (FIXTURES / name).read_bytes()[:65536])
+    assert not s.accepts(b"x.distcp", b"\x80\x02")
+
+
+def test_dcp_single_archive_falls_back_to_cdc() -> None:
+    data = (FIXTURES / "mixed_dtypes.pt").read_bytes()
+    assert dcp_archives(io.BytesIO(data), len(data)) == [(0, len(data))]
+    with pytest.raises(ValueError, match="several"):
+        plan_dcp(io.BytesIO(data), SMALL_PARAMS)
+    chunks = list(DcpSplitter().split(io.BytesIO(data), SMALL_PARAMS))
+    assert_tiles(chunks, data)
+    assert all(c.dtype is None for c in chunks)
+
+
+def test_dcp_bytes_outside_archives() -> None:
+    data = (FIXTURES / "dcp_shard.distcp").read_bytes()
+    expected = [(s, e) for s, e, _, _ in dcp_expected(DCP_ITEMS)]
+    cut = expected[20][0]
+    junk = b"PK\x05\x06 not an end record " * 40
+    for bad, want in (
+        (junk + data, [(s + len(junk), e + len(junk)) for s, e in expected]),
+        (data + junk, expected),
+        (data[:cut] + junk + data[cut:], [*expected[:20], *[(s + len(junk), e + len(junk)) for s, e in expected[20:]]]),
+    ):
+        assert dcp_archives(io.BytesIO(bad), len(bad)) == want
+        chunks = list(DcpSplitter().split(io.BytesIO(bad), SMALL_PARAMS))
+        assert_tiles(chunks, bad)
+        assert any(c.dtype == "F32" for c in chunks)
+
+
+def test_dcp_hostile_files_tile() -> None:
+    data = (FIXTURES / "dcp_shard.distcp").read_bytes()
+    rnd = random.Random(13)
+    n = 0
+
+    def lying_end_records() -> Iterator[bytes]:
+        for _, e, _, _ in dcp_expected(DCP_ITEMS):
+            eocd, rec64 = e - 22, e - 22 - 20 - 56
+            for pos, fmt, value in ((eocd + 12, "<I", 0), (eocd + 16, "<I", 7), (eocd + 20, "<H", 30),
+                                    (rec64 + 40, "<Q", 1 << 40), (rec64 + 48, "<Q", rnd.randrange(e)),
+                                    (eocd - 12, "<Q", 3)):
+                b = bytearray(data)
+                struct.pack_into(fmt, b, pos, value)
+                yield bytes(b)
+            b = bytearray(data)
+            b[e - rnd.randrange(1, 200)] ^= 0xFF
+            yield bytes(b)
+
+    for bad in itertools.chain(_mutations(data, rnd), lying_end_records()):
+        found = dcp_archives(io.BytesIO(bad), len(bad))
+        assert all(0 <= s < e <= len(bad) for s, e in found)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(found))
+        assert_tiles(list(DcpSplitter().split(io.BytesIO(bad), SMALL_PARAMS)), bad)
+        n += 1
+    assert n > 350
+
+
+def test_dcp_real_torch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("make_torch_fixtures", FIXTURES / "make_torch_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    state = {"w": torch.randn(300, 256).to(torch.bfloat16), "h": torch.randn(70_000).half(),
+             "ids": torch.arange(40_000), "t": torch.randn(64, 48).t(), "opt": {"lr": 0.1, "step": 3},
+             **mk.dcp_state()}
+    mk.write_dcp(tmp_path, state)
+    items = mk.dcp_items(tmp_path)
+    (shard,) = {f for f, *_ in items.values()}
+    check_dcp((tmp_path / shard).read_bytes(), {k: v[1:] for k, v in items.items()})
+    check_dcp((tmp_path / shard).read_bytes(), {k: v[1:] for k, v in items.items()}, DEFAULT)

@@ -57,7 +57,7 @@ from weightvault.chunking.tensor_plan import (
 from weightvault.chunking.zipscan import ZIP_ERRORS, check_crcs, open_zip, zip_members
 
 __all__ = ["GROUP", "SMALL", "TorchStructure", "TorchZipSplitter", "piece_size", "plan_torch_zip",
-           "torch_zip_members", "torch_zip_structure"]
+           "torch_zip_members", "torch_zip_storages", "torch_zip_structure"]
 
 SMALL = SMALL_TENSOR  # storages below this may be grouped ...
 GROUP = GROUP_MAX  # ... into chunks of up to this size
@@ -84,9 +84,9 @@ def _is_pickle(name: str) -> bool:
     return name.endswith("/data.pkl") and name.count("/") == 1
 
 
-def _scan_zip(stream: BinaryIO, size: int) -> list[TensorRange]:
-    """Every STORED storage's data range with its dtype hint, in file order, after validating the
-    archive; ValueError if it is inconsistent."""
+def torch_zip_storages(stream: BinaryIO, size: int) -> list[TensorRange]:
+    """Every STORED storage's data range (named by its key) with its dtype hint, in file order,
+    after validating the archive; ValueError if it is inconsistent (the splitters' plan)."""
     with zipfile.ZipFile(stream) as zf:
         storages: list[tuple[str, int, int]] = []
         pkl: dict[str, zipfile.ZipInfo] = {}
@@ -137,7 +137,7 @@ def plan_torch_zip(stream: BinaryIO, params: ChunkerParams) -> list[Piece]:
     size = file_size(stream)
     plan = PlanBuilder(piece_size(params), max_gap=MAX_GAP, align=ALIGN, regions=True)
     if size >= params.min_size:  # smaller files are one chunk, as with CDC
-        plan.tensors(_scan_zip(stream, size), size)
+        plan.tensors(torch_zip_storages(stream, size), size)
     plan.region(size)
     return plan.finish(size)
 
