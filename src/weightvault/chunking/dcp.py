@@ -36,7 +36,7 @@ from weightvault.chunking.tensor_plan import (
 )
 from weightvault.chunking.torchzip import ALIGN, MAX_GAP, torch_zip_storages
 
-__all__ = ["DcpSplitter", "dcp_archives", "plan_dcp"]
+__all__ = ["DcpSplitter", "Window", "dcp_archives", "plan_dcp"]
 
 # end record: u32 sig, u16 disk, u16 cd disk, u16 entries here, u16 entries, u32 cd_size, u32 cd_offset,
 # u16 comment length
@@ -119,7 +119,7 @@ def dcp_archives(stream: BinaryIO, size: int) -> list[tuple[int, int]]:
     return (_search(stream, 0, p, size) if p > 0 else []) + chain
 
 
-class _Window(io.RawIOBase):
+class Window(io.RawIOBase):
     """``[start, end)`` of a stream as a stream of its own (what ``zipfile`` opens for one archive)."""
 
     def __init__(self, stream: BinaryIO, start: int, end: int) -> None:
@@ -162,7 +162,7 @@ def plan_dcp(stream: BinaryIO, params: ChunkerParams) -> list[Piece]:
     if size >= params.min_size:
         for i, (start, end) in enumerate(archives):
             plan.region(start)
-            window = cast(BinaryIO, io.BufferedReader(_Window(stream, start, end)))
+            window = cast(BinaryIO, io.BufferedReader(Window(stream, start, end)))
             ranges = [TensorRange(start + t.start, start + t.end, f"{i}/{t.name}", t.dtype, t.itemsize)
                       for t in torch_zip_storages(window, end - start)]
             plan.tensors(ranges, end)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams, Splitter
 from weightvault.chunking.cdc import CdcSplitter
+from weightvault.chunking.dcp import DcpSplitter
 from weightvault.chunking.gguf import GgufSplitter
 from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
 from weightvault.chunking.safetensors import SafetensorsSplitter
-from weightvault.chunking.torchzip import TorchZipSplitter
+from weightvault.chunking.torchzip import LEGACY_MAGIC, TorchZipSplitter
 
 __all__ = ["DTYPE_SIZES", "HDF5_MAGIC", "MODEL_SUFFIXES", "Chunk", "ChunkerParams", "Splitter", "SplitterRegistry",
            "default_registry", "detect_format", "looks_like_model"]
@@ -44,23 +45,29 @@ def default_registry() -> SplitterRegistry:
     reg.register(SafetensorsSplitter())
     reg.register(NpySplitter())
     reg.register(NpzSplitter())
+    reg.register(DcpSplitter())  # before the torch zip splitter, which would take a .distcp file whole
     reg.register(TorchZipSplitter())
     reg.register(GgufSplitter())
     return reg
 
 
 _BY_CONTENT: tuple[tuple[str, Splitter], ...] = (
-    ("gguf", GgufSplitter()), ("npy", NpySplitter()), ("npz", NpzSplitter()), ("torch-zip", TorchZipSplitter()),
-    ("safetensors", SafetensorsSplitter()),
+    ("gguf", GgufSplitter()), ("npy", NpySplitter()), ("npz", NpzSplitter()), ("dcp", DcpSplitter()),
+    ("torch-zip", TorchZipSplitter()), ("safetensors", SafetensorsSplitter()),
 )
+# a legacy (non-zip) torch.save file opens with a protocol-2 pickle of this magic number (a LONG1)
+_LEGACY_TORCH = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")
 
 
 def detect_format(head: bytes) -> str | None:
     """The model file format from content alone (up to the first 64 KiB; no name): "gguf",
     "npy", "npz", "torch-zip", "safetensors", "hdf5", or None. The splitters' own tests, asked
-    without a file name, so a hub-cache blob or a renamed file is recognised as what it is."""
+    without a file name, so a hub-cache blob or a renamed file is recognised as what it is; also
+    "dcp" (a ``.distcp`` shard: several torch zips) and "torch-legacy" (a non-zip ``torch.save``)."""
     if head.startswith(HDF5_MAGIC):
         return "hdf5"
+    if head.startswith(_LEGACY_TORCH):
+        return "torch-legacy"
     for fmt, splitter in _BY_CONTENT:
         if splitter.accepts(b"", head):
             return fmt

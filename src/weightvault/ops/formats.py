@@ -14,13 +14,14 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
+from weightvault.chunking.dcp import Window, dcp_archives
 from weightvault.chunking.gguf import gguf_tensors
 from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
 from weightvault.chunking.registry import detect_format, looks_like_model
 from weightvault.chunking.safetensors import parse_safetensors
-from weightvault.chunking.torchzip import torch_zip_members
+from weightvault.chunking.torchzip import torch_zip_members, torch_zip_structure
 
 __all__ = ["FORMATS", "HEAD_BYTES", "Parsed", "Structure", "detect", "parse", "structure"]
 
@@ -52,7 +53,7 @@ def detect(name: str, head: bytes) -> tuple[str | None, list[str]]:
     if claimed is not None:
         return claimed, []
     if looks_like_model(name):
-        what = "empty" if not head else "none of safetensors, npy, npz, torch zip, GGUF or HDF5"
+        what = "empty" if not head else "none of safetensors, npy, npz, torch, DCP, GGUF or HDF5"
         return None, [f"the name says model file but the content is {what}: only level 1 applies"]
     return None, []
 
@@ -87,8 +88,38 @@ def _npz(f: BinaryIO, size: int, read_data: bool) -> Parsed:
 
 
 def _torch_zip(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    """Member ranges (CRCs with ``read_data``), then the tensors the pickle describes, read by the
+    non-executing scan; every storage a tensor views must exist and be long enough."""
     torch_zip_members(f, size, check_crc=read_data)
-    return Parsed()
+    return _torch(f, size)
+
+
+def _torch(f: BinaryIO, size: int) -> Parsed:
+    found = torch_zip_structure(f, size, strict=True)
+    return Parsed(dict(found.tensors), list(found.warnings))
+
+
+def _torch_legacy(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    return _torch(f, size)
+
+
+def _dcp(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    """A DCP ``.distcp`` shard: each concatenated torch zip checked as one, its tensors named
+    ``<archive index>/<name>`` (the fully qualified names live in the checkpoint's ``.metadata``,
+    which is not read here)."""
+    out = Parsed()
+    archives = dcp_archives(f, size)
+    if not archives:
+        raise ValueError("no torch zip archive found in the shard")
+    for i, (start, end) in enumerate(archives):
+        window = cast(BinaryIO, io.BufferedReader(Window(f, start, end)))
+        try:
+            part = _torch_zip(window, end - start, read_data)
+        except ValueError as exc:
+            raise ValueError(f"archive {i} (bytes {start}..{end}): {exc}") from None
+        out.tensors.update({f"{i}/{name}": t for name, t in part.tensors.items()})
+        out.warnings += [f"archive {i}: {w}" for w in part.warnings]
+    return out
 
 
 def _gguf(f: BinaryIO, size: int, read_data: bool) -> Parsed:
@@ -152,5 +183,6 @@ class _Unclosable(io.RawIOBase):
 
 
 FORMATS: dict[str, Callable[[BinaryIO, int, bool], Parsed]] = {
-    "safetensors": _safetensors, "npy": _npy, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip, "hdf5": _hdf5,
+    "safetensors": _safetensors, "npy": _npy, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip,
+    "torch-legacy": _torch_legacy, "dcp": _dcp, "hdf5": _hdf5,
 }
