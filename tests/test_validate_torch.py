@@ -28,8 +28,8 @@ def backed_up(tmp_path: Path) -> tuple[Repository, str, Path]:
     return repo, repo.backup([run]).snapshot.id, run
 
 
-def test_healthy_torch_files_pass_level_3(backed_up: tuple[Repository, str, Path], tmp_path: Path) -> None:
-    repo, snap, _run = backed_up
+def test_healthy_torch_files_pass_level_3(backed_up: tuple[Repository, str, Path]) -> None:
+    repo, _snap, _run = backed_up
     res = repo.drill(level=3, record=False)
     assert res.ok, res.error
     assert res.report is not None
