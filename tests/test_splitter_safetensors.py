@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import assert_tiles, write
 from weightvault.api import Repository
 from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams, default_registry
-from weightvault.chunking.safetensors import SafetensorsSplitter
+from weightvault.chunking.safetensors import SAFETENSORS_DTYPE_BITS, SafetensorsSplitter, parse_safetensors
 from weightvault.chunking.tensor_plan import GROUP_MAX, OPAQUE_CHUNK, SMALL_TENSOR, TENSOR_CHUNK
 
 MiB = 1024 * 1024
@@ -170,6 +170,76 @@ def test_registry_selects_by_name_or_head(tmp_path: Path) -> None:
         assert_tensor_aligned(list(SafetensorsSplitter().split(f, PARAMS)), blob)
 
 
+# -- every dtype of the safetensors crate, and dtypes it may add later ------------------------------
+
+
+def _whole_byte_shape(bits: int) -> tuple[tuple[int, ...], int]:
+    """A (3, k) shape of at least 100 elements whose bits make whole bytes, and its byte length."""
+    k = 40 if bits % 8 == 0 else 40 * 8 // bits // 3 * 3  # 6-bit: multiples of 4 elements; 4-bit: of 2
+    while 3 * k * bits % 8:
+        k += 1
+    return (3, k), 3 * k * bits // 8
+
+
+def test_every_crate_dtype_parses_in_both_modes_and_splits_by_tensor() -> None:
+    tensors: list[Tensor] = []
+    for dtype, bits in sorted(SAFETENSORS_DTYPE_BITS.items()):
+        shape, n = _whole_byte_shape(bits)
+        tensors.append((f"t.{dtype.lower()}", dtype, shape, bytes(range(256)) * (n // 256) + bytes(n % 256)))
+    tensors.append(("big.f4", "F4", (1024, 1200), bytes(600 * 1024)))  # 600 KiB: its own pieces
+    blob = build(tensors)
+    for strict in (False, True):
+        h = parse_safetensors(io.BytesIO(blob), len(blob), strict=strict)
+        assert {(t.name, t.dtype, t.shape) for t in h.tensors} == {(n, d, s) for n, d, s, _ in tensors}
+        assert h.warnings == []
+    assert default_registry().select(b"m.safetensors", blob[:65536]).name == "safetensors"
+    chunks = split(blob)
+    assert_tiles(chunks, blob)
+    ranges = tensor_ranges(blob)
+    assert chunks[0].tensor == "__header__"
+    for c in chunks[1:]:  # tensor data only (small ones grouped); hints only where the codecs know the dtype
+        assert c.tensor is not None and (c.part > 0 or c.offset == ranges[c.tensor][0])
+        assert c.dtype == (ranges[c.tensor][2] if ranges[c.tensor][2] in DTYPE_SIZES else None)
+    big = [c for c in chunks if c.tensor == "big.f4"]
+    assert big[0].offset == ranges["big.f4"][0] and sum(len(c.data) for c in big) == 600 * 1024
+
+
+@pytest.mark.parametrize(("dtype", "shape", "length", "ok"), [
+    ("F4", (2, 3), 3, True), ("F4", (3,), 2, False), ("F4", (3,), 1, False), ("F6_E3M2", (4,), 3, True),
+    ("F6_E2M3", (2,), 2, False), ("F6_E2M3", (8,), 6, True), ("C64", (2,), 16, True), ("C64", (2,), 8, False),
+    ("F8_E8M0", (5,), 5, True), ("F8_E4M3FNUZ", (5,), 4, False),
+])
+def test_sub_byte_and_wide_dtype_lengths(dtype: str, shape: tuple[int, ...], length: int, ok: bool) -> None:
+    blob = build([("w", dtype, shape, bytes(length))])
+    for strict in (False, True):
+        if ok:
+            assert parse_safetensors(io.BytesIO(blob), len(blob), strict=strict).tensors[0].shape == shape
+        else:
+            with pytest.raises(ValueError, match="tensor 'w'"):
+                parse_safetensors(io.BytesIO(blob), len(blob), strict=strict)
+
+
+def test_an_unknown_dtype_is_a_warning_and_still_splits_by_tensor() -> None:
+    tensors: list[Tensor] = [("a", "F32", (4, 8), bytes(128)), ("future", "F3_E1M1", (7, 5), bytes(300 * 1024)),
+                             ("c", "BF16", (16,), bytes(32))]
+    blob = build(tensors)
+    for strict in (False, True):
+        h = parse_safetensors(io.BytesIO(blob), len(blob), strict=strict)
+        assert [(t.name, t.dtype) for t in h.tensors] == [("a", "F32"), ("future", "F3_E1M1"), ("c", "BF16")]
+        assert len(h.warnings) == 1 and "'future'" in h.warnings[0] and "'F3_E1M1'" in h.warnings[0]
+    chunks = split(blob)
+    assert_tiles(chunks, blob)
+    ranges = tensor_ranges(blob)
+    future = [c for c in chunks if c.tensor == "future"]
+    assert future[0].offset == ranges["future"][0] and all(c.dtype is None for c in future)
+    assert future[-1].offset + len(future[-1].data) == ranges["future"][1]
+    # only the length check is skipped: the layout still has to hold
+    gap = build(tensors, pad=8)
+    parse_safetensors(io.BytesIO(gap), len(gap))
+    with pytest.raises(ValueError, match="a gap precedes it"):
+        parse_safetensors(io.BytesIO(gap), len(gap), strict=True)
+
+
 # -- hostile headers -------------------------------------------------------------------------------
 
 
@@ -177,7 +247,7 @@ def _with_header(raw: bytes, body: bytes, n: int | None = None) -> bytes:
     return struct.pack("<Q", len(raw) if n is None else n) + raw + body
 
 
-def _entry(dtype: str = "F32", shape: Any = (4,), offsets: Any = (0, 16)) -> dict[str, Any]:
+def _entry(dtype: object = "F32", shape: Any = (4,), offsets: Any = (0, 16)) -> dict[str, Any]:
     return {"dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape,
             "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets}
 
@@ -197,7 +267,8 @@ INVALID_HEADERS: list[bytes] = [
     json.dumps({"x": _entry(shape=(2**62, 2**62, 0, 2**62))}).encode(),  # size mismatch with a zero dim
     json.dumps({"x": _entry(shape=[10**30] * 5000)}).encode(),  # huge shape
     json.dumps({"x": _entry(shape=(-4,), offsets=(0, -16))}).encode(),
-    json.dumps({"x": _entry(dtype="F12")}).encode(),  # unknown dtype
+    json.dumps({"x": _entry(dtype=12)}).encode(),  # a dtype that is no name
+    json.dumps({"x": _entry(dtype="F4", shape=(3,), offsets=(0, 2))}).encode(),  # 12 bits: not whole bytes
     json.dumps({"x": _entry(shape="4")}).encode(),
     json.dumps({"x": _entry(shape=(4.0,))}).encode(),
     json.dumps({"x": _entry(shape=(True, 4))}).encode(),
