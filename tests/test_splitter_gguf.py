@@ -12,7 +12,7 @@ import pytest
 
 from conftest import assert_tiles, tree_digest
 from weightvault.api import Repository
-from weightvault.chunking.gguf import GgufSplitter
+from weightvault.chunking.gguf import GGML_TYPES, GgufSplitter, gguf_header
 from weightvault.chunking.registry import Chunk, ChunkerParams, default_registry
 from weightvault.chunking.torchzip import piece_size
 
@@ -24,31 +24,32 @@ ELEM = {F32: 4, F16: 2, I32: 4, BF16: 2}
 HINT = {F32: "F32", F16: "F16", I32: "I32", BF16: "BF16", Q8_0: None}
 
 
-def gstr(s: bytes) -> bytes:
-    return struct.pack("<Q", len(s)) + s
+def gstr(s: bytes, o: str = "<") -> bytes:
+    return struct.pack(o + "Q", len(s)) + s
 
 
-def kv_string(key: bytes, value: bytes) -> bytes:
-    return gstr(key) + struct.pack("<I", 8) + gstr(value)
+def kv_string(key: bytes, value: bytes, o: str = "<") -> bytes:
+    return gstr(key, o) + struct.pack(o + "I", 8) + gstr(value, o)
 
 
-def kv_u32(key: bytes, value: int) -> bytes:
-    return gstr(key) + struct.pack("<II", 4, value)
+def kv_u32(key: bytes, value: int, o: str = "<") -> bytes:
+    return gstr(key, o) + struct.pack(o + "II", 4, value)
 
 
-def metadata(rnd: random.Random, n_tokens: int = 300) -> list[bytes]:
-    tokens = b"".join(gstr(f"tok{i}".encode() * rnd.randint(1, 3)) for i in range(n_tokens))
-    scores = struct.pack(f"<{n_tokens}f", *(rnd.random() for _ in range(n_tokens)))
-    nested = struct.pack("<IQ", 9, 2) + struct.pack("<IQ", 5, 3) + b"\1\0\0\0" * 3  # array of 2 arrays:
-    nested += struct.pack("<IQ", 8, 1) + gstr(b"x")  # [i32 x3], [string x1]
+def metadata(rnd: random.Random, n_tokens: int = 300, o: str = "<") -> list[bytes]:
+    """Metadata of every value type, in byte order ``o`` ("<" or ">")."""
+    tokens = b"".join(gstr(f"tok{i}".encode() * rnd.randint(1, 3), o) for i in range(n_tokens))
+    scores = struct.pack(f"{o}{n_tokens}f", *(rnd.random() for _ in range(n_tokens)))
+    nested = struct.pack(o + "IQ", 9, 2) + struct.pack(o + "IQ", 5, 3) + struct.pack(o + "3i", 1, 1, 1)
+    nested += struct.pack(o + "IQ", 8, 1) + gstr(b"x", o)  # array of 2 arrays: [i32 x3], [string x1]
     return [
-        kv_string(b"general.architecture", b"llama"),
-        gstr(b"tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, n_tokens) + tokens,
-        gstr(b"tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, n_tokens) + scores,
-        gstr(b"llama.context_length") + struct.pack("<IQ", 10, 4096),
-        gstr(b"general.flag") + struct.pack("<IB", 7, 1),
-        gstr(b"general.nested") + struct.pack("<I", 9) + nested,
-        gstr(b"general.rope") + struct.pack("<Id", 12, 10000.0),
+        kv_string(b"general.architecture", b"llama", o),
+        gstr(b"tokenizer.ggml.tokens", o) + struct.pack(o + "IIQ", 9, 8, n_tokens) + tokens,
+        gstr(b"tokenizer.ggml.scores", o) + struct.pack(o + "IIQ", 9, 6, n_tokens) + scores,
+        gstr(b"llama.context_length", o) + struct.pack(o + "IQ", 10, 4096),
+        gstr(b"general.flag", o) + struct.pack(o + "IB", 7, 1),
+        gstr(b"general.nested", o) + struct.pack(o + "I", 9) + nested,
+        gstr(b"general.rope", o) + struct.pack(o + "Id", 12, 10000.0),
     ]
 
 
@@ -56,34 +57,34 @@ def tensor_bytes(gtype: int, dims: tuple[int, ...], rnd: random.Random) -> bytes
     n = 1
     for d in dims:
         n *= d
-    if gtype == Q8_0:
-        assert n % 32 == 0
-        return rnd.randbytes(n // 32 * 34)  # f16 scale + 32 int8 per block
-    return rnd.randbytes(n * ELEM[gtype])
+    if gtype in ELEM:
+        return rnd.randbytes(n * ELEM[gtype])
+    _, block, type_size = GGML_TYPES.get(gtype, ("?", 1, 1))  # an unknown type: a byte per element
+    return rnd.randbytes(n // block * type_size)  # Q8_0: an f16 scale + 32 int8 per block of 32
 
 
 def write_gguf(tensors: list[tuple[str, int, tuple[int, ...]]], *, alignment: int | None = None,
-               version: int = 3, seed: int = 0) -> tuple[bytes, dict[str, tuple[int, int, int]]]:
-    """A GGUF file and, per tensor, (absolute start, byte length, ggml type)."""
+               version: int = 3, seed: int = 0, o: str = "<") -> tuple[bytes, dict[str, tuple[int, int, int]]]:
+    """A GGUF file in byte order ``o`` and, per tensor, (absolute start, byte length, ggml type)."""
     rnd = random.Random(seed)
-    kvs = metadata(rnd)
+    kvs = metadata(rnd, o=o)
     if alignment is not None:
-        kvs.insert(1, kv_u32(b"general.alignment", alignment))
+        kvs.insert(1, kv_u32(b"general.alignment", alignment, o))
     align = alignment or 32
     blobs = [tensor_bytes(t, dims, rnd) for _, t, dims in tensors]
     infos, offsets, off = b"", [], 0
     for (name, t, dims), blob in zip(tensors, blobs, strict=True):
         offsets.append(off)
-        infos += gstr(name.encode()) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
-        infos += struct.pack("<IQ", t, off)
+        infos += gstr(name.encode(), o) + struct.pack(o + "I", len(dims)) + struct.pack(f"{o}{len(dims)}Q", *dims)
+        infos += struct.pack(o + "IQ", t, off)
         off += -(-len(blob) // align) * align
-    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs)) + b"".join(kvs) + infos
+    head = b"GGUF" + struct.pack(o + "IQQ", version, len(tensors), len(kvs)) + b"".join(kvs) + infos
     head += b"\0" * (-len(head) % align)
     data = bytearray(head)
-    for o, blob in zip(offsets, blobs, strict=True):
-        data += b"\0" * (len(head) + o - len(data)) + blob
+    for o_, blob in zip(offsets, blobs, strict=True):
+        data += b"\0" * (len(head) + o_ - len(data)) + blob
     data += b"\0" * (-len(data) % align)
-    layout = {name: (len(head) + o, len(b), t) for (name, t, _), o, b in zip(tensors, offsets, blobs, strict=True)}
+    layout = {name: (len(head) + o_, len(b), t) for (name, t, _), o_, b in zip(tensors, offsets, blobs, strict=True)}
     return bytes(data), layout
 
 
@@ -201,3 +202,86 @@ def test_backup_restore_byte_identical(repo: Repository, tmp_path: Path) -> None
     assert not res.errors
     repo.restore(res.snapshot.id, tmp_path / "out")
     assert tree_digest(tmp_path / "out" / "src") == tree_digest(src)
+
+
+# -- byte orders, ggml's whole type table, strict sizes --------------------------------------------
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_big_endian_files_parse_and_split_by_tensor_without_hints(version: int) -> None:
+    le, layout = write_gguf(LAYOUT, alignment=64, version=version)
+    be, layout_be = write_gguf(LAYOUT, alignment=64, version=version, o=">")
+    assert layout == layout_be and len(le) == len(be)
+    assert struct.unpack_from("<I", be, 4)[0] == version << 24  # what a little-endian reader sees
+    for strict in (False, True):
+        h = gguf_header(io.BytesIO(be), len(be), strict=strict)
+        assert (h.byte_order, h.version, h.alignment) == ("big", version, 64)
+        assert h.tensors == gguf_header(io.BytesIO(le), len(le)).tensors and h.warnings == []
+    assert gguf_header(io.BytesIO(le), len(le)).byte_order == "little"
+    assert default_registry().select(b"x", be[:65536]).name == "gguf"
+    chunks = split(be)
+    assert_tiles(chunks, be)
+    assert [(c.offset, c.tensor, c.part) for c in chunks] == [(c.offset, c.tensor, c.part) for c in split(le)]
+    assert all(c.dtype is None for c in chunks)  # hints describe little-endian data only
+
+
+@pytest.mark.parametrize("gtype", sorted(GGML_TYPES))
+def test_every_ggml_type_passes_strict_with_its_block_size(gtype: int) -> None:
+    tname, block, size = GGML_TYPES[gtype]
+    tensors = [("w", gtype, (block * 2, 3)), ("after", F32, (5,))]
+    data, layout = write_gguf(tensors)
+    assert layout["w"][1] == 6 * size
+    for strict in (False, True):
+        h = gguf_header(io.BytesIO(data), len(data), strict=strict)
+        assert h.tensors == tensors and h.warnings == []
+    if block > 1:  # a row that is not a whole number of blocks
+        bad, _ = write_gguf([("w", gtype, (block + 1, 3)), ("after", F32, (5,))])
+        if gtype not in (F16, BF16):
+            gguf_header(io.BytesIO(bad), len(bad))
+        with pytest.raises(ValueError, match=rf"tensor 'w': dims \[{block + 1}, 3\] of {tname}: dims\[0\] is not"):
+            gguf_header(io.BytesIO(bad), len(bad), strict=True)
+
+
+def test_truncated_or_reshaped_files_fail_strict_naming_the_tensor() -> None:
+    data, layout = write_gguf(LAYOUT)
+    for strict in (False, True):
+        assert gguf_header(io.BytesIO(data), len(data), strict=strict).tensors[2] == ("blk.0.attn_q.weight", Q8_0,
+                                                                                      (256, 256))
+    cut = data[:layout["output.weight"][0] + 100]  # into the last tensor (Q8_0)
+    assert len(gguf_header(io.BytesIO(cut), len(cut)).tensors) == len(LAYOUT)  # lenient: quantised ranges unchecked
+    with pytest.raises(ValueError, match=r"tensor 'output.weight': 26112 bytes of Q8_0 .* run past the end"):
+        gguf_header(io.BytesIO(cut), len(cut), strict=True)
+    cut = data[:layout["blk.0.ffn_up.weight"][0] + 10]  # into an F16 tensor: the ones after it start past EOF
+    for strict in (False, True):
+        with pytest.raises(ValueError, match=r"tensor 'blk\.0\.ffn_down\.weight' starts past the end"):
+            gguf_header(io.BytesIO(cut), len(cut), strict=strict)
+    # a shape edited in the header: (256, 256) -> (256, 512) of Q8_0 runs into the next tensor
+    info = gstr(b"blk.0.attn_q.weight") + struct.pack("<I2Q", 2, 256, 256)
+    bad = data.replace(info, gstr(b"blk.0.attn_q.weight") + struct.pack("<I2Q", 2, 256, 512))
+    with pytest.raises(ValueError, match=r"tensor 'blk\.0\.ffn_up\.weight' at offset \d+, but the size of tensor "
+                                         r"'blk\.0\.attn_q\.weight' \(Q8_0 \[256, 512\]\) puts it at"):
+        gguf_header(io.BytesIO(bad), len(bad), strict=True)
+
+
+def test_a_gap_between_tensors_is_a_strict_failure() -> None:
+    tensors: list[tuple[str, int, tuple[int, ...]]] = [("a", F32, (64, 64)), ("q", Q8_0, (64, 64))]
+    _, layout = write_gguf(tensors)
+    bad = _with_offset(tensors, 1, layout["q"][0] - layout["a"][0] + 64) + bytes(64)
+    assert gguf_header(io.BytesIO(bad), len(bad)).tensors[1] == ("q", Q8_0, (64, 64))
+    with pytest.raises(ValueError, match=r"tensor 'q' at offset 16448, but the size of tensor 'a' \(F32 \[64, 64\]\)"
+                                         r" puts it at 16384"):
+        gguf_header(io.BytesIO(bad), len(bad), strict=True)
+
+
+def test_an_unknown_type_is_a_warning_and_still_splits_by_tensor() -> None:
+    tensors = [("a", F32, (64,)), ("future", 99, (1024, 8)), ("b", Q8_0, (64, 2))]
+    data, layout = write_gguf(tensors)
+    for strict in (False, True):
+        h = gguf_header(io.BytesIO(data), len(data), strict=strict)
+        assert h.tensors == tensors
+        assert len(h.warnings) == 1 and "'future'" in h.warnings[0] and "type 99" in h.warnings[0]
+    chunks = split(data)
+    assert_tiles(chunks, data)
+    future = [c for c in chunks if c.tensor == "future"]
+    assert future[0].offset == layout["future"][0] and all(c.dtype is None for c in future)
+    assert [c.tensor for c in chunks if c.offset >= layout["a"][0]] == ["a", *["future"] * len(future), "b"]
