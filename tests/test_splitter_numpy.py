@@ -3,9 +3,11 @@ and CDC fallback on hostile headers and archives."""
 
 from __future__ import annotations
 
+import ast
 import io
 import struct
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_tiles
-from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
+from weightvault.chunking.numpy_formats import MAX_NPY_HEADER, NpySplitter, NpzSplitter, npy_literal, parse_npy_header
 from weightvault.chunking.registry import Chunk, ChunkerParams, default_registry
 from weightvault.chunking.tensor_plan import OPAQUE_CHUNK, TENSOR_CHUNK
 
@@ -217,6 +219,11 @@ HOSTILE_NPY: list[bytes] = [
     _npy(b"{'descr': [], 'fortran_order': False, 'shape': (1,), }"),
     _npy(b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"),
     _npy(b"(" * 50000),
+    _npy(b"{'descr': " + b"[" * 40 + b"]" * 40 + b", 'fortran_order': False, 'shape': (1,), }"),  # nested too deep
+    _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,), 'x': 'unterminated}"),
+    _npy(b"{'descr': '<f\\q4', 'fortran_order': False, 'shape': (4,), }"),  # an escape Python warns about
+    _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,) 'x': 1}"),
+    _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", version=2, hlen=MAX_NPY_HEADER + 1),
     _npy(b"[1, 2, 3]"),
     _npy(b"\xff\xfe\x00"),
     _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }", hlen=65535),
@@ -285,3 +292,88 @@ def test_npz_lying_sizes_fall_back() -> None:
     chunks = list(NpzSplitter().split(io.BytesIO(bytes(blob)), PARAMS))
     assert_tiles(chunks, bytes(blob))
     assert all(c.dtype is None for c in chunks)
+
+
+# -- the header parser: numpy's literals, large structured headers, hostile text --------------------
+
+
+def _header_text(arr: np.ndarray) -> tuple[bytes, str, int]:
+    """What np.save writes (the version numpy picks), the header's text and where the data starts."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # "Stored array in format 2.0/3.0 ..."
+        warnings.simplefilter("ignore", UserWarning)
+        np.save(buf, arr)
+    data = buf.getvalue()
+    fixed = 10 if data[6] == 1 else 12
+    (n,) = struct.unpack_from("<H" if data[6] == 1 else "<I", data, 8)
+    return data, data[fixed:fixed + n].decode("utf-8" if data[6] == 3 else "latin1"), fixed + n
+
+
+def _fields(n: int) -> np.dtype:
+    return np.dtype([(f"field_{i:04d}", "<f4" if i % 3 else "<i8", (2,) if i % 5 == 0 else ()) for i in range(n)])
+
+
+LITERAL_DTYPES = [
+    np.dtype("<f4"), np.dtype(">i8"), np.dtype("<M8[ns]"), np.dtype("|S5"), np.dtype("<U3"), np.dtype("|V7"),
+    np.dtype([("a", "u1"), ("b", "<f8")], align=True),
+    np.dtype([("a", [("x", "<f4"), ("y", "<i2", (3, 2))]), ("b", "|S5")]),
+    np.dtype({"names": ["a", "b"], "formats": ["<f4", "<i4"], "titles": ["A title", "B"]}),
+    np.dtype({"names": ["a", "b"], "formats": ["<f4", "<i4"], "offsets": [0, 8], "itemsize": 16}),
+    np.dtype([("it's", "<f4"), ('dq"', "<i4"), ("back\\slash", "<i2"), ("ünï", "<f8")]),
+    np.dtype([("日本", "<f4"), ("tab\t", "<i4")]),  # not latin-1: numpy writes version 3 (utf-8)
+    _fields(600),
+]
+
+
+@pytest.mark.parametrize("dt", LITERAL_DTYPES, ids=range(len(LITERAL_DTYPES)))
+def test_npy_literal_reads_what_numpy_writes_as_literal_eval_does(dt: np.dtype) -> None:
+    data, text, _ = _header_text(np.zeros((2, 3), dtype=dt))
+    assert npy_literal(text) == ast.literal_eval(text)
+    for strict in (False, True):
+        h = parse_npy_header(io.BytesIO(data), len(data), strict=strict)
+        assert (h.shape, h.itemsize, h.data_length) == ((2, 3), dt.itemsize, 6 * dt.itemsize)
+
+
+@pytest.mark.parametrize(("fields", "version"), [(600, 1), (4000, 2)])
+def test_large_structured_headers_parse_in_both_modes_and_split_by_tensor(fields: int, version: int) -> None:
+    dt = _fields(fields)
+    arr = np.zeros(40, dtype=dt)
+    arr["field_0001"] = np.arange(40)
+    data, text, offset = _header_text(arr)
+    assert data[6] == version and len(text) > (10_000 if version == 1 else 65_535)  # beyond np.load's default
+    loaded = np.load(io.BytesIO(data), max_header_size=len(text) + 1)
+    assert loaded.dtype == dt and (loaded == arr).all()
+    for strict in (False, True):
+        h = parse_npy_header(io.BytesIO(data), len(data), strict=strict)
+        assert (h.shape, h.itemsize, h.data_offset) == ((40,), dt.itemsize, offset)
+    assert default_registry().select(b"table.npy", data[:65536]).name == "npy"
+    chunks = list(NpySplitter().split(io.BytesIO(data), PARAMS))
+    assert_tiles(chunks, data)
+    assert_npy_chunks(chunks, 0, offset, len(data), dt.itemsize, None, None)
+
+
+def test_python_2_headers_parse() -> None:
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (3L, 2L), }"  # numpy on Python 2 wrote longs
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(48)
+    with pytest.warns(UserWarning, match="created on Python 2"):
+        assert np.load(io.BytesIO(data)).shape == (3, 2)
+    for strict in (False, True):
+        assert parse_npy_header(io.BytesIO(data), len(data), strict=strict).shape == (3, 2)
+    assert npy_literal("{u'descr': u'<f8'}") == {"descr": "<f8"}
+
+
+@pytest.mark.parametrize("text", [
+    "{", "{'a': 1", "[1,,2]", "(,)", "{'a' 1}", "1 2", "'abc", "{[1]: 2}", "x", "1.5", "{'a': 1}}", "((1,)",
+    "True1", "[" * 33 + "]" * 33, "b'bytes'", "'\\q'", "'\\x4'", "{'a': 10**20}", "__import__('os')",
+    "{'a': 1}\x00", "'\\N{NO SUCH NAME}'",
+])
+def test_npy_literal_refuses_what_is_not_a_numpy_literal(text: str) -> None:
+    with pytest.raises(ValueError):
+        npy_literal(text)
+
+
+def test_npy_literal_shapes_and_nesting_match_python() -> None:
+    for text in ["()", "(1)", "(1,)", "(1, 2,)", "[]", "{}", "{'a': (1, 2,), }", "-5", "[(('t', 'n'), '<f4', (2,))]",
+                 "'\\x41\\u00e9\\n\\\\'", '"it\'s"', "[" * 32 + "]" * 32, "{'k': None, 'b': True}"]:
+        assert npy_literal(text) == ast.literal_eval(text), text
