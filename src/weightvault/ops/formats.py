@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
 from weightvault.chunking.dcp import Window, dcp_archives
-from weightvault.chunking.gguf import gguf_tensors
+from weightvault.chunking.gguf import gguf_header
 from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
 from weightvault.chunking.registry import detect_format, looks_like_model
 from weightvault.chunking.safetensors import parse_safetensors
@@ -72,7 +72,7 @@ def structure(fmt: str, f: BinaryIO, size: int, *, read_data: bool = True) -> St
 
 def _safetensors(f: BinaryIO, size: int, read_data: bool) -> Parsed:
     h = parse_safetensors(f, size, strict=True)
-    return Parsed({t.name: (t.dtype, t.shape) for t in h.tensors}, list(getattr(h, "warnings", [])))
+    return Parsed({t.name: (t.dtype, t.shape) for t in h.tensors}, list(h.warnings))
 
 
 def _npy(f: BinaryIO, size: int, read_data: bool) -> Parsed:
@@ -123,7 +123,8 @@ def _dcp(f: BinaryIO, size: int, read_data: bool) -> Parsed:
 
 
 def _gguf(f: BinaryIO, size: int, read_data: bool) -> Parsed:
-    return Parsed({name: (f"ggml-{gtype}", dims) for name, gtype, dims in gguf_tensors(f, size, strict=True)})
+    h = gguf_header(f, size, strict=True)
+    return Parsed({name: (f"ggml-{gtype}", dims) for name, gtype, dims in h.tensors}, list(h.warnings))
 
 
 def _hdf5(f: BinaryIO, size: int, read_data: bool) -> Parsed:
