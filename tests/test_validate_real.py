@@ -19,7 +19,7 @@ from weightvault.api import Repository
 def _corpus(run: Path) -> None:
     run.mkdir(parents=True)
     for make in (_library_file, _f6_file, _numpy_file):
-        path, _ = make(run)
+        make(run)
     _gguf_file(run / "le.gguf", gguf.GGUFEndian.LITTLE)
     _gguf_file(run / "be.gguf", gguf.GGUFEndian.BIG)
     arr = np.zeros(3, dtype=FIELDS)
