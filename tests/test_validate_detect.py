@@ -162,3 +162,25 @@ def test_cli_ls_long_and_json_show_chunking_and_codecs(repo: Repository, tmp_pat
     assert entry["chunking"] == "tensor-aware" and entry["stored_bytes"] == sum(entry["stored_by_codec"].values())
     assert "tensor-aware" in wv("ls", "latest", "-l")
     assert "stored as " in wv("stats")
+
+
+def test_a_backup_warns_when_a_model_file_falls_back_to_generic_chunking(repo: Repository, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    big = _model_big()
+    write(run / "good.safetensors", big)
+    write(run / "cut.safetensors", big[: len(big) // 2])  # a half-written checkpoint
+    write(run / "weights.pt", os.urandom(400_000))  # a name only model data has, unknown content
+    write(run / "blob.bin", os.urandom(400_000))  # .bin holds other data too: content decides, no warning
+    write(run / "data.txt", os.urandom(400_000))
+    res = repo.backup([run])
+    warned = {p.split("/")[-1]: why for p, why in res.warnings}
+    assert set(warned) == {"cut.safetensors", "weights.pt"}, warned
+    assert "safetensors parser refused it" in warned["cut.safetensors"]
+    assert "no tensor-aware splitter" in warned["weights.pt"]
+    again = repo.backup([run])  # unchanged files are not read again, so not warned about again
+    assert again.warnings == []
+
+
+def _model_big() -> bytes:
+    rng = np.random.default_rng(5)
+    return safetensors_bytes({f"l{i}": ("F32", rng.normal(size=(256, 256)).astype(np.float32)) for i in range(4)})

@@ -25,10 +25,8 @@ from typing import BinaryIO
 from weightvault.chunking.base import Chunk, ChunkerParams
 from weightvault.chunking.cdc import CdcSplitter, cdc_cuts
 
-__all__ = [
-    "GROUP_MAX", "OPAQUE_CHUNK", "SMALL_TENSOR", "TENSOR_CHUNK", "Piece", "PlanBuilder", "TensorRange",
-    "bounded_count", "file_size", "piece_size", "read_exact", "read_plan",
-]
+__all__ = ["GROUP_MAX", "OPAQUE_CHUNK", "SMALL_TENSOR", "TENSOR_CHUNK", "CdcFallback", "Piece", "PlanBuilder",
+           "TensorRange", "bounded_count", "file_size", "piece_size", "read_exact", "read_plan"]
 
 TENSOR_CHUNK = 4 * 1024 * 1024  # largest piece of one tensor (rounded down to whole elements)
 SMALL_TENSOR = 256 * 1024  # tensors below this may share a piece with their neighbours
@@ -291,15 +289,27 @@ def read_plan(stream: BinaryIO, pieces: Sequence[Piece], params: ChunkerParams |
         pos += len(data)
 
 
+class CdcFallback(Iterator[Chunk]):
+    """The CDC chunks a format splitter fell back to, with ``reason``: why its parser refused the
+    file (the backup tells the user, once per file)."""
+
+    def __init__(self, chunks: Iterator[Chunk], reason: str) -> None:
+        self._chunks = chunks
+        self.reason = reason
+
+    def __next__(self) -> Chunk:
+        return next(self._chunks)
+
+
 def split_or_fallback(
     stream: BinaryIO, params: ChunkerParams, plan: Callable[[], Sequence[Piece]]
 ) -> Iterator[Chunk]:
     """The chunks of ``plan()`` read from ``stream``; if planning raises anything (hostile, foreign
-    or unsupported bytes), generic CDC over the whole stream instead, so a file that only looks like
-    a tensor file never fails a backup."""
+    or unsupported bytes), generic CDC over the whole stream instead (a ``CdcFallback``), so a file
+    that only looks like a tensor file never fails a backup."""
     try:
         pieces = plan()
-    except Exception:  # any parser failure means "not a file we understand": CDC is always correct
+    except Exception as exc:  # any parser failure means "not a file we understand": CDC is always correct
         stream.seek(0)
-        return CdcSplitter().split(stream, params)
+        return CdcFallback(CdcSplitter().split(stream, params), f"{type(exc).__name__}: {exc}"[:300])
     return read_plan(stream, pieces, params)

@@ -28,7 +28,8 @@ from typing import Any, BinaryIO
 
 from weightvault import __version__
 from weightvault.backends.base import FileType
-from weightvault.chunking.registry import SplitterRegistry, default_registry
+from weightvault.chunking.registry import SplitterRegistry, default_registry, detect_format
+from weightvault.chunking.tensor_plan import CdcFallback
 from weightvault.errors import NoSpaceError, ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.delta_bases import BaseFinder
 from weightvault.ops.groups import Group, commit_group, validate_group_args
@@ -190,8 +191,9 @@ def _read_file(
     repo: Repository,
     on_bytes: Callable[[int], None],
     finder: BaseFinder,
-) -> tuple[Node, bool]:
-    """Chunk and store one file. Returns its node and whether it changed while being read."""
+) -> tuple[Node, bool, str | None]:
+    """Chunk and store one file. Returns its node, whether it changed while being read, and why a
+    file that looks like a model was stored with generic CDC (None otherwise)."""
     fd = os.open(e.abs, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as raw:
         f: BinaryIO = raw
@@ -204,7 +206,8 @@ def _read_file(
         offsets: list[int] = []
         bases: dict[TensorPart, DeltaBase] | None = None
         size = 0
-        for chunk in splitter.split(f, repo.chunker):
+        chunks = splitter.split(f, repo.chunker)
+        for chunk in chunks:
             sha.update(chunk.data)
             size += len(chunk.data)
             part: TensorPart | None = None
@@ -227,10 +230,12 @@ def _read_file(
     node = Node(path=e.rel, type="file", size=size, blobs=blobs, sha256=sha.hexdigest())
     if any(t is not None for t in tensors):
         node.tensors = tensors
+    why = None if node.tensors or size < repo.chunker.min_size else _fallback_reason(
+        os.path.basename(e.rel), head, chunks)
     changed = size != after.st_size or not _same_version(before, after) or replaced
     if not changed:
         finder.note(e.rel, e.abs, node, offsets)
-    return _meta(node, after), changed
+    return _meta(node, after), changed, why
 
 
 def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = None) -> BackupResult:
@@ -435,6 +440,21 @@ def retain_snapshot(repo: Repository, snap: Snapshot, until: datetime) -> int:
     return len(objects)
 
 
+def _fallback_reason(name: bytes, head: bytes, chunks: object) -> str | None:
+    """Why a file that looks like a model (by name or content) was stored with generic CDC, or
+    None if it does not look like one."""
+    fmt = detect_format(head)
+    if isinstance(chunks, CdcFallback):
+        return f"{fmt or 'its'} parser refused it ({chunks.reason})"
+    if fmt is not None or os.fsdecode(name).lower().endswith(_MODEL_ONLY):
+        return f"no tensor-aware splitter for {fmt or 'its content'}"
+    return None
+
+
+# names used for model data only (``.bin`` and ``.weights`` hold other data too: content decides there)
+_MODEL_ONLY = (".safetensors", ".pt", ".pth", ".ckpt", ".gguf", ".npy", ".npz", ".h5", ".hdf5", ".keras", ".distcp")
+
+
 def _backup_file(
     e: Entry,
     saver: _Saver,
@@ -450,11 +470,14 @@ def _backup_file(
     rel = os.fsdecode(e.rel)
     for attempt in range(MAX_REREADS + 1):
         try:
-            node, changed = _read_file(e, saver, registry, repo, lambda n: reporter.add(nbytes=n), finder)
+            node, changed, why = _read_file(e, saver, registry, repo, lambda n: reporter.add(nbytes=n), finder)
         except OSError as exc:
             errors.append((rel, exc.strerror or str(exc)))
             return None
         totals["bytes_read"] += node.size
+        if why is not None and not changed:
+            warnings.append((rel, f"looks like a model file but was stored with generic chunking (no tensor"
+                             f" deltas, no float codecs): {why}"))
         if not changed:
             return node
         if attempt == MAX_REREADS:
