@@ -392,13 +392,26 @@ def test_real_torch_damage(tmp_path: Path) -> None:
 def test_real_torch_unfollowed_objects_warn(tmp_path: Path) -> None:
     torch, _ = _torch()
     obj = {"holder": Holder(torch.ones(2, 2)), "c": torch.ones(3, dtype=torch.complex64),
-           "p": torch.nn.Parameter(torch.ones(2)), "ok": torch.ones(1)}
+           "p": torch.nn.Parameter(torch.ones(2)), "ok": torch.ones(1), "c2": torch.ones(2, dtype=torch.complex128)}
     s = read(_save(torch, obj, tmp_path / "x.pt"))
-    assert s.tensors == {"holder.w": ("F32", (2, 2)), "p": ("F32", (2,)), "ok": ("F32", (1,))}
-    assert any("test_torch_structure.Holder is not followed" in w for w in s.warnings)
-    assert any("ComplexFloatStorage" in w for w in s.warnings)
-    assert "tensor 'c': dtype unknown, left out" in s.warnings
+    assert s.tensors == {"holder.w": ("F32", (2, 2)), "c": ("C64", (3,)), "p": ("F32", (2,)), "ok": ("F32", (1,)),
+                         "c2": ("C128", (2,))}
+    assert [w for w in s.warnings if "test_torch_structure.Holder is not followed" in w]
+    assert not [w for w in s.warnings if "Complex" in w or "dtype unknown" in w], s.warnings
     with pytest.warns(UserWarning):
         q = torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8)
     s = read(_save(torch, {"q": q}, tmp_path / "q.pt"))
     assert s.tensors == {} and "q: torch._utils._rebuild_qtensor is not followed" in s.warnings
+
+
+def test_every_dtype_torch_writes_is_understood(tmp_path: Path) -> None:
+    torch, _ = _torch()
+    names = ["float32", "float64", "float16", "bfloat16", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2",
+             "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "int8", "int16", "int32", "int64", "uint8",
+             "uint16", "uint32", "uint64", "bool"]
+    obj = {n: torch.zeros(3, 2).to(getattr(torch, n)) for n in names}
+    obj["f4"] = torch.zeros(3, 2, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
+    s = read(_save(torch, obj, tmp_path / "dtypes.pt"))
+    assert s.warnings == [] and set(s.tensors) == {*names, "f4"}
+    assert all(shape == (3, 2) for _, shape in s.tensors.values())
+    assert len({dt for dt, _ in s.tensors.values()}) == len(names) + 1  # each its own name

@@ -110,6 +110,24 @@ def test_hdf5_files_are_checked_through_h5py(repo: Repository, tmp_path: Path) -
     assert any("model/dense/kernel" in p and "[3, 4]" in p and "[4, 3]" in p for p in bad.problems), bad.problems
 
 
+def test_a_keras_3_zip_is_not_taken_for_hdf5(repo: Repository, tmp_path: Path) -> None:
+    """Keras 3 writes ``.keras`` as a zip (config, metadata, an HDF5 of the weights); Keras 2 as
+    HDF5. Neither name may claim HDF5 for content that is a zip."""
+    import zipfile
+    run = tmp_path / "run"
+    run.mkdir()
+    h5 = _h5(tmp_path / "model.weights.h5").read_bytes()
+    with zipfile.ZipFile(run / "model.keras", "w") as z:
+        z.writestr("metadata.json", '{"keras_version": "3.8.0"}')
+        z.writestr("config.json", '{"class_name": "Sequential"}')
+        z.writestr("model.weights.h5", h5)
+    _h5(run / "legacy.keras")
+    snap = repo.backup([run]).snapshot.id
+    report = repo.validate(snap, run, level=3)
+    got = {f.path.split("/")[-1]: (f.format, f.passed) for f in report.files}
+    assert report.ok and got == {"model.keras": (None, 1), "legacy.keras": ("hdf5", 3)}, got
+
+
 def test_without_h5py_hdf5_levels_are_skipped_with_a_warning(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,8 +22,22 @@ from dataclasses import dataclass, field
 
 from weightvault.chunking.base import DTYPE_SIZES
 
-__all__ = ["MAX_OPS", "PickleTensors", "StorageRef", "TensorRef", "scan_storage_dtypes", "scan_tensors",
-           "scan_value"]
+__all__ = [
+    "ELEMENT_SIZES",
+    "MAX_OPS",
+    "OPAQUE",
+    "TORCH_DTYPES",
+    "PickleTensors",
+    "PickledDict",
+    "PickledGlobal",
+    "PickledList",
+    "PickledObject",
+    "StorageRef",
+    "TensorRef",
+    "decode",
+    "scan_storage_dtypes",
+    "scan_tensors",
+]
 
 MAX_OPS = 20_000_000  # opcode budget; a larger pickle gets no hints and no structure
 MAX_VISITS = 5_000_000  # nodes visited while naming tensors (shared sub-objects are visited per reference)
@@ -33,15 +47,21 @@ MAX_DEPTH = 1000  # nesting depth followed while naming tensors (cycles end here
 _STORAGE_DTYPES: dict[str, str] = {
     "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16", "BFloat16Storage": "BF16",
     "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
-    "ByteStorage": "U8", "BoolStorage": "BOOL",
+    "ByteStorage": "U8", "BoolStorage": "BOOL", "ComplexFloatStorage": "C64", "ComplexDoubleStorage": "C128",
 }
 # torch dtype globals (``torch float32``), used with ``torch.storage UntypedStorage``.
-_TORCH_DTYPES: dict[str, str] = {
+TORCH_DTYPES: dict[str, str] = {
     "float32": "F32", "float": "F32", "float64": "F64", "double": "F64", "float16": "F16",
     "half": "F16", "bfloat16": "BF16", "int64": "I64", "long": "I64", "int32": "I32", "int": "I32",
     "int16": "I16", "short": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "uint16": "U16",
     "uint32": "U32", "uint64": "U64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "complex64": "C64", "cfloat": "C64", "complex128": "C128", "cdouble": "C128", "complex32": "C32",
+    "chalf": "C32", "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "float8_e8m0fnu": "F8_E8M0", "float4_e2m1fn_x2": "F4_X2",
 }
+# element sizes: the codecs' DTYPE_SIZES and dtypes validated by size only (never a codec hint)
+ELEMENT_SIZES: dict[str, int] = {**DTYPE_SIZES, "C64": 8, "C128": 16, "C32": 4, "F8_E4M3FNUZ": 1,
+                                 "F8_E5M2FNUZ": 1, "F8_E8M0": 1, "F4_X2": 1}
 _TENSOR_REBUILDS = frozenset({"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"})
 _PARAM_REBUILDS = frozenset({"_rebuild_parameter", "_rebuild_parameter_with_state"})
 _PLAIN_TENSOR_TYPES = frozenset({"torch.Tensor", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer"})
@@ -55,16 +75,16 @@ _GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _CONSTS: dict[str, object] = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 
 
-class _Opaque:
+class Opaque:
     """A value the scan does not model."""
 
 
-_OPAQUE = _Opaque()
+OPAQUE = Opaque()
 _MARK = object()
 
 
 @dataclass(frozen=True, slots=True)
-class _Global:
+class PickledGlobal:
     module: str
     name: str
 
@@ -104,21 +124,21 @@ class TensorRef:
         if any(n == 0 for n in self.shape):
             return 0
         last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True))
-        return (last + 1) * DTYPE_SIZES[self.dtype]
+        return (last + 1) * ELEMENT_SIZES[self.dtype]
 
 
 @dataclass(slots=True)
-class _Dict:
+class PickledDict:
     items: list[tuple[object, object]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
-class _List:
+class PickledList:
     items: list[object] = field(default_factory=list)
 
 
 @dataclass(slots=True)
-class _Object:
+class PickledObject:
     """An object the scan does not model: its callable's name, arguments and later pickled parts."""
 
     cls: str
@@ -175,8 +195,8 @@ class _Scan:
 
     def tuple_built(self, items: list[object]) -> tuple[object, ...]:
         """Attach a dtype global to untyped storages built in the same tuple (rebuild_tensor_v3)."""
-        dtypes = {_TORCH_DTYPES.get(v.name) for v in items
-                  if isinstance(v, _Global) and v.module == "torch" and v.name in _TORCH_DTYPES}
+        dtypes = {TORCH_DTYPES.get(v.name) for v in items
+                  if isinstance(v, PickledGlobal) and v.module == "torch" and v.name in TORCH_DTYPES}
         if len(dtypes) == 1:
             (dt,) = dtypes
             for v in items:
@@ -186,11 +206,11 @@ class _Scan:
 
     def persid(self, pid: object) -> object:
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
-            return _OPAQUE
+            return OPAQUE
         stype, raw_key = pid[1], pid[2]
         key: object = str(raw_key) if isinstance(raw_key, int) else raw_key
-        if not isinstance(key, str) or not isinstance(stype, _Global):
-            return _OPAQUE
+        if not isinstance(key, str) or not isinstance(stype, PickledGlobal):
+            return OPAQUE
         numel = pid[4] if len(pid) >= 5 and isinstance(pid[4], int) and not isinstance(pid[4], bool) else None
         if len(pid) >= 6 and pid[5] is not None:
             self.warn(f"storage {key!r} is a legacy storage view: its bounds are not checked")
@@ -201,26 +221,26 @@ class _Scan:
         else:
             dtype = _STORAGE_DTYPES.get(stype.name) if stype.module == "torch" else None
             self.record(key, dtype)
-            ref = StorageRef(key, str(stype), dtype, numel, DTYPE_SIZES[dtype] if dtype else None)
+            ref = StorageRef(key, str(stype), dtype, numel, ELEMENT_SIZES[dtype] if dtype else None)
         old = self.storages.setdefault(key, ref)
         if old != ref:
             self.warn(f"storage {key!r} is recorded twice, differently ({old.storage_type} {old.numel}, "
                       f"{ref.storage_type} {ref.numel})")
         return ref
 
-    def tensor(self, fn: _Global, args: object) -> object:
+    def tensor(self, fn: PickledGlobal, args: object) -> object:
         """A ``_rebuild_tensor*`` call, or an opaque rebuild if its arguments are not understood."""
         if not (isinstance(args, tuple) and len(args) >= 4):
-            return _Object(str(fn), args, rebuild=True)
+            return PickledObject(str(fn), args, rebuild=True)
         storage, offset, shape, stride = args[:4]
         if not (isinstance(storage, StorageRef) and isinstance(offset, int) and not isinstance(offset, bool)
                 and offset >= 0 and isinstance(shape, tuple) and _int_tuple(shape) and isinstance(stride, tuple)
                 and _int_tuple(stride) and len(shape) == len(stride)):
-            return _Object(str(fn), args, rebuild=True)
+            return PickledObject(str(fn), args, rebuild=True)
         dtype = storage.dtype
         if fn.name == "_rebuild_tensor_v3":
             dt = args[6] if len(args) > 6 else None
-            dtype = _TORCH_DTYPES.get(dt.name) if isinstance(dt, _Global) and dt.module == "torch" else None
+            dtype = TORCH_DTYPES.get(dt.name) if isinstance(dt, PickledGlobal) and dt.module == "torch" else None
             if dtype is None:
                 self.warn(f"storage {storage.key!r}: dtype {dt} unknown")
         elif dtype is None:
@@ -230,29 +250,29 @@ class _Scan:
         return t
 
     def reduce(self, fn: object, args: object) -> object:
-        if not isinstance(fn, _Global):
-            return _Object("?", args)
+        if not isinstance(fn, PickledGlobal):
+            return PickledObject("?", args)
         qual = str(fn)
         if fn.module == "torch._utils" and fn.name in _TENSOR_REBUILDS:
             return self.tensor(fn, args)
         if fn.module == "torch._utils" and fn.name in _PARAM_REBUILDS:
             if isinstance(args, tuple) and args and isinstance(args[0], TensorRef):
                 return args[0]
-            return _Object(qual, args, rebuild=True)
+            return PickledObject(qual, args, rebuild=True)
         if qual == "torch._tensor._rebuild_from_type_v2" and isinstance(args, tuple) and len(args) >= 3:
             inner, cls = args[0], args[1]
-            t = self.reduce(inner, args[2]) if isinstance(inner, _Global) and inner.name in _TENSOR_REBUILDS \
-                else _OPAQUE
+            t = self.reduce(inner, args[2]) if isinstance(inner, PickledGlobal) and inner.name in _TENSOR_REBUILDS \
+                else OPAQUE
             if isinstance(t, TensorRef):
                 if str(cls) not in _PLAIN_TENSOR_TYPES:
                     self.warn(f"tensor subclass {cls} is read as a plain tensor")
                 return t
-            return _Object(qual, args, rebuild=True)
+            return PickledObject(qual, args, rebuild=True)
         if qual in _DICT_TYPES:
-            return _Dict()
+            return PickledDict()
         if qual == "torch.Size" and isinstance(args, tuple) and len(args) == 1 and _int_tuple(args[0]):
             return args[0]
-        return _Object(qual, args, rebuild="rebuild" in fn.name)
+        return PickledObject(qual, args, rebuild="rebuild" in fn.name)
 
     def step(self, op: pickletools.OpcodeInfo, arg: object) -> None:
         name = op.name
@@ -260,15 +280,15 @@ class _Scan:
         if name == "MARK":
             st.append(_MARK)
         elif name in _STRING_OPS or name in _INT_OPS:
-            st.append(arg if isinstance(arg, (str, int)) else _OPAQUE)
+            st.append(arg if isinstance(arg, (str, int)) else OPAQUE)
         elif name in _CONSTS:
             st.append(_CONSTS[name])
         elif name == "GLOBAL":
             module, _, gname = str(arg).partition(" ")
-            st.append(_Global(module, gname))
+            st.append(PickledGlobal(module, gname))
         elif name == "STACK_GLOBAL":
             qual, mod = self.pop(), self.pop()
-            st.append(_Global(mod, qual) if isinstance(mod, str) and isinstance(qual, str) else _OPAQUE)
+            st.append(PickledGlobal(mod, qual) if isinstance(mod, str) and isinstance(qual, str) else OPAQUE)
         elif name == "EMPTY_TUPLE":
             st.append(())
         elif name == "TUPLE":
@@ -280,7 +300,7 @@ class _Scan:
         elif name == "MEMOIZE":
             self.memo[len(self.memo)] = self.top()
         elif name in _GET_OPS:
-            st.append(self.memo.get(int(arg), _OPAQUE))  # type: ignore[call-overload]
+            st.append(self.memo.get(int(arg), OPAQUE))  # type: ignore[call-overload]
         elif name == "BINPERSID":
             st.append(self.persid(self.pop()))
         elif not self.container(name, arg):
@@ -290,39 +310,39 @@ class _Scan:
         """Dicts, lists and objects; False for an opcode this does not model."""
         st, top = self.stack, self.top
         if name in ("EMPTY_DICT", "DICT"):
-            st.append(_Dict(_pairs(self.pop_mark()) if name == "DICT" else []))
+            st.append(PickledDict(_pairs(self.pop_mark()) if name == "DICT" else []))
         elif name in ("SETITEM", "SETITEMS"):
             if name == "SETITEMS":
                 pairs = _pairs(self.pop_mark())
             else:
                 value, key = self.pop(), self.pop()
                 pairs = [(key, value)]
-            if isinstance(target := top(), (_Dict, _Object)):
+            if isinstance(target := top(), (PickledDict, PickledObject)):
                 target.items.extend(pairs)
         elif name in ("EMPTY_LIST", "LIST"):
-            st.append(_List(self.pop_mark() if name == "LIST" else []))
+            st.append(PickledList(self.pop_mark() if name == "LIST" else []))
         elif name in ("APPEND", "APPENDS"):
             values = self.pop_mark() if name == "APPENDS" else [self.pop()]
-            if isinstance(target := top(), _List):
+            if isinstance(target := top(), PickledList):
                 target.items.extend(values)
-            elif isinstance(target, _Object):
+            elif isinstance(target, PickledObject):
                 target.list_items.extend(values)
         elif name == "REDUCE":
             args, fn = self.pop(), self.pop()
             st.append(self.reduce(fn, args))
         elif name == "BUILD":
             state = self.pop()
-            if isinstance(target := top(), _Object):
+            if isinstance(target := top(), PickledObject):
                 target.state = state
         elif name in ("NEWOBJ", "NEWOBJ_EX"):
             _kwargs = self.pop() if name == "NEWOBJ_EX" else None
             args, cls = self.pop(), self.pop()
-            st.append(_Object(_name(cls), args))
+            st.append(PickledObject(_name(cls), args))
         elif name == "INST":
-            st.append(_Object(str(arg).replace(" ", "."), tuple(self.pop_mark())))
+            st.append(PickledObject(str(arg).replace(" ", "."), tuple(self.pop_mark())))
         elif name == "OBJ":
             items = self.pop_mark()
-            st.append(_Object(_name(items[0] if items else None), tuple(items[1:])))
+            st.append(PickledObject(_name(items[0] if items else None), tuple(items[1:])))
         else:
             return False
         return True
@@ -337,7 +357,7 @@ class _Scan:
         else:
             for _ in before:
                 self.pop()
-        self.stack.extend(_OPAQUE for _ in op.stack_after)
+        self.stack.extend(OPAQUE for _ in op.stack_after)
 
 
 def _pairs(flat: list[object]) -> list[tuple[object, object]]:
@@ -345,14 +365,14 @@ def _pairs(flat: list[object]) -> list[tuple[object, object]]:
 
 
 def _name(cls: object) -> str:
-    return str(cls) if isinstance(cls, _Global) else "?"
+    return str(cls) if isinstance(cls, PickledGlobal) else "?"
 
 
 def _int_tuple(v: object) -> bool:
     return isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
 
 
-def _run(data: bytes, start: int = 0) -> tuple[_Scan, object, int]:
+def decode(data: bytes, start: int = 0) -> tuple[_Scan, object, int]:
     """Decode one pickle from ``data[start:]``: (scan, root value, offset after STOP); ValueError
     (or whatever pickletools raises) on a malformed or truncated pickle."""
     scan = _Scan()
@@ -371,19 +391,19 @@ def _run(data: bytes, start: int = 0) -> tuple[_Scan, object, int]:
 
 
 def scan_storage_dtypes(pickle_bytes: bytes) -> dict[str, str]:
-    """Map storage key -> dtype name for every storage whose dtype is unambiguous.
-
-    Never executes or imports anything named in the pickle; on any decoding error returns {}.
+    """Map storage key -> dtype name for every storage whose dtype is unambiguous and one the
+    codecs know (``DTYPE_SIZES``). Never executes or imports anything named in the pickle; on any
+    decoding error returns {}.
     """
     try:
-        scan, _root, _end = _run(pickle_bytes)
+        scan, _root, _end = decode(pickle_bytes)
     except Exception:  # malformed pickle: hints are optional
         return {}
     out: dict[str, str] = {}
     for key, dtypes in scan.found.items():
         if len(dtypes) == 1:
             (dt,) = dtypes
-            if dt is not None:
+            if dt in DTYPE_SIZES:
                 out[key] = dt
     return out
 
@@ -421,12 +441,12 @@ class _Namer:
     def children(self, node: object, path: tuple[str, ...],
                  inside: str | None) -> list[tuple[object, tuple[str, ...], str | None]]:
         where = ".".join(path) or "<root>"
-        if isinstance(node, (_List, tuple)):
-            items = node.items if isinstance(node, _List) else node
+        if isinstance(node, (PickledList, tuple)):
+            items = node.items if isinstance(node, PickledList) else node
             return [(v, (*path, str(i)), inside) for i, v in enumerate(items)]
-        if isinstance(node, _Dict):
+        if isinstance(node, PickledDict):
             return [(v, p, inside) for v, p in self.dict_children(node.items, path, where)]
-        if not isinstance(node, _Object):
+        if not isinstance(node, PickledObject):
             return []
         if node.rebuild:
             self.warn(f"{where}: {node.cls} is not followed")
@@ -435,7 +455,7 @@ class _Namer:
         kids: list[tuple[object, tuple[str, ...]]] = []
         if isinstance(node.args, tuple):
             kids += [(v, (*path, str(i))) for i, v in enumerate(node.args)]
-        if isinstance(node.state, _Dict):
+        if isinstance(node.state, PickledDict):
             kids += self.dict_children(node.state.items, path, where)
         elif node.state is not None:
             kids.append((node.state, path))
@@ -461,7 +481,7 @@ def scan_tensors(pickle_bytes: bytes, start: int = 0) -> PickleTensors:
     decode gives no tensors, ``readable=False`` and a warning; objects the scan cannot follow
     (custom classes, unknown rebuild functions) are warnings naming them."""
     try:
-        scan, root, end = _run(pickle_bytes, start)
+        scan, root, end = decode(pickle_bytes, start)
     except Exception as exc:  # malformed pickle: structure unknown, never a crash
         return PickleTensors([], [], {}, [f"the pickle cannot be read: {exc}"], False, -1)
     namer = _Namer(scan)
@@ -471,25 +491,3 @@ def scan_tensors(pickle_bytes: bytes, start: int = 0) -> PickleTensors:
     if lost:
         scan.warn(f"{lost} tensors are not reachable by a key path")
     return PickleTensors(namer.named, scan.tensors, scan.storages, scan.warnings, True, end)
-
-
-def _plain(v: object, depth: int = 0) -> object:
-    if v is None or isinstance(v, (str, int, float, bool)) or depth > 50:
-        return v if depth <= 50 else _OPAQUE
-    if isinstance(v, (tuple, _List)):
-        items = [_plain(x, depth + 1) for x in (v if isinstance(v, tuple) else v.items)]
-        return tuple(items) if isinstance(v, tuple) else items
-    if isinstance(v, _Dict):
-        return {k: _plain(x, depth + 1) for k, x in v.items if isinstance(k, (str, int, float, bool))}
-    return _OPAQUE
-
-
-def scan_value(data: bytes, start: int = 0) -> tuple[object, int]:
-    """A small plain pickle at ``data[start:]`` (the headers of a legacy ``torch.save`` file) as
-    plain values: None, bool, int, float, str, tuple, list, dict; anything else becomes an opaque
-    marker. Returns (value, offset after STOP); ValueError if it does not decode."""
-    try:
-        _scan, root, end = _run(data, start)
-    except Exception as exc:
-        raise ValueError(f"a pickle that cannot be read: {exc}") from None
-    return _plain(root), end

@@ -9,6 +9,7 @@ from __future__ import annotations
 from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams, Splitter
 from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.dcp import DcpSplitter
+from weightvault.chunking.dcp_metadata import MAGIC as DCP_METADATA_MAGIC
 from weightvault.chunking.gguf import GgufSplitter
 from weightvault.chunking.numpy_formats import NpySplitter, NpzSplitter
 from weightvault.chunking.safetensors import SafetensorsSplitter
@@ -63,11 +64,14 @@ def detect_format(head: bytes) -> str | None:
     """The model file format from content alone (up to the first 64 KiB; no name): "gguf",
     "npy", "npz", "torch-zip", "safetensors", "hdf5", or None. The splitters' own tests, asked
     without a file name, so a hub-cache blob or a renamed file is recognised as what it is; also
-    "dcp" (a ``.distcp`` shard: several torch zips) and "torch-legacy" (a non-zip ``torch.save``)."""
+    "dcp" (a ``.distcp`` shard: several torch zips), "dcp-metadata" (a DCP ``.metadata`` pickle)
+    and "torch-legacy" (a non-zip ``torch.save``)."""
     if head.startswith(HDF5_MAGIC):
         return "hdf5"
     if head.startswith(_LEGACY_TORCH):
         return "torch-legacy"
+    if head[:1] == b"\x80" and DCP_METADATA_MAGIC in head[:64]:
+        return "dcp-metadata"
     for fmt, splitter in _BY_CONTENT:
         if splitter.accepts(b"", head):
             return fmt

@@ -41,8 +41,8 @@ from weightvault.chunking.pickle_scan import (
     TensorRef,
     scan_storage_dtypes,
     scan_tensors,
-    scan_value,
 )
+from weightvault.chunking.pickle_values import scan_value
 from weightvault.chunking.tensor_plan import (
     GROUP_MAX,
     SMALL_TENSOR,

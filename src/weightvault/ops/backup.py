@@ -444,6 +444,8 @@ def _fallback_reason(name: bytes, head: bytes, chunks: object) -> str | None:
     """Why a file that looks like a model (by name or content) was stored with generic CDC, or
     None if it does not look like one."""
     fmt = detect_format(head)
+    if fmt == "dcp-metadata":  # a small pickle of names and offsets: no tensor data to split
+        return None
     if isinstance(chunks, CdcFallback):
         return f"{fmt or 'its'} parser refused it ({chunks.reason})"
     if fmt is not None or os.fsdecode(name).lower().endswith(_MODEL_ONLY):

@@ -12,18 +12,20 @@ always does. Nothing is ever unpickled or executed.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
 from weightvault.chunking.dcp import Window, dcp_archives
+from weightvault.chunking.dcp_metadata import DcpItem, parse_dcp_metadata
 from weightvault.chunking.gguf import gguf_header
 from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
 from weightvault.chunking.registry import detect_format, looks_like_model
 from weightvault.chunking.safetensors import parse_safetensors
 from weightvault.chunking.torchzip import torch_zip_members, torch_zip_structure
 
-__all__ = ["FORMATS", "HEAD_BYTES", "Parsed", "Structure", "detect", "parse", "structure"]
+__all__ = ["FORMATS", "HEAD_BYTES", "Parsed", "Structure", "check_items", "detect", "parse", "structure"]
 
 HEAD_BYTES = 64 * 1024  # what detection reads, as the splitters do
 Structure = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (dtype, shape)
@@ -34,11 +36,13 @@ class Parsed:
     tensors: Structure = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     checked: bool = True  # False: nothing could be checked (the warnings say why): no level is claimed
+    items: list[DcpItem] = field(default_factory=list)  # a DCP .metadata's items, in sibling files
 
 
 # names that claim one format: content that is not that format fails level 2, as a broken model
+# (not ``.keras``: Keras 3 writes a zip there, Keras 2 HDF5, which content recognises)
 _CLAIMED = {".safetensors": "safetensors", ".npy": "npy", ".npz": "npz", ".gguf": "gguf", ".h5": "hdf5",
-            ".hdf5": "hdf5", ".keras": "hdf5"}
+            ".hdf5": "hdf5"}
 
 
 def detect(name: str, head: bytes) -> tuple[str | None, list[str]]:
@@ -122,6 +126,47 @@ def _dcp(f: BinaryIO, size: int, read_data: bool) -> Parsed:
     return out
 
 
+def _dcp_metadata(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    """A DCP ``.metadata``: tensors by fully qualified name (dtype, global shape), pickled objects
+    as ``("object", ())``, and the items whose bytes ``check_items`` finds in the shards."""
+    md = parse_dcp_metadata(f.read(size))
+    tensors: Structure = dict(md.tensors)
+    tensors.update({fqn: ("object", ()) for fqn in md.objects})
+    return Parsed(tensors, md.warnings, items=md.items)
+
+
+def check_items(items: list[DcpItem], directory: str, inside: str) -> list[str]:
+    """Problems with the shards a DCP ``.metadata`` in ``directory`` points to: each file must be
+    there (not through a link leading outside ``inside``), each item's range inside it and, unless
+    DCP extensions transformed it, exactly one ``torch.save`` archive of the file or (raw
+    serialization) exactly the chunk's bytes."""
+    problems: list[str] = []
+    by_file: dict[str, list[DcpItem]] = {}
+    for it in items:
+        by_file.setdefault(it.path, []).append(it)
+    for name, its in sorted(by_file.items()):
+        path = os.path.join(directory, name)
+        real = os.path.realpath(path)
+        if not real.startswith(inside.rstrip(os.sep) + os.sep):
+            problems.append(f"shard {name!r} resolves outside the validated tree: not read")
+            continue
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                archives = set(dcp_archives(f, size))
+        except OSError as exc:
+            problems.append(f"shard {name!r} holding {len(its)} items cannot be read: {exc.strerror or exc}")
+            continue
+        for it in its:
+            what = f"chunk {list(it.chunk)} of tensor {it.fqn!r}" if it.chunk is not None else f"object {it.fqn!r}"
+            end = it.start + it.length
+            if end > size:
+                problems.append(f"{what}: bytes {it.start}..{end} lie beyond the end of {name} ({size} bytes)")
+            elif not it.transformed and (it.start, end) not in archives and it.length != it.nbytes:
+                problems.append(f"{what}: bytes {it.start}..{end} of {name} are not one torch.save archive")
+    return problems
+
+
 def _gguf(f: BinaryIO, size: int, read_data: bool) -> Parsed:
     h = gguf_header(f, size, strict=True)
     return Parsed({name: (f"ggml-{gtype}", dims) for name, gtype, dims in h.tensors}, list(h.warnings))
@@ -185,5 +230,5 @@ class _Unclosable(io.RawIOBase):
 
 FORMATS: dict[str, Callable[[BinaryIO, int, bool], Parsed]] = {
     "safetensors": _safetensors, "npy": _npy, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip,
-    "torch-legacy": _torch_legacy, "dcp": _dcp, "hdf5": _hdf5,
+    "torch-legacy": _torch_legacy, "dcp": _dcp, "dcp-metadata": _dcp_metadata, "hdf5": _hdf5,
 }

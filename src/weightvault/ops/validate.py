@@ -6,8 +6,10 @@
    inside the data section, sizes equal to shape x element size, the data section covered
    exactly, without overlaps), ``.npy`` (header, no pickled objects, data exactly as long as the
    shape needs), ``.npz`` and PyTorch zip archives (member ranges, every member's CRC, each array
-   header; ``<archive>/data.pkl`` present in a torch archive), GGUF (header, tensor infos, aligned
-   offsets, data inside the file).
+   header; ``<archive>/data.pkl`` present in a torch archive, every storage a tensor views present
+   and long enough), GGUF (header, tensor infos, aligned offsets, data inside the file), DCP
+   (each shard's archives; the ``.metadata``'s items against the shards beside it), HDF5 (h5py).
+   docs/FORMATS.md has the full list per format.
 3. **Structure**: tensor names, shapes and dtypes of the file equal those of the file as it was
    backed up; missing, extra and changed tensors are listed. The backed-up file is read through
    its manifest node's blobs (``StoredFile``), loading only the blobs that hold the bytes the
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from weightvault.errors import IntegrityError, WeightvaultError
-from weightvault.ops.formats import HEAD_BYTES, Structure, detect, parse, structure
+from weightvault.ops.formats import HEAD_BYTES, Structure, check_items, detect, parse, structure
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository
@@ -284,6 +286,8 @@ def _validate_file(repo: Repository, snap: Snapshot, node: Node, root: Path, ins
     fv.warnings += found.warnings
     if not found.checked:
         return fv
+    if found.items:  # a DCP .metadata: its items must be where it says, in the shards beside it
+        fv.problems += [f"level 2: dcp-metadata: {p}" for p in check_items(found.items, str(live.parent), inside)]
     if fv.ok:
         fv.passed = 2
     if level < 3:
