@@ -91,8 +91,8 @@ def test_unchanged_files_not_reread_unless_forced(repo: Repository, three_files:
 
     forced = repo.backup([three_files], force=True).snapshot
     f = forced.summary
-    assert f["files_unmodified"] == 0 and f["bytes_read"] == 24 * MiB
-    assert f["files_new"] == 3 and forced.parent is None
+    assert f["files_unmodified"] == 3 and f["bytes_read"] == 24 * MiB  # re-read, found identical
+    assert f["files_new"] == 0 and forced.parent is not None
     assert f["blobs_added"] == 0 and _data_blobs(repo) == blobs
     out = tmp_path / "out"
     repo.restore(forced.id, out, verify=True)
@@ -338,13 +338,16 @@ def test_sources_with_the_same_name_are_refused(repo: Repository, tmp_path: Path
     assert res.snapshot.paths == [str(tmp_path / "a" / "run")]
 
 
-def test_missing_source_is_refused(repo: Repository, tmp_path: Path) -> None:
+def test_missing_sources_are_listed_and_all_missing_is_refused(repo: Repository, tmp_path: Path) -> None:
     write(tmp_path / "run" / "x", b"1")
-    with pytest.raises(UsageError, match="does not exist"):
-        repo.backup([tmp_path / "run", tmp_path / "nope"])
+    with pytest.raises(UsageError, match="nope, .*gone do not exist"):
+        repo.backup([tmp_path / "nope", tmp_path / "gone"])
     with pytest.raises(UsageError):
         repo.backup([])
     assert repo.snapshots() == []
+    res = repo.backup([tmp_path / "run", tmp_path / "nope"])
+    assert res.errors == [(str(tmp_path / "nope"), "does not exist")]
+    assert res.snapshot.paths == [str(tmp_path / "run")]
 
 
 def test_single_file_and_several_sources(repo: Repository, tmp_path: Path) -> None:

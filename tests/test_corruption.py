@@ -197,8 +197,13 @@ def test_corrupted_snapshot_file(env: Env, tmp_path: Path) -> None:
     assert not res.ok
     assert any(env.snap.id in e for e in res.errors)
     assert res.snapshots == 1
-    # the undamaged snapshot is still listed and restorable
+    # the undamaged snapshot is still listed and restorable; 'latest' might be the damaged one (its
+    # time is unreadable): it refuses unless told to resolve past it
     assert [s.id for s in repo.snapshots()] == [second.id]
+    assert list(repo.unreadable_snapshots()) == [env.snap.id]
+    with pytest.raises(IntegrityError, match="'latest' might be it"):
+        repo.restore("latest", tmp_path / "out", verify=True)
+    repo.skip_unreadable = True
     repo.restore("latest", tmp_path / "out", verify=True)
     assert (tmp_path / "out" / "src" / "notes.txt").read_bytes() == b"epoch 4\n"
 

@@ -101,6 +101,7 @@ class Repository:
     def __init__(self, engine: _Engine) -> None:
         self._repo = engine
         self._active: dict[int, Session] = {}  # thread id -> the session a method of this object runs in
+        self.skip_unreadable = False  # True: 'latest' / '@TIME' resolve past unreadable snapshots
 
     @classmethod
     def init(cls, location: str | os.PathLike[str], password: str | bytes, *, kdf: KdfParams | None = None,
@@ -149,6 +150,7 @@ class Repository:
             return
         try:
             with self._repo.session(mode) as s:
+                s.skip_unreadable = self.skip_unreadable
                 self._active[tid] = s
                 try:
                     yield s
@@ -196,6 +198,11 @@ class Repository:
             snaps = _groups.representatives(s.snapshots())
         return [x for x in snaps if all(x.has_tag(t) for t in tags) and (not absp or any(p in absp for p in x.paths))
                 and (host is None or x.host == host)]
+
+    def unreadable_snapshots(self) -> dict[str, str]:
+        """Snapshot files that exist but cannot be read (damaged, or of a newer format): id -> why."""
+        with self._session(LockMode.NONE) as s:
+            return s.unreadable()
 
     def find_snapshot(self, spec: str) -> Snapshot:
         """Resolve an id prefix, 'latest', 'latest:k=v' or '@TIME'."""

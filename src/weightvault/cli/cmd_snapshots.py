@@ -7,6 +7,7 @@ import click
 from weightvault import api
 from weightvault.cli.common import Globals, open_repository, pass_globals
 from weightvault.cli.output import display, echo_json, group_json, human_size, human_time, print_table
+from weightvault.errors import IntegrityError
 
 __all__ = ["snapshots"]
 
@@ -23,19 +24,26 @@ def snapshots(
     g: Globals, tags: tuple[str, ...], paths: tuple[str, ...], host: str | None, show_groups: bool, as_json: bool
 ) -> None:
     """List snapshots (oldest first). The ranks of a sharded group are not listed: the group is, as
-    one snapshot, once all its ranks have committed; incomplete groups are named on stderr."""
+    one snapshot, once all its ranks have committed; incomplete groups are named on stderr, and so
+    are snapshot files that cannot be read (exit 4; in JSON as {"id", "damaged"})."""
     repo = open_repository(g)
     if show_groups:
         _groups(g, repo.groups(), as_json)
         return
     snaps = repo.snapshots(tags=tags, paths=paths, host=host)
+    damaged = repo.unreadable_snapshots()
     incomplete = [grp for grp in repo.groups() if not grp.complete]
     if as_json:
-        echo_json([s.to_json() for s in snaps])
+        echo_json([s.to_json() for s in snaps] + [{"id": i, "damaged": why} for i, why in sorted(damaged.items())])
     else:
         _table(g, snaps)
+    for i, why in sorted(damaged.items()):
+        click.echo(f"error: snapshot {i[:8]} cannot be read (damaged): {display(why)}", err=True)
     for grp in incomplete:
         click.echo(f"warning: group {display(grp.id)} is not restorable ({grp.status()})", err=True)
+    if damaged:
+        raise IntegrityError(f"{len(damaged)} snapshot file(s) cannot be read",
+                             hint="`weightvault check` reports them; `check --repair-from REPLICA` heals them")
 
 
 def _groups(g: Globals, groups: list[api.Group], as_json: bool) -> None:

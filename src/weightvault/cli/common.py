@@ -44,6 +44,7 @@ class Globals:
     password_file: str | None
     quiet: bool
     storage: api.StorageOptions = field(default_factory=api.StorageOptions)
+    skip_unreadable: bool = False
 
 
 pass_globals = click.make_pass_decorator(Globals)
@@ -107,6 +108,12 @@ def storage_options(
 
 def open_repository(g: Globals, *, create_default: bool = False) -> api.Repository:
     """Open the selected repository; with ``create_default`` the default one is created if missing."""
+    repo = _open_selected(g, create_default)
+    repo.skip_unreadable = g.skip_unreadable
+    return repo
+
+
+def _open_selected(g: Globals, create_default: bool) -> api.Repository:
     if g.repo is not None:
         if not _explicit_exists(g, g.repo):
             raise RepositoryNotFoundError(

@@ -70,6 +70,8 @@ __all__ = ["cli", "main", "run"]
     "$WEIGHTVAULT_PASSWORD_FILE, the default repository's key file, or a prompt).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summaries; errors and warnings still show.")
+@click.option("--skip-unreadable", is_flag=True, envvar="WEIGHTVAULT_SKIP_UNREADABLE",
+              help="Let 'latest' and '@TIME' resolve past snapshot files that cannot be read (default: exit 4).")
 @click.version_option(__version__, prog_name="weightvault")
 @click.pass_context
 def cli(
@@ -82,10 +84,12 @@ def cli(
     limit_download: str | None,
     password_file: str | None,
     quiet: bool,
+    skip_unreadable: bool,
 ) -> None:
     """Deduplicated, compressed, encrypted backups of model checkpoints and training runs."""
     storage = storage_options(s3_endpoint, connections, limit_upload, limit_download, s3_object_lock)
-    ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet, storage=storage)
+    ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet, storage=storage,
+                      skip_unreadable=skip_unreadable)
 
 
 for _cmd in (

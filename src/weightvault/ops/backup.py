@@ -244,15 +244,22 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     if not sources:
         raise UsageError("nothing to back up: give at least one path")
     validate_group_args(opts.group, opts.rank, opts.world_size)
-    roots = _roots([os.path.abspath(os.fsencode(p)) for p in sources])
+    given = [os.path.abspath(os.fsencode(p)) for p in sources]
+    missing = [(os.fsdecode(p), "does not exist") for p in given if not os.path.lexists(p)]
+    if len(missing) == len(given):
+        raise UsageError(f"nothing to back up: {', '.join(p for p, _ in missing)} "
+                         f"{'does' if len(missing) == 1 else 'do'} not exist",
+                         hint="check the path (a mount that is not there yet?)")
+    roots = _roots([p for p in given if os.path.lexists(p)])
     path_strs = sorted(os.fsdecode(p) for p in roots.values())
     host = opts.host or socket.gethostname()
     repo.recover_unindexed_packs()
     parent = _parent(repo, opts, host, path_strs)
     previous: dict[bytes, Node] = {}
-    if parent is not None and not opts.force:
+    if parent is not None:  # with --force: for reporting and delta bases only, every file is read
         previous = {n.path: n for n in iter_manifest(parent.tree, repo.load_blob) if n.type == "file"}
     run = _Run(repo, opts, roots, previous, Reporter(opts.progress, "backup"), BaseFinder(repo, previous, roots))
+    run.errors += missing  # listed first; the snapshot holds the sources that exist (exit 3)
     run.prescan()
     start = time.monotonic()
     blobs_before, stored_before = repo.stats_new_blobs, repo.stats_new_stored
@@ -283,12 +290,10 @@ def _user() -> str:
 
 
 def _roots(abs_paths: list[bytes]) -> dict[bytes, bytes]:
-    """Each source's name in the snapshot -> its absolute path (UsageError for a missing source, a
-    path that is not UTF-8, or two sources with the same name)."""
+    """Each source's name in the snapshot -> its absolute path (UsageError for a path that is not
+    UTF-8, or two sources with the same name)."""
     roots: dict[bytes, bytes] = {}
     for p in abs_paths:
-        if not os.path.lexists(p):
-            raise UsageError(f"source {os.fsdecode(p)} does not exist")
         try:
             p.decode("utf-8")
         except UnicodeDecodeError:
@@ -312,8 +317,6 @@ def _parent(repo: Repository, opts: BackupOptions, host: str, path_strs: list[st
             return repo.load_snapshot(opts.parent)
         except ObjectNotFoundError as exc:  # a damaged parent raises its own IntegrityError
             raise SnapshotNotFoundError(f"parent snapshot {opts.parent} not found") from exc
-    if opts.force:
-        return None
     return find_parent(repo, host, path_strs, opts.rank if opts.group else None)
 
 
@@ -347,7 +350,7 @@ class _Run:
         for e in self.walk():
             if isinstance(e, Entry) and stat.S_ISREG(e.st.st_mode):
                 tf, tb = tf + 1, tb + e.st.st_size
-                if not _unchanged(self.previous.get(e.rel), e.st, self.repo):
+                if self.opts.force or not _unchanged(self.previous.get(e.rel), e.st, self.repo):
                     changed += e.st.st_size
         self.reporter.set_totals(tf, tb)
         if space_check:
@@ -393,7 +396,7 @@ class _Run:
 
     def _file(self, e: Entry, saver: _Saver) -> Node | None:
         prev = self.previous.get(e.rel)
-        if _unchanged(prev, e.st, self.repo):
+        if not self.opts.force and _unchanged(prev, e.st, self.repo):
             assert prev is not None
             node = _meta(Node(path=e.rel, type="file", size=prev.size, blobs=prev.blobs, sha256=prev.sha256,
                               tensors=prev.tensors), e.st)
@@ -407,7 +410,9 @@ class _Run:
             if stored is None:
                 return None
             node = stored
-            self.totals["files_changed" if prev is not None else "files_new"] += 1
+            same = (prev is not None and prev.sha256 == node.sha256 and prev.size == node.size  # --force
+                    and prev.mtime_ns == node.mtime_ns and prev.ctime_ns == node.ctime_ns)
+            self.totals["files_unmodified" if same else "files_changed" if prev is not None else "files_new"] += 1
             self.reporter.add(files=1, current=os.fsdecode(e.rel))
         self.totals["files"] += 1
         self.totals["bytes"] += node.size

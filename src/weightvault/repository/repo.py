@@ -82,6 +82,7 @@ class Repository(SnapshotDocuments):
         self.plans: list[Plan] = []  # prune plans read when the lock was taken (format v4)
         self.packs_written: list[str] = []  # by this client, in order (copy verifies them)
         self._snapshot_docs: dict[str, dict[str, object]] = {}  # id -> document (immutable: named by hash)
+        self.unreadable_snapshots: dict[str, str] = {}  # id -> why, as of the last listing
         self.snapshot_generation = 0  # bumped whenever this object saves or removes a snapshot
         self._sessions = 0  # open sessions (all threads), under _lock
 

@@ -66,6 +66,8 @@ class Session:
     lock: str
     _listing: list[Snapshot] | None = field(default=None, repr=False)
     _generation: int = -1
+    _unreadable: dict[str, str] = field(default_factory=dict, repr=False)
+    skip_unreadable: bool = False  # resolve 'latest' and '@TIME' past unreadable snapshots
 
     def snapshots(self) -> list[Snapshot]:
         """Every readable snapshot, oldest first, listed once per session (again only after this
@@ -73,12 +75,21 @@ class Session:
         generation = self.repo.snapshot_generation
         if self._listing is None or generation != self._generation:
             self._listing, self._generation = self.repo.snapshots(), generation
+            self._unreadable = dict(self.repo.unreadable_snapshots)
         return list(self._listing)
+
+    def unreadable(self) -> dict[str, str]:
+        """The snapshots this session's listing could not read: id -> why."""
+        self.snapshots()
+        return dict(self._unreadable)
 
     def find(self, spec: str, snaps: list[Snapshot] | None = None) -> Snapshot:
         """Resolve an id prefix, 'latest', 'latest:k=v' or '@TIME' against ``snaps`` (default:
-        this session's snapshot list)."""
-        return resolve_snapshot(spec, self.snapshots() if snaps is None else snaps)
+        this session's snapshot list). An unreadable snapshot the name might resolve to is an
+        IntegrityError unless ``skip_unreadable``."""
+        listing = self.snapshots()
+        damaged = {} if self.skip_unreadable else self._unreadable
+        return resolve_snapshot(spec, listing if snaps is None else snaps, damaged)
 
     def still_there(self, snap: Snapshot) -> None:
         """With a lock held: the snapshot was not forgotten since it was listed (a prune that

@@ -33,6 +33,7 @@ class SnapshotDocuments:
     _lock: threading.Lock
     _snapshot_docs: dict[str, dict[str, object]]
     snapshot_generation: int
+    unreadable_snapshots: dict[str, str]
 
     def save_snapshot(self, snap: Snapshot) -> str:
         """Persist a snapshot; every blob it references must already be durable (call flush())."""
@@ -66,9 +67,10 @@ class SnapshotDocuments:
 
     def snapshots(self) -> list[Snapshot]:
         """All readable snapshots, oldest first, listed now (``Session.snapshots`` lists once per
-        operation). A damaged snapshot file is skipped (and logged) so it cannot hide the others;
-        ``check`` reports it."""
+        operation). A damaged snapshot file is skipped (and logged) so it cannot hide the others,
+        and named in ``unreadable_snapshots`` (``check`` reports it too)."""
         snaps = []
+        unreadable: dict[str, str] = {}
         listed = self.list_snapshot_ids()
         for snap_id in listed:
             try:
@@ -77,6 +79,8 @@ class SnapshotDocuments:
                 continue  # forgotten meanwhile
             except (IntegrityError, UnsupportedFormatError) as exc:
                 log.warning("skipping unreadable snapshot %s: %s", snap_id, exc.message)
+                unreadable[snap_id] = exc.message
+        self.unreadable_snapshots = unreadable
         for gone in set(self._snapshot_docs) - set(listed):
             del self._snapshot_docs[gone]
         snaps.sort(key=lambda s: (s.datetime, s.id))

@@ -16,6 +16,7 @@ Snapshot specifiers: an id prefix, ``latest``, ``latest:k=v`` (newest with that 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -158,9 +159,24 @@ def _parse_time(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def resolve_snapshot(spec: str, snapshots: list[Snapshot]) -> Snapshot:
-    """Pick one snapshot by specifier; SnapshotNotFoundError (or UsageError if ambiguous)."""
+def resolve_snapshot(spec: str, snapshots: list[Snapshot], unreadable: Mapping[str, str] | None = None) -> Snapshot:
+    """Pick one snapshot by specifier; SnapshotNotFoundError (or UsageError if ambiguous).
+
+    ``unreadable`` (id -> why): snapshots that exist but cannot be read. Their times and tags are
+    unknown, so 'latest' and '@TIME' might mean one of them: IntegrityError rather than a silent
+    older answer; an id prefix that names one is an IntegrityError too."""
     ordered = sorted(snapshots, key=lambda s: (s.datetime, s.id))
+    damaged = dict(unreadable or {})
+    if damaged and spec.startswith(("latest", "@")):
+        first = min(damaged)
+        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+        raise IntegrityError(
+            f"snapshot {first[:8]}{more} cannot be read ({damaged[first]}); {spec!r} might be it",
+            hint="name a snapshot by id, run `weightvault check`, or add --skip-unreadable to resolve past it")
+    hit = [i for i in damaged if spec and i.startswith(spec.lower())]
+    if hit and not any(s.id.startswith(spec.lower()) for s in ordered):
+        raise IntegrityError(f"snapshot {hit[0][:8]} cannot be read: {damaged[hit[0]]}",
+                             hint="run `weightvault check`; restore another snapshot, or heal it from a replica")
     if spec == "latest" or spec.startswith("latest:"):
         tag = spec[len("latest:"):] if ":" in spec else None
         cands = [s for s in ordered if tag is None or s.has_tag(tag)]

@@ -1,0 +1,73 @@
+"""Answers a user trusts, driven through the CLI: a missing source is listed and the rest is saved
+(exit 3), `--force` counts identical files as unmodified, a damaged newest snapshot is never
+silently skipped by `latest`, `check --read-data-subset` always reads something and says what."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_KDF, PASSWORD, write
+from test_cli import cli_env, ok, wv
+from weightvault.api import Repository
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    return {**cli_env(tmp_path / "home"), "WEIGHTVAULT_REPO": str(tmp_path / "repo")}
+
+
+def test_a_missing_source_is_listed_and_the_others_are_saved(env: dict[str, str], tmp_path: Path) -> None:
+    run = write(tmp_path / "run" / "model.bin", b"w" * 5000).parent
+    gone = tmp_path / "not-mounted"
+    proc = wv(env, "backup", run, gone, "--json")
+    assert proc.returncode == 3, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["errors"] == [{"path": str(gone), "reason": "does not exist"}]
+    assert out["snapshot"]["paths"] == [str(run)]
+    assert f"{gone}: does not exist" in wv(env, "backup", run, gone).stderr
+    only_gone = wv(env, "backup", gone)
+    assert only_gone.returncode == 2 and f"nothing to back up: {gone} does not exist" in only_gone.stderr
+    snaps = json.loads(ok(wv(env, "snapshots", "--json")).stdout)
+    assert len(snaps) == 2 and all(s["paths"] == [str(run)] for s in snaps)
+
+
+def test_force_rereads_and_counts_identical_files_as_unmodified(env: dict[str, str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write(run / "a.bin", os.urandom(4000))
+    write(run / "b.txt", b"hello")
+    ok(wv(env, "backup", run))
+    write(run / "b.txt", b"hello, changed")
+    s = json.loads(ok(wv(env, "backup", run, "--force", "--json")).stdout)["snapshot"]["summary"]
+    assert (s["files_new"], s["files_changed"], s["files_unmodified"]) == (0, 1, 1)
+    assert s["bytes_read"] == 4000 + len(b"hello, changed")  # --force still reads every file
+
+
+def test_a_damaged_newest_snapshot_is_never_skipped_silently(env: dict[str, str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write(run / "w.bin", b"old")
+    old = json.loads(ok(wv(env, "backup", run, "--json")).stdout)["snapshot"]["id"]
+    write(run / "w.bin", b"new!")
+    new = json.loads(ok(wv(env, "backup", run, "--json")).stdout)["snapshot"]["id"]
+    doc = tmp_path / "repo" / "snapshots" / new
+    data = bytearray(doc.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    doc.write_bytes(bytes(data))
+
+    restore = wv(env, "restore", "latest", "--target", tmp_path / "out")
+    assert restore.returncode == 4, restore.stderr
+    assert f"snapshot {new[:8]} cannot be read" in restore.stderr and "'latest' might be it" in restore.stderr
+    assert "--skip-unreadable" in restore.stderr and not (tmp_path / "out").exists()
+    by_id = wv(env, "restore", new[:10], "--target", tmp_path / "out")
+    assert by_id.returncode == 4 and f"snapshot {new[:8]} cannot be read" in by_id.stderr
+    ok(wv(env, "--skip-unreadable", "restore", "latest", "--target", tmp_path / "out"))
+    assert (tmp_path / "out" / "run" / "w.bin").read_bytes() == b"old"
+
+    listing = wv(env, "snapshots", "--json")
+    assert listing.returncode == 4 and f"snapshot {new[:8]} cannot be read (damaged)" in listing.stderr
+    assert [s["id"] for s in json.loads(listing.stdout)] == [old, new]
+    assert json.loads(listing.stdout)[1]["damaged"]
