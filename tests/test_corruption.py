@@ -268,16 +268,18 @@ def test_select_packs_buckets_partition(t: int) -> None:
         assert all(0 < len(b) < len(ids) for b in buckets)
 
 
-def test_select_packs_percentage_deterministic() -> None:
+def test_select_packs_parts_are_balanced_and_never_empty() -> None:
     ids = _ids(1000)
     shuffled = ids[:]
     random.Random(1).shuffle(shuffled)
-    ten = select_packs(ids, 0.1)
-    assert ten == select_packs(shuffled, 0.1) == select_packs(ids, 0.1)
-    assert 50 < len(ten) < 150
-    assert set(ten) <= set(select_packs(ids, 0.5))
-    assert select_packs(ids, 1.0) == sorted(ids)
+    tenth = select_packs(ids, (3, 10))
+    assert tenth == select_packs(shuffled, (3, 10)) and len(tenth) == 100
     assert select_packs(ids, None) == sorted(ids)
+    six = _ids(6)
+    parts = [select_packs(six, (n, 20)) for n in range(1, 21)]
+    assert all(len(p) == 1 for p in parts)  # more parts than packs: each still reads one
+    assert {p for part in parts[:6] for p in part} == set(six)
+    assert select_packs([], (1, 20)) == []
 
 
 def test_check_subsets_cover_every_pack(env: Env) -> None:

@@ -71,3 +71,30 @@ def test_a_damaged_newest_snapshot_is_never_skipped_silently(env: dict[str, str]
     assert listing.returncode == 4 and f"snapshot {new[:8]} cannot be read (damaged)" in listing.stderr
     assert [s["id"] for s in json.loads(listing.stdout)] == [old, new]
     assert json.loads(listing.stdout)[1]["damaged"]
+
+
+def test_a_check_subset_always_reads_and_rotates_over_every_pack(tmp_path: Path) -> None:
+    from weightvault.backends.base import FileType
+    from weightvault.backends.local import LocalBackend
+    from weightvault.repository.repo import Repository as Engine
+    path = tmp_path / "small-packs"
+    Engine.init(LocalBackend(path), PASSWORD.encode(), kdf=FAST_KDF, pack_size=1024, chunk_min=256, chunk_avg=512,
+                chunk_max=1024)
+    env = {**cli_env(tmp_path / "home"), "WEIGHTVAULT_REPO": str(path)}
+    run = tmp_path / "run"
+    for i in range(6):
+        write(run / f"f{i}.bin", os.urandom(900))
+    ok(wv(env, "backup", run))
+    packs = len(list(LocalBackend(path).list(FileType.PACK)))
+    assert packs >= 6
+    seen: set[int] = set()
+    reads = []
+    for _ in range(20):  # 5%: 20 parts, one per run, every pack within them
+        out = json.loads(ok(wv(env, "check", "--read-data-subset", "5%", "--json")).stdout)
+        assert out["packs_read"] >= 1 and out["bytes_read"] > 0
+        seen.add(int(out["subset"].split("/")[0]))
+        reads.append(out["packs_read"])
+    assert seen == set(range(1, 21)) and out["coverage"] == 1.0
+    assert sum(reads[:packs]) >= packs
+    text = ok(wv(env, "check", "--read-data-subset", "1/3")).stdout
+    assert "read " in text and "part 1/3" in text and "no problems found" in text

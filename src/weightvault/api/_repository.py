@@ -371,10 +371,19 @@ class Repository:
     def check(self, *, read_data: bool = False, subset: str | None = None,
               progress: ProgressCallback | None = None) -> CheckResult:
         """Verify the repository (``weightvault.ops.check``) under a maintenance lock, so no
-        prune deletes packs meanwhile; backups may run beside it."""
+        prune deletes packs meanwhile; backups may run beside it. ``subset`` "n/t" reads part n of
+        t of the packs; "X%" reads the next of round(100/X) parts in rotation (state kept with
+        verify's, ``runner.sampling``), so repeated runs read every pack; ``result.coverage`` says
+        how much of the current round is done."""
         sub = _check.parse_subset(subset) if subset else None
+        rot = SampleRotation.start(self.id, "packs", sub) if isinstance(sub, float) else None
+        part = (rot.pick + 1, rot.buckets) if rot is not None else sub
+        assert not isinstance(part, float)
         with self._session(LockMode.MAINTENANCE):
-            return _check.check(self._repo, read_data=read_data, subset=sub, progress=progress)
+            res = _check.check(self._repo, read_data=read_data, subset=part, progress=progress)
+        if rot is not None:
+            res.coverage = rot.finish(res.ok)
+        return res
 
     def repair_index(self) -> RepairResult:
         """Rebuild the index from pack headers (exclusive lock); old index files are removed after."""

@@ -21,7 +21,7 @@ __all__ = ["check"]
 @click.command()
 @click.option("--read-data", is_flag=True, help="Read and authenticate every stored byte.")
 @click.option("--read-data-subset", "subset", metavar="N/T|X%", help="Read only a subset of the packs: "
-              "part N of T (e.g. 1/10) or a random X percent (e.g. 5%).")
+              "part N of T (e.g. 1/10), or X percent (e.g. 5%%), a different part each run until all are read.")
 @click.option("--repair-from", metavar="REPO",
               help="Rewrite damaged or missing data from this replica (a repository `copy` filled), then check again.")
 @click.option("--from-password-file", metavar="FILE", help="With --repair-from: the replica's password.")
@@ -55,7 +55,10 @@ def check(g: Globals, read_data: bool, subset: str | None, repair_from: str | No
         for e in res.errors:
             click.echo(f"problem: {e}")
         if not g.quiet:
-            read = f", read {res.packs_read} pack(s) ({human_size(res.bytes_read)})" if res.packs_read else ""
+            part = f", part {res.subset}" if res.subset else ""
+            done = f", {res.coverage:.0%} of the packs read this round" if res.coverage is not None else ""
+            read = (f", read {res.packs_read} pack(s) ({human_size(res.bytes_read)}{part}{done})"
+                    if read_data or subset else "")
             click.echo(f"checked {res.snapshots} snapshot(s) and {res.packs} pack(s){read}: "
                        + ("no problems found" if res.ok else f"{len(res.errors)} problem(s)"))
     if not res.ok:

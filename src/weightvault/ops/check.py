@@ -39,6 +39,8 @@ class CheckResult:
     bytes_read: int = 0
     snapshots: int = 0
     bad_blobs: dict[str, list[str]] = field(default_factory=dict)  # blob hex -> ["snap:path", ...]
+    subset: str | None = None  # the part read, "n/t"
+    coverage: float | None = None  # with a rotating X% subset: share of the parts read this round
 
     @property
     def ok(self) -> bool:
@@ -61,22 +63,22 @@ def parse_subset(spec: str) -> tuple[int, int] | float:
         raise UsageError(f"invalid subset {spec!r}", hint="use n/t (e.g. 1/10) or a percentage (e.g. 5%)") from None
 
 
-def select_packs(pack_ids: list[str], subset: tuple[int, int] | float | None) -> list[str]:
-    """Deterministic selection: n/t takes packs whose id falls in bucket n of t (all t buckets cover
-    every pack); x% takes packs whose id hashes below x of the id space."""
-    if subset is None:
-        return sorted(pack_ids)
-    if isinstance(subset, tuple):
-        n, t = subset
-        return sorted(p for p in pack_ids if int(p[:8], 16) % t == n - 1)
-    limit = subset * 2**32
-    return sorted(p for p in pack_ids if int(p[:8], 16) < limit)
+def select_packs(pack_ids: list[str], subset: tuple[int, int] | None) -> list[str]:
+    """Part n of t of the packs sorted by id: those at positions i with i % t == n - 1, so the t
+    parts together read every pack once. A part that would be empty (t above the pack count) reads
+    the pack at position (n - 1) % count: a subset never reads nothing from a repository with data.
+    (An X% subset is turned into rotating parts by the caller: ``weightvault.runner.sampling``.)"""
+    ordered = sorted(pack_ids)
+    if subset is None or not ordered:
+        return ordered
+    n, t = subset
+    return ordered[n - 1::t] or [ordered[(n - 1) % len(ordered)]]
 
 
 def check(
     repo: Repository,
     read_data: bool = False,
-    subset: tuple[int, int] | float | None = None,
+    subset: tuple[int, int] | None = None,
     progress: ProgressCallback | None = None,
 ) -> CheckResult:
     res = CheckResult()
@@ -129,6 +131,7 @@ def check(
     # 3. read data
     if read_data or subset is not None:
         chosen = select_packs([p for p in on_disk if p in indexed], subset)
+        res.subset = f"{subset[0]}/{subset[1]}" if subset is not None else None
         reporter = Reporter(progress, "check")
         reporter.set_totals(len(chosen), sum(on_disk[p] for p in chosen))
         bases = BlobCache(repo, wanted={e.blob.base for e in repo.index.entries() if e.blob.base is not None})

@@ -1,5 +1,6 @@
-"""Verify sampling state: which deterministic buckets of a snapshot's files ``verify --sample``
-has covered, kept per repository in ``$XDG_STATE_HOME/weightvault/verify/<repo id>.json``."""
+"""Sampling state: which deterministic buckets of a snapshot's files ``verify --sample`` has
+covered (keyed by the snapshot id), and which parts of the packs ``check --read-data-subset X%``
+has read (keyed "packs"), kept per repository in ``$XDG_STATE_HOME/weightvault/verify/<repo id>.json``."""
 
 from __future__ import annotations
 
