@@ -340,7 +340,7 @@ def test_sources_with_the_same_name_are_refused(repo: Repository, tmp_path: Path
 
 def test_missing_sources_are_listed_and_all_missing_is_refused(repo: Repository, tmp_path: Path) -> None:
     write(tmp_path / "run" / "x", b"1")
-    with pytest.raises(UsageError, match="nope, .*gone do not exist"):
+    with pytest.raises(UsageError, match=r"nope, .*gone do not exist"):
         repo.backup([tmp_path / "nope", tmp_path / "gone"])
     with pytest.raises(UsageError):
         repo.backup([])

@@ -454,6 +454,13 @@ def test_ctrl_c_exits_130_and_releases_the_lock(tmp_path: Path) -> None:
     assert b"error: interrupted" in err and b"Traceback" not in err
     assert locks() == []  # released (a ".tmp-" file of an interrupted write may remain; it is ignored)
     assert json.loads(ok(wv(env, "-r", repo, "snapshots", "--json")).stdout) == []
+    (rec,) = json.loads(ok(wv(env, "-r", repo, "ledger", "--op", "backup", "--json")).stdout)
+    assert rec["ok"] is False and rec["detail"].startswith("interrupted") and rec["snapshots"] == []
+    ok(wv(env, "-r", repo, "repair", "index"))
+    (rec,) = json.loads(ok(wv(env, "-r", repo, "ledger", "--op", "repair-index", "--json")).stdout)
+    assert rec["ok"] is True and "blobs indexed" in rec["detail"]
+    bad = wv(env, "-r", repo, "ledger", "--op", "bakup")
+    assert bad.returncode == 2 and "'bakup' is not one of" in bad.stderr
 
 
 def test_init_delta_depth(tmp_path: Path) -> None:

@@ -388,8 +388,12 @@ class Repository:
     def repair_index(self) -> RepairResult:
         """Rebuild the index from pack headers (exclusive lock); old index files are removed after."""
         self._mutable("rewrite the index")
-        with self._session(LockMode.EXCLUSIVE):
-            return _repair.rebuild_index(self._repo)
+        with self._audit("repair-index") as rec, self._session(LockMode.EXCLUSIVE):
+            res = _repair.rebuild_index(self._repo)
+            rec.update(ok=not res.unreadable, detail=f"{res.packs} packs, {res.blobs} blobs indexed;"
+                       f" {res.index_files_written} index file(s) written, {res.index_files_removed} removed;"
+                       f" {len(res.unreadable)} pack(s) unreadable")
+            return res
 
     def forget(self, snapshots: Sequence[str] = (), *, keep_last: int = 0, keep_hourly: int = 0,
                keep_daily: int = 0, keep_weekly: int = 0, keep_monthly: int = 0, keep_yearly: int = 0,

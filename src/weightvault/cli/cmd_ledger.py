@@ -13,19 +13,20 @@ from weightvault.errors import IntegrityError
 
 __all__ = ["ledger"]
 
+OPS = ("backup", "restore", "verify", "drill", "copy", "forget", "prune", "repair", "repair-index")
 _COLUMNS = ("seq", "time", "op", "ok", "operator", "snapshots", "source", "target", "bytes", "duration_s", "detail")
 
 
 @click.group(invoke_without_command=True)
 @click.option("--since", metavar="TIME", help="Only records at or after TIME (ISO 8601, e.g. 2026-11-01).")
-@click.option("--op", metavar="OP",
-              help="Only this operation (backup, restore, verify, drill, copy, forget, prune, repair).")
+@click.option("--op", type=click.Choice(OPS), help="Only this operation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the records as CSV.")
 @click.pass_context
 def ledger(ctx: click.Context, since: str | None, op: str | None, as_json: bool, as_csv: bool) -> None:
-    """List the ledger: every backup, restore, verify, drill, copy, forget, prune and repair, with
-    time, operator, snapshots, paths, bytes, duration and outcome. Stored in the repository."""
+    """List the ledger: every backup, restore, verify, drill, copy, forget, prune and repair (also
+    failed and interrupted ones), with time, operator, snapshots, paths, bytes, duration and
+    outcome. Stored in the repository."""
     if ctx.invoked_subcommand is not None:
         return
     g = ctx.find_object(Globals)

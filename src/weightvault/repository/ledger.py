@@ -3,7 +3,8 @@
 ``ledger/<seq as 16 hex digits>`` is a sealed document (kind LEDGER) written create-only::
 
     {"version": 1, "seq": n, "prev": hex | null, "time": ISO UTC, "operator": "user@host",
-     "op": "backup" | "restore" | "verify" | "drill" | "copy" | "forget" | "prune" | "repair",
+     "op": "backup" | "restore" | "verify" | "drill" | "copy" | "forget" | "prune" | "repair" |
+           "repair-index",
      "ok": bool, "snapshots": [ids], "source": str | null, "target": str | null, "bytes": int,
      "duration_s": float, "detail": str, "repository": location}
 

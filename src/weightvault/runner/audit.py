@@ -32,9 +32,10 @@ def operator() -> str:
 
 @contextlib.contextmanager
 def record(engine: Repository, op: str, **fields: Any) -> Iterator[dict[str, Any]]:
-    """Append a record of ``op`` to the ledger when the block ends, also when it fails with a
-    WeightvaultError (then ``ok`` is False and ``detail`` the message). The block may update the
-    yielded dict (snapshots, bytes, detail, ok); ``dry_run=True`` records nothing."""
+    """Append a record of ``op`` to the ledger when the block ends, also when it fails (then
+    ``ok`` is False and ``detail`` says why: the error's message, "interrupted" for Ctrl-C or a
+    signal, else the exception). The block may update the yielded dict (snapshots, bytes, detail,
+    ok); ``dry_run=True`` records nothing."""
     rec: dict[str, Any] = {"op": op, "ok": True, "snapshots": [], "source": None, "target": None, "bytes": 0,
                            "detail": "", **fields}
     t0 = time.perf_counter()
@@ -42,6 +43,14 @@ def record(engine: Repository, op: str, **fields: Any) -> Iterator[dict[str, Any
         yield rec
     except WeightvaultError as exc:
         rec.update(ok=False, detail=exc.message)
+        append(engine, rec, t0)
+        raise
+    except (KeyboardInterrupt, SystemExit) as exc:
+        rec.update(ok=False, detail=f"interrupted ({type(exc).__name__}): nothing was committed after this point")
+        append(engine, rec, t0)
+        raise
+    except Exception as exc:
+        rec.update(ok=False, detail=f"failed: {type(exc).__name__}: {exc}"[:500])
         append(engine, rec, t0)
         raise
     append(engine, rec, t0)
