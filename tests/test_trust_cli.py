@@ -98,3 +98,69 @@ def test_a_check_subset_always_reads_and_rotates_over_every_pack(tmp_path: Path)
     assert sum(reads[:packs]) >= packs
     text = ok(wv(env, "check", "--read-data-subset", "1/3")).stdout
     assert "read " in text and "part 1/3" in text and "no problems found" in text
+
+
+def _policy(tmp_path: Path, run: Path) -> Path:
+    text = f"""
+version = 1
+[settings]
+rpo = "1d"
+journal = "{tmp_path / 'journal.jsonl'}"
+
+[repositories.main]
+url = "{tmp_path / 'repo'}"
+password_env = "WEIGHTVAULT_PASSWORD"
+
+[sources.run]
+paths = ["{run}"]
+repository = "main"
+
+[classes.weights]
+globs = ["*.safetensors"]
+every = "1h"
+keep_last = 3
+
+[classes.logs]
+globs = ["*.log"]
+every = "1h"
+keep_last = 3
+"""
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_policy_check_refuses_a_source_that_does_not_exist(env: dict[str, str], tmp_path: Path) -> None:
+    policy = _policy(tmp_path, Path("/path/to/run"))
+    bad = wv(env, "policy", "check", "--policy", policy)
+    assert bad.returncode == 7 and "sources.run.paths: /path/to/run does not exist" in bad.stderr
+    assert "--allow-missing" in bad.stderr
+    allowed = ok(wv(env, "policy", "check", "--policy", policy, "--allow-missing"))
+    assert "warning:" in allowed.stderr and "1 sources" in allowed.stdout
+
+
+def test_status_counts_only_snapshots_of_the_source_and_verified_only_what_was_drilled(
+        env: dict[str, str], tmp_path: Path) -> None:
+    import numpy as np
+
+    from test_delta import safetensors_bytes
+    run, other = tmp_path / "exp" / "run", tmp_path / "other" / "run"
+    for d in (run, other):
+        write(d / "model.safetensors", safetensors_bytes({"w": ("F32", np.ones((8, 8), dtype=np.float32))}))
+        write(d / "train.log", b"step 1 loss 0.5\n")
+    policy = _policy(tmp_path, run)
+    # snapshots of another directory that carry the same tags are not backups of this source
+    for cls in ("weights", "logs"):
+        ok(wv(env, "backup", other, "--tag", "source=run", "--tag", f"class={cls}"))
+    status = wv(env, "status", "--policy", policy, "--json")
+    assert status.returncode == 6, status.stdout
+    assert all(ln["breached"] and ln["last"] is None for ln in json.loads(status.stdout)["lines"])
+
+    ok(wv(env, "policy", "apply", "--policy", policy))
+    lines = {ln["dc"]: ln for ln in json.loads(ok(wv(env, "status", "--policy", policy, "--json")).stdout)["lines"]}
+    assert not any(ln["breached"] for ln in lines.values())
+    assert all(ln["last_verified"] is None for ln in lines.values())
+    drilled = json.loads(wv(env, "drill", "--level", "3", "--json").stdout)
+    assert drilled["ok"], drilled  # a plain CLI drill, not the policy's: picks the snapshot holding the weights
+    lines = {ln["dc"]: ln for ln in json.loads(ok(wv(env, "status", "--policy", policy, "--json")).stdout)["lines"]}
+    assert lines["weights"]["last_verified"] is not None and lines["logs"]["last_verified"] is None

@@ -15,18 +15,21 @@ __all__ = ["drill"]
 @click.option("--pick", type=click.Choice(["latest", "random"]), default="latest", show_default=True)
 @click.option("--within", metavar="DURATION", help="Only snapshots newer than DURATION ago (30d, 12h).")
 @click.option("--level", type=click.IntRange(1, 4), default=3, show_default=True,
-              help="Validation level: 1 integrity, 2 format, 3 structure.")
+              help="Validation level: 1 integrity, 2 format, 3 structure, 4 function (with --check).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the scratch copy goes (default: $TMPDIR).")
 @click.option("--check", metavar="MODULE:FUNCTION",
               help="Level 4: your check, given the restored directory (e.g. a forward pass within a tolerance).")
+@click.option("--any-snapshot", is_flag=True,
+              help="Pick among all snapshots (default: prefer those holding a model file, when any does).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_globals
 def drill(g: Globals, pick: str, within: str | None, level: int, workdir: str | None, check: str | None,
-          as_json: bool) -> None:
+          any_snapshot: bool, as_json: bool) -> None:
     """A restore drill: pick a snapshot, restore it into an isolated scratch directory (every
     file checked against its SHA-256), validate the models at LEVEL, record the result and the
     restore time (RTO) in the journal, and clean up. Exit 9 if the drill fails."""
-    res = open_repository(g).drill(pick=pick, within=within, level=level, workdir=workdir, check=check)
+    res = open_repository(g).drill(pick=pick, within=within, level=level, workdir=workdir, check=check,
+                                   any_snapshot=any_snapshot)
     if as_json:
         echo_json({"snapshot": res.snapshot, "ok": res.ok, "level": res.level, "rto_s": round(res.rto_s, 3),
                    "restore_s": round(res.restore_s, 3), "validate_s": round(res.validate_s, 3),

@@ -9,6 +9,7 @@ import click
 from weightvault import api
 from weightvault.cli.common import Globals, load_policy_file, now_option, parse_now, pass_globals, policy_option
 from weightvault.cli.output import report_run
+from weightvault.errors import ConfigFileError
 
 __all__ = ["policy"]
 
@@ -33,9 +34,20 @@ def suggest(stage: str, model_size: str, paths: tuple[str, ...], repository: str
 
 @policy.command()
 @policy_option
-def check(policy_path: str) -> None:
-    """Validate a policy file (exit 7 naming the line of the first problem)."""
+@click.option("--allow-missing", is_flag=True,
+              help="Only warn about source paths that do not exist here (a host that mounts them later).")
+def check(policy_path: str, allow_missing: bool) -> None:
+    """Validate a policy file (exit 7 naming the line of the first problem, or a source path that
+    does not exist on this machine)."""
     spec = load_policy_file(policy_path)
+    missing = [(src.name, p) for src in spec.sources.values() for p in src.missing_paths()]
+    for name, p in missing:
+        click.echo(f"{'warning' if allow_missing else 'error'}: {spec.path}: sources.{name}.paths: {p} does not exist"
+                   " on this machine", err=True)
+    if missing and not allow_missing:
+        raise ConfigFileError(f"{len(missing)} source path(s) do not exist: nothing there would be protected",
+                              hint="fix the paths (a placeholder such as /path/to/run?), or pass --allow-missing"
+                              " on a host that mounts them later")
     click.echo(f"{spec.path}: {len(spec.repositories)} repositories, {len(spec.sources)} sources, "
                f"{len(spec.classes)} data classes ({', '.join(c.name for c in spec.classes)})")
 

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from weightvault.policy.spec import TIERS, DataClass, PolicySpec, RepoSpec, SourceSpec
 from weightvault.repository.snapshots import Snapshot
 
-__all__ = ["BackupDue", "Lineage", "RpoLine", "TierStep", "class_tags", "due_backups", "lineage", "rpo_lines",
-           "tier_plan"]
+__all__ = ["BackupDue", "Lineage", "RpoLine", "TierStep", "class_tags", "due_backups", "lineage", "newest",
+           "of_source", "rpo_lines", "tier_plan", "verified_snapshots"]
 
 Lineage = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 
@@ -28,13 +28,16 @@ def class_tags(source: SourceSpec, dc: DataClass) -> list[str]:
     return [f"source={source.name}", f"class={dc.name}", *source.tags]
 
 
-def _of(snaps: Iterable[Snapshot], source: str, dc: str | None = None) -> list[Snapshot]:
-    want = {f"source={source}"} | ({f"class={dc}"} if dc else set())
-    return [s for s in snaps if want <= set(s.tags)]
+def of_source(snaps: Iterable[Snapshot], source: SourceSpec, dc: str | None = None) -> list[Snapshot]:
+    """The snapshots of ``source`` (and class ``dc``): tagged so *and* holding exactly the
+    source's paths. A snapshot of another directory with the same tags is not one of them."""
+    want = {f"source={source.name}"} | ({f"class={dc}"} if dc else set())
+    paths = source.abs_paths
+    return [s for s in snaps if want <= set(s.tags) and sorted(s.paths) == paths]
 
 
-def newest(snaps: Iterable[Snapshot], source: str, dc: str | None = None) -> Snapshot | None:
-    found = _of(snaps, source, dc)
+def newest(snaps: Iterable[Snapshot], source: SourceSpec, dc: str | None = None) -> Snapshot | None:
+    found = of_source(snaps, source, dc)
     return max(found, key=lambda s: (s.datetime, s.id)) if found else None
 
 
@@ -51,7 +54,7 @@ def due_backups(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now:
     out = []
     for source in spec.sources.values():
         for dc in spec.classes_of(source):
-            last = newest(snaps_by_repo.get(source.repository, []), source.name, dc.name)
+            last = newest(snaps_by_repo.get(source.repository, []), source, dc.name)
             if last is None:
                 out.append(BackupDue(source, dc, None, "no snapshot yet"))
             elif now - last.datetime >= dc.every:
@@ -125,45 +128,57 @@ class RpoLine:
     verified_age_s: float | None = None
 
 
-VERIFYING_STEPS = ("copy", "tier-move", "verify", "drill")
+def verified_snapshots(ledger: Sequence[dict[str, object]]) -> dict[str, str]:
+    """Snapshot id -> time of the newest successful check of that very snapshot in a repository's
+    ledger: a drill (restored and validated), a full ``verify`` (every file read and hashed; a
+    ``--sample`` run does not count), or a ``copy`` into it (which read back what it wrote)."""
+    out: dict[str, str] = {}
+    for r in ledger:
+        op, detail = r.get("op"), str(r.get("detail", ""))
+        if not r.get("ok") or op not in ("drill", "verify", "copy") or (op == "verify" and "sample" in detail):
+            continue
+        ids = r.get("snapshots")
+        for sid in ids if isinstance(ids, list) else []:
+            t = str(r.get("time", ""))
+            if isinstance(sid, str) and t > out.get(sid, ""):
+                out[sid] = t
+    return out
 
 
 def rpo_lines(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now: datetime,
-              journal: Sequence[dict[str, object]] = ()) -> list[RpoLine]:
+              verified: dict[str, dict[str, str]] | None = None) -> list[RpoLine]:
     """Per source: the newest snapshot of each class in its repository, and the newest snapshot in
-    each replica, against the source's RPO; with the journal, when data of that source was last
-    verified there (copies read back what they wrote; verify and drill runs read it all)."""
+    each replica, against the source's RPO. ``verified`` (repository name -> ``verified_snapshots``
+    of its ledger) says when a snapshot *of that source and class* there was last checked: a drill
+    of a log snapshot verifies the logs, not the weights."""
     out = []
+    checked = verified or {}
     for source in spec.sources.values():
         rpo = spec.rpo_of(source)
         primary = spec.repositories[source.repository]
         for dc in spec.classes_of(source):
-            out.append(_line(source, dc.name, primary, "primary",
-                             newest(snaps_by_repo.get(primary.name, []), source.name, dc.name), rpo, now))
+            snaps = of_source(snaps_by_repo.get(primary.name, []), source, dc.name)
+            out.append(_verified(_line(source, dc.name, primary, "primary", _newest(snaps), rpo, now), snaps,
+                                 checked.get(primary.name, {}), now))
         for name in source.replicate_to:
             replica = spec.repositories[name]
-            out.append(_line(source, None, replica, "replica",
-                             newest(snaps_by_repo.get(name, []), source.name), rpo, now))
-    return [_verified(ln, journal, now) for ln in out]
+            snaps = of_source(snaps_by_repo.get(name, []), source)
+            out.append(_verified(_line(source, None, replica, "replica", _newest(snaps), rpo, now), snaps,
+                                 checked.get(name, {}), now))
+    return out
 
 
-def _verified(line: RpoLine, journal: Sequence[dict[str, object]], now: datetime) -> RpoLine:
-    times = [str(r["time"]) for r in journal
-             if r.get("ok") and r.get("step") in VERIFYING_STEPS and r.get("source") in (None, line.source)
-             and _target(r) == line.repository and (line.dc is None or r.get("data_class") in (None, line.dc))]
+def _newest(snaps: list[Snapshot]) -> Snapshot | None:
+    return max(snaps, key=lambda s: (s.datetime, s.id)) if snaps else None
+
+
+def _verified(line: RpoLine, snaps: list[Snapshot], checked: dict[str, str], now: datetime) -> RpoLine:
+    times = [checked[s.id] for s in snaps if s.id in checked]
     if not times:
         return line
     last = max(times)
     age = (now - datetime.fromisoformat(last)).total_seconds()
     return RpoLine(**{**line.__dict__, "last_verified": last, "verified_age_s": age})
-
-
-def _target(record: dict[str, object]) -> str | None:
-    """The repository a journal record's verified data lives in (a tier move's is in its detail)."""
-    if record.get("step") == "tier-move":
-        detail = str(record.get("detail", ""))
-        return detail.rsplit("(", 1)[-1].rstrip(")") if "(" in detail else None
-    return str(record.get("repository")) if record.get("repository") else None
 
 
 def _line(source: SourceSpec, dc: str | None, repo: RepoSpec, role: str, last: Snapshot | None, rpo: timedelta,

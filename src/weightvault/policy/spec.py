@@ -44,6 +44,7 @@ Every error is a ConfigFileError naming the file and line.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -130,6 +131,16 @@ class SourceSpec:
     rpo: timedelta | None = None
     tags: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()  # empty: every class
+
+    @property
+    def abs_paths(self) -> list[str]:
+        """The paths as a backup records them (``~`` expanded, absolute, sorted): a snapshot is of
+        this source only if its ``paths`` are exactly these."""
+        return sorted(os.path.abspath(os.path.expanduser(p)) for p in self.paths)
+
+    def missing_paths(self) -> list[str]:
+        """Those of ``abs_paths`` that do not exist on this machine."""
+        return [p for p in self.abs_paths if not os.path.lexists(p)]
 
 
 @dataclass(frozen=True)

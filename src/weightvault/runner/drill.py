@@ -7,19 +7,22 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from weightvault.chunking.registry import looks_like_model
 from weightvault.errors import SnapshotNotFoundError, UsageError, WeightvaultError
 from weightvault.ops import retention
 from weightvault.ops.restore import RestoreResult
 from weightvault.ops.validate import ValidationReport
 from weightvault.policy import journal as journal_mod
+from weightvault.repository.manifest import Node
 from weightvault.repository.snapshots import Snapshot
 
-__all__ = ["DrillRepo", "DrillResult", "drill"]
+__all__ = ["DrillRepo", "DrillResult", "drill", "holds_models", "pick_snapshot"]
 
 
 class DrillRepo(Protocol):
@@ -33,6 +36,13 @@ class DrillRepo(Protocol):
     def restore(self, *args: Any, **kwargs: Any) -> RestoreResult: ...
 
     def validate(self, *args: Any, **kwargs: Any) -> ValidationReport: ...
+
+    def ls(self, *args: Any, **kwargs: Any) -> list[Node]: ...
+
+
+def holds_models(repo: DrillRepo, snap: Snapshot) -> bool:
+    """Whether the snapshot holds a file whose name says model data (``.safetensors``, ``.pt`` ...)."""
+    return any(n.type == "file" and looks_like_model(os.fsdecode(n.path)) for n in repo.ls(snap.id))
 
 
 @dataclass
@@ -59,7 +69,10 @@ class DrillResult:
 
 
 def pick_snapshot(snaps: list[Snapshot], pick: str, within: str | timedelta | None, clock: datetime,
-                  seed: int | None) -> Snapshot:
+                  seed: int | None, has_models: Callable[[Snapshot], bool] | None = None) -> Snapshot:
+    """The newest (``latest``) or a random snapshot of ``snaps`` (oldest first), optionally only
+    those ``within`` a time before ``clock``. With ``has_models``, one for which it is true is
+    preferred (a drill of a logs-only snapshot proves little); if none is, any."""
     if pick not in ("latest", "random"):
         raise UsageError(f"unknown pick {pick!r}", hint="use latest or random")
     if within is not None:
@@ -67,7 +80,12 @@ def pick_snapshot(snaps: list[Snapshot], pick: str, within: str | timedelta | No
         snaps = [s for s in snaps if s.datetime >= clock - span]
     if not snaps:
         raise SnapshotNotFoundError("no snapshot to drill" + (f" within {within}" if within else ""))
-    return snaps[-1] if pick == "latest" else random.Random(seed).choice(snaps)
+    order = snaps[::-1]
+    if pick == "random":
+        random.Random(seed).shuffle(order)
+    if has_models is not None:
+        return next((s for s in order if has_models(s)), order[0])
+    return order[0]
 
 
 def drill(repo: DrillRepo, snap: Snapshot, *, level: int, clock: datetime, workdir: str | os.PathLike[str] | None,

@@ -40,6 +40,8 @@ class PolicyRepo(Protocol):
 
     def drill(self, *args: Any, **kwargs: Any) -> Any: ...
 
+    def ledger(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]: ...
+
 
 Opener = Callable[[str, bytes, StorageOptions], PolicyRepo]
 
@@ -189,7 +191,7 @@ def _backups(run: _Run, simulated: bool) -> None:
         def backup(src: spec_mod.SourceSpec = src, dc: spec_mod.DataClass = dc, due: plan_mod.BackupDue = due,
                    step: PolicyStep = step) -> str:
             res = run.fleet[src.repository].backup(
-                list(src.paths), tags=plan_mod.class_tags(src, dc), includes=dc.globs,
+                src.abs_paths, tags=plan_mod.class_tags(src, dc), includes=dc.globs,
                 excludes=run.spec.excludes_for(dc), parent=due.parent.id if due.parent else None,
                 time=run.clock if simulated else None, lock_until=run.clock + dc.lock_for if dc.lock_for else None)
             step.snapshot = res.snapshot.id
@@ -341,8 +343,11 @@ def _second_site(run: _Run, snaps: dict[str, list[Snapshot]], here: str, archive
 
 
 def policy_status(spec: spec_mod.PolicySpec, fleet: Fleet, *, now: datetime | None = None) -> list[plan_mod.RpoLine]:
-    """Per source and class (primary) and per replica: the newest snapshot's age against the RPO."""
+    """Per source and class (primary) and per replica: the newest snapshot's age against the RPO,
+    and when a snapshot of it there was last verified, from that repository's ledger (so every
+    host sees the same, whoever ran the drill, verify or copy)."""
     used = {s.repository for s in spec.sources.values()} | {r for s in spec.sources.values() for r in s.replicate_to}
     fleet.changed()
     snaps = {name: fleet.snapshots(name) for name in sorted(used)}
-    return plan_mod.rpo_lines(spec, snaps, now or datetime.now(UTC), journal_mod.read_records(journal_path(spec)))
+    verified = {name: plan_mod.verified_snapshots(fleet[name].ledger()) for name in sorted(used)}
+    return plan_mod.rpo_lines(spec, snaps, now or datetime.now(UTC), verified)
