@@ -164,3 +164,47 @@ def test_status_counts_only_snapshots_of_the_source_and_verified_only_what_was_d
     assert drilled["ok"], drilled  # a plain CLI drill, not the policy's: picks the snapshot holding the weights
     lines = {ln["dc"]: ln for ln in json.loads(ok(wv(env, "status", "--policy", policy, "--json")).stdout)["lines"]}
     assert lines["weights"]["last_verified"] is not None and lines["logs"]["last_verified"] is None
+
+
+def test_no_empty_snapshots_for_classes_without_files(env: dict[str, str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write(run / "train.log", b"step 1\n")
+    policy = _policy(tmp_path, run)
+    out = json.loads(ok(wv(env, "policy", "apply", "--policy", policy, "--json")).stdout)
+    backups = [s for s in out["steps"] if s["step"] == "backup"]
+    assert [s["data_class"] for s in backups] == ["logs"]  # no snapshot of an empty weights class
+    snaps = json.loads(ok(wv(env, "snapshots", "--json")).stdout)
+    assert [s["tags"] for s in snaps] == [["source=run", "class=logs"]]
+    lines = {ln["dc"]: ln for ln in json.loads(ok(wv(env, "status", "--policy", policy, "--json")).stdout)["lines"]}
+    assert lines["weights"]["no_files"] and not lines["weights"]["breached"]
+    assert "ok (no files)" in ok(wv(env, "status", "--policy", policy)).stdout
+    write(run / "model.safetensors", b"x" * 100)  # the first weights appear: now they are due, and missing
+    assert wv(env, "status", "--policy", policy).returncode == 6
+    out = json.loads(ok(wv(env, "policy", "apply", "--policy", policy, "--json")).stdout)
+    assert [s["data_class"] for s in out["steps"] if s["step"] == "backup"] == ["weights"]
+
+
+def test_restore_a_whole_policy_run_as_of_a_time(env: dict[str, str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write(run / "model.safetensors", b"weights v1")
+    write(run / "train.log", b"step 1\n")
+    write(run / "notes.txt", b"other class")  # in no class of the policy: not backed up
+    policy = _policy(tmp_path, run)
+    ok(wv(env, "policy", "apply", "--policy", policy, "--now", "2026-11-20T10:00:00+00:00"))
+    write(run / "model.safetensors", b"weights v2")
+    write(run / "train.log", b"step 1\nstep 2\n")
+    ok(wv(env, "policy", "apply", "--policy", policy, "--now", "2026-11-20T12:00:00+00:00"))
+
+    out = json.loads(ok(wv(env, "restore", "--source", "run", "--at", "2026-11-20T11:00", "--target",
+                           tmp_path / "t1", "--verify", "--json")).stdout)
+    assert sorted(out["snapshots"]) == ["logs", "weights"] and out["files"] == 2 and out["verified"] == 2
+    assert (tmp_path / "t1" / "run" / "model.safetensors").read_bytes() == b"weights v1"
+    assert (tmp_path / "t1" / "run" / "train.log").read_bytes() == b"step 1\n"
+    text = ok(wv(env, "restore", "--source", "run", "--target", tmp_path / "t2")).stdout
+    assert "from 2 snapshot(s)" in text
+    assert (tmp_path / "t2" / "run" / "model.safetensors").read_bytes() == b"weights v2"
+    assert (tmp_path / "t2" / "run" / "train.log").read_bytes() == b"step 1\nstep 2\n"
+    early = wv(env, "restore", "--source", "run", "--at", "2026-11-19T00:00", "--target", tmp_path / "t3")
+    assert early.returncode == 14 and "no snapshot of source 'run' at or before" in early.stderr
+    both = wv(env, "restore", "latest", "--source", "run", "--target", tmp_path / "t4")
+    assert both.returncode == 2 and "either SNAPSHOT or --source" in both.stderr

@@ -63,6 +63,7 @@ from weightvault.runner.defaults import (
 )
 from weightvault.runner.drill import DrillResult
 from weightvault.runner.policy import PolicyRun, PolicyStep
+from weightvault.runner.runs import RunRestore
 from weightvault.runner.swap import SwapResult
 
 __all__ = [
@@ -70,7 +71,8 @@ __all__ = [
     "DrillResult", "FileLayout", "Fleet", "ForgetResult", "Group", "HealResult", "KdfParams", "KeyInfo",
     "LedgerCheck", "LockInfo",
     "Node", "PolicyRun", "PolicySpec", "PolicyStep", "Progress", "ProgressCallback", "PruneResult", "RepairResult",
-    "Repository", "RestoreResult", "RetryPolicy", "RpoLine", "Snapshot", "Stats", "StorageOptions", "SwapResult",
+    "Repository", "RestoreResult", "RetryPolicy", "RpoLine", "RunRestore", "Snapshot", "Stats", "StorageOptions",
+    "SwapResult",
     "ValidationReport", "VerifyResult", "apply_policy", "default_key_file", "default_policy_file",
     "default_repository_path", "load_policy", "open_or_create_default", "parse_duration", "parse_policy",
     "parse_rate", "policy_status", "read_password_file", "repository_exists", "suggest_policy", "tier_run",

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from weightvault.api._keys import KeysAndLocks
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
 from weightvault.backends.local import convert_os_error
 from weightvault.codec.crypto import KdfParams
-from weightvault.errors import ImmutableError, LocalPathError, RepositoryNotFoundError, UsageError, WeightvaultError
+from weightvault.errors import LocalPathError, RepositoryNotFoundError, UsageError, WeightvaultError
 from weightvault.ops import backup as _backup
 from weightvault.ops import check as _check
 from weightvault.ops import copy as _copy
@@ -47,11 +48,7 @@ from weightvault.ops.stats import Stats
 from weightvault.ops.validate import ValidationReport
 from weightvault.ops.verify import VerifyResult
 from weightvault.policy import journal as _journal
-from weightvault.repository import keys as _keys
-from weightvault.repository import locks as _locks
-from weightvault.repository.keys import KeyInfo
 from weightvault.repository.ledger import LedgerCheck
-from weightvault.repository.locks import LockInfo
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository as _Engine
 from weightvault.repository.session import LockMode, Session
@@ -59,11 +56,13 @@ from weightvault.repository.snapshots import Snapshot
 from weightvault.runner import audit as _audit
 from weightvault.runner import drill as _drill
 from weightvault.runner import repairing as _repairing
+from weightvault.runner import runs as _runs
 from weightvault.runner import swap as _swap
 from weightvault.runner.defaults import (
     password_bytes,
 )
 from weightvault.runner.drill import DrillResult
+from weightvault.runner.runs import RunRestore
 from weightvault.runner.sampling import SampleRotation
 from weightvault.runner.swap import SwapResult
 
@@ -95,7 +94,7 @@ def _check_level(level: int, check: str | None) -> None:
                          hint="e.g. --check mychecks:forward_pass (it gets the restored directory)")
 
 
-class Repository:
+class Repository(KeysAndLocks):
     """An open repository; each method takes the lock it needs for its duration."""
 
     def __init__(self, engine: _Engine) -> None:
@@ -164,12 +163,6 @@ class Repository:
 
     def _audit(self, op: str, **fields: Any) -> contextlib.AbstractContextManager[dict[str, Any]]:
         return _audit.record(self._repo, op, **fields)
-
-    def _mutable(self, what: str) -> None:
-        if self._repo.config.append_only:
-            raise ImmutableError(f"refusing to {what}: {self.location} is an append-only repository",
-                                 hint="append-only repositories only ever grow; remove data from a repository"
-                                 " created without --append-only")
 
     @staticmethod
     def _find(s: Session, spec: str) -> Snapshot:
@@ -289,6 +282,16 @@ class Repository:
                 rec.update(bytes=res.bytes, detail=f"{res.files} files" + (f", {res.verified} verified" if verify
                                                                            else ""))
                 return res
+
+    def restore_run(self, source: str, target: str | os.PathLike[str], *, at: datetime | None = None,
+                    includes: Sequence[str] = (), overwrite: str = "error", verify: bool = False,
+                    progress: ProgressCallback | None = None) -> RunRestore:
+        """Restore the run ``source`` (snapshots tagged ``source=NAME``, one series per data class,
+        as ``policy apply`` makes them) as of ``at`` (default: now) into ``target``: the newest
+        snapshot of every class at or before then (``weightvault.runner.runs``), in one session."""
+        with self._session(LockMode.SHARED):
+            return _runs.restore_run(self, source, target, at=at, includes=includes, overwrite=overwrite,
+                                     verify=verify, progress=progress)
 
     def restore_swap(self, spec: str, target: str | os.PathLike[str], *, level: int = 1,
                      progress: ProgressCallback | None = None, backup_previous: bool = False) -> SwapResult:
@@ -461,35 +464,3 @@ class Repository:
                        detail=f"{len(res.copied)} copied, {len(res.skipped)} already there,"
                        f" {res.packs_verified} packs verified")
             return res
-
-    # -- keys and locks --------------------------------------------------------------------------
-    @property
-    def current_key(self) -> str:
-        return self._repo.key_name
-
-    def list_keys(self) -> list[KeyInfo]:
-        return _keys.list_keys(self._repo.backend)
-
-    def add_key(self, password: str | bytes, *, kdf: KdfParams | None = None) -> str:
-        return _keys.create_key_file(self._repo.backend, self.id, self._repo.key, password_bytes(password),
-                                     kdf or KdfParams())
-
-    def remove_key(self, key_id: str) -> str:
-        """Remove a key file by id prefix. The key in use and the last key cannot be removed."""
-        self._mutable("remove a key")
-        return _keys.remove_key_by_prefix(self._repo.backend, key_id, in_use=self._repo.key_name)
-
-    def change_password(self, new_password: str | bytes, *, kdf: KdfParams | None = None) -> str:
-        """Add a key for ``new_password``, then remove the current one. Returns the new key id."""
-        self._mutable("change the password (it removes the old key)")
-        old = self._repo.key_name
-        name = self.add_key(new_password, kdf=kdf)
-        self._repo.key_name = name
-        _keys.remove_key_file(self._repo.backend, old)
-        return name
-
-    def locks(self) -> list[LockInfo]:
-        return _locks.list_locks(self._repo.backend)
-
-    def unlock(self, remove_all: bool = False) -> list[LockInfo]:
-        return _locks.remove_stale_locks(self._repo.backend, remove_all)

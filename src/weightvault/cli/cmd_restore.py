@@ -11,7 +11,7 @@ import dataclasses
 import click
 
 from weightvault import api
-from weightvault.cli.common import Globals, open_other_repository, open_repository, pass_globals
+from weightvault.cli.common import Globals, open_other_repository, open_repository, parse_now, pass_globals
 from weightvault.cli.output import display, echo_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
 from weightvault.errors import UsageError
@@ -20,7 +20,11 @@ __all__ = ["restore"]
 
 
 @click.command()
-@click.argument("snapshot")
+@click.argument("snapshot", required=False)
+@click.option("--source", "run_source", metavar="NAME",
+              help="Instead of SNAPSHOT: the whole run NAME of a policy (tag source=NAME): the newest snapshot of"
+              " every data class, assembled in --target.")
+@click.option("--at", "at", metavar="TIME", help="With --source: the run as it was at TIME (ISO 8601; default: now).")
 @click.option("--target", required=True, metavar="DIR", help="Directory to restore into (created if missing).")
 @click.option("--include", "includes", multiple=True, metavar="GLOB", help="Restore only matching entries.")
 @click.option("--verify", is_flag=True, help="Read each restored file back from disk and check its SHA-256.")
@@ -39,11 +43,24 @@ __all__ = ["restore"]
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_globals
 def restore(
-    g: Globals, snapshot: str, target: str, includes: tuple[str, ...], verify: bool, overwrite: str, swap: bool,
-    backup_previous: bool, validate_level: int, repair_from: str | None, from_password_file: str | None, as_json: bool,
+    g: Globals, snapshot: str | None, run_source: str | None, at: str | None, target: str, includes: tuple[str, ...],
+    verify: bool, overwrite: str, swap: bool, backup_previous: bool, validate_level: int, repair_from: str | None,
+    from_password_file: str | None, as_json: bool,
 ) -> None:
-    """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR)."""
+    """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR); or, with --source
+    NAME [--at TIME], a whole policy-protected run: the newest snapshot of each data class."""
+    if (snapshot is None) == (run_source is None):
+        raise UsageError("give either SNAPSHOT or --source NAME", hint="e.g. `restore latest --target DIR` or "
+                         "`restore --source exp42 --at 2026-11-20T10:00 --target DIR`")
+    if at and not run_source:
+        raise UsageError("--at goes with --source", hint="for one snapshot, name it by time: `restore @TIME ...`")
     repo = open_repository(g)
+    if run_source is not None:
+        if swap or repair_from:
+            raise UsageError("--source restores into --target: --swap and --repair-from do not apply")
+        _restore_run(g, repo, run_source, at, target, includes, overwrite, verify, as_json)
+        return
+    assert snapshot is not None
     if swap:
         if includes or overwrite != "error":
             raise UsageError("--swap restores the whole snapshot: --include and --overwrite do not apply")
@@ -73,3 +90,18 @@ def restore(
             f" into {display(target)}; {res.skipped} skipped"
             + (f"; {res.verified} verified" if verify else "")
         )
+
+
+def _restore_run(g: Globals, repo: api.Repository, source: str, at: str | None, target: str,
+                 includes: tuple[str, ...], overwrite: str, verify: bool, as_json: bool) -> None:
+    with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
+        run = repo.restore_run(source, target, at=parse_now(at), includes=includes, overwrite=overwrite,
+                               verify=verify, progress=cb)
+    res = run.restore
+    if as_json:
+        echo_json({"source": run.source, "at": run.at, "snapshots": run.snapshots, **dataclasses.asdict(res)})
+    elif not g.quiet:
+        classes = ", ".join(f"{c or '(no class)'} {sid[:8]}" for c, sid in run.snapshots.items())
+        click.echo(f"restored run {display(source)} from {len(run.snapshots)} snapshot(s) ({classes}):"
+                   f" {res.files} file(s) ({human_size(res.bytes)}) into {display(target)}"
+                   + (f"; {res.verified} verified" if verify else ""))

@@ -38,8 +38,9 @@ def status(g: Globals, policy_path: str, now: str | None, as_json: bool) -> None
     if as_json:
         echo_json({"ok": not breached, "lines": [dict(ln.__dict__) for ln in lines]})
     elif not g.quiet:
-        rows = [[ln.source, ln.dc or "*", ln.repository, ln.site, ln.role, _age(ln.age_s), _age(ln.rpo_s),
-                 _age(ln.verified_age_s), "BREACHED" if ln.breached else "ok"] for ln in lines]
+        rows = [[ln.source, ln.dc or "*", ln.repository, ln.site, ln.role,
+                 "no files" if ln.no_files else _age(ln.age_s), _age(ln.rpo_s), _age(ln.verified_age_s),
+                 "BREACHED" if ln.breached else "ok (no files)" if ln.no_files else "ok"] for ln in lines]
         print_table(["Source", "Class", "Repository", "Site", "Role", "Last", "RPO", "Verified", "State"], rows)
     if breached:
         raise RpoBreachedError(f"{len(breached)} recovery point(s) older than their RPO",

@@ -7,7 +7,7 @@ tags, which ``copy`` preserves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -126,6 +126,7 @@ class RpoLine:
     breached: bool
     last_verified: str | None = None  # time of the newest verified write or check recorded for it
     verified_age_s: float | None = None
+    no_files: bool = False  # never backed up because the source holds no file of this class (seen here)
 
 
 def verified_snapshots(ledger: Sequence[dict[str, object]]) -> dict[str, str]:
@@ -146,11 +147,14 @@ def verified_snapshots(ledger: Sequence[dict[str, object]]) -> dict[str, str]:
 
 
 def rpo_lines(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now: datetime,
-              verified: dict[str, dict[str, str]] | None = None) -> list[RpoLine]:
+              verified: dict[str, dict[str, str]] | None = None,
+              empty: Callable[[SourceSpec, DataClass], bool] | None = None) -> list[RpoLine]:
     """Per source: the newest snapshot of each class in its repository, and the newest snapshot in
     each replica, against the source's RPO. ``verified`` (repository name -> ``verified_snapshots``
     of its ledger) says when a snapshot *of that source and class* there was last checked: a drill
-    of a log snapshot verifies the logs, not the weights."""
+    of a log snapshot verifies the logs, not the weights. ``empty(source, class)``: true when the
+    source is known to hold no file of the class; a class never backed up for that reason is not
+    a breach (``no_files``)."""
     out = []
     checked = verified or {}
     for source in spec.sources.values():
@@ -158,8 +162,10 @@ def rpo_lines(spec: PolicySpec, snaps_by_repo: dict[str, list[Snapshot]], now: d
         primary = spec.repositories[source.repository]
         for dc in spec.classes_of(source):
             snaps = of_source(snaps_by_repo.get(primary.name, []), source, dc.name)
-            out.append(_verified(_line(source, dc.name, primary, "primary", _newest(snaps), rpo, now), snaps,
-                                 checked.get(primary.name, {}), now))
+            line = _line(source, dc.name, primary, "primary", _newest(snaps), rpo, now)
+            if not snaps and empty is not None and empty(source, dc):
+                line = RpoLine(**{**line.__dict__, "breached": False, "no_files": True})
+            out.append(_verified(line, snaps, checked.get(primary.name, {}), now))
         for name in source.replicate_to:
             replica = spec.repositories[name]
             snaps = of_source(snaps_by_repo.get(name, []), source)

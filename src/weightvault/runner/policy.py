@@ -8,6 +8,7 @@ that fails is recorded and the others still run.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 from weightvault.backends.factory import StorageOptions
 from weightvault.errors import UsageError, ValidationFailedError, WeightvaultError
+from weightvault.ops.walk import Entry, walk_source
 from weightvault.policy import journal as journal_mod
 from weightvault.policy import plan as plan_mod
 from weightvault.policy import spec as spec_mod
@@ -184,6 +186,8 @@ def _backups(run: _Run, simulated: bool) -> None:
     for due in plan_mod.due_backups(run.spec, snaps, run.clock):
         src, dc = due.source, due.dc
         step = PolicyStep("backup", src.repository, True, f"{src.name}/{dc.name}: {due.reason}", src.name, dc.name)
+        if due.parent is None and class_has_files(run.spec, src, dc) is False:
+            continue  # never an empty first snapshot: the class starts when its first file appears
         if run.dry_run:
             run.steps.append(step)
             continue
@@ -200,6 +204,22 @@ def _backups(run: _Run, simulated: bool) -> None:
                     f" {int(s.get('stored_bytes_added', 0))} bytes added")
 
         run.step(step, backup)
+
+
+def class_has_files(spec: spec_mod.PolicySpec, src: spec_mod.SourceSpec, dc: spec_mod.DataClass) -> bool | None:
+    """Whether a source holds a file of class ``dc`` here (its globs, not an earlier class's);
+    None if no path of the source exists on this machine (then nobody here can tell)."""
+    found = False
+    excludes = spec.excludes_for(dc)
+    for p in src.abs_paths:
+        if not os.path.lexists(p):
+            continue
+        found = True
+        root = os.fsencode(p)
+        for e in walk_source(root, os.path.basename(root) or root, excludes, False, list(dc.globs)):
+            if isinstance(e, Entry) and not stat.S_ISDIR(e.st.st_mode) and e.rel != os.path.basename(root):
+                return True
+    return False if found else None
 
 
 def _retention(run: _Run) -> None:
@@ -350,4 +370,5 @@ def policy_status(spec: spec_mod.PolicySpec, fleet: Fleet, *, now: datetime | No
     fleet.changed()
     snaps = {name: fleet.snapshots(name) for name in sorted(used)}
     verified = {name: plan_mod.verified_snapshots(fleet[name].ledger()) for name in sorted(used)}
-    return plan_mod.rpo_lines(spec, snaps, now or datetime.now(UTC), verified)
+    return plan_mod.rpo_lines(spec, snaps, now or datetime.now(UTC), verified,
+                              lambda src, dc: class_has_files(spec, src, dc) is False)
