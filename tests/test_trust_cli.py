@@ -208,3 +208,50 @@ def test_restore_a_whole_policy_run_as_of_a_time(env: dict[str, str], tmp_path: 
     assert early.returncode == 14 and "no snapshot of source 'run' at or before" in early.stderr
     both = wv(env, "restore", "latest", "--source", "run", "--target", tmp_path / "t4")
     assert both.returncode == 2 and "either SNAPSHOT or --source" in both.stderr
+
+
+def test_a_level_4_check_in_the_current_directory_is_found(env: dict[str, str], tmp_path: Path) -> None:
+    run = write(tmp_path / "run" / "notes.txt", b"epoch 3").parent
+    ok(wv(env, "backup", run))
+    here = tmp_path / "mychecks"
+    write(here / "wvcheck.py", b"def ok(root):\n    return []\n\ndef bad(root):\n    return 'loss went up'\n")
+    passed = json.loads(wv(env, "drill", "--level", "4", "--check", "wvcheck:ok", "--any-snapshot", "--json",
+                           cwd=here).stdout)
+    assert passed["report"]["check_problems"] == [], passed
+    failed = wv(env, "drill", "--level", "4", "--check", "wvcheck:bad", "--any-snapshot", cwd=here)
+    assert failed.returncode == 9 and "loss went up" in failed.stderr
+    assert "your check wvcheck:bad failed" in failed.stderr and "check --read-data" not in failed.stderr
+    missing = wv(env, "drill", "--level", "4", "--check", "nosuchcheck:ok", "--any-snapshot", cwd=tmp_path)
+    assert missing.returncode == 9 and f"looked in {tmp_path}" in missing.stderr
+
+
+def test_a_missing_default_key_file_is_named(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", password=None)
+    ok(wv(env, "backup", write(tmp_path / "run" / "a.txt", b"hi").parent))
+    keyfile = tmp_path / "home" / "config" / "weightvault" / "default-repo.key"
+    assert keyfile.exists()
+    keyfile.unlink()
+    proc = wv(env, "snapshots")
+    assert proc.returncode == 11 and f"the key file {keyfile}, which does not exist" in proc.stderr
+    assert "saved copy" in proc.stderr
+
+
+def test_policy_suggest_takes_parameter_counts_and_its_hint_runs_as_printed(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home")
+    run = write(tmp_path / "run" / "a.txt", b"x").parent
+    bare = wv(env, "policy", "suggest", "--stage", "middle", "--model-size", "7", "--path", run)
+    assert bare.returncode == 2 and "a bare number is neither a size nor a parameter count" in bare.stderr
+    small = ok(wv(env, "policy", "suggest", "--stage", "middle", "--model-size", "7B", "--path", run)).stdout
+    large = ok(wv(env, "policy", "suggest", "--stage", "middle", "--model-size", "70B", "--path", run)).stdout
+    assert small != large  # 14 GB vs 140 GB of weights: above 100 GB the intervals stretch
+    assert small == ok(wv(env, "policy", "suggest", "--stage", "middle", "--model-size", "14GB", "--path", run)).stdout
+    missing = wv(env, "policy", "check")
+    assert missing.returncode == 7
+    hint = missing.stderr.split("`")[1]  # the command the hint prints, run as printed
+    assert hint.startswith("weightvault policy suggest") and "> " in hint
+    cmd, _, dest = hint.partition(" > ")
+    args = cmd.split()[1:]
+    args[args.index("RUN_DIR")] = str(run)
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    Path(dest).write_text(ok(wv(env, *args)).stdout)
+    ok(wv(env, "policy", "check"))

@@ -40,5 +40,10 @@ def drill(g: Globals, pick: str, within: str | None, level: int, workdir: str | 
         click.echo(f"drill of snapshot {res.snapshot[:8]}: restored {res.files} files, {res.bytes} bytes, validated at "
                    f"level {res.level} in {res.rto_s:.1f} s (RTO): {state}")
     if not res.ok:
-        raise ValidationFailedError(f"drill of snapshot {res.snapshot[:8]} failed: {res.error}",
-                                    hint="run `weightvault check --read-data`; the journal has the record")
+        if res.report is not None and res.report.check_problems and not res.report.failed:
+            hint = f"the files are sound (levels 1-3 passed); your check {check} failed: see its message above"
+        elif res.report is not None and res.report.failed:
+            hint = "`weightvault validate SNAPSHOT DIR --level 3` on a restored copy lists every problem"
+        else:
+            hint = "run `weightvault check --read-data` to find the damaged data; the ledger has the record"
+        raise ValidationFailedError(f"drill of snapshot {res.snapshot[:8]} failed: {res.error}", hint=hint)

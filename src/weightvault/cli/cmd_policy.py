@@ -23,13 +23,15 @@ def policy() -> None:
 @click.option("--stage", type=click.Choice(["initial", "middle", "final"]), required=True,
               help="Training stage: initial (frequent, short retention), middle, final (long retention, locks).")
 @click.option("--model-size", required=True, metavar="SIZE",
-              help="Model (checkpoint) size, e.g. 120GB: above 100 GB intervals are 1.5 x longer.")
-@click.option("--path", "paths", multiple=True, metavar="DIR", help="Run directory to protect (repeatable).")
+              help="Model size: bytes (120GB, 7.5GiB) or parameters (7B: 2 bytes each); above 100 GB intervals are"
+              " 1.5 x longer.")
+@click.option("--path", "paths", multiple=True, required=True, metavar="DIR",
+              help="Run directory to protect (repeatable).")
 @click.option("--repository", metavar="PATH|s3://…", help="Repository URL (default: the embedded default one).")
 def suggest(stage: str, model_size: str, paths: tuple[str, ...], repository: str | None) -> None:
     """Print a policy file for a training run (review it, save it, then `policy apply`)."""
     click.echo(api.suggest_policy(stage, model_size, repository=repository,
-                                  paths=[os.path.abspath(p) for p in paths] or ["/path/to/run"]), nl=False)
+                                  paths=[os.path.abspath(p) for p in paths]), nl=False)
 
 
 @policy.command()

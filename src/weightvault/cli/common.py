@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from weightvault import api
-from weightvault.errors import RepositoryExistsError, RepositoryNotFoundError, UsageError
+from weightvault.errors import RepositoryExistsError, RepositoryNotFoundError, UsageError, WrongPasswordError
 
 __all__ = [
     "Globals",
@@ -126,6 +126,13 @@ def _open_selected(g: Globals, create_default: bool) -> api.Repository:
     path = api.default_repository_path()
     pw = supplied_password(g)
     if pw is None and (path / "config").exists() and not api.default_key_file().exists():
+        keyfile = api.default_key_file()
+        if not sys.stdin.isatty():
+            raise WrongPasswordError(
+                f"the default repository {path} is unlocked by the key file {keyfile}, which does not exist",
+                hint=f"put your saved copy of the key file back at {keyfile}, or give the repository's password"
+                " ($WEIGHTVAULT_PASSWORD, --password-file); without either the data cannot be decrypted")
+        click.echo(f"note: the key file {keyfile} does not exist; asking for the password instead", err=True)
         pw = _prompt(f"password for the default repository {path}", confirm=False)
     res = api.open_or_create_default(pw, create=create_default)
     if res.created:

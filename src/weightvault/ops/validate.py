@@ -197,13 +197,17 @@ def run_check(entry: str, root: Path, timeout: float = CHECK_TIMEOUT) -> list[st
     (its own memory; a crash or a hang is a failure, not ours). The function gets the restored
     directory and returns nothing, True, or problems (a string or a list); it may load the
     weights with ``torch.load(..., weights_only=True)`` and compare a forward pass with recorded
-    outputs. It is imported from the user's environment, never from the restored tree: the
-    process runs outside it with ``PYTHONSAFEPATH`` set, and an entry point whose module lies
-    inside the tree is refused."""
+    outputs. It is imported from the user's environment (the current directory, ``$PYTHONPATH``,
+    the installed packages), never from the restored tree: the process runs outside it with
+    ``PYTHONSAFEPATH`` set, the current directory is searched only if it is not inside the tree,
+    and an entry point whose module lies inside the tree is refused."""
     module, sep, name = entry.partition(":")
     if not sep or not module or not name.isidentifier():
         raise ValueError(f"check {entry!r} is not of the form module:function")
     env = dict(os.environ, PYTHONSAFEPATH="1")
+    here = os.getcwd()
+    if not Path(here).resolve().is_relative_to(root.resolve()):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryDirectory(prefix="wv-check-") as cwd:
         where = subprocess.run(
             [sys.executable, "-c", "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]);"
@@ -211,7 +215,10 @@ def run_check(entry: str, root: Path, timeout: float = CHECK_TIMEOUT) -> list[st
             capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
         origin = where.stdout.strip()
         if not origin:
-            return [f"check module {module!r} cannot be found: {where.stderr.strip()[-300:]}"]
+            looked = env.get("PYTHONPATH") or "(none)"
+            return [f"check module {module!r} cannot be found: looked in {looked} and the packages installed for"
+                    f" {sys.executable}; run from the directory holding {module.split('.')[0]}.py, or set"
+                    f" PYTHONPATH to it {where.stderr.strip()[-200:]}".rstrip()]
         if Path(origin).resolve().is_relative_to(root.resolve()):
             return [f"check module {module!r} lies inside the restored tree: refused (backup code is never run)"]
         try:

@@ -216,7 +216,8 @@ def load_policy(path: str | Path) -> PolicySpec:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigFileError(f"no policy file at {p}",
-                              hint="write one (`weightvault policy suggest > FILE`) or pass --policy FILE") from None
+                              hint="write one: `weightvault policy suggest --stage middle --model-size 7B"
+                              f" --path RUN_DIR > {p}`, or pass --policy FILE") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"cannot read the policy file {p}: {exc}") from exc
     return parse_policy(text, str(p))

@@ -10,6 +10,7 @@ are multiplied by 1.5 (a backup of a large checkpoint takes longer and costs mor
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from datetime import timedelta
 from typing import Any
@@ -41,22 +42,28 @@ _STAGE: dict[str, dict[str, Any]] = {
         "optimizer": {"every": "6h", "keep_last": 1},
     },
 }
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30, "tib": 2**40}
+_UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+_PARAMS = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}  # parameter counts: 7B, 350M, 1.3T
+BYTES_PER_PARAM = 2  # a parameter count is sized as its BF16/F16 weights
+_SIZE_HINT = "give a size (120GB, 7.5GiB, 800MB) or a parameter count (7B, 350M: sized at 2 bytes each)"
 
 
 def parse_size(text: str) -> int:
-    """'120GB', '7.5 GiB', '800MB', '1TB' -> bytes (SI for GB, binary for GiB)."""
-    t = text.strip().lower().replace(" ", "")
-    num = t.rstrip("kmgtib")
-    unit = t[len(num):]
-    try:
-        value = float(num)
-    except ValueError:
-        raise UsageError(f"cannot read model size {text!r}", hint="use e.g. 120GB, 7.5GiB or 800MB") from None
-    if unit not in _UNITS or value <= 0:
-        raise UsageError(f"cannot read model size {text!r}", hint="use e.g. 120GB, 7.5GiB or 800MB")
-    return int(value * _UNITS[unit])
+    """'120GB', '7.5 GiB', '800MB', '1TB' -> bytes (SI for GB, binary for GiB); '7B', '350M',
+    '1.3T' -> a parameter count, sized as BF16 weights (2 bytes each). A bare number is refused:
+    bytes or parameters, it cannot tell."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text.strip().lower())
+    if m is None or float(m.group(1)) <= 0:
+        raise UsageError(f"cannot read model size {text!r}", hint=_SIZE_HINT)
+    value, unit = float(m.group(1)), m.group(2)
+    if unit in _UNITS:
+        return int(value * _UNITS[unit])
+    if unit in _PARAMS:
+        return int(value * _PARAMS[unit] * BYTES_PER_PARAM)
+    what = "a bare number" if not unit else f"unit {unit!r}"
+    raise UsageError(f"cannot read model size {text!r}: {what} is neither a size nor a parameter count",
+                     hint=_SIZE_HINT)
 
 
 def _interval_text(d: timedelta) -> str:
