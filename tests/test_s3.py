@@ -100,16 +100,24 @@ def test_missing_bucket_is_a_clear_permanent_error(s3: S3Endpoint) -> None:
     assert rb.stats.retries == 0
 
 
-def test_unreachable_endpoint_is_transient_and_gives_up_with_exit_21(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_endpoint_that_never_answered_fails_fast_and_a_lost_one_is_transient(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with socket_port() as port:
-        b = open_backend("s3://b/p", StorageOptions(s3_endpoint=f"http://127.0.0.1:{port}",
-                                                     retry=RetryPolicy(attempts=3, base_delay=0.0)))
+        endpoint = f"http://127.0.0.1:{port}"
+        b = open_backend("s3://b/p", StorageOptions(s3_endpoint=endpoint, retry=RetryPolicy(attempts=3, base_delay=0.0)))
+        with pytest.raises(BackendError) as ei:  # a wrong --s3-endpoint: no retries, the endpoint named
+            b.stat(FileType.CONFIG, "config")
+        assert ei.value.exit_code == 20 and f"cannot connect to the S3 endpoint {endpoint}" in str(ei.value)
+        assert isinstance(b, LimitedBackend) and isinstance(b.inner, RetryingBackend)  # connections, then retries
+        assert b.inner.stats.retries == 0
+        s3b = b.inner.inner
+        assert isinstance(s3b, S3Backend)
+        s3b.reached = True  # it answered before: now a refused connection is a blip, retried, then exit 21
         with pytest.raises(BackendError) as ei:
             b.stat(FileType.CONFIG, "config")
     assert ei.value.exit_code == 21 and "transient" in str(ei.value)
-    assert isinstance(b, LimitedBackend) and isinstance(b.inner, RetryingBackend)  # connections, then retries
     assert b.inner.stats.retries == 2 and b.inner.stats.gave_up == 1
 
 
@@ -129,7 +137,9 @@ class socket_port:
 
 def test_conditional_create_is_used_or_detected(s3: S3Endpoint) -> None:
     b = s3_backend(s3)
+    assert not b.reached
     b.create()
+    assert b.reached  # the endpoint answered: from now on a refused connection is transient
     b.save(FileType.LOCK, "a" * 64, b"one", create_only=True)
     with pytest.raises(ObjectExistsError):
         b.save(FileType.LOCK, "a" * 64, b"two", create_only=True)

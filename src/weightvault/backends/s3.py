@@ -117,6 +117,13 @@ class S3Backend:
         )
         self.conditional_create: bool | None = None  # unknown until the first create_only save
         self._cc_lock = threading.Lock()
+        self.reached = False  # the endpoint answered at least once (any HTTP response)
+        events = getattr(getattr(client, "meta", None), "events", None)
+        if events is not None:
+            events.register("after-call.s3", self._answered)
+
+    def _answered(self, **_kwargs: object) -> None:
+        self.reached = True
 
     @property
     def location(self) -> str:
@@ -157,6 +164,12 @@ class S3Backend:
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return BackendError(f"no S3 credentials for {where}",
                                 hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+        if isinstance(exc, botocore.exceptions.EndpointConnectionError) and not self.reached:
+            # never answered: a wrong endpoint or a server that is not running, not a blip; fail now
+            endpoint = self.endpoint_url or self.client.meta.endpoint_url
+            return BackendError(f"cannot connect to the S3 endpoint {endpoint} (for {self.location}): {exc}",
+                                hint="check --s3-endpoint / $WEIGHTVAULT_S3_ENDPOINT and that the server is running"
+                                " and reachable from here")
         if isinstance(exc, (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError)):
             return TransientBackendError(f"{where}: {type(exc).__name__}: {exc} (transient)")
         if isinstance(exc, botocore.exceptions.BotoCoreError):
