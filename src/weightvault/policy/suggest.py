@@ -10,6 +10,7 @@ are multiplied by 1.5 (a backup of a large checkpoint takes longer and costs mor
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from datetime import timedelta
@@ -66,6 +67,13 @@ def parse_size(text: str) -> int:
                      hint=_SIZE_HINT)
 
 
+def source_name(paths: list[str]) -> str:
+    """The source's name in a suggested policy: the first path's directory name (letters, digits,
+    ``_`` and ``-`` kept; what ``restore --source NAME`` and the ``source=`` tag use), else "run"."""
+    base = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.basename(paths[0].rstrip("/")) if paths else "").strip("-")
+    return base or "run"
+
+
 def _interval_text(d: timedelta) -> str:
     minutes = round(d.total_seconds() / 60)
     if minutes % (24 * 60) == 0:
@@ -108,7 +116,7 @@ def suggest_policy(stage: str, model_bytes: int, *, repository: str, paths: list
         'tier = "hot"',
         'site = "local"',
         "",
-        "[sources.run]",
+        f"[sources.{source_name(paths)}]",
         f"paths = {json.dumps(paths)}",
         'repository = "local"',
         "",

@@ -76,7 +76,7 @@ class PolicyRun:
 class Fleet:
     """The repositories a policy names, opened on first use with ``opener``. Passwords: the
     repository's ``password_file`` or ``password_env``; for the embedded default repository its key
-    file; else ``$WEIGHTVAULT_PASSWORD``."""
+    file; else ``$WEIGHTVAULT_PASSWORD``, else ``$WEIGHTVAULT_PASSWORD_FILE``."""
 
     def __init__(self, spec: spec_mod.PolicySpec, opener: Opener, storage: StorageOptions | None = None) -> None:
         self.spec = spec
@@ -118,6 +118,8 @@ class Fleet:
         env = os.environ.get("WEIGHTVAULT_PASSWORD")
         if env:
             return env.encode()
+        if os.environ.get("WEIGHTVAULT_PASSWORD_FILE"):
+            return read_password_file(os.path.expanduser(os.environ["WEIGHTVAULT_PASSWORD_FILE"]))
         raise UsageError(f"no password for repository {r.name}",
                          hint="give password_file or password_env in its [repositories] table")
 
