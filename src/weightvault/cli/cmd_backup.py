@@ -32,7 +32,7 @@ __all__ = ["backup"]
 @click.option("--rank", type=int, metavar="R", help="With --group: this process's rank, 0..W-1.")
 @click.option("--world-size", type=int, metavar="W", help="With --group: the number of ranks.")
 @click.option("--min-free", type=click.FloatRange(0, 99), default=10.0, show_default=True, metavar="PCT",
-              help="Refuse (exit 15, before writing) if the repository's disk would keep less than PCT%% free "
+              help="Refuse (exit 15, before writing) if the repository's disk would keep less than PCT% free "
               "after this backup; 0 disables the check.")
 @click.option("--include", "includes", multiple=True, metavar="GLOB",
               help="Back up only files matching GLOB (repeatable; directories are always kept).")

@@ -21,7 +21,7 @@ __all__ = ["check"]
 @click.command()
 @click.option("--read-data", is_flag=True, help="Read and authenticate every stored byte.")
 @click.option("--read-data-subset", "subset", metavar="N/T|X%", help="Read only a subset of the packs: "
-              "part N of T (e.g. 1/10), or X percent (e.g. 5%%), a different part each run until all are read.")
+              "part N of T (e.g. 1/10), or X percent (e.g. 5%), a different part each run until all are read.")
 @click.option("--repair-from", metavar="REPO",
               help="Rewrite damaged or missing data from this replica (a repository `copy` filled), then check again.")
 @click.option("--from-password-file", metavar="FILE", help="With --repair-from: the replica's password.")

@@ -12,9 +12,9 @@ __all__ = ["copy"]
 
 @click.command()
 @click.argument("snapshots", nargs=-1)
-@click.option("--from", "source", required=True, metavar="PATH|s3://…|NAME",
+@click.option("--from", "source", required=True, metavar="PATH|s3://...|NAME",
               help="The repository to copy from (or its name in the policy file).")
-@click.option("--to", "dest", metavar="PATH|s3://…|NAME",
+@click.option("--to", "dest", metavar="PATH|s3://...|NAME",
               help="The repository to copy into, or its name in the policy file (default: the one chosen by -r).")
 @click.option("--from-password-file", metavar="FILE",
               help="Source password (default: $WEIGHTVAULT_FROM_PASSWORD(_FILE), else the destination's).")

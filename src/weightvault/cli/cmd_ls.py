@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -9,6 +10,7 @@ import click
 from weightvault import api
 from weightvault.cli.common import Globals, open_repository, pass_globals
 from weightvault.cli.output import display, echo_json, human_size, human_time, mode_string, node_json, print_table
+from weightvault.errors import NoMatchError
 
 __all__ = ["ls"]
 
@@ -24,6 +26,12 @@ def ls(g: Globals, snapshot: str, path: str | None, long_: bool, as_json: bool) 
     """List the entries of SNAPSHOT (an id prefix, 'latest', 'latest:k=v' or '@TIME'), under PATH if given."""
     repo = open_repository(g)
     nodes = repo.ls(snapshot, path)
+    if path and not nodes:
+        snap = repo.find_snapshot(snapshot)
+        tops = ", ".join(f"{os.path.basename(p)}/" for p in snap.paths)
+        raise NoMatchError(f"snapshot {snap.short_id} has no entry {path!r}",
+                           hint=f"paths in a snapshot start with its top directory ({tops});"
+                           f" `weightvault ls {snap.short_id}` lists them")
     layouts = repo.layouts(snapshot, path) if as_json or long_ else {}
     if as_json:
         echo_json([node_json(n) | _layout_json(layouts.get(n.path)) for n in nodes])

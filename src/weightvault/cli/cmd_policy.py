@@ -27,7 +27,7 @@ def policy() -> None:
               " 1.5 x longer.")
 @click.option("--path", "paths", multiple=True, required=True, metavar="DIR",
               help="Run directory to protect (repeatable).")
-@click.option("--repository", metavar="PATH|s3://…", help="Repository URL (default: the embedded default one).")
+@click.option("--repository", metavar="PATH|s3://...", help="Repository URL (default: the embedded default one).")
 def suggest(stage: str, model_size: str, paths: tuple[str, ...], repository: str | None) -> None:
     """Print a policy file for a training run (review it, save it, then `policy apply`)."""
     click.echo(api.suggest_policy(stage, model_size, repository=repository,

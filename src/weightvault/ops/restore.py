@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from weightvault.errors import (
+    NoMatchError,
     NoSpaceError,
     RestoreConflictError,
     UnsafePathError,
@@ -204,7 +205,11 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
         raise UsageError(f"unknown overwrite mode {opts.overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
     nodes = _selected(snap, repo, opts.includes)  # validates every path before writing
     if opts.includes and not nodes:
-        raise UsageError(f"no entry of snapshot {snap.short_id} matches {opts.includes}")
+        tops = ", ".join(f"{os.path.basename(p)}/" for p in snap.paths)
+        raise NoMatchError(f"no entry of snapshot {snap.short_id} matches {', '.join(opts.includes)}",
+                           hint=f"paths in a snapshot start with its top directory ({tops}): e.g. --include"
+                           f" '{os.path.basename(snap.paths[0])}/checkpoint-*'; `weightvault ls {snap.short_id}`"
+                           " lists them")
     try:  # the target itself is the user's choice and may be a symlink; nothing below it is followed
         os.makedirs(target, exist_ok=True)
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from weightvault.errors import SnapshotNotFoundError
+from weightvault.errors import NoMatchError, SnapshotNotFoundError
 from weightvault.ops.restore import RestoreResult
 from weightvault.repository.snapshots import Snapshot
 
@@ -57,9 +57,16 @@ def restore_run(repo: RunRepo, source: str, target: str | os.PathLike[str], *, a
     (``run_snapshots``), each with ``repo.restore(..., **options)``."""
     picks = run_snapshots(repo.snapshots(), source, at)
     res = RunRestore(source, at.isoformat() if at else None)
+    unmatched: NoMatchError | None = None
     for name, snap in sorted(picks.items()):
-        part = repo.restore(snap.id, target, **options)
+        try:
+            part = repo.restore(snap.id, target, **options)
+        except NoMatchError as exc:  # --include matches nothing of this class: the others may hold it
+            unmatched = exc
+            continue
         res.snapshots[name] = snap.id
         for k in ("files", "dirs", "symlinks", "bytes", "skipped", "verified"):
             setattr(res.restore, k, getattr(res.restore, k) + getattr(part, k))
+    if not res.snapshots and unmatched is not None:
+        raise unmatched
     return res
