@@ -297,3 +297,34 @@ def test_ls_of_a_missing_path_and_an_include_that_matches_nothing_say_so(env: di
     assert ok(wv(env, "ls", "latest", "exp7/checkpoint-1")).stdout.strip()
     res = wv(env, "restore", "latest", "--target", tmp_path / "out", "--include", "checkpoint-1/*")
     assert res.returncode == 22 and "--include 'exp7/checkpoint-*'" in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_at_any_moment_of_start_up_prints_no_traceback(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = cli_env(tmp_path / "home")
+    codes = set()
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6):  # before, during and after the imports
+        proc = subprocess.Popen([sys.executable, "-m", "weightvault", "snapshots"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, (delay, err)
+        codes.add(proc.returncode)
+    assert codes <= {130, -signal.SIGINT, 0, 10}, codes  # interrupted, killed before Python ran, or finished
+
+
+def test_a_drill_reports_progress_and_human_sizes(env: dict[str, str], tmp_path: Path) -> None:
+    repo = Repository.open(tmp_path / "repo", PASSWORD)
+    repo.backup([write(tmp_path / "run" / "w.bin", os.urandom(300_000)).parent])
+    seen: list[object] = []
+    assert repo.drill(level=1, record=False, progress=seen.append).ok
+    assert seen, "the drill's restore reported no progress"
+    text = ok(wv(env, "drill", "--level", "1")).stdout
+    assert "KiB" in text and "bytes" not in text
+    assert "KiB" in ok(wv(env, "verify", "latest")).stdout

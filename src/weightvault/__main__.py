@@ -1,6 +1,6 @@
 """``python -m weightvault``: the command-line interface."""
 
-from weightvault.cli.main import main
+from weightvault.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -339,7 +339,7 @@ class Repository(KeysAndLocks):
     def drill(self, *, pick: str = "latest", within: str | timedelta | None = None, level: int = 3,
               now: datetime | None = None, workdir: str | os.PathLike[str] | None = None, seed: int | None = None,
               journal: Path | None = None, record: bool = True, check: str | None = None,
-              any_snapshot: bool = False) -> DrillResult:
+              any_snapshot: bool = False, progress: ProgressCallback | None = None) -> DrillResult:
         """A restore drill (``weightvault.runner.drill``), in one session: pick a snapshot
         (``latest`` or ``random``, optionally ``within`` a time before now; one holding a model
         file, by name, unless ``any_snapshot`` or none does), restore it into a
@@ -352,7 +352,8 @@ class Repository(KeysAndLocks):
             snap = _drill.pick_snapshot(_groups.representatives(s.snapshots()), pick, within, clock, seed,
                                         None if any_snapshot else lambda x: _drill.holds_models(self, x))
             res = _drill.drill(self, snap, level=level, clock=clock, workdir=workdir, check=check,
-                               journal=(journal or _journal.default_journal_path()) if record else None)
+                               journal=(journal or _journal.default_journal_path()) if record else None,
+                               progress=progress)
         detail = res.error or f"restored {res.files} files and validated them at level {level}"
         _audit.append(self._repo, {"op": "drill", "ok": res.ok, "snapshots": [snap.id], "source": None,
                                    "target": None, "bytes": res.bytes,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from weightvault.cli.common import Globals, open_repository, pass_globals
-from weightvault.cli.output import echo_json, report_json
+from weightvault.cli.output import echo_json, human_size, report_json
+from weightvault.cli.progress import progress_bar, progress_enabled
 from weightvault.errors import ValidationFailedError
 
 __all__ = ["drill"]
@@ -28,8 +29,9 @@ def drill(g: Globals, pick: str, within: str | None, level: int, workdir: str | 
     """A restore drill: pick a snapshot, restore it into an isolated scratch directory (every
     file checked against its SHA-256), validate the models at LEVEL, record the result and the
     restore time (RTO) in the journal, and clean up. Exit 9 if the drill fails."""
-    res = open_repository(g).drill(pick=pick, within=within, level=level, workdir=workdir, check=check,
-                                   any_snapshot=any_snapshot)
+    with progress_bar(progress_enabled(g.quiet, as_json), "drill") as cb:
+        res = open_repository(g).drill(pick=pick, within=within, level=level, workdir=workdir, check=check,
+                                       any_snapshot=any_snapshot, progress=cb)
     if as_json:
         echo_json({"snapshot": res.snapshot, "ok": res.ok, "level": res.level, "rto_s": round(res.rto_s, 3),
                    "restore_s": round(res.restore_s, 3), "validate_s": round(res.validate_s, 3),
@@ -37,8 +39,8 @@ def drill(g: Globals, pick: str, within: str | None, level: int, workdir: str | 
                    "report": report_json(res.report) if res.report else None})
     elif not g.quiet:
         state = "passed" if res.ok else f"FAILED: {res.error}"
-        click.echo(f"drill of snapshot {res.snapshot[:8]}: restored {res.files} files, {res.bytes} bytes, validated at "
-                   f"level {res.level} in {res.rto_s:.1f} s (RTO): {state}")
+        click.echo(f"drill of snapshot {res.snapshot[:8]}: restored {res.files} files, {human_size(res.bytes)},"
+                   f" validated at level {res.level} in {res.rto_s:.1f} s (RTO): {state}")
     if not res.ok:
         if res.report is not None and res.report.check_problems and not res.report.failed:
             hint = f"the files are sound (levels 1-3 passed); your check {check} failed: see its message above"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from weightvault.cli.common import Globals, open_repository, pass_globals, percent
-from weightvault.cli.output import echo_json
+from weightvault.cli.output import echo_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
 from weightvault.errors import DifferencesFoundError, IntegrityError
 
@@ -39,7 +39,7 @@ def verify(g: Globals, snapshot: str, against: str | None, sample: str | None, a
             for p in paths:
                 click.echo(f"{label:8} {p}")
         part = f" (bucket {res.sample[0] + 1} of {res.sample[1]}, {res.coverage:.0%} covered)" if res.sample else ""
-        click.echo(f"verified {res.files} file(s), {res.bytes} bytes, {res.blobs} blobs of snapshot "
+        click.echo(f"verified {res.files} file(s), {human_size(res.bytes)}, {res.blobs} blobs of snapshot "
                    f"{res.snapshot[:8]}{part}: " + ("ok" if res.ok else "PROBLEMS FOUND"))
     if res.damaged:
         raise IntegrityError(f"{len(res.damaged)} file(s) of snapshot {res.snapshot[:8]} are damaged in the repository",

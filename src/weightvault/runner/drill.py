@@ -89,7 +89,7 @@ def pick_snapshot(snaps: list[Snapshot], pick: str, within: str | timedelta | No
 
 
 def drill(repo: DrillRepo, snap: Snapshot, *, level: int, clock: datetime, workdir: str | os.PathLike[str] | None,
-          check: str | None, journal: Path | None) -> DrillResult:
+          check: str | None, journal: Path | None, progress: Any = None) -> DrillResult:
     """Restore ``snap`` into a fresh temporary directory (every file SHA-256-checked before it is
     renamed into place, so validation does not hash again), validate it at ``level``, measure
     the restore time (RTO), remove the copy; append the outcome to ``journal`` if given. A failed
@@ -99,7 +99,7 @@ def drill(repo: DrillRepo, snap: Snapshot, *, level: int, clock: datetime, workd
     try:
         t0 = time.perf_counter()
         try:
-            _restore_and_validate(repo, snap, tmp, level, check, result)
+            _restore_and_validate(repo, snap, tmp, level, check, result, progress)
         except WeightvaultError as exc:
             result.error = f"restore failed: {exc.message}"
         result.rto_s = time.perf_counter() - t0
@@ -111,9 +111,9 @@ def drill(repo: DrillRepo, snap: Snapshot, *, level: int, clock: datetime, workd
 
 
 def _restore_and_validate(repo: DrillRepo, snap: Snapshot, tmp: Path, level: int, check: str | None,
-                          result: DrillResult) -> None:
+                          result: DrillResult, progress: Any = None) -> None:
     t0 = time.perf_counter()
-    restored = repo.restore(snap.id, tmp, verify=True)
+    restored = repo.restore(snap.id, tmp, verify=True, progress=progress)
     result.restore_s = time.perf_counter() - t0
     result.files, result.bytes = restored.files, restored.bytes
     root = tmp / os.path.basename(snap.paths[0]) if len(snap.paths) == 1 else tmp
