@@ -223,6 +223,8 @@ def test_a_level_4_check_in_the_current_directory_is_found(env: dict[str, str], 
     assert "your check wvcheck:bad failed" in failed.stderr and "check --read-data" not in failed.stderr
     missing = wv(env, "drill", "--level", "4", "--check", "nosuchcheck:ok", "--any-snapshot", cwd=tmp_path)
     assert missing.returncode == 9 and f"looked in {tmp_path}" in missing.stderr
+    early = json.loads(wv(env, "drill", "--level", "4", "--check", "nosuchcheck:ok", "--json", cwd=tmp_path).stdout)
+    assert early["files"] == 0 and early["restore_s"] == 0  # found missing before anything was restored
 
 
 def test_a_missing_default_key_file_is_named(tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = [
-    "LEVELS", "FileValidation", "StoredFile", "ValidationReport", "detect", "parse", "structure", "validate_tree",
+    "LEVELS", "FileValidation", "StoredFile", "ValidationReport", "detect", "locate_check", "parse", "run_check",
+    "structure", "validate_tree",
 ]
 
 LEVELS = {1: "integrity", 2: "format", 3: "structure", 4: "function"}
@@ -192,6 +193,36 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def _check_env(root: Path) -> dict[str, str]:
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    here = os.getcwd()
+    if not Path(here).resolve().is_relative_to(root.resolve()):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def locate_check(entry: str, root: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> str | None:
+    """Why the check ``module:function`` cannot run on ``root`` (not found, or inside the tree), or
+    None. Cheap: a drill asks this before its restore, so a typo fails in a second, not after it."""
+    module, sep, name = entry.partition(":")
+    if not sep or not module or not name.isidentifier():
+        raise ValueError(f"check {entry!r} is not of the form module:function")
+    env = env if env is not None else _check_env(root)
+    where = subprocess.run(
+        [sys.executable, "-c", "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]);"
+         " print(s.origin if s and s.origin else '')", module],
+        capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(), env=env, timeout=60)
+    origin = where.stdout.strip()
+    if not origin:
+        looked = env.get("PYTHONPATH") or "(none)"
+        return (f"check module {module!r} cannot be found: looked in {looked} and the packages installed for"
+                f" {sys.executable}; run from the directory holding {module.split('.')[0]}.py, or set"
+                f" PYTHONPATH to it {where.stderr.strip()[-200:]}".rstrip())
+    if Path(origin).resolve().is_relative_to(root.resolve()):
+        return f"check module {module!r} lies inside the restored tree: refused (backup code is never run)"
+    return None
+
+
 def run_check(entry: str, root: Path, timeout: float = CHECK_TIMEOUT) -> list[str]:
     """Level 4: run the user's check ``module:function`` on ``root`` in a separate Python process
     (its own memory; a crash or a hang is a failure, not ours). The function gets the restored
@@ -201,26 +232,11 @@ def run_check(entry: str, root: Path, timeout: float = CHECK_TIMEOUT) -> list[st
     the installed packages), never from the restored tree: the process runs outside it with
     ``PYTHONSAFEPATH`` set, the current directory is searched only if it is not inside the tree,
     and an entry point whose module lies inside the tree is refused."""
-    module, sep, name = entry.partition(":")
-    if not sep or not module or not name.isidentifier():
-        raise ValueError(f"check {entry!r} is not of the form module:function")
-    env = dict(os.environ, PYTHONSAFEPATH="1")
-    here = os.getcwd()
-    if not Path(here).resolve().is_relative_to(root.resolve()):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    env = _check_env(root)
     with tempfile.TemporaryDirectory(prefix="wv-check-") as cwd:
-        where = subprocess.run(
-            [sys.executable, "-c", "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]);"
-             " print(s.origin if s and s.origin else '')", module],
-            capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
-        origin = where.stdout.strip()
-        if not origin:
-            looked = env.get("PYTHONPATH") or "(none)"
-            return [f"check module {module!r} cannot be found: looked in {looked} and the packages installed for"
-                    f" {sys.executable}; run from the directory holding {module.split('.')[0]}.py, or set"
-                    f" PYTHONPATH to it {where.stderr.strip()[-200:]}".rstrip()]
-        if Path(origin).resolve().is_relative_to(root.resolve()):
-            return [f"check module {module!r} lies inside the restored tree: refused (backup code is never run)"]
+        problem = locate_check(entry, root, env, cwd)
+        if problem is not None:
+            return [problem]
         try:
             proc = subprocess.run([sys.executable, "-c", _RUNNER, entry, str(root)], capture_output=True, text=True,
                                   cwd=cwd, env=env, timeout=timeout)

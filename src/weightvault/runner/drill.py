@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weightvault.chunking.registry import looks_like_model
-from weightvault.errors import SnapshotNotFoundError, UsageError, WeightvaultError
+from weightvault.errors import SnapshotNotFoundError, UsageError, ValidationFailedError, WeightvaultError
 from weightvault.ops import retention
 from weightvault.ops.restore import RestoreResult
-from weightvault.ops.validate import ValidationReport
+from weightvault.ops.validate import ValidationReport, locate_check
 from weightvault.policy import journal as journal_mod
 from weightvault.repository.manifest import Node
 from weightvault.repository.snapshots import Snapshot
@@ -99,7 +99,12 @@ def drill(repo: DrillRepo, snap: Snapshot, *, level: int, clock: datetime, workd
     try:
         t0 = time.perf_counter()
         try:
+            problem = locate_check(check, tmp) if check and level >= 4 else None
+            if problem is not None:  # before the restore: a typo in --check fails at once
+                raise ValidationFailedError(f"level 4: {problem}")
             _restore_and_validate(repo, snap, tmp, level, check, result, progress)
+        except ValidationFailedError as exc:
+            result.error = exc.message
         except WeightvaultError as exc:
             result.error = f"restore failed: {exc.message}"
         result.rto_s = time.perf_counter() - t0
