@@ -330,3 +330,15 @@ def test_a_drill_reports_progress_and_human_sizes(env: dict[str, str], tmp_path:
     text = ok(wv(env, "drill", "--level", "1")).stdout
     assert "KiB" in text and "bytes" not in text
     assert "KiB" in ok(wv(env, "verify", "latest")).stdout
+
+
+def test_validate_accepts_the_restore_target_or_the_directory_itself(env: dict[str, str], tmp_path: Path) -> None:
+    import numpy as np
+    from test_delta import safetensors_bytes
+    run = write(tmp_path / "exp" / "model.safetensors",
+                safetensors_bytes({"w": ("F32", np.ones((4, 4), dtype=np.float32))})).parent
+    ok(wv(env, "backup", run))
+    ok(wv(env, "restore", "latest", "--target", tmp_path / "out"))
+    for given in (tmp_path / "out", tmp_path / "out" / "exp", run):
+        out = json.loads(ok(wv(env, "validate", "latest", given, "--level", "3", "--json")).stdout)
+        assert out["ok"] and [f["passed"] for f in out["files"]] == [3], (given, out)
