@@ -82,8 +82,8 @@ def test_a_check_subset_always_reads_and_rotates_over_every_pack(tmp_path: Path)
                 chunk_max=1024)
     env = {**cli_env(tmp_path / "home"), "WEIGHTVAULT_REPO": str(path)}
     run = tmp_path / "run"
-    for i in range(6):
-        write(run / f"f{i}.bin", os.urandom(900))
+    for i in range(6):  # each holds a full 1 KiB chunk: adding it fills a pack, so every file seals one
+        write(run / f"f{i}.bin", os.urandom(1500))
     ok(wv(env, "backup", run))
     packs = len(list(LocalBackend(path).list(FileType.PACK)))
     assert packs >= 6
@@ -342,3 +342,17 @@ def test_validate_accepts_the_restore_target_or_the_directory_itself(env: dict[s
     for given in (tmp_path / "out", tmp_path / "out" / "exp", run):
         out = json.loads(ok(wv(env, "validate", "latest", given, "--level", "3", "--json")).stdout)
         assert out["ok"] and [f["passed"] for f in out["files"]] == [3], (given, out)
+
+
+def test_a_source_on_another_host_counts_only_that_hosts_snapshots(env: dict[str, str], tmp_path: Path) -> None:
+    run = write(tmp_path / "run" / "model.safetensors", b"w" * 64).parent
+    policy = _policy(tmp_path, run)
+    policy.write_text(policy.read_text().replace('repository = "main"\n', 'repository = "main"\nhost = "gpu-7"\n', 1))
+    ok(wv(env, "backup", run, "--tag", "source=run", "--tag", "class=weights"))  # made here, not on gpu-7
+    lines = {ln["dc"]: ln for ln in json.loads(wv(env, "status", "--policy", policy, "--json").stdout)["lines"]}
+    assert lines["weights"]["breached"] and lines["weights"]["last"] is None
+    ok(wv(env, "backup", run, "--tag", "source=run", "--tag", "class=weights", "--host", "gpu-7"))
+    lines = {ln["dc"]: ln for ln in json.loads(wv(env, "status", "--policy", policy, "--json").stdout)["lines"]}
+    assert not lines["weights"]["breached"]
+    out = json.loads(ok(wv(env, "policy", "apply", "--policy", policy, "--json")).stdout)
+    assert not [s for s in out["steps"] if s["step"] == "backup"]  # this machine is not gpu-7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import click
 
@@ -42,7 +43,8 @@ def check(policy_path: str, allow_missing: bool) -> None:
     """Validate a policy file (exit 7 naming the line of the first problem, or a source path that
     does not exist on this machine)."""
     spec = load_policy_file(policy_path)
-    missing = [(src.name, p) for src in spec.sources.values() for p in src.missing_paths()]
+    here = socket.gethostname()
+    missing = [(src.name, p) for src in spec.sources.values() if src.host in (None, here) for p in src.missing_paths()]
     for name, p in missing:
         click.echo(f"{'warning' if allow_missing else 'error'}: {spec.path}: sources.{name}.paths: {p} does not exist"
                    " on this machine", err=True)

@@ -30,10 +30,12 @@ def class_tags(source: SourceSpec, dc: DataClass) -> list[str]:
 
 def of_source(snaps: Iterable[Snapshot], source: SourceSpec, dc: str | None = None) -> list[Snapshot]:
     """The snapshots of ``source`` (and class ``dc``): tagged so *and* holding exactly the
-    source's paths. A snapshot of another directory with the same tags is not one of them."""
+    source's paths (made on its ``host``, if the policy names one). A snapshot of another directory
+    with the same tags is not one of them."""
     want = {f"source={source.name}"} | ({f"class={dc}"} if dc else set())
     paths = source.abs_paths
-    return [s for s in snaps if want <= set(s.tags) and sorted(s.paths) == paths]
+    return [s for s in snaps if want <= set(s.tags) and sorted(s.paths) == paths
+            and (source.host is None or s.host == source.host)]
 
 
 def newest(snaps: Iterable[Snapshot], source: SourceSpec, dc: str | None = None) -> Snapshot | None:

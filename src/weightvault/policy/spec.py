@@ -131,6 +131,7 @@ class SourceSpec:
     rpo: timedelta | None = None
     tags: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()  # empty: every class
+    host: str | None = None  # the machine that holds the paths: only snapshots made there count
 
     @property
     def abs_paths(self) -> list[str]:
@@ -378,7 +379,7 @@ def _class(w: _Where, name: str, raw: Any) -> DataClass:
 
 def _source(w: _Where, name: str, raw: Any, spec: PolicySpec) -> SourceSpec:
     table = f"sources.{name}"
-    _named_table(w, table, name, raw, {"paths", "repository", "replicate_to", "rpo", "tags", "classes"})
+    _named_table(w, table, name, raw, {"paths", "repository", "replicate_to", "rpo", "tags", "classes", "host"})
     paths = _get(w, table, raw, "paths", list, required=True)
     if not paths:
         raise w.error(table, "paths", "must name at least one path")
@@ -394,4 +395,4 @@ def _source(w: _Where, name: str, raw: Any, spec: PolicySpec) -> SourceSpec:
         if spec.cls(c) is None:
             raise w.error(table, "classes", f"no data class named {c!r}")
     return SourceSpec(name, tuple(paths), repo, replicas, _duration(w, table, raw, "rpo", interval=True),
-                      tuple(_get(w, table, raw, "tags", list) or ()), classes)
+                      tuple(_get(w, table, raw, "tags", list) or ()), classes, _get(w, table, raw, "host", str))

@@ -8,6 +8,7 @@ that fails is recorded and the others still run.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,6 +188,8 @@ def _backups(run: _Run, simulated: bool) -> None:
     snaps = {name: run.fleet.snapshots(name) for name in run.spec.repositories}
     for due in plan_mod.due_backups(run.spec, snaps, run.clock):
         src, dc = due.source, due.dc
+        if src.host is not None and src.host != socket.gethostname():
+            continue  # another machine holds these paths: its own apply backs them up
         step = PolicyStep("backup", src.repository, True, f"{src.name}/{dc.name}: {due.reason}", src.name, dc.name)
         if due.parent is None and class_has_files(run.spec, src, dc) is False:
             continue  # never an empty first snapshot: the class starts when its first file appears
