@@ -334,6 +334,7 @@ def test_a_drill_reports_progress_and_human_sizes(env: dict[str, str], tmp_path:
 
 def test_validate_accepts_the_restore_target_or_the_directory_itself(env: dict[str, str], tmp_path: Path) -> None:
     import numpy as np
+
     from test_delta import safetensors_bytes
     run = write(tmp_path / "exp" / "model.safetensors",
                 safetensors_bytes({"w": ("F32", np.ones((4, 4), dtype=np.float32))})).parent
