@@ -238,12 +238,14 @@ class Repository(KeysAndLocks):
                parent: str | None = None, host: str | None = None, time: datetime | None = None,
                progress: ProgressCallback | None = None, group: str | None = None, rank: int | None = None,
                world_size: int | None = None, min_free: float = 0.10, includes: Sequence[str] = (),
-               lock_until: datetime | None = None) -> BackupResult:
+               lock_until: datetime | None = None, record_as: Sequence[str] | None = None) -> BackupResult:
         """Back up ``paths`` into one snapshot; unreadable files are listed in ``result.errors``.
         ``group``/``rank``/``world_size`` (all or none): one rank's shard of a distributed
         checkpoint, merged into a group snapshot once all ranks committed. A backup that would
         leave less than ``min_free`` of storage of known size free is refused (NoSpaceError).
-        ``includes``: only files matching a glob. ``lock_until``: forget keeps it until then."""
+        ``includes``: only files matching a glob. ``lock_until``: forget keeps it until then.
+        ``record_as``: one path per source to record instead (same base name): a staged copy is
+        recorded as the directory it was pinned from, so its parent and status are that path's."""
         for t in tags:
             if not t or "\n" in t:
                 raise UsageError(f"invalid tag {t!r}")
@@ -253,7 +255,7 @@ class Repository(KeysAndLocks):
                 tags=list(tags), excludes=list(excludes), exclude_caches=exclude_caches, force=force,
                 parent=self._find(s, parent).id if parent else None, host=host, time=time, progress=progress,
                 group=group, rank=rank, world_size=world_size, min_free=min_free, includes=list(includes),
-                lock_until=lock_until)
+                lock_until=lock_until, record_as=list(record_as) if record_as is not None else None)
             res = _backup.backup(self._repo, [os.fspath(p) for p in paths], opts)
             summary = res.snapshot.summary
             rec.update(snapshots=[res.snapshot.id], bytes=int(summary.get("bytes", 0)), ok=not res.errors,

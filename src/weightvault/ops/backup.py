@@ -24,16 +24,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from weightvault import __version__
-from weightvault.backends.base import FileType
 from weightvault.chunking.registry import SplitterRegistry, default_registry, detect_format
 from weightvault.chunking.tensor_plan import CdcFallback
 from weightvault.errors import NoSpaceError, ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.delta_bases import BaseFinder
 from weightvault.ops.groups import Group, commit_group, validate_group_args
 from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.ops.retain import retain_snapshot
 from weightvault.ops.walk import Entry, WalkError, walk_source
 from weightvault.repository.manifest import ManifestWriter, Node, TensorPart, iter_manifest
 from weightvault.repository.repo import DeltaBase, Repository
@@ -63,6 +63,9 @@ class BackupOptions:
     world_size: int | None = None
     includes: list[str] = field(default_factory=list)  # non-empty: only files matching one of these globs
     lock_until: datetime | None = None  # retention lock: forget refuses to remove the snapshot before then
+    # the paths to record instead of the sources' own (one per source, same base names): a staged
+    # copy of a checkpoint is recorded as the directory it was pinned from
+    record_as: list[str] | None = None
 
 
 @dataclass
@@ -252,6 +255,8 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
                          hint="check the path (a mount that is not there yet?)")
     roots = _roots([p for p in given if os.path.lexists(p)])
     path_strs = sorted(os.fsdecode(p) for p in roots.values())
+    if opts.record_as is not None:
+        path_strs = _recorded(given, opts.record_as, roots)
     host = opts.host or socket.gethostname()
     repo.recover_unindexed_packs()
     parent = _parent(repo, opts, host, path_strs)
@@ -287,6 +292,19 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
+
+
+def _recorded(given: list[bytes], record_as: list[str], roots: dict[bytes, bytes]) -> list[str]:
+    """The paths a snapshot records for sources backed up from elsewhere (``record_as``)."""
+    if len(record_as) != len(given) or len(roots) != len(given):
+        raise UsageError("record_as needs one path per source, and every source must exist")
+    out = []
+    for src, rec in zip(given, record_as, strict=True):
+        rec_abs = os.path.abspath(rec)
+        if os.path.basename(rec_abs) != os.fsdecode(os.path.basename(src)):
+            raise UsageError(f"{os.fsdecode(src)} cannot be recorded as {rec_abs}: the base names differ")
+        out.append(rec_abs)
+    return sorted(out)
 
 
 def _roots(abs_paths: list[bytes]) -> dict[bytes, bytes]:
@@ -417,32 +435,6 @@ class _Run:
         self.totals["files"] += 1
         self.totals["bytes"] += node.size
         return node
-
-
-def retain_snapshot(repo: Repository, snap: Snapshot, until: datetime) -> int:
-    """Object Lock: keep every object a retention-locked snapshot needs from deletion until
-    ``until`` (the snapshot document, the packs of its tree and file blobs and their delta
-    bases, the key files and the config). Index files are not locked: prune rewrites them, and
-    they can be rebuilt from the packs. Returns the number of objects retained."""
-    packs: set[str] = set()
-    todo = list(snap.tree) + [b for n in iter_manifest(snap.tree, repo.load_blob) for b in n.blobs]
-    seen: set[bytes] = set()
-    while todo:
-        bid = todo.pop()
-        if bid in seen:
-            continue
-        seen.add(bid)
-        packs.add(repo.lookup(bid).pack_id)
-        base = repo.index.base_of(bid)
-        if base is not None:
-            todo.append(base)
-    backend: Any = repo.backend
-    objects = [(FileType.SNAPSHOT, snap.id), (FileType.CONFIG, "config")]
-    objects += [(FileType.KEY, name) for name, _ in repo.backend.list(FileType.KEY)]
-    objects += [(FileType.PACK, p) for p in sorted(packs)]
-    for ftype, name in objects:
-        backend.retain(ftype, name, until)
-    return len(objects)
 
 
 def _fallback_reason(name: bytes, head: bytes, chunks: object) -> str | None:

@@ -1,0 +1,184 @@
+"""Handing checkpoints off (``enqueue``) and backing them up in a worker *process* (``run_worker``).
+
+``enqueue`` pins the checkpoint (``staging.pin``), records the job (``queue.UploadQueue``) and, by
+default, starts a worker process if none runs: it returns in the time a few hard links take, so
+training does not wait for the upload, and the worker has its own interpreter and memory (the
+training process's GIL and RSS are untouched).
+
+``run_worker`` holds ``$XDG_STATE_HOME/weightvault/queue.lock`` (``flock``, released by the kernel
+if the worker dies), so one worker runs at a time, and drains the queue in order. For each job it
+first looks in the repository for a snapshot tagged ``wv-job=KEY`` (a worker killed after the
+commit and before marking the job done): found, the job is done; else it backs up the staged
+tree, recorded as the original path. A transient failure (storage, lock, space) is retried with
+backoff; after ``max_attempts``, or at once for a permanent one (wrong password, no repository),
+the job is ``failed`` and stays for ``weightvault queue retry``. The staged tree is removed once
+its job is done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weightvault import api
+from weightvault.errors import (
+    NoSpaceError,
+    RepositoryLockedError,
+    TransientBackendError,
+    WeightvaultError,
+)
+from weightvault.integrations import staging
+from weightvault.integrations.queue import JOB_TAG, Job, UploadQueue, new_key
+from weightvault.paths import state_home
+
+__all__ = ["WorkerRun", "enqueue", "run_worker", "spawn_worker", "wait_for"]
+
+MAX_ATTEMPTS = 5
+_TRANSIENT = (TransientBackendError, RepositoryLockedError, NoSpaceError)
+
+
+def lock_path() -> Path:
+    return state_home() / "queue.lock"
+
+
+def enqueue(repository: str | os.PathLike[str], path: str | os.PathLike[str], tags: list[str] | None = None, *,
+            password_file: str | None = None, queue: UploadQueue | None = None, spawn: bool = True) -> Job:
+    """Pin ``path`` and queue its backup into ``repository`` with ``tags``; returns the job. The
+    snapshot records ``path`` itself. ``spawn``: start a worker process if none is running."""
+    q = queue or UploadQueue()
+    key = new_key()
+    pinned = staging.pin(path, key)
+    if pinned.copied:
+        print(f"weightvault: {path} could not be hard-linked for upload (another file system?): copied",
+              file=sys.stderr)
+    job = q.add(os.fspath(repository), str(pinned.path), os.path.abspath(path), list(tags or []),
+                password_file=os.path.abspath(password_file) if password_file else None, key=key)
+    if spawn:
+        spawn_worker(q)
+    return job
+
+
+_DETACH = """
+import subprocess, sys
+with open(sys.argv[1], "ab") as out:
+    subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+"""
+
+
+def spawn_worker(queue: UploadQueue | None = None) -> None:
+    """Start ``python -m weightvault queue run`` detached: through a short-lived intermediate
+    process, so the worker is not a child of the training process (no zombie, nothing to reap)
+    and lives on if training ends or crashes; its output is appended to
+    ``$XDG_STATE_HOME/weightvault/worker.log``. If a worker already runs, the new one exits."""
+    log = state_home() / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if queue is not None:
+        env["WEIGHTVAULT_QUEUE"] = str(queue.path)
+    subprocess.run([sys.executable, "-c", _DETACH, str(log), sys.executable, "-m", "weightvault", "queue", "run"],
+                   env=env, stdin=subprocess.DEVNULL, check=True, timeout=60)
+
+
+@dataclass
+class WorkerRun:
+    """What one ``run_worker`` did: jobs finished (id -> snapshot), failed attempts, and whether
+    another worker held the lock (then nothing ran)."""
+
+    done: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    busy: bool = False
+
+
+def _password(job: Job) -> bytes:
+    if job.password_file:
+        return api.read_password_file(job.password_file)
+    env = os.environ.get("WEIGHTVAULT_PASSWORD")
+    if env:
+        return env.encode()
+    if Path(job.repository) == api.default_repository_path() and api.default_key_file().exists():
+        return api.read_password_file(api.default_key_file())
+    raise WeightvaultError(f"no password for {job.repository}",
+                           hint="give the job a password file, or run the worker with $WEIGHTVAULT_PASSWORD set")
+
+
+def _run_job(job: Job) -> tuple[str, str | None]:
+    """Back up one job (exactly once); returns the snapshot id and a note on files rewritten in
+    place after the hand-off (backed up as they are now), if any."""
+    repo = api.Repository.open(job.repository, _password(job))
+    committed = repo.snapshots(tags=[f"{JOB_TAG}={job.key}"])
+    if committed:
+        return committed[-1].id, None
+    changed = staging.changed_since_pin(job.staged)
+    res = repo.backup([job.staged], tags=job.all_tags, record_as=[job.record_as])
+    note = (f"rewritten in place after the hand-off, backed up as they were then: {', '.join(changed[:5])}"
+            if changed else None)
+    return res.snapshot.id, note
+
+
+def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTEMPTS, wait: bool = False,
+               say: Callable[[str], None] | None = None) -> WorkerRun:
+    """Drain the queue (see the module docstring). ``wait``: also wait for jobs in backoff."""
+    q = queue or UploadQueue()
+    out = WorkerRun()
+    lock_path().parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            out.busy = True
+            return out
+        while True:
+            job = q.claim()
+            if job is None:
+                pending = [j for j in q.jobs(("queued",))]
+                if not (wait and pending):
+                    break
+                time.sleep(max(0.0, min(j.not_before for j in pending) - time.time()) + 0.05)
+                continue
+            _attempt(q, job, max_attempts, out, say)
+        keep = {j.key for j in q.jobs(("queued", "running", "failed"))}
+        for root in {Path(j.staged).parent.parent for j in q.jobs()} | {state_home() / "staging"}:
+            staging.sweep([root], keep)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _attempt(q: UploadQueue, job: Job, max_attempts: int, out: WorkerRun,
+             say: Callable[[str], None] | None) -> None:
+    try:
+        snap, note = _run_job(job)
+    except _TRANSIENT as exc:
+        retry = None if job.attempts >= max_attempts else min(600.0, 5.0 * 2 ** (job.attempts - 1))
+        q.fail(job, exc.message, retry_in=retry)
+        out.errors[job.id] = exc.message
+    except WeightvaultError as exc:  # a wrong password, a missing repository: no use retrying
+        q.fail(job, exc.message, retry_in=None)
+        out.errors[job.id] = exc.message
+    else:
+        q.finish(job, snap, note)
+        staging.unpin(job.staged)
+        out.done[job.id] = snap
+        if say is not None:
+            say(f"job {job.id}: {job.record_as} -> snapshot {snap[:8]}")
+        return
+    if say is not None:
+        say(f"job {job.id}: {job.record_as}: attempt {job.attempts} failed: {out.errors[job.id]}")
+
+
+def wait_for(jobs: list[Job], queue: UploadQueue | None = None, timeout: float = 600.0) -> list[Job]:
+    """Wait until each job is done or failed (or ``timeout`` seconds); returns them as they are."""
+    q = queue or UploadQueue()
+    deadline = time.monotonic() + timeout
+    while True:
+        now = [q.get(j.id) for j in jobs]
+        if all(j.state in ("done", "failed") for j in now) or time.monotonic() >= deadline:
+            return now
+        time.sleep(0.1)
