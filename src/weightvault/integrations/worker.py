@@ -37,7 +37,7 @@ from weightvault.integrations import staging
 from weightvault.integrations.queue import JOB_TAG, Job, UploadQueue, new_key
 from weightvault.paths import state_home
 
-__all__ = ["WorkerRun", "enqueue", "run_worker", "spawn_worker", "wait_for"]
+__all__ = ["WorkerRun", "enqueue", "open_repository", "run_worker", "spawn_worker", "wait_for"]
 
 MAX_ATTEMPTS = 5
 _TRANSIENT = (TransientBackendError, RepositoryLockedError, NoSpaceError)
@@ -95,22 +95,25 @@ class WorkerRun:
     busy: bool = False
 
 
-def _password(job: Job) -> bytes:
-    if job.password_file:
-        return api.read_password_file(job.password_file)
-    env = os.environ.get("WEIGHTVAULT_PASSWORD")
-    if env:
-        return env.encode()
-    if Path(job.repository) == api.default_repository_path() and api.default_key_file().exists():
-        return api.read_password_file(api.default_key_file())
-    raise WeightvaultError(f"no password for {job.repository}",
-                           hint="give the job a password file, or run the worker with $WEIGHTVAULT_PASSWORD set")
+def open_repository(location: str, password_file: str | None = None) -> api.Repository:
+    """The repository a job (or an integration) names, with its password from ``password_file``,
+    else ``$WEIGHTVAULT_PASSWORD``, else the default repository's key file."""
+    if password_file:
+        pw = api.read_password_file(os.path.expanduser(password_file))
+    elif os.environ.get("WEIGHTVAULT_PASSWORD"):
+        pw = os.environ["WEIGHTVAULT_PASSWORD"].encode()
+    elif Path(location) == api.default_repository_path() and api.default_key_file().exists():
+        pw = api.read_password_file(api.default_key_file())
+    else:
+        raise WeightvaultError(f"no password for {location}",
+                               hint="give a password file, or set $WEIGHTVAULT_PASSWORD for the worker")
+    return api.Repository.open(location, pw)
 
 
 def _run_job(job: Job) -> tuple[str, str | None]:
     """Back up one job (exactly once); returns the snapshot id and a note on files rewritten in
     place after the hand-off (backed up as they are now), if any."""
-    repo = api.Repository.open(job.repository, _password(job))
+    repo = open_repository(job.repository, job.password_file)
     committed = repo.snapshots(tags=[f"{JOB_TAG}={job.key}"])
     if committed:
         return committed[-1].id, None
