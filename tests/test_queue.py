@@ -149,3 +149,25 @@ def test_torch_save_hands_off_and_a_spawned_worker_backs_it_up(env: dict[str, st
     repo.restore(done.snapshot or "", tmp_path / "back", verify=True)
     back = torch.load(tmp_path / "back" / "step-3.pt", weights_only=True)
     assert torch.equal(back["w"], state["w"]) and back["step"] == 3
+
+
+def test_no_second_worker_while_one_runs_and_the_running_one_takes_the_new_job(
+        env: dict[str, str], tmp_path: Path) -> None:
+    import fcntl
+
+    from weightvault.integrations.worker import lock_path, spawn_worker, worker_running
+
+    assert not worker_running()
+    lock_path().parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a worker is busy with an earlier job
+    try:
+        assert worker_running() and spawn_worker() is False
+        job = enqueue(tmp_path / "repo", _checkpoint(tmp_path / "checkpoint-7", 7), [])  # spawn=True: none started
+        time.sleep(0.5)
+        assert UploadQueue().get(job.id).state == "queued"
+        assert run_worker().busy  # and a second worker run by hand steps aside
+    finally:
+        os.close(fd)  # the busy worker lets go ...
+    res = run_worker()  # ... and, looking once more, runs what was queued meanwhile
+    assert res.done and UploadQueue().get(job.id).state == "done"

@@ -9,6 +9,8 @@ is used instead. Every function returns the ``weightvault`` directory inside the
     config_home()   $XDG_CONFIG_HOME (~/.config)       the default repository's key file, policy.toml
     state_home()    $XDG_STATE_HOME  (~/.local/state)  the policy journal, verify sampling state
     cache_home()    $XDG_CACHE_HOME  (~/.cache)        the ledger's SQLite catalog
+
+``fsync_dir`` is the one helper every layer uses to make a rename or create in a directory durable.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_home", "config_home", "data_home", "state_home"]
+__all__ = ["cache_home", "config_home", "data_home", "fsync_dir", "state_home"]
 
 
 def _base(var: str, *default: str) -> Path:
@@ -40,3 +42,12 @@ def state_home() -> Path:
 
 def cache_home() -> Path:
     return _base("XDG_CACHE_HOME", ".cache")
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries durable (after a create, rename or unlink in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -26,19 +26,14 @@ from weightvault.errors import (
     RepositoryExistsError,
     WeightvaultError,
 )
+from weightvault.paths import fsync_dir
 
 __all__ = ["LocalBackend", "convert_os_error"]
 
 _TMP_PREFIX = ".tmp-"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
+_fsync_dir = fsync_dir
 
 def convert_os_error(exc: OSError, what: str) -> WeightvaultError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):

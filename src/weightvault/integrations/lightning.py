@@ -26,18 +26,11 @@ from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from weightvault.errors import SnapshotNotFoundError, WeightvaultError
 from weightvault.integrations.queue import Job, UploadQueue
 from weightvault.integrations.worker import enqueue, open_repository, wait_for
+from weightvault.paths import fsync_dir
 
 __all__ = ["WeightvaultCheckpointIO"]
 
 log = logging.getLogger(__name__)
-
-
-def _fsync_dir(d: str) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WeightvaultCheckpointIO(CheckpointIO):
@@ -64,7 +57,7 @@ class WeightvaultCheckpointIO(CheckpointIO):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        _fsync_dir(os.path.dirname(target))
+        fsync_dir(os.path.dirname(target))
         tags = [f"run={self.run or Path(target).parent.parent.name or 'run'}"]
         for key in ("global_step", "epoch"):
             if isinstance(checkpoint.get(key), int):

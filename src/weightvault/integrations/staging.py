@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from weightvault.errors import LocalPathError
-from weightvault.paths import state_home
+from weightvault.paths import fsync_dir, state_home
 
 __all__ = ["Pinned", "changed_since_pin", "pin", "staging_roots", "sweep", "unpin"]
 
@@ -49,14 +50,6 @@ def staging_roots(path: Path) -> list[Path]:
     return roots
 
 
-def _fsync_dir(d: str) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tree(src: Path, dst: Path, link: bool) -> None:
     """``dst`` as a copy of the tree ``src``: files hard-linked (``link``) or copied."""
     if src.is_file() and not src.is_symlink():
@@ -77,7 +70,7 @@ def _tree(src: Path, dst: Path, link: bool) -> None:
                     os.link(s, out / name)
                 else:
                     shutil.copy2(s, out / name)
-        _fsync_dir(str(out))
+        fsync_dir(str(out))
 
 
 def pin(path: str | os.PathLike[str], key: str) -> Pinned:
@@ -93,7 +86,7 @@ def pin(path: str | os.PathLike[str], key: str) -> Pinned:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 _tree(src, dst, link)
                 _record(dst)
-                _fsync_dir(str(dst.parent))
+                fsync_dir(str(dst.parent))
                 return Pinned(dst, not link)
             except OSError as exc:
                 last = exc
@@ -133,13 +126,15 @@ def unpin(staged: str | os.PathLike[str]) -> None:
     shutil.rmtree(Path(staged).parent, ignore_errors=True)
 
 
-def sweep(roots: list[Path], keep: set[str]) -> int:
-    """Remove staged trees under ``roots`` whose key is not in ``keep`` (left by a crash during
-    ``pin``, or by a dropped job); returns how many."""
+def sweep(roots: list[Path], keep: set[str], min_age_s: float = 3600.0) -> int:
+    """Remove staged trees under ``roots`` whose key is not in ``keep`` and that are older than
+    ``min_age_s`` (left by a crash during ``pin``, or by a dropped job; a tree being pinned right
+    now is not in the queue yet, and young); returns how many."""
     n = 0
+    cutoff = time.time() - min_age_s
     for root in roots:
         for d in root.iterdir() if root.is_dir() else []:
-            if d.is_dir() and d.name not in keep:
+            if d.is_dir() and d.name not in keep and d.stat().st_mtime < cutoff:
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
     return n

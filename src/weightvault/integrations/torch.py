@@ -12,6 +12,7 @@ from typing import Any
 
 from weightvault.integrations.queue import Job
 from weightvault.integrations.worker import enqueue
+from weightvault.paths import fsync_dir
 
 __all__ = ["save"]
 
@@ -33,9 +34,5 @@ def save(obj: Any, path: str | os.PathLike[str], *, repo: str | os.PathLike[str]
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fd = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(target))
     return enqueue(repo, target, tags, password_file=password_file, spawn=spawn)

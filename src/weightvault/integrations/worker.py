@@ -37,7 +37,7 @@ from weightvault.integrations import staging
 from weightvault.integrations.queue import JOB_TAG, Job, UploadQueue, new_key
 from weightvault.paths import state_home
 
-__all__ = ["WorkerRun", "enqueue", "open_repository", "run_worker", "spawn_worker", "wait_for"]
+__all__ = ["WorkerRun", "enqueue", "open_repository", "run_worker", "spawn_worker", "wait_for", "worker_running"]
 
 MAX_ATTEMPTS = 5
 _TRANSIENT = (TransientBackendError, RepositoryLockedError, NoSpaceError)
@@ -64,25 +64,35 @@ def enqueue(repository: str | os.PathLike[str], path: str | os.PathLike[str], ta
     return job
 
 
-_DETACH = """
-import subprocess, sys
-with open(sys.argv[1], "ab") as out:
-    subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-"""
+def worker_running() -> bool:
+    """Whether a worker holds the queue lock now."""
+    lock_path().parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
 
 
-def spawn_worker(queue: UploadQueue | None = None) -> None:
-    """Start ``python -m weightvault queue run`` detached: through a short-lived intermediate
-    process, so the worker is not a child of the training process (no zombie, nothing to reap)
-    and lives on if training ends or crashes; its output is appended to
-    ``$XDG_STATE_HOME/weightvault/worker.log``. If a worker already runs, the new one exits."""
+def spawn_worker(queue: UploadQueue | None = None) -> bool:
+    """Start ``python -m weightvault queue run`` detached, unless a worker runs (it will see the
+    new job: a worker re-reads the queue after releasing its lock). The worker is started by a
+    short-lived ``/bin/sh`` in a new session, so it is no child of the training process (no
+    zombie, nothing to reap) and outlives it; its output goes to
+    ``$XDG_STATE_HOME/weightvault/worker.log``. Returns whether one was started."""
+    if worker_running():
+        return False
     log = state_home() / "worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = dict(os.environ, WV_WORKER_LOG=str(log))
     if queue is not None:
         env["WEIGHTVAULT_QUEUE"] = str(queue.path)
-    subprocess.run([sys.executable, "-c", _DETACH, str(log), sys.executable, "-m", "weightvault", "queue", "run"],
-                   env=env, stdin=subprocess.DEVNULL, check=True, timeout=60)
+    subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null >>"$WV_WORKER_LOG" 2>&1 &', "sh",
+                    sys.executable, "-m", "weightvault", "queue", "run"],
+                   env=env, stdin=subprocess.DEVNULL, check=True, timeout=60, start_new_session=True)
+    return True
 
 
 @dataclass
@@ -139,13 +149,22 @@ def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTE
             return out
         while True:
             job = q.claim()
-            if job is None:
-                pending = [j for j in q.jobs(("queued",))]
-                if not (wait and pending):
-                    break
+            if job is not None:
+                _attempt(q, job, max_attempts, out, say)
+                continue
+            pending = q.jobs(("queued",))
+            if wait and pending:
                 time.sleep(max(0.0, min(j.not_before for j in pending) - time.time()) + 0.05)
                 continue
-            _attempt(q, job, max_attempts, out, say)
+            # let go, then look once more: a job queued while we held the lock was not given a
+            # worker of its own (``spawn_worker`` saw ours), so it is ours to run
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            if not [j for j in q.jobs(("queued",)) if j.not_before <= time.time()]:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                break  # another worker took over
         keep = {j.key for j in q.jobs(("queued", "running", "failed"))}
         for root in {Path(j.staged).parent.parent for j in q.jobs()} | {state_home() / "staging"}:
             staging.sweep([root], keep)
