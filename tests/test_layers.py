@@ -68,3 +68,16 @@ def test_modules_and_functions_stay_small() -> None:
             if isinstance(node, ast.FunctionDef) and node.end_lineno and node.end_lineno - node.lineno >= 80:
                 big.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}")
     assert big == []
+
+
+def test_importing_weightvault_imports_no_ml_framework() -> None:
+    """torch, transformers, lightning and h5py are optional extras: the library, its CLI and the
+    integrations' queue and worker never import them; only the framework modules themselves do."""
+    import subprocess
+    import sys
+
+    code = ("import sys, weightvault, weightvault.api, weightvault.cli.main, weightvault.integrations.worker; "
+            "print(sorted(m for m in ('torch', 'transformers', 'lightning', 'h5py', 'accelerate')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
