@@ -101,6 +101,7 @@ def test_kill_9_of_the_trainer_and_of_the_worker_lose_nothing_and_duplicate_noth
         time.sleep(0.005)
     worker.kill()
     worker.wait()
+    assert [j.state for j in UploadQueue().jobs()] == ["running", "queued", "queued"]  # killed mid-upload
     ok(wv(env, "-r", tmp_path / "repo", "unlock", "--remove-all"))  # the dead worker's lock
     ok(wv(env, "queue", "run"))
     repo = Repository.open(tmp_path / "repo", PASSWORD)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from weightvault.cli.common import Globals, pass_globals
 from weightvault.cli.output import display, echo_json, print_table
 from weightvault.errors import WeightvaultError
 from weightvault.integrations import staging
@@ -35,10 +36,12 @@ def list_(states: tuple[str, ...], as_json: bool) -> None:
 @queue.command()
 @click.option("--wait", is_flag=True, help="Also wait out the backoff of jobs that failed transiently.")
 @click.option("--json", "as_json", is_flag=True, help="Print what ran as JSON.")
-def run(wait: bool, as_json: bool) -> None:
+@pass_globals
+def run(g: Globals, wait: bool, as_json: bool) -> None:
     """Back up every queued job now, in order (one worker at a time: if another runs, exit 0 at
-    once). Exit 1 if a job failed this time."""
-    res = run_worker(wait=wait, say=None if as_json else click.echo)
+    once). The global storage options (--limit-upload, --s3-endpoint ...) apply. Exit 1 if a job
+    failed this time."""
+    res = run_worker(wait=wait, say=None if as_json else click.echo, storage=g.storage)
     if as_json:
         echo_json({"busy": res.busy, "done": res.done, "errors": res.errors})
     elif res.busy:

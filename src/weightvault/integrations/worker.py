@@ -105,7 +105,8 @@ class WorkerRun:
     busy: bool = False
 
 
-def open_repository(location: str, password_file: str | None = None) -> api.Repository:
+def open_repository(location: str, password_file: str | None = None,
+                    storage: api.StorageOptions | None = None) -> api.Repository:
     """The repository a job (or an integration) names, with its password from ``password_file``,
     else ``$WEIGHTVAULT_PASSWORD``, else the default repository's key file."""
     if password_file:
@@ -117,13 +118,13 @@ def open_repository(location: str, password_file: str | None = None) -> api.Repo
     else:
         raise WeightvaultError(f"no password for {location}",
                                hint="give a password file, or set $WEIGHTVAULT_PASSWORD for the worker")
-    return api.Repository.open(location, pw)
+    return api.Repository.open(location, pw, storage=storage)
 
 
-def _run_job(job: Job) -> tuple[str, str | None]:
+def _run_job(job: Job, storage: api.StorageOptions | None = None) -> tuple[str, str | None]:
     """Back up one job (exactly once); returns the snapshot id and a note on files rewritten in
     place after the hand-off (backed up as they are now), if any."""
-    repo = open_repository(job.repository, job.password_file)
+    repo = open_repository(job.repository, job.password_file, storage)
     committed = repo.snapshots(tags=[f"{JOB_TAG}={job.key}"])
     if committed:
         return committed[-1].id, None
@@ -135,8 +136,9 @@ def _run_job(job: Job) -> tuple[str, str | None]:
 
 
 def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTEMPTS, wait: bool = False,
-               say: Callable[[str], None] | None = None) -> WorkerRun:
-    """Drain the queue (see the module docstring). ``wait``: also wait for jobs in backoff."""
+               say: Callable[[str], None] | None = None, storage: api.StorageOptions | None = None) -> WorkerRun:
+    """Drain the queue (see the module docstring). ``wait``: also wait for jobs in backoff.
+    ``storage``: options for opening the repositories (bandwidth limits, S3 endpoint)."""
     q = queue or UploadQueue()
     out = WorkerRun()
     lock_path().parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,7 @@ def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTE
         while True:
             job = q.claim()
             if job is not None:
-                _attempt(q, job, max_attempts, out, say)
+                _attempt(q, job, max_attempts, out, say, storage)
                 continue
             pending = q.jobs(("queued",))
             if wait and pending:
@@ -174,9 +176,9 @@ def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTE
 
 
 def _attempt(q: UploadQueue, job: Job, max_attempts: int, out: WorkerRun,
-             say: Callable[[str], None] | None) -> None:
+             say: Callable[[str], None] | None, storage: api.StorageOptions | None = None) -> None:
     try:
-        snap, note = _run_job(job)
+        snap, note = _run_job(job, storage)
     except _TRANSIENT as exc:
         retry = None if job.attempts >= max_attempts else min(600.0, 5.0 * 2 ** (job.attempts - 1))
         q.fail(job, exc.message, retry_in=retry)
