@@ -82,3 +82,19 @@ def test_every_checkpoint_is_protected_and_resumes_identically(tmp_path: Path, i
     original = _next_loss(_trainer(tmp_path / "resume-a", 9, []), tmp_path / "orig-8")
     restored = _next_loss(_trainer(tmp_path / "resume-b", 9, []), tmp_path / "back" / "checkpoint-8")
     assert restored == original
+
+
+def test_a_failing_backup_never_stops_training_unless_strict(tmp_path: Path, isolated_home: Path) -> None:
+    from weightvault.errors import WeightvaultError
+
+    Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not the password\n")
+    lenient = WeightvaultCallback(tmp_path / "repo", password_file=str(wrong), timeout=60)
+    trainer = _trainer(tmp_path / "a", 8, [lenient])
+    trainer.train()  # finishes: the failures are logged and kept in the queue
+    assert trainer.state.global_step == 8
+    assert [j.state for j in UploadQueue().jobs()] == ["failed", "failed"]
+    strict = WeightvaultCallback(tmp_path / "repo", password_file=str(wrong), timeout=60, strict=True)
+    with pytest.raises(WeightvaultError, match="failed"):
+        _trainer(tmp_path / "b", 4, [strict]).train()
