@@ -204,6 +204,11 @@ def test_restore_a_whole_policy_run_as_of_a_time(env: dict[str, str], tmp_path: 
     assert "from 2 snapshot(s)" in text
     assert (tmp_path / "t2" / "run" / "model.safetensors").read_bytes() == b"weights v2"
     assert (tmp_path / "t2" / "run" / "train.log").read_bytes() == b"step 1\nstep 2\n"
+    one = json.loads(ok(wv(env, "restore", "--source", "run", "--include", "run/model.safetensors", "--target",
+                           tmp_path / "t5", "--json")).stdout)  # the logs class holds no match: skipped
+    assert one["files"] == 1 and (tmp_path / "t5" / "run" / "model.safetensors").read_bytes() == b"weights v2"
+    nothing = wv(env, "restore", "--source", "run", "--include", "run/nope", "--target", tmp_path / "t6")
+    assert nothing.returncode == 22
     early = wv(env, "restore", "--source", "run", "--at", "2026-11-19T00:00", "--target", tmp_path / "t3")
     assert early.returncode == 14 and "no snapshot of source 'run' at or before" in early.stderr
     both = wv(env, "restore", "latest", "--source", "run", "--target", tmp_path / "t4")
