@@ -172,3 +172,24 @@ def test_no_second_worker_while_one_runs_and_the_running_one_takes_the_new_job(
         os.close(fd)  # the busy worker lets go ...
     res = run_worker()  # ... and, looking once more, runs what was queued meanwhile
     assert res.done and UploadQueue().get(job.id).state == "done"
+
+
+def test_a_runs_next_checkpoint_is_stored_as_deltas_against_the_previous_one(
+        env: dict[str, str], tmp_path: Path) -> None:
+    import numpy as np
+
+    from test_delta import safetensors_bytes
+
+    rng = np.random.default_rng(1)
+    w = {f"layer.{i}.weight": ("F32", rng.normal(size=(256, 256)).astype(np.float32)) for i in range(4)}
+    added = []
+    for step in (100, 200):
+        d = tmp_path / "out" / f"checkpoint-{step}"
+        write(d / "model.safetensors", safetensors_bytes(w))
+        job = enqueue(tmp_path / "repo", d, ["run=exp", f"step={step}"], spawn=False)
+        run_worker()
+        snap = Repository.open(tmp_path / "repo", PASSWORD).find_snapshot(UploadQueue().get(job.id).snapshot or "")
+        added.append(snap.summary["stored_bytes_added"])
+        w = {k: (dt, a + rng.normal(scale=1e-4, size=a.shape).astype(np.float32)) for k, (dt, a) in w.items()}
+    assert snap.parent is not None  # checkpoint-200's parent is checkpoint-100's snapshot
+    assert added[1] < 0.8 * added[0], added  # a training step's small changes cost less than a new model

@@ -9,8 +9,9 @@ training process's GIL and RSS are untouched).
 if the worker dies), so one worker runs at a time, and drains the queue in order. For each job it
 first looks in the repository for a snapshot tagged ``wv-job=KEY`` (a worker killed after the
 commit and before marking the job done): found, the job is done; else it backs up the staged
-tree, recorded as the original path. A transient failure (storage, lock, space) is retried with
-backoff; after ``max_attempts``, or at once for a permanent one (wrong password, no repository),
+tree, recorded as the original path, with the newest snapshot of the same ``run=`` tag as parent
+(so checkpoint N's tensors are stored as deltas against checkpoint N-k's). A transient failure
+(storage, lock, space) is retried with backoff; after ``max_attempts``, or at once for a permanent one (wrong password, no repository),
 the job is ``failed`` and stays for ``weightvault queue retry``. The staged tree is removed once
 its job is done.
 """
@@ -129,7 +130,12 @@ def _run_job(job: Job, storage: api.StorageOptions | None = None) -> tuple[str, 
     if committed:
         return committed[-1].id, None
     changed = staging.changed_since_pin(job.staged)
-    res = repo.backup([job.staged], tags=job.all_tags, record_as=[job.record_as])
+    # the run's previous checkpoint as parent: checkpoint-N is a new path, but its tensors are
+    # stored as deltas against checkpoint-(N-k) of the same run when that is the parent
+    run = next((t for t in job.tags if t.startswith("run=")), None)
+    earlier = repo.snapshots(tags=[run]) if run else []
+    res = repo.backup([job.staged], tags=job.all_tags, record_as=[job.record_as],
+                      parent=earlier[-1].id if earlier else None)
     note = (f"rewritten in place after the hand-off, backed up as they were then: {', '.join(changed[:5])}"
             if changed else None)
     return res.snapshot.id, note
