@@ -11,9 +11,9 @@ first looks in the repository for a snapshot tagged ``wv-job=KEY`` (a worker kil
 commit and before marking the job done): found, the job is done; else it backs up the staged
 tree, recorded as the original path, with the newest snapshot of the same ``run=`` tag as parent
 (so checkpoint N's tensors are stored as deltas against checkpoint N-k's). A transient failure
-(storage, lock, space) is retried with backoff; after ``max_attempts``, or at once for a permanent one (wrong password, no repository),
-the job is ``failed`` and stays for ``weightvault queue retry``. The staged tree is removed once
-its job is done.
+(storage, lock, space) is retried with backoff; after ``max_attempts``, or at once for a
+permanent one (wrong password, no repository), the job is ``failed`` and stays for ``weightvault
+queue retry``. The staged tree is removed once its job is done.
 """
 
 from __future__ import annotations
