@@ -7,7 +7,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from weightvault.backends.local import convert_os_error
 from weightvault.codec.crypto import KdfParams
 from weightvault.errors import LocalPathError, RepositoryNotFoundError, UsageError, WeightvaultError
 from weightvault.ops import backup as _backup
+from weightvault.ops import backup_data as _backup_data
 from weightvault.ops import check as _check
 from weightvault.ops import copy as _copy
 from weightvault.ops import diff as _diff
@@ -261,6 +262,22 @@ class Repository(KeysAndLocks):
             rec.update(snapshots=[res.snapshot.id], bytes=int(summary.get("bytes", 0)), ok=not res.errors,
                        detail=f"{int(summary.get('files', 0))} files, {int(summary.get('stored_bytes_added', 0))}"
                        f" bytes added, {len(res.errors)} unreadable")
+            return res
+
+    def backup_data(self, root: str | os.PathLike[str], files: Mapping[str, bytes], *, tags: Sequence[str] = (),
+                    parent: str | None = None, host: str | None = None, time: datetime | None = None,
+                    group: str | None = None, rank: int | None = None, world_size: int | None = None,
+                    lock_until: datetime | None = None) -> BackupResult:
+        """One snapshot of files that exist only in memory (relative path -> bytes), recorded as the
+        directory ``root``: stored as ``backup`` stores files from disk (splitters, deltas against
+        the parent, group commit), with nothing written locally (``weightvault.ops.backup_data``)."""
+        with self._audit("backup", source=os.path.abspath(root)) as rec, self._session(LockMode.SHARED) as s:
+            opts = _backup.BackupOptions(tags=list(tags), parent=self._find(s, parent).id if parent else None,
+                                         host=host, time=time, group=group, rank=rank, world_size=world_size,
+                                         lock_until=lock_until)
+            res = _backup_data.backup_data(self._repo, os.fspath(root), files, opts)
+            rec.update(snapshots=[res.snapshot.id], bytes=int(res.snapshot.summary.get("bytes", 0)),
+                       detail=f"{len(files)} in-memory files")
             return res
 
     def restore(self, spec: str, target: str | os.PathLike[str], *, includes: Sequence[str] = (),

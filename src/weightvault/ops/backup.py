@@ -27,11 +27,11 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from weightvault import __version__
-from weightvault.chunking.registry import SplitterRegistry, default_registry, detect_format
-from weightvault.chunking.tensor_plan import CdcFallback
+from weightvault.chunking.registry import SplitterRegistry, default_registry
 from weightvault.errors import NoSpaceError, ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.delta_bases import BaseFinder
 from weightvault.ops.groups import Group, commit_group, validate_group_args
+from weightvault.ops.layout import fallback_reason
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.retain import retain_snapshot
 from weightvault.ops.walk import Entry, WalkError, walk_source
@@ -40,7 +40,8 @@ from weightvault.repository.repo import DeltaBase, Repository
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType
 
-__all__ = ["MAX_REREADS", "BackupOptions", "BackupResult", "backup", "find_parent"]
+__all__ = ["MAX_REREADS", "BackupOptions", "BackupResult", "ChunkSaver", "backup", "commit_snapshot", "find_parent",
+           "store_stream"]
 
 MAX_REREADS = 2
 
@@ -145,7 +146,7 @@ def _meta(node: Node, st: os.stat_result) -> Node:
     return node
 
 
-class _Saver:
+class ChunkSaver:
     """Stores chunks in a worker pool (compress, encrypt, pack) with a bound on chunks in flight.
 
     Blob ids are computed by the caller, so a file's node is complete as soon as it has been read
@@ -187,9 +188,45 @@ class _Saver:
             raise self._failed[0]
 
 
+def store_stream(f: BinaryIO, head: bytes, rel: bytes, saver: ChunkSaver, registry: SplitterRegistry,
+                 repo: Repository, on_bytes: Callable[[int], None],
+                 finder: BaseFinder) -> tuple[Node, list[int], str | None]:
+    """Chunk ``f`` (its first bytes ``head``) with the splitter its name and content select,
+    offering delta bases, and queue every chunk with ``saver``. Returns the file node (no
+    metadata yet), the chunks' offsets, and why a model-looking file got generic CDC (or None)."""
+    splitter = registry.select(os.path.basename(rel), head)
+    sha = hashlib.sha256()
+    blobs: list[bytes] = []
+    tensors: list[TensorPart | None] = []
+    offsets: list[int] = []
+    bases: dict[TensorPart, DeltaBase] | None = None
+    size = 0
+    chunks = splitter.split(f, repo.chunker)
+    for chunk in chunks:
+        sha.update(chunk.data)
+        size += len(chunk.data)
+        part: TensorPart | None = None
+        delta = None
+        if chunk.tensor is not None:
+            part = (chunk.tensor, chunk.part, chunk.dtype)
+            if bases is None:
+                bases = finder.bases_for(rel)
+            delta = bases.get(part)
+        blobs.append(saver.submit(chunk.data, chunk.dtype, delta))
+        tensors.append(part)
+        offsets.append(chunk.offset)
+        on_bytes(len(chunk.data))
+    node = Node(path=rel, type="file", size=size, blobs=blobs, sha256=sha.hexdigest())
+    if any(t is not None for t in tensors):
+        node.tensors = tensors
+    why = None if node.tensors or size < repo.chunker.min_size else fallback_reason(
+        os.path.basename(rel), head, chunks)
+    return node, offsets, why
+
+
 def _read_file(
     e: Entry,
-    saver: _Saver,
+    saver: ChunkSaver,
     registry: SplitterRegistry,
     repo: Repository,
     on_bytes: Callable[[int], None],
@@ -199,43 +236,15 @@ def _read_file(
     file that looks like a model was stored with generic CDC (None otherwise)."""
     fd = os.open(e.abs, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as raw:
-        f: BinaryIO = raw
         before = os.fstat(fd)
-        head = os.pread(fd, 65536, 0)
-        splitter = registry.select(os.path.basename(e.rel), head)
-        sha = hashlib.sha256()
-        blobs: list[bytes] = []
-        tensors: list[TensorPart | None] = []
-        offsets: list[int] = []
-        bases: dict[TensorPart, DeltaBase] | None = None
-        size = 0
-        chunks = splitter.split(f, repo.chunker)
-        for chunk in chunks:
-            sha.update(chunk.data)
-            size += len(chunk.data)
-            part: TensorPart | None = None
-            delta = None
-            if chunk.tensor is not None:
-                part = (chunk.tensor, chunk.part, chunk.dtype)
-                if bases is None:
-                    bases = finder.bases_for(e.rel)
-                delta = bases.get(part)
-            blobs.append(saver.submit(chunk.data, chunk.dtype, delta))
-            tensors.append(part)
-            offsets.append(chunk.offset)
-            on_bytes(len(chunk.data))
+        node, offsets, why = store_stream(raw, os.pread(fd, 65536, 0), e.rel, saver, registry, repo, on_bytes, finder)
         after = os.fstat(fd)
     try:
         now = os.lstat(e.abs)
         replaced = now.st_ino != after.st_ino
     except OSError:
         replaced = True
-    node = Node(path=e.rel, type="file", size=size, blobs=blobs, sha256=sha.hexdigest())
-    if any(t is not None for t in tensors):
-        node.tensors = tensors
-    why = None if node.tensors or size < repo.chunker.min_size else _fallback_reason(
-        os.path.basename(e.rel), head, chunks)
-    changed = size != after.st_size or not _same_version(before, after) or replaced
+    changed = node.size != after.st_size or not _same_version(before, after) or replaced
     if not changed:
         finder.note(e.rel, e.abs, node, offsets)
     return _meta(node, after), changed, why
@@ -274,8 +283,17 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     summary: dict[str, float] = dict(run.totals)
     summary.update(duration_s=round(time.monotonic() - start, 3), blobs_added=repo.stats_new_blobs - blobs_before,
                    stored_bytes_added=repo.stats_new_stored - stored_before, errors=len(run.errors))
+    snap = commit_snapshot(repo, opts, host, path_strs, tree, parent, summary)
+    group = commit_group(repo, opts.group)[0] if opts.group is not None else None
+    return BackupResult(snap, run.errors, run.warnings, group)
+
+
+def commit_snapshot(repo: Repository, opts: BackupOptions, host: str, paths: list[str], tree: list[bytes],
+                    parent: Snapshot | None, summary: dict[str, float]) -> Snapshot:
+    """Save the snapshot of a stored tree (every blob durable: ``repo.flush()`` came first), with
+    its retention lock on the storage too; a rank of a group still needs ``commit_group``."""
     snap = Snapshot(
-        time=_utc(opts.time).isoformat(), host=host, user=_user(), paths=path_strs, tags=list(opts.tags), tree=tree,
+        time=_utc(opts.time).isoformat(), host=host, user=_user(), paths=paths, tags=list(opts.tags), tree=tree,
         parent=parent.id if parent else None, summary=summary, program_version=__version__,
         group={"id": opts.group, "rank": opts.rank, "world_size": opts.world_size} if opts.group is not None else None,
         locked_until=_utc(opts.lock_until).isoformat() if opts.lock_until is not None else None,
@@ -283,8 +301,7 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     repo.save_snapshot(snap)
     if opts.lock_until is not None and repo.backend.supports_retention:
         retain_snapshot(repo, snap, _utc(opts.lock_until))
-    group = commit_group(repo, opts.group)[0] if opts.group is not None else None
-    return BackupResult(snap, run.errors, run.warnings, group)
+    return snap
 
 
 def _user() -> str:
@@ -378,7 +395,7 @@ class _Run:
     def store_tree(self) -> list[bytes]:
         """Walk the sources, store new data and the manifest; returns the manifest's tree blobs."""
         writer = ManifestWriter()
-        saver = _Saver(self.repo, self.opts.workers or os.cpu_count() or 2)
+        saver = ChunkSaver(self.repo, self.opts.workers or os.cpu_count() or 2)
         try:
             for e in self.walk():
                 node = self._node(e, saver)
@@ -391,7 +408,7 @@ class _Run:
             raise
         return writer.finish(lambda data: self.repo.save_blob(BlobType.TREE, data)[0])
 
-    def _node(self, e: Entry | WalkError, saver: _Saver) -> Node | None:
+    def _node(self, e: Entry | WalkError, saver: ChunkSaver) -> Node | None:
         if isinstance(e, WalkError):
             self.errors.append((os.fsdecode(e.rel), e.reason))
             return None
@@ -412,7 +429,7 @@ class _Run:
         self.warnings.append((os.fsdecode(e.rel), "special file (device, fifo or socket) not backed up"))
         return None
 
-    def _file(self, e: Entry, saver: _Saver) -> Node | None:
+    def _file(self, e: Entry, saver: ChunkSaver) -> Node | None:
         prev = self.previous.get(e.rel)
         if not self.opts.force and _unchanged(prev, e.st, self.repo):
             assert prev is not None
@@ -437,26 +454,9 @@ class _Run:
         return node
 
 
-def _fallback_reason(name: bytes, head: bytes, chunks: object) -> str | None:
-    """Why a file that looks like a model (by name or content) was stored with generic CDC, or
-    None if it does not look like one."""
-    fmt = detect_format(head)
-    if fmt == "dcp-metadata":  # a small pickle of names and offsets: no tensor data to split
-        return None
-    if isinstance(chunks, CdcFallback):
-        return f"{fmt or 'its'} parser refused it ({chunks.reason})"
-    if fmt is not None or os.fsdecode(name).lower().endswith(_MODEL_ONLY):
-        return f"no tensor-aware splitter for {fmt or 'its content'}"
-    return None
-
-
-# names used for model data only (``.bin`` and ``.weights`` hold other data too: content decides there)
-_MODEL_ONLY = (".safetensors", ".pt", ".pth", ".ckpt", ".gguf", ".npy", ".npz", ".h5", ".hdf5", ".keras", ".distcp")
-
-
 def _backup_file(
     e: Entry,
-    saver: _Saver,
+    saver: ChunkSaver,
     registry: SplitterRegistry,
     repo: Repository,
     reporter: Reporter,

@@ -8,13 +8,16 @@ codec and stored length are in the index. Shown by ``ls --long`` / ``ls --json``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
+from weightvault.chunking.registry import detect_format
+from weightvault.chunking.tensor_plan import CdcFallback
 from weightvault.codec.compress import CODEC_NAMES
 from weightvault.repository.manifest import Node
 from weightvault.repository.repo import Repository
 
-__all__ = ["FileLayout", "chunking_of", "file_layout"]
+__all__ = ["FileLayout", "chunking_of", "fallback_reason", "file_layout"]
 
 
 @dataclass
@@ -41,3 +44,20 @@ def file_layout(repo: Repository, node: Node) -> FileLayout:
         out.stored_by_codec[name] = out.stored_by_codec.get(name, 0) + entry.blob.length
         out.stored_bytes += entry.blob.length
     return out
+
+
+def fallback_reason(name: bytes, head: bytes, chunks: object) -> str | None:
+    """Why a file that looks like a model (by name or content) was stored with generic CDC, or
+    None if it does not look like one (the backup's warning)."""
+    fmt = detect_format(head)
+    if fmt == "dcp-metadata":  # a small pickle of names and offsets: no tensor data to split
+        return None
+    if isinstance(chunks, CdcFallback):
+        return f"{fmt or 'its'} parser refused it ({chunks.reason})"
+    if fmt is not None or os.fsdecode(name).lower().endswith(_MODEL_ONLY):
+        return f"no tensor-aware splitter for {fmt or 'its content'}"
+    return None
+
+
+# names used for model data only (``.bin`` and ``.weights`` hold other data too: content decides there)
+_MODEL_ONLY = (".safetensors", ".pt", ".pth", ".ckpt", ".gguf", ".npy", ".npz", ".h5", ".hdf5", ".keras", ".distcp")
