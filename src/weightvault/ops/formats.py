@@ -50,9 +50,11 @@ def detect(name: str, head: bytes) -> tuple[str | None, list[str]]:
     (``model.safetensors``) is checked as that format, so a broken model fails; a name that only
     says "model" (``.bin``, ``.pt``: torch, but also anything else) gets a warning."""
     fmt = detect_format(head)
+    lower = name.lower()
+    if fmt == "torch-zip" and lower.endswith(".distcp"):
+        return "dcp", []  # a shard whose first archive is larger than the head: every archive is checked
     if fmt is not None:
         return fmt, []
-    lower = name.lower()
     claimed = next((f for ext, f in _CLAIMED.items() if lower.endswith(ext)), None)
     if claimed is not None:
         return claimed, []
