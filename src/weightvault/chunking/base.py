@@ -9,11 +9,13 @@ so a new splitter changes where chunk boundaries fall, never what is restored.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-__all__ = ["DTYPE_SIZES", "Chunk", "ChunkerParams", "Splitter"]
+__all__ = ["DTYPE_SIZES", "Chunk", "ChunkerParams", "SeekableReader", "Splitter"]
 
 # Element sizes in bytes of the dtype names used in Chunk.dtype (safetensors' vocabulary).
 DTYPE_SIZES: dict[str, int] = {
@@ -60,3 +62,33 @@ class Splitter(Protocol):
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         """Yield chunks that tile the stream from offset 0 to EOF, in order, none empty."""
         ...
+
+
+class SeekableReader(io.RawIOBase):
+    """A read-only, seekable stream of ``_size`` bytes over some other storage: subclasses set
+    ``_size`` and implement ``readinto`` at ``_pos``. A seek before the start goes to 0 if
+    ``clamp_negative`` (as ``zipfile`` expects of a window into a larger file), else is a
+    ValueError."""
+
+    clamp_negative = False
+    _pos: int = 0
+    _size: int = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        bases = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence {whence}")
+        target = bases[whence] + offset
+        if target < 0 and not self.clamp_negative:
+            raise ValueError(f"negative seek position {target}")
+        self._pos = max(0, target)
+        return self._pos

@@ -19,12 +19,11 @@ leaves bytes between archives to content-defined regions.
 from __future__ import annotations
 
 import io
-import os
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
-from weightvault.chunking.base import Chunk, ChunkerParams
+from weightvault.chunking.base import Chunk, ChunkerParams, SeekableReader
 from weightvault.chunking.tensor_plan import (
     Piece,
     PlanBuilder,
@@ -119,29 +118,17 @@ def dcp_archives(stream: BinaryIO, size: int) -> list[tuple[int, int]]:
     return (_search(stream, 0, p, size) if p > 0 else []) + chain
 
 
-class Window(io.RawIOBase):
+class Window(SeekableReader):
     """``[start, end)`` of a stream as a stream of its own (what ``zipfile`` opens for one archive)."""
+
+    clamp_negative = True
 
     def __init__(self, stream: BinaryIO, start: int, end: int) -> None:
         super().__init__()
-        self._s, self._start, self._end, self._pos = stream, start, end, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._end - self._start}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
+        self._s, self._start, self._end, self._pos, self._size = stream, start, end, 0, end - start
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = max(0, min(len(b), self._end - self._start - self._pos))
+        n = max(0, min(len(b), self._size - self._pos))
         if n == 0:
             return 0
         data = _read_at(self._s, self._start + self._pos, n)

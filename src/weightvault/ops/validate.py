@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import io
 import itertools
 import os
 import subprocess
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from weightvault.chunking.base import SeekableReader
 from weightvault.errors import IntegrityError, WeightvaultError
 from weightvault.ops.formats import HEAD_BYTES, Structure, check_items, detect, parse, structure
 from weightvault.repository.blobcache import BlobCache
@@ -100,7 +100,7 @@ class ValidationReport:
         return [f for f in self.files if not f.ok]
 
 
-class StoredFile(io.RawIOBase):
+class StoredFile(SeekableReader):
     """A backed-up file read through its manifest node's blobs: seekable and read-only, each read
     loading with ``load`` (a blob cache's, authenticated and hash-checked) only the blobs it
     touches; the last blob read is kept. Blob sizes come from ``repo``'s index, so nothing is
@@ -119,25 +119,6 @@ class StoredFile(io.RawIOBase):
             raise IntegrityError(f"{shown}: its blobs hold {self._size} bytes, the manifest says {node.size}")
         self._pos = 0
         self._last: tuple[int, bytes] = (-1, b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        bases = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}
-        if whence not in bases:
-            raise ValueError(f"invalid whence {whence}")
-        base = bases[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         out = memoryview(buffer).cast("B")
