@@ -22,6 +22,7 @@ from weightvault.errors import (
     IntegrityError,
     ObjectNotFoundError,
     RepositoryExistsError,
+    RepositoryLockedError,
     RepositoryNotFoundError,
     UnsupportedFormatError,
     WeightvaultError,
@@ -136,25 +137,25 @@ class Repository(SnapshotDocuments):
                 self.apply_plans()
             else:
                 name = stack.enter_context(self.lock(*mode.flags))
-            self.load_index()
-            with self._lock:
-                self._sessions += 1
+            with self._index_lock:  # counted with its refresh: no discard can fall in between
+                self._refresh_index()
+                with self._lock:
+                    self._sessions += 1
             try:
                 yield Session(self, mode, name)
             finally:
-                with self._lock:
-                    self._sessions -= 1
-                    last = self._sessions == 0
-                if last:
-                    self._discard_unflushed()
+                self._end_session()
 
-    def _discard_unflushed(self) -> None:
-        """After the last session: what a failed operation left in memory (blobs in open packs,
-        packs written but not indexed) is dropped, and the index is read afresh next time. Such a
-        pack is on storage unindexed: the next backup adopts it, or a prune deletes it meanwhile,
-        so this object must never count on it."""
+    def _end_session(self) -> None:
+        """Count a session out; after the last one, what a failed operation left in memory (blobs
+        in open packs, packs written but not indexed) is dropped, and the index is read afresh
+        next time. Such a pack is on storage unindexed: the next backup adopts it, or a prune
+        deletes it meanwhile, so this object must never count on it. The count and the discard
+        are one step under both locks: a session another thread opens meanwhile is either counted
+        (nothing is discarded) or opens after the discard."""
         with self._index_lock, self._lock:
-            if not self._unindexed and not any(p.blobs for p in self._packers.values()):
+            self._sessions -= 1
+            if self._sessions or (not self._unindexed and not any(p.blobs for p in self._packers.values())):
                 return
             for p in self._packers.values():
                 self._pending.difference_update(b.blob_id for b in p.blobs)
@@ -217,6 +218,9 @@ class Repository(SnapshotDocuments):
                 self.indexed_files.add(name)
             if not vanished:
                 return
+        raise RepositoryLockedError(
+            f"the index of {self.backend.location} kept changing while it was read (5 listings)",
+            hint="another client is rewriting it (prune, heal, repair); try again when it is done")
 
     def _reset_index(self, condemned: frozenset[str] | None = None) -> None:
         """Drop what was read from index files; keep the packs this client wrote and has not
