@@ -1,6 +1,8 @@
 """``WeightvaultWriter``: ``dcp.save`` straight into a repository (no local copy), one process and
 two (gloo, CPU); the restored directory loads with torch's own ``FileSystemReader``; a rank that
-dies before committing leaves nothing restorable; the next step is stored as deltas."""
+dies before committing leaves nothing restorable; the next step is stored as deltas.
+``WeightvaultReader``: ``dcp.load`` straight from the repository, resharding included, without
+unpickling anything stored."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from weightvault.api import Repository
 torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
-from weightvault.integrations.dcp import WeightvaultWriter  # noqa: E402
+from weightvault.integrations.dcp import WeightvaultReader, WeightvaultWriter  # noqa: E402
 
 
 def _state(seed: int = 0, noise: float = 0.0) -> dict[str, Any]:
@@ -34,13 +36,21 @@ def _save(state: dict[str, Any], writer: Any) -> None:
         dcp.save(state, storage_writer=writer)
 
 
-def _load_restored(directory: Path) -> dict[str, Any]:
-    out = {"model": {"w": torch.zeros(256, 256), "b": torch.zeros(16, dtype=torch.bfloat16)}, "step": 0,
-           "meta": {"run": ""}}
+def _empty() -> dict[str, Any]:
+    return {"model": {"w": torch.zeros(256, 256), "b": torch.zeros(16, dtype=torch.bfloat16)}, "step": 0,
+            "meta": {"run": ""}}
+
+
+def _load(reader: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = _empty() if out is None else out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.load(out, storage_reader=dcp.FileSystemReader(str(directory)))
+        dcp.load(out, storage_reader=reader)
     return out
+
+
+def _load_restored(directory: Path) -> dict[str, Any]:
+    return _load(dcp.FileSystemReader(str(directory)))
 
 
 def test_save_straight_into_the_repository_and_load_the_restored_copy(tmp_path: Path, monkeypatch: Any) -> None:
@@ -111,3 +121,63 @@ def test_two_ranks_make_one_group_and_a_dead_coordinator_leaves_nothing_restorab
     repo.restore(snap.id, tmp_path / "back", verify=True)
     assert sorted(p.name for p in (tmp_path / "back" / "step-7").iterdir()) == [".metadata", "__0_0.distcp",
                                                                                "__1_0.distcp"]
+    # one process loads what two ranks saved, straight from the group snapshot (both shards)
+    os.environ["WEIGHTVAULT_PASSWORD"] = PASSWORD
+    try:
+        out = _load(WeightvaultReader(tmp_path / "repo", snap.id),
+                    {"model": {"w0": torch.full((64, 64), 9.0), "w1": torch.zeros(64, 64)}, "shared": torch.zeros(8)})
+    finally:
+        del os.environ["WEIGHTVAULT_PASSWORD"]
+    assert torch.equal(out["model"]["w0"], torch.zeros(64, 64)) and torch.equal(out["model"]["w1"],
+                                                                               torch.ones(64, 64))
+    assert torch.equal(out["shared"], torch.ones(8))
+
+
+def test_load_straight_from_the_repository_without_unpickling(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("WEIGHTVAULT_PASSWORD", PASSWORD)
+    monkeypatch.chdir(tmp_path)
+    Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    state = _state()
+    state["opt"] = {"param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "amsgrad": False, "name": b"x"}]}
+    state["view"] = torch.arange(40, dtype=torch.float64).reshape(5, 8)[1:4, 2:6]  # a strided view
+    _save(state, WeightvaultWriter(tmp_path / "repo", run="exp", step=1))
+    _save(_state(seed=5), WeightvaultWriter(tmp_path / "repo", run="exp", step=2))
+
+    import pickle as pickle_module
+    calls: list[str] = []
+    real_load = torch.load
+
+    def spy(*a: Any, **k: Any) -> Any:  # the planner torch.loads what the reader hands it: record that
+        calls.append("torch.load")
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(pickle_module, "load", lambda *a, **k: pytest.fail("pickle.load of stored bytes"))
+    monkeypatch.setattr(torch, "load", spy)
+    out = _empty()
+    out["opt"] = {"param_groups": [{"lr": 0.0, "betas": None, "amsgrad": None, "name": None}]}
+    out["view"] = torch.zeros(3, 4, dtype=torch.float64)
+    _load(WeightvaultReader(tmp_path / "repo", run="exp", step=1), out)
+    assert torch.equal(out["model"]["w"], state["model"]["w"]) and torch.equal(out["model"]["b"], state["model"]["b"])
+    assert torch.equal(out["view"], state["view"]) and out["step"] == 3 and out["meta"] == {"run": "r1"}
+    assert out["opt"] == state["opt"]
+    assert calls  # objects did reach the planner, re-saved by the reader
+    newest = _load(WeightvaultReader(tmp_path / "repo", "latest:run=exp"))
+    assert torch.equal(newest["model"]["w"], _state(seed=5)["model"]["w"])
+    assert not (tmp_path / "exp").exists()  # nothing was ever written locally
+
+
+def test_a_stored_object_that_is_not_plain_values_is_refused(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("WEIGHTVAULT_PASSWORD", PASSWORD)
+    monkeypatch.chdir(tmp_path)
+    Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    state = {"w": torch.ones(4), "when": __import__("datetime").date(2026, 12, 1)}
+    _save(state, WeightvaultWriter(tmp_path / "repo", run="obj", step=1))
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with pytest.raises(CheckpointException) as caught:  # DCP wraps what a rank raised
+        _load(WeightvaultReader(tmp_path / "repo", run="obj", step=1), {"w": torch.zeros(4), "when": None})
+    assert "UnsupportedFormatError: 'when' of snapshot" in str(caught.value)
+    assert "datetime.date: not a plain value): weightvault never unpickles backup data" in str(caught.value)
+    with pytest.raises(CheckpointException) as caught:
+        _load(WeightvaultReader(tmp_path / "repo", run="obj", step=9), {"w": torch.zeros(4)})
+    assert "is tagged run=obj and step=9" in str(caught.value)

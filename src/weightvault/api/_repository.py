@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from weightvault.api import _files
 from weightvault.api._keys import KeysAndLocks
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
 from weightvault.backends.local import convert_os_error
@@ -218,6 +219,14 @@ class Repository(KeysAndLocks):
         """How each file (under ``path``) of a snapshot is stored: chunking and bytes by codec."""
         with self._session(LockMode.NONE):
             return {n.path: _layout.file_layout(self._repo, n) for n in self.ls(spec, path) if n.type == "file"}
+
+    @contextlib.contextmanager
+    def open_files(self, spec: str) -> Iterator[_files.SnapshotFiles]:
+        """Read a snapshot's files in place (``weightvault.api._files``), under a shared lock."""
+        with self._session(LockMode.SHARED) as s:
+            snap = self._find(s, spec)
+            with _files.open_snapshot_files(self._repo, snap, lambda: s.still_there(snap)) as files:
+                yield files
 
     def diff(self, spec_a: str, spec_b: str) -> DiffResult:
         with self._session(LockMode.NONE) as s:

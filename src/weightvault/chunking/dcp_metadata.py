@@ -45,11 +45,13 @@ class DcpItem:
     length: int
     transformed: bool  # stored through DCP extensions (e.g. compression): not a plain torch.save
     nbytes: int | None  # a tensor chunk's raw size (elements x dtype size), None if unknown
+    sizes: tuple[int, ...] | None = None  # a tensor chunk's extent per dimension
 
 
 @dataclass
 class DcpMetadata:
     tensors: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # fqn -> dtype, shape
+    torch_dtypes: dict[str, str] = field(default_factory=dict)  # fqn -> torch's name ("float32")
     objects: list[str] = field(default_factory=list)  # fqns stored as pickled bytes
     items: list[DcpItem] = field(default_factory=list)
     version: str | None = None
@@ -62,25 +64,30 @@ def _ints(v: object) -> tuple[int, ...] | None:
     return None
 
 
-def _dtype(props: object, fqn: str, warnings: list[str]) -> str:
-    """The dtype name from ``TensorProperties``' state (a tuple from ``__getstate__``, dtype
-    first; or a dict with ``dtype``)."""
+def _torch_dtype(props: object, fqn: str) -> str:
+    """torch's dtype name ("float32") from ``TensorProperties``' state (a tuple from
+    ``__getstate__``, dtype first; or a dict with ``dtype``)."""
     state = props.state if isinstance(props, Obj) else None
     dt = state[0] if isinstance(state, tuple) and state else state.get("dtype") if isinstance(state, dict) else None
     if not isinstance(dt, Name) or not dt.name.startswith("torch."):
         raise ValueError(f"tensor {fqn!r}: no dtype in its properties")
-    short = dt.name.removeprefix("torch.")
+    return dt.name.removeprefix("torch.")
+
+
+def _dtype(short: str, fqn: str, warnings: list[str]) -> str:
+    """The dtype in ``ELEMENT_SIZES``' vocabulary, or "torch.<name>" for one it does not hold."""
     known = TORCH_DTYPES.get(short)
     if known is None:
         if short not in _OTHER_TORCH:
-            warnings.append(f"tensor {fqn!r}: dtype {dt.name} is not one this version knows; shapes are still checked")
-        return dt.name
+            warnings.append(f"tensor {fqn!r}: dtype torch.{short} is not one this version knows;"
+                            " shapes are still checked")
+        return f"torch.{short}"
     return known
 
 
 def _tensor(fqn: str, md: Obj, warnings: list[str]) -> tuple[str, tuple[int, ...], list[tuple[int, ...]], int]:
     """(dtype, shape, chunk offsets, dtype size or 0) of a ``TensorStorageMetadata``."""
-    dtype = _dtype(md.field("properties"), fqn, warnings)
+    dtype = _dtype(_torch_dtype(md.field("properties"), fqn), fqn, warnings)
     shape = _ints(md.field("size"))
     chunks = md.field("chunks")
     if shape is None or not isinstance(chunks, list):
@@ -97,12 +104,12 @@ def _tensor(fqn: str, md: Obj, warnings: list[str]) -> tuple[str, tuple[int, ...
     return dtype, shape, offsets, ELEMENT_SIZES.get(dtype) or _OTHER_TORCH.get(dtype.removeprefix("torch."), 0)
 
 
-def _chunk_sizes(md: Obj) -> dict[tuple[int, ...], int]:
-    out: dict[tuple[int, ...], int] = {}
+def _chunk_sizes(md: Obj) -> dict[tuple[int, ...], tuple[int, ...]]:
+    out: dict[tuple[int, ...], tuple[int, ...]] = {}
     chunks = md.field("chunks")
     for c in chunks if isinstance(chunks, list) else []:
         if isinstance(c, Obj) and (off := _ints(c.field("offsets"))) is not None:
-            out[off] = math.prod(_ints(c.field("sizes")) or ())
+            out[off] = _ints(c.field("sizes")) or ()
     return out
 
 
@@ -155,18 +162,20 @@ def parse_dcp_metadata(data: bytes) -> DcpMetadata:
         elif md.cls == f"{_MODULE}.TensorStorageMetadata":
             dtype, shape, offsets, itemsize = _tensor(fqn, md, out.warnings)
             out.tensors[fqn] = (dtype, shape)
+            out.torch_dtypes[fqn] = _torch_dtype(md.field("properties"), fqn)
             sizes = _chunk_sizes(md)
             for off in offsets:
-                _item(out, storage, fqn, off, sizes[off] * itemsize if itemsize else None)
+                _item(out, storage, fqn, off, sizes[off], itemsize)
         else:
             raise ValueError(f"{fqn!r}: storage description {md.cls} is not one DCP writes")
     return out
 
 
 def _item(out: DcpMetadata, storage: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int, bool]],
-          fqn: str, chunk: tuple[int, ...] | None, nbytes: int | None) -> None:
+          fqn: str, chunk: tuple[int, ...] | None, sizes: tuple[int, ...] | None = None, itemsize: int = 0) -> None:
     where = storage.get((fqn, chunk))
     if where is None:
         what = f"chunk {list(chunk)} of tensor {fqn!r}" if chunk is not None else f"object {fqn!r}"
         raise ValueError(f"{what} has no storage_data entry: its bytes are not recorded anywhere")
-    out.items.append(DcpItem(fqn, chunk, where[0], where[1], where[2], where[3], nbytes))
+    nbytes = math.prod(sizes) * itemsize if sizes is not None and itemsize else None
+    out.items.append(DcpItem(fqn, chunk, where[0], where[1], where[2], where[3], nbytes, sizes))

@@ -283,6 +283,10 @@ class _Scan:
             st.append(arg if isinstance(arg, (str, int)) else OPAQUE)
         elif name in _CONSTS:
             st.append(_CONSTS[name])
+        elif name in ("BINFLOAT", "FLOAT"):
+            st.append(float(arg) if isinstance(arg, (int, float)) else OPAQUE)
+        elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
+            st.append(bytes(arg) if isinstance(arg, (bytes, bytearray)) else OPAQUE)
         elif name == "GLOBAL":
             module, _, gname = str(arg).partition(" ")
             st.append(PickledGlobal(module, gname))
