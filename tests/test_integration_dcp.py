@@ -181,3 +181,20 @@ def test_a_stored_object_that_is_not_plain_values_is_refused(tmp_path: Path, mon
     with pytest.raises(CheckpointException) as caught:
         _load(WeightvaultReader(tmp_path / "repo", run="obj", step=9), {"w": torch.zeros(4)})
     assert "is tagged run=obj and step=9" in str(caught.value)
+
+
+def test_async_save_commits_the_staged_state_while_training_goes_on(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("WEIGHTVAULT_PASSWORD", PASSWORD)
+    monkeypatch.chdir(tmp_path)
+    repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    state = _state()
+    saved = state["model"]["w"].clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        future = dcp.async_save(state, storage_writer=WeightvaultWriter(tmp_path / "repo", run="async", step=1))
+        state["model"]["w"].add_(1.0)  # the next optimizer step, while the checkpoint is written
+        future.result(timeout=120)
+    (snap,) = repo.snapshots(tags=["run=async"])
+    assert "step=1" in snap.tags
+    out = _load(WeightvaultReader(tmp_path / "repo", run="async", step=1))
+    assert torch.equal(out["model"]["w"], saved)  # what was staged, not what training did after

@@ -98,3 +98,68 @@ def test_a_failing_backup_never_stops_training_unless_strict(tmp_path: Path, iso
     strict = WeightvaultCallback(tmp_path / "repo", password_file=str(wrong), timeout=60, strict=True)
     with pytest.raises(WeightvaultError, match="failed"):
         _trainer(tmp_path / "b", 4, [strict]).train()
+
+
+class ShardedGPT2(transformers.GPT2LMHeadModel):  # type: ignore[misc,name-defined]
+    """Saves in shards of 40 KB, so even this tiny model has a model.safetensors.index.json."""
+
+    def save_pretrained(self, *a: Any, **k: Any) -> Any:
+        k.setdefault("max_shard_size", "40KB")
+        return super().save_pretrained(*a, **k)
+
+
+def _tiny(cls: Any = transformers.GPT2LMHeadModel) -> Any:
+    torch.manual_seed(0)
+    return cls(transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=0, eos_token_id=0))
+
+
+def _train(model: Any, out: Path, callbacks: list[Any]) -> None:
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=4, save_steps=4, per_device_train_batch_size=4, report_to=[], use_cpu=True,
+        seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=callbacks).train()
+
+
+def test_a_sharded_checkpoint_is_protected_and_its_index_validated(tmp_path: Path, isolated_home: Path) -> None:
+    repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    model = _tiny(ShardedGPT2)
+    _train(model, tmp_path / "out", [WeightvaultCallback(tmp_path / "repo", password_file=str(tmp_path / "pw"),
+                                                         strict=True)])
+    ckpt = tmp_path / "out" / "checkpoint-4"
+    shards = sorted(p.name for p in ckpt.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (ckpt / "model.safetensors.index.json").exists()
+    (snap,) = repo.snapshots()
+    repo.restore(snap.id, tmp_path / "back", verify=True)
+    back = tmp_path / "back" / "checkpoint-4"
+    report = repo.validate(snap.id, tmp_path / "back", level=3)
+    assert report.ok and "shard-index" in {f.format for f in report.files}
+    loaded = ShardedGPT2.from_pretrained(str(back))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    (back / shards[-1]).unlink()  # every remaining file is healthy on its own; the checkpoint is not
+    report = repo.validate(snap.id, tmp_path / "back", level=2)
+    index = next(f for f in report.files if f.format == "shard-index")
+    assert any(f"shard {shards[-1]!r}" in p and "is missing" in p for p in index.problems)
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft's call
+def test_a_peft_adapter_checkpoint_is_protected_and_loads_back(tmp_path: Path, isolated_home: Path) -> None:
+    peft = pytest.importorskip("peft")
+    repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(_tiny(), config)
+    _train(model, tmp_path / "out", [WeightvaultCallback(tmp_path / "repo", password_file=str(tmp_path / "pw"),
+                                                         strict=True)])
+    ckpt = tmp_path / "out" / "checkpoint-4"
+    assert (ckpt / "adapter_model.safetensors").exists() and not (ckpt / "model.safetensors").exists()
+    (snap,) = repo.snapshots()
+    repo.restore(snap.id, tmp_path / "back", verify=True)
+    back = tmp_path / "back" / "checkpoint-4"
+    assert tree_digest(back) == tree_digest(ckpt)
+    assert repo.validate(snap.id, tmp_path / "back", level=3).ok
+    loaded = peft.PeftModel.from_pretrained(_tiny(), str(back))
+    trained = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert trained and all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())

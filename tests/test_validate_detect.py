@@ -202,3 +202,34 @@ def test_a_backup_warns_when_a_model_file_falls_back_to_generic_chunking(repo: R
 def _model_big() -> bytes:
     rng = np.random.default_rng(5)
     return safetensors_bytes({f"l{i}": ("F32", rng.normal(size=(256, 256)).astype(np.float32)) for i in range(4)})
+
+
+def test_a_shard_index_is_checked_against_its_shards_without_torch(repo: Repository, tmp_path: Path) -> None:
+    """An index naming a tensor its shard lacks, or a path out of the directory, fails level 2
+    (and, changed since the backup, level 1)."""
+    import json
+
+    run = tmp_path / "ckpt"
+    write(run / "model-00001-of-00002.safetensors", _model(1))
+    write(run / "model-00002-of-00002.safetensors", safetensors_bytes(
+        {"lm.weight": ("F32", np.ones((4, 4), dtype=np.float32))}))
+    wm = {"emb.weight": "model-00001-of-00002.safetensors", "head.bias": "model-00001-of-00002.safetensors",
+          "lm.weight": "model-00002-of-00002.safetensors"}
+    index = {"metadata": {"total_size": 616}, "weight_map": wm}
+    write(run / "model.safetensors.index.json", json.dumps(index).encode())
+    snap = repo.backup([run]).snapshot.id
+    report = repo.validate(snap, run, level=3)
+    assert report.ok, [f.problems for f in report.failed]
+    assert next(f for f in report.files if f.path.endswith("index.json")).format == "shard-index"
+
+    def index_problems(weight_map: dict[str, str]) -> list[str]:
+        write(run / "model.safetensors.index.json", json.dumps({"weight_map": weight_map}).encode())
+        got = repo.validate(snap, run, level=3)
+        return next(f for f in got.files if f.path.endswith("index.json")).problems
+
+    moved = {**wm, "lm.weight": "model-00001-of-00002.safetensors"}
+    problems = index_problems(moved)
+    assert any("1 tensors the index maps to 'model-00001-of-00002.safetensors' are not in it, e.g. 'lm.weight'" in p
+               for p in problems)
+    assert any(p.startswith("level 1:") for p in problems)
+    assert any("not a file inside the checkpoint directory" in p for p in index_problems({"x": "../../etc/passwd"}))

@@ -24,6 +24,7 @@ from weightvault.chunking.numpy_formats import npz_arrays, parse_npy_header
 from weightvault.chunking.registry import detect_format, looks_like_model
 from weightvault.chunking.safetensors import parse_safetensors
 from weightvault.chunking.torchzip import torch_zip_members, torch_zip_structure
+from weightvault.ops.shard_index import MAX_INDEX, is_shard_index, parse_shard_index
 
 __all__ = ["FORMATS", "HEAD_BYTES", "Parsed", "Structure", "check_items", "detect", "parse", "structure"]
 
@@ -37,6 +38,7 @@ class Parsed:
     warnings: list[str] = field(default_factory=list)
     checked: bool = True  # False: nothing could be checked (the warnings say why): no level is claimed
     items: list[DcpItem] = field(default_factory=list)  # a DCP .metadata's items, in sibling files
+    weight_map: dict[str, str] = field(default_factory=dict)  # a shard index: tensor -> shard file
 
 
 # names that claim one format: content that is not that format fails level 2, as a broken model
@@ -55,6 +57,8 @@ def detect(name: str, head: bytes) -> tuple[str | None, list[str]]:
         return "dcp", []  # a shard whose first archive is larger than the head: every archive is checked
     if fmt is not None:
         return fmt, []
+    if is_shard_index(lower, head):
+        return "shard-index", []
     claimed = next((f for ext, f in _CLAIMED.items() if lower.endswith(ext)), None)
     if claimed is not None:
         return claimed, []
@@ -169,6 +173,14 @@ def check_items(items: list[DcpItem], directory: str, inside: str) -> list[str]:
     return problems
 
 
+def _shard_index(f: BinaryIO, size: int, read_data: bool) -> Parsed:
+    """A sharded checkpoint's index (``ops.shard_index``): each tensor "in <shard file>"."""
+    if size > MAX_INDEX:
+        raise ValueError(f"{size} bytes: larger than the {MAX_INDEX} an index is read up to")
+    wm = parse_shard_index(f.read(size))
+    return Parsed({name: (f"in {shard}", ()) for name, shard in wm.items()}, weight_map=wm)
+
+
 def _gguf(f: BinaryIO, size: int, read_data: bool) -> Parsed:
     h = gguf_header(f, size, strict=True)
     return Parsed({name: (f"ggml-{gtype}", dims) for name, gtype, dims in h.tensors}, list(h.warnings))
@@ -233,4 +245,5 @@ class _Unclosable(io.RawIOBase):
 FORMATS: dict[str, Callable[[BinaryIO, int, bool], Parsed]] = {
     "safetensors": _safetensors, "npy": _npy, "npz": _npz, "gguf": _gguf, "torch-zip": _torch_zip,
     "torch-legacy": _torch_legacy, "dcp": _dcp, "dcp-metadata": _dcp_metadata, "hdf5": _hdf5,
+    "shard-index": _shard_index,
 }

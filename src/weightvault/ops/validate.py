@@ -8,7 +8,8 @@
    shape needs), ``.npz`` and PyTorch zip archives (member ranges, every member's CRC, each array
    header; ``<archive>/data.pkl`` present in a torch archive, every storage a tensor views present
    and long enough), GGUF (header, tensor infos, aligned offsets, data inside the file), DCP
-   (each shard's archives; the ``.metadata``'s items against the shards beside it), HDF5 (h5py).
+   (each shard's archives; the ``.metadata``'s items against the shards beside it), HDF5 (h5py),
+   a sharded checkpoint's ``*.index.json`` (every shard there, holding the tensors mapped to it).
    docs/FORMATS.md has the full list per format.
 3. **Structure**: tensor names, shapes and dtypes of the file equal those of the file as it was
    backed up; missing, extra and changed tensors are listed. The backed-up file is read through
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 from weightvault.chunking.base import SeekableReader
 from weightvault.errors import IntegrityError, WeightvaultError
 from weightvault.ops.formats import HEAD_BYTES, Structure, check_items, detect, parse, structure
+from weightvault.ops.shard_index import check_shards
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository
@@ -292,6 +294,8 @@ def _validate_file(repo: Repository, snap: Snapshot, node: Node, root: Path, ins
         return fv
     if found.items:  # a DCP .metadata: its items must be where it says, in the shards beside it
         fv.problems += [f"level 2: dcp-metadata: {p}" for p in check_items(found.items, str(live.parent), inside)]
+    if found.weight_map:  # a shard index: every shard there, holding the tensors mapped to it
+        fv.problems += [f"level 2: shard-index: {p}" for p in check_shards(found.weight_map, str(live.parent), inside)]
     if fv.ok:
         fv.passed = 2
     if level < 3:
