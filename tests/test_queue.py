@@ -193,3 +193,22 @@ def test_a_runs_next_checkpoint_is_stored_as_deltas_against_the_previous_one(
         w = {k: (dt, a + rng.normal(scale=1e-4, size=a.shape).astype(np.float32)) for k, (dt, a) in w.items()}
     assert snap.parent is not None  # checkpoint-200's parent is checkpoint-100's snapshot
     assert added[1] < 0.8 * added[0], added  # a training step's small changes cost less than a new model
+
+
+def test_a_job_whose_worker_dies_every_time_is_given_up_not_retried_forever(env: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    """Each claim of a job left ``running`` is a worker that died on it (five here, as if each
+    were killed for memory); the sixth worker gives it up with an error the user can act on, and
+    ``queue retry`` runs it again."""
+    job = enqueue(tmp_path / "repo", _checkpoint(tmp_path / "checkpoint-9", 9), [], spawn=False)
+    q = UploadQueue()
+    for _ in range(5):
+        assert q.claim() is not None  # claimed, then its worker died: the job stays "running"
+    assert q.get(job.id).state == "running"
+    res = run_worker()
+    now = q.get(job.id)
+    assert now.state == "failed" and "gave up after 5 attempts" in (now.error or "") and res.done == {}
+    assert Repository.open(tmp_path / "repo", PASSWORD).snapshots() == []
+    ok(wv(env, "queue", "retry", str(job.id)))
+    ok(wv(env, "queue", "run"))
+    assert q.get(job.id).state == "done"

@@ -173,3 +173,27 @@ def test_a_lookalike_target_name_is_not_touched(tmp_path: Path) -> None:
     other = write(tmp_path / "site" / ".run1.wv-swap-abc" / "new" / "run1" / "w.bin", b"someone else's")
     res = repo.restore_swap(snap, target)
     assert other.read_bytes() == b"someone else's" and res.recovered == []
+
+
+def test_a_second_swap_of_the_same_target_while_one_runs_is_refused(
+    setup: tuple[Repository, Path, str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swap B starts while swap A is restoring into its scratch directory: B is refused before it
+    touches anything (before the lock, B's recovery removed A's copy in progress as "never
+    swapped in"); A completes."""
+    from weightvault.errors import RestoreConflictError
+
+    repo, run, snap, good = setup
+    real_restore, refused = Repository.restore, []
+
+    def restore_then_second_swap(self: Repository, *a: object, **k: object) -> object:
+        res = real_restore(self, *a, **k)  # type: ignore[arg-type]
+        with pytest.raises(RestoreConflictError, match=r"another restore --swap of .* is running") as exc:
+            repo.restore_swap(snap, run)
+        refused.append(exc.value.exit_code)
+        return res
+
+    monkeypatch.setattr(Repository, "restore", restore_then_second_swap)
+    res = repo.restore_swap(snap, run)
+    assert refused == [18] and contents(run) == good and res.previous
+    assert not siblings(run, ".wv-swap")  # no scratch directory, no lock file left

@@ -34,12 +34,15 @@ CACHE_BYTES = 64 * 1024 * 1024
 
 
 class SnapshotFiles:
-    """The regular files of one snapshot, readable while the ``open_files`` context lasts."""
+    """The regular files of one snapshot, readable while the ``open_files`` context lasts. Each
+    file is opened once (its blob sizes looked up once) and kept open for later reads; one thread
+    at a time."""
 
-    def __init__(self, engine: Engine, snapshot: Snapshot, still_there: Callable[[], None]) -> None:
+    def __init__(self, engine: Engine, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        self._engine, self._still_there = engine, still_there
+        self._engine = engine
         self._cache = BlobCache(engine, CACHE_BYTES)
+        self._open: dict[str, StoredFile] = {}
         self._nodes: dict[str, Node] = {
             os.fsdecode(n.path): n for n in iter_manifest(snapshot.tree, engine.load_blob) if n.type == "file"}
 
@@ -57,10 +60,16 @@ class SnapshotFiles:
         end = node.size if length is None else offset + length
         if offset < 0 or end < offset or end > node.size:
             raise UsageError(f"{path}: bytes {offset}..{end} lie outside its {node.size} bytes")
-        self._still_there()
-        with StoredFile(self._engine, node, self._cache.load) as f:
-            f.seek(offset)
-            return f.read(end - offset)
+        f = self._open.get(path.strip("/"))
+        if f is None:
+            f = self._open[path.strip("/")] = StoredFile(self._engine, node, self._cache.load)
+        f.seek(offset)
+        return f.read(end - offset)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
 
     def _node(self, path: str) -> Node:
         node = self._nodes.get(path.strip("/"))
@@ -72,6 +81,12 @@ class SnapshotFiles:
 
 @contextlib.contextmanager
 def open_snapshot_files(engine: Engine, snapshot: Snapshot, still_there: Callable[[], None]) -> Iterator[SnapshotFiles]:
-    """The body of ``Repository.open_files``, run inside its shared session."""
+    """The body of ``Repository.open_files``, run inside its shared session: the snapshot is
+    checked to be still there once its lock is held (a prune that starts later keeps its data
+    until the session ends, so later reads need no check)."""
     still_there()
-    yield SnapshotFiles(engine, snapshot, still_there)
+    files = SnapshotFiles(engine, snapshot)
+    try:
+        yield files
+    finally:
+        files.close()

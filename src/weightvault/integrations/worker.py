@@ -13,7 +13,8 @@ tree, recorded as the original path, with the newest snapshot of the same ``run=
 (so checkpoint N's tensors are stored as deltas against checkpoint N-k's). A transient failure
 (storage, lock, space) is retried with backoff; after ``max_attempts``, or at once for a
 permanent one (wrong password, no repository), the job is ``failed`` and stays for ``weightvault
-queue retry``. The staged tree is removed once its job is done.
+queue retry``. So is a job whose workers all died running it (claimed more than ``max_attempts``
+times). The staged tree is removed once its job is done.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from weightvault.errors import (
     NoSpaceError,
     RepositoryLockedError,
     TransientBackendError,
+    UsageError,
     WeightvaultError,
 )
 from weightvault.integrations import staging
@@ -41,6 +43,7 @@ from weightvault.paths import state_home
 __all__ = ["WorkerRun", "enqueue", "open_repository", "run_worker", "spawn_worker", "wait_for", "worker_running"]
 
 MAX_ATTEMPTS = 5
+WORKER_NICE = 10  # the spawned worker's default niceness: training first where cores are short
 _TRANSIENT = (TransientBackendError, RepositoryLockedError, NoSpaceError)
 
 
@@ -83,14 +86,19 @@ def spawn_worker(queue: UploadQueue | None = None) -> bool:
     new job: a worker re-reads the queue after releasing its lock). The worker is started by a
     short-lived ``/bin/sh`` in a new session, so it is no child of the training process (no
     zombie, nothing to reap) and outlives it; its output goes to
-    ``$XDG_STATE_HOME/weightvault/worker.log``. Returns whether one was started."""
+    ``$XDG_STATE_HOME/weightvault/worker.log``. It runs at niceness ``$WEIGHTVAULT_WORKER_NICE``
+    (default 10; 0: the training process's own priority), so where cores are short the training
+    steps come first and the upload takes what is left. Returns whether one was started."""
     if worker_running():
         return False
     log = state_home() / "worker.log"
-    env = dict(os.environ, WV_WORKER_LOG=str(log))
+    nice = os.environ.get("WEIGHTVAULT_WORKER_NICE", str(WORKER_NICE))
+    if not nice.isdigit() or int(nice) > 19:
+        raise UsageError(f"WEIGHTVAULT_WORKER_NICE={nice!r} is not a niceness from 0 to 19")
+    env = dict(os.environ, WV_WORKER_LOG=str(log), WV_WORKER_NICE=nice)
     if queue is not None:
         env["WEIGHTVAULT_QUEUE"] = str(queue.path)
-    subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null >>"$WV_WORKER_LOG" 2>&1 &', "sh",
+    subprocess.run(["/bin/sh", "-c", 'exec nice -n "$WV_WORKER_NICE" "$@" </dev/null >>"$WV_WORKER_LOG" 2>&1 &', "sh",
                     sys.executable, "-m", "weightvault", "queue", "run"],
                    env=env, stdin=subprocess.DEVNULL, check=True, timeout=60, start_new_session=True)
     return True
@@ -122,13 +130,20 @@ def open_repository(location: str, password_file: str | None = None,
     return api.Repository.open(location, pw, storage=storage)
 
 
-def _run_job(job: Job, storage: api.StorageOptions | None = None) -> tuple[str, str | None]:
+def _run_job(job: Job, storage: api.StorageOptions | None = None,
+             max_attempts: int = MAX_ATTEMPTS) -> tuple[str, str | None]:
     """Back up one job (exactly once); returns the snapshot id and a note on files rewritten in
-    place after the hand-off (backed up as they are now), if any."""
+    place after the hand-off (backed up as they are now), if any. A job claimed more than
+    ``max_attempts`` times without an answer (each worker before died running it: killed, out of
+    memory) is given up with an error instead of killing every next worker too."""
     repo = open_repository(job.repository, job.password_file, storage)
     committed = repo.snapshots(tags=[f"{JOB_TAG}={job.key}"])
     if committed:
         return committed[-1].id, None
+    if job.attempts > max_attempts:
+        raise WeightvaultError(
+            f"gave up after {job.attempts - 1} attempts: the worker stopped while backing it up each time",
+            hint="look for an out-of-memory kill or a crash of the worker; `weightvault queue retry ID` tries again")
     changed = staging.changed_since_pin(job.staged)
     # the run's previous checkpoint as parent: checkpoint-N is a new path, but its tensors are
     # stored as deltas against checkpoint-(N-k) of the same run when that is the parent
@@ -184,7 +199,7 @@ def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTE
 def _attempt(q: UploadQueue, job: Job, max_attempts: int, out: WorkerRun,
              say: Callable[[str], None] | None, storage: api.StorageOptions | None = None) -> None:
     try:
-        snap, note = _run_job(job, storage)
+        snap, note = _run_job(job, storage, max_attempts)
     except _TRANSIENT as exc:
         retry = None if job.attempts >= max_attempts else min(600.0, 5.0 * 2 ** (job.attempts - 1))
         q.fail(job, exc.message, retry_in=retry)

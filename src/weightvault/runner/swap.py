@@ -19,13 +19,17 @@ removed; old contents left inside a scratch directory are moved to a safety copy
 directory it cannot account for (one an older weightvault left, which kept the old contents at
 its top level) is left alone and reported. What it did is reported in ``SwapResult.recovered``.
 Nothing here ever deletes a directory that may hold the user's previous contents. Two swaps of
-one target must not run at the same time.
+one target never run at the same time: each holds ``<parent>/.<name>.wv-swap.lock`` (``flock``,
+released by the kernel if the process dies; the file is removed when the swap ends), and a second
+one is refused with ``RestoreConflictError`` before it touches anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import glob
 import json
 import logging
@@ -37,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from weightvault.errors import UsageError, ValidationFailedError
+from weightvault.errors import RestoreConflictError, UsageError, ValidationFailedError
 from weightvault.ops.restore import RestoreResult
 from weightvault.ops.validate import ValidationReport
 from weightvault.repository.snapshots import Snapshot
@@ -85,6 +89,40 @@ def swap_restore(repo: SwapRepo, snap: Snapshot, target: str | os.PathLike[str],
         raise UsageError(f"snapshot {snap.short_id} has {len(snap.paths)} source paths; --swap needs exactly one",
                          hint="restore it with --target and move the parts yourself")
     dest = Path(target).absolute()
+    with _swap_lock(dest):
+        return _locked_swap(repo, snap, dest, level, progress, backup_previous)
+
+
+@contextlib.contextmanager
+def _swap_lock(dest: Path) -> Any:
+    """Hold the target's swap lock; RestoreConflictError if another swap holds it. The lock file
+    is removed on the way out, still locked; a swap that opened it meanwhile sees after its
+    ``flock`` that the name no longer leads to its file, and takes the new one."""
+    path = dest.parent / f".{dest.name}.wv-swap.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RestoreConflictError(f"another restore --swap of {dest} is running",
+                                       hint="wait for it to finish, then run this one again") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _locked_swap(repo: SwapRepo, snap: Snapshot, dest: Path, level: int, progress: Any,
+                 backup_previous: bool) -> SwapResult:
     recovered = recover(dest)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.wv-swap-", dir=dest.parent))
     try:
