@@ -43,6 +43,8 @@ from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
 from weightvault.ops.backup import BackupResult
 from weightvault.ops.check import CheckResult
+from weightvault.ops.complete import Completeness
+from weightvault.ops.complete import completeness as checkpoint_completeness
 from weightvault.ops.copy import CopyResult
 from weightvault.ops.diff import DiffEntry, DiffResult
 from weightvault.ops.forget import ForgetResult
@@ -80,6 +82,7 @@ __all__ = [
     "ArchiveTensor",
     "BackupResult",
     "CheckResult",
+    "Completeness",
     "CopyResult",
     "DcpItem",
     "DcpMetadata",
@@ -117,6 +120,7 @@ __all__ = [
     "ValidationReport",
     "VerifyResult",
     "apply_policy",
+    "checkpoint_completeness",
     "default_key_file",
     "default_policy_file",
     "default_repository_path",
