@@ -8,7 +8,8 @@ skipped (work in progress, staging). A unit is **ready** when
 
 1. no process holds any of its files open for writing (``openfiles.open_for_writing``), and
 2. its format says it is complete (``api.checkpoint_completeness``), or, where the format says
-   nothing, its files' sizes and modification times have not changed for ``quiet`` seconds.
+   nothing, none of its files was modified in the last ``quiet`` seconds (by their mtimes, so a
+   single pass from cron can tell too).
 
 A ready unit whose fingerprint (relative paths, sizes, mtimes) differs from the one handed off last
 is enqueued (``integrations.worker.enqueue``: pinned by hard links, one snapshot) with the tags
@@ -144,6 +145,10 @@ def _files(unit: Path) -> list[Path]:
     return sorted(f for f in unit.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+def _newest_mtime(unit: Path) -> float:
+    return max((f.stat().st_mtime for f in _files(unit)), default=0.0)
+
+
 def _fingerprint(unit: Path) -> str:
     h = hashlib.sha256()
     for f in _files(unit):
@@ -255,8 +260,9 @@ class Watcher:
         if verdict.complete is False:
             seen.reason = verdict.reason
             return None
-        if verdict.complete is None and now - seen.since < s.quiet:
-            seen.reason = f"changed {now - seen.since:.0f}s ago; waiting for {s.quiet:.0f}s without changes"
+        age = now - _newest_mtime(unit)
+        if verdict.complete is None and age < s.quiet:
+            seen.reason = f"changed {max(age, 0):.0f}s ago; waiting for {s.quiet:.0f}s without changes"
             return None
         return self._hand_off(s, unit, key, fp)
 

@@ -60,7 +60,7 @@ from weightvault.ops.stats import Stats
 from weightvault.ops.validate import ValidationReport
 from weightvault.ops.verify import VerifyResult
 from weightvault.policy.plan import RpoLine
-from weightvault.policy.spec import PolicySpec
+from weightvault.policy.spec import PolicySpec, parse_interval
 from weightvault.repository.keys import KeyInfo
 from weightvault.repository.ledger import LedgerCheck
 from weightvault.repository.locks import LockInfo
@@ -128,6 +128,7 @@ __all__ = [
     "open_or_create_default",
     "parse_dcp_metadata",
     "parse_duration",
+    "parse_interval",
     "parse_policy",
     "parse_rate",
     "policy_status",

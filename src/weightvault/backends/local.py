@@ -113,6 +113,10 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise convert_os_error(exc, what) from exc
+        except BaseException:  # interrupted (Ctrl-C, the agent's SIGTERM): no temp file left behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         what = f"{ftype.value}/{name}"

@@ -17,6 +17,7 @@ import click
 
 from weightvault import __version__
 from weightvault.cli import (
+    cmd_agent,
     cmd_backup,
     cmd_check,
     cmd_copy,
@@ -97,7 +98,7 @@ for _cmd in (
     cmd_init.init, cmd_backup.backup, cmd_snapshots.snapshots, cmd_ls.ls, cmd_diff.diff, cmd_restore.restore,
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
     cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status, cmd_verify.verify,
-    cmd_validate.validate, cmd_drill.drill, cmd_ledger.ledger, cmd_queue.queue,
+    cmd_validate.validate, cmd_drill.drill, cmd_ledger.ledger, cmd_queue.queue, cmd_agent.agent, cmd_agent.watch,
 ):
     cli.add_command(_cmd)
 

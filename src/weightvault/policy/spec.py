@@ -21,6 +21,8 @@
     rpo = "1h"                       # optional, else settings.rpo
     tags = ["run=exp42"]             # optional, added to every snapshot
     classes = ["weights", "configs"] # optional, default all
+    watch = true                     # optional: the agent backs up each complete checkpoint as it appears
+    quiet = "30s"                    # optional (watched): no change this long where the format cannot tell
 
     [drills.weekly]                  # restore drills that `policy apply` runs when due
     repository = "hot"
@@ -76,17 +78,17 @@ TIER_MAX_AGE: dict[str, timedelta | None] = {
     "hot": timedelta(days=7), "warm": timedelta(days=30), "cold": timedelta(days=180), "archive": None,
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_INTERVAL_UNITS = {"min": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
-                   "w": timedelta(weeks=1)}
+_INTERVAL_UNITS = {"s": timedelta(seconds=1), "min": timedelta(minutes=1), "h": timedelta(hours=1),
+                   "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
 def parse_interval(text: str) -> timedelta:
-    """'15min', '2h', '1d', '1w', '1h30min' -> timedelta (minutes are 'min': 'm' means months
-    in retention durations); UsageError if malformed or zero."""
+    """'30s', '15min', '2h', '1d', '1w', '1h30min' -> timedelta (minutes are 'min': 'm' means
+    months in retention durations); UsageError if malformed or zero."""
     t = text.strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)(min|h|d|w)", t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(min|h|d|w|s)", t)
     if not parts or "".join(n + u for n, u in parts) != t:
-        raise UsageError(f"cannot read interval {text!r}", hint="use e.g. 15min, 2h, 1d, 1w or 1h30min")
+        raise UsageError(f"cannot read interval {text!r}", hint="use e.g. 30s, 15min, 2h, 1d, 1w or 1h30min")
     total = sum((float(n) * _INTERVAL_UNITS[u] for n, u in parts), timedelta())
     if total <= timedelta():
         raise UsageError(f"interval {text!r} is zero")
@@ -132,6 +134,8 @@ class SourceSpec:
     tags: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()  # empty: every class
     host: str | None = None  # the machine that holds the paths: only snapshots made there count
+    watch: bool = False  # the agent backs up each complete checkpoint under the paths as it appears
+    quiet: timedelta = timedelta(seconds=30)  # watched: no change for this long, where the format cannot tell
 
     @property
     def abs_paths(self) -> list[str]:
@@ -298,6 +302,8 @@ def _get(w: _Where, table: str, raw: dict[str, Any], key: str, kind: type, requi
         raise w.error(table, key, "must be a list of strings")
     if kind is str and not (isinstance(v, str) and v):
         raise w.error(table, key, "must be a non-empty string")
+    if kind is bool and not isinstance(v, bool):
+        raise w.error(table, key, "must be true or false")
     return v
 
 
@@ -379,7 +385,8 @@ def _class(w: _Where, name: str, raw: Any) -> DataClass:
 
 def _source(w: _Where, name: str, raw: Any, spec: PolicySpec) -> SourceSpec:
     table = f"sources.{name}"
-    _named_table(w, table, name, raw, {"paths", "repository", "replicate_to", "rpo", "tags", "classes", "host"})
+    _named_table(w, table, name, raw, {"paths", "repository", "replicate_to", "rpo", "tags", "classes", "host",
+                                       "watch", "quiet"})
     paths = _get(w, table, raw, "paths", list, required=True)
     if not paths:
         raise w.error(table, "paths", "must name at least one path")
@@ -394,5 +401,7 @@ def _source(w: _Where, name: str, raw: Any, spec: PolicySpec) -> SourceSpec:
     for c in classes:
         if spec.cls(c) is None:
             raise w.error(table, "classes", f"no data class named {c!r}")
+    quiet = _duration(w, table, raw, "quiet", interval=True)
     return SourceSpec(name, tuple(paths), repo, replicas, _duration(w, table, raw, "rpo", interval=True),
-                      tuple(_get(w, table, raw, "tags", list) or ()), classes, _get(w, table, raw, "host", str))
+                      tuple(_get(w, table, raw, "tags", list) or ()), classes, _get(w, table, raw, "host", str),
+                      bool(_get(w, table, raw, "watch", bool)), quiet or timedelta(seconds=30))

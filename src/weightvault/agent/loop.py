@@ -1,0 +1,246 @@
+"""``weightvault agent`` / ``weightvault watch``: the long-running loop.
+
+One agent per state directory (``<state>/agent.lock``, ``flock``: released by the kernel if the
+agent dies). Each turn, about once a second:
+
+1. after SIGHUP, the policy file is read again; an invalid one is refused (``policy.reload_failed``
+   naming the line) and the old policy stays;
+2. watched run directories are scanned (``watch.Watcher``) and complete checkpoints handed off;
+3. the upload queue is drained in this process (``integrations.worker.run_worker``): one snapshot
+   per job, exactly once;
+4. every ``interval`` seconds, the policy's due steps run (``api.apply_policy``).
+
+SIGTERM and SIGINT stop the agent: between operations at once; during one (a backup, a policy
+step) the operation is interrupted as Ctrl-C would interrupt it, which every operation survives
+(packs already uploaded stay and the next backup adopts them; a job being backed up stays in the
+queue and the next start runs it again, reusing those uploads). ``once`` runs a single turn (all
+roots scanned, the queue drained, due steps run) and returns, for cron or a systemd timer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from weightvault import api
+from weightvault.agent.events import EventLog
+from weightvault.agent.watch import WatchedSource, Watcher
+from weightvault.errors import ConfigFileError, RepositoryLockedError, UsageError, WeightvaultError
+from weightvault.integrations.queue import UploadQueue
+from weightvault.integrations.worker import run_worker
+from weightvault.paths import state_home
+
+__all__ = ["Agent", "AgentOptions", "AgentStop"]
+
+
+class AgentStop(BaseException):
+    """Raised in the main thread by SIGTERM or SIGINT while an operation runs."""
+
+
+@dataclass
+class AgentOptions:
+    policy: Path | None = None  # the policy file (watched sources, due steps)
+    watch: list[Path] = field(default_factory=list)  # roots watched without a policy (``weightvault watch``)
+    repository: str | None = None  # where those roots' checkpoints go
+    password_file: str | None = None
+    tags: tuple[str, ...] = ()
+    quiet: float = 30.0
+    once: bool = False
+    interval: float = 30.0  # seconds between runs of the policy's due steps
+    rescan: float = 60.0  # seconds between full rescans of the watched roots
+    state_dir: Path | None = None
+    storage: api.StorageOptions | None = None  # bandwidth limits, S3 endpoint: for every repository
+
+
+class Agent:
+    """See the module docstring."""
+
+    def __init__(self, opts: AgentOptions, log: EventLog) -> None:
+        if not opts.policy and not opts.watch:
+            raise UsageError("nothing to do: give a policy file (--policy) or directories to watch")
+        if opts.watch and not opts.repository:
+            raise UsageError("watched directories need a repository", hint="give --repo (or $WEIGHTVAULT_REPO)")
+        self.opts, self.log = opts, log
+        self.state_dir = opts.state_dir or state_home() / "agent"
+        self.spec: Any = None
+        self.watcher: Watcher | None = None
+        self._stop = threading.Event()
+        self._reload = False
+        self._busy = False
+        self._next_policy = 0.0
+        self.turns = 0
+
+    # -- control -----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to stop at its next safe point (any thread)."""
+        self._stop.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+            return
+        self.log.emit("agent.stopping", signal=signal.Signals(signum).name, interrupting=self._busy)
+        self._stop.set()
+        if self._busy:
+            raise AgentStop
+
+    @contextmanager
+    def _operation(self) -> Iterator[None]:
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped (or one turn with ``once``); returns the exit code: 0, or 1 when a
+        step failed in a ``once`` run."""
+        with self._instance_lock():
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, self._on_signal)
+            self._configure(self._load_policy() if self.opts.policy else None)
+            self.log.emit("agent.start", pid=os.getpid(), policy=str(self.opts.policy) if self.opts.policy else None,
+                          watched=[str(s.root) for s in (self.watcher.sources if self.watcher else [])],
+                          once=self.opts.once or None)
+            failed = False
+            try:
+                if self.watcher is not None and not self.opts.once:
+                    self.watcher.start()
+                while not self._stop.is_set():
+                    failed = self._turn() or failed
+                    self.turns += 1
+                    if self.opts.once:
+                        break
+                    self._stop.wait(1.0)
+            except AgentStop:
+                pass
+            finally:
+                if self.watcher is not None:
+                    self.watcher.stop()
+                self.log.emit("agent.stop", turns=self.turns)
+            return 1 if failed and self.opts.once else 0
+
+    @contextmanager
+    def _instance_lock(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "agent.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                raise RepositoryLockedError(f"another agent (pid {other or '?'}) runs with the state directory"
+                                            f" {self.state_dir}", hint="stop it first, or give --state-dir") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def _turn(self) -> bool:
+        """One turn (see the module docstring); True if something failed."""
+        if self._reload:
+            self._reload = False
+            self._reload_policy()
+        failed = False
+        if self.watcher is not None:
+            if self.opts.once:
+                self.watcher.rescan = 0.0
+            for h in self.watcher.poll():
+                if h.job is None:
+                    failed = True
+                    self.log.emit("handoff.failed", "error", source=h.source, path=h.unit, error=h.error)
+                else:
+                    self.log.emit("handoff", source=h.source, path=h.unit, step=h.step, job=h.job.id)
+        failed = self._drain() or failed
+        if self.spec is not None and time.monotonic() >= self._next_policy:
+            self._next_policy = time.monotonic() + self.opts.interval
+            failed = self._apply() or failed
+        return failed
+
+    def _drain(self) -> bool:
+        q = UploadQueue()
+        if not q.jobs(("queued", "running")):
+            return False
+        with self._operation():
+            res = run_worker(q, storage=self.opts.storage)
+        for job_id, snap in res.done.items():
+            j = q.get(job_id)
+            self.log.emit("backup.success", source=_tag(j.tags, "run"), path=j.record_as, snapshot=snap[:8],
+                          step=_tag(j.tags, "step"), repository=j.repository)
+        for job_id, err in res.errors.items():
+            j = q.get(job_id)
+            self.log.emit("backup.error", "error", source=_tag(j.tags, "run"), path=j.record_as, error=err,
+                          attempts=j.attempts, retrying=j.state == "queued")
+        return bool(res.errors)
+
+    def _apply(self) -> bool:
+        with self._operation():
+            try:
+                run = api.apply_policy(self.spec, fleet=api.Fleet(self.spec, self.opts.storage))
+            except WeightvaultError as exc:
+                self.log.emit("policy.error", "error", error=exc.message)
+                return True
+        for st in run.steps:
+            self.log.emit(f"{_kind(st.step)}.{'success' if st.ok else 'error'}", "info" if st.ok else "error",
+                          step=st.step, repository=st.repository, source=st.source, data_class=st.data_class,
+                          snapshot=st.snapshot[:8] if st.snapshot else None, detail=st.detail)
+        return not run.ok
+
+    # -- configuration -------------------------------------------------------------------------------
+    def _load_policy(self) -> Any:
+        assert self.opts.policy is not None
+        return api.load_policy(self.opts.policy)
+
+    def _reload_policy(self) -> None:
+        try:
+            spec = self._load_policy()
+        except ConfigFileError as exc:
+            self.log.emit("policy.reload_failed", "error", error=exc.message, kept="the policy loaded before")
+            return
+        old = self.watcher
+        self._configure(spec)
+        if old is not None:
+            old.stop()
+        if self.watcher is not None and not self.opts.once:
+            self.watcher.start()
+        self._next_policy = 0.0
+        self.log.emit("policy.reloaded", policy=str(self.opts.policy),
+                      watched=[str(s.root) for s in (self.watcher.sources if self.watcher else [])])
+
+    def _configure(self, spec: Any) -> None:
+        self.spec = spec
+        sources = [WatchedSource(p.name, p.resolve(), str(self.opts.repository), self.opts.password_file,
+                                 self.opts.tags, self.opts.quiet) for p in self.opts.watch]
+        if spec is not None:
+            for src in spec.sources.values():
+                if not src.watch:
+                    continue
+                repo = spec.repositories[src.repository]
+                for path in src.abs_paths:
+                    sources.append(WatchedSource(src.name, Path(path), repo.url, repo.password_file, tuple(src.tags),
+                                                 src.quiet.total_seconds()))
+        self.watcher = Watcher(sources, self.state_dir / "watch.json", rescan=self.opts.rescan) if sources else None
+
+
+def _tag(tags: list[str], key: str) -> str | None:
+    return next((t.split("=", 1)[1] for t in tags if t.startswith(f"{key}=")), None)
+
+
+def _kind(step: str) -> str:
+    """backup | prune | copy | tier | drill (forget counts as prune), for event names."""
+    return {"forget": "prune", "tier-move": "tier", "tier-expire": "tier", "tier-keep": "tier"}.get(step, step)
+
+
