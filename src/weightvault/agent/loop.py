@@ -33,6 +33,7 @@ from typing import Any
 
 from weightvault import api
 from weightvault.agent.events import EventLog
+from weightvault.agent.notify import Notifier
 from weightvault.agent.watch import WatchedSource, Watcher
 from weightvault.errors import ConfigFileError, RepositoryLockedError, UsageError, WeightvaultError
 from weightvault.integrations.queue import UploadQueue
@@ -73,6 +74,8 @@ class Agent:
         self.state_dir = opts.state_dir or state_home() / "agent"
         self.spec: Any = None
         self.watcher: Watcher | None = None
+        self.notifier: Notifier | None = None
+        self._breached: set[tuple[str, str, str]] = set()
         self._stop = threading.Event()
         self._reload = False
         self._busy = False
@@ -129,6 +132,7 @@ class Agent:
                 if self.watcher is not None:
                     self.watcher.stop()
                 self.log.emit("agent.stop", turns=self.turns)
+                self._set_notifier(None)
             return 1 if failed and self.opts.once else 0
 
     @contextmanager
@@ -172,8 +176,12 @@ class Agent:
 
     def _drain(self) -> bool:
         q = UploadQueue()
-        if not q.jobs(("queued", "running")):
+        waiting = q.jobs(("queued", "running"))
+        if not waiting:
             return False
+        for j in waiting:
+            self.log.emit("backup.start", source=_tag(j.tags, "run"), path=j.record_as, step=_tag(j.tags, "step"),
+                          repository=j.repository)
         with self._operation():
             res = run_worker(q, storage=self.opts.storage)
         for job_id, snap in res.done.items():
@@ -197,7 +205,26 @@ class Agent:
             self.log.emit(f"{_kind(st.step)}.{'success' if st.ok else 'error'}", "info" if st.ok else "error",
                           step=st.step, repository=st.repository, source=st.source, data_class=st.data_class,
                           snapshot=st.snapshot[:8] if st.snapshot else None, detail=st.detail)
-        return not run.ok
+        return self._check_rpo() or not run.ok
+
+    def _check_rpo(self) -> bool:
+        """``rpo_breach`` once per breach (again only after it was met in between)."""
+        try:
+            lines = api.policy_status(self.spec, fleet=api.Fleet(self.spec, self.opts.storage))
+        except WeightvaultError as exc:
+            self.log.emit("policy.error", "error", error=exc.message)
+            return True
+        now = set()
+        for ln in lines:
+            if not ln.breached:
+                continue
+            key = (ln.source, ln.dc or "*", ln.repository)
+            now.add(key)
+            if key not in self._breached:
+                self.log.emit("rpo_breach", "error", source=ln.source, data_class=ln.dc, repository=ln.repository,
+                              age_s=None if ln.age_s is None else round(ln.age_s), rpo_s=round(ln.rpo_s))
+        self._breached = now
+        return bool(now)
 
     # -- configuration -------------------------------------------------------------------------------
     def _load_policy(self) -> Any:
@@ -220,8 +247,18 @@ class Agent:
         self.log.emit("policy.reloaded", policy=str(self.opts.policy),
                       watched=[str(s.root) for s in (self.watcher.sources if self.watcher else [])])
 
+    def _set_notifier(self, specs: list[Any] | None) -> None:
+        if self.notifier is not None:
+            self.log.listeners.remove(self.notifier)
+            self.notifier.close()
+            self.notifier = None
+        if specs:
+            self.notifier = Notifier(specs, self.log)
+            self.log.listeners.append(self.notifier)
+
     def _configure(self, spec: Any) -> None:
         self.spec = spec
+        self._set_notifier(spec.notify if spec is not None else None)
         sources = [WatchedSource(p.name, p.resolve(), str(self.opts.repository), self.opts.password_file,
                                  self.opts.tags, self.opts.quiet) for p in self.opts.watch]
         if spec is not None:

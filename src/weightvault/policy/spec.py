@@ -41,6 +41,7 @@
     tiers = ["hot", "warm", "cold", "archive"]   # tiers its snapshots pass through, in order
 
 Without ``[classes]`` the defaults for an ML run directory apply (``policy/defaults.py``).
+``[windows.NAME]`` and ``[[notify]]`` tables are for the agent (``policy/agent_spec.py``).
 Every error is a ConfigFileError naming the file and line.
 """
 
@@ -166,6 +167,8 @@ class PolicySpec:
     sources: dict[str, SourceSpec] = field(default_factory=dict)
     classes: list[DataClass] = field(default_factory=list)
     drills: dict[str, DrillSpec] = field(default_factory=dict)
+    windows: dict[str, Any] = field(default_factory=dict)  # name -> agent_spec.WindowSpec
+    notify: list[Any] = field(default_factory=list)  # agent_spec.NotifySpec, in file order
     path: str = "<policy>"
 
     def cls(self, name: str) -> DataClass | None:
@@ -235,7 +238,7 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: not valid TOML: {exc}", hint="fix the syntax at the line named") from exc
     w = _Where(path, text)
-    _only(w, "", doc, {"version", "settings", "repositories", "sources", "classes", "drills"})
+    _only(w, "", doc, {"version", "settings", "repositories", "sources", "classes", "drills", "windows", "notify"})
     if doc.get("version", 1) != 1:
         raise ConfigFileError(f"{path}, line {_top_line(w, 'version')}: version: only version 1 is known")
     spec = PolicySpec(path=path)
@@ -251,6 +254,10 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
         spec.sources[name] = _source(w, name, raw, spec)
     for name, raw in _table(w, "", doc, "drills").items():
         spec.drills[name] = _drill(w, name, raw, spec)
+    from weightvault.policy import agent_spec  # its parsers use this module's helpers
+
+    spec.windows = agent_spec.parse_windows(w, _table(w, "", doc, "windows"))
+    spec.notify = agent_spec.parse_notify(w, doc.get("notify", []))
     return spec
 
 
