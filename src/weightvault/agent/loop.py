@@ -202,6 +202,10 @@ class Agent:
                 self.log.emit("policy.error", "error", error=exc.message)
                 return True
         for st in run.steps:
+            if st.deferred:
+                self.log.emit("window.waiting", step=st.step, repository=st.repository, source=st.source,
+                              detail=st.detail)
+                continue
             self.log.emit(f"{_kind(st.step)}.{'success' if st.ok else 'error'}", "info" if st.ok else "error",
                           step=st.step, repository=st.repository, source=st.source, data_class=st.data_class,
                           snapshot=st.snapshot[:8] if st.snapshot else None, detail=st.detail)

@@ -172,7 +172,7 @@ def report_run(run: api.PolicyRun, quiet: bool, as_json: bool) -> None:
         echo_json({"ok": run.ok, "dry_run": run.dry_run, "steps": [dict(s.__dict__) for s in run.steps]})
     elif not quiet:
         for s in run.steps:
-            mark = "would" if run.dry_run else ("ok" if s.ok else "FAILED")
+            mark = "waits" if s.deferred else "would" if run.dry_run else ("ok" if s.ok else "FAILED")
             click.echo(f"{mark:6} {s.step:11} {s.repository:12} {s.detail}")
         if not run.steps:
             click.echo("nothing is due")

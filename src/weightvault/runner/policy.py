@@ -62,6 +62,7 @@ class PolicyStep:
     snapshot: str | None = None
     time: str = ""
     exit_code: int = 0
+    deferred: bool = False  # due, but outside every window its kind waits for (not run, still due)
 
 
 @dataclass
@@ -142,6 +143,20 @@ class _Run:
     journal: Path | None
     say: Callable[[str], None] | None
     steps: list[PolicyStep]
+
+    def deferred(self, kind: str, step: PolicyStep) -> bool:
+        """With windows for ``kind`` (prune, tier, drill, copy) and none open now: record the step
+        as waiting (not run, not journaled, so it stays due) and return True."""
+        windows = [w for w in self.spec.windows.values() if kind in w.steps]
+        if not windows or any(w.is_open(self.clock) for w in windows):
+            return False
+        opens = min(windows, key=lambda w: w.next_open(self.clock))
+        when = opens.next_open(self.clock).astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
+        step.deferred, step.detail = True, f"{step.detail}: waiting for window {opens.name} (opens {when})"
+        self.steps.append(step)
+        if self.say is not None:
+            self.say(f"wait {step.step} {step.repository}: {step.detail}")
+        return True
 
     def step(self, step: PolicyStep, action: Callable[[], str | None], quiet: bool = False) -> bool:
         """Run one step, recording its outcome (a WeightvaultError fails the step, not the run)."""
@@ -258,7 +273,8 @@ def _prunes(run: _Run, records: list[dict[str, Any]]) -> None:
             return (f"deleted {res.deleted_packs} pack(s), {res.deleted_bytes} bytes; {res.pending_packs} pending"
                     if not run.dry_run else f"would condemn {res.condemned_packs} pack(s)")
 
-        run.step(PolicyStep("prune", name, True, "prune"), prune)
+        if not run.deferred("prune", step := PolicyStep("prune", name, True, "prune")):
+            run.step(step, prune)
 
 
 def _copies(run: _Run) -> None:
@@ -268,6 +284,8 @@ def _copies(run: _Run) -> None:
             if not ids:
                 continue
             step = PolicyStep("copy", replica, True, f"{src.name}: {src.repository} -> {replica}", src.name)
+            if run.deferred("copy", step):
+                continue
             if run.dry_run:
                 run.steps.append(step)
                 continue
@@ -288,6 +306,8 @@ def _drills(run: _Run, records: list[dict[str, Any]]) -> None:
         if last is not None and datetime.fromisoformat(last) + drill.every > run.clock:
             continue
         step = PolicyStep("drill", drill.repository, True, f"{drill.name}: level {drill.level}, pick {drill.pick}")
+        if run.deferred("drill", step):
+            continue
         if run.dry_run:
             run.steps.append(step)
             continue
@@ -320,6 +340,8 @@ def _tiers(run: _Run) -> _Run:
             s = plan.snapshot
             step = PolicyStep(f"tier-{plan.action}", repo.name, True, f"{s.short_id}: {plan.reason}",
                               s.tag_dict().get("source"), s.tag_dict().get("class"), s.id)
+            if plan.action != "keep" and run.deferred("tier", step):
+                continue
             if run.dry_run or plan.action == "keep":
                 run.steps.append(step)
                 continue
