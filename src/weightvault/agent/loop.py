@@ -27,12 +27,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from weightvault import api
 from weightvault.agent.events import EventLog
+from weightvault.agent.metrics import Metrics, MetricsServer
 from weightvault.agent.notify import Notifier
 from weightvault.agent.watch import WatchedSource, Watcher
 from weightvault.errors import ConfigFileError, RepositoryLockedError, UsageError, WeightvaultError
@@ -60,6 +62,8 @@ class AgentOptions:
     rescan: float = 60.0  # seconds between full rescans of the watched roots
     state_dir: Path | None = None
     storage: api.StorageOptions | None = None  # bandwidth limits, S3 endpoint: for every repository
+    metrics_listen: str | None = None  # HOST:PORT for /metrics and /healthz
+    metrics_textfile: Path | None = None  # a directory for node-exporter's textfile collector
 
 
 class Agent:
@@ -76,6 +80,8 @@ class Agent:
         self.watcher: Watcher | None = None
         self.notifier: Notifier | None = None
         self._breached: set[tuple[str, str, str]] = set()
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
         self._stop = threading.Event()
         self._reload = False
         self._busy = False
@@ -113,6 +119,7 @@ class Agent:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, self._on_signal)
             self._configure(self._load_policy() if self.opts.policy else None)
+            self._start_metrics()
             self.log.emit("agent.start", pid=os.getpid(), policy=str(self.opts.policy) if self.opts.policy else None,
                           watched=[str(s.root) for s in (self.watcher.sources if self.watcher else [])],
                           once=self.opts.once or None)
@@ -123,6 +130,7 @@ class Agent:
                 while not self._stop.is_set():
                     failed = self._turn() or failed
                     self.turns += 1
+                    self._update_metrics()
                     if self.opts.once:
                         break
                     self._stop.wait(1.0)
@@ -133,6 +141,10 @@ class Agent:
                     self.watcher.stop()
                 self.log.emit("agent.stop", turns=self.turns)
                 self._set_notifier(None)
+                if self.metrics is not None:
+                    self.metrics.stopped()
+                if self.metrics_server is not None:
+                    self.metrics_server.close()
             return 1 if failed and self.opts.once else 0
 
     @contextmanager
@@ -185,9 +197,11 @@ class Agent:
         with self._operation():
             res = run_worker(q, storage=self.opts.storage)
         for job_id, snap in res.done.items():
-            j = q.get(job_id)
+            j, summary = q.get(job_id), res.summaries.get(job_id, {})
             self.log.emit("backup.success", source=_tag(j.tags, "run"), path=j.record_as, snapshot=snap[:8],
-                          step=_tag(j.tags, "step"), repository=j.repository)
+                          step=_tag(j.tags, "step"), repository=j.repository, files=summary.get("files"),
+                          bytes=summary.get("bytes"), stored_bytes_added=summary.get("stored_bytes_added"),
+                          duration_s=summary.get("duration_s"), lag_s=_lag(j.created))
         for job_id, err in res.errors.items():
             j = q.get(job_id)
             self.log.emit("backup.error", "error", source=_tag(j.tags, "run"), path=j.record_as, error=err,
@@ -218,6 +232,8 @@ class Agent:
         except WeightvaultError as exc:
             self.log.emit("policy.error", "error", error=exc.message)
             return True
+        if self.metrics is not None:
+            self.metrics.rpo_lines(lines)
         now = set()
         for ln in lines:
             if not ln.breached:
@@ -229,6 +245,24 @@ class Agent:
                               age_s=None if ln.age_s is None else round(ln.age_s), rpo_s=round(ln.rpo_s))
         self._breached = now
         return bool(now)
+
+    def _start_metrics(self) -> None:
+        if not self.opts.metrics_listen and not self.opts.metrics_textfile:
+            return
+        self.metrics = Metrics(self.opts.metrics_textfile)
+        self.log.listeners.append(self.metrics)
+        if self.opts.metrics_listen:
+            self.metrics_server = MetricsServer(self.metrics, self.opts.metrics_listen)
+            self.log.emit("metrics.listening", address=self.metrics_server.address)
+
+    def _update_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        counts: dict[str, int] = {}
+        for j in UploadQueue().jobs():
+            counts[j.state] = counts.get(j.state, 0) + 1
+        self.metrics.queue(counts)
+        self.metrics.write()
 
     # -- configuration -------------------------------------------------------------------------------
     def _load_policy(self) -> Any:
@@ -274,6 +308,14 @@ class Agent:
                     sources.append(WatchedSource(src.name, Path(path), repo.url, repo.password_file, tuple(src.tags),
                                                  src.quiet.total_seconds()))
         self.watcher = Watcher(sources, self.state_dir / "watch.json", rescan=self.opts.rescan) if sources else None
+
+
+def _lag(created: str) -> float | None:
+    """Seconds from a job's hand-off to now (its snapshot just committed): the RPO lag."""
+    try:
+        return round((datetime.now(UTC) - datetime.fromisoformat(created)).total_seconds(), 3)
+    except ValueError:
+        return None
 
 
 def _tag(tags: list[str], key: str) -> str | None:

@@ -35,6 +35,11 @@ def _common(f: click.decorators.FC) -> click.decorators.FC:
                      " One agent per state directory."),
         click.option("--rescan", default="60s", show_default=True, metavar="INTERVAL",
                      help="Full rescan of watched directories this often (events catch the rest)."),
+        click.option("--metrics-listen", metavar="HOST:PORT",
+                     help="Serve /metrics (Prometheus) and /healthz here, e.g. 127.0.0.1:9464 (another address needs"
+                     " $WEIGHTVAULT_METRICS_TOKEN, sent as a bearer token)."),
+        click.option("--metrics-textfile", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                     help="Write DIR/weightvault.prom for node-exporter's textfile collector after every turn."),
     ]):
         f = opt(f)
     return f
@@ -47,14 +52,15 @@ def _common(f: click.decorators.FC) -> click.decorators.FC:
 @_common
 @pass_globals
 def agent(g: Globals, policy_path: str, interval: str, once: bool, log_format: str, state_dir: Path | None,
-          rescan: str) -> None:
+          rescan: str, metrics_listen: str | None, metrics_textfile: Path | None) -> None:
     """Run the policy without cron: every due step (backups, retention, prune, copies, tier moves,
     drills) on schedule, the upload queue drained, and each complete checkpoint under the sources
     marked `watch = true` backed up as it appears. SIGTERM/SIGINT stop at a safe point, SIGHUP
     reloads the policy (an invalid one is refused, the old one kept)."""
     load_policy_file(policy_path)  # a clear error now rather than in the log
     opts = AgentOptions(policy=Path(policy_path).expanduser(), once=once, interval=_seconds(interval, "--interval"),
-                        rescan=_seconds(rescan, "--rescan"), state_dir=state_dir, storage=g.storage)
+                        rescan=_seconds(rescan, "--rescan"), state_dir=state_dir, storage=g.storage,
+                        metrics_listen=metrics_listen, metrics_textfile=metrics_textfile)
     sys.exit(Agent(opts, EventLog(fmt=log_format)).run())
 
 
@@ -66,7 +72,7 @@ def agent(g: Globals, policy_path: str, interval: str, once: bool, log_format: s
 @_common
 @pass_globals
 def watch(g: Globals, dirs: tuple[Path, ...], tags: tuple[str, ...], quiet: str, once: bool, log_format: str,
-          state_dir: Path | None, rescan: str) -> None:
+          state_dir: Path | None, rescan: str, metrics_listen: str | None, metrics_textfile: Path | None) -> None:
     """Back up each complete checkpoint that appears under DIRS (Hugging Face, DCP, Lightning,
     sharded safetensors, or any directory or file named with a step) into the repository (-r),
     one snapshot each, tagged run=<DIR's name> and step=N, without a policy."""
@@ -74,5 +80,6 @@ def watch(g: Globals, dirs: tuple[Path, ...], tags: tuple[str, ...], quiet: str,
     opts = AgentOptions(watch=[d.expanduser() for d in dirs], repository=repo,
                         password_file=os.path.abspath(g.password_file) if g.password_file else None,
                         tags=tags, quiet=_seconds(quiet, "--quiet-for"), once=once, rescan=_seconds(rescan, "--rescan"),
-                        state_dir=state_dir, storage=g.storage)
+                        state_dir=state_dir, storage=g.storage, metrics_listen=metrics_listen,
+                        metrics_textfile=metrics_textfile)
     sys.exit(Agent(opts, EventLog(fmt=log_format)).run())

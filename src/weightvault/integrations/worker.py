@@ -111,6 +111,7 @@ class WorkerRun:
 
     done: dict[int, str] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
+    summaries: dict[int, dict[str, float]] = field(default_factory=dict)  # job id -> its snapshot's summary
     busy: bool = False
 
 
@@ -131,15 +132,15 @@ def open_repository(location: str, password_file: str | None = None,
 
 
 def _run_job(job: Job, storage: api.StorageOptions | None = None,
-             max_attempts: int = MAX_ATTEMPTS) -> tuple[str, str | None]:
-    """Back up one job (exactly once); returns the snapshot id and a note on files rewritten in
-    place after the hand-off (backed up as they are now), if any. A job claimed more than
+             max_attempts: int = MAX_ATTEMPTS) -> tuple[str, str | None, dict[str, float]]:
+    """Back up one job (exactly once); returns the snapshot id, a note on files rewritten in
+    place after the hand-off (backed up as they are now) if any, and the snapshot's summary. A job claimed more than
     ``max_attempts`` times without an answer (each worker before died running it: killed, out of
     memory) is given up with an error instead of killing every next worker too."""
     repo = open_repository(job.repository, job.password_file, storage)
     committed = repo.snapshots(tags=[f"{JOB_TAG}={job.key}"])
     if committed:
-        return committed[-1].id, None
+        return committed[-1].id, None, dict(committed[-1].summary)
     if job.attempts > max_attempts:
         raise WeightvaultError(
             f"gave up after {job.attempts - 1} attempts: the worker stopped while backing it up each time",
@@ -153,7 +154,7 @@ def _run_job(job: Job, storage: api.StorageOptions | None = None,
                       parent=earlier[-1].id if earlier else None)
     note = (f"rewritten in place after the hand-off, backed up as they were then: {', '.join(changed[:5])}"
             if changed else None)
-    return res.snapshot.id, note
+    return res.snapshot.id, note, dict(res.snapshot.summary)
 
 
 def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTEMPTS, wait: bool = False,
@@ -199,7 +200,7 @@ def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTE
 def _attempt(q: UploadQueue, job: Job, max_attempts: int, out: WorkerRun,
              say: Callable[[str], None] | None, storage: api.StorageOptions | None = None) -> None:
     try:
-        snap, note = _run_job(job, storage, max_attempts)
+        snap, note, summary = _run_job(job, storage, max_attempts)
     except _TRANSIENT as exc:
         retry = None if job.attempts >= max_attempts else min(600.0, 5.0 * 2 ** (job.attempts - 1))
         q.fail(job, exc.message, retry_in=retry)
@@ -211,6 +212,7 @@ def _attempt(q: UploadQueue, job: Job, max_attempts: int, out: WorkerRun,
         q.finish(job, snap, note)
         staging.unpin(job.staged)
         out.done[job.id] = snap
+        out.summaries[job.id] = summary
         if say is not None:
             say(f"job {job.id}: {job.record_as} -> snapshot {snap[:8]}")
         return
