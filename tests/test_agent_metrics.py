@@ -22,6 +22,11 @@ from test_cli import cli_env
 from weightvault.api import Repository
 
 
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+        return r.status, r.read()
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,8 +55,8 @@ def test_metrics_over_http_and_as_a_textfile(env: dict[str, str], tmp_path: Path
         _hf_checkpoint(run, 5)
         a.wait_for(_backed_up(5), what="the backup")
         time.sleep(1.5)  # the next turn updates the queue gauges
-        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read() == b"ok\n"
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert _get(f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
+        text = _get(f"http://127.0.0.1:{port}/metrics")[1].decode()
     finally:
         assert a.stop() == 0
     m = _samples(text)
@@ -107,11 +112,12 @@ def test_a_listener_beyond_loopback_needs_a_token(env: dict[str, str], tmp_path:
     try:
         a.wait_for(lambda ev: any(e["event"] == "metrics.listening" for e in ev), what="the listener")
         with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            _get(f"http://127.0.0.1:{port}/metrics")
+        denied.value.close()
         assert denied.value.code == 401
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer t0ken"})
-        assert b"weightvault_agent_up 1.0" in urllib.request.urlopen(req, timeout=10).read()
-        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).status == 200
+        authorized = _get(f"http://127.0.0.1:{port}/metrics", {"Authorization": "Bearer t0ken"})
+        assert authorized[0] == 200 and b"weightvault_agent_up 1.0" in authorized[1]
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     finally:
         assert a.stop() == 0
     assert "t0ken" not in (tmp_path / "agent.log").read_text()

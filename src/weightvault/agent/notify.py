@@ -30,6 +30,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
@@ -144,8 +145,12 @@ class Notifier:
             raise RuntimeError("the notifier's URL is not http:// or https://")
         req = urllib.request.Request(url, data=data, method="POST",  # noqa: S310 - http(s) only, checked above
                                      headers={"Content-Type": content_type, "User-Agent": "weightvault-agent"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the user's own endpoint
-            resp.read()
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the user's own endpoint
+                resp.read()
+        except urllib.error.HTTPError as exc:  # holds the open response: close it, keep the status only
+            exc.close()
+            raise RuntimeError(f"HTTP {exc.code} {exc.reason}") from None
 
     def _email(self, spec: Any, ev: Event) -> None:
         host, _, port = str(spec.smtp).rpartition(":")
