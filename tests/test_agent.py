@@ -179,3 +179,26 @@ keep_last = 3
         assert a.stop(signal.SIGINT) == 0
     (snap,) = [s for s in Repository.open(tmp_path / "repo", PASSWORD).snapshots() if "step=1" in s.tags]
     assert {"run=exp9", "from=policy"} <= set(snap.tags)
+
+
+def test_a_failed_precheck_defers_the_job_with_its_reason(tmp_path: Path) -> None:
+    env = {**cli_env(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    run = tmp_path / "exp"
+    _hf_checkpoint(run, 1)
+    repo = tmp_path / "mnt" / "repo"  # a mount that is not there (yet)
+    args = [sys.executable, "-m", "weightvault", "-r", str(repo), "watch", str(run), "--once", "--log-format", "json"]
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 1
+    (failed,) = [json.loads(ln) for ln in first.stderr.splitlines() if '"precheck_failed"' in ln]
+    assert failed["reason"] == f"no repository at {repo}" and failed["retry_in_s"] == 60
+    (job,) = json.loads(subprocess.run([sys.executable, "-m", "weightvault", "queue", "list", "--json"], env=env,
+                                       capture_output=True, text=True, check=True).stdout)
+    assert job["state"] == "queued" and job["error"] == f"precheck failed: no repository at {repo}"
+    Repository.init(repo, PASSWORD, kdf=FAST_KDF)  # the mount is back
+    subprocess.run([sys.executable, "-m", "weightvault", "queue", "retry", str(job["id"])], env=env, check=True,
+                   capture_output=True)
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert '"backup.success"' in second.stderr
+    (snap,) = Repository.open(repo, PASSWORD).snapshots()
+    assert "step=1" in snap.tags

@@ -7,7 +7,8 @@ agent dies). Each turn, about once a second:
    naming the line) and the old policy stays;
 2. watched run directories are scanned (``watch.Watcher``) and complete checkpoints handed off;
 3. the upload queue is drained in this process (``integrations.worker.run_worker``): one snapshot
-   per job, exactly once;
+   per job, exactly once, after its prechecks (``precheck``: the repository answers, space stays
+   free); a failed precheck defers the job by ``PRECHECK_RETRY`` seconds (``precheck_failed``);
 4. every ``interval`` seconds, the policy's due steps run (``api.apply_policy``).
 
 SIGTERM and SIGINT stop the agent: between operations at once; during one (a backup, a policy
@@ -36,6 +37,7 @@ from weightvault import api
 from weightvault.agent.events import EventLog
 from weightvault.agent.metrics import Metrics, MetricsServer
 from weightvault.agent.notify import Notifier
+from weightvault.agent.precheck import precheck
 from weightvault.agent.watch import WatchedSource, Watcher
 from weightvault.errors import ConfigFileError, RepositoryLockedError, UsageError, WeightvaultError
 from weightvault.integrations.queue import UploadQueue
@@ -43,6 +45,9 @@ from weightvault.integrations.worker import run_worker
 from weightvault.paths import state_home
 
 __all__ = ["Agent", "AgentOptions", "AgentStop"]
+
+
+PRECHECK_RETRY = 60.0  # seconds before a job whose precheck failed is tried again
 
 
 class AgentStop(BaseException):
@@ -64,6 +69,7 @@ class AgentOptions:
     storage: api.StorageOptions | None = None  # bandwidth limits, S3 endpoint: for every repository
     metrics_listen: str | None = None  # HOST:PORT for /metrics and /healthz
     metrics_textfile: Path | None = None  # a directory for node-exporter's textfile collector
+    precheck_timeout: float = 30.0  # seconds the repository has to answer before a backup
 
 
 class Agent:
@@ -188,9 +194,20 @@ class Agent:
 
     def _drain(self) -> bool:
         q = UploadQueue()
-        waiting = q.jobs(("queued", "running"))
+        waiting = [j for j in q.jobs(("queued", "running")) if j.not_before <= time.time()]
         if not waiting:
             return False
+        deferred = False
+        for j in list(waiting):
+            why = precheck(j.repository, j.staged, self.opts.storage, self.opts.precheck_timeout)
+            if why is not None:
+                q.fail(j, f"precheck failed: {why}", retry_in=PRECHECK_RETRY)
+                waiting.remove(j)
+                deferred = True
+                self.log.emit("precheck_failed", "error", source=_tag(j.tags, "run"), path=j.record_as,
+                              repository=j.repository, reason=why, retry_in_s=PRECHECK_RETRY)
+        if not waiting:
+            return deferred
         for j in waiting:
             self.log.emit("backup.start", source=_tag(j.tags, "run"), path=j.record_as, step=_tag(j.tags, "step"),
                           repository=j.repository)
@@ -206,7 +223,7 @@ class Agent:
             j = q.get(job_id)
             self.log.emit("backup.error", "error", source=_tag(j.tags, "run"), path=j.record_as, error=err,
                           attempts=j.attempts, retrying=j.state == "queued")
-        return bool(res.errors)
+        return bool(res.errors) or deferred
 
     def _apply(self) -> bool:
         with self._operation():
