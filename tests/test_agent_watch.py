@@ -160,3 +160,32 @@ def test_three_checkpoints_become_three_snapshots_and_a_restart_repeats_none(rep
     assert again.poll() == []  # the state file remembers what was handed off
     write(root / "checkpoint-30" / "trainer_state.json", b'{"global_step": 30, "rewritten": true}')
     assert [h.step for h in again.poll()] == [30]  # changed content is handed off again
+
+
+def test_an_event_rescans_only_the_entry_it_touched(repo: Repository, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import weightvault.agent.watch as watch_mod
+
+    root = tmp_path / "run"
+    for step in range(5):
+        write(root / f"checkpoint-{step}" / "model.safetensors", _model(step, 8))
+        write(root / f"checkpoint-{step}" / "trainer_state.json", b"{}")
+    w = Watcher([WatchedSource("exp", root, str(tmp_path / "repo"))], tmp_path / "watch.json", rescan=3600.0)
+    assert len(w.poll()) == 5  # the first poll is a full scan
+    looked: list[str] = []
+    real = watch_mod._fingerprint
+    monkeypatch.setattr(watch_mod, "_fingerprint", lambda unit: looked.append(unit.name) or real(unit))
+    w.start()
+    try:
+        with open(root / "train.log", "a") as f:  # a log appended to beside the checkpoints
+            f.write("step 1\n")
+        write(root / "checkpoint-3" / "trainer_state.json", b'{"again": 1}')
+        deadline = time.monotonic() + 10
+        got: list[Any] = []
+        while not got and time.monotonic() < deadline:
+            got = w.poll()
+            time.sleep(0.05)
+    finally:
+        w.stop()
+    assert [Path(h.unit).name for h in got] == ["checkpoint-3"]
+    assert set(looked) == {"checkpoint-3"}  # nothing else was looked at

@@ -17,8 +17,11 @@ is enqueued (``integrations.worker.enqueue``: pinned by hard links, one snapshot
 own; the fingerprint is then recorded in ``state_path`` (written atomically), so a restart hands
 nothing off twice. A unit that is not ready keeps a reason, which ``pending`` reports.
 
-Events come from watchdog's inotify observer; a full rescan every ``rescan`` seconds catches what
-events missed (an overflowed queue, a network file system).
+Events come from watchdog's inotify observer; each marks the entry directly under its root that it
+touched, and a poll rescans only those entries (and units still waiting for their quiet period),
+so a log appended to every second costs a look at that one file, not at the whole tree. A full
+rescan every ``rescan`` seconds catches what events missed (an overflowed queue, a network file
+system).
 """
 
 from __future__ import annotations
@@ -93,25 +96,29 @@ def _skipped(name: str) -> bool:
 def units(root: Path) -> Iterator[Path]:
     """The checkpoint units under ``root`` (see the module docstring), never through symlinks."""
     try:
-        top = sorted(os.scandir(root), key=lambda e: e.name)
+        names = sorted(e.name for e in os.scandir(root))
     except OSError:
         return
-    for entry in top:
-        if _skipped(entry.name) or entry.is_symlink():
-            continue
-        p = Path(entry.path)
-        if entry.is_file():
-            if entry.name.endswith(".ckpt") or _DIGITS.search(entry.name):
-                yield p
-        elif entry.is_dir():
-            if _is_unit_dir(p):
-                yield p
-            else:
-                found = list(_nested(p))
-                if found:
-                    yield from found
-                elif _DIGITS.search(entry.name):
-                    yield p
+    for name in names:
+        yield from entry_units(root / name)
+
+
+def entry_units(p: Path) -> Iterator[Path]:
+    """The units at or below one entry directly under a watched root."""
+    if _skipped(p.name) or p.is_symlink():
+        return
+    if p.is_file():
+        if p.name.endswith(".ckpt") or _DIGITS.search(p.name):
+            yield p
+    elif p.is_dir():
+        if _is_unit_dir(p):
+            yield p
+            return
+        found = list(_nested(p))
+        if found:
+            yield from found
+        elif _DIGITS.search(p.name):
+            yield p
 
 
 def _is_unit_dir(d: Path) -> bool:
@@ -137,6 +144,11 @@ def _nested(d: Path) -> Iterator[Path]:
         for n in sorted(filenames):
             if n.endswith(".ckpt") and not _skipped(n):
                 yield here / n
+
+
+def _entry_of(root: Path, unit: str) -> str:
+    """The entry directly under ``root`` that holds ``unit``."""
+    return os.path.relpath(unit, root).split(os.sep, 1)[0]
 
 
 def _files(unit: Path) -> list[Path]:
@@ -169,7 +181,7 @@ class Watcher:
     hand_off: Callable[..., Job] = enqueue
     _seen: dict[str, _Seen] = field(default_factory=dict)
     _done: dict[str, str] = field(default_factory=dict)
-    _dirty: set[str] = field(default_factory=set)
+    _dirty: dict[str, set[str]] = field(default_factory=dict)  # source -> entries under its root ("" = all)
     _last_full: float = float("-inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _observer: Any = None
@@ -191,17 +203,24 @@ class Watcher:
         watcher = self
 
         class Handler(FileSystemEventHandler):
-            def __init__(self, name: str) -> None:
-                self.name = name
+            def __init__(self, name: str, root: Path) -> None:
+                self.name, self.root = name, str(root)
 
             def on_any_event(self, event: Any) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return  # reads (this agent's own among them) change nothing
+                touched = {os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p}
+                if event.is_directory and event.event_type == "modified":
+                    touched.discard(self.root)  # the root's own listing changed: the entry has its own event
+                entries = {os.path.relpath(p, self.root).split(os.sep, 1)[0] for p in touched}
                 with watcher._lock:
-                    watcher._dirty.add(self.name)
+                    watcher._dirty.setdefault(self.name, set()).update(
+                        "" if e in (".", "..") or e.startswith(".." + os.sep) else e for e in entries)
 
         self._observer = Observer()
         for s in self.sources:
             s.root.mkdir(parents=True, exist_ok=True)
-            self._observer.schedule(Handler(s.name), str(s.root), recursive=True)
+            self._observer.schedule(Handler(s.name, s.root), str(s.root), recursive=True)
         self._observer.start()
 
     def stop(self) -> None:
@@ -216,23 +235,33 @@ class Watcher:
         waiting for a quiet period), hand off what is ready; returns the hand-offs made."""
         now = self.clock()
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
+            dirty, self._dirty = self._dirty, {}
         full = now - self._last_full >= self.rescan
         if full:
             self._last_full = now
-        waiting = {u.split("\0", 1)[0] for u in self._seen}
-        todo = [s for s in self.sources if full or s.name in dirty or s.name in waiting]
-        writers = open_for_writing([str(s.root) for s in todo]) if todo else set()
+        todo: dict[str, set[str] | None] = {}  # source -> entries to scan (None: all)
+        for s in self.sources:
+            marked = set(dirty.get(s.name, set()))
+            marked |= {_entry_of(s.root, k.split("\0", 1)[1]) for k in self._seen if k.startswith(f"{s.name}\0")}
+            if full or "" in marked:
+                todo[s.name] = None
+            elif marked:
+                todo[s.name] = marked
+        by_name = {s.name: s for s in self.sources}
+        writers = open_for_writing([str(by_name[n].root) for n in todo]) if todo else set()
         out: list[Handoff] = []
-        for s in todo:
+        for name, entries in todo.items():
+            s = by_name[name]
+            found = units(s.root) if entries is None else (u for e in sorted(entries) for u in entry_units(s.root / e))
             present = set()
-            for unit in units(s.root):
+            for unit in found:
                 key = f"{s.name}\0{unit}"
                 present.add(key)
                 h = self._consider(s, unit, key, writers, now)
                 if h is not None:
                     out.append(h)
-            for key in [k for k in self._seen if k.startswith(f"{s.name}\0") and k not in present]:
+            for key in [k for k in self._seen if k.startswith(f"{s.name}\0") and k not in present
+                        and (entries is None or _entry_of(s.root, k.split("\0", 1)[1]) in entries)]:
                 del self._seen[key]  # gone (rotated away) before it was ready
         return out
 
