@@ -194,6 +194,11 @@ def test_a_failed_precheck_defers_the_job_with_its_reason(tmp_path: Path) -> Non
     (job,) = json.loads(subprocess.run([sys.executable, "-m", "weightvault", "queue", "list", "--json"], env=env,
                                        capture_output=True, text=True, check=True).stdout)
     assert job["state"] == "queued" and job["error"] == f"precheck failed: no repository at {repo}"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[repositories.main]\nurl = "{repo}"\n')
+    shown = subprocess.run([sys.executable, "-m", "weightvault", "status", "--policy", str(policy)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert f"queue: job {job['id']} queued: {run / 'checkpoint-1'}: precheck failed: no repository" in shown.stdout
     Repository.init(repo, PASSWORD, kdf=FAST_KDF)  # the mount is back
     subprocess.run([sys.executable, "-m", "weightvault", "queue", "retry", str(job["id"])], env=env, check=True,
                    capture_output=True)

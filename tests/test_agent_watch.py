@@ -174,7 +174,11 @@ def test_an_event_rescans_only_the_entry_it_touched(repo: Repository, tmp_path: 
     assert len(w.poll()) == 5  # the first poll is a full scan
     looked: list[str] = []
     real = watch_mod._fingerprint
-    monkeypatch.setattr(watch_mod, "_fingerprint", lambda unit: looked.append(unit.name) or real(unit))
+    def counting(unit: Path) -> str:
+        looked.append(unit.name)
+        return real(unit)
+
+    monkeypatch.setattr(watch_mod, "_fingerprint", counting)
     w.start()
     try:
         with open(root / "train.log", "a") as f:  # a log appended to beside the checkpoints

@@ -2,8 +2,8 @@
 metrics), with secrets taken out first.
 
 An event has a name (``backup.success``, ``handoff``, ``precheck_failed`` ...), a level, a UTC
-time and fields. Text lines read ``2026-12-01T12:00:00Z info backup.success source=exp
-snapshot=1a2b3c4d``; JSON lines are one object per line. Every string field passes ``redact``:
+time (to the millisecond) and fields. Text lines read ``2026-12-01T12:00:00.250Z info
+backup.success source=exp snapshot=1a2b3c4d``; JSON lines are one object per line. Every string field passes ``redact``:
 the user and password of a URL, and query values whose names look like secrets (``token``,
 ``key``, ``secret``, ``password``, ``sig``) are replaced by ``***``, so a webhook URL or an
 endpoint with credentials never reaches the log, a notification or the ledger.
@@ -70,7 +70,8 @@ class EventLog:
         self._lock = threading.Lock()
 
     def emit(self, name: str, level: str = "info", **fields: Any) -> Event:
-        ev = Event(time=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"), level=level, event=name,
+        now = self.clock()
+        ev = Event(time=now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z", level=level, event=name,
                    **{k: _clean(v) for k, v in fields.items() if v is not None})
         if LEVELS.index(level) >= self.min_level:
             self._write(ev)

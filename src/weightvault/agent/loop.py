@@ -1,11 +1,13 @@
 """``weightvault agent`` / ``weightvault watch``: the long-running loop.
 
 One agent per state directory (``<state>/agent.lock``, ``flock``: released by the kernel if the
-agent dies). Each turn, about once a second:
+agent dies). Watched run directories are scanned (``watch.Watcher``) by a thread of their own, twice a second,
+and complete checkpoints handed off (pinned) at once, also while a backup runs. Each turn of the
+main loop, about once a second:
 
 1. after SIGHUP, the policy file is read again; an invalid one is refused (``policy.reload_failed``
    naming the line) and the old policy stays;
-2. watched run directories are scanned (``watch.Watcher``) and complete checkpoints handed off;
+2. (``once``: the watched directories are scanned here);
 3. the upload queue is drained in this process (``integrations.worker.run_worker``): one snapshot
    per job, exactly once, after its prechecks (``precheck``: the repository answers, space stays
    free); a failed precheck defers the job by ``PRECHECK_RETRY`` seconds (``precheck_failed``);
@@ -84,6 +86,8 @@ class Agent:
         self.state_dir = opts.state_dir or state_home() / "agent"
         self.spec: Any = None
         self.watcher: Watcher | None = None
+        self._watch_lock = threading.Lock()  # the watcher is polled by its thread, swapped by reloads
+        self._watch_thread: threading.Thread | None = None
         self.notifier: Notifier | None = None
         self._breached: set[tuple[str, str, str]] = set()
         self.metrics: Metrics | None = None
@@ -131,8 +135,12 @@ class Agent:
                           once=self.opts.once or None)
             failed = False
             try:
-                if self.watcher is not None and not self.opts.once:
-                    self.watcher.start()
+                if not self.opts.once:
+                    if self.watcher is not None:
+                        self.watcher.start()
+                    self._watch_thread = threading.Thread(target=self._watch_loop, name="weightvault-watch",
+                                                          daemon=True)
+                    self._watch_thread.start()
                 while not self._stop.is_set():
                     failed = self._turn() or failed
                     self.turns += 1
@@ -143,6 +151,9 @@ class Agent:
             except AgentStop:
                 pass
             finally:
+                self._stop.set()
+                if self._watch_thread is not None:
+                    self._watch_thread.join(30)
                 if self.watcher is not None:
                     self.watcher.stop()
                 self.log.emit("agent.stop", turns=self.turns)
@@ -176,20 +187,37 @@ class Agent:
         if self._reload:
             self._reload = False
             self._reload_policy()
-        failed = False
-        if self.watcher is not None:
-            if self.opts.once:
-                self.watcher.rescan = 0.0
-            for h in self.watcher.poll():
-                if h.job is None:
-                    failed = True
-                    self.log.emit("handoff.failed", "error", source=h.source, path=h.unit, error=h.error)
-                else:
-                    self.log.emit("handoff", source=h.source, path=h.unit, step=h.step, job=h.job.id)
+        failed = self._poll_watch() if self.opts.once else False
         failed = self._drain() or failed
         if self.spec is not None and time.monotonic() >= self._next_policy:
             self._next_policy = time.monotonic() + self.opts.interval
             failed = self._apply() or failed
+        return failed
+
+    def _watch_loop(self) -> None:
+        """The watch thread: hand checkpoints off as soon as they are complete, also while the
+        main thread is busy with a backup (so a rotation cannot take one before it is pinned)."""
+        while not self._stop.is_set():
+            try:
+                self._poll_watch()
+            except Exception as exc:  # a scan that fails (a vanished mount) is retried next time
+                self.log.emit("watch.error", "error", error=str(exc))
+            self._stop.wait(0.5)
+
+    def _poll_watch(self) -> bool:
+        failed = False
+        with self._watch_lock:
+            if self.watcher is None:
+                return False
+            if self.opts.once:
+                self.watcher.rescan = 0.0
+            handoffs = self.watcher.poll()
+        for h in handoffs:
+            if h.job is None:
+                failed = True
+                self.log.emit("handoff.failed", "error", source=h.source, path=h.unit, error=h.error)
+            else:
+                self.log.emit("handoff", source=h.source, path=h.unit, step=h.step, job=h.job.id)
         return failed
 
     def _drain(self) -> bool:
@@ -292,12 +320,13 @@ class Agent:
         except ConfigFileError as exc:
             self.log.emit("policy.reload_failed", "error", error=exc.message, kept="the policy loaded before")
             return
-        old = self.watcher
-        self._configure(spec)
-        if old is not None:
-            old.stop()
-        if self.watcher is not None and not self.opts.once:
-            self.watcher.start()
+        with self._watch_lock:
+            old = self.watcher
+            self._configure(spec)
+            if old is not None:
+                old.stop()
+            if self.watcher is not None and not self.opts.once:
+                self.watcher.start()
         self._next_policy = 0.0
         self.log.emit("policy.reloaded", policy=str(self.opts.policy),
                       watched=[str(s.root) for s in (self.watcher.sources if self.watcher else [])])
