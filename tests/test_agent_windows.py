@@ -45,10 +45,15 @@ every = "1d"
 level = 1
 pick = "latest"
 
+[checks.often]
+repository = "hot"
+every = "2d"
+read_data = "50%"
+
 [windows.nightly]
 days = "Mon-Fri"
 hours = "22:00-04:00"
-steps = ["prune", "drill"]
+steps = ["prune", "drill", "check"]
 """)
     window = spec.windows["nightly"]
     runs = []
@@ -57,9 +62,12 @@ steps = ["prune", "drill"]
         write(tmp_path / "run" / "model.bin", os.urandom(20_000))
         runs.append((now, api.apply_policy(spec, now=now)))
     assert all(r.ok for _, r in runs), [s for _, r in runs for s in r.steps if not s.ok]
-    ran = [(now, s) for now, r in runs for s in r.steps if s.step in ("prune", "drill") and not s.deferred]
+    ran = [(now, s) for now, r in runs for s in r.steps if s.step in ("prune", "drill", "check") and not s.deferred]
     waited = [(now, s) for now, r in runs for s in r.steps if s.deferred]
-    assert {s.step for _, s in ran} == {"prune", "drill"}
+    assert {s.step for _, s in ran} == {"prune", "drill", "check"}
+    checks = [(now, s) for now, s in ran if s.step == "check"]
+    assert len(checks) == 3 and all("often: packs 50% read" in s.detail and "no problems" in s.detail
+                                    for _, s in checks)  # Mon, Wed, Fri nights
     assert all(window.is_open(now) for now, _ in ran)  # never outside the window
     # Mon-Fri nights: one prune and one drill per window opening (they are due daily)
     assert sorted({(now - timedelta(hours=4)).date() for now, s in ran if s.step == "prune"}) == \

@@ -1,11 +1,16 @@
 """The policy's agent tables: ``[windows.NAME]`` and ``[[notify]]`` (parsed with the rest of the
 file by ``spec.parse_policy``; every error a ConfigFileError naming the line).
 
+    [checks.weekly]                  # repository checks that `policy apply` and the agent run when due
+    repository = "hot"
+    every = "7d"
+    read_data = "10%"                # false: structure only; true: every pack; "N%": the next N % in rotation
+
     [windows.nightly]                # heavy or risky steps run only inside a window that lists them
     days = "Mon-Fri"                 # optional, default every day: Mon-Fri, Sat,Sun, Mon,Wed-Fri, *
     hours = "22:00-06:00"            # may cross midnight; "00:00-24:00" is the whole day
     timezone = "Europe/Berlin"       # optional, default UTC (IANA names)
-    steps = ["prune", "tier", "drill", "copy"]
+    steps = ["prune", "tier", "drill", "copy", "check"]
 
     [[notify]]                       # one table per notifier
     on = ["*.error", "rpo_breach", "precheck_failed"]   # event names or fnmatch patterns
@@ -32,13 +37,14 @@ from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["EVENTS", "WINDOW_STEPS", "NotifySpec", "WindowSpec", "parse_notify", "parse_windows"]
+__all__ = ["EVENTS", "WINDOW_STEPS", "CheckSpec", "NotifySpec", "WindowSpec", "parse_checks", "parse_notify",
+           "parse_windows"]
 
 KINDS = ("backup", "prune", "check", "copy", "tier", "drill")
 PHASES = ("start", "success", "error", "warning")
 EVENTS = (*(f"{k}.{p}" for k in KINDS for p in PHASES), "rpo_breach", "precheck_failed", "handoff",
           "handoff.failed", "policy.error", "policy.reload_failed", "agent.start", "agent.stop")
-WINDOW_STEPS = ("prune", "tier", "drill", "copy")
+WINDOW_STEPS = ("prune", "tier", "drill", "copy", "check")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TARGETS = ("webhook", "webhook_env", "ping", "ping_env", "email", "command")
 
@@ -68,6 +74,39 @@ class WindowSpec:
                 return max(t, now)
             t += timedelta(minutes=1)
         return t
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    repository: str
+    every: timedelta = timedelta(days=7)
+    read_data: bool = False
+    subset: str | None = None  # "N%" (rotating) or "n/t": read that part of the packs
+
+
+def parse_checks(w: Any, raw: dict[str, Any], repositories: dict[str, Any]) -> dict[str, CheckSpec]:
+    """``[checks.NAME]`` tables."""
+    from weightvault.policy import spec as s
+
+    out: dict[str, CheckSpec] = {}
+    for name, table in raw.items():
+        where = f"checks.{name}"
+        s._named_table(w, where, name, table, {"repository", "every", "read_data"})
+        repo = s._get(w, where, table, "repository", str, required=True)
+        if repo not in repositories:
+            raise w.error(where, "repository", f"no repository named {repo!r} in [repositories]")
+        rd = table.get("read_data", False)
+        subset = None
+        if isinstance(rd, str):
+            if not re.fullmatch(r"(\d+(\.\d+)?%|\d+/\d+)", rd.strip()):
+                raise w.error(where, "read_data", 'true, false, "N%" (the next N % in rotation) or "n/t"')
+            subset = rd.strip()
+        elif not isinstance(rd, bool):
+            raise w.error(where, "read_data", 'true, false, "N%" (the next N % in rotation) or "n/t"')
+        every = s._duration(w, where, table, "every", interval=True) or timedelta(days=7)
+        out[name] = CheckSpec(name, repo, every, rd is True, subset)
+    return out
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@
     tiers = ["hot", "warm", "cold", "archive"]   # tiers its snapshots pass through, in order
 
 Without ``[classes]`` the defaults for an ML run directory apply (``policy/defaults.py``).
-``[windows.NAME]`` and ``[[notify]]`` tables are for the agent (``policy/agent_spec.py``).
+``[checks.NAME]``, ``[windows.NAME]`` and ``[[notify]]`` tables: ``policy/agent_spec.py``.
 Every error is a ConfigFileError naming the file and line.
 """
 
@@ -168,6 +168,7 @@ class PolicySpec:
     classes: list[DataClass] = field(default_factory=list)
     drills: dict[str, DrillSpec] = field(default_factory=dict)
     windows: dict[str, Any] = field(default_factory=dict)  # name -> agent_spec.WindowSpec
+    checks: dict[str, Any] = field(default_factory=dict)  # name -> agent_spec.CheckSpec
     notify: list[Any] = field(default_factory=list)  # agent_spec.NotifySpec, in file order
     path: str = "<policy>"
 
@@ -238,7 +239,8 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: not valid TOML: {exc}", hint="fix the syntax at the line named") from exc
     w = _Where(path, text)
-    _only(w, "", doc, {"version", "settings", "repositories", "sources", "classes", "drills", "windows", "notify"})
+    _only(w, "", doc, {"version", "settings", "repositories", "sources", "classes", "drills", "windows", "notify",
+                       "checks"})
     if doc.get("version", 1) != 1:
         raise ConfigFileError(f"{path}, line {_top_line(w, 'version')}: version: only version 1 is known")
     spec = PolicySpec(path=path)
@@ -258,6 +260,7 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
 
     spec.windows = agent_spec.parse_windows(w, _table(w, "", doc, "windows"))
     spec.notify = agent_spec.parse_notify(w, doc.get("notify", []))
+    spec.checks = agent_spec.parse_checks(w, _table(w, "", doc, "checks"), spec.repositories)
     return spec
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weightvault.backends.factory import StorageOptions
-from weightvault.errors import UsageError, ValidationFailedError, WeightvaultError
+from weightvault.errors import CheckFailedError, UsageError, ValidationFailedError, WeightvaultError
 from weightvault.ops.walk import Entry, walk_source
 from weightvault.policy import journal as journal_mod
 from weightvault.policy import plan as plan_mod
@@ -42,6 +42,8 @@ class PolicyRepo(Protocol):
     def copy_to(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def drill(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def check(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def ledger(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]: ...
 
@@ -186,7 +188,8 @@ def _start(spec: spec_mod.PolicySpec, fleet: Fleet, now: datetime | None, dry_ru
 def apply_policy(spec: spec_mod.PolicySpec, fleet: Fleet, *, now: datetime | None = None, dry_run: bool = False,
                  say: Callable[[str], None] | None = None) -> PolicyRun:
     """Run what the policy says is due: backups per source and data class, retention (forget),
-    prune (every ``settings.prune_every``), copies to replicas, ``tier_run``, then restore drills.
+    prune (every ``settings.prune_every``), copies to replicas, ``tier_run``, restore drills, then
+    repository checks (``[checks]``); steps of a kind a ``[windows]`` table lists wait for it.
     ``now`` (default: the clock) is also the time of new snapshots, so a schedule can be simulated."""
     run = _start(spec, fleet, now, dry_run, say)
     records = journal_mod.read_records(journal_path(spec))
@@ -196,6 +199,7 @@ def apply_policy(spec: spec_mod.PolicySpec, fleet: Fleet, *, now: datetime | Non
     _copies(run)
     run.steps += _tiers(_start(spec, fleet, now, dry_run, say)).steps
     _drills(run, records)
+    _checks(run, records)
     return PolicyRun(run.steps, dry_run)
 
 
@@ -322,6 +326,29 @@ def _drills(run: _Run, records: list[dict[str, Any]]) -> None:
                     f" {drill.level} in {res.rto_s:.1f} s (RTO)")
 
         run.step(step, do_drill)
+
+
+def _checks(run: _Run, records: list[dict[str, Any]]) -> None:
+    for chk in run.spec.checks.values():
+        last = max((r["time"] for r in records if r.get("step") == "check" and r.get("ok") and str(
+            r.get("detail", "")).startswith(f"{chk.name}:") and r.get("repository") == chk.repository), default=None)
+        if last is not None and datetime.fromisoformat(last) + chk.every > run.clock:
+            continue
+        what = "every pack read" if chk.read_data else f"packs {chk.subset} read" if chk.subset else "structure"
+        step = PolicyStep("check", chk.repository, True, f"{chk.name}: {what}")
+        if run.deferred("check", step):
+            continue
+        if run.dry_run:
+            run.steps.append(step)
+            continue
+
+        def do_check(chk: Any = chk, what: str = what) -> str:
+            res = run.fleet[chk.repository].check(read_data=chk.read_data, subset=chk.subset)
+            if not res.ok:
+                raise CheckFailedError(f"{chk.name}: {len(res.errors)} problem(s), first: {res.errors[0]}")
+            return f"{chk.name}: {what}: {res.packs_read} of {res.packs} pack(s) read, no problems"
+
+        run.step(step, do_check)
 
 
 def tier_run(spec: spec_mod.PolicySpec, fleet: Fleet, *, now: datetime | None = None, dry_run: bool = False,
