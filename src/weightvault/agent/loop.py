@@ -88,6 +88,7 @@ class Agent:
         self.watcher: Watcher | None = None
         self._watch_lock = threading.Lock()  # the watcher is polled by its thread, swapped by reloads
         self._watch_thread: threading.Thread | None = None
+        self._upload_queue: UploadQueue | None = None
         self.notifier: Notifier | None = None
         self._breached: set[tuple[str, str, str]] = set()
         self.metrics: Metrics | None = None
@@ -194,6 +195,11 @@ class Agent:
             failed = self._apply() or failed
         return failed
 
+    def _queue(self) -> UploadQueue:
+        if self._upload_queue is None:
+            self._upload_queue = UploadQueue()  # opened once: its path comes from the environment
+        return self._upload_queue
+
     def _watch_loop(self) -> None:
         """The watch thread: hand checkpoints off as soon as they are complete, also while the
         main thread is busy with a backup (so a rotation cannot take one before it is pinned)."""
@@ -221,7 +227,7 @@ class Agent:
         return failed
 
     def _drain(self) -> bool:
-        q = UploadQueue()
+        q = self._queue()
         waiting = [j for j in q.jobs(("queued", "running")) if j.not_before <= time.time()]
         if not waiting:
             return False
@@ -304,7 +310,7 @@ class Agent:
         if self.metrics is None:
             return
         counts: dict[str, int] = {}
-        for j in UploadQueue().jobs():
+        for j in self._queue().jobs():
             counts[j.state] = counts.get(j.state, 0) + 1
         self.metrics.queue(counts)
         self.metrics.write()
