@@ -43,7 +43,7 @@ from weightvault.agent.precheck import precheck
 from weightvault.agent.watch import WatchedSource, Watcher
 from weightvault.errors import ConfigFileError, RepositoryLockedError, UsageError, WeightvaultError
 from weightvault.integrations.queue import UploadQueue
-from weightvault.integrations.worker import run_worker
+from weightvault.integrations.worker import WorkerRun, run_worker
 from weightvault.paths import state_home
 
 __all__ = ["Agent", "AgentOptions", "AgentStop"]
@@ -246,18 +246,22 @@ class Agent:
             self.log.emit("backup.start", source=_tag(j.tags, "run"), path=j.record_as, step=_tag(j.tags, "step"),
                           repository=j.repository)
         with self._operation():
-            res = run_worker(q, storage=self.opts.storage)
-        for job_id, snap in res.done.items():
-            j, summary = q.get(job_id), res.summaries.get(job_id, {})
-            self.log.emit("backup.success", source=_tag(j.tags, "run"), path=j.record_as, snapshot=snap[:8],
-                          step=_tag(j.tags, "step"), repository=j.repository, files=summary.get("files"),
-                          bytes=summary.get("bytes"), stored_bytes_added=summary.get("stored_bytes_added"),
-                          duration_s=summary.get("duration_s"), lag_s=_lag(j.created))
-        for job_id, err in res.errors.items():
-            j = q.get(job_id)
-            self.log.emit("backup.error", "error", source=_tag(j.tags, "run"), path=j.record_as, error=err,
-                          attempts=j.attempts, retrying=j.state == "queued")
+            res = run_worker(q, storage=self.opts.storage, on_job=lambda job_id, run: self._job_done(q, job_id, run))
         return bool(res.errors) or deferred
+
+    def _job_done(self, q: UploadQueue, job_id: int, res: WorkerRun) -> None:
+        """Report one job as soon as its attempt ends (not when the whole queue is drained)."""
+        j = q.get(job_id)
+        if job_id in res.done:
+            summary = res.summaries.get(job_id, {})
+            self.log.emit("backup.success", source=_tag(j.tags, "run"), path=j.record_as,
+                          snapshot=res.done[job_id][:8], step=_tag(j.tags, "step"), repository=j.repository,
+                          files=summary.get("files"), bytes=summary.get("bytes"),
+                          stored_bytes_added=summary.get("stored_bytes_added"), duration_s=summary.get("duration_s"),
+                          lag_s=_lag(j.created))
+        elif job_id in res.errors:
+            self.log.emit("backup.error", "error", source=_tag(j.tags, "run"), path=j.record_as,
+                          error=res.errors[job_id], attempts=j.attempts, retrying=j.state == "queued")
 
     def _apply(self) -> bool:
         with self._operation():

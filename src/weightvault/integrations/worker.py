@@ -158,9 +158,11 @@ def _run_job(job: Job, storage: api.StorageOptions | None = None,
 
 
 def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTEMPTS, wait: bool = False,
-               say: Callable[[str], None] | None = None, storage: api.StorageOptions | None = None) -> WorkerRun:
+               say: Callable[[str], None] | None = None, storage: api.StorageOptions | None = None,
+               on_job: Callable[[int, WorkerRun], None] | None = None) -> WorkerRun:
     """Drain the queue (see the module docstring). ``wait``: also wait for jobs in backoff.
-    ``storage``: options for opening the repositories (bandwidth limits, S3 endpoint)."""
+    ``storage``: options for opening the repositories (bandwidth limits, S3 endpoint).
+    ``on_job(job id, run so far)``: called after each attempt, as it ends."""
     q = queue or UploadQueue()
     out = WorkerRun()
     lock_path().parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +177,8 @@ def run_worker(queue: UploadQueue | None = None, *, max_attempts: int = MAX_ATTE
             job = q.claim()
             if job is not None:
                 _attempt(q, job, max_attempts, out, say, storage)
+                if on_job is not None:
+                    on_job(job.id, out)
                 continue
             pending = q.jobs(("queued",))
             if wait and pending:

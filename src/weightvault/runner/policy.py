@@ -12,7 +12,7 @@ import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -288,10 +288,7 @@ def _copies(run: _Run) -> None:
             if not ids:
                 continue
             step = PolicyStep("copy", replica, True, f"{src.name}: {src.repository} -> {replica}", src.name)
-            if run.deferred("copy", step):
-                continue
-            if run.dry_run:
-                run.steps.append(step)
+            if _held(run, step):
                 continue
 
             def copy(src: spec_mod.SourceSpec = src, replica: str = replica, ids: list[str] = ids) -> str:
@@ -302,18 +299,29 @@ def _copies(run: _Run) -> None:
             run.step(step, copy)
 
 
+def _due(run: _Run, records: list[dict[str, Any]], kind: str, name: str, repository: str, every: timedelta) -> bool:
+    """Whether the named drill or check is due: no success of it journaled within ``every``."""
+    last = max((r["time"] for r in records if r.get("step") == kind and r.get("ok") and str(
+        r.get("detail", "")).startswith(f"{name}:") and r.get("repository") == repository), default=None)
+    return last is None or datetime.fromisoformat(last) + every <= run.clock
+
+
+def _held(run: _Run, step: PolicyStep) -> bool:
+    """A due step that does not run now: it waits for its window, or this is a dry run (listed)."""
+    if run.deferred(step.step, step):
+        return True
+    if run.dry_run:
+        run.steps.append(step)
+        return True
+    return False
+
+
 def _drills(run: _Run, records: list[dict[str, Any]]) -> None:
     for drill in run.spec.drills.values():
-        last = max((r["time"] for r in records if r.get("step") == "drill" and r.get("ok") and str(
-            r.get("detail", "")).startswith(f"{drill.name}:") and r.get("repository") == drill.repository),
-                   default=None)
-        if last is not None and datetime.fromisoformat(last) + drill.every > run.clock:
+        if not _due(run, records, "drill", drill.name, drill.repository, drill.every):
             continue
         step = PolicyStep("drill", drill.repository, True, f"{drill.name}: level {drill.level}, pick {drill.pick}")
-        if run.deferred("drill", step):
-            continue
-        if run.dry_run:
-            run.steps.append(step)
+        if _held(run, step):
             continue
 
         def do_drill(drill: spec_mod.DrillSpec = drill, step: PolicyStep = step) -> str:
@@ -330,16 +338,11 @@ def _drills(run: _Run, records: list[dict[str, Any]]) -> None:
 
 def _checks(run: _Run, records: list[dict[str, Any]]) -> None:
     for chk in run.spec.checks.values():
-        last = max((r["time"] for r in records if r.get("step") == "check" and r.get("ok") and str(
-            r.get("detail", "")).startswith(f"{chk.name}:") and r.get("repository") == chk.repository), default=None)
-        if last is not None and datetime.fromisoformat(last) + chk.every > run.clock:
+        if not _due(run, records, "check", chk.name, chk.repository, chk.every):
             continue
         what = "every pack read" if chk.read_data else f"packs {chk.subset} read" if chk.subset else "structure"
         step = PolicyStep("check", chk.repository, True, f"{chk.name}: {what}")
-        if run.deferred("check", step):
-            continue
-        if run.dry_run:
-            run.steps.append(step)
+        if _held(run, step):
             continue
 
         def do_check(chk: Any = chk, what: str = what) -> str:
