@@ -66,6 +66,7 @@ def backup(
             "errors": [{"path": p, "reason": r} for p, r in res.errors],
             "warnings": [{"path": p, "reason": r} for p, r in res.warnings],
             **({"group": group_json(grp)} if grp is not None else {}),
+            "stages": res.stages,
         })
     elif not g.quiet:
         s = snap.summary

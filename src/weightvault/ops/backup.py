@@ -14,34 +14,31 @@ skipped and reported in ``errors``; the snapshot is still committed.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import os
 import socket
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import BinaryIO
 
 from weightvault import __version__
 from weightvault.chunking.registry import SplitterRegistry, default_registry
 from weightvault.errors import NoSpaceError, ObjectNotFoundError, SnapshotNotFoundError, UsageError
 from weightvault.ops.delta_bases import BaseFinder
 from weightvault.ops.groups import Group, commit_group, validate_group_args
-from weightvault.ops.layout import fallback_reason
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.retain import retain_snapshot
+from weightvault.ops.stages import Stages
+from weightvault.ops.store import ChunkSaver, store_stream
 from weightvault.ops.walk import Entry, WalkError, walk_source
-from weightvault.repository.manifest import ManifestWriter, Node, TensorPart, iter_manifest
-from weightvault.repository.repo import DeltaBase, Repository
+from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
+from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType
 
 __all__ = ["MAX_REREADS", "BackupOptions", "BackupResult", "ChunkSaver", "backup", "commit_snapshot", "find_parent",
-           "store_stream"]
+           "store_stream"]  # ChunkSaver and store_stream live in ops/store.py
 
 MAX_REREADS = 2
 
@@ -75,6 +72,7 @@ class BackupResult:
     errors: list[tuple[str, str]]
     warnings: list[tuple[str, str]]
     group: Group | None = None  # with --group: the group's state after this rank committed
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, over all threads (ops.stages)
 
 
 def _utc(t: datetime | None) -> datetime:
@@ -146,84 +144,6 @@ def _meta(node: Node, st: os.stat_result) -> Node:
     return node
 
 
-class ChunkSaver:
-    """Stores chunks in a worker pool (compress, encrypt, pack) with a bound on chunks in flight.
-
-    Blob ids are computed by the caller, so a file's node is complete as soon as it has been read
-    and the next file can be read while its chunks are still being stored. A failed store is
-    raised by the next ``submit`` or by ``close``, so the snapshot is never committed after one.
-    """
-
-    def __init__(self, repo: Repository, workers: int) -> None:
-        self.repo = repo
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-backup")
-        self.slots = threading.BoundedSemaphore(2 * workers + 2)
-        self._failed: list[BaseException] = []
-
-    def _done(self, fut: Future[tuple[bytes, bool]]) -> None:
-        self.slots.release()
-        exc = fut.exception()
-        if exc is not None:
-            self._failed.append(exc)
-
-    def submit(self, data: bytes, dtype: str | None = None, delta: DeltaBase | None = None) -> bytes:
-        """Queue ``data`` for storing (``dtype``: element type hint for the codec; ``delta``: a
-        candidate delta base); returns its blob id."""
-        if self._failed:
-            raise self._failed[0]
-        blob_id = self.repo.key.blob_id(data)
-        self.slots.acquire()
-        try:
-            fut = self.pool.submit(self.repo.save_blob, BlobType.DATA, data, blob_id, dtype, delta)
-        except BaseException:
-            self.slots.release()
-            raise
-        fut.add_done_callback(self._done)
-        return blob_id
-
-    def close(self) -> None:
-        """Wait for every queued chunk; raise the first storing error, if any."""
-        self.pool.shutdown(wait=True)
-        if self._failed:
-            raise self._failed[0]
-
-
-def store_stream(f: BinaryIO, head: bytes, rel: bytes, saver: ChunkSaver, registry: SplitterRegistry,
-                 repo: Repository, on_bytes: Callable[[int], None],
-                 finder: BaseFinder) -> tuple[Node, list[int], str | None]:
-    """Chunk ``f`` (its first bytes ``head``) with the splitter its name and content select,
-    offering delta bases, and queue every chunk with ``saver``. Returns the file node (no
-    metadata yet), the chunks' offsets, and why a model-looking file got generic CDC (or None)."""
-    splitter = registry.select(os.path.basename(rel), head)
-    sha = hashlib.sha256()
-    blobs: list[bytes] = []
-    tensors: list[TensorPart | None] = []
-    offsets: list[int] = []
-    bases: dict[TensorPart, DeltaBase] | None = None
-    size = 0
-    chunks = splitter.split(f, repo.chunker)
-    for chunk in chunks:
-        sha.update(chunk.data)
-        size += len(chunk.data)
-        part: TensorPart | None = None
-        delta = None
-        if chunk.tensor is not None:
-            part = (chunk.tensor, chunk.part, chunk.dtype)
-            if bases is None:
-                bases = finder.bases_for(rel)
-            delta = bases.get(part)
-        blobs.append(saver.submit(chunk.data, chunk.dtype, delta))
-        tensors.append(part)
-        offsets.append(chunk.offset)
-        on_bytes(len(chunk.data))
-    node = Node(path=rel, type="file", size=size, blobs=blobs, sha256=sha.hexdigest())
-    if any(t is not None for t in tensors):
-        node.tensors = tensors
-    why = None if node.tensors or size < repo.chunker.min_size else fallback_reason(
-        os.path.basename(rel), head, chunks)
-    return node, offsets, why
-
-
 def _read_file(
     e: Entry,
     saver: ChunkSaver,
@@ -278,14 +198,16 @@ def backup(repo: Repository, sources: list[str], opts: BackupOptions | None = No
     start = time.monotonic()
     blobs_before, stored_before = repo.stats_new_blobs, repo.stats_new_stored
     tree = run.store_tree()
-    repo.flush()  # packs, then index: everything the snapshot references is durable
+    with run.stages("flush"):
+        repo.flush()  # packs, then index: everything the snapshot references is durable
     run.reporter.done()
     summary: dict[str, float] = dict(run.totals)
     summary.update(duration_s=round(time.monotonic() - start, 3), blobs_added=repo.stats_new_blobs - blobs_before,
                    stored_bytes_added=repo.stats_new_stored - stored_before, errors=len(run.errors))
-    snap = commit_snapshot(repo, opts, host, path_strs, tree, parent, summary)
-    group = commit_group(repo, opts.group)[0] if opts.group is not None else None
-    return BackupResult(snap, run.errors, run.warnings, group)
+    with run.stages("commit"):
+        snap = commit_snapshot(repo, opts, host, path_strs, tree, parent, summary)
+        group = commit_group(repo, opts.group)[0] if opts.group is not None else None
+    return BackupResult(snap, run.errors, run.warnings, group, run.stages.as_dict())
 
 
 def commit_snapshot(repo: Repository, opts: BackupOptions, host: str, paths: list[str], tree: list[bytes],
@@ -369,6 +291,7 @@ class _Run:
     warnings: list[tuple[str, str]] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("files", "dirs", "symlinks", "bytes", "files_new", "files_changed", "files_unmodified", "bytes_read"), 0))
+    stages: Stages = field(default_factory=Stages)
 
     def walk(self) -> Iterator[Entry | WalkError]:
         for name, p in sorted(self.roots.items()):
@@ -395,7 +318,7 @@ class _Run:
     def store_tree(self) -> list[bytes]:
         """Walk the sources, store new data and the manifest; returns the manifest's tree blobs."""
         writer = ManifestWriter()
-        saver = ChunkSaver(self.repo, self.opts.workers or os.cpu_count() or 2)
+        saver = ChunkSaver(self.repo, self.opts.workers or os.cpu_count() or 2, self.stages)
         try:
             for e in self.walk():
                 node = self._node(e, saver)

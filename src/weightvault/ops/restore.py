@@ -24,7 +24,6 @@ import secrets
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,6 +37,8 @@ from weightvault.errors import (
     VerificationError,
 )
 from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.ops.restore_io import load_and_write
+from weightvault.ops.stages import Stages
 from weightvault.ops.walk import matches_any
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
@@ -75,6 +76,7 @@ class RestoreResult:
     bytes: int = 0
     skipped: int = 0
     verified: int = 0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, over all threads (ops.stages)
 
 
 def check_path(path: bytes) -> list[bytes]:
@@ -307,7 +309,7 @@ def _restore_files(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
             ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
-        jobs = _FileJobs(shared, pool, verify, reporter, result, lock)
+        jobs = _FileJobs(shared, pool, verify, reporter, result, lock, stages := Stages())
         for n, parts in plan:
             if failed:
                 break
@@ -324,6 +326,7 @@ def _restore_files(
                     os.close(parent_fd)
                     raise
                 fut.add_done_callback(done)
+    result.stages = stages.as_dict()
     if failed:
         raise failed[0]
 
@@ -338,6 +341,7 @@ class _FileJobs:
     reporter: Reporter
     result: RestoreResult
     lock: threading.Lock  # guards ``result``
+    stages: Stages
 
 
 def _restore_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
@@ -356,8 +360,9 @@ def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
     try:
         sha = hashlib.sha256()
         pos = 0
-        for data in _load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, lookahead=_LOOKAHEAD):
-            sha.update(data)
+        for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages):
+            with jobs.stages("sha256"):
+                sha.update(data)
             pos += len(data)
             jobs.reporter.add(nbytes=len(data))
         os.ftruncate(fd, pos)
@@ -369,9 +374,11 @@ def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
         _chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        os.fsync(fd)
-        if jobs.verify and _file_digest(parent_fd, tmp) != n.sha256:
-            raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
+        with jobs.stages("fsync"):
+            os.fsync(fd)
+        with jobs.stages("verify"):
+            if jobs.verify and _file_digest(parent_fd, tmp) != n.sha256:
+                raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
         os.close(fd)
         fd = -1
         _replace(parent_fd, tmp, name)
@@ -406,78 +413,6 @@ def _replace(parent_fd: int, tmp: bytes, name: bytes) -> None:
     except IsADirectoryError:
         os.rmdir(name, dir_fd=parent_fd)
         os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-
-
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view, pos = view[n:], pos + n
-
-
-_RUN_BYTES = 8 * 1024 * 1024  # largest stored span fetched by one coalesced read
-
-
-def _runs(repo: BlobCache, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
-    """Group the file's blobs into runs of (blob id, file offset): consecutive blobs of the file that
-    lie in the same pack within one span of at most ``_RUN_BYTES`` (in any order: parallel backup
-    workers store neighbours slightly out of order), with at most an eighth of the span being other
-    blobs' bytes, become one range read. A blob the restore uses more than once (shared or a delta
-    base) stays alone, so the cache sees it."""
-    runs: list[list[tuple[bytes, int]]] = []
-    pos = 0
-    cur: tuple[str, int, int, int] | None = None  # pack, span start, span end, bytes wanted
-    for b in blobs:
-        e = repo.lookup(b)
-        start, end = e.blob.offset, e.blob.offset + e.blob.length
-        solo = repo.shared(b)
-        if cur is not None and not solo and cur[0] == e.pack_id:
-            lo, hi, wanted = min(cur[1], start), max(cur[2], end), cur[3] + e.blob.length
-            if hi - lo <= _RUN_BYTES and (hi - lo - wanted) * 8 <= hi - lo:
-                runs[-1].append((b, pos))
-                cur = (e.pack_id, lo, hi, wanted)
-                pos += e.blob.raw_length
-                continue
-        runs.append([(b, pos)])
-        cur = None if solo else (e.pack_id, start, end, e.blob.length)
-        pos += e.blob.raw_length
-    return runs
-
-
-def _load_and_write(
-    pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int, lookahead: int
-) -> Iterator[bytes]:
-    """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
-    the plaintexts in file order for hashing. Blobs stored back to back are fetched with one range
-    read (``_runs``). All-zero chunks are left as holes, so sparse files stay sparse. Offsets come
-    from the index's raw lengths; at most ``lookahead`` runs in flight."""
-
-    def work(run: list[tuple[bytes, int]]) -> list[bytes]:
-        out = repo.load_run([b for b, _ in run])
-        for (_, offset), data in zip(run, out, strict=True):
-            if data.count(0) != len(data):
-                _pwrite_all(fd, data, offset)
-        return out
-
-    futs: list[Future[list[bytes]]] = []
-    pending = iter(_runs(repo, blobs))
-    for run in pending:
-        futs.append(pool.submit(work, run))
-        if len(futs) >= lookahead:
-            break
-    try:
-        while futs:
-            datas = futs.pop(0).result()
-            nxt = next(pending, None)
-            if nxt is not None:
-                futs.append(pool.submit(work, nxt))
-            yield from datas
-    finally:
-        for f in futs:  # on error, let in-flight writes finish before the caller closes fd
-            f.cancel()
-        for f in futs:
-            if not f.cancelled():
-                f.exception()
 
 
 def _restore_symlink(dirs: _Dirs, n: Node, parts: list[bytes]) -> None:

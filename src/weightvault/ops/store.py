@@ -1,0 +1,122 @@
+"""Chunks into the repository: ``ChunkSaver`` (a worker pool with a bound on chunks in flight) and
+``store_stream`` (one file's bytes split, hashed and queued), shared by ``backup`` and
+``backup_data``. Each stage's time goes into the saver's ``stages`` (``ops.stages``): ``read``
+(reading and splitting), ``sha256`` (the file digest), ``blob_id`` (keyed BLAKE3),
+``wait_workers`` (the reader waiting for a free slot) and ``store`` (in the workers: compress,
+encrypt, fill and write packs)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO
+
+from weightvault.chunking.registry import SplitterRegistry
+from weightvault.ops.delta_bases import BaseFinder
+from weightvault.ops.layout import fallback_reason
+from weightvault.ops.stages import Stages
+from weightvault.repository.manifest import Node, TensorPart
+from weightvault.repository.repo import DeltaBase, Repository
+from weightvault.types import BlobType
+
+__all__ = ["ChunkSaver", "store_stream"]
+
+
+class ChunkSaver:
+    """Stores chunks in a worker pool (compress, encrypt, pack) with a bound on chunks in flight.
+
+    Blob ids are computed by the caller, so a file's node is complete as soon as it has been read
+    and the next file can be read while its chunks are still being stored. A failed store is
+    raised by the next ``submit`` or by ``close``, so the snapshot is never committed after one.
+    """
+
+    def __init__(self, repo: Repository, workers: int, stages: Stages | None = None) -> None:
+        self.repo = repo
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-backup")
+        self.slots = threading.BoundedSemaphore(2 * workers + 2)
+        self.stages = stages if stages is not None else Stages()
+        self._failed: list[BaseException] = []
+
+    def _done(self, fut: Future[tuple[bytes, bool]]) -> None:
+        self.slots.release()
+        exc = fut.exception()
+        if exc is not None:
+            self._failed.append(exc)
+
+    def submit(self, data: bytes, dtype: str | None = None, delta: DeltaBase | None = None) -> bytes:
+        """Queue ``data`` for storing (``dtype``: element type hint for the codec; ``delta``: a
+        candidate delta base); returns its blob id."""
+        if self._failed:
+            raise self._failed[0]
+        t0 = time.perf_counter()
+        blob_id = self.repo.key.blob_id(data)
+        t1 = time.perf_counter()
+        self.slots.acquire()
+        self.stages.add("blob_id", t1 - t0)
+        self.stages.add("wait_workers", time.perf_counter() - t1)
+        try:
+            fut = self.pool.submit(self._store, data, blob_id, dtype, delta)
+        except BaseException:
+            self.slots.release()
+            raise
+        fut.add_done_callback(self._done)
+        return blob_id
+
+    def _store(self, data: bytes, blob_id: bytes, dtype: str | None, delta: DeltaBase | None) -> tuple[bytes, bool]:
+        with self.stages("store"):
+            return self.repo.save_blob(BlobType.DATA, data, blob_id, dtype, delta)
+
+    def close(self) -> None:
+        """Wait for every queued chunk; raise the first storing error, if any."""
+        self.pool.shutdown(wait=True)
+        if self._failed:
+            raise self._failed[0]
+
+
+def store_stream(f: BinaryIO, head: bytes, rel: bytes, saver: ChunkSaver, registry: SplitterRegistry,
+                 repo: Repository, on_bytes: Callable[[int], None],
+                 finder: BaseFinder) -> tuple[Node, list[int], str | None]:
+    """Chunk ``f`` (its first bytes ``head``) with the splitter its name and content select,
+    offering delta bases, and queue every chunk with ``saver``. Returns the file node (no
+    metadata yet), the chunks' offsets, and why a model-looking file got generic CDC (or None)."""
+    splitter = registry.select(os.path.basename(rel), head)
+    sha = hashlib.sha256()
+    blobs: list[bytes] = []
+    tensors: list[TensorPart | None] = []
+    offsets: list[int] = []
+    bases: dict[TensorPart, DeltaBase] | None = None
+    size = 0
+    chunks = splitter.split(f, repo.chunker)
+    it, stages = iter(chunks), saver.stages
+    while True:
+        t0 = time.perf_counter()
+        chunk = next(it, None)
+        t1 = time.perf_counter()
+        if chunk is None:
+            stages.add("read", t1 - t0)
+            break
+        sha.update(chunk.data)
+        stages.add("read", t1 - t0)
+        stages.add("sha256", time.perf_counter() - t1)
+        size += len(chunk.data)
+        part: TensorPart | None = None
+        delta = None
+        if chunk.tensor is not None:
+            part = (chunk.tensor, chunk.part, chunk.dtype)
+            if bases is None:
+                bases = finder.bases_for(rel)
+            delta = bases.get(part)
+        blobs.append(saver.submit(chunk.data, chunk.dtype, delta))
+        tensors.append(part)
+        offsets.append(chunk.offset)
+        on_bytes(len(chunk.data))
+    node = Node(path=rel, type="file", size=size, blobs=blobs, sha256=sha.hexdigest())
+    if any(t is not None for t in tensors):
+        node.tensors = tensors
+    why = None if node.tensors or size < repo.chunker.min_size else fallback_reason(
+        os.path.basename(rel), head, chunks)
+    return node, offsets, why
