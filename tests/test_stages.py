@@ -26,3 +26,18 @@ def test_backup_and_restore_json_report_their_stages(tmp_path: Path) -> None:
     back = json.loads(ok(wv(env, "-r", repo, "restore", snap, "--target", tmp_path / "back", "--json")).stdout)
     assert {"load", "zero_check", "write", "wait_load", "sha256", "fsync", "verify"} <= set(back["stages"])
     assert back["stages"]["load"] > 0 and back["files"] == 2
+
+
+def test_the_zero_check_agrees_with_counting_zeros() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from weightvault.ops.restore_io import all_zero
+
+    @given(st.integers(0, 300), st.integers(0, 300), st.binary(max_size=3))
+    def agree(before: int, after: int, middle: bytes) -> None:
+        data = bytes(before) + middle + bytes(after)
+        assert all_zero(data) == (data.count(0) == len(data))
+
+    agree()
+    assert all_zero(bytes(5_000_000)) and not all_zero(bytes(4_000_000) + b"\x01" + bytes(1_000_000))
