@@ -109,8 +109,8 @@ def test_sigterm_mid_backup_then_restart_completes_it_reusing_uploads(env: dict[
     shutil.rmtree(tmp_path / "repo")
     Engine.init(LocalBackend(tmp_path / "repo"), PASSWORD.encode(), kdf=FAST_KDF, pack_size=1024 * 1024)  # many packs
     run = tmp_path / "exp8"
-    size = 24_000_000
-    _hf_checkpoint(run, 100, size)  # random bytes: stored as they are, at 8 MB/s below
+    size = 40_000_000
+    _hf_checkpoint(run, 100, size)  # random bytes: stored as they are, at 8 MB/s below (5 s)
     args = ["-r", str(tmp_path / "repo"), "--limit-upload", "8M", "watch", str(run)]
     a = AgentProc(args, env, tmp_path / "a1.log")
     data = tmp_path / "repo" / "data"

@@ -54,9 +54,13 @@ def test_metrics_over_http_and_as_a_textfile(env: dict[str, str], tmp_path: Path
         a.wait_for(lambda ev: any(e["event"] == "metrics.listening" for e in ev), what="the listener")
         _hf_checkpoint(run, 5)
         a.wait_for(_backed_up(5), what="the backup")
-        time.sleep(1.5)  # the next turn updates the queue gauges
         assert _get(f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
-        text = _get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+        deadline = time.monotonic() + 30
+        while True:  # the queue gauges are updated at the end of the turn that ran the backup
+            text = _get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+            if 'weightvault_queue_jobs{state="done"} 1.0' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         assert a.stop() == 0
     m = _samples(text)
