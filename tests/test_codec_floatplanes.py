@@ -226,3 +226,27 @@ def test_real_weights_byteplane_beats_plain_zstd() -> None:
             exp = planes[-1]
             bound = exp.size * fp.order0_entropy(exp) / 8 + sum(p.size for p in planes[:-1])
             assert len(payload) <= 1.03 * bound
+
+
+def test_a_large_float_chunk_skips_plain_zstd_only_when_a_sample_says_it_cannot_win(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real weights: byteplane wins on the sample, so plain zstd never runs over the whole chunk.
+    A float chunk that plain zstd codes far better (a repeated pattern) still gets zstd."""
+    import weightvault.codec.compress as comp
+
+    full_zstd: list[int] = []
+    real = comp._zstd_unless_larger
+    def counted(d: bytes | memoryview, lv: int, b: int) -> bytes | None:
+        full_zstd.append(len(d))
+        return real(d, lv, b)
+
+    monkeypatch.setattr(comp, "_zstd_unless_larger", counted)
+    weights = b"".join(minilm_tensors(4))[: 2 * 1024 * 1024]
+    codec, payload = compress_best(weights, 3, "F32", allow_byteplane=True)
+    assert codec == BYTEPLANE and full_zstd == [] and decompress(codec, payload, len(weights)) == weights
+    pattern = np.tile(np.random.default_rng(0).normal(size=1024).astype("<f4"), 512).tobytes()  # 2 MiB
+    codec, payload = compress_best(pattern, 3, "F32", allow_byteplane=True)
+    assert codec == ZSTD and full_zstd == [len(pattern)] and decompress(codec, payload, len(pattern)) == pattern
+    small = weights[: 512 * 1024]  # below 1 MiB: always both ways, never larger than plain zstd
+    compress_best(small, 3, "F32", allow_byteplane=True)
+    assert full_zstd[-1] == len(small)
