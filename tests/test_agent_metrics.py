@@ -111,8 +111,9 @@ def test_a_listener_beyond_loopback_needs_a_token(env: dict[str, str], tmp_path:
                              timeout=60)
     assert refused.returncode == 2 and "WEIGHTVAULT_METRICS_TOKEN" in refused.stderr
     port = _port()
+    # with the token set every listener requires it; tests listen on 127.0.0.1 only
     a = AgentProc(["-r", str(tmp_path / "repo"), "watch", str(tmp_path / "run"), "--metrics-listen",
-                   f"0.0.0.0:{port}"], {**env, "WEIGHTVAULT_METRICS_TOKEN": "t0ken"}, tmp_path / "agent.log")
+                   f"127.0.0.1:{port}"], {**env, "WEIGHTVAULT_METRICS_TOKEN": "t0ken"}, tmp_path / "agent.log")
     try:
         a.wait_for(lambda ev: any(e["event"] == "metrics.listening" for e in ev), what="the listener")
         with pytest.raises(urllib.error.HTTPError) as denied:

@@ -174,7 +174,7 @@ def test_an_event_rescans_only_the_entry_it_touched(repo: Repository, tmp_path: 
     assert len(w.poll()) == 5  # the first poll is a full scan
     looked: list[str] = []
     real = watch_mod._fingerprint
-    def counting(unit: Path) -> str:
+    def counting(unit: Path) -> tuple[str, float]:
         looked.append(unit.name)
         return real(unit)
 

@@ -22,9 +22,9 @@ Names follow restic-exporter's where they mean the same (``*_timestamp_seconds``
     weightvault_queue_jobs{state}                                  queued, running, failed, done
     weightvault_queue_retries_total
 
-Example alert rules are in docs/AGENT.md. A listener on a non-loopback address requires
-``Authorization: Bearer <token>`` on ``/metrics`` (the token from ``$WEIGHTVAULT_METRICS_TOKEN``;
-without it such a listener is refused): ``/healthz`` answers everyone.
+Example alert rules are in docs/AGENT.md. With ``$WEIGHTVAULT_METRICS_TOKEN`` set, ``/metrics``
+requires ``Authorization: Bearer <token>``; a listener on a non-loopback address without it is
+refused. ``/healthz`` answers everyone.
 """
 
 from __future__ import annotations

@@ -157,16 +157,14 @@ def _files(unit: Path) -> list[Path]:
     return sorted(f for f in unit.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def _newest_mtime(unit: Path) -> float:
-    return max((f.stat().st_mtime for f in _files(unit)), default=0.0)
-
-
-def _fingerprint(unit: Path) -> str:
-    h = hashlib.sha256()
+def _fingerprint(unit: Path) -> tuple[str, float]:
+    """(digest of the files' relative paths, sizes and mtimes; the newest mtime), one stat each."""
+    h, newest = hashlib.sha256(), 0.0
     for f in _files(unit):
         st = f.stat()
         h.update(f"{f.relative_to(unit.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+        newest = max(newest, st.st_mtime)
+    return h.hexdigest(), newest
 
 
 @dataclass
@@ -271,7 +269,7 @@ class Watcher:
 
     def _consider(self, s: WatchedSource, unit: Path, key: str, writers: set[str], now: float) -> Handoff | None:
         try:
-            fp = _fingerprint(unit)
+            fp, newest = _fingerprint(unit)
         except OSError:
             return None  # vanished while looked at: the next scan sees what is left
         if self._done.get(key) == fp:
@@ -289,7 +287,7 @@ class Watcher:
         if verdict.complete is False:
             seen.reason = verdict.reason
             return None
-        age = now - _newest_mtime(unit)
+        age = now - newest
         if verdict.complete is None and age < s.quiet:
             seen.reason = f"changed {max(age, 0):.0f}s ago; waiting for {s.quiet:.0f}s without changes"
             return None

@@ -68,7 +68,8 @@ def unit_kind(path: Path) -> str | None:
 def completeness(path: str | os.PathLike[str]) -> Completeness:
     """See the module docstring. Reads only headers, indexes and ``.metadata`` files."""
     p = Path(path)
-    kind = unit_kind(p) or ("files" if p.is_dir() else "model" if _recognised(p) else "file")
+    recognised = not p.is_dir() and _recognised(p)
+    kind = unit_kind(p) or ("files" if p.is_dir() else "model" if recognised else "file")
     try:
         files = sorted(f for f in p.rglob("*") if f.is_file() and not f.is_symlink()) if p.is_dir() else [p]
     except OSError as exc:
@@ -82,7 +83,7 @@ def completeness(path: str | os.PathLike[str]) -> Completeness:
         problem = _model_file_problem(f)
         if problem is not None:
             return Completeness(kind, False, f"{f.relative_to(p) if p.is_dir() else f.name}: {problem}")
-    if verdict is None and not p.is_dir() and _recognised(p):
+    if verdict is None and recognised:
         return Completeness(kind, True, "the file parses as its format to its end")
     return verdict or Completeness(kind, None, "nothing in the format marks it complete")
 
