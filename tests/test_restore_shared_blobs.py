@@ -18,13 +18,14 @@ from weightvault.repository.repo import Repository as Engine
 
 def _count_loads(monkeypatch: pytest.MonkeyPatch) -> Counter[bytes]:
     calls: Counter[bytes] = Counter()
-    real = Engine.load_blob
+    real = Engine.load_plain
 
-    def counting(self: Engine, blob_id: bytes, load_base: Callable[[bytes], bytes] | None = None) -> bytes:
+    def counting(self: Engine, blob_id: bytes, load_base: Callable[[bytes], bytes | bytearray] | None = None,
+                 check_id: bool = True) -> bytes | bytearray:
         calls[blob_id] += 1
-        return real(self, blob_id, load_base)
+        return real(self, blob_id, load_base, check_id)
 
-    monkeypatch.setattr(Engine, "load_blob", counting)
+    monkeypatch.setattr(Engine, "load_plain", counting)
     return calls
 
 

@@ -62,7 +62,7 @@ class SnapshotFiles:
             raise UsageError(f"{path}: bytes {offset}..{end} lie outside its {node.size} bytes")
         f = self._open.get(path.strip("/"))
         if f is None:
-            f = self._open[path.strip("/")] = StoredFile(self._engine, node, self._cache.load)
+            f = self._open[path.strip("/")] = StoredFile(self._engine, node, self._cache.load_blob)
         f.seek(offset)
         return f.read(end - offset)
 

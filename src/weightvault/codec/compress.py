@@ -185,11 +185,14 @@ def _zstd_unless_larger(data: bytes | memoryview, level: int, bound: int) -> byt
     return frame if len(frame) <= bound else None
 
 
-def decompress(codec: int, payload: bytes, raw_length: int, base: bytes | None = None) -> bytes:
+def decompress(
+    codec: int, payload: bytes | memoryview, raw_length: int, base: bytes | bytearray | None = None
+) -> bytes | bytearray:
     """Invert ``compress_best``. Raises IntegrityError if the output length is not ``raw_length``.
 
     A DELTA payload needs ``base``, the plaintext of the blob named by ``delta_base(payload)``;
-    the caller fetches it (and verifies the result's id, as for every codec)."""
+    the caller fetches it (and verifies the result's id, as for every codec). BYTEPLANE and DELTA
+    results are built in place in a ``bytearray`` (one buffer per chunk, no final copy)."""
     if codec == DELTA:
         base_id = delta_base(payload)
         if base is None:
@@ -200,9 +203,13 @@ def decompress(codec: int, payload: bytes, raw_length: int, base: bytes | None =
         if inner_codec not in (ZSTD, BYTEPLANE):
             raise IntegrityError(f"delta payload has inner codec {inner_codec}; expected 1 or 2")
         xor = decompress(inner_codec, payload[_ID_SIZE + 1 :], raw_length)
-        return np.bitwise_xor(np.frombuffer(xor, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)).tobytes()
+        out_buf = xor if isinstance(xor, bytearray) else bytearray(xor)
+        arr = np.frombuffer(out_buf, dtype=np.uint8)
+        np.bitwise_xor(arr, np.frombuffer(base, dtype=np.uint8), out=arr)  # in place: no further copy
+        return out_buf
+    out: bytes | bytearray
     if codec == RAW:
-        out = payload
+        out = payload if isinstance(payload, bytes) else bytes(payload)
     elif codec == ZSTD:
         try:
             declared = zstandard.frame_content_size(payload)

@@ -94,7 +94,7 @@ class MasterKey:
         return cls(os.urandom(32), os.urandom(32), int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
 
 
-    def blob_id(self, data: bytes | memoryview) -> bytes:
+    def blob_id(self, data: bytes | bytearray | memoryview) -> bytes:
         """Keyed BLAKE3 of the plaintext: the content address of a blob."""
         return blake3.blake3(data, key=self.id_key).digest()
 

@@ -135,8 +135,9 @@ def encode_within(
     return b"".join([head, *bodies, tail])
 
 
-def decode(payload: bytes | memoryview, raw_length: int) -> bytes:
-    """Invert ``encode``. Raises IntegrityError on any inconsistency, including a wrong length."""
+def decode(payload: bytes | memoryview, raw_length: int) -> bytearray:
+    """Invert ``encode`` (into a new buffer of ``raw_length`` bytes). Raises IntegrityError on any
+    inconsistency, including a wrong length."""
     view = memoryview(payload)
     if len(view) < 5:
         raise IntegrityError(f"byteplane payload of {len(view)} bytes is shorter than its header")
@@ -157,7 +158,8 @@ def decode(payload: bytes | memoryview, raw_length: int) -> bytes:
     specs = [_ENTRY.unpack_from(view, 4 + j * _ENTRY.size) for j in range(k)]
     if hsize + sum(length for _, length in specs) + tail_len != len(view):
         raise IntegrityError("byteplane plane lengths do not add up to the payload length")
-    out = np.empty((n, k), dtype=np.uint8)
+    buf = bytearray(raw_length)  # the result, filled in place: no copy of the whole chunk at the end
+    out = np.frombuffer(buf, dtype=np.uint8, count=n * k).reshape(n, k)
     pos = hsize
     for j, (codec, length) in enumerate(specs):
         body = view[pos : pos + length]
@@ -168,7 +170,8 @@ def decode(payload: bytes | memoryview, raw_length: int) -> bytes:
         bottom = words << (8 * k - 1)
         words >>= 1
         words |= bottom
-    return out.tobytes() + bytes(view[pos:])
+    buf[n * k :] = view[pos:]
+    return buf
 
 
 def _decode_plane(codec: int, body: memoryview, n: int) -> bytes | memoryview:

@@ -146,14 +146,14 @@ def _copy_blob(
     if known is not None and dst.has_blob(known):
         res.blobs_mapped += 1
         return known
-    data = cache.load(blob_id)
+    data = cache.load_blob(blob_id)
     res.bytes_read += len(data)
     new_id = dst.key.blob_id(data)
     hint = node.tensors[i] if node.tensors and i < len(node.tensors) else None
     base = src.index.base_of(blob_id)
     delta = None
     if base is not None and base in mapping:
-        delta = DeltaBase(mapping[base], lambda base=base: cache.load(base))  # type: ignore[misc]
+        delta = DeltaBase(mapping[base], lambda base=base: cache.load_blob(base))  # type: ignore[misc]
     _, stored = dst.save_blob(BlobType.DATA, data, new_id, dtype=hint[2] if hint else None, delta=delta)
     if stored:
         res.blobs_copied += 1

@@ -90,7 +90,7 @@ def heal(repo: Repository, replica: Repository, dry_run: bool = False) -> HealRe
                     res.unrepaired.append((bid.hex(), "the replica has no copy of this snapshot's file"))
                     continue
                 try:
-                    data = theirs.load(twin.blobs[i])
+                    data = theirs.load_blob(twin.blobs[i])
                 except WeightvaultError as exc:
                     res.unrepaired.append((bid.hex(), f"the replica's copy is damaged too: {exc.message}"))
                     continue

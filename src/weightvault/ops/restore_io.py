@@ -17,7 +17,7 @@ from weightvault.repository.blobcache import BlobCache
 __all__ = ["all_zero", "load_and_write", "pwrite_all"]
 
 
-def all_zero(data: bytes) -> bool:
+def all_zero(data: bytes | bytearray) -> bool:
     """Whether every byte is zero. Model data almost never starts or ends with 64 zero bytes, so
     both ends are looked at first; only a chunk that passes is counted through (under the GIL)."""
     n = min(len(data), 64)
@@ -26,7 +26,7 @@ def all_zero(data: bytes) -> bool:
     return data.count(0) == len(data)
 
 
-def pwrite_all(fd: int, data: bytes, pos: int) -> None:
+def pwrite_all(fd: int, data: bytes | bytearray, pos: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, pos)
@@ -64,13 +64,13 @@ def _runs(repo: BlobCache, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
 
 def load_and_write(
     pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int, lookahead: int, stages: Stages
-) -> Iterator[bytes]:
+) -> Iterator[bytes | bytearray]:
     """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
     the plaintexts in file order for hashing. Blobs stored back to back are fetched with one range
     read (``_runs``). All-zero chunks are left as holes, so sparse files stay sparse. Offsets come
     from the index's raw lengths; at most ``lookahead`` runs in flight."""
 
-    def work(run: list[tuple[bytes, int]]) -> list[bytes]:
+    def work(run: list[tuple[bytes, int]]) -> list[bytes | bytearray]:
         t0 = time.perf_counter()
         out = repo.load_run([b for b, _ in run])
         stages.add("load", time.perf_counter() - t0)
@@ -84,7 +84,7 @@ def load_and_write(
             stages.add("write", time.perf_counter() - t2)
         return out
 
-    futs: list[Future[list[bytes]]] = []
+    futs: list[Future[list[bytes | bytearray]]] = []
     pending = iter(_runs(repo, blobs))
     for run in pending:
         futs.append(pool.submit(work, run))

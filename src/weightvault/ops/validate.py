@@ -301,7 +301,7 @@ def _validate_file(repo: Repository, snap: Snapshot, node: Node, root: Path, ins
     if level < 3:
         return fv
     try:
-        with StoredFile(repo, node, cache.load) as stored:
+        with StoredFile(repo, node, cache.load_blob) as stored:
             expected = parse(fmt, cast(BinaryIO, stored), node.size, read_data=False)
     except (ValueError, WeightvaultError) as exc:
         fv.problems.append(f"level 3: the backed-up file cannot be read as {fmt}: {exc}")

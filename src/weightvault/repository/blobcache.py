@@ -13,6 +13,10 @@ to keep:
   decoded once. A blob with several uses is loaded by one thread at a time; another thread that
   asks meanwhile waits and takes the kept copy.
 
+With ``check_ids=False`` the blobs' content hashes are not recomputed (their AEAD still is
+checked): only for an operation that proves every byte it uses another way, as restore does with
+each file's SHA-256.
+
 Thread-safe.
 """
 
@@ -38,19 +42,20 @@ class BlobCache:
     """See the module docstring."""
 
     def __init__(self, repo: Repository, max_bytes: int = DEFAULT_CACHE_BYTES, wanted: set[bytes] | None = None,
-                 uses: Counter[bytes] | None = None) -> None:
+                 uses: Counter[bytes] | None = None, check_ids: bool = True) -> None:
         self.repo = repo
+        self.check_ids = check_ids
         self.max_bytes = max_bytes
         self.wanted = wanted
         self._uses = uses
-        self._kept: OrderedDict[bytes, bytes] = OrderedDict()
+        self._kept: OrderedDict[bytes, bytes | bytearray] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
         self._loading: dict[bytes, threading.Event] = {}
 
     @classmethod
-    def counting(cls, repo: Repository, blob_ids: Iterable[bytes], max_bytes: int = DEFAULT_CACHE_BYTES
-                 ) -> BlobCache:
+    def counting(cls, repo: Repository, blob_ids: Iterable[bytes], max_bytes: int = DEFAULT_CACHE_BYTES,
+                 check_ids: bool = True) -> BlobCache:
         """A cache for an operation that will load ``blob_ids`` (one use per occurrence). Decoding
         a delta blob loads its base once through the cache, so each base gets one more use per
         distinct dependant, following the chains of bases in the index."""
@@ -63,7 +68,7 @@ class BlobCache:
                 if base not in seen:
                     seen.add(base)
                     todo.append(base)
-        return cls(repo, max_bytes, uses=uses)
+        return cls(repo, max_bytes, uses=uses, check_ids=check_ids)
 
     def lookup(self, blob_id: bytes) -> IndexEntry:
         return self.repo.lookup(blob_id)
@@ -73,12 +78,12 @@ class BlobCache:
         with self._lock:
             return blob_id in self._kept or (self._uses is not None and self._uses[blob_id] > 1)
 
-    def keep(self, blob_id: bytes, data: bytes) -> None:
+    def keep(self, blob_id: bytes, data: bytes | bytearray) -> None:
         """Remember a blob decoded elsewhere (if this cache would keep it)."""
         with self._lock:
             self._keep(blob_id, data)
 
-    def _keep(self, blob_id: bytes, data: bytes) -> None:
+    def _keep(self, blob_id: bytes, data: bytes | bytearray) -> None:
         if blob_id in self._kept or len(data) > self.max_bytes:
             return
         if (self.wanted is not None and blob_id not in self.wanted) or (
@@ -96,8 +101,8 @@ class BlobCache:
         if self._uses[blob_id] <= 0 and blob_id in self._kept:
             self._size -= len(self._kept.pop(blob_id))
 
-    def load(self, blob_id: bytes) -> bytes:
-        """The blob's plaintext (see the module docstring)."""
+    def load(self, blob_id: bytes) -> bytes | bytearray:
+        """The blob's plaintext (see the module docstring); a ``bytearray`` must not be changed."""
         mine: threading.Event | None = None
         while True:
             with self._lock:
@@ -116,7 +121,7 @@ class BlobCache:
                 if blob_id not in self._kept:  # the other load failed, or its result was not kept
                     break
         try:
-            data = self.repo.load_blob(blob_id, self.load)
+            data = self.repo.load_plain(blob_id, self.load, self.check_ids)
             with self._lock:
                 self._keep(blob_id, data)
                 self._used(blob_id)
@@ -127,9 +132,12 @@ class BlobCache:
                 mine.set()
         return data
 
-    load_blob = load
+    def load_blob(self, blob_id: bytes) -> bytes:
+        """``load`` as immutable bytes (for readers of trees and manifests)."""
+        data = self.load(blob_id)
+        return data if isinstance(data, bytes) else bytes(data)
 
-    def load_run(self, blob_ids: list[bytes]) -> list[bytes]:
+    def load_run(self, blob_ids: list[bytes]) -> list[bytes | bytearray]:
         """Plaintexts of blobs stored back to back in one pack, fetched with one range read (a
         single blob goes through ``load`` and the cache)."""
         if len(blob_ids) == 1:
@@ -137,11 +145,12 @@ class BlobCache:
         entries = [self.repo.lookup(b) for b in blob_ids]
         lo = min(e.blob.offset for e in entries)
         hi = max(e.blob.offset + e.blob.length for e in entries)
-        span = self.repo.backend.load(FileType.PACK, entries[0].pack_id, lo, hi - lo)
-        out = []
+        span = memoryview(self.repo.backend.load(FileType.PACK, entries[0].pack_id, lo, hi - lo))
+        out: list[bytes | bytearray] = []
         for e in entries:
             start = e.blob.offset - lo
-            out.append(self.repo.decode_blob(e.pack_id, e.blob, span[start : start + e.blob.length], self.load))
+            out.append(self.repo.decode_blob(e.pack_id, e.blob, span[start : start + e.blob.length], self.load,
+                                             self.check_ids))
             with self._lock:
                 self._used(e.blob.blob_id)
         return out

@@ -136,7 +136,8 @@ def open_document(key: MasterKey, stored: bytes, kind: int, what: str) -> bytes:
     codec, raw_len = plain[0], int.from_bytes(plain[1:9], "little")
     if codec not in (0, ZSTD):
         raise UnsupportedFormatError(f"{what}: unknown document codec {codec}")
-    return decompress(codec, plain[9:], raw_len)
+    out = decompress(codec, plain[9:], raw_len)
+    return out if isinstance(out, bytes) else bytes(out)
 
 
 def seal_document(key: MasterKey, doc: object, kind: int) -> tuple[str, bytes]:

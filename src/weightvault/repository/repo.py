@@ -301,6 +301,19 @@ class Repository(SnapshotDocuments):
     def load_blob(self, blob_id: bytes, load_base: Callable[[bytes], bytes] | None = None) -> bytes:
         """Read, authenticate, decompress and hash-check one blob. A delta blob's base is fetched
         with ``load_base`` (default: this method), e.g. through a restore's cache."""
+        data = self.load_plain(blob_id, load_base)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def load_plain(
+        self,
+        blob_id: bytes,
+        load_base: Callable[[bytes], bytes | bytearray] | None = None,
+        check_id: bool = True,
+    ) -> bytes | bytearray:
+        """``load_blob`` without the final copy of a chunk decoded in place (a ``bytearray``,
+        which the caller must not change). ``check_id`` False skips the content-hash check, for a
+        caller that proves the bytes another way (restore checks every file's SHA-256); the AEAD,
+        which binds the blob to its id, type and codec, is always checked."""
         entry = self.lookup(blob_id)
         b = entry.blob
         if b.base is not None and self.delta_depth(blob_id) is None:
@@ -309,11 +322,17 @@ class Repository(SnapshotDocuments):
                 f" (base {b.base.hex()} or one below it is missing)"
             )
         envelope = self.backend.load(FileType.PACK, entry.pack_id, b.offset, b.length)
-        return self.decode_blob(entry.pack_id, b, envelope, load_base)
+        return self.decode_blob(entry.pack_id, b, envelope, load_base, check_id)
 
     def decode_blob(
-        self, pack_id: str, b: PackedBlob, envelope: bytes, load_base: Callable[[bytes], bytes] | None = None
-    ) -> bytes:
+        self,
+        pack_id: str,
+        b: PackedBlob,
+        envelope: bytes | memoryview,
+        load_base: Callable[[bytes], bytes | bytearray] | None = None,
+        check_id: bool = True,
+    ) -> bytes | bytearray:
+        """Authenticate and decode one blob's stored envelope (see ``load_plain``)."""
         what = f"blob {b.blob_id.hex()} in pack {pack_id}"
         payload = self.key.open(envelope, blob_aad(b.type, b.codec, b.blob_id), what)
         base = None
@@ -326,7 +345,7 @@ class Repository(SnapshotDocuments):
                 raise IntegrityError(f"{what}: its chain of delta bases is broken or too long")
             base = (load_base or self.load_blob)(base_id)
         data = decompress(b.codec, payload, b.raw_length, base)
-        if self.key.blob_id(data) != b.blob_id:
+        if check_id and self.key.blob_id(data) != b.blob_id:
             raise IntegrityError(f"{what}: content hash does not match its id")
         return data
 
