@@ -55,7 +55,7 @@ PASSWORD = "bench-password-not-secret"  # noqa: S105 - throwaway repositories un
 TOOLS = ("weightvault", "restic", "borg")
 FULL_CORPORA = ("minilm", "minilm-bf16", "smallfiles", "synthetic-fp32")
 SMOKE_CORPORA = ("smoke-model", "smoke-smallfiles")
-CHECKPOINT_CORPORA = ("finetune-full", "finetune-frozen")  # built by bench/finetune.py; need torch
+CHECKPOINT_CORPORA = ("finetune-full", "finetune-full-20", "finetune-frozen", "finetune-frozen-20")  # need torch
 FINETUNE_INSTALL = ".venv/bin/python -m pip install -r bench/requirements-finetune.txt"
 MIB = 1024 * 1024
 
@@ -244,19 +244,54 @@ def torch_missing() -> str | None:
             f"real fine-tuning runs made with torch on CPU. Install with: {FINETUNE_INSTALL}")
 
 
-def _build_finetune(dst: Path, mode: str) -> None:
+FINETUNE_STEPS = 200  # one run per mode; each corpus is 10 of its checkpoints (every 10 or every 20 steps)
+FINETUNE_CHECKPOINTS = 10
+
+
+def _finetune_run(work: Path, mode: str) -> Path:
+    """The 200-step run of ``mode`` with a checkpoint every 10 steps, built once under work/runs."""
+    run = work / "runs" / f"{mode}-{FINETUNE_STEPS}"
+    if (run / "corpus.json").exists():  # finetune.py writes it last
+        return run
+    if run.exists():
+        shutil.rmtree(run)
+    run.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(HERE / "finetune.py"), "--mode", mode, "--out",
-                    str(dst / f"minilm-finetune-{mode}")], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    print(f"built finetune-{mode} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(HERE / "finetune.py"), "--mode", mode, "--steps", str(FINETUNE_STEPS),
+                    "--every", "10", "--out", str(run)], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    print(f"built the finetune-{mode} run in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return run
+
+
+def _build_finetune(dst: Path, mode: str, spacing: int) -> None:
+    """Checkpoints spacing, 2 x spacing, ... (10 of them) of the run, hard-linked (the tools see
+    ordinary files: no other link to them lies inside the corpus), with the run-root files."""
+    run = _finetune_run(dst.parent.parent, mode)
+    out = dst / f"minilm-finetune-{mode}"
+    out.mkdir()
+    steps = {spacing * i for i in range(1, FINETUNE_CHECKPOINTS + 1)}
+    for entry in sorted(run.iterdir()):
+        if entry.is_dir():
+            if entry.name.startswith("checkpoint-") and int(entry.name.split("-")[1]) in steps:
+                shutil.copytree(entry, out / entry.name, copy_function=os.link)
+        else:
+            shutil.copy2(entry, out / entry.name)
 
 
 def build_finetune_full(dst: Path) -> None:
-    _build_finetune(dst, "full")
+    _build_finetune(dst, "full", 10)
+
+
+def build_finetune_full_20(dst: Path) -> None:
+    _build_finetune(dst, "full", 20)
 
 
 def build_finetune_frozen(dst: Path) -> None:
-    _build_finetune(dst, "frozen")
+    _build_finetune(dst, "frozen", 10)
+
+
+def build_finetune_frozen_20(dst: Path) -> None:
+    _build_finetune(dst, "frozen", 20)
 
 
 CORPORA: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -265,10 +300,13 @@ CORPORA: dict[str, tuple[Callable[[Path], None], str]] = {
     "smallfiles": (build_smallfiles, "copy of a real Python site-packages tree (minus the bundled model)"),
     "synthetic-fp32": (build_synthetic_fp32, "SYNTHETIC: 1 GiB float32 from N(0, 0.02), numpy, fixed seed"),
     "finetune-full": (build_finetune_full, "real fine-tuning run of all-MiniLM-L6-v2, every parameter trained: "
-                      "8 checkpoints of F32 + BF16 safetensors, AdamW optimizer.pt, trainer_state.json"),
+                      "10 checkpoints 10 steps apart (steps 10-100) of F32 + BF16 safetensors, AdamW optimizer.pt, "
+                      "trainer_state.json"),
+    "finetune-full-20": (build_finetune_full_20, "the same run, 10 checkpoints 20 steps apart (steps 20-200)"),
     "finetune-frozen": (build_finetune_frozen, "real fine-tuning run of all-MiniLM-L6-v2, only encoder layer 5 "
-                        "+ pooler trained: 8 checkpoints of F32 + BF16 safetensors, AdamW optimizer.pt, "
-                        "trainer_state.json"),
+                        "+ pooler trained: 10 checkpoints 10 steps apart of F32 + BF16 safetensors, AdamW "
+                        "optimizer.pt, trainer_state.json"),
+    "finetune-frozen-20": (build_finetune_frozen_20, "the same frozen run, 10 checkpoints 20 steps apart"),
     "smoke-model": (build_smoke_model, "smoke: model config files + first 4 MiB of model.safetensors"),
     "smoke-smallfiles": (build_smoke_smallfiles, "smoke: 200 small .py files from site-packages"),
 }

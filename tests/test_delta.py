@@ -150,6 +150,44 @@ def test_delta_is_chosen_for_a_slightly_changed_tensor_and_not_for_an_unrelated_
     assert compress_best(near, 3, "F32", allow_byteplane=True, base=(bid, base[:-4]))[0] != DELTA
 
 
+def test_a_large_chunk_is_coded_once_the_way_its_sample_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large chunk whose sample says the delta pays is XOR-coded in full and never standalone;
+    one whose sample says it does not is coded standalone only (its XOR is never coded in full);
+    and when the full delta disappoints the sample's prediction, the standalone coding is
+    computed too and the smaller kept."""
+    import weightvault.codec.compress as comp
+
+    full: list[str] = []
+    real_encode = comp.floatplanes.encode
+
+    def counted(d: bytes | memoryview, k: int, level: int = 3, rotate: bool = True) -> bytes:
+        if len(d) > 1024 * 1024:
+            full.append("delta" if not rotate else "alone")
+        return real_encode(d, k, level, rotate)
+
+    monkeypatch.setattr(comp.floatplanes, "encode", counted)
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.05, 1024 * 1024).astype(np.float32)  # 4 MiB
+    base, bid = w.tobytes(), b"\x01" * 32
+    near = w.copy()
+    near[::97] += np.float32(1e-4)  # a few elements change a little
+    codec, payload = compress_best(near.tobytes(), 3, "F32", allow_byteplane=True, base=(bid, base))
+    assert codec == DELTA and full == ["delta"]
+    assert decompress(codec, payload, len(base), base) == near.tobytes()
+    full.clear()
+    far = rng.normal(0, 0.05, w.size).astype(np.float32).tobytes()
+    assert compress_best(far, 3, "F32", allow_byteplane=True, base=(bid, base))[0] == BYTEPLANE
+    assert full == ["alone"]
+    full.clear()
+    # only the middle (where the sample is) matches the base; elsewhere the base is noise
+    lo, hi = w.size // 2 - 64 * 1024, w.size // 2 + 64 * 1024
+    noisy = np.frombuffer(rng.bytes(len(base)), dtype=np.float32).copy()
+    noisy[lo:hi] = w[lo:hi]
+    codec, payload = compress_best(base, 3, "F32", allow_byteplane=True, base=(bid, noisy.tobytes()))
+    assert full == ["delta", "alone"]
+    assert codec == BYTEPLANE and payload == real_encode(base, 4, 3)
+
+
 def test_delta_decode_rejects_bad_inputs() -> None:
     base = np.arange(1024, dtype=np.float32).tobytes()
     data = (np.arange(1024, dtype=np.float32) + 0.001).tobytes()

@@ -39,7 +39,7 @@ def test_a_blob_that_lies_about_its_content_fails_the_restore_of_its_file(
     write(src / "model.bin", os.urandom(3 << 20))
     _lying_backup(repo, src, monkeypatch)
     out = tmp_path / "out"
-    with pytest.raises(VerificationError, match="model.bin: restored content does not match"):
+    with pytest.raises(VerificationError, match=r"model\.bin: restored content does not match"):
         repo.restore("latest", out)
     assert not (out / "run" / "model.bin").exists()
     assert [p.name for p in (out / "run").iterdir()] == []  # no temporary file left either

@@ -44,65 +44,87 @@ def compress_best(
     allow_byteplane: bool = False,
     base: tuple[bytes, bytes | memoryview] | None = None,
 ) -> tuple[int, bytes]:
-    """Return (codec id, payload), the smallest of RAW, ZSTD, BYTEPLANE (if allowed) and DELTA
-    (if ``base`` = (base blob id, base plaintext) is given and has the same length as ``data``).
+    """Return (codec id, payload): RAW, ZSTD, BYTEPLANE (if allowed) or DELTA (if ``base`` =
+    (base blob id, base plaintext) is given and has the same length as ``data``).
 
-    With a base, a 256 KiB sample of a chunk of >= 1 MiB is coded both ways first and the delta
-    skipped if it does not pay there. Otherwise the delta payload (size D) is computed first; the
-    byteplane and zstd candidates are abandoned once they exceed D / (1 - DELTA_MIN_GAIN), so a good delta costs
-    little extra work. DELTA is kept only if it is at least ``DELTA_MIN_GAIN`` (10 %) smaller than
-    every other candidate (a delta makes restores decode its base too): never larger than zstd.
-
-    A compressed candidate must save >= 2 % over RAW; ties go to the lower codec id. Without
+    Every result is at most the raw size, and a compressed one must save >= 2 % over RAW. Without
     ``allow_byteplane`` (a format-v1 repository), or when ``dtype`` is not a float type of
-    ``floatplanes.FLOAT_ELEMENT_SIZES``, or the data holds no whole element, this is zstd-or-raw
-    exactly as in format v1. Otherwise the byteplane payload (size B) is computed first. For a chunk
-    of >= 1 MiB, plain zstd is tried only if it came within 3 % of byteplane on a 128 KiB sample
-    from the middle (``_zstd_may_win``); then, and for smaller chunks, plain zstd is streamed,
-    abandoned as soon as the bytes it has emitted reach B (a zstd frame is never shorter than its
-    emitted prefix, so zstd could not have won). Smaller chunks are therefore never larger than
-    plain zstd; a large one only where its middle misled the sample.
+    ``floatplanes.FLOAT_ELEMENT_SIZES``, or the data holds no whole element, the float codecs are
+    not used (zstd-or-raw exactly as in format v1, or a delta with a zstd inner payload).
+
+    A chunk under ``_SAMPLED_MIN`` (256 KiB) is coded every way that applies and the smallest kept
+    (``_best_exact``): never larger than plain zstd. A larger chunk is decided from a sample of its
+    middle (``_Sample``: at most 128 KiB, coded each way) and then coded in full only the chosen
+    way, so each byte goes through one codec once: a delta when it codes the sample at least
+    ``DELTA_MIN_GAIN / 2`` smaller than the standalone coding (and the full delta, checked
+    against the standalone size the sample predicts, still pays; else the standalone coding is
+    computed and the smaller kept), plain zstd over byteplane only when it came within
+    ``ZSTD_SAMPLE_MARGIN`` of it on the sample. The price of sampling is that a chunk whose middle
+    is unrepresentative may end up slightly larger than the best coding.
     """
     n = len(data)
     k = floatplanes.FLOAT_ELEMENT_SIZES.get(dtype or "", 0)
-    limit = n * (1 - _MIN_SAVING)
-    if base is not None and len(base[1]) == n and n > 0:
-        kk = k if allow_byteplane else 0
-        if _delta_may_pay(data, base[1], level, kk):
-            return _best_with_delta(data, level, kk, base, int(limit))
-    if not allow_byteplane or k == 0 or n < k:
-        packed = compressor(level).compress(data)
-        if len(packed) <= limit:
-            return ZSTD, packed
-        return RAW, bytes(data)
-    planes = floatplanes.encode(data, k, level)
-    best_codec, best = (BYTEPLANE, planes) if len(planes) <= limit else (RAW, bytes(data))
-    if best_codec == BYTEPLANE and not _zstd_may_win(data, k, level):
-        return BYTEPLANE, planes
-    packed_z = _zstd_unless_larger(data, level, len(best))
-    if packed_z is not None and len(packed_z) <= limit:
-        return ZSTD, packed_z
-    return best_codec, best
-
-
-def _best_with_delta(
-    data: bytes | memoryview, level: int, k: int, base: tuple[bytes, bytes | memoryview], limit: int
-) -> tuple[int, bytes]:
-    base_id, base_data = base
-    if len(base_id) != _ID_SIZE:
+    if not allow_byteplane or n < k:
+        k = 0
+    limit = int(n * (1 - _MIN_SAVING))
+    if base is not None and (len(base[1]) != n or n == 0):
+        base = None
+    if base is not None and len(base[0]) != _ID_SIZE:
         raise ValueError("a delta base id has 32 bytes")
-    n = len(data)
-    xor = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base_data, dtype=np.uint8)).data
-    if k and n >= k:  # no rotation: the XOR's top bytes are mostly zero, not exponents
+    if n < _SAMPLED_MIN:
+        return _best_exact(data, level, k, base, limit)
+    sample = _Sample(data, base, level, k)
+    if base is not None and sample.delta_pays():
+        delta = _delta_payload(data, base, level, k)
+        expected = sample.alone_size() * n / sample.length
+        if len(delta) <= min(limit, n * (1 - DELTA_MIN_GAIN)) and len(delta) <= expected * (1 - DELTA_MIN_GAIN / 2):
+            return DELTA, delta
+        codec, payload = _standalone(data, level, k, sample.zstd_may_win(), limit)
+        if len(delta) <= min(limit, len(payload) * (1 - DELTA_MIN_GAIN)):
+            return DELTA, delta
+        return codec, payload
+    return _standalone(data, level, k, sample.zstd_may_win(), limit)
+
+
+def _standalone(data: bytes | memoryview, level: int, k: int, try_zstd: bool, limit: int) -> tuple[int, bytes]:
+    """The best of byteplane (when ``k``), plain zstd (when ``try_zstd`` or not ``k``) and raw."""
+    if not k:
+        packed = compressor(level).compress(data)
+        return (ZSTD, packed) if len(packed) <= limit else (RAW, bytes(data))
+    planes = floatplanes.encode(data, k, level)
+    best = (BYTEPLANE, planes) if len(planes) <= limit else (RAW, bytes(data))
+    if try_zstd:
+        packed_z = _zstd_unless_larger(data, level, min(limit, len(best[1])))
+        if packed_z is not None:
+            return ZSTD, packed_z
+    return best
+
+
+def _delta_payload(data: bytes | memoryview, base: tuple[bytes, bytes | memoryview], level: int, k: int) -> bytes:
+    """The DELTA payload of ``data`` against ``base``: its XOR, byteplane-coded without rotation
+    (the XOR's top bytes are mostly zero, not exponents) for a float dtype, else zstd."""
+    xor = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base[1], dtype=np.uint8)).data
+    if k:
         inner_codec, inner = BYTEPLANE, floatplanes.encode(xor, k, level, rotate=False)
     else:
         inner_codec, inner = ZSTD, compressor(level).compress(xor)
-    delta_size = _ID_SIZE + 1 + len(inner)
-    # A delta makes restores decode its base too: it must be DELTA_MIN_GAIN smaller than the best
-    # standalone coding (RAW included), so standalone candidates only need to reach this bound.
-    bound = min(limit, int(delta_size / (1 - DELTA_MIN_GAIN)))
+    return b"".join((base[0], bytes((inner_codec,)), inner))
+
+
+def _best_exact(
+    data: bytes | memoryview, level: int, k: int, base: tuple[bytes, bytes | memoryview] | None, limit: int
+) -> tuple[int, bytes]:
+    """Every applicable coding of a small chunk, the smallest kept; a delta only if it is
+    ``DELTA_MIN_GAIN`` smaller than every standalone coding (a delta makes restores decode its
+    base too). Standalone candidates stop early once they cannot win."""
+    n = len(data)
+    bound = limit
+    delta = None
+    if base is not None:
+        delta = _delta_payload(data, base, level, k)
+        bound = min(limit, int(len(delta) / (1 - DELTA_MIN_GAIN)))
     best: tuple[int, bytes] | None = None
-    if k and n >= k:
+    if k:
         planes = floatplanes.encode_within(data, k, level, bound=bound)
         if planes is not None:
             best, bound = (BYTEPLANE, planes), len(planes)
@@ -111,51 +133,46 @@ def _best_with_delta(
         return ZSTD, packed_z
     if best is not None:
         return best
-    if delta_size <= n * (1 - DELTA_MIN_GAIN):
-        return DELTA, b"".join((base_id, bytes((inner_codec,)), inner))
+    if delta is not None and len(delta) <= n * (1 - DELTA_MIN_GAIN):
+        return DELTA, delta
     return RAW, bytes(data)
 
 
-_SAMPLE = 256 * 1024
-_ZSTD_SAMPLE = 128 * 1024
-_ZSTD_CHECK_MIN = 1024 * 1024
+_SAMPLED_MIN = 256 * 1024
+_SAMPLE_MAX = 128 * 1024
 ZSTD_SAMPLE_MARGIN = 0.03  # plain zstd must come within 3 % of byteplane on the sample to be tried
 
 
-def _delta_may_pay(data: bytes | memoryview, base: bytes | memoryview, level: int, k: int) -> bool:
-    """A cheap pre-check on a sample from the middle of a large chunk: False when the delta codes
-    that sample no smaller than the standalone coding, so the full delta is not worth computing
-    (AdamW moments, say, which change completely between checkpoints). Only a shortcut: it can
-    only make the choice fall back to the standalone codecs, never affect correctness or size bounds.
-    """
-    n = len(data)
-    if n < 4 * _SAMPLE:
-        return True
-    start = (n // 2) // 64 * 64
-    view, bview = memoryview(data)[start : start + _SAMPLE], memoryview(base)[start : start + _SAMPLE]
-    xor = np.bitwise_xor(np.frombuffer(view, dtype=np.uint8), np.frombuffer(bview, dtype=np.uint8)).data
-    if k:
-        delta = len(floatplanes.encode(xor, k, level, rotate=False))
-        alone = len(floatplanes.encode(view, k, level))
-    else:
-        delta = len(compressor(level).compress(xor))
-        alone = len(compressor(level).compress(view))
-    return delta < alone * (1 - DELTA_MIN_GAIN / 2)
+class _Sample:
+    """A chunk's middle (a quarter of it, at most ``_SAMPLE_MAX`` bytes, whole 64-byte blocks)
+    coded every way that applies; the sizes decide how the whole chunk is coded."""
 
+    def __init__(self, data: bytes | memoryview, base: tuple[bytes, bytes | memoryview] | None, level: int,
+                 k: int) -> None:
+        n = len(data)
+        self.length = min(_SAMPLE_MAX, n // 4) // 64 * 64
+        start = (n // 2 - self.length // 2) // 64 * 64
+        view = memoryview(data)[start : start + self.length]
+        self.zstd = len(compressor(level).compress(view))
+        self.planes = len(floatplanes.encode(view, k, level)) if k else None
+        self.delta: int | None = None
+        if base is not None:
+            bview = memoryview(base[1])[start : start + self.length]
+            xor = np.bitwise_xor(np.frombuffer(view, dtype=np.uint8), np.frombuffer(bview, dtype=np.uint8)).data
+            self.delta = len(floatplanes.encode(xor, k, level, rotate=False) if k else compressor(level).compress(xor))
 
-def _zstd_may_win(data: bytes | memoryview, k: int, level: int) -> bool:
-    """A cheap pre-check before plain zstd runs over a whole float chunk of >= 1 MiB: a 128 KiB
-    sample from its middle is coded both ways, and plain zstd is tried on the chunk only if it
-    came within ``ZSTD_SAMPLE_MARGIN`` of byteplane there. On real weights and optimizer states it
-    never does, so the second full compression of every float chunk is skipped; the price is that
-    a chunk whose middle is unrepresentative may end up slightly larger than plain zstd."""
-    n = len(data)
-    if n < _ZSTD_CHECK_MIN:
-        return True
-    start = (n // 2) // 64 * 64
-    view = memoryview(data)[start : start + _ZSTD_SAMPLE]
-    planes = len(floatplanes.encode(view, k, level))
-    return len(compressor(level).compress(view)) < planes * (1 + ZSTD_SAMPLE_MARGIN)
+    def alone_size(self) -> int:
+        """The sample's smallest standalone coding (raw included)."""
+        return min(self.length, self.zstd, self.planes if self.planes is not None else self.length)
+
+    def delta_pays(self) -> bool:
+        return self.delta is not None and self.delta < self.alone_size() * (1 - DELTA_MIN_GAIN / 2)
+
+    def zstd_may_win(self) -> bool:
+        """Plain zstd is worth running over the whole float chunk: it came within
+        ``ZSTD_SAMPLE_MARGIN`` of byteplane on the sample. On real weights and optimizer states it
+        practically never does."""
+        return self.planes is None or self.zstd < self.planes * (1 + ZSTD_SAMPLE_MARGIN)
 
 
 def delta_base(payload: bytes | memoryview) -> bytes:

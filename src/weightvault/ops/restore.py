@@ -3,8 +3,9 @@
 Safety: every manifest path is validated before anything is written (no absolute paths, no "."
 or ".." components, no empty components, no NUL); directories are walked with ``O_NOFOLLOW``
 relative to directory file descriptors, so no symlink (planted in the snapshot or already in the
-target) is ever followed; files are written to a temporary name, fsynced, hash-checked and then
-renamed into place. Symlinks are created last and never written through.
+target) is ever followed; files are written to a temporary name, hash-checked, made durable and
+only then renamed into place (a large file with its own fsync, small ones many at a time with one
+``syncfs``: ``ops.restore_durable``). Symlinks are created last and never written through.
 
 Overwrite modes for paths that already exist in the target:
   error      (default) refuse, before writing anything, if an existing file differs
@@ -37,6 +38,7 @@ from weightvault.errors import (
     VerificationError,
 )
 from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch
 from weightvault.ops.restore_io import load_and_write
 from weightvault.ops.stages import Stages
 from weightvault.ops.walk import matches_any
@@ -308,25 +310,32 @@ def _restore_files(
         if exc is not None:
             failed.append(exc)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
-            ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
-        jobs = _FileJobs(shared, pool, verify, reporter, result, lock, stages := Stages())
-        for n, parts in plan:
-            if failed:
-                break
-            if n.type == "dir":
-                dirs.open(tuple(parts), create=True)
-                result.dirs += 1
-            elif n.type == "file":
-                parent_fd = os.dup(dirs.open(tuple(parts[:-1]), create=True))
-                slots.acquire()
-                try:
-                    fut = files.submit(_restore_file, jobs, parent_fd, n, parts[-1])
-                except BaseException:
-                    slots.release()
-                    os.close(parent_fd)
-                    raise
-                fut.add_done_callback(done)
+    stages = Stages()
+    batch = DurableBatch(_replace, stages)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
+                ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
+            jobs = _FileJobs(shared, pool, verify, reporter, result, lock, stages, batch)
+            for n, parts in plan:
+                if failed:
+                    break
+                if n.type == "dir":
+                    dirs.open(tuple(parts), create=True)
+                    result.dirs += 1
+                elif n.type == "file":
+                    parent_fd = os.dup(dirs.open(tuple(parts[:-1]), create=True))
+                    slots.acquire()
+                    try:
+                        fut = files.submit(_restore_file, jobs, parent_fd, n, parts[-1])
+                    except BaseException:
+                        slots.release()
+                        os.close(parent_fd)
+                        raise
+                    fut.add_done_callback(done)
+        if not failed:
+            batch.flush()
+    finally:
+        batch.discard()  # after a failure: the small files not yet named are removed
     result.stages = stages.as_dict()
     if failed:
         raise failed[0]
@@ -343,11 +352,12 @@ class _FileJobs:
     result: RestoreResult
     lock: threading.Lock  # guards ``result``
     stages: Stages
+    batch: DurableBatch  # small files are made durable and named many at a time
 
 
 def _restore_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
-    """Write one file under a temporary name, check it, fsync it and rename it into place.
-    Takes ownership of ``parent_fd``."""
+    """Write one file under a temporary name, check it, make it durable and rename it into place
+    (a small file: hand it to the batch, which does both). Takes ownership of ``parent_fd``."""
     try:
         _write_file(jobs, parent_fd, n, name)
     finally:
@@ -375,26 +385,37 @@ def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
         _chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        with jobs.stages("fsync"):
-            os.fsync(fd)
+        small = n.size < SMALL_FILE
+        if not small:
+            with jobs.stages("fsync"):
+                os.fsync(fd)
         with jobs.stages("verify"):
             if jobs.verify and _file_digest(parent_fd, tmp) != n.sha256:
                 raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
         os.close(fd)
         fd = -1
+        if small:  # the batch makes it durable, names it and counts it
+            renamed = True
+            jobs.batch.add(parent_fd, tmp, name, n.size, lambda: _count(jobs, n))
+            return
         _replace(parent_fd, tmp, name)
         renamed = True
-        with jobs.lock:
-            jobs.result.files += 1
-            jobs.result.bytes += n.size
-            jobs.result.verified += int(jobs.verify)
-        jobs.reporter.add(files=1, current=os.fsdecode(n.path))
+        _count(jobs, n)
     finally:
         if fd >= 0:
             os.close(fd)
         if not renamed:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=parent_fd)
+
+
+def _count(jobs: _FileJobs, n: Node) -> None:
+    """A file has its name (and is durable)."""
+    with jobs.lock:
+        jobs.result.files += 1
+        jobs.result.bytes += n.size
+        jobs.result.verified += int(jobs.verify)
+    jobs.reporter.add(files=1, current=os.fsdecode(n.path))
 
 
 def _chown(n: Node, target: int | bytes, dir_fd: int | None = None) -> None:

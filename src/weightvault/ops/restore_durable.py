@@ -1,0 +1,157 @@
+"""Group commit for restored small files: one file-system flush for many files instead of one
+``fsync`` each.
+
+A small restored file is complete (written, hash-checked, metadata set) under its temporary name
+when it is handed to ``DurableBatch.add``. When the batch is full (``MAX_FILES`` files, ``MAX_BYTES``
+bytes or ``MAX_DIRS`` directories) or at ``flush``, every file system holding one of its files is
+flushed with ``syncfs(2)`` and only then is each file renamed to its name. So, exactly as with a
+per-file ``fsync``: a name never points at data that is not durable, and a crash leaves at most
+temporary ``.wvtmp-*`` files, never a half-written file under a real name. The directories'
+entries are made durable afterwards by restore (one ``fsync`` per directory).
+
+``syncfs`` reports write-back errors of the whole file system since Linux 5.8; on an older kernel
+or where it is missing, the batch falls back to an ``fsync`` of each file. A failed flush is never
+retried as if it succeeded: its files are removed and the error raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from weightvault.ops.stages import Stages
+
+__all__ = ["MAX_BYTES", "MAX_DIRS", "MAX_FILES", "SMALL_FILE", "DurableBatch", "syncfs_available"]
+
+SMALL_FILE = 4 * 1024 * 1024  # files below this size are committed in batches
+MAX_FILES = 1024
+MAX_BYTES = 128 * 1024 * 1024
+MAX_DIRS = 64  # directory fds the batch keeps open
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if platform.system() != "Linux":
+        return None
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < (5, 8):  # before 5.8 syncfs did not report write-back errors
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs_available() -> bool:
+    return _SYNCFS is not None
+
+
+def _syncfs(fd: int) -> None:
+    assert _SYNCFS is not None
+    if _SYNCFS(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"flushing restored files to disk (syncfs) failed: {os.strerror(err)}")
+
+
+@dataclass
+class _Pending:
+    dir_key: tuple[int, int]
+    tmp: bytes
+    name: bytes
+    size: int
+    done: Callable[[], None]  # accounting once the file has its name
+
+
+class DurableBatch:
+    """See the module docstring. ``replace(dir_fd, tmp, name)`` renames a file into place.
+    Thread-safe: any thread may add; the one that fills the batch takes it and commits it."""
+
+    def __init__(self, replace: Callable[[int, bytes, bytes], None], stages: Stages) -> None:
+        self._replace = replace
+        self._stages = stages
+        self._lock = threading.Lock()
+        self._dirs: dict[tuple[int, int], int] = {}
+        self._files: list[_Pending] = []
+        self._bytes = 0
+
+    def add(self, dir_fd: int, tmp: bytes, name: bytes, size: int, done: Callable[[], None]) -> None:
+        """Commit the file ``tmp`` in the directory ``dir_fd`` (not taken over) under ``name``."""
+        st = os.fstat(dir_fd)
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            if key not in self._dirs:
+                self._dirs[key] = os.dup(dir_fd)
+            self._files.append(_Pending(key, tmp, name, size, done))
+            self._bytes += size
+            full = len(self._files) >= MAX_FILES or self._bytes >= MAX_BYTES or len(self._dirs) >= MAX_DIRS
+            taken = self._take() if full else None
+        if taken is not None:
+            self._commit(*taken)
+
+    def _take(self) -> tuple[dict[tuple[int, int], int], list[_Pending]]:
+        """The pending files, leaving the batch empty; caller holds ``_lock``."""
+        dirs, files = self._dirs, self._files
+        self._dirs, self._files, self._bytes = {}, [], 0
+        return dirs, files
+
+    def flush(self) -> None:
+        """Make every pending file durable, then give each its name."""
+        with self._lock:
+            taken = self._take()
+        self._commit(*taken)
+
+    def _commit(self, dirs: dict[tuple[int, int], int], files: list[_Pending]) -> None:
+        try:
+            if files:
+                with self._stages("fsync"):
+                    self._make_durable(dirs, files)
+            for f in files:
+                self._replace(dirs[f.dir_key], f.tmp, f.name)
+                f.tmp = b""
+                f.done()
+        finally:
+            self._remove(dirs, files)
+
+    def _make_durable(self, dirs: dict[tuple[int, int], int], files: list[_Pending]) -> None:
+        if _SYNCFS is not None:
+            seen: set[int] = set()
+            for (dev, _), fd in dirs.items():
+                if dev not in seen:
+                    seen.add(dev)
+                    _syncfs(fd)
+            return
+        for f in files:
+            fd = os.open(f.tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirs[f.dir_key])
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _remove(dirs: dict[tuple[int, int], int], files: list[_Pending]) -> None:
+        """Unlink what did not get its name (after a failure) and close the directory fds."""
+        for f in files:
+            if f.tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(f.tmp, dir_fd=dirs[f.dir_key])
+        for fd in dirs.values():
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Remove every pending file (the restore failed)."""
+        with self._lock:
+            taken = self._take()
+        self._remove(*taken)

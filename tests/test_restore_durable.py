@@ -1,0 +1,95 @@
+"""Small restored files are made durable many at a time (one syncfs per batch), and never get their
+names before that: a failed flush leaves neither names nor temporary files, and is not retried."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import tree_digest, write
+from weightvault.api import Repository
+from weightvault.errors import LocalPathError
+from weightvault.ops import restore_durable
+
+
+def _tree(src: Path, n: int) -> None:
+    for i in range(n):
+        write(src / f"d{i % 3}" / f"f{i}.txt", os.urandom(100 + i))
+    write(src / "big.bin", os.urandom(restore_durable.SMALL_FILE + 1))  # committed on its own
+
+
+def _names(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_small_files_are_named_only_after_their_batch_is_durable(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "run"
+    _tree(src, 10)
+    repo.backup([src])
+    out = tmp_path / "out"
+    monkeypatch.setattr(restore_durable, "MAX_FILES", 4)
+    seen: list[set[str]] = []
+    real = restore_durable.DurableBatch._make_durable
+
+    def spy(self: restore_durable.DurableBatch, dirs: dict[tuple[int, int], int],
+            files: list[restore_durable._Pending]) -> None:
+        seen.append({f.name.decode() for f in files})
+        present = {p.name for p in out.rglob("*")}
+        assert not seen[-1] & present, "a file had its name before it was durable"
+        assert all(f.tmp.decode() in present for f in files)
+        real(self, dirs, files)
+
+    monkeypatch.setattr(restore_durable.DurableBatch, "_make_durable", spy)
+    result = repo.restore("latest", out)
+    assert tree_digest(out / "run") == tree_digest(src)
+    assert result.files == 11
+    assert [len(s) for s in seen] == [4, 4, 2]  # the 10 small files in batches of at most 4
+    assert not any(p.name.startswith(".wvtmp-") for p in out.rglob("*"))
+
+
+def test_a_failed_flush_leaves_no_names_and_no_temporary_files(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "run"
+    _tree(src, 6)
+    repo.backup([src])
+    calls: list[int] = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "syncfs failed: Input/output error")
+
+    monkeypatch.setattr(restore_durable, "_SYNCFS", lambda fd: 0)  # so the syncfs path is taken
+    monkeypatch.setattr(restore_durable, "_syncfs", failing)
+    out = tmp_path / "out"
+    with pytest.raises(LocalPathError, match="Input/output error"):
+        repo.restore("latest", out)
+    assert len(calls) == 1, "a failed flush must not be retried"
+    left = _names(out)
+    assert not any(name.startswith("run/d") for name in left), left  # no small file got its name
+    assert not any(".wvtmp-" in name for name in left), left
+
+
+def test_without_syncfs_each_small_file_is_fsynced(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "run"
+    _tree(src, 5)
+    repo.backup([src])
+    monkeypatch.setattr(restore_durable, "_SYNCFS", None)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode) and os.readlink(f"/proc/self/fd/{fd}").startswith(str(out)):
+            synced.append(fd)
+        real_fsync(fd)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(os, "fsync", counting)
+    repo.restore("latest", out)
+    assert tree_digest(out / "run") == tree_digest(src)
+    assert len(synced) == 5 + 1  # each small file in the batch, big.bin in restore
