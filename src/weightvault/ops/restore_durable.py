@@ -2,9 +2,10 @@
 ``fsync`` each.
 
 A small restored file is complete (written, hash-checked, metadata set) under its temporary name
-when it is handed to ``DurableBatch.add``. When the batch is full (``MAX_FILES`` files, ``MAX_BYTES``
-bytes or ``MAX_DIRS`` directories) or at ``flush``, every file system holding one of its files is
-flushed with ``syncfs(2)`` and only then is each file renamed to its name. So, exactly as with a
+when it is handed to ``DurableBatch.add``. When the batch is full (``MAX_FILES`` files,
+``MAX_BYTES`` bytes or ``MAX_DIRS`` directories, fewer under a low open-file limit) or at
+``flush``, every file system holding one of its files is flushed with ``syncfs(2)`` and only then
+is each file renamed to its name. So, exactly as with a
 per-file ``fsync``: a name never points at data that is not durable, and a crash leaves at most
 temporary ``.wvtmp-*`` files, never a half-written file under a real name. The directories'
 entries are made durable afterwards by restore (one ``fsync`` per directory).
@@ -20,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import resource
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ __all__ = ["MAX_BYTES", "MAX_DIRS", "MAX_FILES", "SMALL_FILE", "DurableBatch", "
 SMALL_FILE = 4 * 1024 * 1024  # files below this size are committed in batches
 MAX_FILES = 1024
 MAX_BYTES = 128 * 1024 * 1024
-MAX_DIRS = 64  # directory fds the batch keeps open
+MAX_DIRS = 64  # directory fds the batch keeps open (at most an eighth of the open-file limit)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -86,6 +88,8 @@ class DurableBatch:
         self._dirs: dict[tuple[int, int], int] = {}
         self._files: list[_Pending] = []
         self._bytes = 0
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._max_dirs = MAX_DIRS if soft == resource.RLIM_INFINITY else max(1, min(MAX_DIRS, soft // 8))
 
     def add(self, dir_fd: int, tmp: bytes, name: bytes, size: int, done: Callable[[], None]) -> None:
         """Commit the file ``tmp`` in the directory ``dir_fd`` (not taken over) under ``name``."""
@@ -96,7 +100,7 @@ class DurableBatch:
                 self._dirs[key] = os.dup(dir_fd)
             self._files.append(_Pending(key, tmp, name, size, done))
             self._bytes += size
-            full = len(self._files) >= MAX_FILES or self._bytes >= MAX_BYTES or len(self._dirs) >= MAX_DIRS
+            full = len(self._files) >= MAX_FILES or self._bytes >= MAX_BYTES or len(self._dirs) >= self._max_dirs
             taken = self._take() if full else None
         if taken is not None:
             self._commit(*taken)
