@@ -155,17 +155,17 @@ def test_a_large_chunk_is_coded_once_the_way_its_sample_chooses(monkeypatch: pyt
     one whose sample says it does not is coded standalone only (its XOR is never coded in full);
     and when the full delta disappoints the sample's prediction, the standalone coding is
     computed too and the smaller kept."""
-    import weightvault.codec.compress as comp
+    from weightvault.codec import floatplanes
 
     full: list[str] = []
-    real_encode = comp.floatplanes.encode
+    real_encode = floatplanes.encode
 
     def counted(d: bytes | memoryview, k: int, level: int = 3, rotate: bool = True) -> bytes:
         if len(d) > 1024 * 1024:
             full.append("delta" if not rotate else "alone")
         return real_encode(d, k, level, rotate)
 
-    monkeypatch.setattr(comp.floatplanes, "encode", counted)
+    monkeypatch.setattr(floatplanes, "encode", counted)
     rng = np.random.default_rng(5)
     w = rng.normal(0, 0.05, 1024 * 1024).astype(np.float32)  # 4 MiB
     base, bid = w.tobytes(), b"\x01" * 32

@@ -371,7 +371,8 @@ def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
     try:
         sha = hashlib.sha256()
         pos = 0
-        for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages):
+        for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages,
+                                   writeback=n.size >= SMALL_FILE):
             with jobs.stages("sha256"):
                 sha.update(data)
             pos += len(data)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from weightvault.ops.stages import Stages
 
-__all__ = ["MAX_BYTES", "MAX_DIRS", "MAX_FILES", "SMALL_FILE", "DurableBatch", "syncfs_available"]
+__all__ = ["MAX_BYTES", "MAX_DIRS", "MAX_FILES", "SMALL_FILE", "DurableBatch", "start_writeback", "syncfs_available"]
 
 SMALL_FILE = 4 * 1024 * 1024  # files below this size are committed in batches
 MAX_FILES = 1024
@@ -59,6 +59,32 @@ _SYNCFS = _load_syncfs()
 
 def syncfs_available() -> bool:
     return _SYNCFS is not None
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if platform.system() != "Linux":
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes at ``offset`` of ``fd`` to the device now
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux), so a large file's closing ``fsync`` has
+    little left to wait for and its write-back overlaps the restore's decoding. Only a hint: it
+    never makes anything durable and reports nothing; the ``fsync`` does both (a write-back error
+    stays recorded for it)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _syncfs(fd: int) -> None:

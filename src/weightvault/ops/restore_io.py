@@ -11,6 +11,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
+
+from weightvault.ops.restore_durable import start_writeback
 from weightvault.ops.stages import Stages
 from weightvault.repository.blobcache import BlobCache
 
@@ -19,11 +22,14 @@ __all__ = ["all_zero", "load_and_write", "pwrite_all"]
 
 def all_zero(data: bytes | bytearray) -> bool:
     """Whether every byte is zero. Model data almost never starts or ends with 64 zero bytes, so
-    both ends are looked at first; only a chunk that passes is counted through (under the GIL)."""
+    both ends are looked at first; a chunk that passes is counted through by numpy (~50 GB/s)."""
     n = min(len(data), 64)
     if data[:64].count(0) != n or data[-64:].count(0) != n:
         return False
-    return data.count(0) == len(data)
+    words = len(data) // 8
+    if np.count_nonzero(np.frombuffer(data, dtype=np.uint64, count=words)):
+        return False
+    return data[words * 8 :].count(0) == len(data) - words * 8
 
 
 def pwrite_all(fd: int, data: bytes | bytearray, pos: int) -> None:
@@ -63,12 +69,14 @@ def _runs(repo: BlobCache, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
 
 
 def load_and_write(
-    pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int, lookahead: int, stages: Stages
+    pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int, lookahead: int, stages: Stages,
+    writeback: bool = False,
 ) -> Iterator[bytes | bytearray]:
     """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
     the plaintexts in file order for hashing. Blobs stored back to back are fetched with one range
     read (``_runs``). All-zero chunks are left as holes, so sparse files stay sparse. Offsets come
-    from the index's raw lengths; at most ``lookahead`` runs in flight."""
+    from the index's raw lengths; at most ``lookahead`` runs in flight. With ``writeback``, each
+    written run's write-back to the device starts at once (``start_writeback``)."""
 
     def work(run: list[tuple[bytes, int]]) -> list[bytes | bytearray]:
         t0 = time.perf_counter()
@@ -82,6 +90,10 @@ def load_and_write(
                 pwrite_all(fd, data, offset)
             stages.add("zero_check", t2 - t1)
             stages.add("write", time.perf_counter() - t2)
+        if writeback:
+            t3 = time.perf_counter()
+            start_writeback(fd, run[0][1], sum(len(d) for d in out))
+            stages.add("writeback", time.perf_counter() - t3)
         return out
 
     futs: list[Future[list[bytes | bytearray]]] = []
