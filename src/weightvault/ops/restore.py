@@ -38,7 +38,7 @@ from weightvault.errors import (
     VerificationError,
 )
 from weightvault.ops.progress import ProgressCallback, Reporter
-from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch
+from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch, Writeback
 from weightvault.ops.restore_io import load_and_write
 from weightvault.ops.stages import Stages
 from weightvault.ops.walk import matches_any
@@ -371,8 +371,9 @@ def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
     try:
         sha = hashlib.sha256()
         pos = 0
-        for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages,
-                                   writeback=n.size >= SMALL_FILE):
+        small = n.size < SMALL_FILE
+        wb = None if small else Writeback(fd)
+        for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages, wb):
             with jobs.stages("sha256"):
                 sha.update(data)
             pos += len(data)
@@ -386,10 +387,10 @@ def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
         _chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        small = n.size < SMALL_FILE
-        if not small:
+        if wb is not None:
             with jobs.stages("fsync"):
                 os.fsync(fd)
+            wb.finish()
         with jobs.stages("verify"):
             if jobs.verify and _file_digest(parent_fd, tmp) != n.sha256:
                 raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from weightvault.ops.restore_durable import start_writeback
+from weightvault.ops.restore_durable import Writeback
 from weightvault.ops.stages import Stages
 from weightvault.repository.blobcache import BlobCache
 
@@ -70,13 +70,13 @@ def _runs(repo: BlobCache, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
 
 def load_and_write(
     pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int, lookahead: int, stages: Stages,
-    writeback: bool = False,
+    writeback: Writeback | None = None,
 ) -> Iterator[bytes | bytearray]:
     """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
     the plaintexts in file order for hashing. Blobs stored back to back are fetched with one range
     read (``_runs``). All-zero chunks are left as holes, so sparse files stay sparse. Offsets come
     from the index's raw lengths; at most ``lookahead`` runs in flight. With ``writeback``, each
-    written run's write-back to the device starts at once (``start_writeback``)."""
+    written run is streamed to the device at once (``restore_durable.Writeback``)."""
 
     def work(run: list[tuple[bytes, int]]) -> list[bytes | bytearray]:
         t0 = time.perf_counter()
@@ -90,9 +90,9 @@ def load_and_write(
                 pwrite_all(fd, data, offset)
             stages.add("zero_check", t2 - t1)
             stages.add("write", time.perf_counter() - t2)
-        if writeback:
+        if writeback is not None:
             t3 = time.perf_counter()
-            start_writeback(fd, run[0][1], sum(len(d) for d in out))
+            writeback.written(run[0][1], sum(len(d) for d in out))
             stages.add("writeback", time.perf_counter() - t3)
         return out
 
