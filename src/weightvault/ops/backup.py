@@ -327,7 +327,7 @@ class _Run:
             saver.close()  # every chunk stored (or the first storing error raised)
         except BaseException:
             writer.close()
-            saver.pool.shutdown(wait=True)
+            saver.abort()
             raise
         return writer.finish(lambda data: self.repo.save_blob(BlobType.TREE, data)[0])
 

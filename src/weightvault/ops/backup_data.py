@@ -120,7 +120,7 @@ def backup_data(repo: Repository, root: str, files: Mapping[str, bytes],
         saver.close()
     except BaseException:
         writer.close()
-        saver.pool.shutdown(wait=True)
+        saver.abort()
         raise
     tree = writer.finish(lambda data: repo.save_blob(BlobType.TREE, data)[0])
     repo.flush()  # packs, then index: everything the snapshot references is durable

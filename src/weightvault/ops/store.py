@@ -1,7 +1,7 @@
 """Chunks into the repository: ``ChunkSaver`` (a worker pool with a bound on chunks in flight) and
 ``store_stream`` (one file's bytes split, hashed and queued), shared by ``backup`` and
 ``backup_data``. Each stage's time goes into the saver's ``stages`` (``ops.stages``): ``read``
-(reading and splitting), ``sha256`` (the file digest), ``blob_id`` (keyed BLAKE3),
+(reading and splitting), ``sha256`` (the file digest, in its own thread), ``blob_id`` (keyed BLAKE3),
 ``wait_workers`` (the reader waiting for a free slot) and ``store`` (in the workers: compress,
 encrypt, fill and write packs)."""
 
@@ -40,6 +40,9 @@ class ChunkSaver:
         self.slots = threading.BoundedSemaphore(2 * workers + 2)
         self.stages = stages if stages is not None else Stages()
         self._failed: list[BaseException] = []
+        # files' SHA-256 in their own thread, beside the reader's read and blob ids (hashlib
+        # releases the GIL): in file order, one chunk after another (``FileDigest``)
+        self.digest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightvault-digest")
 
     def _done(self, fut: Future[tuple[bytes, bool]]) -> None:
         self.slots.release()
@@ -73,8 +76,44 @@ class ChunkSaver:
     def close(self) -> None:
         """Wait for every queued chunk; raise the first storing error, if any."""
         self.pool.shutdown(wait=True)
+        self.digest_pool.shutdown(wait=True)
         if self._failed:
             raise self._failed[0]
+
+    def abort(self) -> None:
+        """After a failure elsewhere: let queued work end, raise nothing."""
+        self.pool.shutdown(wait=True)
+        self.digest_pool.shutdown(wait=True)
+
+
+_DIGEST_AHEAD = 8  # chunks queued for a file's digest before the reader waits
+
+
+class FileDigest:
+    """A file's SHA-256, computed in the saver's digest thread in chunk order while the caller
+    goes on reading; ``hexdigest`` waits for the last chunk."""
+
+    def __init__(self, saver: ChunkSaver) -> None:
+        self._sha = hashlib.sha256()
+        self._pool = saver.digest_pool
+        self._stages = saver.stages
+        self._pending: list[Future[None]] = []
+
+    def _update(self, data: bytes) -> None:
+        t = time.perf_counter()
+        self._sha.update(data)
+        self._stages.add("sha256", time.perf_counter() - t)
+
+    def update(self, data: bytes) -> None:
+        self._pending.append(self._pool.submit(self._update, data))
+        if len(self._pending) > _DIGEST_AHEAD:
+            self._pending.pop(0).result()
+
+    def hexdigest(self) -> str:
+        for f in self._pending:
+            f.result()
+        self._pending = []
+        return self._sha.hexdigest()
 
 
 def store_stream(f: BinaryIO, head: bytes, rel: bytes, saver: ChunkSaver, registry: SplitterRegistry,
@@ -84,7 +123,7 @@ def store_stream(f: BinaryIO, head: bytes, rel: bytes, saver: ChunkSaver, regist
     offering delta bases, and queue every chunk with ``saver``. Returns the file node (no
     metadata yet), the chunks' offsets, and why a model-looking file got generic CDC (or None)."""
     splitter = registry.select(os.path.basename(rel), head)
-    sha = hashlib.sha256()
+    sha = FileDigest(saver)
     blobs: list[bytes] = []
     tensors: list[TensorPart | None] = []
     offsets: list[int] = []
@@ -101,7 +140,6 @@ def store_stream(f: BinaryIO, head: bytes, rel: bytes, saver: ChunkSaver, regist
             break
         sha.update(chunk.data)
         stages.add("read", t1 - t0)
-        stages.add("sha256", time.perf_counter() - t1)
         size += len(chunk.data)
         part: TensorPart | None = None
         delta = None
