@@ -32,6 +32,7 @@ from weightvault.errors import UnsupportedFormatError
 ENTRY = struct.Struct("<BBHII32s")
 FLAG_BASE = 1
 ZSTD, BYTEPLANE, DELTA = 1, 2, 3
+SUB = 3  # a DELTA's inner codec byte for the integer difference (format version 5)
 AAD_BLOB, AAD_PACK_HEADER, AAD_INDEX, AAD_SNAPSHOT, AAD_KEY = (b"wv1" + bytes((k,)) for k in range(1, 6))
 
 
@@ -140,13 +141,18 @@ def decode(blobs: dict[bytes, Stored], keys: tuple[bytes, bytes], bid: bytes, se
         base = decode(blobs, keys, s.base, seen)
         assert len(base) == s.raw_len
         inner_codec, inner = payload[32], payload[33:]
-        assert inner_codec in (ZSTD, BYTEPLANE)
+        assert inner_codec in (ZSTD, BYTEPLANE, SUB)
         if inner_codec == ZSTD:
-            xor = zstandard.ZstdDecompressor().decompress(inner, max_output_size=s.raw_len)
+            diff = zstandard.ZstdDecompressor().decompress(inner, max_output_size=s.raw_len)
         else:
-            xor = byteplane_decode(inner, s.raw_len, rotated=False)
-        assert len(xor) == s.raw_len
-        plain = (np.frombuffer(xor, dtype=np.uint8) ^ np.frombuffer(base, dtype=np.uint8)).tobytes()
+            diff = byteplane_decode(inner, s.raw_len, rotated=False)
+        assert len(diff) == s.raw_len
+        plain = (np.frombuffer(diff, dtype=np.uint8) ^ np.frombuffer(base, dtype=np.uint8)).tobytes()
+        if inner_codec == SUB:  # format version 5: k-byte elements were subtracted, the tail XORed
+            k = inner[1]
+            whole = s.raw_len // k * k
+            added = np.frombuffer(diff[:whole], dtype=f"<u{k}") + np.frombuffer(base[:whole], dtype=f"<u{k}")
+            plain = added.tobytes() + plain[whole:]
     assert len(plain) == s.raw_len
     assert blake3.blake3(plain, key=keys[1]).digest() == bid
     seen[bid] = plain
@@ -235,7 +241,7 @@ def set_config(repo_path: Path, version: int) -> None:
 
 def test_new_config_has_delta_max_depth(repo: Repository, repo_path: Path) -> None:
     doc = json.loads((repo_path / "config").read_bytes())
-    assert doc["version"] == 4 and doc["delta_max_depth"] == 8
+    assert doc["version"] == 5 and doc["delta_max_depth"] == 8
 
 
 def test_delta_blobs_in_pack_headers_decode_independently(repo_path: Path, drifted: Path) -> None:
@@ -324,8 +330,8 @@ def test_version_2_repository_gets_no_deltas(repo: Repository, repo_path: Path, 
     assert restored == (src / "model.safetensors").read_bytes()
 
 
-def test_version_5_is_refused(repo: Repository, repo_path: Path) -> None:
-    set_config(repo_path, 5)
+def test_version_6_is_refused(repo: Repository, repo_path: Path) -> None:
+    set_config(repo_path, 6)
     with pytest.raises(UnsupportedFormatError) as ei:
         Repository.open(repo_path, PASSWORD)
-    assert ei.value.exit_code == 16 and "1..4" in str(ei.value) and "version 5" in str(ei.value)
+    assert ei.value.exit_code == 16 and "1..5" in str(ei.value) and "version 6" in str(ei.value)

