@@ -304,12 +304,8 @@ class Repository(SnapshotDocuments):
         data = self.load_plain(blob_id, load_base)
         return data if isinstance(data, bytes) else bytes(data)
 
-    def load_plain(
-        self,
-        blob_id: bytes,
-        load_base: Callable[[bytes], bytes | bytearray] | None = None,
-        check_id: bool = True,
-    ) -> bytes | bytearray:
+    def load_plain(self, blob_id: bytes, load_base: Callable[[bytes], bytes | bytearray] | None = None,
+                   check_id: bool = True) -> bytes | bytearray:
         """``load_blob`` without the final copy of a chunk decoded in place (a ``bytearray``,
         which the caller must not change). ``check_id`` False skips the content-hash check, for a
         caller that proves the bytes another way (restore checks every file's SHA-256); the AEAD,
@@ -402,9 +398,8 @@ class Repository(SnapshotDocuments):
         self, btype: BlobType, bid: bytes, data: bytes, dtype: str | None, base: tuple[bytes, bytes] | None = None
     ) -> tuple[int, bytes | bytearray]:
         """(codec, sealed envelope) of ``data`` as this repository stores it: the smallest
-        encoding its format allows (with ``base``: possibly an XOR delta against it)."""
-        # Codec 2 (byteplane) is a format-v2 object: never written into a v1 repository; a SUB
-        # delta (inner 3) a format-v5 one.
+        encoding its format allows (with ``base``: possibly a delta against it). Byteplane is a
+        format-v2 object, a delta of integer differences (inner 3) a format-v5 one."""
         v = self.config.version
         codec, payload = compress_best(
             data, self.config.compression_level, dtype=dtype, allow_byteplane=v >= 2, base=base, allow_sub=v >= 5
