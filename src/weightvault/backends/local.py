@@ -97,8 +97,6 @@ class LocalBackend:
                     n = os.write(fd, view)
                     view = view[n:]
                 os.fsync(fd)
-                if ftype is FileType.PACK and hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # durable: its pages may go
             finally:
                 os.close(fd)
             if create_only:

@@ -37,6 +37,7 @@ from weightvault.errors import (
     UsageError,
     VerificationError,
 )
+from weightvault.ops.delta_bases import series_key
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch, Writeback
 from weightvault.ops.restore_io import load_and_write
@@ -316,7 +317,7 @@ def _restore_files(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
                 ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
             jobs = _FileJobs(shared, pool, verify, reporter, result, lock, stages, batch)
-            for n, parts in plan:
+            for n, parts in _in_chain_order(plan):
                 if failed:
                     break
                 if n.type == "dir":
@@ -339,6 +340,18 @@ def _restore_files(
     result.stages = stages.as_dict()
     if failed:
         raise failed[0]
+
+
+def _in_chain_order(plan: list[tuple[Node, list[bytes]]]) -> list[tuple[Node, list[bytes]]]:
+    """Directories first (in plan order), then files grouped by checkpoint series, each series in
+    step order (``delta_bases.series_key``): a file's delta bases are then the chunks of the file
+    restored just before it, still in the cache, instead of a whole checkpoint's worth of bases
+    of every file kept at once (and chains decoded again once the cache overflows)."""
+    def key(item: tuple[Node, list[bytes]]) -> tuple[bytes, tuple[int, ...], bytes]:
+        sk = series_key(item[0].path)
+        return (sk[0], sk[1], item[0].path) if sk is not None else (item[0].path, (), item[0].path)
+
+    return [i for i in plan if i[0].type == "dir"] + sorted((i for i in plan if i[0].type == "file"), key=key)
 
 
 @dataclass(frozen=True)
