@@ -118,10 +118,10 @@ def _standalone(data: bytes | memoryview, level: int, k: int, try_zstd: bool, li
 def _difference(data: bytes | memoryview, base: bytes | memoryview, k: int) -> memoryview:
     """Per k-byte element ``data - base`` modulo 2**(8k); the tail bytes XORed."""
     n = len(data) // k
-    out = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8))
-    words = out[: n * k].view(_UINT[k])
-    np.subtract(np.frombuffer(data, dtype=_UINT[k], count=n), np.frombuffer(base, dtype=_UINT[k], count=n),
-                out=words)
+    d8, b8 = np.frombuffer(data, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)
+    out = np.empty(len(d8), dtype=np.uint8)
+    np.subtract(d8[: n * k].view(_UINT[k]), b8[: n * k].view(_UINT[k]), out=out[: n * k].view(_UINT[k]))
+    np.bitwise_xor(d8[n * k :], b8[n * k :], out=out[n * k :])  # only the tail: one pass over the data
     return out.data
 
 
