@@ -157,7 +157,13 @@ def _read_file(
     fd = os.open(e.abs, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as raw:
         before = os.fstat(fd)
-        node, offsets, why = store_stream(raw, os.pread(fd, 65536, 0), e.rel, saver, registry, repo, on_bytes, finder)
+        min_size = repo.chunker.min_size
+        small = before.st_size < min_size
+        head = os.pread(fd, max(65536, min_size) if small else 65536, 0)
+        # a file shorter than the smallest chunk is read whole by that one call (a short read of
+        # a regular file is its end) and stored from ``head``, without being read again
+        whole = small and len(head) < min_size
+        node, offsets, why = store_stream(None if whole else raw, head, e.rel, saver, registry, repo, on_bytes, finder)
         after = os.fstat(fd)
     try:
         now = os.lstat(e.abs)
@@ -292,6 +298,7 @@ class _Run:
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("files", "dirs", "symlinks", "bytes", "files_new", "files_changed", "files_unmodified", "bytes_read"), 0))
     stages: Stages = field(default_factory=Stages)
+    registry: SplitterRegistry | None = None  # the splitters, made once per backup
 
     def walk(self) -> Iterator[Entry | WalkError]:
         for name, p in sorted(self.roots.items()):
@@ -362,8 +369,9 @@ class _Run:
             self.totals["files_unmodified"] += 1
             self.reporter.add(files=1, nbytes=e.st.st_size, current=os.fsdecode(e.rel))
         else:
-            registry = self.opts.registry or default_registry()
-            stored = _backup_file(e, saver, registry, self.repo, self.reporter, self.errors, self.warnings,
+            if self.registry is None:
+                self.registry = self.opts.registry or default_registry()
+            stored = _backup_file(e, saver, self.registry, self.repo, self.reporter, self.errors, self.warnings,
                                   self.totals, self.finder)
             if stored is None:
                 return None

@@ -8,13 +8,16 @@ encrypt, fill and write packs)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
+from weightvault.chunking.base import Chunk
+from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.registry import SplitterRegistry
 from weightvault.ops.delta_bases import BaseFinder
 from weightvault.ops.layout import fallback_reason
@@ -24,6 +27,11 @@ from weightvault.repository.repo import DeltaBase, Repository
 from weightvault.types import BlobType
 
 __all__ = ["ChunkSaver", "store_stream"]
+
+
+_BATCH_BELOW = 64 * 1024  # smaller chunks that are not tensor data travel to the workers in batches
+_BATCH_CHUNKS = 64
+_BATCH_BYTES = 1024 * 1024
 
 
 class ChunkSaver:
@@ -43,8 +51,10 @@ class ChunkSaver:
         # files' SHA-256 in their own thread, beside the reader's read and blob ids (hashlib
         # releases the GIL): in file order, one chunk after another (``FileDigest``)
         self.digest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightvault-digest")
+        self._batch: list[tuple[bytes, bytes]] = []  # small chunks not yet handed over
+        self._batch_bytes = 0
 
-    def _done(self, fut: Future[tuple[bytes, bool]]) -> None:
+    def _done(self, fut: Future[object]) -> None:
         self.slots.release()
         exc = fut.exception()
         if exc is not None:
@@ -52,29 +62,53 @@ class ChunkSaver:
 
     def submit(self, data: bytes, dtype: str | None = None, delta: DeltaBase | None = None) -> bytes:
         """Queue ``data`` for storing (``dtype``: element type hint for the codec; ``delta``: a
-        candidate delta base); returns its blob id."""
+        candidate delta base); returns its blob id. Small chunks that are not tensor data (small
+        files, mostly) are handed to the workers ``_BATCH_CHUNKS`` at a time: one hand-over
+        instead of one per chunk. Tensor chunks go at once, so a later checkpoint finds them as
+        delta bases in the pack being filled."""
         if self._failed:
             raise self._failed[0]
         t0 = time.perf_counter()
         blob_id = self.repo.key.blob_id(data)
+        self.stages.add("blob_id", time.perf_counter() - t0)
+        if dtype is None and delta is None and len(data) < _BATCH_BELOW:
+            self._batch.append((data, blob_id))
+            self._batch_bytes += len(data)
+            if len(self._batch) >= _BATCH_CHUNKS or self._batch_bytes >= _BATCH_BYTES:
+                self._hand_over()
+            return blob_id
+        self._queue(self._store, data, blob_id, dtype, delta)
+        return blob_id
+
+    def _queue(self, fn: Callable[..., object], *args: object) -> None:
         t1 = time.perf_counter()
         self.slots.acquire()
-        self.stages.add("blob_id", t1 - t0)
         self.stages.add("wait_workers", time.perf_counter() - t1)
         try:
-            fut = self.pool.submit(self._store, data, blob_id, dtype, delta)
+            fut = self.pool.submit(fn, *args)
         except BaseException:
             self.slots.release()
             raise
         fut.add_done_callback(self._done)
-        return blob_id
 
-    def _store(self, data: bytes, blob_id: bytes, dtype: str | None, delta: DeltaBase | None) -> tuple[bytes, bool]:
+    def _hand_over(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._queue(self._store_batch, batch)
+
+    def _store(self, data: bytes, blob_id: bytes, dtype: str | None, delta: DeltaBase | None) -> None:
         with self.stages("store"):
-            return self.repo.save_blob(BlobType.DATA, data, blob_id, dtype, delta)
+            self.repo.save_blob(BlobType.DATA, data, blob_id, dtype, delta)
+
+    def _store_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        with self.stages("store"):
+            for data, blob_id in batch:
+                self.repo.save_blob(BlobType.DATA, data, blob_id)
 
     def close(self) -> None:
         """Wait for every queued chunk; raise the first storing error, if any."""
+        if not self._failed:
+            self._hand_over()
         self.pool.shutdown(wait=True)
         self.digest_pool.shutdown(wait=True)
         if self._failed:
@@ -87,11 +121,14 @@ class ChunkSaver:
 
 
 _DIGEST_AHEAD = 8  # chunks queued for a file's digest before the reader waits
+_DIGEST_INLINE = 256 * 1024  # a smaller chunk with none queued before it is hashed by the caller
 
 
 class FileDigest:
     """A file's SHA-256, computed in the saver's digest thread in chunk order while the caller
-    goes on reading; ``hexdigest`` waits for the last chunk."""
+    goes on reading; ``hexdigest`` waits for the last chunk. A small chunk with nothing queued
+    ahead of it is hashed at once by the caller: for a small file the hand-over to the thread and
+    back costs more than the hash."""
 
     def __init__(self, saver: ChunkSaver) -> None:
         self._sha = hashlib.sha256()
@@ -105,6 +142,9 @@ class FileDigest:
         self._stages.add("sha256", time.perf_counter() - t)
 
     def update(self, data: bytes) -> None:
+        if not self._pending and len(data) < _DIGEST_INLINE:
+            self._update(data)
+            return
         self._pending.append(self._pool.submit(self._update, data))
         if len(self._pending) > _DIGEST_AHEAD:
             self._pending.pop(0).result()
@@ -116,20 +156,25 @@ class FileDigest:
         return self._sha.hexdigest()
 
 
-def store_stream(f: BinaryIO, head: bytes, rel: bytes, saver: ChunkSaver, registry: SplitterRegistry,
+def store_stream(f: BinaryIO | None, head: bytes, rel: bytes, saver: ChunkSaver, registry: SplitterRegistry,
                  repo: Repository, on_bytes: Callable[[int], None],
                  finder: BaseFinder) -> tuple[Node, list[int], str | None]:
     """Chunk ``f`` (its first bytes ``head``) with the splitter its name and content select,
     offering delta bases, and queue every chunk with ``saver``. Returns the file node (no
-    metadata yet), the chunks' offsets, and why a model-looking file got generic CDC (or None)."""
+    metadata yet), the chunks' offsets, and why a model-looking file got generic CDC (or None).
+    ``f`` None: ``head`` is the whole file, shorter than the smallest chunk."""
     splitter = registry.select(os.path.basename(rel), head)
+    chunks: Iterable[Chunk]
+    if f is None and isinstance(splitter, CdcSplitter):
+        chunks = [Chunk(0, head)] if head else []  # what CDC makes of it, without its reads
+    else:
+        chunks = splitter.split(io.BytesIO(head) if f is None else f, repo.chunker)
     sha = FileDigest(saver)
     blobs: list[bytes] = []
     tensors: list[TensorPart | None] = []
     offsets: list[int] = []
     bases: dict[TensorPart, DeltaBase] | None = None
     size = 0
-    chunks = splitter.split(f, repo.chunker)
     it, stages = iter(chunks), saver.stages
     while True:
         t0 = time.perf_counter()
