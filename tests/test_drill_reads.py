@@ -14,7 +14,7 @@ from test_delta import safetensors_bytes
 from weightvault.api import Repository
 from weightvault.backends.base import FileType
 from weightvault.backends.local import LocalBackend
-from weightvault.ops import restore as restore_mod
+from weightvault.ops import restore_file as restore_mod
 from weightvault.ops import validate as validate_mod
 from weightvault.repository.manifest import iter_manifest
 from weightvault.repository.repo import Repository as Engine
@@ -47,7 +47,7 @@ def test_a_level_3_drill_reads_the_file_once_and_hashes_the_restored_copy_once(
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(restore_mod, "_file_digest", counted("restore", restore_mod._file_digest))
+    monkeypatch.setattr(restore_mod, "file_digest", counted("restore", restore_mod.file_digest))
     monkeypatch.setattr(validate_mod, "_sha256", counted("validate", validate_mod._sha256))
     engine = Engine.open(counting, PASSWORD.encode())  # a fresh object: nothing cached yet
     repo = Repository(engine)

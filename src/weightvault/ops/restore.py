@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import resource
-import secrets
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -35,12 +34,22 @@ from weightvault.errors import (
     RestoreConflictError,
     UnsafePathError,
     UsageError,
-    VerificationError,
 )
 from weightvault.ops.delta_bases import series_key
 from weightvault.ops.progress import ProgressCallback, Reporter
-from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch, Writeback
-from weightvault.ops.restore_io import load_and_write
+from weightvault.ops.restore_durable import DurableBatch
+from weightvault.ops.restore_file import (
+    GROUP_BYTES,
+    GROUP_FILE,
+    GROUP_FILES,
+    FileJobs,
+    chown,
+    file_digest,
+    replace,
+    tmp_name,
+    write_file,
+    write_group,
+)
 from weightvault.ops.stages import Stages
 from weightvault.ops.walk import matches_any
 from weightvault.repository.blobcache import BlobCache
@@ -52,10 +61,8 @@ __all__ = ["OVERWRITE_MODES", "RestoreOptions", "RestoreResult", "check_path", "
 
 OverwriteMode = Literal["error", "never", "if-changed", "always"]
 OVERWRITE_MODES: tuple[str, ...] = ("error", "never", "if-changed", "always")
-_TMP = b".wvtmp-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-_LOOKAHEAD = 4  # blobs in flight per file
-_FILES_IN_FLIGHT = 4  # files restored concurrently; memory bound: 16 blobs of at most 8 MiB
+_FILES_IN_FLIGHT = 4  # file tasks at once; memory bound: 16 runs of at most 8 MiB, or 4 groups
 _SHARED_BLOB_BYTES = 192 * 1024 * 1024  # plaintext kept for blobs the restore uses again
 
 
@@ -178,18 +185,6 @@ def _selected(snap: Snapshot, repo: Repository, includes: list[str]) -> list[tup
     return [(n, parts) for n, parts in nodes if n.path in chosen]
 
 
-def _file_digest(dir_fd: int, name: bytes) -> str | None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError:
-        return None
-    h = hashlib.sha256()
-    with os.fdopen(fd, "rb") as f:
-        while buf := f.read(1 << 20):
-            h.update(buf)
-    return h.hexdigest()
-
-
 def _existing_state(dir_fd: int, name: bytes, node: Node) -> str:
     """'missing', 'same' or 'different' for the target entry at name."""
     try:
@@ -197,7 +192,7 @@ def _existing_state(dir_fd: int, name: bytes, node: Node) -> str:
     except FileNotFoundError:
         return "missing"
     if node.type == "file" and stat.S_ISREG(st.st_mode) and st.st_size == node.size:
-        return "same" if _file_digest(dir_fd, name) == node.sha256 else "different"
+        return "same" if file_digest(dir_fd, name) == node.sha256 else "different"
     if node.type == "symlink" and stat.S_ISLNK(st.st_mode):
         return "same" if os.readlink(name, dir_fd=dir_fd) == node.target else "different"
     return "different"
@@ -235,7 +230,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
         for n, parts in reversed(plan):  # directory metadata last, deepest first
             if n.type == "dir":
                 fd = dirs.open(tuple(parts), create=True)
-                _chown(n, fd)
+                chown(n, fd)
                 os.chmod(fd, n.mode)
                 os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
         for parent in sorted({tuple(p[:-1]) for _, p in plan}):
@@ -295,15 +290,16 @@ def _restore_files(
     reporter: Reporter,
     result: RestoreResult,
 ) -> None:
-    """Create the directories and restore the files of ``plan``, ``_FILES_IN_FLIGHT`` files at a
-    time (each file task gets its own duplicate of its directory's fd); blob loads and writes run
-    in a separate pool. The first failure stops new work and is raised once running tasks end."""
-    lock = threading.Lock()
+    """Create the directories and restore the files of ``plan``: ``_FILES_IN_FLIGHT`` file tasks
+    at a time, each a large file (its blob loads and writes in a separate pool) or a group of
+    small ones (``restore_file``); every task gets its own duplicates of its directories' fds.
+    The first failure stops new work and is raised once running tasks end."""
     slots = threading.BoundedSemaphore(_FILES_IN_FLIGHT)
     # every restored byte is proven by its file's SHA-256, so blobs skip their content-hash check
     shared = BlobCache.counting(repo, (b for n, _ in plan if n.type == "file" for b in n.blobs),
                                 _SHARED_BLOB_BYTES, check_ids=False)
     failed: list[BaseException] = []
+    counts = dict.fromkeys(("files", "bytes", "verified"), 0)
 
     def done(fut: Future[None]) -> None:
         slots.release()
@@ -312,34 +308,66 @@ def _restore_files(
             failed.append(exc)
 
     stages = Stages()
-    batch = DurableBatch(_replace, stages)
+    batch = DurableBatch(replace, stages)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
                 ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
-            jobs = _FileJobs(shared, pool, verify, reporter, result, lock, stages, batch)
-            for n, parts in _in_chain_order(plan):
-                if failed:
-                    break
-                if n.type == "dir":
-                    dirs.open(tuple(parts), create=True)
-                    result.dirs += 1
-                elif n.type == "file":
-                    parent_fd = os.dup(dirs.open(tuple(parts[:-1]), create=True))
-                    slots.acquire()
-                    try:
-                        fut = files.submit(_restore_file, jobs, parent_fd, n, parts[-1])
-                    except BaseException:
-                        slots.release()
-                        os.close(parent_fd)
-                        raise
-                    fut.add_done_callback(done)
+            jobs = FileJobs(shared, pool, verify, reporter, threading.Lock(), counts, stages, batch)
+
+            def submit(fn: Callable[..., None], args: tuple[object, ...], fds: list[int]) -> None:
+                slots.acquire()
+                try:
+                    fut = files.submit(fn, jobs, *args)
+                except BaseException:
+                    slots.release()
+                    for fd in fds:
+                        os.close(fd)
+                    raise
+                fut.add_done_callback(done)
+
+            _dispatch(_in_chain_order(plan), dirs, result, failed, submit)
         if not failed:
             batch.flush()
     finally:
         batch.discard()  # after a failure: the small files not yet named are removed
+        result.files += counts["files"]
+        result.bytes += counts["bytes"]
+        result.verified += counts["verified"]
     result.stages = stages.as_dict()
     if failed:
         raise failed[0]
+
+
+def _dispatch(plan: list[tuple[Node, list[bytes]]], dirs: _Dirs, result: RestoreResult,
+              failed: list[BaseException],
+              submit: Callable[[Callable[..., None], tuple[object, ...], list[int]], None]) -> None:
+    """Make the directories and hand the files to ``submit``: a large file alone, small ones in
+    groups of up to ``GROUP_FILES`` files and ``GROUP_BYTES`` bytes, in plan order."""
+    group: list[tuple[int, Node, bytes]] = []
+    group_bytes = 0
+    try:
+        for n, parts in plan:
+            if failed:
+                break
+            if n.type == "dir":
+                dirs.open(tuple(parts), create=True)
+                result.dirs += 1
+            elif n.type == "file":
+                parent_fd = os.dup(dirs.open(tuple(parts[:-1]), create=True))
+                if n.size >= GROUP_FILE:
+                    submit(write_file, (parent_fd, n, parts[-1]), [parent_fd])
+                    continue
+                group.append((parent_fd, n, parts[-1]))
+                group_bytes += n.size
+                if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
+                    taken, group, group_bytes = group, [], 0
+                    submit(write_group, (taken,), [fd for fd, _, _ in taken])
+        if group and not failed:
+            taken, group = group, []
+            submit(write_group, (taken,), [fd for fd, _, _ in taken])
+    finally:
+        for fd, _, _ in group:  # not handed over (a failure)
+            os.close(fd)
 
 
 def _in_chain_order(plan: list[tuple[Node, list[bytes]]]) -> list[tuple[Node, list[bytes]]]:
@@ -354,112 +382,14 @@ def _in_chain_order(plan: list[tuple[Node, list[bytes]]]) -> list[tuple[Node, li
     return [i for i in plan if i[0].type == "dir"] + sorted((i for i in plan if i[0].type == "file"), key=key)
 
 
-@dataclass(frozen=True)
-class _FileJobs:
-    """What every file task of one restore shares."""
-
-    blobs: BlobCache
-    pool: ThreadPoolExecutor  # blob loads and positional writes
-    verify: bool
-    reporter: Reporter
-    result: RestoreResult
-    lock: threading.Lock  # guards ``result``
-    stages: Stages
-    batch: DurableBatch  # small files are made durable and named many at a time
-
-
-def _restore_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
-    """Write one file under a temporary name, check it, make it durable and rename it into place
-    (a small file: hand it to the batch, which does both). Takes ownership of ``parent_fd``."""
-    try:
-        _write_file(jobs, parent_fd, n, name)
-    finally:
-        os.close(parent_fd)
-
-
-def _write_file(jobs: _FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
-    tmp = _TMP + secrets.token_hex(6).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
-    renamed = False
-    try:
-        sha = hashlib.sha256()
-        pos = 0
-        small = n.size < SMALL_FILE
-        wb = None if small else Writeback(fd)
-        for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages, wb):
-            with jobs.stages("sha256"):
-                sha.update(data)
-            pos += len(data)
-            jobs.reporter.add(nbytes=len(data))
-        os.ftruncate(fd, pos)
-        if pos != n.size or sha.hexdigest() != n.sha256:
-            raise VerificationError(
-                f"{os.fsdecode(n.path)}: restored content does not match the manifest "
-                f"(size {pos} vs {n.size}, sha256 {sha.hexdigest()[:16]} vs {str(n.sha256)[:16]})"
-            )
-        _chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
-        os.fchmod(fd, n.mode)
-        os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        if wb is not None:
-            with jobs.stages("fsync"):
-                os.fsync(fd)
-            wb.finish()
-        with jobs.stages("verify"):
-            if jobs.verify and _file_digest(parent_fd, tmp) != n.sha256:
-                raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
-        os.close(fd)
-        fd = -1
-        if small:  # the batch makes it durable, names it and counts it
-            renamed = True
-            jobs.batch.add(parent_fd, tmp, name, n.size, lambda: _count(jobs, n))
-            return
-        _replace(parent_fd, tmp, name)
-        renamed = True
-        _count(jobs, n)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if not renamed:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=parent_fd)
-
-
-def _count(jobs: _FileJobs, n: Node) -> None:
-    """A file has its name (and is durable)."""
-    with jobs.lock:
-        jobs.result.files += 1
-        jobs.result.bytes += n.size
-        jobs.result.verified += int(jobs.verify)
-    jobs.reporter.add(files=1, current=os.fsdecode(n.path))
-
-
-def _chown(n: Node, target: int | bytes, dir_fd: int | None = None) -> None:
-    """As root, give a restored entry its recorded owner (never following a symlink); else no-op."""
-    if os.geteuid() == 0:
-        with contextlib.suppress(OSError):
-            if isinstance(target, int):
-                os.fchown(target, n.uid, n.gid)
-            else:
-                os.chown(target, n.uid, n.gid, dir_fd=dir_fd, follow_symlinks=False)
-
-
-def _replace(parent_fd: int, tmp: bytes, name: bytes) -> None:
-    """Rename tmp over name. An existing directory in the way is only replaced if empty."""
-    try:
-        os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-    except IsADirectoryError:
-        os.rmdir(name, dir_fd=parent_fd)
-        os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-
-
 def _restore_symlink(dirs: _Dirs, n: Node, parts: list[bytes]) -> None:
     parent_fd = dirs.open(tuple(parts[:-1]), create=True)
     name = parts[-1]
-    tmp = _TMP + secrets.token_hex(6).encode()
+    tmp = tmp_name()
     os.symlink(n.target or b"", tmp, dir_fd=parent_fd)
     try:
-        _chown(n, tmp, parent_fd)
-        _replace(parent_fd, tmp, name)
+        chown(n, tmp, parent_fd)
+        replace(parent_fd, tmp, name)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=parent_fd)

@@ -17,7 +17,7 @@ from weightvault.ops.restore_durable import Writeback
 from weightvault.ops.stages import Stages
 from weightvault.repository.blobcache import BlobCache
 
-__all__ = ["all_zero", "load_and_write", "pwrite_all"]
+__all__ = ["all_zero", "load_and_write", "pwrite_all", "runs_of"]
 
 
 def all_zero(data: bytes | bytearray) -> bool:
@@ -66,6 +66,11 @@ def _runs(repo: BlobCache, blobs: list[bytes]) -> list[list[tuple[bytes, int]]]:
         cur = None if solo else (e.pack_id, start, end, e.blob.length)
         pos += e.blob.raw_length
     return runs
+
+
+def runs_of(repo: BlobCache, blobs: list[bytes]) -> list[list[bytes]]:
+    """``blobs`` (of one file or of many) as runs, each fetched with one range read (``_runs``)."""
+    return [[b for b, _ in run] for run in _runs(repo, blobs)]
 
 
 def load_and_write(

@@ -1,0 +1,197 @@
+"""One restored file: written under a temporary name, checked against its manifest SHA-256, given
+its metadata, made durable and only then renamed into place (``write_file``); small files many at
+a time in one thread (``write_group``).
+
+A file of ``GROUP_FILE`` bytes or more streams its blobs through the restore's pool
+(``restore_io.load_and_write``). Smaller files travel in groups of up to ``GROUP_FILES`` files
+(``GROUP_BYTES`` bytes): one task per group, whose blobs are fetched with as few range reads as
+their packs allow and written by the same thread, without a hand-over per file or per blob (for a
+tree of many small files those hand-overs, not the bytes, were the restore's time). Both end the
+same way: a small file goes to the ``DurableBatch`` (one ``syncfs`` for many files before their
+renames), a large one gets its own ``fsync``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from weightvault.errors import VerificationError
+from weightvault.ops.progress import Reporter
+from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch, Writeback
+from weightvault.ops.restore_io import all_zero, load_and_write, pwrite_all, runs_of
+from weightvault.ops.stages import Stages
+from weightvault.repository.blobcache import BlobCache
+from weightvault.repository.manifest import Node
+
+__all__ = [
+    "GROUP_BYTES", "GROUP_FILE", "GROUP_FILES", "TMP_PREFIX", "FileJobs", "chown", "replace", "tmp_name",
+    "write_file", "write_group",
+]
+
+TMP_PREFIX = b".wvtmp-"
+GROUP_FILE = 1024 * 1024  # files below this size are restored in groups, in one thread each
+GROUP_FILES = 64
+GROUP_BYTES = 4 * 1024 * 1024
+_LOOKAHEAD = 4  # blob runs in flight per large file
+
+# temporary names: a random part per process, then a counter (next() on a count is atomic)
+_TMP_RUN = TMP_PREFIX + secrets.token_hex(6).encode() + b"-"
+_TMP_SEQ = itertools.count()
+
+
+def tmp_name() -> bytes:
+    """A temporary name no other restore uses (opened with ``O_EXCL`` all the same)."""
+    return _TMP_RUN + b"%x" % next(_TMP_SEQ)
+
+
+@dataclass(frozen=True)
+class FileJobs:
+    """What every file task of one restore shares."""
+
+    blobs: BlobCache
+    pool: ThreadPoolExecutor  # blob loads and positional writes of large files
+    verify: bool
+    reporter: Reporter
+    lock: threading.Lock  # guards ``counts``
+    counts: dict[str, int]  # files, bytes, verified: named (and durable) so far
+    stages: Stages
+    batch: DurableBatch  # small files are made durable and named many at a time
+
+
+def write_group(jobs: FileJobs, group: list[tuple[int, Node, bytes]]) -> None:
+    """Restore small files (each with its parent directory's fd, which this takes over, and its
+    name) one after another; their blobs are loaded here, coalesced into range reads."""
+    try:
+        with jobs.stages("load"):
+            datas: list[bytes | bytearray] = []
+            for run in runs_of(jobs.blobs, [b for _, n, _ in group for b in n.blobs]):
+                datas += jobs.blobs.load_run(run)
+        at = 0
+        for parent_fd, n, name in group:
+            _write(jobs, parent_fd, n, name, datas[at : at + len(n.blobs)])
+            at += len(n.blobs)
+    finally:
+        for parent_fd, _, _ in group:
+            os.close(parent_fd)
+
+
+def write_file(jobs: FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
+    """Restore one file, its blobs loaded and written in the pool. Takes over ``parent_fd``."""
+    try:
+        _write(jobs, parent_fd, n, name, None)
+    finally:
+        os.close(parent_fd)
+
+
+def _write(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[bytes | bytearray] | None) -> None:
+    """Write ``n`` under a temporary name (from ``datas``, or through the pool when None), check
+    it, set its metadata and commit it (small: through the batch); no temporary file is left on
+    failure."""
+    tmp = tmp_name()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+    renamed = False
+    try:
+        small = n.size < SMALL_FILE
+        wb = None if small else Writeback(fd)
+        sha = hashlib.sha256()
+        if datas is None:
+            pos = 0
+            for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages, wb):
+                with jobs.stages("sha256"):
+                    sha.update(data)
+                pos += len(data)
+                jobs.reporter.add(nbytes=len(data))
+            os.ftruncate(fd, pos)  # a trailing all-zero chunk was left as a hole
+        else:
+            pos = _write_datas(jobs, fd, datas, sha)
+        if pos != n.size or sha.hexdigest() != n.sha256:
+            raise VerificationError(
+                f"{os.fsdecode(n.path)}: restored content does not match the manifest "
+                f"(size {pos} vs {n.size}, sha256 {sha.hexdigest()[:16]} vs {str(n.sha256)[:16]})"
+            )
+        chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
+        os.fchmod(fd, n.mode)
+        os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
+        if wb is not None:
+            with jobs.stages("fsync"):
+                os.fsync(fd)
+            wb.finish()
+        with jobs.stages("verify"):
+            if jobs.verify and file_digest(parent_fd, tmp) != n.sha256:
+                raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
+        os.close(fd)
+        fd = -1
+        renamed = True
+        if small:  # the batch makes it durable, names it and counts it
+            jobs.batch.add(parent_fd, tmp, name, n.size, lambda: _count(jobs, n))
+            return
+        replace(parent_fd, tmp, name)
+        _count(jobs, n)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=parent_fd)
+
+
+def _write_datas(jobs: FileJobs, fd: int, datas: list[bytes | bytearray], sha: hashlib._Hash) -> int:
+    """Write a small file's plaintexts in order (all-zero ones as holes); returns its size."""
+    pos = 0
+    with jobs.stages("write"):
+        for data in datas:
+            if not all_zero(data):
+                pwrite_all(fd, data, pos)
+            sha.update(data)
+            pos += len(data)
+        if datas and all_zero(datas[-1]):
+            os.ftruncate(fd, pos)  # the hole at the end still counts in the size
+    jobs.reporter.add(nbytes=pos)
+    return pos
+
+
+def _count(jobs: FileJobs, n: Node) -> None:
+    """A file has its name (and is durable)."""
+    with jobs.lock:
+        jobs.counts["files"] += 1
+        jobs.counts["bytes"] += n.size
+        jobs.counts["verified"] += int(jobs.verify)
+    jobs.reporter.add(files=1, current=os.fsdecode(n.path))
+
+
+def file_digest(dir_fd: int, name: bytes) -> str | None:
+    """SHA-256 of the file ``name`` in ``dir_fd`` (never following a symlink), None if unreadable."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        while buf := f.read(1 << 20):
+            h.update(buf)
+    return h.hexdigest()
+
+
+def chown(n: Node, target: int | bytes, dir_fd: int | None = None) -> None:
+    """As root, give a restored entry its recorded owner (never following a symlink); else no-op."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            if isinstance(target, int):
+                os.fchown(target, n.uid, n.gid)
+            else:
+                os.chown(target, n.uid, n.gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def replace(parent_fd: int, tmp: bytes, name: bytes) -> None:
+    """Rename tmp over name. An existing directory in the way is only replaced if empty."""
+    try:
+        os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+    except IsADirectoryError:
+        os.rmdir(name, dir_fd=parent_fd)
+        os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
