@@ -9,9 +9,10 @@ For every corpus and every installed tool, in a fresh repository each:
 * initial backup: wall seconds, raw MB/s, peak RSS;
 * stored bytes: apparent size of every file under the repository directory after that backup;
 * an unchanged re-backup (second snapshot of the same, untouched tree): wall seconds, peak RSS;
-* restore of the latest snapshot into a fresh directory: wall seconds, raw MB/s, peak RSS; then the
-  restored tree is compared with the source (types, file contents, symlink targets): any difference
-  aborts the run with exit status 1.
+* restore of the latest snapshot into a fresh directory (by default on a newly made, loop-mounted
+  ext4 image per restore, so no tool pays for the inodes another deleted: bench/scratchfs.py):
+  wall seconds, raw MB/s, peak RSS; then the restored tree is compared with the source (types,
+  file contents, symlink targets): any difference aborts the run with exit status 1.
 
 Each timed command is one process, run under GNU ``/usr/bin/time -f %M`` so its own peak RSS is
 read (see run_timed for why not wait4 from here). ``os.sync()`` runs after every timed command, outside the timing; the
@@ -50,6 +51,10 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from scratchfs import fresh_target  # noqa: E402  (bench/ is a directory of scripts, not a package)
+
+RESTORE_FS = {"fresh": True}  # set from --restore-fs
 DEFAULT_WORK = HERE / "_work"
 PASSWORD = "bench-password-not-secret"  # noqa: S105 - throwaway repositories under the work dir
 TOOLS = ("weightvault", "restic", "borg")
@@ -619,15 +624,15 @@ def _rebackup_restore_verify(tool: Tool, corpus: Path, cwd: Path, name: str, mb:
     r["stored_bytes_after_rebackup"] = dir_bytes(tool.repo)
     r["local_cache_bytes"] = dir_bytes(tool.cache)  # restic/borg caches: outside the repository, not counted
     target = base / "restore"
-    target.mkdir()
-    argv, rcwd = tool.restore(target, "second")
-    t = run_timed(argv, tool.env, rcwd, logs / "restore")
-    r.update(restore_s=t.seconds, restore_sync_s=t.sync_seconds, restore_mb_s=mb / t.seconds,
-             restore_rss_kib=t.max_rss_kib)
-    r["verify"] = compare_trees(corpus, target / name)
+    files = sum(len(fs) + len(ds) for _, ds, fs in os.walk(corpus))
+    with fresh_target(target, int(mb * 1e6), files, RESTORE_FS["fresh"]) as where:
+        argv, rcwd = tool.restore(target, "second")
+        t = run_timed(argv, tool.env, rcwd, logs / "restore")
+        r.update(restore_s=t.seconds, restore_sync_s=t.sync_seconds, restore_mb_s=mb / t.seconds,
+                 restore_rss_kib=t.max_rss_kib, restore_fs=where)
+        r["verify"] = compare_trees(corpus, target / name)
     r["rss_source"] = t.rss_source
     r["peak_rss_kib"] = max(r["backup_rss_kib"], r["rebackup_rss_kib"], r["restore_rss_kib"])
-    shutil.rmtree(target)  # keep the work dir small; repositories stay for inspection
 
 
 def checkpoint_dirs(corpus: Path) -> list[Path]:
@@ -752,6 +757,11 @@ def increments_markdown(c: dict[str, Any], tools: list[str]) -> list[str]:
     return lines
 
 
+def _restore_fs_note(c: dict[str, Any]) -> str:
+    where = sorted({r["restore_fs"] for r in c["tools"].values() if "restore_fs" in r})
+    return f" Restored onto: {'; '.join(where)}." if where else ""
+
+
 def corpus_markdown(name: str, c: dict[str, Any]) -> str:
     tools = [t for t in TOOLS if t in c["tools"]]
     incremental = c.get("mode") == "incremental"
@@ -762,7 +772,8 @@ def corpus_markdown(name: str, c: dict[str, Any]) -> str:
         "",
         f"{c['description']}. {c['raw_bytes'] / MIB:.2f} MiB in {c['files']} files "
         f"(median {c['median_file_bytes']} B, largest {c['largest_file_bytes'] / MIB:.2f} MiB), "
-        f"{c['dirs']} dirs, {c['symlinks']} symlinks. Tool order: {', '.join(c['order'])}.{note}",
+        f"{c['dirs']} dirs, {c['symlinks']} symlinks. Tool order: {', '.join(c['order'])}.{note}"
+        + _restore_fs_note(c),
         "",
         "| | " + " | ".join(tools) + " |",
         "|---|" + "---:|" * len(tools),
@@ -828,7 +839,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write every raw number here")
     ap.add_argument("--incremental", action="store_true",
                     help="checkpoint-series corpora: back up after each checkpoint instead of once at the end")
+    ap.add_argument("--restore-fs", choices=("fresh", "in-place"), default="fresh",
+                    help="restore into a newly made, loop-mounted ext4 image per restore (default, where"
+                    " possible: see bench/scratchfs.py) or into a directory of the work file system")
     args = ap.parse_args(argv)
+    RESTORE_FS["fresh"] = args.restore_fs == "fresh"
 
     corpora = args.corpus or list(SMOKE_CORPORA if args.smoke else FULL_CORPORA)
     wanted = args.tool or list(TOOLS)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,37 @@ NUMBERS = (
     "rebackup_rss_kib",
     "restore_rss_kib",
 )
+
+
+def corpus_fs() -> str:
+    """What bench/scratchfs.py gives a restore on this machine (every tool gets the same)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import scratchfs
+
+    d = Path(tempfile.mkdtemp())
+    try:
+        with scratchfs.fresh_target(d / "t", 1000, 10) as where:
+            return where
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_bench_fresh_target_is_an_empty_directory_and_is_removed(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import scratchfs
+
+    for enabled in (True, False):
+        target = tmp_path / f"t-{enabled}"
+        with scratchfs.fresh_target(target, 10 * 1024 * 1024, 100, enabled) as where:
+            assert list(target.iterdir()) == []
+            (target / "d").mkdir()
+            (target / "d" / "f").write_bytes(b"x" * 5000)
+            if enabled and where == "fresh ext4 image":
+                assert os.stat(target).st_dev != os.stat(tmp_path).st_dev  # its own file system
+            else:
+                assert where.startswith("directory on the work file system: "), where
+        assert not target.exists()
+        assert not (tmp_path / f"t-{enabled}.ext4").exists()
 
 
 def _has_model() -> bool:
@@ -58,6 +91,7 @@ def test_bench_compare_smoke(tmp_path: Path) -> None:
             for key in NUMBERS:
                 assert isinstance(r[key], int | float) and r[key] > 0, (cname, tname, key, r.get(key))
             assert r["verify"]["identical"] is True, (cname, tname)
+            assert r["restore_fs"] == corpus_fs(), (cname, tname, r["restore_fs"])
             assert r["verify"]["entries"] == corpus["files"] + corpus["dirs"] + corpus["symlinks"]
         # every tool that ran restored the same tree (same listing: paths, types, sizes)
         listings = {r["verify"]["listing_sha256"] for r in tools.values() if "verify" in r}

@@ -121,10 +121,21 @@ class LocalBackend:
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         what = f"{ftype.value}/{name}"
         try:
-            with open(self._path(ftype, name), "rb") as f:
-                if offset:
+            if length is None:
+                with open(self._path(ftype, name), "rb") as f:
                     f.seek(offset)
-                data = f.read() if length is None else f.read(length)
+                    data = f.read()
+            else:  # a range: open, one pread, close (no buffered file object)
+                fd = os.open(self._path(ftype, name), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    data = os.pread(fd, length, offset)
+                    while 0 < len(data) < length:  # a short read before the end: read on
+                        more = os.pread(fd, length - len(data), offset + len(data))
+                        if not more:
+                            break
+                        data += more
+                finally:
+                    os.close(fd)
         except OSError as exc:
             raise convert_os_error(exc, what) from exc
         if length is not None and len(data) != length:
