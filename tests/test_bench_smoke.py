@@ -35,12 +35,12 @@ NUMBERS = (
 def corpus_fs() -> str:
     """What bench/scratchfs.py gives a restore on this machine (every tool gets the same)."""
     sys.path.insert(0, str(ROOT / "bench"))
-    import scratchfs
+    import scratchfs  # type: ignore[import-not-found]
 
     d = Path(tempfile.mkdtemp())
     try:
         with scratchfs.fresh_target(d / "t", 1000, 10) as where:
-            return where
+            return str(where)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -93,3 +93,37 @@ def test_without_syncfs_each_small_file_is_fsynced(
     repo.restore("latest", out)
     assert tree_digest(out / "run") == tree_digest(src)
     assert len(synced) == 5 + 1  # each small file in the batch, big.bin in restore
+
+
+def test_directory_entries_are_made_durable_once_per_file_system(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "run"
+    _tree(src, 9)
+    repo.backup([src])
+    flushed: list[int] = []
+    real_syncfs = restore_durable._syncfs
+    dir_fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_syncfs(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_dev)
+        real_syncfs(fd)
+
+    def counting_fsync(fd: int) -> None:  # the restore target's directories only, not the repository's
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / "out")):
+            dir_fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(restore_durable, "_syncfs", counting_syncfs)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    if restore_durable.syncfs_available():
+        restore_durable.make_dirs_durable([os.open(p, os.O_RDONLY) for p in (src, src / "d0", src / "d1")])
+        assert flushed == [os.stat(src).st_dev] and dir_fsyncs == []
+        flushed.clear()
+        repo.restore("latest", tmp_path / "out")
+        assert dir_fsyncs == []  # no fsync per directory: the syncfs calls covered them
+        assert flushed and flushed[-1] == os.stat(tmp_path / "out").st_dev
+    monkeypatch.setattr(restore_durable, "_SYNCFS", None)
+    repo.restore("latest", tmp_path / "out2")
+    assert len(dir_fsyncs) == 5  # run, d0, d1, d2 and the target itself
+    assert tree_digest(tmp_path / "out2" / "run") == tree_digest(src)

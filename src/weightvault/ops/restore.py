@@ -37,7 +37,7 @@ from weightvault.errors import (
 )
 from weightvault.ops.delta_bases import series_key
 from weightvault.ops.progress import ProgressCallback, Reporter
-from weightvault.ops.restore_durable import DurableBatch
+from weightvault.ops.restore_durable import DurableBatch, make_dirs_durable
 from weightvault.ops.restore_file import (
     GROUP_BYTES,
     GROUP_FILE,
@@ -233,8 +233,10 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
                 chown(n, fd)
                 os.chmod(fd, n.mode)
                 os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        for parent in sorted({tuple(p[:-1]) for _, p in plan}):
-            os.fsync(dirs.open(parent, create=True))
+        # the new names: one syncfs per file system where it reports write-back errors, else an
+        # fsync of each directory (fds only valid until the next ``open``: one at a time)
+        parents = sorted({tuple(p[:-1]) for _, p in plan})
+        make_dirs_durable(dirs.open(parent, create=True) for parent in parents)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpaceError(
@@ -344,6 +346,7 @@ def _dispatch(plan: list[tuple[Node, list[bytes]]], dirs: _Dirs, result: Restore
     """Make the directories and hand the files to ``submit``: a large file alone, small ones in
     groups of up to ``GROUP_FILES`` files and ``GROUP_BYTES`` bytes, in plan order."""
     group: list[tuple[int, Node, bytes]] = []
+    group_fds: dict[tuple[bytes, ...], int] = {}  # one duplicate per directory of the group
     group_bytes = 0
     try:
         for n, parts in plan:
@@ -353,20 +356,23 @@ def _dispatch(plan: list[tuple[Node, list[bytes]]], dirs: _Dirs, result: Restore
                 dirs.open(tuple(parts), create=True)
                 result.dirs += 1
             elif n.type == "file":
-                parent_fd = os.dup(dirs.open(tuple(parts[:-1]), create=True))
+                parent = tuple(parts[:-1])
                 if n.size >= GROUP_FILE:
+                    parent_fd = os.dup(dirs.open(parent, create=True))
                     submit(write_file, (parent_fd, n, parts[-1]), [parent_fd])
                     continue
-                group.append((parent_fd, n, parts[-1]))
+                if parent not in group_fds:
+                    group_fds[parent] = os.dup(dirs.open(parent, create=True))
+                group.append((group_fds[parent], n, parts[-1]))
                 group_bytes += n.size
                 if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
-                    taken, group, group_bytes = group, [], 0
-                    submit(write_group, (taken,), [fd for fd, _, _ in taken])
+                    taken, fds, group, group_fds, group_bytes = group, list(group_fds.values()), [], {}, 0
+                    submit(write_group, (taken, fds), fds)
         if group and not failed:
-            taken, group = group, []
-            submit(write_group, (taken,), [fd for fd, _, _ in taken])
+            taken, fds, group, group_fds = group, list(group_fds.values()), [], {}
+            submit(write_group, (taken, fds), fds)
     finally:
-        for fd, _, _ in group:  # not handed over (a failure)
+        for fd in group_fds.values():  # not handed over (a failure)
             os.close(fd)
 
 

@@ -8,7 +8,8 @@ when it is handed to ``DurableBatch.add``. When the batch is full (``MAX_FILES``
 is each file renamed to its name. So, exactly as with a
 per-file ``fsync``: a name never points at data that is not durable, and a crash leaves at most
 temporary ``.wvtmp-*`` files, never a half-written file under a real name. The directories'
-entries are made durable afterwards by restore (one ``fsync`` per directory).
+entries are made durable afterwards by restore (``make_dirs_durable``: one ``syncfs`` per file
+system, or an ``fsync`` per directory without it).
 
 ``syncfs`` reports write-back errors of the whole file system since Linux 5.8; on an older kernel
 or where it is missing, the batch falls back to an ``fsync`` of each file. A failed flush is never
@@ -23,14 +24,14 @@ import os
 import platform
 import resource
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from weightvault.ops.stages import Stages
 
 __all__ = [
-    "MAX_BYTES", "MAX_DIRS", "MAX_FILES", "SMALL_FILE", "DurableBatch", "Writeback", "start_writeback",
-    "syncfs_available",
+    "MAX_BYTES", "MAX_DIRS", "MAX_FILES", "SMALL_FILE", "DurableBatch", "Writeback", "make_dirs_durable",
+    "start_writeback", "syncfs_available",
 ]
 
 SMALL_FILE = 4 * 1024 * 1024  # files below this size are committed in batches
@@ -129,6 +130,21 @@ def _syncfs(fd: int) -> None:
     if _SYNCFS(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"flushing restored files to disk (syncfs) failed: {os.strerror(err)}")
+
+
+def make_dirs_durable(dir_fds: Iterable[int]) -> None:
+    """Make the entries of these directories durable: one ``syncfs`` per file system they lie on
+    (which writes back every dirty inode and block of it and reports any write-back error), or
+    an ``fsync`` of each where ``syncfs`` is unavailable. A failure raises; it is never retried."""
+    if _SYNCFS is None:
+        for fd in dir_fds:
+            os.fsync(fd)
+        return
+    devices: dict[int, int] = {}
+    for fd in dir_fds:
+        devices.setdefault(os.fstat(fd).st_dev, fd)
+    for fd in devices.values():
+        _syncfs(fd)
 
 
 @dataclass

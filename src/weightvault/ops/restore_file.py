@@ -64,9 +64,10 @@ class FileJobs:
     batch: DurableBatch  # small files are made durable and named many at a time
 
 
-def write_group(jobs: FileJobs, group: list[tuple[int, Node, bytes]]) -> None:
-    """Restore small files (each with its parent directory's fd, which this takes over, and its
-    name) one after another; their blobs are loaded here, coalesced into range reads."""
+def write_group(jobs: FileJobs, group: list[tuple[int, Node, bytes]], fds: list[int]) -> None:
+    """Restore small files (each with its parent directory's fd and its name) one after another;
+    their blobs are loaded here, coalesced into range reads. Takes over ``fds``, the group's
+    directory fds."""
     try:
         with jobs.stages("load"):
             datas: list[bytes | bytearray] = []
@@ -77,8 +78,8 @@ def write_group(jobs: FileJobs, group: list[tuple[int, Node, bytes]]) -> None:
             _write(jobs, parent_fd, n, name, datas[at : at + len(n.blobs)])
             at += len(n.blobs)
     finally:
-        for parent_fd, _, _ in group:
-            os.close(parent_fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def write_file(jobs: FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
