@@ -348,6 +348,9 @@ def _dispatch(plan: list[tuple[Node, list[bytes]]], dirs: _Dirs, result: Restore
     group: list[tuple[int, Node, bytes]] = []
     group_fds: dict[tuple[bytes, ...], int] = {}  # one duplicate per directory of the group
     group_bytes = 0
+    # directories per group: with _FILES_IN_FLIGHT groups open at once, at most 1/8 of the fd limit
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    max_dirs = GROUP_FILES if soft == resource.RLIM_INFINITY else max(1, min(GROUP_FILES, soft // 32))
     try:
         for n, parts in plan:
             if failed:
@@ -362,6 +365,9 @@ def _dispatch(plan: list[tuple[Node, list[bytes]]], dirs: _Dirs, result: Restore
                     submit(write_file, (parent_fd, n, parts[-1]), [parent_fd])
                     continue
                 if parent not in group_fds:
+                    if len(group_fds) >= max_dirs:
+                        taken, fds, group, group_fds, group_bytes = group, list(group_fds.values()), [], {}, 0
+                        submit(write_group, (taken, fds), fds)
                     group_fds[parent] = os.dup(dirs.open(parent, create=True))
                 group.append((group_fds[parent], n, parts[-1]))
                 group_bytes += n.size
