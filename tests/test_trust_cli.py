@@ -326,6 +326,15 @@ def test_ctrl_c_at_any_moment_of_start_up_prints_no_traceback(tmp_path: Path) ->
     assert codes <= {130, -signal.SIGINT, 0, 10}, codes  # interrupted, killed before Python ran, or finished
 
 
+def test_an_interrupt_wrapped_by_class_creation_still_counts_as_ctrl_c() -> None:
+    from weightvault.cli.entry import _interrupted
+
+    wrapped = RuntimeError("Error calling __set_name__ on 'Field' instance")
+    wrapped.__cause__ = KeyboardInterrupt()
+    assert _interrupted(wrapped) and _interrupted(KeyboardInterrupt())
+    assert not _interrupted(RuntimeError("a real start-up failure"))
+
+
 def test_a_drill_reports_progress_and_human_sizes(env: dict[str, str], tmp_path: Path) -> None:
     repo = Repository.open(tmp_path / "repo", PASSWORD)
     repo.backup([write(tmp_path / "run" / "w.bin", os.urandom(300_000)).parent])

@@ -9,10 +9,25 @@ import sys
 __all__ = ["main"]
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, a Ctrl-C (an interrupt inside a class body's
+    ``__set_name__`` reaches us wrapped in a RuntimeError)."""
+    seen: BaseException | None = exc
+    chain: set[int] = set()
+    while seen is not None and id(seen) not in chain:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        chain.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main() -> None:
     try:
         from weightvault.cli.main import main as cli_main
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)
     cli_main()
