@@ -34,7 +34,9 @@ import os, sys
 from weightvault import api
 repo = api.Repository.open(sys.argv[1], os.environ["WV_TEST_PASSWORD"])
 print("START", flush=True)
-res = repo.backup([sys.argv[2]], tags=["crash-test"])
+# force: every run reads the whole source, so a run after one that committed is not a quick
+# no-op re-backup that ends before its kill (the kill delays are calibrated on a full read)
+res = repo.backup([sys.argv[2]], tags=["crash-test"], force=True)
 print("DONE", res.snapshot.id, flush=True)
 """
 
