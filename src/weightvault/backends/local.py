@@ -2,7 +2,8 @@
 
 Layout: ``config``, ``keys/<id>``, ``data/<id[:2]>/<id>``, ``index/<id>``, ``snapshots/<id>``,
 ``locks/<id>``. Writes go to ``.tmp-*`` in the target directory, are fsynced, renamed (or hard
-linked, for create-only) into place, and the directory is fsynced.
+linked, for create-only) into place, and the directory is fsynced. Objects of 1 MiB or more (packs)
+are written past the page cache where the file system allows it (``backends.direct_io``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from weightvault.backends.base import FileType
+from weightvault.backends.direct_io import open_for_write, write_all
 from weightvault.errors import (
     BackendError,
     NoSpaceError,
@@ -90,12 +92,9 @@ class LocalBackend:
         what = f"{ftype.value}/{name}"
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd, direct = open_for_write(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, len(data))
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                write_all(fd, data, direct)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -1,0 +1,91 @@
+"""Writing a large object past the page cache (``O_DIRECT``), for the local backend.
+
+Why: a buffered write copies every byte into page-cache pages that the kernel must allocate,
+charge, dirty and later write back. On a virtual machine whose free memory is handed back to the
+host (virtio balloon free-page reporting, as on this project's machines) each newly used page also
+faults on the host: writing 1.2 GB of packs buffered and fsyncing cost 3.5-4 CPU-seconds of kernel
+time here, the same bytes through ``O_DIRECT`` 0.1 s (and about the same wall time, spent waiting
+on the device with the GIL released). Backups write packs once and do not read them back, so
+keeping them in the page cache buys little.
+
+Contract of ``write_all``: every byte of ``data`` is written at the file's current offset (0, a
+new file) or an ``OSError`` is raised; durability is still the caller's ``fsync``. The file is
+opened with ``O_DIRECT`` only where the platform has it and the file system accepts it (tmpfs, for
+one, refuses it at ``open`` with ``EINVAL``); a write the file system refuses for alignment
+(``EINVAL``) and the unaligned tail are written buffered, on the same descriptor.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import threading
+
+__all__ = ["DIRECT_MIN", "open_for_write", "write_all"]
+
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+DIRECT_MIN = 1 << 20  # objects smaller than this are written buffered (indexes, snapshots, small packs)
+_ALIGN = 4096  # offset, length and buffer address alignment that every Linux block size divides
+_BUFFER = 4 << 20
+_local = threading.local()
+
+
+def open_for_write(path: str | os.PathLike[str], flags: int, size: int) -> tuple[int, bool]:
+    """Open ``path`` with ``flags`` (which must create it) and ``O_DIRECT`` when ``size`` is at least
+    ``DIRECT_MIN`` and the file system allows it. Returns (fd, direct)."""
+    if O_DIRECT and size >= DIRECT_MIN:
+        try:
+            return os.open(path, flags | O_DIRECT, 0o600), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # not supported here: the file may exist now (O_CREAT | O_EXCL ran before the refusal
+            # on some kernels), so the buffered open must not insist on creating it
+            flags &= ~os.O_EXCL
+    return os.open(path, flags, 0o600), False
+
+
+def _aligned_buffer() -> mmap.mmap:
+    """A page-aligned buffer of ``_BUFFER`` bytes, one per thread and reused (no fresh pages)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = mmap.mmap(-1, _BUFFER)
+    return buf
+
+
+def _write_buffered(fd: int, view: memoryview) -> None:
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _clear_direct(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview, direct: bool) -> None:
+    """Write ``data`` to ``fd`` from offset 0 (see the module docstring)."""
+    view = memoryview(data).cast("B")
+    if not direct:
+        _write_buffered(fd, view)
+        return
+    buf = _aligned_buffer()
+    whole = len(view) - len(view) % _ALIGN
+    done = 0
+    try:
+        while done < whole:
+            n = min(_BUFFER, whole - done)
+            buf[:n] = view[done : done + n]
+            with memoryview(buf) as mv:
+                wrote = os.write(fd, mv[:n])
+            done += wrote
+            if wrote % _ALIGN:  # a short, unaligned write: the rest cannot be direct
+                break
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        os.lseek(fd, done, os.SEEK_SET)  # refused for alignment: nothing of this write happened
+    _clear_direct(fd)
+    _write_buffered(fd, view[done:])
