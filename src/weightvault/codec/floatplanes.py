@@ -96,7 +96,7 @@ def split_planes(data: bytes | memoryview, k: int, rotate: bool = True) -> tuple
         words |= top
     as_bytes = words.view(np.uint8).reshape(n, k)  # column j is byte j (little-endian) of every element
     # one transposing copy: row j of the (k, n) result is plane j (2.8x faster than k strided
-    # column copies on 4 MiB of F32)
+    # column copies on 4 MiB of F32 in cache; within a whole backup no measurable difference)
     planes = as_bytes.T.copy()
     return list(planes), bytes(memoryview(data)[n * k :])
 
