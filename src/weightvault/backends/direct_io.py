@@ -21,30 +21,47 @@ import errno
 import fcntl
 import mmap
 import os
+import stat
 import threading
 
-__all__ = ["DIRECT_MIN", "open_for_write", "write_all"]
+__all__ = ["ALIGN", "DIRECT_MIN", "O_DIRECT", "open_for_write", "set_direct", "write_all"]
 
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 DIRECT_MIN = 1 << 20  # objects smaller than this are written buffered (indexes, snapshots, small packs)
-_ALIGN = 4096  # offset, length and buffer address alignment that every Linux block size divides
+ALIGN = 4096  # offset, length and buffer address alignment that every Linux block size divides
 _BUFFER = 4 << 20
 _local = threading.local()
 
 
-def open_for_write(path: str | os.PathLike[str], flags: int, size: int) -> tuple[int, bool]:
-    """Open ``path`` with ``flags`` (which must create it) and ``O_DIRECT`` when ``size`` is at least
-    ``DIRECT_MIN`` and the file system allows it. Returns (fd, direct)."""
+def open_for_write(
+    path: str | bytes | os.PathLike[str], flags: int, size: int, dir_fd: int | None = None, mode: int = 0o600,
+) -> tuple[int, bool]:
+    """Open ``path`` (relative to ``dir_fd`` if given) with ``flags``, which must create it, and
+    ``O_DIRECT`` when ``size`` is at least ``DIRECT_MIN`` and the file system allows it. Returns
+    (fd, direct).
+
+    Where the file system refuses ``O_DIRECT`` (``EINVAL``), the file is opened again without it.
+    Some kernels create the file before they refuse the flag, so with ``O_EXCL`` the second open
+    may find it existing: then it is the file the refused open just created (``O_EXCL`` would
+    have failed with ``EEXIST`` had it existed before), and it is opened without creating it,
+    never following a symlink, and must be an empty regular file."""
     if O_DIRECT and size >= DIRECT_MIN:
         try:
-            return os.open(path, flags | O_DIRECT, 0o600), True
+            return os.open(path, flags | O_DIRECT, mode, dir_fd=dir_fd), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            # not supported here: the file may exist now (O_CREAT | O_EXCL ran before the refusal
-            # on some kernels), so the buffered open must not insist on creating it
-            flags &= ~os.O_EXCL
-    return os.open(path, flags, 0o600), False
+    try:
+        return os.open(path, flags, mode, dir_fd=dir_fd), False
+    except FileExistsError:
+        if not (flags & os.O_EXCL and O_DIRECT and size >= DIRECT_MIN):
+            raise
+    fd = os.open(path, (flags & ~(os.O_CREAT | os.O_EXCL)) | os.O_NOFOLLOW, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size:
+        os.close(fd)
+        raise FileExistsError(errno.EEXIST, "file exists and is not the one just created", os.fsdecode(path))
+    return fd, False
 
 
 def _aligned_buffer() -> mmap.mmap:
@@ -61,8 +78,10 @@ def _write_buffered(fd: int, view: memoryview) -> None:
         view = view[n:]
 
 
-def _clear_direct(fd: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+def set_direct(fd: int, on: bool) -> None:
+    """Turn ``O_DIRECT`` on or off for the open file description ``fd``."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | O_DIRECT if on else flags & ~O_DIRECT)
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview, direct: bool) -> None:
@@ -72,7 +91,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview, direct: bool) -> No
         _write_buffered(fd, view)
         return
     buf = _aligned_buffer()
-    whole = len(view) - len(view) % _ALIGN
+    whole = len(view) - len(view) % ALIGN
     done = 0
     try:
         while done < whole:
@@ -81,11 +100,11 @@ def write_all(fd: int, data: bytes | bytearray | memoryview, direct: bool) -> No
             with memoryview(buf) as mv:
                 wrote = os.write(fd, mv[:n])
             done += wrote
-            if wrote % _ALIGN:  # a short, unaligned write: the rest cannot be direct
+            if wrote % ALIGN:  # a short, unaligned write: the rest cannot be direct
                 break
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
         os.lseek(fd, done, os.SEEK_SET)  # refused for alignment: nothing of this write happened
-    _clear_direct(fd)
+    set_direct(fd, False)
     _write_buffered(fd, view[done:])

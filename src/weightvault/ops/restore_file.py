@@ -8,7 +8,8 @@ A file of ``GROUP_FILE`` bytes or more streams its blobs through the restore's p
 their packs allow and written by the same thread, without a hand-over per file or per blob (for a
 tree of many small files those hand-overs, not the bytes, were the restore's time). Both end the
 same way: a small file goes to the ``DurableBatch`` (one ``syncfs`` for many files before their
-renames), a large one gets its own ``fsync``."""
+renames), a large one gets its own ``fsync`` and, where the file system allows, is written past
+the page cache (``restore_direct``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from weightvault.backends.direct_io import open_for_write
 from weightvault.errors import VerificationError
 from weightvault.ops.progress import Reporter
+from weightvault.ops.restore_direct import DirectWriter
 from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch, Writeback
 from weightvault.ops.restore_io import all_zero, load_and_write, pwrite_all, runs_of
 from weightvault.ops.stages import Stages
@@ -39,6 +42,7 @@ GROUP_FILE = 1024 * 1024  # files below this size are restored in groups, in one
 GROUP_FILES = 64
 GROUP_BYTES = 4 * 1024 * 1024
 _LOOKAHEAD = 4  # blob runs in flight per large file
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 # temporary names: a random part per process, then a counter (next() on a count is atomic)
 _TMP_RUN = TMP_PREFIX + secrets.token_hex(6).encode() + b"-"
@@ -95,22 +99,14 @@ def _write(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[byt
     it, set its metadata and commit it (small: through the batch); no temporary file is left on
     failure."""
     tmp = tmp_name()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+    small = n.size < SMALL_FILE
+    # a large file goes past the page cache where the file system allows it (restore_direct)
+    fd, direct = open_for_write(tmp, _CREATE, 0 if small else n.size, dir_fd=parent_fd)
     renamed = False
     try:
-        small = n.size < SMALL_FILE
-        wb = None if small else Writeback(fd)
+        wb = None if small or direct else Writeback(fd)
         sha = hashlib.sha256()
-        if datas is None:
-            pos = 0
-            for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, fd, _LOOKAHEAD, jobs.stages, wb):
-                with jobs.stages("sha256"):
-                    sha.update(data)
-                pos += len(data)
-                jobs.reporter.add(nbytes=len(data))
-            os.ftruncate(fd, pos)  # a trailing all-zero chunk was left as a hole
-        else:
-            pos = _write_datas(jobs, fd, datas, sha)
+        pos = _stream(jobs, fd, n, sha, wb, direct) if datas is None else _write_datas(jobs, fd, datas, sha)
         if pos != n.size or sha.hexdigest() != n.sha256:
             raise VerificationError(
                 f"{os.fsdecode(n.path)}: restored content does not match the manifest "
@@ -119,10 +115,11 @@ def _write(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[byt
         chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        if wb is not None:
+        if not small:  # a small file is made durable by the batch
             with jobs.stages("fsync"):
                 os.fsync(fd)
-            wb.finish()
+            if wb is not None:
+                wb.finish()
         with jobs.stages("verify"):
             if jobs.verify and file_digest(parent_fd, tmp) != n.sha256:
                 raise VerificationError(f"{os.fsdecode(n.path)}: SHA-256 read back from disk does not match")
@@ -140,6 +137,26 @@ def _write(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[byt
         if not renamed:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=parent_fd)
+
+
+def _stream(jobs: FileJobs, fd: int, n: Node, sha: hashlib._Hash, wb: Writeback | None, direct: bool) -> int:
+    """Load ``n``'s blobs through the pool and write them: in the pool at their offsets, or, on a
+    descriptor opened ``O_DIRECT``, here in file order (``DirectWriter``). Returns the size."""
+    writer = DirectWriter(fd) if direct else None
+    pos = 0
+    for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, None if direct else fd, _LOOKAHEAD, jobs.stages, wb):
+        with jobs.stages("sha256"):
+            sha.update(data)
+        if writer is not None:
+            with jobs.stages("write"):
+                writer.add(data)
+        pos += len(data)
+        jobs.reporter.add(nbytes=len(data))
+    if writer is not None:
+        with jobs.stages("write"):
+            writer.finish()
+    os.ftruncate(fd, pos)  # a trailing all-zero chunk was left as a hole
+    return pos
 
 
 def _write_datas(jobs: FileJobs, fd: int, datas: list[bytes | bytearray], sha: hashlib._Hash) -> int:

@@ -32,7 +32,7 @@ def all_zero(data: bytes | bytearray) -> bool:
     return data[words * 8 :].count(0) == len(data) - words * 8
 
 
-def pwrite_all(fd: int, data: bytes | bytearray, pos: int) -> None:
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, pos: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, pos)
@@ -74,19 +74,22 @@ def runs_of(repo: BlobCache, blobs: list[bytes]) -> list[list[bytes]]:
 
 
 def load_and_write(
-    pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int, lookahead: int, stages: Stages,
+    pool: ThreadPoolExecutor, repo: BlobCache, blobs: list[bytes], fd: int | None, lookahead: int, stages: Stages,
     writeback: Writeback | None = None,
 ) -> Iterator[bytes | bytearray]:
     """Load blobs in the pool and write each at its offset there (pwrite needs no ordering); yield
     the plaintexts in file order for hashing. Blobs stored back to back are fetched with one range
     read (``_runs``). All-zero chunks are left as holes, so sparse files stay sparse. Offsets come
     from the index's raw lengths; at most ``lookahead`` runs in flight. With ``writeback``, each
-    written run is streamed to the device at once (``restore_durable.Writeback``)."""
+    written run is streamed to the device at once (``restore_durable.Writeback``). With ``fd``
+    None the blobs are only loaded: the caller writes them (``restore_direct``)."""
 
     def work(run: list[tuple[bytes, int]]) -> list[bytes | bytearray]:
         t0 = time.perf_counter()
         out = repo.load_run([b for b, _ in run])
         stages.add("load", time.perf_counter() - t0)
+        if fd is None:
+            return out
         for (_, offset), data in zip(run, out, strict=True):
             t1 = time.perf_counter()
             zero = all_zero(data)
