@@ -18,6 +18,8 @@ An unknown id is refused with UnsupportedFormatError, never guessed.
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,8 @@ from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError, UnsupportedFormatError
 
 __all__ = [
-    "BYTEPLANE", "CODEC_NAMES", "DELTA", "INNER_SUB", "RAW", "ZSTD", "compress_best", "decompress", "delta_base"
+    "BYTEPLANE", "CODEC_NAMES", "DELTA", "INNER_SUB", "RAW", "ZSTD", "Decision", "DecisionMemo", "compress_best",
+    "compress_chunk", "decompress", "delta_base",
 ]
 
 RAW = 0
@@ -54,6 +57,67 @@ def compress_best(
     base: tuple[bytes, bytes | memoryview] | None = None,
     allow_sub: bool = False,
 ) -> tuple[int, bytes]:
+    """``compress_chunk`` without a prior decision; returns (codec id, payload)."""
+    codec, payload, _ = compress_chunk(data, level, dtype, allow_byteplane, base, allow_sub)
+    return codec, payload
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a large chunk's delta was coded, kept so that the chunk's next version (whose base it
+    is) can be coded the same way without a trial: integer difference or XOR, and the sizes per
+    raw byte of the standalone coding (from the sample) and of the delta."""
+
+    sub: bool
+    alone: float
+    delta: float
+    kept: bool  # the delta was kept; else the chunk was coded standalone
+    zstd: bool = False  # plain zstd was worth trying on the standalone chunk
+    reuses: int = 0  # versions coded from this decision since the last sampled one
+
+    def reusable(self) -> bool:
+        """Clear enough to code the next version without a sample: a kept delta at most
+        ``PRIOR_CONFIDENT`` of the standalone size, or a delta no smaller than standalone."""
+        if self.reuses >= PRIOR_REUSES:
+            return False
+        return self.delta <= self.alone * PRIOR_CONFIDENT if self.kept else self.delta >= self.alone
+
+    def again(self, delta: float | None = None) -> Decision:
+        """This decision applied once more (with the new delta's size, if one was coded)."""
+        return Decision(self.sub, self.alone, self.delta if delta is None else delta, self.kept, self.zstd,
+                        self.reuses + 1)
+
+
+class DecisionMemo:
+    """The ``Decision`` of each recently stored delta blob by blob id (the newest ``capacity``),
+    for ``compress_chunk``'s ``prior``. Thread-safe."""
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._items: dict[bytes, Decision] = {}
+
+    def get(self, blob_id: bytes) -> Decision | None:
+        return self._items.get(blob_id)
+
+    def put(self, blob_id: bytes, decision: Decision | None) -> None:
+        if decision is None:
+            return
+        with self._lock:
+            if len(self._items) >= self._capacity:
+                del self._items[next(iter(self._items))]
+            self._items[blob_id] = decision
+
+
+def compress_chunk(
+    data: bytes | memoryview,
+    level: int = 3,
+    dtype: str | None = None,
+    allow_byteplane: bool = False,
+    base: tuple[bytes, bytes | memoryview] | None = None,
+    allow_sub: bool = False,
+    prior: Decision | None = None,
+) -> tuple[int, bytes, Decision | None]:
     """Return (codec id, payload): RAW, ZSTD, BYTEPLANE (if allowed) or DELTA (if ``base`` =
     (base blob id, base plaintext) is given and has the same length as ``data``). A float chunk's
     delta is the XOR or, with ``allow_sub`` (format version 5), the integer difference of its
@@ -75,6 +139,14 @@ def compress_best(
     computed and the smaller kept), plain zstd over byteplane only when it came within
     ``ZSTD_SAMPLE_MARGIN`` of it on the sample. The price of sampling is that a chunk whose middle
     is unrepresentative may end up slightly larger than the best coding.
+
+    The third element returned is the ``Decision`` taken for a large chunk that had a base (None
+    otherwise). Given as ``prior`` when the chunk's next version is coded against this one, it
+    spares that version the sample, for at most ``PRIOR_REUSES`` versions in a row: a standalone
+    decision codes it standalone the same way; a clear delta decision (the delta at most
+    ``PRIOR_CONFIDENT`` of the standalone size) codes the delta the same way and keeps it if it
+    passes the same checks against the standalone size the prior predicts, else the chunk is
+    decided from its sample as usual. Every result still obeys the bounds above.
     """
     n = len(data)
     k = floatplanes.FLOAT_ELEMENT_SIZES.get(dtype or "", 0)
@@ -87,18 +159,33 @@ def compress_best(
         raise ValueError("a delta base id has 32 bytes")
     sub = allow_sub and k > 0
     if n < _SAMPLED_MIN:
-        return _best_exact(data, level, k, base, limit, sub)
+        return (*_best_exact(data, level, k, base, limit, sub), None)
+    if base is not None and prior is not None and prior.reusable():
+        if not prior.kept:
+            return (*_standalone(data, level, k, prior.zstd, limit), prior.again())
+        delta = _delta_payload(data, base, level, k, prior.sub and sub)
+        if _delta_keeps(len(delta), n, limit, prior.alone * n):
+            return DELTA, delta, prior.again(len(delta) / n)
     sample = _Sample(data, base, level, k, sub)
-    if base is not None and sample.delta_pays():
-        delta = _delta_payload(data, base, level, k, sample.sub_wins())
-        expected = sample.alone_size() * n / sample.length
-        if len(delta) <= min(limit, n * (1 - DELTA_MIN_GAIN)) and len(delta) <= expected * (1 - DELTA_MIN_GAIN / 2):
-            return DELTA, delta
-        codec, payload = _standalone(data, level, k, sample.zstd_may_win(), limit)
-        if len(delta) <= min(limit, len(payload) * (1 - DELTA_MIN_GAIN)):
-            return DELTA, delta
-        return codec, payload
-    return _standalone(data, level, k, sample.zstd_may_win(), limit)
+    if base is None:
+        return (*_standalone(data, level, k, sample.zstd_may_win(), limit), None)
+    alone, zstd, use_sub = sample.alone_size() / sample.length, sample.zstd_may_win(), sample.sub_wins()
+    if not sample.delta_pays():
+        tried = sample.best_delta() / sample.length
+        return (*_standalone(data, level, k, zstd, limit), Decision(use_sub, alone, tried, False, zstd))
+    delta = _delta_payload(data, base, level, k, use_sub)
+    if _delta_keeps(len(delta), n, limit, alone * n):
+        return DELTA, delta, Decision(use_sub, alone, len(delta) / n, True, zstd)
+    codec, payload = _standalone(data, level, k, zstd, limit)
+    kept = len(delta) <= min(limit, len(payload) * (1 - DELTA_MIN_GAIN))
+    decision = Decision(use_sub, len(payload) / n, len(delta) / n, kept, zstd)
+    return (DELTA, delta, decision) if kept else (codec, payload, decision)
+
+
+def _delta_keeps(size: int, n: int, limit: int, expected: float) -> bool:
+    """A delta of ``size`` bytes for ``n`` raw is kept without coding the chunk standalone: it
+    saves ``DELTA_MIN_GAIN`` over raw and half that over the ``expected`` standalone size."""
+    return size <= min(limit, n * (1 - DELTA_MIN_GAIN)) and size <= expected * (1 - DELTA_MIN_GAIN / 2)
 
 
 def _standalone(data: bytes | memoryview, level: int, k: int, try_zstd: bool, limit: int) -> tuple[int, bytes]:
@@ -178,6 +265,8 @@ def _best_exact(
 _SAMPLED_MIN = 256 * 1024
 _SAMPLE_MAX = 128 * 1024
 ZSTD_SAMPLE_MARGIN = 0.03  # plain zstd must come within 3 % of byteplane on the sample to be tried
+PRIOR_CONFIDENT = 0.8  # a base's delta decision is reused where its delta was at most 80 % of standalone
+PRIOR_REUSES = 4  # ... for at most 4 versions in a row; the 5th is sampled again (values drift)
 
 
 class _Sample:
@@ -204,9 +293,10 @@ class _Sample:
         """The integer difference coded the sample smaller than the XOR."""
         return self.sub is not None and self.delta is not None and self.sub < self.delta
 
-    def _best_delta(self) -> int | None:
+    def best_delta(self) -> int:
+        """The sample's smallest delta coding (its raw length without a base)."""
         if self.delta is None:
-            return None
+            return self.length
         return min(self.delta, self.sub) if self.sub is not None else self.delta
 
     def alone_size(self) -> int:
@@ -214,8 +304,7 @@ class _Sample:
         return min(self.length, self.zstd, self.planes if self.planes is not None else self.length)
 
     def delta_pays(self) -> bool:
-        best = self._best_delta()
-        return best is not None and best < self.alone_size() * (1 - DELTA_MIN_GAIN / 2)
+        return self.delta is not None and self.best_delta() < self.alone_size() * (1 - DELTA_MIN_GAIN / 2)
 
     def zstd_may_win(self) -> bool:
         """Plain zstd is worth running over the whole float chunk: it came within

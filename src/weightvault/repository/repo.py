@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.chunking.registry import ChunkerParams
-from weightvault.codec.compress import DELTA, compress_best, decompress, delta_base
+from weightvault.codec.compress import DELTA, DecisionMemo, compress_chunk, decompress, delta_base
 from weightvault.codec.crypto import KdfParams, MasterKey
 from weightvault.errors import (
     IntegrityError,
@@ -73,6 +73,7 @@ class Repository(SnapshotDocuments):
         self._lock = threading.Lock()
         self._index_lock = threading.RLock()  # one index refresh at a time
         self._pending: set[bytes] = set()
+        self._decisions = DecisionMemo()  # delta codings of blobs stored by this process
         self._packers: dict[BlobType, PackBuilder] = {}
         self._unindexed: dict[str, list[PackedBlob]] = {}
         self._last_index_write = time.monotonic()
@@ -356,7 +357,7 @@ class Repository(SnapshotDocuments):
         """Store ``data`` unless a blob with its id exists. Returns (id, newly stored). Thread-safe.
 
         With ``delta`` (format v3 repositories only) the blob may be stored as an XOR delta against
-        that base, if that is smallest (``compress_best``). A base is only used if it is already
+        that base, if that is smallest (``compress_chunk``). A base is only used if it is already
         durable and indexed, or waits in the same pack as the blob (so no crash can leave a delta
         whose base was never written), and its chain is shorter than ``config.delta_max_depth``.
         The blob becomes durable only when its pack is written (when full, or by ``flush()``).
@@ -401,9 +402,11 @@ class Repository(SnapshotDocuments):
         encoding its format allows (with ``base``: possibly a delta against it). Byteplane is a
         format-v2 object, a delta of integer differences (inner 3) a format-v5 one."""
         v = self.config.version
-        codec, payload = compress_best(
-            data, self.config.compression_level, dtype=dtype, allow_byteplane=v >= 2, base=base, allow_sub=v >= 5
+        prior = self._decisions.get(base[0]) if base is not None else None  # how the base was coded
+        codec, payload, decision = compress_chunk(
+            data, self.config.compression_level, dtype, v >= 2, base, v >= 5, prior
         )
+        self._decisions.put(bid, decision)
         return codec, self.key.seal(payload, blob_aad(btype, codec, bid))
 
     def _located(self, btype: BlobType, blob_id: bytes) -> PackedBlob | None:
