@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-__all__ = ["DTYPE_SIZES", "Chunk", "ChunkerParams", "SeekableReader", "Splitter"]
+__all__ = ["DTYPE_SIZES", "Chunk", "ChunkerParams", "SeekableReader", "Splitter", "has_suffix"]
 
 # Element sizes in bytes of the dtype names used in Chunk.dtype (safetensors' vocabulary).
 DTYPE_SIZES: dict[str, int] = {
@@ -92,3 +92,14 @@ class SeekableReader(io.RawIOBase):
             raise ValueError(f"negative seek position {target}")
         self._pos = max(0, target)
         return self._pos
+
+
+def has_suffix(name: bytes, suffixes: bytes | tuple[bytes, ...]) -> bool:
+    """Whether the last component of ``name`` ends with one of ``suffixes`` (case-insensitive) as
+    an extension, the way ``os.path.splitext`` sees one: something must precede it other than
+    dots, so a dotfile named ``.safetensors`` has no extension and is not taken for a model file."""
+    base = name.rsplit(b"/", 1)[-1].lower()
+    for suffix in (suffixes,) if isinstance(suffixes, bytes) else suffixes:
+        if base.endswith(suffix) and base[:-len(suffix)].strip(b"."):
+            return True
+    return False

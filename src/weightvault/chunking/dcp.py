@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
-from weightvault.chunking.base import Chunk, ChunkerParams, SeekableReader
+from weightvault.chunking.base import Chunk, ChunkerParams, SeekableReader, has_suffix
 from weightvault.chunking.tensor_plan import (
     Piece,
     PlanBuilder,
@@ -166,7 +166,7 @@ class DcpSplitter:
     def accepts(self, name: bytes, head: bytes) -> bool:
         if not head.startswith(LOCAL_SIG):
             return False
-        if name.lower().endswith(b".distcp"):
+        if has_suffix(name, b".distcp"):
             return True
         i = head.find(EOCD_SIG)  # by content: another archive right after the first one's end record
         while i >= 0:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
-from weightvault.chunking.base import Chunk, ChunkerParams
+from weightvault.chunking.base import Chunk, ChunkerParams, has_suffix
 from weightvault.chunking.tensor_plan import (
     Piece,
     PlanBuilder,
@@ -262,7 +262,7 @@ class NpySplitter:
     name = "npy"
 
     def accepts(self, name: bytes, head: bytes) -> bool:
-        return name.lower().endswith(b".npy") or head.startswith(NPY_MAGIC)
+        return has_suffix(name, b".npy") or head.startswith(NPY_MAGIC)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         return split_or_fallback(stream, params, lambda: plan_npy(stream))
@@ -342,7 +342,7 @@ class NpzSplitter:
     name = "npz"
 
     def accepts(self, name: bytes, head: bytes) -> bool:
-        return name.lower().endswith(b".npz") or _npz_head(head)
+        return has_suffix(name, b".npz") or _npz_head(head)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         return split_or_fallback(stream, params, lambda: plan_npz(stream))

@@ -6,7 +6,9 @@ imports no splitter) and are re-exported here for existing importers.
 
 from __future__ import annotations
 
-from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams, Splitter
+import os
+
+from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams, Splitter, has_suffix
 from weightvault.chunking.cdc import CdcSplitter
 from weightvault.chunking.dcp import DcpSplitter
 from weightvault.chunking.dcp_metadata import MAGIC as DCP_METADATA_MAGIC
@@ -81,4 +83,4 @@ def detect_format(head: bytes) -> str | None:
 def looks_like_model(name: str) -> bool:
     """Whether a file name says it holds model data (e.g. to warn when its content is not a
     format this tool understands)."""
-    return name.lower().endswith(MODEL_SUFFIXES)
+    return has_suffix(os.fsencode(name), tuple(s.encode() for s in MODEL_SUFFIXES))

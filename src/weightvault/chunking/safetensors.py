@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams
+from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams, has_suffix
 from weightvault.chunking.tensor_plan import (
     Piece,
     PlanBuilder,
@@ -184,7 +184,7 @@ class SafetensorsSplitter:
     name = "safetensors"
 
     def accepts(self, name: bytes, head: bytes) -> bool:
-        return name.lower().endswith(b".safetensors") or _looks_like(head)
+        return has_suffix(name, b".safetensors") or _looks_like(head)
 
     def split(self, stream: BinaryIO, params: ChunkerParams) -> Iterator[Chunk]:
         return split_or_fallback(stream, params, lambda: plan_safetensors(stream))

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams
+from weightvault.chunking.base import DTYPE_SIZES, Chunk, ChunkerParams, has_suffix
 from weightvault.chunking.pickle_scan import (
     PickleTensors,
     StorageRef,
@@ -150,7 +150,7 @@ class TorchZipSplitter:
     def accepts(self, name: bytes, head: bytes) -> bool:
         if not head.startswith(_LOCAL_SIG):
             return False
-        if name.lower().endswith(_EXTS):
+        if has_suffix(name, _EXTS):
             return True
         if len(head) < 30:
             return False

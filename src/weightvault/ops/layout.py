@@ -8,9 +8,9 @@ codec and stored length are in the index. Shown by ``ls --long`` / ``ls --json``
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from weightvault.chunking.base import has_suffix
 from weightvault.chunking.registry import detect_format
 from weightvault.chunking.tensor_plan import CdcFallback
 from weightvault.codec.compress import CODEC_NAMES
@@ -54,10 +54,11 @@ def fallback_reason(name: bytes, head: bytes, chunks: object) -> str | None:
         return None
     if isinstance(chunks, CdcFallback):
         return f"{fmt or 'its'} parser refused it ({chunks.reason})"
-    if fmt is not None or os.fsdecode(name).lower().endswith(_MODEL_ONLY):
+    if fmt is not None or has_suffix(name, _MODEL_ONLY):
         return f"no tensor-aware splitter for {fmt or 'its content'}"
     return None
 
 
 # names used for model data only (``.bin`` and ``.weights`` hold other data too: content decides there)
-_MODEL_ONLY = (".safetensors", ".pt", ".pth", ".ckpt", ".gguf", ".npy", ".npz", ".h5", ".hdf5", ".keras", ".distcp")
+_MODEL_ONLY = (b".safetensors", b".pt", b".pth", b".ckpt", b".gguf", b".npy", b".npz", b".h5", b".hdf5", b".keras",
+               b".distcp")
