@@ -176,3 +176,18 @@ def test_bench_roofline_smoke(tmp_path: Path) -> None:
     assert all(v > 0 for v in rates.values()) and 0 < rates["byteplane_ratio"] < 1
     for op in ("backup", "restore"):
         assert lim[f"{op}_limit_s"] >= lim[f"{op}_cpu_s"] / lim["cores"] > 0
+
+
+def test_bench_server_smoke(tmp_path: Path) -> None:
+    """bench/server_compare.py --smoke: local and through a real server both restore identically;
+    small-object rates, 8 concurrent clients and the server's RSS are reported."""
+    out = tmp_path / "server.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "server_compare.py"), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(out.read_text())["smoke"]
+    assert all(x["identical"] for rows in r["runs"].values() for x in rows)
+    assert r["small_objects"]["put_per_s"] > 0 and r["eight_clients"]["errors"] == []
+    assert r["server_peak_rss_mib"] > 10 and "server / local speed" in proc.stdout

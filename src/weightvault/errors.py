@@ -26,6 +26,7 @@
     └── BackendError (20)                  the storage failed (I/O error, permission denied)
         ├── ObjectNotFoundError (20)       a named object does not exist
         ├── ObjectExistsError (20)         create-only save found the name taken
+        ├── AccessDeniedError (23)         the repository server refused the credentials or the operation
         └── TransientBackendError (21)     still failing after retries (throttling, 5xx, timeouts)
 
 Library code raises these; the CLI maps them to messages and exit codes. Third-party errors are
@@ -35,6 +36,7 @@ converted at the boundary with ``raise X(...) from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "BackendError",
     "CheckFailedError",
     "ConfigFileError",
@@ -190,6 +192,12 @@ class ObjectNotFoundError(BackendError):
 
 class ObjectExistsError(BackendError):
     pass
+
+
+class AccessDeniedError(BackendError):
+    """The repository server refused the credentials (401) or the operation (403, naming its rule)."""
+
+    exit_code = 23
 
 
 class TransientBackendError(BackendError):

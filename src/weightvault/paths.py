@@ -15,10 +15,11 @@ is used instead. Every function returns the ``weightvault`` directory inside the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["cache_home", "config_home", "data_home", "fsync_dir", "state_home"]
+__all__ = ["atomic_write", "cache_home", "config_home", "data_home", "fsync_dir", "state_home"]
 
 
 def _base(var: str, *default: str) -> Path:
@@ -51,3 +52,26 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` durably: a temp file beside it, written, fsynced, renamed over
+    ``path``, the directory fsynced. A crash leaves the old file or the new one, never a part."""
+    target = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(target))
+    tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(parent)

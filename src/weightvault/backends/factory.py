@@ -1,6 +1,7 @@
-"""Turn a repository location into a backend: a local path, or ``s3://bucket/prefix``.
+"""Turn a repository location into a backend: a local path, ``s3://bucket/prefix``, or a repository
+server ``https://host:port/NAME`` (``backends.http``).
 
-S3 backends are always wrapped in ``RetryingBackend`` (transient errors retried with backoff and
+S3 and server backends are always wrapped in ``RetryingBackend`` (transient errors retried with backoff and
 jitter) and a ``LimitedBackend`` allowing ``connections`` concurrent calls; any backend is wrapped
 in a ``LimitedBackend`` when a bandwidth limit is set. The S3
 endpoint is ``StorageOptions.s3_endpoint``, else ``$WEIGHTVAULT_S3_ENDPOINT``, else boto3's own
@@ -40,7 +41,8 @@ def io_threads(location: str | os.PathLike[str], storage: StorageOptions | None 
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
-    return os.fspath(location).startswith("s3://")
+    """Object storage or a repository server (not a local path)."""
+    return os.fspath(location).startswith(("s3://", "https://", "http://"))
 
 
 def open_backend(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> Backend:
@@ -48,7 +50,12 @@ def open_backend(location: str | os.PathLike[str], storage: StorageOptions | Non
     opts = storage or StorageOptions()
     loc = os.fspath(location)
     backend: Backend
-    if is_remote(loc):
+    if loc.startswith(("https://", "http://")):
+        from weightvault.backends.http import HttpBackend  # urllib3 only when needed
+
+        server = HttpBackend(loc, max_connections=opts.connections)
+        backend = LimitedBackend(RetryingBackend(server, opts.retry), max_concurrent=opts.connections)
+    elif is_remote(loc):
         from weightvault.backends.s3 import S3Backend, parse_s3_url  # boto3 only when needed
 
         bucket, prefix = parse_s3_url(loc)

@@ -33,6 +33,7 @@ from weightvault.cli import (
     cmd_queue,
     cmd_repair,
     cmd_restore,
+    cmd_serve,
     cmd_snapshots,
     cmd_stats,
     cmd_status,
@@ -50,8 +51,9 @@ __all__ = ["cli", "main", "run"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "-r", "--repo", envvar="WEIGHTVAULT_REPO", metavar="PATH|s3://BUCKET/PREFIX",
-    help="Repository: a directory or an S3 URL (default: $WEIGHTVAULT_REPO, else the embedded default repository).",
+    "-r", "--repo", envvar="WEIGHTVAULT_REPO", metavar="PATH|s3://BUCKET/PREFIX|https://HOST:PORT/NAME",
+    help="Repository: a directory, an S3 URL or a repository server's URL (default: $WEIGHTVAULT_REPO, else the"
+    " embedded default repository).",
 )
 @click.option(
     "--s3-endpoint", envvar="WEIGHTVAULT_S3_ENDPOINT", metavar="URL",
@@ -99,6 +101,7 @@ for _cmd in (
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
     cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status, cmd_verify.verify,
     cmd_validate.validate, cmd_drill.drill, cmd_ledger.ledger, cmd_queue.queue, cmd_agent.agent, cmd_agent.watch,
+    cmd_serve.serve,
 ):
     cli.add_command(_cmd)
 

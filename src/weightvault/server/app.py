@@ -1,0 +1,449 @@
+"""The repository server's HTTP protocol (docs/SERVER.md), as a Starlette application.
+
+Every request but ``GET /healthz`` is authenticated (``guard``), decided (``rules.decide``, then
+the maintenance window for a risky one), carried out on the repository's backend in a worker
+thread, counted (``/metrics``) and audited (``audit``) before its answer is sent. The server never
+holds a repository password and never sees plaintext: it stores the bytes clients send.
+
+    GET    /healthz                       no authentication
+    GET    /metrics                       Prometheus text (any authenticated user)
+    POST   /{repo}/?create=true           create the repository's directories (admin)
+    GET    /{repo}/_space                 {"free": N|null, "total": N|null}
+    POST   /{repo}/_clean?min_age=S       remove temporary objects older than S seconds (maintain)
+    GET    /{repo}/{type}/                [[name, size], ...]
+    HEAD   /{repo}/{type}/{name}          Content-Length: the size
+    GET    /{repo}/{type}/{name}          the object; ``Range: bytes=A-B`` for a part
+    PUT    /{repo}/{type}/{name}          store; ``If-None-Match: *`` makes it create-only (412 if taken)
+    DELETE /{repo}/{type}/{name}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from weightvault.backends.base import Backend, FileType
+from weightvault.backends.factory import open_backend
+from weightvault.errors import (
+    BackendError,
+    NoSpaceError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    RepositoryExistsError,
+    TransientBackendError,
+)
+from weightvault.server.audit import AuditLog
+from weightvault.server.config import ServerConfig
+from weightvault.server.guard import Guard
+from weightvault.server.metrics import ServerMetrics
+from weightvault.server.rules import Op, Verdict, decide
+from weightvault.server.users import User, UserStore
+from weightvault.server.windows import open_window
+
+__all__ = ["Refused", "ServerState", "make_app"]
+
+log = logging.getLogger(__name__)
+_TYPES = {t.value: t for t in FileType}
+_HEX = re.compile(r"^[0-9a-f]{16,64}$")
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+class Refused(Exception):
+    """A request answered with ``status`` and ``reason`` (and audited as refused, or as an error)."""
+
+    def __init__(self, status: int, reason: str, *, rule: str = "", headers: dict[str, str] | None = None,
+                 result: str = "refused") -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.rule, self.headers, self.result = status, reason, rule, headers or {}, result
+
+
+@dataclass
+class Call:
+    """One request's audit fields, filled in as it is handled."""
+
+    addr: str
+    user: str | None = None
+    repo: str | None = None
+    op: str = "-"
+    type: str | None = None
+    name: str | None = None
+    nbytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ServerState:
+    """What the handlers share: configuration, users, audit log, metrics, open backends, quotas."""
+
+    def __init__(self, config: ServerConfig, *, clock: Any = None) -> None:
+        self.config = config
+        self.users = UserStore(config.state_dir / "users.json")
+        self.guard = Guard(self.users, config.login_failures)
+        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.metrics = ServerMetrics()
+        self.now = clock or (lambda: datetime.now(UTC))
+        self._backends: dict[str, Backend] = {}
+        self._used: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def backend(self, repo: str) -> Backend:
+        """The backend of ``repo`` (no I/O); 404 for a name the server does not serve."""
+        cfg = self.config.repository(repo)
+        if cfg is None:
+            raise Refused(404, f"no repository named {repo!r} on this server")
+        with self._lock:
+            b = self._backends.get(repo)
+            if b is None:
+                b = self._backends[repo] = open_backend(cfg.location)
+            return b
+
+    def created(self, repo: str) -> bool:
+        """Whether ``repo`` has been created (``init``): its directory exists; a repository kept
+        elsewhere (``[repositories]`` with a URL) always counts as created."""
+        cfg = self.config.repository(repo)
+        return cfg is not None and ("://" in cfg.location or os.path.isdir(cfg.location))
+
+    def require_created(self, repo: str) -> None:
+        if not self.created(repo):
+            raise Refused(404, f"repository {repo!r} does not exist on this server yet (an admin creates it with"
+                          " 'weightvault -r URL init')")
+
+    def owner_path(self, repo: str, lock: str) -> str:
+        return os.path.join(self.config.state_dir, "lock-owners", repo, lock)
+
+    def lock_owner(self, repo: str, lock: str) -> str | None:
+        try:
+            with open(self.owner_path(repo, lock)) as f:
+                return f.read().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def used(self, repo: str, backend: Backend) -> int:
+        """Stored bytes of ``repo`` (listed once, then kept up to date by this server's puts and
+        deletes)."""
+        with self._lock:
+            if repo in self._used:
+                return self._used[repo]
+        total = sum(size for t in FileType if t is not FileType.CONFIG for _, size in backend.list(t))
+        with self._lock:
+            return self._used.setdefault(repo, total)
+
+    def add_used(self, repo: str, delta: int) -> None:
+        with self._lock:
+            if repo in self._used:
+                self._used[repo] += delta
+
+
+def _object(call: Call, tname: str, name: str) -> FileType:
+    ftype = _TYPES.get(tname)
+    if ftype is None:
+        raise Refused(404, f"unknown object type {tname!r} (types: {', '.join(sorted(_TYPES))})")
+    call.type, call.name = tname, name[:80]
+    if (ftype is FileType.CONFIG and name != "config") or (ftype is not FileType.CONFIG and not _HEX.match(name)):
+        raise Refused(400, f"invalid {tname} object name {name[:80]!r} (names are 16-64 lowercase hex digits;"
+                      " the config object is 'config')")
+    return ftype
+
+
+def _authorise(st: ServerState, call: Call, user: User, op: Op, ftype: FileType | None, *,
+               own_lock: bool = False) -> Verdict:
+    assert call.repo is not None
+    role = user.role_for(call.repo)
+    if role is None:
+        raise Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role")
+    verdict = decide(role, op, ftype, own_lock=own_lock)
+    if not verdict.allowed:
+        raise Refused(403, verdict.rule, rule=verdict.rule)
+    if verdict.risky:
+        window = open_window(st.config.windows, st.config.state_dir, st.now())
+        if window is None:
+            names = "; ".join(w.text for w in st.config.windows)
+            raise Refused(403, f"{op.value} of {ftype.value if ftype else 'objects'} is allowed only inside the"
+                          f" maintenance window ({names}); an admin can open a break-glass window",
+                          rule="maintenance window")
+        call.extra["window"] = window
+    return verdict
+
+
+async def _body(request: Request, st: ServerState) -> bytes:
+    """The request body, at most ``max_object_size`` bytes (413 beyond: the rest is read and
+    dropped, so the client hears the answer instead of a reset connection) within
+    ``request_timeout`` (408)."""
+    limit = st.config.max_object_size
+    parts: list[bytes] = []
+    got = 0
+
+    async def read() -> None:
+        nonlocal got
+        async for chunk in request.stream():
+            got += len(chunk)
+            if got <= limit:
+                parts.append(chunk)
+            elif parts:
+                parts.clear()  # over the limit: keep reading, keep nothing
+
+    try:
+        await asyncio.wait_for(read(), st.config.request_timeout)
+    except TimeoutError:
+        raise Refused(408, f"the request body did not arrive within {st.config.request_timeout:g} s") from None
+    if got > limit:
+        raise Refused(413, f"object of {got} bytes is over the server's max_object_size ({limit} bytes)")
+    return b"".join(parts)
+
+
+def _put(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, data: bytes, create_only: bool) -> int:
+    """Store ``data``; the status to answer (201 created, 200 same bytes again). Writers that may
+    not overwrite store create-only, so no race can turn their write into an overwrite."""
+    assert call.repo is not None and call.name is not None
+    repo, name = call.repo, call.name
+    own = ftype is FileType.LOCK and st.lock_owner(repo, name) == user.name
+    role = user.role_for(repo) or "read"
+    may_change = decide(role, Op.OVERWRITE, ftype, own_lock=own).allowed
+    try:
+        old = b.stat(ftype, name)
+    except ObjectNotFoundError:
+        old = None
+    if old is None:
+        _authorise(st, call, user, Op.CREATE, ftype)
+        _check_quota(st, repo, b, len(data))
+        if ftype is FileType.LOCK:
+            _record_owner(st, repo, name, user.name)
+        try:
+            b.save(ftype, name, data, create_only=create_only or not may_change)
+        except ObjectExistsError:
+            return _existing(st, call, user, b, ftype, data, create_only, own)
+        st.add_used(repo, len(data))
+        return 201
+    return _existing(st, call, user, b, ftype, data, create_only, own)
+
+
+def _existing(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, data: bytes, create_only: bool,
+              own: bool) -> int:
+    assert call.repo is not None and call.name is not None
+    if create_only:
+        raise Refused(412, f"{ftype.value}/{call.name} exists (create-only)", result="ok")
+    try:
+        same = len(data) == b.stat(ftype, call.name) and b.load(ftype, call.name) == data
+    except ObjectNotFoundError:
+        same = False
+    if same:
+        _authorise(st, call, user, Op.RESEND, ftype)
+        return 200
+    _authorise(st, call, user, Op.OVERWRITE, ftype, own_lock=own)
+    try:
+        before = b.stat(ftype, call.name)
+    except ObjectNotFoundError:
+        before = 0
+    _check_quota(st, call.repo, b, len(data) - before)
+    b.save(ftype, call.name, data)
+    st.add_used(call.repo, len(data) - before)
+    return 200
+
+
+def _check_quota(st: ServerState, repo: str, b: Backend, adding: int) -> None:
+    cfg = st.config.repository(repo)
+    quota = cfg.quota if cfg is not None else None
+    if quota is not None and adding > 0 and st.used(repo, b) + adding > quota:
+        raise Refused(507, f"repository {repo} would go over its quota of {quota} bytes"
+                      f" ({st.used(repo, b)} stored, {adding} more sent)", rule="quota")
+
+
+def _record_owner(st: ServerState, repo: str, lock: str, user: str) -> None:
+    """Remember who created a lock; never replaces an owner already recorded (a lock created by
+    another client meanwhile stays theirs)."""
+    path = st.owner_path(repo, lock)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(user)
+
+
+def _delete(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType) -> None:
+    assert call.repo is not None and call.name is not None
+    own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
+    _authorise(st, call, user, Op.DELETE, ftype, own_lock=own)
+    try:
+        size = b.stat(ftype, call.name)
+    except ObjectNotFoundError:
+        size = 0
+    b.remove(ftype, call.name)
+    st.add_used(call.repo, -size)
+    if ftype is FileType.LOCK:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(st.owner_path(call.repo, call.name))
+
+
+def _ranged(request: Request) -> tuple[int, int | None]:
+    header = request.headers.get("range")
+    if not header:
+        return 0, None
+    m = _RANGE.match(header.strip())
+    if not m:
+        raise Refused(416, f"unsupported Range {header[:40]!r} (send bytes=START-END)")
+    start = int(m.group(1))
+    return start, (int(m.group(2)) - start + 1 if m.group(2) else None)
+
+
+async def _object_call(request: Request, st: ServerState, call: Call, user: User, b: Backend, tname: str,
+                       name: str) -> Response:
+    method = request.method
+    if not name:
+        if method != "GET":
+            raise Refused(405, f"{method} of a type listing is not part of the protocol")
+        ftype = _object(call, tname, "config" if tname == "config" else "0" * 16)
+        call.op, call.name = "list", None
+        _authorise(st, call, user, Op.LIST, ftype)
+        if not st.created(call.repo or ""):
+            return JSONResponse([])  # nothing is stored there yet
+        items = await run_in_threadpool(lambda: sorted(b.list(ftype)))
+        return JSONResponse(items)
+    ftype = _object(call, tname, name)
+    if method in ("GET", "HEAD"):
+        call.op = "stat" if method == "HEAD" else "read"
+        _authorise(st, call, user, Op.STAT if method == "HEAD" else Op.READ, ftype)
+        if not st.created(call.repo or ""):
+            raise ObjectNotFoundError(f"{tname}/{name} not found (repository {call.repo!r} does not exist yet)")
+        if method == "HEAD":
+            size = await run_in_threadpool(b.stat, ftype, name)
+            return Response(headers={"content-length": str(size)})
+        offset, length = _ranged(request)
+        data = await run_in_threadpool(b.load, ftype, name, offset, length)
+        call.nbytes = len(data)
+        return Response(data, status_code=206 if request.headers.get("range") else 200,
+                        media_type="application/octet-stream")
+    if method == "PUT":
+        call.op = "put"
+        data = await _body(request, st)
+        st.require_created(call.repo or "")
+        call.nbytes = len(data)
+        create_only = request.headers.get("if-none-match", "").strip() == "*"
+        status = await run_in_threadpool(_put, st, call, user, b, ftype, data, create_only)
+        return Response(status_code=status)
+    if method == "DELETE":
+        call.op = "delete"
+        st.require_created(call.repo or "")
+        await run_in_threadpool(_delete, st, call, user, b, ftype)
+        return Response(status_code=204)
+    raise Refused(405, f"method {method} is not part of the protocol")
+
+
+async def _repo_call(request: Request, st: ServerState, call: Call, user: User, rest: str) -> Response:
+    assert call.repo is not None
+    if rest == "" and request.method == "POST" and request.query_params.get("create") == "true":
+        call.op = "init"
+        b = st.backend(call.repo)
+        _authorise(st, call, user, Op.INIT, None)
+        await run_in_threadpool(b.create)
+        return Response(status_code=201)
+    b = st.backend(call.repo)
+    if rest == "_space" and request.method == "GET":
+        call.op = "space"
+        _authorise(st, call, user, Op.SPACE, None)
+        st.require_created(call.repo)
+        free, total = await run_in_threadpool(lambda: (b.free_space(), b.total_space()))
+        return JSONResponse({"free": free, "total": total})
+    if rest == "_clean" and request.method == "POST":
+        call.op = "clean"
+        _authorise(st, call, user, Op.CLEAN, None)
+        st.require_created(call.repo)
+        try:
+            min_age = float(request.query_params.get("min_age", "3600"))
+        except ValueError:
+            raise Refused(400, "min_age must be a number of seconds") from None
+        n = await run_in_threadpool(b.remove_temp, max(min_age, 0.0))
+        return JSONResponse({"removed": n})
+    tname, _, name = rest.partition("/")
+    if "/" in name or name.startswith("."):
+        raise Refused(400, f"invalid object path {rest[:80]!r}")
+    return await _object_call(request, st, call, user, b, tname, name)
+
+
+def _error_status(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, ObjectNotFoundError):
+        return 404, "ok"  # served: the answer is "not there"
+    if isinstance(exc, ObjectExistsError):
+        return 412, "ok"
+    if isinstance(exc, RepositoryExistsError):
+        return 409, "refused"
+    if isinstance(exc, NoSpaceError):
+        return 507, "error"
+    if isinstance(exc, TransientBackendError):
+        return 503, "error"
+    return 500, "error"
+
+
+def _header(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode()[:500]
+
+
+def make_app(st: ServerState) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def handle(request: Request) -> Response:
+        t0 = time.perf_counter()
+        call = Call(addr=request.client.host if request.client else "-")
+        rule = ""
+        try:
+            resp = await _authenticated(request, st, call)
+            status, result, reason = resp.status_code, "ok", ""
+        except Refused as r:
+            status, result, reason, rule = r.status, r.result, r.reason, r.rule
+            resp = JSONResponse({"error": r.reason, "rule": r.rule}, status_code=r.status, headers=r.headers)
+        except (BackendError, OSError) as exc:
+            status, result = _error_status(exc) if isinstance(exc, BackendError) else (500, "error")
+            reason = getattr(exc, "message", None) or str(exc)
+            resp = JSONResponse({"error": reason, "rule": ""}, status_code=status)
+        except Exception as exc:  # a bug: answered and audited, never a silent drop
+            log.exception("internal error handling %s %s", request.method, request.url.path)
+            status, result, reason = 500, "error", f"internal error ({type(exc).__name__})"
+            resp = JSONResponse({"error": reason, "rule": ""}, status_code=500)
+        if status >= 400:  # also in headers: the answer to a HEAD has no body
+            resp.headers["x-weightvault-error"] = _header(reason)
+            resp.headers["x-weightvault-rule"] = _header(rule)
+        if request.method == "HEAD":
+            resp.body = b""
+        await run_in_threadpool(st.audit.append, user=call.user, addr=call.addr, repo=call.repo, op=call.op,
+                                type=call.type, name=call.name, bytes=call.nbytes, status=status, result=result,
+                                reason=reason or None, **call.extra)
+        st.metrics.observe(call, status, result, time.perf_counter() - t0)
+        return resp
+
+    routes = [Route("/healthz", healthz, methods=["GET"]),
+              Route("/{path:path}", handle, methods=["GET", "HEAD", "PUT", "POST", "DELETE"])]
+    return Starlette(routes=routes)
+
+
+async def _authenticated(request: Request, st: ServerState, call: Call) -> Response:
+    auth = await run_in_threadpool(st.guard.authenticate, request.headers.get("authorization"), call.addr)
+    call.user = auth.name
+    if auth.user is None:
+        st.metrics.auth_failure(auth.status)
+        headers = {"retry-after": str(auth.retry_after)} if auth.retry_after else {"www-authenticate":
+                                                                                  'Basic realm="weightvault"'}
+        call.op = "login"
+        raise Refused(auth.status, auth.reason, rule="authentication", headers=headers)
+    path = request.url.path.lstrip("/")
+    if path == "metrics":
+        call.op = "metrics"
+        return Response(st.metrics.render(), media_type=st.metrics.content_type)
+    repo, _, rest = path.partition("/")
+    call.repo = repo[:64]
+    return await _repo_call(request, st, call, auth.user, rest)
+
