@@ -115,7 +115,11 @@ def test_plain_http_off_loopback_bad_tls_and_bad_config_are_refused(tmp_path: Pa
     assert r.returncode == 7 and "serves no repository" in r.stderr
     r = subprocess.run([sys.executable, "-m", "weightvault", "serve", "--config", str(tmp_path / "missing.toml")],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 7 and "no server configuration" in r.stderr
+    assert r.returncode == 7 and "no server configuration at" in r.stderr
+    env = {k: v for k, v in os.environ.items() if k != "WEIGHTVAULT_SERVER_CONFIG"}
+    r = subprocess.run([sys.executable, "-m", "weightvault", "serve", "user", "list"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 2 and "--config FILE" in r.stderr
 
 
 def test_plain_http_on_loopback_works(tmp_path: Path) -> None:

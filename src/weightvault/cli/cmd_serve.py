@@ -20,14 +20,14 @@ __all__ = ["serve"]
 
 
 @click.group(invoke_without_command=True)
-@click.option("--config", "config_path", required=True, envvar="WEIGHTVAULT_SERVER_CONFIG", metavar="FILE",
+@click.option("--config", "config_path", envvar="WEIGHTVAULT_SERVER_CONFIG", metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="The server's TOML configuration (default: $WEIGHTVAULT_SERVER_CONFIG).")
 @click.option("--listen", metavar="HOST:PORT", help="Listen here instead of the config's listen (port 0: any free).")
 @click.option("--insecure-http", is_flag=True,
               help="Allow plain HTTP off loopback (only behind a TLS-terminating proxy).")
 @click.pass_context
-def serve(ctx: click.Context, config_path: Path, listen: str | None, insecure_http: bool) -> None:
+def serve(ctx: click.Context, config_path: Path | None, listen: str | None, insecure_http: bool) -> None:
     """Serve repositories over HTTPS to clients using -r https://HOST:PORT/NAME, with users and
     roles (read, append, maintain, admin) enforced on every request, maintenance windows for deletes
     and overwrites, an audit log and /metrics. Without a subcommand, runs the server until SIGTERM."""
@@ -41,7 +41,7 @@ def serve(ctx: click.Context, config_path: Path, listen: str | None, insecure_ht
         return
     from weightvault.server.run import serve as run_server
 
-    cfg = load_config(config_path)
+    cfg = load_config(_required(config_path))
     if listen is not None:
         host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit():
@@ -50,12 +50,19 @@ def serve(ctx: click.Context, config_path: Path, listen: str | None, insecure_ht
     run_server(cfg, insecure_http=insecure_http)
 
 
+def _required(path: Path | None) -> Path:
+    if path is None:
+        raise UsageError("no server configuration given", hint="pass --config FILE (before the subcommand) or set"
+                         " $WEIGHTVAULT_SERVER_CONFIG; docs/SERVER.md has an example")
+    return path
+
+
 def _load(ctx: click.Context) -> Any:
     from weightvault.server.config import load_config
 
     obj = ctx.find_object(dict)
     assert obj is not None
-    return load_config(obj["serve_config"])
+    return load_config(_required(obj["serve_config"]))
 
 
 def _store(ctx: click.Context) -> Any:
