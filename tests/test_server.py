@@ -349,3 +349,79 @@ def test_quota_refuses_uploads_beyond_it(tmp_path: Path) -> None:
         b.save(FileType.PACK, os.urandom(32).hex(), bytes(40_000))
         with pytest.raises(NoSpaceError, match="quota"):
             b.save(FileType.PACK, os.urandom(32).hex(), bytes(40_000))
+        b2 = _client(s, "q2", token)
+        b2.create()
+        outcomes: list[bool] = []
+
+        def put() -> None:  # eight at once against a quota that holds one
+            try:
+                _client(s, "q2", token).save(FileType.PACK, os.urandom(32).hex(), bytes(40_000))
+                outcomes.append(True)
+            except NoSpaceError:
+                outcomes.append(False)
+
+        threads = [threading.Thread(target=put) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == [False] * 7 + [True]
+        assert sum(size for _, size in b2.list(FileType.PACK)) == 40_000
+
+
+def test_removing_an_absent_object_is_a_no_op_for_any_role(srv: RepoServer, tokens: dict[str, str]) -> None:
+    """A retried removal of a client's own lock (the first one went through) must not be refused."""
+    repo = _name()
+    _client(srv, repo, tokens["admin"]).create()
+    a = _client(srv, repo, tokens["append"])
+    lock = os.urandom(16).hex()
+    a.save(FileType.LOCK, lock, b"mine", create_only=True)
+    a.remove(FileType.LOCK, lock)
+    a.remove(FileType.LOCK, lock)  # again: nothing there, nothing refused
+    a.remove(FileType.SNAPSHOT, os.urandom(32).hex())
+    snap = os.urandom(32).hex()
+    _client(srv, repo, tokens["admin"]).save(FileType.SNAPSHOT, snap, b"kept")
+    with pytest.raises(AccessDeniedError):
+        a.remove(FileType.SNAPSHOT, snap)  # one that is there still needs the role
+    assert _client(srv, repo, tokens["read"]).load(FileType.SNAPSHOT, snap) == b"kept"
+
+
+def test_refusals_come_before_anything_is_read_kept_or_revealed(srv: RepoServer, tokens: dict[str, str],
+                                                                 as_role: AsRole) -> None:
+    from weightvault.errors import RepositoryExistsError
+
+    repo = _name()
+    admin = _client(srv, repo, tokens["admin"])
+    admin.create()
+    admin.save(FileType.CONFIG, "config", b"a config")
+    with pytest.raises(RepositoryExistsError):  # a second init is 409, not an I/O error
+        _init_twice(srv, repo, as_role)
+    pack = os.urandom(32).hex()
+    admin.save(FileType.PACK, pack, b"p" * 100)
+    outsider = _client(srv, repo, srv.add_user(f"outsider-{uuid.uuid4().hex[:6]}", {"elsewhere": "admin"}))
+    with pytest.raises(AccessDeniedError, match="no role"):
+        outsider.save(FileType.PACK, pack, b"p" * 100, create_only=True)  # 403, not 412: existence stays hidden
+    with pytest.raises(AccessDeniedError, match="may not create"):
+        _client(srv, repo, tokens["read"]).save(FileType.PACK, os.urandom(32).hex(), bytes(1 << 20))
+    auth = {"authorization": f"Bearer {tokens['read']}"}
+    for rng, status in (("bytes=10-5", 416), ("bytes=200-", 416), ("bytes=" + "9" * 50 + "-", 416),
+                        ("bytes=90-500", 206), ("bytes=0-0", 206)):
+        r = _raw(srv, "GET", f"/{repo}/data/{pack}", {**auth, "range": rng})
+        assert r.status == status, (rng, r.status)
+    assert len(_raw(srv, "GET", f"/{repo}/data/{pack}", {**auth, "range": "bytes=90-500"}).data) == 10
+    assert _raw(srv, "PATCH", f"/{repo}/data/{pack}", auth).status == 405
+    assert _raw(srv, "GET", f"/{repo}/data/{pack[:8]}%0a{pack[8:24]}", auth).status == 400
+    leaked = "wvt_" + tokens["admin"][4:12] + "_" + "C" * 43
+    sneaky = {"authorization": "Basic " + base64.b64encode(f"{leaked}:x".encode()).decode()}
+    assert _raw(srv, "GET", f"/{repo}/data/", sneaky).status == 401
+    audit = (srv.state_dir / "audit.jsonl").read_text()
+    assert leaked not in audit and tokens["admin"] not in audit and tokens["read"] not in audit
+    records = [json.loads(x) for x in audit.splitlines()]
+    assert any(r["op"] != "login" and r["status"] == 405 and r["repo"] == repo for r in records)
+
+
+def _init_twice(srv: RepoServer, repo: str, as_role: AsRole) -> None:
+    as_role("admin")
+    from weightvault.backends.factory import open_backend
+
+    open_backend(srv.url(repo)).create()

@@ -246,8 +246,9 @@ def break_glass(ctx: click.Context, duration: str, reason: str, by: str) -> None
 
     cfg = _load(ctx)
     u = UserStore(cfg.state_dir / "users.json").get(by)
-    if u is None or "admin" not in u.roles.values():
-        raise UsageError(f"{by!r} is not an admin user of this server", hint="--by names a user with an admin role")
+    if u is None or u.roles.get("*") != "admin":
+        raise UsageError(f"{by!r} is not an admin of every repository on this server",
+                         hint="--by names a user with the role *=admin (the window opens for every repository)")
     minutes = api.parse_interval(duration).total_seconds() / 60
     bg = BreakGlass.open(cfg.state_dir, minutes, by, reason)
     AuditLog(cfg.state_dir / "audit.jsonl").append(user=by, addr="local", repo=None, op="break-glass", type=None,

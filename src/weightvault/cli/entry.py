@@ -23,10 +23,10 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def main() -> None:
-    from weightvault.cli.allocator import tune_allocator
-
-    tune_allocator()  # before the libraries below allocate anything large
     try:
+        from weightvault.cli.allocator import tune_allocator
+
+        tune_allocator()  # before the libraries below allocate anything large
         from weightvault.cli.main import main as cli_main
     except BaseException as exc:
         if not _interrupted(exc):

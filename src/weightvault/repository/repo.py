@@ -72,6 +72,7 @@ class Repository(SnapshotDocuments):
         self.index = MasterIndex()
         self._lock = threading.Lock()
         self._index_lock = threading.RLock()  # one index refresh at a time
+        self._index_checked = 0.0  # when a lookup of an unknown blob last re-read index/
         self._pending: set[bytes] = set()
         self._decisions = DecisionMemo()  # delta codings of blobs stored by this process
         self._packers: dict[BlobType, PackBuilder] = {}
@@ -281,7 +282,11 @@ class Repository(SnapshotDocuments):
         return self.index.usable(blob_id)
 
     def lookup(self, blob_id: bytes) -> IndexEntry:
+        """The blob's entry; one not known yet may be in an index file written since ours was read."""
         entry = self.index.get(blob_id)
+        if entry is None and time.monotonic() - self._index_checked > 1.0:  # at most once a second
+            self.load_index()
+            self._index_checked, entry = time.monotonic(), self.index.get(blob_id)
         if entry is None:
             raise IntegrityError(f"blob {blob_id.hex()} is not in the index (missing data)")
         return entry
@@ -291,8 +296,7 @@ class Repository(SnapshotDocuments):
         base on its chain is not indexed, or the chain is longer than ``MAX_CHAIN``."""
         depth, cur = 0, blob_id
         while cur in self.index:
-            nxt = self.index.base_of(cur)
-            if nxt is None:
+            if (nxt := self.index.base_of(cur)) is None:
                 return depth
             depth, cur = depth + 1, nxt
             if depth > MAX_CHAIN:
@@ -314,10 +318,8 @@ class Repository(SnapshotDocuments):
         entry = self.lookup(blob_id)
         b = entry.blob
         if b.base is not None and self.delta_depth(blob_id) is None:
-            raise IntegrityError(
-                f"blob {blob_id.hex()} is a delta whose chain of bases is broken or longer than {MAX_CHAIN}"
-                f" (base {b.base.hex()} or one below it is missing)"
-            )
+            raise IntegrityError(f"blob {blob_id.hex()} is a delta whose chain of bases is broken or longer than"
+                                 f" {MAX_CHAIN} (base {b.base.hex()} or one below it is missing)")
         envelope = self.backend.load(FileType.PACK, entry.pack_id, b.offset, b.length)
         return self.decode_blob(entry.pack_id, b, envelope, load_base, check_id)
 
@@ -355,13 +357,11 @@ class Repository(SnapshotDocuments):
         delta: DeltaBase | None = None,
     ) -> tuple[bytes, bool]:
         """Store ``data`` unless a blob with its id exists. Returns (id, newly stored). Thread-safe.
-
-        With ``delta`` (format v3 repositories only) the blob may be stored as an XOR delta against
-        that base, if that is smallest (``compress_chunk``). A base is only used if it is already
-        durable and indexed, or waits in the same pack as the blob (so no crash can leave a delta
-        whose base was never written), and its chain is shorter than ``config.delta_max_depth``.
-        The blob becomes durable only when its pack is written (when full, or by ``flush()``).
-        """
+        With ``delta`` (format v3 and later) the blob may be stored as an XOR delta against that
+        base, if that is smallest (``compress_chunk``). A base is only used if it is already durable
+        and indexed, or waits in the same pack as the blob (so no crash can leave a delta whose base
+        was never written), and its chain is shorter than ``config.delta_max_depth``. The blob
+        becomes durable only when its pack is written (when full, or by ``flush()``)."""
         bid = blob_id if blob_id is not None else self.key.blob_id(data)
         with self._lock:
             if self.index.usable(bid) or bid in self._pending:

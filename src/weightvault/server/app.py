@@ -26,6 +26,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,12 +40,12 @@ from starlette.routing import Route
 from weightvault.backends.base import Backend, FileType
 from weightvault.backends.factory import open_backend
 from weightvault.errors import (
-    BackendError,
     NoSpaceError,
     ObjectExistsError,
     ObjectNotFoundError,
     RepositoryExistsError,
     TransientBackendError,
+    WeightvaultError,
 )
 from weightvault.server.audit import AuditLog
 from weightvault.server.config import ServerConfig
@@ -178,11 +179,11 @@ def _authorise(st: ServerState, call: Call, user: User, op: Op, ftype: FileType 
     return verdict
 
 
-async def _body(request: Request, st: ServerState) -> bytes:
+async def _body(request: Request, st: ServerState, keep: bool = True) -> bytes:
     """The request body, at most ``max_object_size`` bytes (413 beyond: the rest is read and
     dropped, so the client hears the answer instead of a reset connection) within
-    ``request_timeout`` (408)."""
-    limit = st.config.max_object_size
+    ``request_timeout`` (408). ``keep`` False reads and drops it all (a refused upload)."""
+    limit = st.config.max_object_size if keep else -1
     parts: list[bytes] = []
     got = 0
 
@@ -199,105 +200,139 @@ async def _body(request: Request, st: ServerState) -> bytes:
         await asyncio.wait_for(read(), st.config.request_timeout)
     except TimeoutError:
         raise Refused(408, f"the request body did not arrive within {st.config.request_timeout:g} s") from None
-    if got > limit:
+    if got > limit >= 0:
         raise Refused(413, f"object of {got} bytes is over the server's max_object_size ({limit} bytes)")
     return b"".join(parts)
 
 
 def _put(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, data: bytes, create_only: bool) -> int:
-    """Store ``data``; the status to answer (201 created, 200 same bytes again). Writers that may
-    not overwrite store create-only, so no race can turn their write into an overwrite."""
+    """Store ``data``; the status to answer (201 created, 200 stored over or the same bytes
+    again). A new name is always stored create-only, so no race turns a create (never windowed,
+    allowed to appenders) into an overwrite: a name taken meanwhile is judged as an existing one."""
     assert call.repo is not None and call.name is not None
     repo, name = call.repo, call.name
-    own = ftype is FileType.LOCK and st.lock_owner(repo, name) == user.name
-    role = user.role_for(repo) or "read"
-    may_change = decide(role, Op.OVERWRITE, ftype, own_lock=own).allowed
     try:
-        old = b.stat(ftype, name)
+        old: int | None = b.stat(ftype, name)
     except ObjectNotFoundError:
         old = None
     if old is None:
         _authorise(st, call, user, Op.CREATE, ftype)
-        _check_quota(st, repo, b, len(data))
-        if ftype is FileType.LOCK:
-            _record_owner(st, repo, name, user.name)
+        recorded = ftype is FileType.LOCK and _record_owner(st, repo, name, user.name)
         try:
-            b.save(ftype, name, data, create_only=create_only or not may_change)
+            with _reserved(st, repo, b, len(data)):
+                b.save(ftype, name, data, create_only=True)
+            return 201
         except ObjectExistsError:
-            return _existing(st, call, user, b, ftype, data, create_only, own)
-        st.add_used(repo, len(data))
-        return 201
-    return _existing(st, call, user, b, ftype, data, create_only, own)
+            if recorded:  # taken meanwhile: not ours
+                _forget_owner(st, repo, name)
+        except BaseException:
+            if recorded:
+                _forget_owner(st, repo, name)
+            raise
+    return _existing(st, call, user, b, ftype, data, create_only)
 
 
-def _existing(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, data: bytes, create_only: bool,
-              own: bool) -> int:
+def _existing(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, data: bytes,
+              create_only: bool) -> int:
     assert call.repo is not None and call.name is not None
+    _authorise(st, call, user, Op.RESEND, ftype)  # before anything is read or answered
     if create_only:
         raise Refused(412, f"{ftype.value}/{call.name} exists (create-only)", result="ok")
-    try:
-        same = len(data) == b.stat(ftype, call.name) and b.load(ftype, call.name) == data
-    except ObjectNotFoundError:
-        same = False
-    if same:
-        _authorise(st, call, user, Op.RESEND, ftype)
-        return 200
-    _authorise(st, call, user, Op.OVERWRITE, ftype, own_lock=own)
+    own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
     try:
         before = b.stat(ftype, call.name)
-    except ObjectNotFoundError:
-        before = 0
-    _check_quota(st, call.repo, b, len(data) - before)
-    b.save(ftype, call.name, data)
-    st.add_used(call.repo, len(data) - before)
+    except ObjectNotFoundError:  # removed meanwhile: store it as a new object
+        before = None
+    if before is not None and before == len(data) and b.load(ftype, call.name) == data:
+        return 200
+    _authorise(st, call, user, Op.OVERWRITE, ftype, own_lock=own)
+    with _reserved(st, call.repo, b, len(data) - (before or 0)):
+        b.save(ftype, call.name, data)
     return 200
 
 
-def _check_quota(st: ServerState, repo: str, b: Backend, adding: int) -> None:
+@contextlib.contextmanager
+def _reserved(st: ServerState, repo: str, b: Backend, adding: int) -> Iterator[None]:
+    """Count ``adding`` bytes against the repository's quota (507 if it would go over) while the
+    body runs; given back if it fails."""
     cfg = st.config.repository(repo)
     quota = cfg.quota if cfg is not None else None
-    if quota is not None and adding > 0 and st.used(repo, b) + adding > quota:
-        raise Refused(507, f"repository {repo} would go over its quota of {quota} bytes"
-                      f" ({st.used(repo, b)} stored, {adding} more sent)", rule="quota")
+    used = st.used(repo, b) if quota is not None else 0
+    with st._lock:
+        if quota is not None and adding > 0 and st._used.get(repo, used) + adding > quota:
+            raise Refused(507, f"repository {repo} would go over its quota of {quota} bytes"
+                          f" ({st._used.get(repo, used)} stored, {adding} more sent)", rule="quota")
+        if repo in st._used:
+            st._used[repo] += adding
+    try:
+        yield
+    except BaseException:
+        st.add_used(repo, -adding)
+        raise
 
 
-def _record_owner(st: ServerState, repo: str, lock: str, user: str) -> None:
+def _record_owner(st: ServerState, repo: str, lock: str, user: str) -> bool:
     """Remember who created a lock; never replaces an owner already recorded (a lock created by
-    another client meanwhile stays theirs)."""
+    another client meanwhile stays theirs). True if this call recorded it."""
     path = st.owner_path(repo, lock)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return
+        return False
     with os.fdopen(fd, "w") as f:
         f.write(user)
+    return True
+
+
+def _forget_owner(st: ServerState, repo: str, lock: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(st.owner_path(repo, lock))
 
 
 def _delete(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType) -> None:
+    """Remove an object. Removing one that is not there changes nothing and is answered 204 to any
+    role (a retried removal of a client's own lock, whose owner record went with the first)."""
     assert call.repo is not None and call.name is not None
-    own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
-    _authorise(st, call, user, Op.DELETE, ftype, own_lock=own)
     try:
         size = b.stat(ftype, call.name)
     except ObjectNotFoundError:
-        size = 0
+        if user.role_for(call.repo) is None:
+            raise Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role") from None
+        call.extra["absent"] = True
+        return
+    own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
+    _authorise(st, call, user, Op.DELETE, ftype, own_lock=own)
     b.remove(ftype, call.name)
     st.add_used(call.repo, -size)
     if ftype is FileType.LOCK:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(st.owner_path(call.repo, call.name))
+        _forget_owner(st, call.repo, call.name)
 
 
-def _ranged(request: Request) -> tuple[int, int | None]:
+def _may_upload(call: Call, user: User, ftype: FileType) -> Refused | None:
+    """Why no put of ``ftype`` by this user can succeed, decided before the body is kept."""
+    assert call.repo is not None
+    role = user.role_for(call.repo)
+    if role is None:
+        return Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role")
+    verdict = decide(role, Op.CREATE, ftype)
+    if verdict.allowed or decide(role, Op.OVERWRITE, ftype, own_lock=True).allowed:
+        return None
+    return Refused(403, verdict.rule, rule=verdict.rule)
+
+
+def _ranged(request: Request, size: int) -> tuple[int, int | None]:
+    """(offset, length) of the ``Range`` header against an object of ``size`` bytes: ``bytes=A-B``
+    (B clamped to the end, as HTTP does) or ``bytes=A-``; 416 if malformed or starting past the end."""
     header = request.headers.get("range")
     if not header:
         return 0, None
     m = _RANGE.match(header.strip())
-    if not m:
-        raise Refused(416, f"unsupported Range {header[:40]!r} (send bytes=START-END)")
+    if not m or len(header) > 60 or (m.group(2) and int(m.group(2)) < int(m.group(1))) or int(m.group(1)) >= size:
+        raise Refused(416, f"unsatisfiable Range {header[:60]!r} for an object of {size} bytes (send bytes=START-END)")
     start = int(m.group(1))
-    return start, (int(m.group(2)) - start + 1 if m.group(2) else None)
+    end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    return start, end - start + 1
 
 
 async def _object_call(request: Request, st: ServerState, call: Call, user: User, b: Backend, tname: str,
@@ -322,14 +357,20 @@ async def _object_call(request: Request, st: ServerState, call: Call, user: User
         if method == "HEAD":
             size = await run_in_threadpool(b.stat, ftype, name)
             return Response(headers={"content-length": str(size)})
-        offset, length = _ranged(request)
+        if request.headers.get("range"):
+            offset, length = _ranged(request, await run_in_threadpool(b.stat, ftype, name))
+        else:
+            offset, length = 0, None
         data = await run_in_threadpool(b.load, ftype, name, offset, length)
         call.nbytes = len(data)
         return Response(data, status_code=206 if request.headers.get("range") else 200,
                         media_type="application/octet-stream")
     if method == "PUT":
         call.op = "put"
-        data = await _body(request, st)
+        refusal = _may_upload(call, user, ftype)
+        data = await _body(request, st, keep=refusal is None)
+        if refusal is not None:
+            raise refusal
         st.require_created(call.repo or "")
         call.nbytes = len(data)
         create_only = request.headers.get("if-none-match", "").strip() == "*"
@@ -374,7 +415,7 @@ async def _repo_call(request: Request, st: ServerState, call: Call, user: User, 
     return await _object_call(request, st, call, user, b, tname, name)
 
 
-def _error_status(exc: Exception) -> tuple[int, str]:
+def _error_status(exc: WeightvaultError) -> tuple[int, str]:
     if isinstance(exc, ObjectNotFoundError):
         return 404, "ok"  # served: the answer is "not there"
     if isinstance(exc, ObjectExistsError):
@@ -406,8 +447,8 @@ def make_app(st: ServerState) -> Starlette:
         except Refused as r:
             status, result, reason, rule = r.status, r.result, r.reason, r.rule
             resp = JSONResponse({"error": r.reason, "rule": r.rule}, status_code=r.status, headers=r.headers)
-        except (BackendError, OSError) as exc:
-            status, result = _error_status(exc) if isinstance(exc, BackendError) else (500, "error")
+        except (WeightvaultError, OSError) as exc:
+            status, result = _error_status(exc) if isinstance(exc, WeightvaultError) else (500, "error")
             reason = getattr(exc, "message", None) or str(exc)
             resp = JSONResponse({"error": reason, "rule": ""}, status_code=status)
         except Exception as exc:  # a bug: answered and audited, never a silent drop
@@ -422,24 +463,30 @@ def make_app(st: ServerState) -> Starlette:
         await run_in_threadpool(st.audit.append, user=call.user, addr=call.addr, repo=call.repo, op=call.op,
                                 type=call.type, name=call.name, bytes=call.nbytes, status=status, result=result,
                                 reason=reason or None, **call.extra)
-        st.metrics.observe(call, status, result, time.perf_counter() - t0)
+        st.metrics.observe(call, status, result, time.perf_counter() - t0,
+                           known_repo=bool(call.repo) and st.created(call.repo or ""))
         return resp
+
+    async def unrouted(request: Request, exc: Exception) -> Response:
+        return await handle(request)  # a method or path no route takes: authenticated and audited too
 
     routes = [Route("/healthz", healthz, methods=["GET"]),
               Route("/{path:path}", handle, methods=["GET", "HEAD", "PUT", "POST", "DELETE"])]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: unrouted, 405: unrouted})
 
 
 async def _authenticated(request: Request, st: ServerState, call: Call) -> Response:
     auth = await run_in_threadpool(st.guard.authenticate, request.headers.get("authorization"), call.addr)
-    call.user = auth.name
+    # a refused login is recorded under its claimed name only if that user exists: a token or a
+    # password typed into the name field must not reach the audit log or the metrics
+    call.user = auth.name if auth.user is not None or (auth.name and st.users.get(auth.name)) else None
     if auth.user is None:
         st.metrics.auth_failure(auth.status)
         headers = {"retry-after": str(auth.retry_after)} if auth.retry_after else {"www-authenticate":
                                                                                   'Basic realm="weightvault"'}
         call.op = "login"
         raise Refused(auth.status, auth.reason, rule="authentication", headers=headers)
-    path = request.url.path.lstrip("/")
+    path = str(request.scope["path"]).lstrip("/")  # as received (decoded), not re-parsed
     if path == "metrics":
         call.op = "metrics"
         return Response(st.metrics.render(), media_type=st.metrics.content_type)

@@ -72,7 +72,7 @@ class Guard:
             except (binascii.Error, UnicodeDecodeError):
                 return AuthResult(None, None, 401, "malformed basic credentials")
         else:
-            return AuthResult(None, None, 401, f"unsupported authorization scheme {scheme[:20]!r}")
+            return AuthResult(None, None, 401, "unsupported authorization scheme (send Bearer or Basic)")
         now = time.monotonic()
         keys = [f"addr:{addr}"] + ([f"user:{name}"] if name else [])
         wait = self._blocked(keys, now)

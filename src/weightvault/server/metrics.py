@@ -37,8 +37,10 @@ class ServerMetrics:
         self.latency = Histogram("weightvault_server_request_seconds", "Request latency", ["op"], registry=r,
                                  buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
-    def observe(self, call: Any, status: int, result: str, seconds: float) -> None:
-        labels = (call.user or "-", call.repo or "-", call.type or "-")
+    def observe(self, call: Any, status: int, result: str, seconds: float, known_repo: bool = True) -> None:
+        """Count one request. ``known_repo`` False labels its repository ``-`` (names the server
+        does not serve must not make new series)."""
+        labels = (call.user or "-", (call.repo or "-") if known_repo else "-", call.type or "-")
         self.requests.labels(*labels, call.op, result).inc()
         if call.nbytes and result == "ok":
             self.bytes.labels(*labels, "in" if call.op == "put" else "out").inc(call.nbytes)
