@@ -115,8 +115,13 @@ def test_sigterm_mid_backup_then_restart_completes_it_reusing_uploads(env: dict[
     a = AgentProc(args, env, tmp_path / "a1.log")
     data = tmp_path / "repo" / "data"
 
-    def stored() -> int:
-        return sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    def stored() -> int:  # complete packs only; a temp file may be renamed while we look
+        total = 0
+        for p in data.rglob("*"):
+            if not p.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    total += p.stat().st_size if p.is_file() else 0
+        return total
 
     try:
         a.wait_for(lambda ev: "handoff" in _names(ev), what="the hand-off")
