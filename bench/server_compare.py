@@ -38,7 +38,7 @@ from weightvault.backends.base import FileType
 from weightvault.backends.http import HttpBackend
 from weightvault.testing.repo_server import RepoServer, repo_server
 
-PASSWORD = "server-bench"
+PASSWORD = "server-bench"  # noqa: S105 - a throwaway benchmark repository
 FAST = KdfParams(memory_kib=8192, time_cost=1, parallelism=1)
 
 
@@ -142,7 +142,8 @@ def markdown(name: str, r: dict[str, Any]) -> str:
         return statistics.median(x[key] for x in r["runs"][tool])
 
     lines = [f"corpus {name}: {raw / 2**20:.1f} MiB, medians of {len(r['runs']['local'])}", "",
-             "| path | backup s | backup MB/s | restore s | restore MB/s | identical |", "|---|---:|---:|---:|---:|---|"]
+             "| path | backup s | backup MB/s | restore s | restore MB/s | identical |",
+             "|---|---:|---:|---:|---:|---|"]
     for tool in ("local", "server"):
         b, s = med(tool, "backup_s"), med(tool, "restore_s")
         ident = all(x["identical"] for x in r["runs"][tool])
