@@ -30,7 +30,6 @@ refused. ``/healthz`` answers everyone.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import re
 import threading
@@ -44,6 +43,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from weightvault.agent.events import Event
 from weightvault.errors import UsageError
+from weightvault.netaddr import is_loopback
 
 __all__ = ["Metrics", "MetricsServer"]
 
@@ -146,7 +146,7 @@ class MetricsServer:
             raise UsageError(f"--metrics-listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:9464")
         host = host.strip("[]")
         token = token if token is not None else os.environ.get("WEIGHTVAULT_METRICS_TOKEN") or None
-        if not _loopback(host) and not token:
+        if not is_loopback(host) and not token:
             raise UsageError(f"--metrics-listen {listen}: a non-loopback address needs $WEIGHTVAULT_METRICS_TOKEN",
                              hint="set a bearer token for Prometheus to send, or listen on 127.0.0.1")
         registry = metrics.registry
@@ -186,11 +186,3 @@ class MetricsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -8,25 +8,18 @@ SIGTERM and SIGINT stop it after the requests in flight.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import ssl
 import sys
 
 from weightvault.errors import ConfigFileError, UsageError
-from weightvault.server.app import ServerState, make_app
+from weightvault.netaddr import is_loopback
+from weightvault.server.app import make_app
 from weightvault.server.config import ServerConfig
+from weightvault.server.state import ServerState
 
 __all__ = ["serve"]
 
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -68,7 +61,7 @@ def serve(config: ServerConfig, *, insecure_http: bool = False) -> None:
     import uvicorn  # only the serve command needs the ASGI server
 
     tls = config.tls_cert is not None
-    if not tls and not insecure_http and not _loopback(config.host):
+    if not tls and not insecure_http and not is_loopback(config.host):
         raise UsageError(f"refusing plain HTTP on {config.host} (tokens and passwords would cross the network in"
                          " the clear)", hint="set tls_cert and tls_key in the config, listen on 127.0.0.1, or pass"
                          " --insecure-http behind a TLS-terminating proxy")

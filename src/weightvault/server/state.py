@@ -1,0 +1,151 @@
+"""What the repository server's handlers share: configuration, users, the audit log, metrics, open
+backends, quota accounting, lock owners and the snapshot rate limit.
+
+A request the server refuses is raised as ``Refused`` (status, reason, the rule that refused it)
+and audited like any other; ``Call`` collects one request's audit fields as it is handled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from weightvault.backends.base import Backend, FileType
+from weightvault.backends.factory import open_backend
+from weightvault.server.audit import AuditLog
+from weightvault.server.config import ServerConfig
+from weightvault.server.guard import Guard
+from weightvault.server.metrics import ServerMetrics
+from weightvault.server.users import UserStore
+
+__all__ = ["Call", "Refused", "ServerState", "forget_owner", "record_owner", "reserved"]
+
+
+class Refused(Exception):
+    """A request answered with ``status`` and ``reason`` (and audited as refused, or as an error)."""
+
+    def __init__(self, status: int, reason: str, *, rule: str = "", headers: dict[str, str] | None = None,
+                 result: str = "refused") -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.rule, self.headers, self.result = status, reason, rule, headers or {}, result
+
+
+@dataclass
+class Call:
+    """One request's audit fields, filled in as it is handled."""
+
+    addr: str
+    user: str | None = None
+    repo: str | None = None
+    op: str = "-"
+    type: str | None = None
+    name: str | None = None
+    nbytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ServerState:
+    """What the handlers share: configuration, users, audit log, metrics, open backends, quotas."""
+
+    def __init__(self, config: ServerConfig, *, clock: Any = None) -> None:
+        self.config = config
+        self.users = UserStore(config.state_dir / "users.json")
+        self.guard = Guard(self.users, config.login_failures)
+        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.metrics = ServerMetrics()
+        self.now = clock or (lambda: datetime.now(UTC))
+        self._backends: dict[str, Backend] = {}
+        self._used: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def backend(self, repo: str) -> Backend:
+        """The backend of ``repo`` (no I/O); 404 for a name the server does not serve."""
+        cfg = self.config.repository(repo)
+        if cfg is None:
+            raise Refused(404, f"no repository named {repo!r} on this server")
+        with self._lock:
+            b = self._backends.get(repo)
+            if b is None:
+                b = self._backends[repo] = open_backend(cfg.location)
+            return b
+
+    def created(self, repo: str) -> bool:
+        """Whether ``repo`` has been created (``init``): its directory exists; a repository kept
+        elsewhere (``[repositories]`` with a URL) always counts as created."""
+        cfg = self.config.repository(repo)
+        return cfg is not None and ("://" in cfg.location or os.path.isdir(cfg.location))
+
+    def require_created(self, repo: str) -> None:
+        if not self.created(repo):
+            raise Refused(404, f"repository {repo!r} does not exist on this server yet (an admin creates it with"
+                          " 'weightvault -r URL init')")
+
+    def owner_path(self, repo: str, lock: str) -> str:
+        return os.path.join(self.config.state_dir, "lock-owners", repo, lock)
+
+    def lock_owner(self, repo: str, lock: str) -> str | None:
+        try:
+            with open(self.owner_path(repo, lock)) as f:
+                return f.read().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def used(self, repo: str, backend: Backend) -> int:
+        """Stored bytes of ``repo`` (listed once, then kept up to date by this server's puts and
+        deletes)."""
+        with self._lock:
+            if repo in self._used:
+                return self._used[repo]
+        total = sum(size for t in FileType if t is not FileType.CONFIG for _, size in backend.list(t))
+        with self._lock:
+            return self._used.setdefault(repo, total)
+
+    def add_used(self, repo: str, delta: int) -> None:
+        with self._lock:
+            if repo in self._used:
+                self._used[repo] += delta
+
+
+@contextlib.contextmanager
+def reserved(st: ServerState, repo: str, b: Backend, adding: int) -> Iterator[None]:
+    """Count ``adding`` bytes against the repository's quota (507 if it would go over) while the
+    body runs; given back if it fails."""
+    cfg = st.config.repository(repo)
+    quota = cfg.quota if cfg is not None else None
+    used = st.used(repo, b) if quota is not None else 0
+    with st._lock:
+        if quota is not None and adding > 0 and st._used.get(repo, used) + adding > quota:
+            raise Refused(507, f"repository {repo} would go over its quota of {quota} bytes"
+                          f" ({st._used.get(repo, used)} stored, {adding} more sent)", rule="quota")
+        if repo in st._used:
+            st._used[repo] += adding
+    try:
+        yield
+    except BaseException:
+        st.add_used(repo, -adding)
+        raise
+
+
+def record_owner(st: ServerState, repo: str, lock: str, user: str) -> bool:
+    """Remember who created a lock; never replaces an owner already recorded (a lock created by
+    another client meanwhile stays theirs). True if this call recorded it."""
+    path = st.owner_path(repo, lock)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(user)
+    return True
+
+
+def forget_owner(st: ServerState, repo: str, lock: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(st.owner_path(repo, lock))
+
