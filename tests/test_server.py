@@ -32,7 +32,7 @@ ROLES = ("read", "append", "maintain", "admin")
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RepoServer]:
-    with repo_server(tmp_path_factory.mktemp("server"), max_object_size="32MiB") as s:
+    with repo_server(tmp_path_factory.mktemp("server"), max_object_size="32MiB", snapshot_rate="10/h") as s:
         yield s
 
 
@@ -243,8 +243,16 @@ def test_ransomware_drill_an_append_client_with_the_password_cannot_destroy_back
                 raw.save(ftype, obj, b"encrypted by ransomware")
             refused += 2
     assert refused >= 2 * (2 + 1 + 1 + 1)  # 2 snapshots, a key, the config, packs, index files
-    for _ in range(10):  # a snapshot flood: accepted (append), but it removes nothing
-        attacker.backup([src])
+    flood: list[bool] = []
+    for _ in range(12):  # a snapshot flood to push good ones out of a count-based retention
+        try:
+            attacker.backup([src])
+            flood.append(True)
+        except AccessDeniedError as exc:
+            assert "snapshot_rate" in str(exc)
+            flood.append(False)
+    assert flood == [True] * 8 + [False] * 4  # 10 an hour, two of them the good backups
+    refused += 4
     as_role("read")
     reader = Repository.open(url, PASSWORD)
     reader.restore(snaps[1].id, tmp_path / "after", verify=True)
@@ -254,6 +262,7 @@ def test_ransomware_drill_an_append_client_with_the_password_cannot_destroy_back
     audit = [json.loads(line) for line in (srv.state_dir / "audit.jsonl").read_text().splitlines()]
     mine = [r for r in audit if r["repo"] == name and r["user"] == "append-user" and r["result"] == "refused"]
     assert len(mine) >= refused and all(r["reason"] for r in mine)
+    assert sum(r["type"] == "snapshots" and "snapshot_rate" in r["reason"] for r in mine) == 4
 
 
 # -- concurrency ---------------------------------------------------------------------------------

@@ -199,11 +199,19 @@ def test_config_relative_paths_windows_and_errors(tmp_path: Path) -> None:
     assert c.repository("prod").quota == 1 << 30  # type: ignore[union-attr]
     assert c.repository("runs").location == str(tmp_path / "repos" / "runs")  # type: ignore[union-attr]
     assert c.repository("../etc") is None and c.repository("UPPER") is None
+    assert c.snapshot_rate == 120 and c.private_role is None  # the defaults
+    cfg.write_text('[server]\nroot = "r"\nsnapshot_rate = "2/min"\nprivate_repos = "append"\n')
+    assert load_config(cfg).snapshot_rate == 120 and load_config(cfg).private_role == "append"
+    cfg.write_text('[server]\nroot = "r"\nsnapshot_rate = "off"\n')
+    assert load_config(cfg).snapshot_rate is None
     for text, match in [('[server]\nroot = "r"\nlisten = "nope"\n', "HOST:PORT"),
                         ('[server]\nlisten = "127.0.0.1:1"\n', "serves no repository"),
                         ('[server]\nroot = "r"\ntls_cert = "c.pem"\n', "go together"),
                         ('[server]\nroot = "r"\nmaintenance_windows = ["whenever"]\n', "maintenance window"),
-                        ('[server]\nroot = "r"\nroots = "typo"\n', "unknown key")]:
+                        ('[server]\nroot = "r"\nroots = "typo"\n', "unknown key"),
+                        ('[server]\nroot = "r"\nsnapshot_rate = "lots"\n', "not a rate"),
+                        ('[server]\nroot = "r"\nsnapshot_rate = true\n', "not a rate"),
+                        ('[server]\nroot = "r"\nprivate_repos = "owner"\n', "not a role")]:
         cfg.write_text(text)
         with pytest.raises(ConfigFileError, match=match):
             load_config(cfg)

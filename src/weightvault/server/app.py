@@ -66,7 +66,7 @@ def _object(call: Call, tname: str, name: str) -> FileType:
 def _authorise(st: ServerState, call: Call, user: User, op: Op, ftype: FileType | None, *,
                own_lock: bool = False) -> Verdict:
     assert call.repo is not None
-    role = user.role_for(call.repo)
+    role = st.role(user, call.repo)
     if role is None:
         raise Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role")
     verdict = decide(role, op, ftype, own_lock=own_lock)
@@ -121,6 +121,8 @@ def _put(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, d
         old = None
     if old is None:
         _authorise(st, call, user, Op.CREATE, ftype)
+        if ftype is FileType.SNAPSHOT and st.role(user, repo) == "append":
+            st.count_snapshot(user.name, repo)
         recorded = ftype is FileType.LOCK and record_owner(st, repo, name, user.name)
         try:
             with reserved(st, repo, b, len(data)):
@@ -162,7 +164,7 @@ def _delete(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType
     try:
         size = b.stat(ftype, call.name)
     except ObjectNotFoundError:
-        if user.role_for(call.repo) is None:
+        if st.role(user, call.repo) is None:
             raise Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role") from None
         call.extra["absent"] = True
         return
@@ -174,10 +176,10 @@ def _delete(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType
         forget_owner(st, call.repo, call.name)
 
 
-def _may_upload(call: Call, user: User, ftype: FileType) -> Refused | None:
+def _may_upload(st: ServerState, call: Call, user: User, ftype: FileType) -> Refused | None:
     """Why no put of ``ftype`` by this user can succeed, decided before the body is kept."""
     assert call.repo is not None
-    role = user.role_for(call.repo)
+    role = st.role(user, call.repo)
     if role is None:
         return Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role")
     verdict = decide(role, Op.CREATE, ftype)
@@ -232,7 +234,7 @@ async def _object_call(request: Request, st: ServerState, call: Call, user: User
                         media_type="application/octet-stream")
     if method == "PUT":
         call.op = "put"
-        refusal = _may_upload(call, user, ftype)
+        refusal = _may_upload(st, call, user, ftype)
         data = await _body(request, st, keep=refusal is None)
         if refusal is not None:
             raise refusal
@@ -280,6 +282,14 @@ async def _repo_call(request: Request, st: ServerState, call: Call, user: User, 
     return await _object_call(request, st, call, user, b, tname, name)
 
 
+def _audit_down(st: ServerState) -> Response:
+    reason = (f"the server's audit log cannot be written ({st.audit_down}); no request is served until it can"
+              " (the operator frees space or fixes the state directory); retry later")
+    return JSONResponse({"error": reason, "rule": "audit"}, status_code=503,
+                        headers={"x-weightvault-error": _header(reason), "x-weightvault-rule": "audit",
+                                 "retry-after": "30"})
+
+
 def _error_status(exc: WeightvaultError) -> tuple[int, str]:
     if isinstance(exc, ObjectNotFoundError):
         return 404, "ok"  # served: the answer is "not there"
@@ -300,9 +310,13 @@ def _header(text: str) -> str:
 
 def make_app(st: ServerState) -> Starlette:
     async def healthz(request: Request) -> Response:
+        if st.audit_down is not None and not await run_in_threadpool(st.resume_audit):
+            return PlainTextResponse(f"audit log not writable: {st.audit_down}\n", status_code=503)
         return PlainTextResponse("ok\n")
 
     async def handle(request: Request) -> Response:
+        if st.audit_down is not None and not await run_in_threadpool(st.resume_audit):
+            return _audit_down(st)  # nothing is served that could not be audited
         t0 = time.perf_counter()
         call = Call(addr=request.client.host if request.client else "-")
         rule = ""
@@ -325,9 +339,15 @@ def make_app(st: ServerState) -> Starlette:
             resp.headers["x-weightvault-rule"] = _header(rule)
         if request.method == "HEAD":
             resp.body = b""
-        await run_in_threadpool(st.audit.append, user=call.user, addr=call.addr, repo=call.repo, op=call.op,
-                                type=call.type, name=call.name, bytes=call.nbytes, status=status, result=result,
-                                reason=reason or None, **call.extra)
+        record = {"user": call.user, "addr": call.addr, "repo": call.repo, "op": call.op, "type": call.type,
+                  "name": call.name, "bytes": call.nbytes, "status": status, "result": result,
+                  "reason": reason or None, **call.extra}
+        try:
+            await run_in_threadpool(lambda: st.audit.append(**record))
+        except OSError as exc:  # answered 503, and nothing more is served until the log is writable
+            st.audit_down = str(exc)
+            log.error("the audit log cannot be written (%s); this request's record: %s", exc, record)
+            return _audit_down(st)
         st.metrics.observe(call, status, result, time.perf_counter() - t0,
                            known_repo=bool(call.repo) and st.created(call.repo or ""))
         return resp

@@ -12,10 +12,17 @@
     request_timeout = "300s"         # a request body must arrive within this
     maintenance_windows = ["Mon-Fri 09:00-18:00 Europe/Berlin"]
     login_failures = 10              # failed logins per user and per address per minute, then 429
+    snapshot_rate = "120/h"          # new snapshots per append user and repository per hour ("off": no limit)
+    private_repos = "append"         # optional: each user's role on the repository named like them
 
     [repositories.prod]              # optional: a repository somewhere else, by name
     location = "s3://bucket/prefix"  # any weightvault location (a directory, s3://)
     quota = "10TiB"                  # stored bytes allowed (507 beyond); also valid under [server]
+
+With ``private_repos`` a user whose name is a valid repository name holds that role on the
+repository of the same name (a grant in users.json naming the repository wins). ``snapshot_rate``
+applies to users whose role on the repository is ``append`` (maintain and admin, e.g. ``copy``,
+are not limited); it is counted in memory, so a restart starts the count again.
 
 A repository name is 1-64 of ``a-z 0-9 . _ -`` starting with a letter or digit.
 """
@@ -30,13 +37,16 @@ from typing import Any
 
 from weightvault import api
 from weightvault.errors import ConfigFileError, UsageError
+from weightvault.server.rules import ROLES
 from weightvault.server.windows import Window, parse_window
 
 __all__ = ["REPO_NAME", "RepoConfig", "ServerConfig", "load_config"]
 
 REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SERVER_KEYS = {"listen", "tls_cert", "tls_key", "state_dir", "root", "max_object_size", "request_timeout",
-                "maintenance_windows", "login_failures", "quota"}
+                "maintenance_windows", "login_failures", "quota", "snapshot_rate", "private_repos"}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(h|hour|min|minute)\s*$")
+DEFAULT_SNAPSHOT_RATE = 120
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class ServerConfig:
     login_failures: int = 10
     quota: int | None = None
     repositories: dict[str, RepoConfig] = field(default_factory=dict)
+    snapshot_rate: int | None = DEFAULT_SNAPSHOT_RATE  # per hour; None: no limit
+    private_role: str | None = None
 
     def repository(self, name: str) -> RepoConfig | None:
         """The repository ``name`` serves, or None (unknown, or an invalid name)."""
@@ -78,6 +90,26 @@ def _size(value: Any, key: str, path: Path) -> int:
     except ValueError:
         raise ConfigFileError(f"{path}: {key} = {value!r} is not a size",
                               hint="write e.g. \"2GiB\" or \"500M\"") from None
+
+
+def _rate(value: Any, path: Path) -> int | None:
+    if value in ("off", False):
+        return None
+    m = _RATE.match(str(value))
+    if isinstance(value, bool) or not m:
+        raise ConfigFileError(f"{path}: snapshot_rate = {value!r} is not a rate",
+                              hint='write e.g. "120/h" or "5/min", or "off" for no limit')
+    n = int(m.group(1))
+    return n * 60 if m.group(2).startswith("min") else n
+
+
+def _private(value: Any, path: Path) -> str | None:
+    if value is False:
+        return None
+    if value not in ROLES:
+        raise ConfigFileError(f"{path}: private_repos = {value!r} is not a role",
+                              hint=f"one of {', '.join(ROLES)}, or false")
+    return str(value)
 
 
 def _listen(text: str, path: Path) -> tuple[str, int]:
@@ -132,4 +164,6 @@ def load_config(path: Path) -> ServerConfig:
         raise ConfigFileError(f"{path} serves no repository", hint="set root = \"DIR\" or add [repositories.NAME]")
     state = rel("state_dir") or (base / "state").resolve()
     return ServerConfig(host, port, state, root, cert, key, _size(s.get("max_object_size", 2 << 30),
-                        "max_object_size", path), timeout, windows, int(s.get("login_failures", 10)), quota, repos)
+                        "max_object_size", path), timeout, windows, int(s.get("login_failures", 10)), quota, repos,
+                        _rate(s.get("snapshot_rate", f"{DEFAULT_SNAPSHOT_RATE}/h"), path),
+                        _private(s.get("private_repos", False), path))

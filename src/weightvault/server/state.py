@@ -7,6 +7,7 @@ and audited like any other; ``Call`` collects one request's audit fields as it i
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -21,7 +22,7 @@ from weightvault.server.audit import AuditLog
 from weightvault.server.config import ServerConfig
 from weightvault.server.guard import Guard
 from weightvault.server.metrics import ServerMetrics
-from weightvault.server.users import UserStore
+from weightvault.server.users import User, UserStore
 
 __all__ = ["Call", "Refused", "ServerState", "forget_owner", "record_owner", "reserved"]
 
@@ -62,6 +63,9 @@ class ServerState:
         self._backends: dict[str, Backend] = {}
         self._used: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._snapshots: dict[tuple[str, str], collections.deque[float]] = {}
+        self.audit_down: str | None = None  # why the audit log cannot be written, while it cannot
+        self.refused_while_down = 0
 
     def backend(self, repo: str) -> Backend:
         """The backend of ``repo`` (no I/O); 404 for a name the server does not serve."""
@@ -109,6 +113,50 @@ class ServerState:
         with self._lock:
             if repo in self._used:
                 self._used[repo] += delta
+
+    def role(self, user: User, repo: str) -> str | None:
+        """``user``'s role on ``repo``: a grant naming the repository, else ``private_repos``'s role
+        on the repository named like the user, else the ``*`` grant, else None."""
+        named = user.roles.get(repo)
+        if named is not None:
+            return named
+        if self.config.private_role is not None and repo == user.name:
+            return self.config.private_role
+        return user.roles.get("*")
+
+    def count_snapshot(self, user: str, repo: str) -> None:
+        """Count one new snapshot by ``user`` in ``repo`` against ``snapshot_rate``; Refused (403)
+        when the last hour already holds that many (a flood meant to push good snapshots out of a
+        count-based retention)."""
+        limit = self.config.snapshot_rate
+        if limit is None:
+            return
+        now = self.now().timestamp()
+        with self._lock:
+            times = self._snapshots.setdefault((user, repo), collections.deque())
+            while times and times[0] <= now - 3600:
+                times.popleft()
+            if len(times) >= limit:
+                raise Refused(403, f"user {user} has created {len(times)} snapshots in repository {repo} within the"
+                              f" last hour (snapshot_rate = {limit}/h for role append); the data it sent is kept"
+                              " and the next backup reuses it; an admin can raise snapshot_rate",
+                              rule="snapshot rate")
+            times.append(now)
+
+    def resume_audit(self) -> bool:
+        """While the audit log cannot be written: try to append a record saying it was down (and
+        how many requests were refused meanwhile). True once it could; nothing else is served until."""
+        if self.audit_down is None:
+            return True
+        try:
+            self.audit.append(user=None, addr="-", repo=None, op="audit-resumed", type=None, name=None, bytes=0,
+                              status=0, result="ok", reason=f"the audit log could not be written ({self.audit_down});"
+                              f" {self.refused_while_down} request(s) were refused meanwhile")
+        except OSError:
+            self.refused_while_down += 1
+            return False
+        self.audit_down, self.refused_while_down = None, 0
+        return True
 
 
 @contextlib.contextmanager
