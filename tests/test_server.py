@@ -376,6 +376,25 @@ def test_quota_refuses_uploads_beyond_it(tmp_path: Path) -> None:
             t.join()
         assert sorted(outcomes) == [False] * 7 + [True]
         assert sum(size for _, size in b2.list(FileType.PACK)) == 40_000
+        (victim, _), = b2.list(FileType.PACK)
+        clients = [_client(s, "q2", token) for _ in range(8)]
+        for c in clients:
+            c.stat(FileType.PACK, victim)  # connected (TLS done) before the race
+        start = threading.Barrier(8)
+
+        def remove(c: HttpBackend) -> None:
+            start.wait()
+            c.remove(FileType.PACK, victim)
+
+        # eight removals of one object at once give its bytes back once
+        removers = [threading.Thread(target=remove, args=(c,)) for c in clients]
+        for t in removers:
+            t.start()
+        for t in removers:
+            t.join()
+        b2.save(FileType.PACK, os.urandom(32).hex(), bytes(40_000))
+        with pytest.raises(NoSpaceError, match="quota"):
+            b2.save(FileType.PACK, os.urandom(32).hex(), bytes(40_000))
 
 
 def test_removing_an_absent_object_is_a_no_op_for_any_role(srv: RepoServer, tokens: dict[str, str]) -> None:

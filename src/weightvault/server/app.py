@@ -145,15 +145,16 @@ def _existing(st: ServerState, call: Call, user: User, b: Backend, ftype: FileTy
     if create_only:
         raise Refused(412, f"{ftype.value}/{call.name} exists (create-only)", result="ok")
     own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
-    try:
-        before = b.stat(ftype, call.name)
-    except ObjectNotFoundError:  # removed meanwhile: store it as a new object
-        before = None
-    if before is not None and before == len(data) and b.load(ftype, call.name) == data:
-        return 200
-    _authorise(st, call, user, Op.OVERWRITE, ftype, own_lock=own)
-    with reserved(st, call.repo, b, len(data) - (before or 0)):
-        b.save(ftype, call.name, data)
+    with st.object_lock(call.repo, ftype, call.name):  # the size replaced is the size counted
+        try:
+            before = b.stat(ftype, call.name)
+        except ObjectNotFoundError:  # removed meanwhile: store it as a new object
+            before = None
+        if before is not None and before == len(data) and b.load(ftype, call.name) == data:
+            return 200
+        _authorise(st, call, user, Op.OVERWRITE, ftype, own_lock=own)
+        with reserved(st, call.repo, b, len(data) - (before or 0)):
+            b.save(ftype, call.name, data)
     return 200
 
 
@@ -161,19 +162,21 @@ def _delete(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType
     """Remove an object. Removing one that is not there changes nothing and is answered 204 to any
     role (a retried removal of a client's own lock, whose owner record went with the first)."""
     assert call.repo is not None and call.name is not None
-    try:
-        size = b.stat(ftype, call.name)
-    except ObjectNotFoundError:
-        if st.role(user, call.repo) is None:
-            raise Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role") from None
-        call.extra["absent"] = True
-        return
-    own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
-    _authorise(st, call, user, Op.DELETE, ftype, own_lock=own)
-    b.remove(ftype, call.name)
-    st.add_used(call.repo, -size)
-    if ftype is FileType.LOCK:
-        forget_owner(st, call.repo, call.name)
+    with st.object_lock(call.repo, ftype, call.name):  # two removals of one object count its size once
+        try:
+            size = b.stat(ftype, call.name)
+        except ObjectNotFoundError:
+            if st.role(user, call.repo) is None:
+                raise Refused(403, f"user {user.name} has no role on repository {call.repo}",
+                              rule="no role") from None
+            call.extra["absent"] = True
+            return
+        own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
+        _authorise(st, call, user, Op.DELETE, ftype, own_lock=own)
+        b.remove(ftype, call.name)
+        st.add_used(call.repo, -size)
+        if ftype is FileType.LOCK:
+            forget_owner(st, call.repo, call.name)
 
 
 def _may_upload(st: ServerState, call: Call, user: User, ftype: FileType) -> Refused | None:

@@ -64,6 +64,7 @@ class ServerState:
         self._used: dict[str, int] = {}
         self._lock = threading.Lock()
         self._snapshots: dict[tuple[str, str], collections.deque[float]] = {}
+        self._object_locks = [threading.Lock() for _ in range(64)]
         self.audit_down: str | None = None  # why the audit log cannot be written, while it cannot
         self.refused_while_down = 0
 
@@ -113,6 +114,10 @@ class ServerState:
         with self._lock:
             if repo in self._used:
                 self._used[repo] += delta
+
+    def object_lock(self, repo: str, ftype: FileType, name: str) -> threading.Lock:
+        """A lock shared by every request on this object (striped: unrelated objects may share one)."""
+        return self._object_locks[hash((repo, ftype, name)) % len(self._object_locks)]
 
     def role(self, user: User, repo: str) -> str | None:
         """``user``'s role on ``repo``: a grant naming the repository, else ``private_repos``'s role
