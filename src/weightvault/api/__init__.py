@@ -50,6 +50,7 @@ from weightvault.ops.diff import DiffEntry, DiffResult
 from weightvault.ops.forget import ForgetResult
 from weightvault.ops.groups import Group
 from weightvault.ops.heal import HealResult
+from weightvault.ops.inspect import FileChange, TensorDiff, TensorInfo, TensorTable
 from weightvault.ops.layout import FileLayout
 from weightvault.ops.progress import Progress, ProgressCallback
 from weightvault.ops.prune import PruneResult
@@ -90,6 +91,7 @@ __all__ = [
     "DiffEntry",
     "DiffResult",
     "DrillResult",
+    "FileChange",
     "FileLayout",
     "Fleet",
     "ForgetResult",
@@ -117,6 +119,9 @@ __all__ = [
     "Stats",
     "StorageOptions",
     "SwapResult",
+    "TensorDiff",
+    "TensorInfo",
+    "TensorTable",
     "ValidationReport",
     "VerifyResult",
     "apply_policy",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from weightvault.api import _files
+from weightvault.api._inspect import Inspection
 from weightvault.api._keys import KeysAndLocks
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
 from weightvault.backends.local import convert_os_error
@@ -96,7 +97,7 @@ def _check_level(level: int, check: str | None) -> None:
                          hint="e.g. --check mychecks:forward_pass (it gets the restored directory)")
 
 
-class Repository(KeysAndLocks):
+class Repository(KeysAndLocks, Inspection):
     """An open repository; each method takes the lock it needs for its duration."""
 
     def __init__(self, engine: _Engine) -> None:

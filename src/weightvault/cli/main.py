@@ -38,6 +38,7 @@ from weightvault.cli import (
     cmd_stats,
     cmd_status,
     cmd_tier,
+    cmd_ui,
     cmd_unlock,
     cmd_validate,
     cmd_verify,
@@ -101,7 +102,7 @@ for _cmd in (
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
     cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status, cmd_verify.verify,
     cmd_validate.validate, cmd_drill.drill, cmd_ledger.ledger, cmd_queue.queue, cmd_agent.agent, cmd_agent.watch,
-    cmd_serve.serve,
+    cmd_serve.serve, cmd_ui.ui,
 ):
     cli.add_command(_cmd)
 

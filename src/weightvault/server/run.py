@@ -13,7 +13,7 @@ import ssl
 import sys
 
 from weightvault.errors import ConfigFileError, UsageError
-from weightvault.netaddr import is_loopback
+from weightvault.netaddr import is_loopback, listen_socket
 from weightvault.server.app import make_app
 from weightvault.server.config import ServerConfig
 from weightvault.server.state import ServerState
@@ -23,18 +23,11 @@ __all__ = ["serve"]
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        return listen_socket(host, port)
     except OSError as exc:
-        sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                          hint="pick a free port in the config's listen (or --listen), or stop what uses it") from None
-    sock.listen(512)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _protocol() -> type:
