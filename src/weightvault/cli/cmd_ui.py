@@ -10,7 +10,15 @@ import click
 from click.core import ParameterSource
 
 from weightvault import api
-from weightvault.cli.common import Globals, load_policy_file, open_repository, pass_globals, policy_option
+from weightvault.cli.common import (
+    Globals,
+    load_policy_file,
+    now_option,
+    open_repository,
+    parse_now,
+    pass_globals,
+    policy_option,
+)
 from weightvault.errors import UsageError, WeightvaultError
 
 __all__ = ["ui"]
@@ -38,13 +46,15 @@ def _repositories(g: Globals, spec: api.PolicySpec | None,
 
 @click.command()
 @policy_option
+@now_option
 @click.option("--listen", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
               help="Where to listen (loopback only; port 0: a free one).")
 @click.option("--read-only", is_flag=True, help="Only show: no backup, restore, drill or verify from the page.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the link in this machine's web browser.")
 @click.pass_context
 @pass_globals
-def ui(g: Globals, ctx: click.Context, policy_path: str, listen: str, read_only: bool, open_browser: bool) -> None:
+def ui(g: Globals, ctx: click.Context, policy_path: str, now: str | None, listen: str, read_only: bool,
+       open_browser: bool) -> None:
     """Serve the dashboard (overview, runs, snapshot browser with tensors and checkpoint diffs,
     storage, activity, and backup / restore / drill / verify from the page) on 127.0.0.1 and print
     its link, which holds a one-time token. Shows the repository of -r (or the default one), else
@@ -63,5 +73,7 @@ def ui(g: Globals, ctx: click.Context, policy_path: str, listen: str, read_only:
     repos, fleet = _repositories(g, spec, fleet)
     token = new_start_token()
     sessions = Sessions(token, user=getpass.getuser(), role="read" if read_only else "admin")
-    serve_ui(Site(repos, sessions, policy=spec, fleet=fleet), token, host=host.strip("[]") or "127.0.0.1",
+    clock = parse_now(now)
+    site = Site(repos, sessions, policy=spec, fleet=fleet, now=(lambda: clock) if clock is not None else None)
+    serve_ui(site, token, host=host.strip("[]") or "127.0.0.1",
              port=int(port), open_browser=open_browser)

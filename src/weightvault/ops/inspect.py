@@ -6,7 +6,9 @@ format's header lives in) and parses it with the validation parsers, so nothing 
 no library is needed. ``tensor_diff`` compares two snapshots' manifests: files by path, and a file
 whose directory differs only in numbers (``checkpoint-10/model.safetensors`` against
 ``checkpoint-20/model.safetensors``) is paired with its counterpart; in files cut along tensors
-(``Node.tensors``) a tensor changed when the blobs that hold it differ. ``stored_added`` counts the
+(``Node.tensors``) a tensor changed when the blobs that hold it differ; small tensors stored in
+one piece with the tensor before them (``chunking.tensor_plan``) are reported under that tensor's
+name, which ``grouped`` lists. ``stored_added`` counts the
 stored bytes of blobs the second snapshot needs that the first did not reference.
 """
 
@@ -62,6 +64,7 @@ class FileChange:
     stored_added: int  # stored bytes of this file's blobs that the first snapshot did not reference
     tensor_aware: bool  # both versions cut along tensors: the tensor lists below are exact
     changed: list[str] = field(default_factory=list)
+    grouped: list[str] = field(default_factory=list)  # of ``changed``: stored with the small tensors after it
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
@@ -115,8 +118,8 @@ def _tensor_blobs(node: Node) -> dict[str, tuple[bytes, ...]] | None:
     out: dict[str, list[bytes]] = {}
     for blob, part in zip(node.blobs, node.tensors, strict=True):
         out.setdefault(part[0] if part is not None else "", []).append(blob)
-    out.pop("", None)  # headers and padding between tensors: not a tensor
-    return {k: tuple(v) for k, v in out.items()}
+    # a format's header and padding between tensors are parts too (``__header__``): not tensors
+    return {k: tuple(v) for k, v in out.items() if k and not (k.startswith("__") and k.endswith("__"))}
 
 
 def _stored(repo: Repository, blobs: list[bytes], known: set[bytes], counted: set[bytes]) -> tuple[int, int]:
@@ -144,11 +147,29 @@ def _compare(repo: Repository, x: Node | None, y: Node | None, known: set[bytes]
     tx, ty = (_tensor_blobs(x) if x else None), (_tensor_blobs(y) if y else None)
     fc = FileChange(change, path, before, x.size if x else 0, y.size if y else 0, mine,
                     tx is not None and ty is not None)
-    if tx is not None and ty is not None:
+    if tx is not None and ty is not None and y is not None:
         fc.changed = sorted(k for k in tx.keys() & ty.keys() if tx[k] != ty[k])
         fc.added, fc.removed = sorted(ty.keys() - tx.keys()), sorted(tx.keys() - ty.keys())
         fc.unchanged = len(tx.keys() & ty.keys()) - len(fc.changed)
+        fc.grouped = _grouped(repo, y, ty, fc.changed)
     res.files.append(fc)
+
+
+def _grouped(repo: Repository, node: Node, parts: dict[str, tuple[bytes, ...]], names: list[str]) -> list[str]:
+    """Of ``names``, those whose pieces hold more bytes than the tensor itself: small tensors
+    (biases, norms) share a piece with the one before them, and a change to any of them shows up
+    under that one's name."""
+    if not names:
+        return []
+    sizes = {t.name: t.nbytes for t in tensor_table(repo, node).tensors}
+    out = []
+    for name in names:
+        entries = [repo.index.get(b) for b in parts[name]]
+        held = sum(e.blob.raw_length for e in entries if e is not None)
+        expected = sizes.get(name)
+        if expected is not None and held > expected:
+            out.append(name)
+    return out
 
 
 def tensor_diff(repo: Repository, a: Snapshot, b: Snapshot) -> TensorDiff:

@@ -5,8 +5,8 @@ whose work is the same ``weightvault.api`` call the CLI makes, then redirects to
 
 Roles (the repository server's): ``append`` may back up; ``maintain`` may also restore, drill and
 verify. A restore target must be an absolute path; the restore itself never writes outside it
-and, like the CLI's default, refuses to replace files that exist there (``overwrite`` says
-otherwise only when asked).
+and, like the CLI's default, refuses before writing anything if a file there differs
+(``overwrite`` says otherwise only when asked).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def confirm(site: Site, session: Session, request: Request) -> Response:
                   Field("verify", "Verify every file after writing it", "checkbox", True),
                   Field("level", "Then validate the models at level", "select", "2", tuple(_LEVELS)),
                   Field("overwrite", "Files that exist there", "select", "error",
-                        (("error", "refuse (default)"), ("never", "keep them"), ("if-changed", "replace if changed"),
-                         ("always", "replace")))]
+                        (("error", "refuse if one differs (default)"), ("never", "keep them"),
+                         ("if-changed", "replace those that differ"), ("always", "replace")))]
         explain = f"Restore a snapshot of repository {name} to a directory on the host running the dashboard."
     elif kind == "drill":
         fields = [Field("level", "Validate at level", "select", "3", tuple(_LEVELS[1:]))]
@@ -164,11 +164,11 @@ def _work(kind: str, repo: api.Repository, form: FormData) -> tuple[str, Callabl
 
 async def start(site: Site, session: Session, request: Request) -> Response:
     kind = _kind(request)
+    site.require(session, NEEDS[kind], kind)
     form = await request.form(max_files=0, max_fields=32)
     if not site.sessions.csrf_ok(session, str(form.get("csrf") or "") or None):
         raise Denied(403, "this form's CSRF token is missing or not this session's",
                      "reload the page you came from and submit it again")
-    site.require(session, NEEDS[kind], kind)
     name = str(form.get("repo") or "")
     repo = site.repo(name)
     try:

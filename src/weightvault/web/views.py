@@ -1,10 +1,11 @@
 """What each dashboard page shows, gathered through ``weightvault.api`` only (no HTML here).
 
-* ``overview``: per repository, each source (the paths a snapshot group backs up) with its newest
-  snapshot, its age against the policy's RPO when there is one (green within 75 % of it, amber
-  up to it, red beyond it or never; grey without a policy), the newest verification (a full
-  ``verify``, a ``check``, a ``drill``) and the newest drill with its measured RTO, and the
-  policy's replicas per site.
+* ``overview_rows``: per repository, each source (a run's checkpoints by their ``run`` tag, else
+  the paths a snapshot backs up) with its newest snapshot and its age, the newest verification (a
+  full ``verify``, a ``check``, a ``drill``) and the newest drill with its measured RTO.
+* ``policy_rows``: the policy's recovery points (``api.policy_status``), primaries and replicas
+  per site, each coloured against its RPO: green within 75 % of it, amber up to it, red beyond it
+  or never.
 * ``runs``: snapshots grouped by their ``run`` tag (else by source), ordered by ``step``, with
   every numeric tag (``loss``, ``eval_loss``, ...) as a series.
 * ``storage``: the repository's sizes and what each backup added over time.
@@ -33,8 +34,8 @@ VERIFYING = ("verify", "check", "drill")
 @dataclass
 class SourceRow:
     repository: str
-    source: str  # the backed-up paths, joined
-    paths: list[str]
+    source: str  # "run NAME" for snapshots tagged run=NAME, else the backed-up paths, joined
+    paths: list[str]  # of the newest snapshot
     snapshots: int
     last: api.Snapshot | None
     age_s: float | None
@@ -78,11 +79,12 @@ def overview_rows(name: str, repo: api.Repository, now: datetime) -> list[Source
     """One repository's sources (snapshot groups by their paths), newest first verification and
     drill from its ledger; grey: the policy's lines (``policy_rows``) carry the RPO colours."""
     verified, drill = _checks(repo.ledger())
-    by_source: dict[tuple[str, ...], list[api.Snapshot]] = {}
-    for s in repo.snapshots():
-        by_source.setdefault(tuple(s.paths), []).append(s)
-    return [SourceRow(name, ", ".join(paths), list(paths), len(group), group[-1], _age(group[-1].time, now),
-                      verified=verified, drill=drill) for paths, group in sorted(by_source.items())]
+    by_source: dict[str, list[api.Snapshot]] = {}
+    for s in repo.snapshots():  # a run's checkpoints (its ``run`` tag) are one source, else the paths
+        run = next((t.split("=", 1)[1] for t in s.tags if t.startswith("run=")), None)
+        by_source.setdefault(f"run {run}" if run else ", ".join(s.paths), []).append(s)
+    return [SourceRow(name, source, list(group[-1].paths), len(group), group[-1], _age(group[-1].time, now),
+                      verified=verified, drill=drill) for source, group in sorted(by_source.items())]
 
 
 @dataclass
