@@ -87,7 +87,7 @@ def make_training_run(run_dir: Path, repo: Any, *, steps: int = 5, every: int = 
     for step in range(1, steps * every + 1):
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         history.append({"step": step, "loss": round(loss.item(), 6)})
         if step % every:
