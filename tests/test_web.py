@@ -5,60 +5,19 @@ shows, and actions that land on disk."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import urllib3
 
-from conftest import FAST_KDF, PASSWORD, tree_digest, write
-from weightvault.api import Repository, Snapshot
-from weightvault.testing.dashboard import Dashboard, dashboard, make_training_run
-
-T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@dataclass
-class World:
-    root: Path
-    repo: Path
-    run: Path
-    policy: Path
-    env: dict[str, str]
-    snaps: list[Snapshot]
-
-
-def _policy(root: Path) -> str:
-    sources = "".join(f'[sources.{name}]\npaths = ["{root / name}"]\nrepository = "main"\nrpo = "{rpo}"\n\n'
-                      for name, rpo in (("fresh", "4h"), ("aging", "1h"), ("late", "10min")))
-    return (f'version = 1\n[settings]\nrpo = "1d"\njournal = "{root / "journal.jsonl"}"\n\n'
-            f'[repositories.main]\nurl = "{root / "repo"}"\ntier = "hot"\nsite = "dc1"\npassword_env = "WV_TEST_PW"\n\n'
-            f'{sources}[classes.all]\nglobs = ["*"]\nevery = "10min"\nkeep_last = 3\n')
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    root = tmp_path_factory.mktemp("web")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
-    env.update(HOME=str(root / "home"), XDG_CACHE_HOME=str(root / "cache"), XDG_CONFIG_HOME=str(root / "config"),
-               WV_TEST_PW=PASSWORD)
-    repo = Repository.init(root / "repo", PASSWORD, kdf=FAST_KDF)
-    snaps = make_training_run(root / "run", repo)
-    for name in ("fresh", "aging", "late"):
-        write(root / name / "notes.txt", name.encode())
-    policy = root / "policy.toml"
-    policy.write_text(_policy(root))
-    applied = subprocess.run([sys.executable, "-m", "weightvault", "policy", "apply", "--policy", str(policy),
-                              "--now", T0.isoformat()], env=env, capture_output=True, text=True, timeout=300)
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    return World(root, root / "repo", root / "run", policy, env, snaps)
+from conftest import PASSWORD, tree_digest, write
+from webworld import World, build_world
+from weightvault.api import Repository
+from weightvault.testing.dashboard import Dashboard, dashboard
 
 
 @dataclass
@@ -86,8 +45,13 @@ class Client:
 
 
 @pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("web"))
+
+
+@pytest.fixture(scope="module")
 def client(world: World) -> Iterator[Client]:
-    later = (T0 + timedelta(minutes=50)).isoformat()
+    later = (world.t0 + timedelta(minutes=50)).isoformat()
     with dashboard(["ui", "--policy", str(world.policy), "--now", later], world.env, world.root) as ui:
         pool = urllib3.PoolManager(retries=False)
         first = pool.request("GET", ui.url, redirect=False)

@@ -27,7 +27,7 @@ SECURITY_HEADERS = {
                                " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",  # the start URL holds the token
+    "referrer-policy": "same-origin",  # never sent off-site; "no-referrer" would make the Origin of forms "null"
     "cache-control": "no-store",
 }
 

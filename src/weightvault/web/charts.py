@@ -78,7 +78,7 @@ def line_chart(series: Sequence[Series], *, x_label: str, y_label: str, width: i
             label = s.labels[j] if j < len(s.labels) else f"{s.name} at {x_label} {_fmt(x)}: {fy(y)}"
             out.append(f'<circle class="point" data-series="{escape(s.name)}" cx="{px(x):.1f}" cy="{py(y):.1f}"'
                        f' r="3.5" fill="{colour}"><title>{escape(label)}</title></circle>')
-        out.append(f'<text x="{left + 8 + 120 * i}" y="{top + 12}" font-size="12" fill="{colour}">'
-                   f'{escape(s.name)}</text>')
+        out.append(f'<text x="{left + w - 4}" y="{top + 12 + 15 * i}" text-anchor="end" font-size="12"'
+                   f' fill="{colour}">{escape(s.name)}</text>')
     out.append("</svg>")
     return "".join(out)

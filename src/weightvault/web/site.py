@@ -35,6 +35,8 @@ class Denied(Exception):
 def age_text(seconds: float | None) -> str:
     if seconds is None or math.isnan(seconds):
         return "never"
+    if seconds < 0:  # a snapshot newer than the clock (``--now`` in the past, or a skewed host)
+        return "in the future"
     s = int(seconds)
     if s >= 86400:
         return f"{s // 86400}d {(s % 86400) // 3600}h"

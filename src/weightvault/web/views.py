@@ -6,8 +6,8 @@
 * ``policy_rows``: the policy's recovery points (``api.policy_status``), primaries and replicas
   per site, each coloured against its RPO: green within 75 % of it, amber up to it, red beyond it
   or never.
-* ``runs``: snapshots grouped by their ``run`` tag (else by source), ordered by ``step``, with
-  every numeric tag (``loss``, ``eval_loss``, ...) as a series.
+* ``runs``: snapshots tagged ``run`` (or ``step``) grouped by run, ordered by ``step``, with every
+  numeric tag (``loss``, ``eval_loss``, ...) as a series.
 * ``storage``: the repository's sizes and what each backup added over time.
 * ``activity``: the ledger, newest first, filtered.
 """
@@ -135,10 +135,13 @@ def _number(text: str) -> float | None:
 
 
 def runs(snaps: Sequence[api.Snapshot]) -> list[Run]:
-    """Snapshots grouped by run (the ``run`` tag, else the source's base name), by step."""
+    """Snapshots of training runs grouped by run (the ``run`` tag; a snapshot with only a ``step``
+    tag by its source's base name), by step. Snapshots with neither tag are no run's."""
     out: dict[str, list[Checkpoint]] = {}
     for s in snaps:
         tags = dict(t.split("=", 1) for t in s.tags if "=" in t)
+        if "run" not in tags and "step" not in tags:
+            continue
         name = tags.get("run") or ", ".join(os.path.basename(p.rstrip("/")) for p in s.paths) or s.short_id
         values = {k: v for k, t in tags.items() if k not in _NOT_SERIES and (v := _number(t)) is not None}
         out.setdefault(name, []).append(Checkpoint(s, _number(tags.get("step", "")), values))
