@@ -70,7 +70,8 @@ def _shots(world: World) -> Path:
 
 
 def _csp_violations(browser: webdriver.Chrome) -> list[str]:
-    return [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]
+    logs = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    return [e["message"] for e in logs if "Content Security Policy" in e["message"]
             or "Refused to" in e["message"]]
 
 

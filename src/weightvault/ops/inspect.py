@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
+import numpy as np
+
 from weightvault.errors import WeightvaultError
 from weightvault.ops.formats import HEAD_BYTES, detect, parse
 from weightvault.ops.validate import StoredFile
@@ -100,10 +102,22 @@ def tensor_table(repo: Repository, node: Node) -> TensorTable:
         return table
     table.warnings += parsed.warnings
     for name, (dtype, shape) in parsed.tensors.items():
-        bits = _BITS.get(dtype)
+        bits = _bits(dtype)
         table.tensors.append(TensorInfo(name, dtype, tuple(shape),
                                         None if bits is None else math.prod(shape) * bits // 8))
     return table
+
+
+def _bits(dtype: str) -> int | None:
+    """Bits per element of a parser's dtype name (safetensors ``F32``, numpy ``<f4``/``int64``);
+    None for block-quantised or unknown types (GGUF ``Q4_K``)."""
+    if dtype in _BITS:
+        return _BITS[dtype]
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        return None
+    return None if dt.kind in "OVU" else dt.itemsize * 8
 
 
 def _pair_key(path: bytes) -> tuple[str, str]:
