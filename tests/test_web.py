@@ -160,6 +160,8 @@ def test_restore_started_from_the_page_lands_byte_identical(client: Client, worl
 def test_storage_and_activity(client: Client) -> None:
     storage = client.text("/storage")
     assert "Deduplicated" in storage and 'class="chart"' in storage
+    assert 'data-format=".txt"' in storage  # the newest snapshot (a policy source's notes) by format
+    assert "hot tier, site dc1" in storage
     activity = client.text("/activity?repo=main&op=backup")
     assert activity.count("<td>backup</td>") >= 8 and "<td>restore</td>" not in activity
 

@@ -148,3 +148,15 @@ def test_sizes_and_ages_in_words() -> None:
     assert human_bytes(512) == "512 B" and human_bytes(1536) == "1.5 KiB" and human_bytes(3 << 30) == "3.0 GiB"
     assert age_text(None) == "never" and age_text(-5) == "in the future"
     assert age_text(59) == "0m 59s" and age_text(3700) == "1h 01m" and age_text(90000) == "1d 1h"
+
+
+def test_a_snapshot_by_format(repo: Repository, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    _model(tmp_path / "r" / "a.safetensors", {"w": rng.standard_normal((64, 64), dtype=np.float32)})
+    write(tmp_path / "r" / "b.TXT", b"hello" * 100)
+    write(tmp_path / "r" / "README", b"x")
+    snap = repo.backup([tmp_path / "r"]).snapshot
+    rows = {r.format: r for r in views.by_format(repo.ls(snap.id), repo.layouts(snap.id))}
+    assert set(rows) == {".safetensors", ".txt", "(none)"}
+    assert rows[".safetensors"].files == 1 and rows[".safetensors"].raw > 16384 and rows[".safetensors"].stored > 0
+    assert rows[".txt"].raw == 500 and rows[".txt"].stored < 500  # compressed

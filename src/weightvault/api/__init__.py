@@ -17,6 +17,7 @@ Errors are ``weightvault.errors.WeightvaultError`` subclasses, each with an ``ex
 
 from __future__ import annotations
 
+from weightvault.api._backend import open_repository_on
 from weightvault.api._default import DefaultRepository, open_or_create_default
 from weightvault.api._files import (
     ArchiveTensor,
@@ -131,6 +132,7 @@ __all__ = [
     "default_repository_path",
     "load_policy",
     "open_or_create_default",
+    "open_repository_on",
     "parse_dcp_metadata",
     "parse_duration",
     "parse_interval",

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from weightvault.backends.base import Backend, FileType
+from weightvault.backends.base import Backend
 from weightvault.errors import (
     NoSpaceError,
     ObjectExistsError,
@@ -39,48 +39,15 @@ from weightvault.errors import (
     TransientBackendError,
     WeightvaultError,
 )
-from weightvault.server.rules import Op, Verdict, decide
-from weightvault.server.state import Call, Refused, ServerState, forget_owner, record_owner, reserved
+from weightvault.server.objects import authorise, delete, may_upload, object_type, put
+from weightvault.server.rules import Op
+from weightvault.server.state import Call, Refused, ServerState
 from weightvault.server.users import User
-from weightvault.server.windows import open_window
 
 __all__ = ["make_app"]
 
 log = logging.getLogger(__name__)
-_TYPES = {t.value: t for t in FileType}
-_HEX = re.compile(r"^[0-9a-f]{16,64}$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
-
-
-def _object(call: Call, tname: str, name: str) -> FileType:
-    ftype = _TYPES.get(tname)
-    if ftype is None:
-        raise Refused(404, f"unknown object type {tname!r} (types: {', '.join(sorted(_TYPES))})")
-    call.type, call.name = tname, name[:80]
-    if (ftype is FileType.CONFIG and name != "config") or (ftype is not FileType.CONFIG and not _HEX.match(name)):
-        raise Refused(400, f"invalid {tname} object name {name[:80]!r} (names are 16-64 lowercase hex digits;"
-                      " the config object is 'config')")
-    return ftype
-
-
-def _authorise(st: ServerState, call: Call, user: User, op: Op, ftype: FileType | None, *,
-               own_lock: bool = False) -> Verdict:
-    assert call.repo is not None
-    role = st.role(user, call.repo)
-    if role is None:
-        raise Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role")
-    verdict = decide(role, op, ftype, own_lock=own_lock)
-    if not verdict.allowed:
-        raise Refused(403, verdict.rule, rule=verdict.rule)
-    if verdict.risky:
-        window = open_window(st.config.windows, st.config.state_dir, st.now())
-        if window is None:
-            names = "; ".join(w.text for w in st.config.windows)
-            raise Refused(403, f"{op.value} of {ftype.value if ftype else 'objects'} is allowed only inside the"
-                          f" maintenance window ({names}); an admin can open a break-glass window",
-                          rule="maintenance window")
-        call.extra["window"] = window
-    return verdict
 
 
 async def _body(request: Request, st: ServerState, keep: bool = True) -> bytes:
@@ -109,88 +76,6 @@ async def _body(request: Request, st: ServerState, keep: bool = True) -> bytes:
     return b"".join(parts)
 
 
-def _put(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, data: bytes, create_only: bool) -> int:
-    """Store ``data``; the status to answer (201 created, 200 stored over or the same bytes
-    again). A new name is always stored create-only, so no race turns a create (never windowed,
-    allowed to appenders) into an overwrite: a name taken meanwhile is judged as an existing one."""
-    assert call.repo is not None and call.name is not None
-    repo, name = call.repo, call.name
-    try:
-        old: int | None = b.stat(ftype, name)
-    except ObjectNotFoundError:
-        old = None
-    if old is None:
-        _authorise(st, call, user, Op.CREATE, ftype)
-        if ftype is FileType.SNAPSHOT and st.role(user, repo) == "append":
-            st.count_snapshot(user.name, repo)
-        recorded = ftype is FileType.LOCK and record_owner(st, repo, name, user.name)
-        try:
-            with reserved(st, repo, b, len(data)):
-                b.save(ftype, name, data, create_only=True)
-            return 201
-        except ObjectExistsError:
-            if recorded:  # taken meanwhile: not ours
-                forget_owner(st, repo, name)
-        except BaseException:
-            if recorded:
-                forget_owner(st, repo, name)
-            raise
-    return _existing(st, call, user, b, ftype, data, create_only)
-
-
-def _existing(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType, data: bytes,
-              create_only: bool) -> int:
-    assert call.repo is not None and call.name is not None
-    _authorise(st, call, user, Op.RESEND, ftype)  # before anything is read or answered
-    if create_only:
-        raise Refused(412, f"{ftype.value}/{call.name} exists (create-only)", result="ok")
-    own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
-    with st.object_lock(call.repo, ftype, call.name):  # the size replaced is the size counted
-        try:
-            before = b.stat(ftype, call.name)
-        except ObjectNotFoundError:  # removed meanwhile: store it as a new object
-            before = None
-        if before is not None and before == len(data) and b.load(ftype, call.name) == data:
-            return 200
-        _authorise(st, call, user, Op.OVERWRITE, ftype, own_lock=own)
-        with reserved(st, call.repo, b, len(data) - (before or 0)):
-            b.save(ftype, call.name, data)
-    return 200
-
-
-def _delete(st: ServerState, call: Call, user: User, b: Backend, ftype: FileType) -> None:
-    """Remove an object. Removing one that is not there changes nothing and is answered 204 to any
-    role (a retried removal of a client's own lock, whose owner record went with the first)."""
-    assert call.repo is not None and call.name is not None
-    with st.object_lock(call.repo, ftype, call.name):  # two removals of one object count its size once
-        try:
-            size = b.stat(ftype, call.name)
-        except ObjectNotFoundError:
-            if st.role(user, call.repo) is None:
-                raise Refused(403, f"user {user.name} has no role on repository {call.repo}",
-                              rule="no role") from None
-            call.extra["absent"] = True
-            return
-        own = ftype is FileType.LOCK and st.lock_owner(call.repo, call.name) == user.name
-        _authorise(st, call, user, Op.DELETE, ftype, own_lock=own)
-        b.remove(ftype, call.name)
-        st.add_used(call.repo, -size)
-        if ftype is FileType.LOCK:
-            forget_owner(st, call.repo, call.name)
-
-
-def _may_upload(st: ServerState, call: Call, user: User, ftype: FileType) -> Refused | None:
-    """Why no put of ``ftype`` by this user can succeed, decided before the body is kept."""
-    assert call.repo is not None
-    role = st.role(user, call.repo)
-    if role is None:
-        return Refused(403, f"user {user.name} has no role on repository {call.repo}", rule="no role")
-    verdict = decide(role, Op.CREATE, ftype)
-    if verdict.allowed or decide(role, Op.OVERWRITE, ftype, own_lock=True).allowed:
-        return None
-    return Refused(403, verdict.rule, rule=verdict.rule)
-
-
 def _ranged(request: Request, size: int) -> tuple[int, int | None]:
     """(offset, length) of the ``Range`` header against an object of ``size`` bytes: ``bytes=A-B``
     (B clamped to the end, as HTTP does) or ``bytes=A-``; 416 if malformed or starting past the end."""
@@ -211,17 +96,17 @@ async def _object_call(request: Request, st: ServerState, call: Call, user: User
     if not name:
         if method != "GET":
             raise Refused(405, f"{method} of a type listing is not part of the protocol")
-        ftype = _object(call, tname, "config" if tname == "config" else "0" * 16)
+        ftype = object_type(call, tname, "config" if tname == "config" else "0" * 16)
         call.op, call.name = "list", None
-        _authorise(st, call, user, Op.LIST, ftype)
+        authorise(st, call, user, Op.LIST, ftype)
         if not st.created(call.repo or ""):
             return JSONResponse([])  # nothing is stored there yet
         items = await run_in_threadpool(lambda: sorted(b.list(ftype)))
         return JSONResponse(items)
-    ftype = _object(call, tname, name)
+    ftype = object_type(call, tname, name)
     if method in ("GET", "HEAD"):
         call.op = "stat" if method == "HEAD" else "read"
-        _authorise(st, call, user, Op.STAT if method == "HEAD" else Op.READ, ftype)
+        authorise(st, call, user, Op.STAT if method == "HEAD" else Op.READ, ftype)
         if not st.created(call.repo or ""):
             raise ObjectNotFoundError(f"{tname}/{name} not found (repository {call.repo!r} does not exist yet)")
         if method == "HEAD":
@@ -237,19 +122,19 @@ async def _object_call(request: Request, st: ServerState, call: Call, user: User
                         media_type="application/octet-stream")
     if method == "PUT":
         call.op = "put"
-        refusal = _may_upload(st, call, user, ftype)
+        refusal = may_upload(st, call, user, ftype)
         data = await _body(request, st, keep=refusal is None)
         if refusal is not None:
             raise refusal
         st.require_created(call.repo or "")
         call.nbytes = len(data)
         create_only = request.headers.get("if-none-match", "").strip() == "*"
-        status = await run_in_threadpool(_put, st, call, user, b, ftype, data, create_only)
+        status = await run_in_threadpool(put, st, call, user, b, ftype, data, create_only)
         return Response(status_code=status)
     if method == "DELETE":
         call.op = "delete"
         st.require_created(call.repo or "")
-        await run_in_threadpool(_delete, st, call, user, b, ftype)
+        await run_in_threadpool(delete, st, call, user, b, ftype)
         return Response(status_code=204)
     raise Refused(405, f"method {method} is not part of the protocol")
 
@@ -259,19 +144,19 @@ async def _repo_call(request: Request, st: ServerState, call: Call, user: User, 
     if rest == "" and request.method == "POST" and request.query_params.get("create") == "true":
         call.op = "init"
         b = st.backend(call.repo)
-        _authorise(st, call, user, Op.INIT, None)
+        authorise(st, call, user, Op.INIT, None)
         await run_in_threadpool(b.create)
         return Response(status_code=201)
     b = st.backend(call.repo)
     if rest == "_space" and request.method == "GET":
         call.op = "space"
-        _authorise(st, call, user, Op.SPACE, None)
+        authorise(st, call, user, Op.SPACE, None)
         st.require_created(call.repo)
         free, total = await run_in_threadpool(lambda: (b.free_space(), b.total_space()))
         return JSONResponse({"free": free, "total": total})
     if rest == "_clean" and request.method == "POST":
         call.op = "clean"
-        _authorise(st, call, user, Op.CLEAN, None)
+        authorise(st, call, user, Op.CLEAN, None)
         st.require_created(call.repo)
         try:
             min_age = float(request.query_params.get("min_age", "3600"))
@@ -342,17 +227,8 @@ def make_app(st: ServerState) -> Starlette:
             resp.headers["x-weightvault-rule"] = _header(rule)
         if request.method == "HEAD":
             resp.body = b""
-        record = {"user": call.user, "addr": call.addr, "repo": call.repo, "op": call.op, "type": call.type,
-                  "name": call.name, "bytes": call.nbytes, "status": status, "result": result,
-                  "reason": reason or None, **call.extra}
-        try:
-            await run_in_threadpool(lambda: st.audit.append(**record))
-        except OSError as exc:  # answered 503, and nothing more is served until the log is writable
-            st.audit_down = str(exc)
-            log.error("the audit log cannot be written (%s); this request's record: %s", exc, record)
-            return _audit_down(st)
-        st.metrics.observe(call, status, result, time.perf_counter() - t0,
-                           known_repo=bool(call.repo) and st.created(call.repo or ""))
+        if not await run_in_threadpool(st.record, call, status, result, reason, time.perf_counter() - t0):
+            return _audit_down(st)  # answered 503, and nothing more is served until the log is writable
         return resp
 
     async def unrouted(request: Request, exc: Exception) -> Response:

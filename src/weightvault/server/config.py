@@ -15,6 +15,11 @@
     snapshot_rate = "120/h"          # new snapshots per append user and repository per hour ("off": no limit)
     private_repos = "append"         # optional: each user's role on the repository named like them
 
+    [dashboard]                      # optional: the web dashboard for the server's users (docs/DASHBOARD.md)
+    listen = "0.0.0.0:9443"          # its own port, TLS with the server's certificate
+    restore_root = "/srv/restores"   # restores from the page go under this directory only
+    backup_roots = ["/data/runs"]    # the only paths a backup from the page may read (default: none)
+
     [repositories.prod]              # optional: a repository somewhere else, by name
     location = "s3://bucket/prefix"  # any weightvault location (a directory, s3://)
     quota = "10TiB"                  # stored bytes allowed (507 beyond); also valid under [server]
@@ -40,7 +45,7 @@ from weightvault.errors import ConfigFileError, UsageError
 from weightvault.server.rules import ROLES
 from weightvault.server.windows import Window, parse_window
 
-__all__ = ["REPO_NAME", "RepoConfig", "ServerConfig", "load_config"]
+__all__ = ["REPO_NAME", "DashboardConfig", "RepoConfig", "ServerConfig", "load_config"]
 
 REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SERVER_KEYS = {"listen", "tls_cert", "tls_key", "state_dir", "root", "max_object_size", "request_timeout",
@@ -54,6 +59,14 @@ class RepoConfig:
     name: str
     location: str
     quota: int | None = None
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    host: str
+    port: int
+    restore_root: Path | None = None
+    backup_roots: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,7 @@ class ServerConfig:
     repositories: dict[str, RepoConfig] = field(default_factory=dict)
     snapshot_rate: int | None = DEFAULT_SNAPSHOT_RATE  # per hour; None: no limit
     private_role: str | None = None
+    dashboard: DashboardConfig | None = None
 
     def repository(self, name: str) -> RepoConfig | None:
         """The repository ``name`` serves, or None (unknown, or an invalid name)."""
@@ -117,6 +131,20 @@ def _listen(text: str, path: Path) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigFileError(f"{path}: listen = {text!r} is not HOST:PORT", hint="e.g. listen = \"0.0.0.0:8443\"")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the operator asked for every address
+
+
+def _dashboard(d: Any, path: Path) -> DashboardConfig | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or "listen" not in d or set(d) - {"listen", "restore_root", "backup_roots"}:
+        raise ConfigFileError(f"{path}: [dashboard] needs listen and knows only listen, restore_root, backup_roots",
+                              hint='e.g. [dashboard] listen = "127.0.0.1:9443"')
+    host, port = _listen(d["listen"], path)
+    roots = d.get("backup_roots", [])
+    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        raise ConfigFileError(f"{path}: [dashboard] backup_roots must be a list of paths")
+    restore = (path.parent / str(d["restore_root"])).resolve() if "restore_root" in d else None
+    return DashboardConfig(host, port, restore, tuple((path.parent / r).resolve() for r in roots))
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -166,4 +194,4 @@ def load_config(path: Path) -> ServerConfig:
     return ServerConfig(host, port, state, root, cert, key, _size(s.get("max_object_size", 2 << 30),
                         "max_object_size", path), timeout, windows, int(s.get("login_failures", 10)), quota, repos,
                         _rate(s.get("snapshot_rate", f"{DEFAULT_SNAPSHOT_RATE}/h"), path),
-                        _private(s.get("private_repos", False), path))
+                        _private(s.get("private_repos", False), path), _dashboard(doc.get("dashboard"), path))

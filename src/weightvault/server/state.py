@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from weightvault.server.metrics import ServerMetrics
 from weightvault.server.users import User, UserStore
 
 __all__ = ["Call", "Refused", "ServerState", "forget_owner", "record_owner", "reserved"]
+
+log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
@@ -147,6 +150,22 @@ class ServerState:
                               " and the next backup reuses it; an admin can raise snapshot_rate",
                               rule="snapshot rate")
             times.append(now)
+
+    def record(self, call: Call, status: int, result: str, reason: str, seconds: float) -> bool:
+        """Audit and count one request; False (and the record logged) if the audit log could not
+        be written: the server then serves nothing until ``resume_audit`` can."""
+        rec = {"user": call.user, "addr": call.addr, "repo": call.repo, "op": call.op, "type": call.type,
+               "name": call.name, "bytes": call.nbytes, "status": status, "result": result, "reason": reason or None,
+               **call.extra}
+        try:
+            self.audit.append(**rec)
+        except OSError as exc:
+            self.audit_down = str(exc)
+            log.error("the audit log cannot be written (%s); this request's record: %s", exc, rec)
+            return False
+        known = bool(call.repo) and self.created(call.repo or "")
+        self.metrics.observe(call, status, result, seconds, known_repo=known)
+        return True
 
     def resume_audit(self) -> bool:
         """While the audit log cannot be written: try to append a record saying it was down (and

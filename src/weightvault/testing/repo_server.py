@@ -5,7 +5,8 @@
         backend = HttpBackend(srv.url("runs"), token=token, ca_file=str(srv.ca))
 
 ``extra`` adds keys to the ``[server]`` table (``maintenance_windows``, ``max_object_size``,
-``quota``, ``login_failures``). The process is stopped with SIGTERM when the block ends.
+``quota``, ``login_failures``); ``dashboard`` adds a ``[dashboard]`` table (listening on a free
+port unless it says otherwise). The process is stopped with SIGTERM when the block ends.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class RepoServer:
     ca: Path
     state_dir: Path
     process: subprocess.Popen[str]
+    dashboard: str | None = None  # the dashboard's base URL when the config has [dashboard]
 
     def url(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -99,13 +101,16 @@ class RepoServer:
 
 
 @contextlib.contextmanager
-def repo_server(where: Path, *, tls: bool = True, **extra: Any) -> Iterator[RepoServer]:
+def repo_server(where: Path, *, tls: bool = True, dashboard: dict[str, Any] | None = None,
+                **extra: Any) -> Iterator[RepoServer]:
     ca, cert, key = make_certificates(where / "tls")
     lines = ['[server]', 'listen = "127.0.0.1:0"', f'state_dir = {_toml(str(where / "state"))}',
              f'root = {_toml(str(where / "repos"))}']
     if tls:
         lines += [f"tls_cert = {_toml(str(cert))}", f"tls_key = {_toml(str(key))}"]
     lines += [f"{k} = {_toml(v)}" for k, v in extra.items()]
+    if dashboard is not None:
+        lines += ["[dashboard]"] + [f"{k} = {_toml(v)}" for k, v in {"listen": "127.0.0.1:0", **dashboard}.items()]
     config = where / "server.toml"
     config.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
@@ -119,7 +124,8 @@ def repo_server(where: Path, *, tls: bool = True, **extra: Any) -> Iterator[Repo
             proc.kill()
             proc.wait()
             raise RuntimeError(f"weightvault serve did not start: {line}{(where / 'server.log').read_text()}")
-        yield RepoServer(line.split()[-1], config, ca, where / "state", proc)
+        dash = proc.stdout.readline().split()[-1] if dashboard is not None else None
+        yield RepoServer(line.split()[-1], config, ca, where / "state", proc, dash)
     finally:
         if proc.poll() is None:
             proc.terminate()

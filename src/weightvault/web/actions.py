@@ -1,12 +1,14 @@
 """The dashboard's actions: back up a source now, restore a snapshot (or one file) to a path on the
-host, run a drill, verify a sample. ``GET /actions/KIND`` shows what will happen and asks for
+host, run a drill, verify a sample, prune. ``GET /actions/KIND`` shows what will happen and asks for
 confirmation; ``POST /actions/KIND`` (session + CSRF token) checks the role and starts a job
 whose work is the same ``weightvault.api`` call the CLI makes, then redirects to its page.
 
-Roles (the repository server's): ``append`` may back up; ``maintain`` may also restore, drill and
-verify. A restore target must be an absolute path; the restore itself never writes outside it
-and, like the CLI's default, refuses before writing anything if a file there differs
-(``overwrite`` says otherwise only when asked).
+Roles (the repository server's): ``append`` may back up; ``maintain`` may also restore, drill,
+verify and prune. Inside ``weightvault serve`` a restore goes under ``restore_root`` only and a
+backup reads only paths under ``backup_roots``, and the server's rules and windows apply to every
+storage call the operation makes (``server.dashboard``). A restore target must be an absolute
+path; the restore itself never writes outside it and, like the CLI's default, refuses before
+writing anything if a file there differs (``overwrite`` says otherwise only when asked).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import FormData
@@ -28,7 +31,8 @@ from weightvault.web.site import Denied, Site
 
 __all__ = ["NEEDS", "confirm", "start"]
 
-NEEDS = {"backup": "append", "restore": "maintain", "drill": "maintain", "verify": "maintain"}
+NEEDS = {"backup": "append", "restore": "maintain", "drill": "maintain", "verify": "maintain",
+         "prune": "maintain"}
 _LEVELS = [("0", "no validation"), ("1", "1 integrity"), ("2", "2 format"), ("3", "3 structure")]
 
 
@@ -51,10 +55,10 @@ def _kind(request: Request) -> str:
 
 def confirm(site: Site, session: Session, request: Request) -> Response:
     kind = _kind(request)
-    site.require(session, NEEDS[kind], kind)
     q = request.query_params
-    name = q.get("repo") or next(iter(site.repos), "")
-    site.repo(name)
+    name = q.get("repo") or next(iter(site.visible(session)), "")
+    site.require(session, name, NEEDS[kind], kind)
+    site.repo(session, name)
     if kind == "backup":
         fields = [Field("paths", "Paths (one per line)", "textarea", q.get("paths", ""), required=True),
                   Field("tags", "Tags (k=v, space-separated)", "text", q.get("tags", ""))]
@@ -74,6 +78,10 @@ def confirm(site: Site, session: Session, request: Request) -> Response:
         fields = [Field("level", "Validate at level", "select", "3", tuple(_LEVELS[1:]))]
         explain = (f"Restore the newest snapshot holding a model of {name} into a temporary directory, validate it,"
                    " record the RTO in the ledger, and remove the copy.")
+    elif kind == "prune":
+        fields = []
+        explain = (f"Remove the data of {name} that no snapshot needs any more (two-phase: packs other clients may"
+                   " still use are only condemned). Inside the repository server, only in a maintenance window.")
     else:
         fields = [Field("snapshot", "Snapshot", "text", q.get("snapshot", "latest")),
                   Field("sample", "Share of files to read (percent)", "text", q.get("sample", "10"))]
@@ -89,11 +97,20 @@ def _level(form: FormData, default: str) -> int:
     return int(text)
 
 
-def _restore_work(repo: api.Repository, form: FormData) -> tuple[str, Callable[[api.ProgressCallback], Any]]:
+def _inside(path: str, root: Path) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _restore_work(site: Site, repo: api.Repository,
+                  form: FormData) -> tuple[str, Callable[[api.ProgressCallback], Any]]:
     snapshot, target = str(form.get("snapshot") or "latest"), str(form.get("target") or "").strip()
     if not os.path.isabs(target):
         raise Denied(400, f"restore target {target!r} is not an absolute path",
                      "give the full path of a directory on the host running the dashboard, e.g. /tmp/restore")
+    if site.restore_root is not None and not _inside(target, site.restore_root):
+        raise Denied(403, f"restore target {target} is outside {site.restore_root}, where this server's dashboard"
+                     " restores", f"pick a directory under {site.restore_root} (the server's [dashboard] restore_root)")
     include = str(form.get("include") or "").strip()
     verify, level = form.get("verify") == "1", _level(form, "0")
     overwrite = str(form.get("overwrite") or "error")
@@ -120,14 +137,31 @@ def _last_record(repo: api.Repository, op: str) -> dict[str, Any] | None:
     return records[-1] if records else None
 
 
-def _work(kind: str, repo: api.Repository, form: FormData) -> tuple[str, Callable[[api.ProgressCallback], Any]]:
+def _backup_paths(site: Site, form: FormData) -> list[str]:
+    paths = [p.strip() for p in str(form.get("paths") or "").splitlines() if p.strip()]
+    if not paths or not all(os.path.isabs(p) for p in paths):
+        raise Denied(400, "back up needs absolute paths, one per line", "e.g. /data/runs/exp7")
+    if site.server is not None and not all(any(_inside(p, r) for r in site.backup_roots) for p in paths):
+        roots = ", ".join(str(r) for r in site.backup_roots) or "none configured"
+        raise Denied(403, f"this server's dashboard backs up only paths under its backup_roots ({roots})",
+                     "back up from the machine that holds the data (weightvault -r https://... backup), or ask"
+                     " the admin to add a backup_roots entry under [dashboard]")
+    return paths
+
+
+def _work(site: Site, kind: str, repo: api.Repository,
+          form: FormData) -> tuple[str, Callable[[api.ProgressCallback], Any]]:
     if kind == "restore":
-        return _restore_work(repo, form)
+        return _restore_work(site, repo, form)
+    if kind == "prune":
+        def prune(progress: api.ProgressCallback) -> tuple[str, dict[str, Any] | None]:
+            res = repo.prune()
+            return (f"pruned: {res.deleted_packs} packs ({human_bytes(res.deleted_bytes)}) deleted,"
+                    f" {res.pending_packs} waiting for running clients", _last_record(repo, "prune"))
+        return "Prune", prune
     if kind == "backup":
-        paths = [p.strip() for p in str(form.get("paths") or "").splitlines() if p.strip()]
+        paths = _backup_paths(site, form)
         tags = str(form.get("tags") or "").split()
-        if not paths or not all(os.path.isabs(p) for p in paths):
-            raise Denied(400, "back up needs absolute paths, one per line", "e.g. /data/runs/exp7")
 
         def backup(progress: api.ProgressCallback) -> tuple[str, dict[str, Any] | None]:
             res = repo.backup(paths, tags=tags, progress=progress)
@@ -164,15 +198,15 @@ def _work(kind: str, repo: api.Repository, form: FormData) -> tuple[str, Callabl
 
 async def start(site: Site, session: Session, request: Request) -> Response:
     kind = _kind(request)
-    site.require(session, NEEDS[kind], kind)
     form = await request.form(max_files=0, max_fields=32)
+    name = str(form.get("repo") or "")
+    site.require(session, name, NEEDS[kind], kind)
     if not site.sessions.csrf_ok(session, str(form.get("csrf") or "") or None):
         raise Denied(403, "this form's CSRF token is missing or not this session's",
                      "reload the page you came from and submit it again")
-    name = str(form.get("repo") or "")
-    repo = site.repo(name)
+    repo = site.repo(session, name)
     try:
-        title, work = _work(kind, repo, form)
+        title, work = _work(site, kind, repo, form)
     except UsageError as exc:
         raise site.failure(exc) from None
     job = site.jobs.start(kind, title, session.user, name, work)

@@ -53,16 +53,23 @@ def _session(site: Site, request: Request) -> Session | Response:
                               " for a new one")
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
         query = "&".join(f"{k}={v}" for k, v in params)
-        resp = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303,
-                                headers=SECURITY_HEADERS)
-        resp.set_cookie(COOKIE, s.id, max_age=int(SESSION_SECONDS), path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
-        return resp
+        return _cookie(RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303,
+                                        headers=SECURITY_HEADERS), request, s)
     s = site.sessions.get(request.cookies.get(COOKIE))
+    if s is None and site.server is not None:
+        if request.method == "GET":
+            return RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
+        return site.error(None, 401, "no session: log in first", "the dashboard's login page is /login")
     if s is None:
         return site.error(None, 401, "no session: open the dashboard with the link `weightvault ui` printed",
                           "the link carries a one-time token; the session it opens lasts until the dashboard stops")
     return s
+
+
+def _cookie(resp: Response, request: Request, s: Session) -> Response:
+    resp.set_cookie(COOKIE, s.id, max_age=int(SESSION_SECONDS), path="/", httponly=True, samesite="strict",
+                    secure=request.url.scheme == "https")
+    return resp
 
 
 def _same_origin(request: Request) -> bool:
@@ -98,14 +105,14 @@ def _wrap(site: Site, page: Page) -> Callable[[Request], Awaitable[Response]]:
 
 def _job_page(site: Site, session: Session, request: Request) -> Response:
     job = site.jobs.get(request.path_params["job"])
-    if job is None:
+    if job is None or (site.server is not None and job.user != session.user):
         raise Denied(404, "no such operation (operations are kept while the dashboard runs)")
     return site.render("job.html", session, title=job.title, page="", job=job.view())
 
 
 async def _job_events(site: Site, session: Session, request: Request) -> Response:
     job = site.jobs.get(request.path_params["job"])
-    if job is None:
+    if job is None or (site.server is not None and job.user != session.user):
         raise Denied(404, "no such operation")
 
     async def stream() -> AsyncIterator[bytes]:
@@ -119,6 +126,50 @@ async def _job_events(site: Site, session: Session, request: Request) -> Respons
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
+async def _login(request: Request, site: Site) -> Response:
+    """Inside ``weightvault serve``: the server's user name and password give a session with that
+    user's roles (the server's failed-login limit applies, and the attempt is audited)."""
+    if site.server is None:
+        return site.error(None, 404, "this dashboard has no login: open it with the link `weightvault ui` printed")
+    if request.method == "GET":
+        return site.render("login.html", None, title="Log in", page="", message="")
+    if not _same_origin(request):
+        return site.error(None, 403, "a form from another site was refused", "use the dashboard's own pages")
+    form = await request.form(max_files=0, max_fields=8)
+    addr = request.client.host if request.client else "-"
+    got = await run_in_threadpool(site.server.login, str(form.get("user") or ""), str(form.get("password") or ""),
+                                  addr)
+    if isinstance(got, str):
+        return site.render("login.html", None, 401, title="Log in", page="", message=got)
+    name, roles = got
+    return _cookie(RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS), request,
+                   site.sessions.open(name, roles))
+
+
+async def _unlock(site: Site, session: Session, request: Request) -> Response:
+    """Open one repository for this session with its password (kept in this process's memory,
+    in the session only, until logout or expiry)."""
+    if site.server is None:
+        raise Denied(404, "nothing to unlock: this dashboard opened its repositories when it started")
+    form = await request.form(max_files=0, max_fields=8)
+    if not site.sessions.csrf_ok(session, str(form.get("csrf") or "") or None):
+        raise Denied(403, "this form's CSRF token is missing or not this session's", "reload the page and retry")
+    repo, addr = str(form.get("repo") or ""), request.client.host if request.client else "-"
+    session.repos[repo] = await run_in_threadpool(site.server.open, session.user, repo,
+                                                  str(form.get("password") or ""), addr)
+    return RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+
+
+async def _logout(site: Site, session: Session, request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=4)
+    if not site.sessions.csrf_ok(session, str(form.get("csrf") or "") or None):
+        raise Denied(403, "this form's CSRF token is missing or not this session's", "reload the page and retry")
+    site.sessions.close(session.id)
+    resp = RedirectResponse("/login" if site.server is not None else "/", status_code=303, headers=SECURITY_HEADERS)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
 def make_app(site: Site) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -126,7 +177,11 @@ def make_app(site: Site) -> Starlette:
     def route(path: str, page: Page, methods: tuple[str, ...] = ("GET",)) -> Route:
         return Route(path, _wrap(site, page), methods=list(methods))
 
-    routes = [Route("/healthz", healthz),
+    async def login(request: Request) -> Response:
+        return await _login(request, site)
+
+    routes = [Route("/healthz", healthz), Route("/login", login, methods=["GET", "POST"]),
+              route("/unlock", _unlock, ("POST",)), route("/logout", _logout, ("POST",)),
               Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
               route("/", pages.overview), route("/runs", pages.runs), route("/storage", pages.storage),
               route("/activity", pages.activity),

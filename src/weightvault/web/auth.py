@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["COOKIE", "SECURITY_HEADERS", "SESSION_SECONDS", "Session", "Sessions"]
 
@@ -34,9 +35,15 @@ SECURITY_HEADERS = {
 
 @dataclass
 class Session:
+    """``role`` applies to every repository unless ``roles`` names one (the repository server's
+    users have a role per repository); ``repos``: the repositories this session unlocked (inside
+    ``weightvault serve``, where each user opens their own with the repository's password)."""
+
     id: str
     user: str
-    role: str  # read < append < maintain < admin (the repository server's roles)
+    role: str | None  # read < append < maintain < admin (the repository server's roles)
+    roles: dict[str, str] = field(default_factory=dict)
+    repos: dict[str, Any] = field(default_factory=dict)
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     seen: float = field(default_factory=time.monotonic)
 
@@ -44,7 +51,7 @@ class Session:
 class Sessions:
     """The start token and the sessions it (or a login) opened."""
 
-    def __init__(self, start_token: str | None, *, user: str, role: str) -> None:
+    def __init__(self, start_token: str | None, *, user: str = "", role: str | None = None) -> None:
         self._token = start_token
         self._user, self._role = user, role
         self._sessions: dict[str, Session] = {}
@@ -58,11 +65,18 @@ class Sessions:
             self._token = None
             return self._open(self._user, self._role)
 
-    def open(self, user: str, role: str) -> Session:
+    def open(self, user: str, roles: dict[str, str]) -> Session:
+        """A session for a user who logged in, with a role per repository."""
         with self._lock:
-            return self._open(user, role)
+            s = self._open(user, None)
+            s.roles = dict(roles)
+            return s
 
-    def _open(self, user: str, role: str) -> Session:
+    def close(self, sid: str) -> None:
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+    def _open(self, user: str, role: str | None) -> Session:
         s = Session(secrets.token_urlsafe(32), user, role)
         self._sessions[s.id] = s
         return s

@@ -23,21 +23,21 @@ __all__ = ["activity", "diff", "download", "file_tensors", "overview", "runs", "
 _DOWNLOAD_CHUNK = 4 << 20
 
 
-def _names(site: Site, request: Request) -> list[str]:
-    """The repositories a page shows: ``?repo=NAME`` or all of them."""
+def _names(site: Site, session: Session, request: Request) -> list[str]:
+    """The repositories a page shows: ``?repo=NAME`` or all this session sees."""
     wanted = request.query_params.get("repo")
     if wanted:
-        site.repo(wanted)
+        site.repo(session, wanted)
         return [wanted]
-    return list(site.repos)
+    return list(site.visible(session))
 
 
 def overview(site: Site, session: Session, request: Request) -> Response:
     now = (site.now or views.now_utc)()
     repos, problems = [], {}
-    for name in _names(site, request):
+    for name in _names(site, session, request):
         try:
-            repos.append((name, views.overview_rows(name, site.repo(name), now)))
+            repos.append((name, views.overview_rows(name, site.repo(session, name), now)))
         except WeightvaultError as exc:  # one unreachable repository does not hide the others
             repos.append((name, []))
             problems[name] = exc.message
@@ -47,14 +47,16 @@ def overview(site: Site, session: Session, request: Request) -> Response:
             policy_rows = views.policy_rows(api.policy_status(site.policy, now=now, fleet=site.fleet))
         except WeightvaultError as exc:
             problems["policy"] = exc.message
+    locked = [r for r in session.roles if r not in session.repos] if site.server is not None else []
+    jobs = [j for j in site.jobs.all() if site.server is None or j.user == session.user][:10]
     return site.render("overview.html", session, title="Overview", page="overview", repos=repos,
-                       problems=problems, policy_rows=policy_rows, jobs=site.jobs.all()[:10])
+                       problems=problems, policy_rows=policy_rows, jobs=jobs, locked=locked)
 
 
 def runs(site: Site, session: Session, request: Request) -> Response:
     repos, charts = [], {}
-    for name in _names(site, request):
-        found = views.runs(site.repo(name).snapshots())
+    for name in _names(site, session, request):
+        found = views.runs(site.repo(session, name).snapshots())
         repos.append((name, found))
         for run in found:
             series = [Series(s, [(c.step, c.values[s]) for c in run.checkpoints
@@ -64,9 +66,9 @@ def runs(site: Site, session: Session, request: Request) -> Response:
     return site.render("runs.html", session, title="Runs", page="runs", repos=repos, charts=charts)
 
 
-def _snap(site: Site, request: Request) -> tuple[str, api.Repository, api.Snapshot]:
+def _snap(site: Site, session: Session, request: Request) -> tuple[str, api.Repository, api.Snapshot]:
     name = request.path_params["repo"]
-    repo = site.repo(name)
+    repo = site.repo(session, name)
     try:
         return name, repo, repo.find_snapshot(request.path_params["sid"])
     except WeightvaultError as exc:
@@ -74,7 +76,7 @@ def _snap(site: Site, request: Request) -> tuple[str, api.Repository, api.Snapsh
 
 
 def snapshot(site: Site, session: Session, request: Request) -> Response:
-    name, repo, snap = _snap(site, request)
+    name, repo, snap = _snap(site, session, request)
     prefix = request.query_params.get("path", "").strip("/")
     nodes = repo.ls(snap.id, prefix or None)
     sizes: dict[str, int] = {}
@@ -98,7 +100,7 @@ def snapshot(site: Site, session: Session, request: Request) -> Response:
 
 
 def file_tensors(site: Site, session: Session, request: Request) -> Response:
-    name, repo, snap = _snap(site, request)
+    name, repo, snap = _snap(site, session, request)
     path = request.query_params.get("path", "")
     try:
         table = repo.tensors(snap.id, path)
@@ -110,7 +112,7 @@ def file_tensors(site: Site, session: Session, request: Request) -> Response:
 
 def download(site: Site, session: Session, request: Request) -> Response:
     """One file of a snapshot, streamed from the repository (each blob authenticated as it loads)."""
-    _name, repo, snap = _snap(site, request)
+    _name, repo, snap = _snap(site, session, request)
     path = request.query_params.get("path", "").strip("/")
     node = next((n for n in repo.ls(snap.id, path) if os.fsdecode(n.path) == path), None)
     if node is None or node.type != "file":
@@ -134,7 +136,7 @@ def download(site: Site, session: Session, request: Request) -> Response:
 
 def diff(site: Site, session: Session, request: Request) -> Response:
     name = request.path_params["repo"]
-    repo = site.repo(name)
+    repo = site.repo(session, name)
     a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
     if not a or not b:
         raise Denied(400, "a diff needs two snapshots: ?a=ID&b=ID", "pick them on the runs page or a snapshot's page")
@@ -149,20 +151,25 @@ def diff(site: Site, session: Session, request: Request) -> Response:
 
 def storage(site: Site, session: Session, request: Request) -> Response:
     repos = []
-    for name in _names(site, request):
-        repo = site.repo(name)
-        raw, stored = views.storage_series(repo.snapshots())
+    for name in _names(site, session, request):
+        repo = site.repo(session, name)
+        raw, stored = views.storage_series(repo.snapshots())  # oldest first
         chart = line_chart([Series("raw bytes of the snapshot", raw), Series("stored bytes added (total)", stored)],
                            x_label="snapshot", y_label="bytes", y_format="bytes")
-        repos.append((name, repo.stats(), chart))
+        snaps = repo.snapshots()
+        formats = views.by_format(repo.ls(snaps[-1].id), repo.layouts(snaps[-1].id)) if snaps else []
+        spec = site.policy.repositories.get(name) if site.policy is not None else None
+        tier = f"{spec.tier} tier, site {spec.site}" if spec is not None else None
+        repos.append((name, repo.stats(), chart, formats, tier, snaps[-1] if snaps else None))
     return site.render("storage.html", session, title="Storage", page="storage", repos=repos)
 
 
 def activity(site: Site, session: Session, request: Request) -> Response:
-    names = list(site.repos)
+    names = list(site.visible(session))
     repo = request.query_params.get("repo") or (names[0] if names else "")
     op = request.query_params.get("op") or None
     result = request.query_params.get("result") or None
-    records = views.activity(site.repo(repo).ledger(), op=op, result=result) if repo else []
+    records = views.activity(site.repo(session, repo).ledger(), op=op, result=result) if repo else []
     return site.render("activity.html", session, title="Activity", page="activity", names=names, repo=repo, op=op,
-                       result=result, records=records, jobs=site.jobs.all())
+                       result=result, records=records,
+                       jobs=[j for j in site.jobs.all() if site.server is None or j.user == session.user])

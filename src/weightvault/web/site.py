@@ -57,35 +57,49 @@ class Site:
     fleet: api.Fleet | None = None
     jobs: Jobs = field(default_factory=Jobs)
     now: Callable[[], Any] | None = None
+    server: Any = None  # inside ``weightvault serve``: its login / roles / open hooks (server.dashboard)
+    restore_root: Path | None = None  # inside serve: restores go under this directory only
+    backup_roots: tuple[Path, ...] = ()  # inside serve: the only paths a backup from the page may read
 
     def __post_init__(self) -> None:
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.globals.update(age=age_text, size=lambda n: human_bytes(n or 0))
 
-    def repo(self, name: str) -> api.Repository:
-        r = self.repos.get(name)
+    def visible(self, session: Session) -> dict[str, api.Repository]:
+        """The open repositories this session sees: its own unlocked ones inside the server."""
+        return session.repos if self.server is not None else self.repos
+
+    def repo(self, session: Session, name: str) -> api.Repository:
+        r = self.visible(session).get(name)
         if r is None:
-            raise Denied(404, f"no repository named {name!r} here", "the overview lists the repositories shown")
+            hint = ("unlock it with its password on the overview" if self.server is not None and name in session.roles
+                    else "the overview lists the repositories shown")
+            raise Denied(404, f"no open repository named {name!r} here", hint)
         return r
 
-    def render(self, template: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
-        def can(role: str) -> bool:
-            return session is not None and ROLES.index(session.role) >= ROLES.index(role)
+    def role(self, session: Session, repo: str) -> str | None:
+        return session.roles.get(repo) if session.role is None else session.role
 
-        body = self.templates.get_template(template).render(session=session, can=can, **ctx)
+    def render(self, template: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+        def can(role: str, repo: str = "") -> bool:
+            have = self.role(session, repo) if session is not None else None
+            return have is not None and ROLES.index(have) >= ROLES.index(role)
+
+        body = self.templates.get_template(template).render(session=session, can=can, in_server=self.server is not None,
+                                                            **ctx)
         return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
     def error(self, session: Session | None, status: int, message: str, hint: str = "") -> HTMLResponse:
         return self.render("error.html", session, status, title="Refused" if status in (401, 403) else "Error",
                            page="", message=message, hint=hint)
 
-    @staticmethod
-    def require(session: Session, role: str, what: str) -> None:
-        """Denied (403) unless the session's role is at least ``role``."""
-        if ROLES.index(session.role) < ROLES.index(role):
-            raise Denied(403, f"{what} needs role {role}; {session.user} has {session.role}",
-                         "ask an admin for the role, or run the same command with the CLI where you have it")
+    def require(self, session: Session, repo: str, role: str, what: str) -> None:
+        """Denied (403) unless the session's role on ``repo`` is at least ``role``."""
+        have = self.role(session, repo)
+        if have is None or ROLES.index(have) < ROLES.index(role):
+            raise Denied(403, f"{what} on {repo or 'a repository'} needs role {role}; {session.user} has"
+                         f" {have or 'none'}", "ask an admin for the role, or use the CLI where you have it")
 
     @staticmethod
     def failure(exc: WeightvaultError) -> Denied:

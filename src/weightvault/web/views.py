@@ -23,8 +23,20 @@ from typing import Any
 
 from weightvault import api
 
-__all__ = ["Checkpoint", "PolicyRow", "Run", "SourceRow", "activity", "colour", "overview_rows", "policy_rows", "runs",
-           "storage_series"]
+__all__ = [
+    "Checkpoint",
+    "FormatRow",
+    "PolicyRow",
+    "Run",
+    "SourceRow",
+    "activity",
+    "by_format",
+    "colour",
+    "overview_rows",
+    "policy_rows",
+    "runs",
+    "storage_series",
+]
 
 _RTO = re.compile(r"RTO ([0-9.]+) s")
 _NOT_SERIES = {"step", "epoch", "run", "rank", "world_size"}
@@ -160,6 +172,29 @@ def storage_series(snaps: Sequence[api.Snapshot]) -> tuple[list[tuple[float, flo
         total += float(s.summary.get("stored_bytes_added", 0))
         stored.append((float(i), total))
     return raw, stored
+
+
+@dataclass
+class FormatRow:
+    format: str  # the file name's extension (".safetensors"), or "(none)"
+    files: int
+    raw: int
+    stored: int  # of the files' distinct blobs, as stored (delta bases not included)
+
+
+def by_format(nodes: Sequence[api.Node], layouts: dict[bytes, api.FileLayout]) -> list[FormatRow]:
+    """One snapshot's files by extension: raw and stored bytes, largest first."""
+    rows: dict[str, FormatRow] = {}
+    for n in nodes:
+        if n.type != "file":
+            continue
+        ext = os.path.splitext(os.fsdecode(n.path))[1].lower() or "(none)"
+        row = rows.setdefault(ext, FormatRow(ext, 0, 0, 0))
+        row.files += 1
+        row.raw += n.size
+        layout = layouts.get(n.path)
+        row.stored += layout.stored_bytes if layout is not None else 0
+    return sorted(rows.values(), key=lambda r: -r.raw)
 
 
 def activity(records: Sequence[dict[str, Any]], *, op: str | None = None, result: str | None = None,
