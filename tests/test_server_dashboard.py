@@ -50,6 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with repo_server(root, maintenance_windows=[_closed_window()],
                      dashboard={"restore_root": str(root / "restores"), "backup_roots": [str(root / "data")]}) as srv:
         admin = srv.add_user("admin", {"*": "admin"})
+        srv.add_user("boss", {"*": "admin"}, password="boss password")
         for name, role in USERS.items():
             srv.add_user(name, {"runs": role}, password=f"{name} password")
         os.environ["WEIGHTVAULT_SERVER_TOKEN"], os.environ["WEIGHTVAULT_SERVER_CA"] = admin, str(srv.ca)
@@ -164,3 +165,19 @@ def test_every_storage_call_of_the_dashboard_is_the_servers_decision(world: Worl
         UserBackend(st, "runs", "ghost", "127.0.0.9").stat(FileType.CONFIG, "config")
     audit = (world.srv.state_dir / "audit.jsonl").read_text()
     assert '"addr":"dashboard:127.0.0.9"' in audit and "maintenance window" in audit
+
+
+def test_admins_see_the_servers_audit_log_on_the_activity_page(world: World) -> None:
+    reader = Browser(world)
+    reader.login("reader", "reader password")
+    assert "audit log" not in reader.get("/activity").data.decode()
+    assert Browser(world).login("nobody", "x").status == 401
+    boss = Browser(world)
+    assert boss.login("boss", "boss password").status == 303
+    page = boss.get("/activity").data.decode()
+    assert "The server's audit log" in page and '<table class="audit">' in page
+    readers = boss.get("/activity?audit_user=reader").data.decode()
+    assert "<td>login</td>" in readers and "<td>boss</td>" not in readers[readers.index('<table class="audit">'):]
+    refused = boss.get("/activity?audit_result=refused").data.decode()
+    rows = refused[refused.index('<table class="audit">'):]
+    assert '<tr class="refused">' in rows and '<tr class="ok">' not in rows

@@ -104,7 +104,10 @@ def test_a_person_checks_recoverability_reads_a_diff_and_restores_from_the_page(
     assert len(browser.find_elements(By.CSS_SELECTOR, "table.tensors tbody tr")) == 4
     browser.save_screenshot(str(shots / "tensors.png"))
 
-    browser.get(f"{ui.base}/snapshots/main/{snap.id}")
+    browser.get(f"{ui.base}/snapshots/main/{snap.id}?path=checkpoint-10")
+    names = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "table.tree tbody tr td:first-child")]
+    assert names == ["model.safetensors", "optimizer.pt", "trainer_state.json"]
+    browser.save_screenshot(str(shots / "snapshot.png"))
     browser.find_element(By.LINK_TEXT, "Restore…").click()
     target = world.root / "from-the-browser"
     browser.find_element(By.NAME, "target").send_keys(str(target))

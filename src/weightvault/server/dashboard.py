@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from weightvault import api
 from weightvault.backends.base import Backend, FileType
@@ -199,3 +199,23 @@ class DashboardHooks:
         if repo not in self.roles(name):
             raise UsageError(f"user {name} has no role on a repository {repo!r} here")
         return api.open_repository_on(UserBackend(self.st, repo, name, addr), password)
+
+    def audit(self, name: str, *, user: str | None = None, result: str | None = None,
+              limit: int = 500) -> list[dict[str, Any]] | None:
+        """The newest audit records (newest first) of the repositories ``name`` administers (every
+        record for an admin of ``*``), filtered; None if ``name`` administers none."""
+        u = self.st.users.get(name)
+        if u is None:
+            return None
+        everything = u.roles.get("*") == "admin"
+        mine = {repo for repo, role in self.roles(name).items() if role == "admin"}
+        if not everything and not mine:
+            return None
+        out: list[dict[str, Any]] = []
+        for rec in self.st.audit.records():
+            if not everything and rec.get("repo") not in mine:
+                continue
+            if (user and rec.get("user") != user) or (result and rec.get("result") != result):
+                continue
+            out.append(rec)
+        return list(reversed(out))[:limit]

@@ -170,6 +170,13 @@ def activity(site: Site, session: Session, request: Request) -> Response:
     op = request.query_params.get("op") or None
     result = request.query_params.get("result") or None
     records = views.activity(site.repo(session, repo).ledger(), op=op, result=result) if repo else []
+    audit = None
+    if site.server is not None:  # the server's audit log, for an admin (of these repositories, or of all)
+        who = request.query_params.get("audit_user") or None
+        outcome = request.query_params.get("audit_result") or None
+        audit = site.server.audit(session.user, user=who, result=outcome)
+    jobs = [j for j in site.jobs.all() if site.server is None or j.user == session.user]
     return site.render("activity.html", session, title="Activity", page="activity", names=names, repo=repo, op=op,
-                       result=result, records=records,
-                       jobs=[j for j in site.jobs.all() if site.server is None or j.user == session.user])
+                       result=result, records=records, audit=audit,
+                       audit_user=request.query_params.get("audit_user", ""),
+                       audit_result=request.query_params.get("audit_result", ""), jobs=jobs)
