@@ -22,6 +22,8 @@ from typing import Any
 
 import urllib3
 
+from weightvault.testing.repo_server import stop
+
 __all__ = ["Dashboard", "dashboard", "make_training_run"]
 
 
@@ -59,16 +61,7 @@ def dashboard(args: Sequence[str], env: Mapping[str, str], where: Path) -> Itera
         url = line.split()[-1]
         yield Dashboard(url, url.split("/?token=", 1)[0], proc, log_path)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        log.close()
+        stop(proc, log)
 
 
 def make_training_run(run_dir: Path, repo: Any, *, steps: int = 5, every: int = 2, name: str = "tiny") -> list[Any]:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["RepoServer", "make_certificates", "repo_server"]
+__all__ = ["RepoServer", "make_certificates", "repo_server", "stop"]
 
 
 def make_certificates(where: Path) -> tuple[Path, Path, Path]:
@@ -127,13 +127,18 @@ def repo_server(where: Path, *, tls: bool = True, dashboard: dict[str, Any] | No
         dash = proc.stdout.readline().split()[-1] if dashboard is not None else None
         yield RepoServer(line.split()[-1], config, ca, where / "state", proc, dash)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        log.close()
+        stop(proc, log)
+
+
+def stop(proc: subprocess.Popen[str], log: Any) -> None:
+    """SIGTERM a test's server process (SIGKILL after 30 s), then close its pipe and log file."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    log.close()
