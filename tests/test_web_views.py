@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from conftest import FAST_KDF, PASSWORD, write
-from weightvault.api import Repository, Snapshot
+from weightvault.api import Repository, RpoLine, Snapshot
 from weightvault.web import views
 from weightvault.web.charts import Series, human_bytes, line_chart
 from weightvault.web.site import age_text
@@ -160,3 +160,15 @@ def test_a_snapshot_by_format(repo: Repository, tmp_path: Path) -> None:
     assert set(rows) == {".safetensors", ".txt", "(none)"}
     assert rows[".safetensors"].files == 1 and rows[".safetensors"].raw > 16384 and rows[".safetensors"].stored > 0
     assert rows[".txt"].raw == 500 and rows[".txt"].stored < 500  # compressed
+
+
+def test_policy_rows_count_copies_sites_immutable_and_verified() -> None:
+    def line(repo: str, site: str, role: str, verified: str | None) -> RpoLine:
+        return RpoLine("run", "weights", repo, site, role, "2026-01-01T00:00:00+00:00", 600.0, 3600.0, False,
+                       verified, 60.0 if verified else None)
+
+    rows = views.policy_rows([line("hot", "dc1", "primary", None), line("cold", "dc2", "replica", "t"),
+                              line("vault", "dc3", "replica", "t")], immutable={"vault"})
+    assert [r.rule for r in rows] == ["3-3-2-1-2"] * 3 and {r.colour for r in rows} == {"green"}
+    late = views.policy_rows([RpoLine("x", None, "hot", "dc1", "primary", None, None, 3600.0, True)])
+    assert late[0].colour == "red" and late[0].rule == "1-1-0-0-0"

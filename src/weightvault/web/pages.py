@@ -44,13 +44,22 @@ def overview(site: Site, session: Session, request: Request) -> Response:
     policy_rows = []
     if site.policy is not None and site.fleet is not None:
         try:
-            policy_rows = views.policy_rows(api.policy_status(site.policy, now=now, fleet=site.fleet))
+            lines = api.policy_status(site.policy, now=now, fleet=site.fleet)
+            immutable = {n for n in {ln.repository for ln in lines} if _append_only(site, n)}
+            policy_rows = views.policy_rows(lines, immutable)
         except WeightvaultError as exc:
             problems["policy"] = exc.message
     locked = [r for r in session.roles if r not in session.repos] if site.server is not None else []
     jobs = [j for j in site.jobs.all() if site.server is None or j.user == session.user][:10]
     return site.render("overview.html", session, title="Overview", page="overview", repos=repos,
                        problems=problems, policy_rows=policy_rows, jobs=jobs, locked=locked)
+
+
+def _append_only(site: Site, name: str) -> bool:
+    try:
+        return site.fleet is not None and site.fleet[name].append_only
+    except WeightvaultError:
+        return False
 
 
 def runs(site: Site, session: Session, request: Request) -> Response:

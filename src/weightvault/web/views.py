@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -105,11 +105,19 @@ class PolicyRow:
     colour: str
     copies: int  # lines of this source and class: the primary and its replicas
     sites: int
+    immutable: int  # of those copies, in append-only repositories
+    verified: int  # of those copies, verified since backup (a drill, a full verify, a copy read back)
+
+    @property
+    def rule(self) -> str:
+        """3-2-1-1-0 as this source stands: copies, sites (for media), off-site, immutable, verified."""
+        return f"{self.copies}-{self.sites}-{max(0, self.sites - 1)}-{self.immutable}-{self.verified}"
 
 
-def policy_rows(lines: Sequence[api.RpoLine]) -> list[PolicyRow]:
+def policy_rows(lines: Sequence[api.RpoLine], immutable: Collection[str] = ()) -> list[PolicyRow]:
     """The policy's recovery points, coloured; with, per source and class, how many copies on how
-    many sites (the 3-2-1 of 3-2-1-1-0 at a glance)."""
+    many sites, how many in append-only repositories (``immutable``: their names) and how many
+    verified: 3-2-1-1-0 at a glance."""
     copies: dict[tuple[str, str | None], list[api.RpoLine]] = {}
     for ln in lines:
         copies.setdefault((ln.source, ln.dc), []).append(ln)
@@ -117,7 +125,9 @@ def policy_rows(lines: Sequence[api.RpoLine]) -> list[PolicyRow]:
     for ln in lines:
         mine = copies[(ln.source, ln.dc)]
         state = "green" if ln.no_files else colour(ln.age_s, ln.rpo_s)
-        out.append(PolicyRow(ln, state, len(mine), len({x.site for x in mine})))
+        out.append(PolicyRow(ln, state, len(mine), len({x.site for x in mine}),
+                             sum(x.repository in immutable for x in mine),
+                             sum(x.last_verified is not None for x in mine)))
     return out
 
 
