@@ -1,0 +1,165 @@
+"""The failover controller's decisions, as a pure state machine: probes in, routing and events out.
+
+``tick(spec, state, probes, now)`` never does I/O and never reads a clock; the runner feeds it.
+
+* A region is **unhealthy** after ``failure_threshold`` consecutive failed probes and **healthy**
+  after ``success_threshold`` consecutive good ones (Kubernetes' ``failureThreshold`` /
+  ``successThreshold``); until then it keeps its previous state (``unknown`` at start). A probe
+  that reports a model identity other than the region's expected one is a failed probe: a region
+  serving the wrong model is never routed to.
+* The routing is the healthy regions of the best priority present (the lowest number), with their
+  weights. At start it is the best priority of the configuration, and it stays there while those
+  regions' health is still unknown.
+* **Failover** (a routed region became unhealthy and a healthy one exists) happens at once.
+* **Failback** or any other change towards better regions is **damped**: only after a dwell time
+  since the last change, doubled for each failover in the last ``backoff_window`` (up to
+  ``max_dwell``), and, with ``manual_failback``, only after ``failover approve``.
+* **Never route to zero**: when no region is healthy the routing stays as it was and a
+  ``no-healthy-region`` event is raised (once, until a region is healthy again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+__all__ = ["ControlState", "Event", "Probe", "RegionSpec", "RegionState", "Spec", "initial_state", "tick"]
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    name: str
+    priority: int = 1  # lower is preferred (1: the primary)
+    weight: int = 100
+    expected: str | None = None  # the model identity the region must report (None: not checked)
+
+
+@dataclass(frozen=True)
+class Spec:
+    regions: tuple[RegionSpec, ...]
+    failure_threshold: int = 3
+    success_threshold: int = 2
+    min_dwell: float = 300.0  # seconds after a change before a damped one
+    max_dwell: float = 3600.0
+    backoff_window: float = 3600.0
+    manual_failback: bool = False
+
+    def region(self, name: str) -> RegionSpec:
+        return next(r for r in self.regions if r.name == name)
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool  # the health endpoint answered healthy in time
+    identity: str | None = None  # the model identity it reported
+    reason: str = ""  # why not ok, in words
+
+
+@dataclass(frozen=True)
+class RegionState:
+    health: str = "unknown"  # unknown, healthy, unhealthy
+    fails: int = 0
+    successes: int = 0
+    last: str = ""  # the last probe, in words
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # healthy, unhealthy, failover, failback, no-healthy-region, failback-waiting
+    time: float
+    region: str | None
+    routing: dict[str, int]
+    reason: str
+    evidence: dict[str, str] = field(default_factory=dict)  # region -> its last probe
+
+
+@dataclass(frozen=True)
+class ControlState:
+    regions: dict[str, RegionState]
+    routing: dict[str, int]
+    changed_at: float | None = None
+    failovers: tuple[float, ...] = ()  # times of failovers (for the back-off)
+    approved: bool = False  # ``failover approve`` given for the next damped change
+    alerting: bool = False  # a no-healthy-region alert is raised
+    waiting: str = ""  # the damped change being held back, in words (reported once)
+
+
+def _best(spec: Spec, names: list[str]) -> dict[str, int]:
+    if not names:
+        return {}
+    top = min(spec.region(n).priority for n in names)
+    return {n: spec.region(n).weight for n in sorted(names) if spec.region(n).priority == top}
+
+
+def initial_state(spec: Spec) -> ControlState:
+    return ControlState({r.name: RegionState() for r in spec.regions}, _best(spec, [r.name for r in spec.regions]))
+
+
+def _observe(spec: Spec, name: str, old: RegionState, p: Probe) -> RegionState:
+    expected = spec.region(name).expected
+    good = p.ok and (expected is None or p.identity == expected)
+    why = p.reason if not p.ok else (f"serves model {p.identity or '(none reported)'}, expected {expected}"
+                                     if not good else "healthy")
+    if good:
+        n = old.successes + 1
+        health = "healthy" if n >= spec.success_threshold else old.health
+        return RegionState(health, 0, n, why)
+    n = old.fails + 1
+    return RegionState("unhealthy" if n >= spec.failure_threshold else old.health, n, 0, why)
+
+
+def _dwell(spec: Spec, state: ControlState, now: float) -> float:
+    recent = sum(1 for t in state.failovers if now - t <= spec.backoff_window)
+    return float(min(spec.max_dwell, spec.min_dwell * 2.0 ** max(0, recent - 1)))
+
+
+def tick(spec: Spec, state: ControlState, probes: Mapping[str, Probe], now: float) -> tuple[ControlState, list[Event]]:
+    """One round of probes (a region missing from ``probes`` was not probed): the new state and
+    what happened, in order."""
+    events: list[Event] = []
+    regions = dict(state.regions)
+    for name, p in probes.items():
+        if name not in regions:
+            continue
+        new = _observe(spec, name, regions[name], p)
+        if new.health != regions[name].health:
+            events.append(Event(new.health, now, name, state.routing, new.last))
+        regions[name] = new
+    evidence = {n: r.last for n, r in regions.items()}
+    st = replace(state, regions=regions)
+    desired = _best(spec, [n for n, r in regions.items() if r.health == "healthy"])
+    lost = [n for n in st.routing if regions[n].health == "unhealthy"]
+    if not desired:
+        if lost and not st.alerting:
+            events.append(Event("no-healthy-region", now, None, st.routing, "no region is healthy: the routing stays"
+                                f" as it was ({', '.join(sorted(st.routing))})", evidence))
+        return replace(st, alerting=bool(lost) or st.alerting), events
+    st = replace(st, alerting=False)
+    if desired == st.routing:
+        return replace(st, waiting=""), events
+    if not lost and any(regions[n].health == "unknown" for n in st.routing):
+        return st, events  # nothing is known yet of where traffic goes: no reason to move it
+    if lost:
+        why = f"{', '.join(lost)} unhealthy: traffic to {', '.join(desired)}"
+        events.append(Event("failover", now, ",".join(desired), desired, why, evidence))
+        return replace(st, routing=desired, changed_at=now, failovers=(*st.failovers, now)[-16:], approved=False,
+                       waiting=""), events
+    return _damped(spec, st, desired, now, events, evidence)
+
+
+def _damped(spec: Spec, st: ControlState, desired: dict[str, int], now: float, events: list[Event],
+            evidence: dict[str, str]) -> tuple[ControlState, list[Event]]:
+    dwell = _dwell(spec, st, now)
+    held = None
+    if st.changed_at is not None and now - st.changed_at < dwell:
+        held = f"dwell: {dwell:.0f} s after the last change, {dwell - (now - st.changed_at):.0f} s to go"
+    elif spec.manual_failback and not st.approved:
+        held = "waiting for `weightvault failover approve`"
+    if held is not None:
+        if held.split(":")[0] != st.waiting.split(":")[0]:
+            events.append(Event("failback-waiting", now, ",".join(desired), st.routing,
+                                f"{', '.join(desired)} healthy again; {held}", evidence))
+        return replace(st, waiting=held), events
+    why = f"{', '.join(desired)} healthy for {spec.success_threshold} probes and the dwell time has passed"
+    events.append(Event("failback", now, ",".join(desired), desired, why, evidence))
+    return replace(st, routing=desired, changed_at=now, approved=False, waiting=""), events
