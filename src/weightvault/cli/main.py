@@ -23,6 +23,7 @@ from weightvault.cli import (
     cmd_copy,
     cmd_diff,
     cmd_drill,
+    cmd_failover,
     cmd_forget,
     cmd_init,
     cmd_key,
@@ -102,7 +103,7 @@ for _cmd in (
     cmd_check.check, cmd_stats.stats, cmd_key.key, cmd_unlock.unlock, cmd_repair.repair, cmd_forget.forget,
     cmd_prune.prune, cmd_copy.copy, cmd_policy.policy, cmd_tier.tier, cmd_status.status, cmd_verify.verify,
     cmd_validate.validate, cmd_drill.drill, cmd_ledger.ledger, cmd_queue.queue, cmd_agent.agent, cmd_agent.watch,
-    cmd_serve.serve, cmd_ui.ui,
+    cmd_serve.serve, cmd_ui.ui, cmd_failover.failover,
 ):
     cli.add_command(_cmd)
 

@@ -1,0 +1,76 @@
+"""A small real model server for failover tests: it loads a safetensors file and answers
+``GET /health`` with ``{"status": "healthy", "model_sha256": <SHA-256 of the file>}`` and
+``POST /predict`` with the sum of the first tensor's row 0 times the input list.
+
+    python -m weightvault.testing.model_server --weights model.safetensors --mode-file MODE
+
+Prints ``listening on http://127.0.0.1:PORT`` once it listens. The first line of ``MODE`` (re-read
+at every request) injects a fault: ``ok``; ``500``; ``hang`` (sleep 30 s before answering);
+``slow`` (answer after 0.3 s); ``flap`` (every other request 500); ``wrong`` (report another
+SHA-256); ``unhealthy`` (``status: "unhealthy"``). A region that is down is a killed process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+__all__ = ["main"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", type=Path, required=True)
+    ap.add_argument("--mode-file", type=Path, required=True)
+    ap.add_argument("--port", type=int, default=0)
+    a = ap.parse_args()
+    sha = hashlib.sha256(a.weights.read_bytes()).hexdigest()
+    first = next(iter(load_file(str(a.weights)).values()))
+    counter = itertools.count()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, doc: object) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            mode = a.mode_file.read_text().split("\n", 1)[0].strip() if a.mode_file.exists() else "ok"
+            if mode == "hang":
+                time.sleep(30)
+            if mode == "slow":
+                time.sleep(0.3)
+            if mode == "500" or (mode == "flap" and next(counter) % 2):
+                self._send(500, {"error": "injected"})
+                return
+            status = "unhealthy" if mode == "unhealthy" else "healthy"
+            self._send(200, {"status": status, "model_sha256": "0" * 64 if mode == "wrong" else sha})
+
+        def do_POST(self) -> None:
+            n = int(self.headers.get("content-length", "0"))
+            xs = np.asarray(json.loads(self.rfile.read(n) or b"[]"), dtype=np.float64)
+            row = np.asarray(first, dtype=np.float64).reshape(-1)[: len(xs)]
+            self._send(200, {"y": float((row * xs).sum())})
+
+    server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    server.daemon_threads = True
+    print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The failover controller end to end: three real model servers on 127.0.0.1 (each loads a
+safetensors file and reports its SHA-256 on /health), a real ``weightvault failover run``
+process, faults injected into the servers, and the routing file and event log checked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+
+@dataclass
+class Region:
+    name: str
+    url: str
+    mode: Path
+    proc: subprocess.Popen[str]
+
+    def set(self, mode: str) -> None:
+        tmp = self.mode.with_suffix(".tmp")
+        tmp.write_text(mode + "\n")
+        os.replace(tmp, self.mode)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait until ``check()`` holds (a deadline for a broken build, not a speed requirement)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Iterator[tuple[dict[str, Region], str]]:
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32).reshape(8, 8)}, str(weights))
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    out: dict[str, Region] = {}
+    try:
+        for name in ("eu", "us", "ap"):
+            mode = tmp_path / f"{name}.mode"
+            mode.write_text("ok\n")
+            proc = subprocess.Popen([sys.executable, "-m", "weightvault.testing.model_server", "--weights",
+                                     str(weights), "--mode-file", str(mode)], stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("listening on "), line
+            out[name] = Region(name, line.split()[-1], mode, proc)
+        yield out, sha
+    finally:
+        for r in out.values():
+            r.proc.kill()
+            r.proc.wait()
+            if r.proc.stdout is not None:
+                r.proc.stdout.close()
+
+
+def _config(tmp_path: Path, regions: dict[str, Region], sha: str) -> Path:
+    cfg = tmp_path / "regions.toml"
+    body = ('[failover]\ninterval = "0.2s"\ntimeout = "0.5s"\nfailure_threshold = 3\nsuccess_threshold = 2\n'
+            'min_dwell = "1s"\nmax_dwell = "4s"\nstate_dir = "state"\n\n[actuator]\npath = "routing.json"\n\n')
+    for prio, (name, r) in enumerate(regions.items(), 1):
+        body += (f'[regions.{name}]\nhealth_url = "{r.url}/health"\npriority = {prio}\nweight = 100\n'
+                 f'expected_sha256 = "{sha}"\n\n')
+    cfg.write_text(body)
+    return cfg
+
+
+def _events(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "state" / "events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _routing(tmp_path: Path) -> dict[str, int]:
+    try:
+        doc: dict[str, int] = json.loads((tmp_path / "routing.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return doc
+
+
+def _status(tmp_path: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads((tmp_path / "state" / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return doc
+
+
+def test_failover_failback_flapping_wrong_model_and_never_zero(tmp_path: Path,
+                                                               regions: tuple[dict[str, Region], str]) -> None:
+    rs, sha = regions
+    cfg = _config(tmp_path, rs, sha)
+    ctl = subprocess.Popen([sys.executable, "-m", "weightvault", "failover", "run", "--config", str(cfg)],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        _wait("every region healthy", lambda: len(_status(tmp_path).get("regions", {})) == 3 and all(
+            r["health"] == "healthy" for r in _status(tmp_path)["regions"].values()))
+        assert _routing(tmp_path) == {"eu": 100}
+
+        rs["eu"].set("flap")  # fails every other probe: never 3 in a row
+        start = _status(tmp_path)["rounds"]
+        _wait("15 rounds of flapping", lambda: _status(tmp_path)["rounds"] >= start + 15)
+        rs["eu"].set("ok")
+        assert not [e for e in _events(tmp_path) if e["kind"] in ("failover", "unhealthy")]
+
+        rs["us"].set("wrong")  # the first standby now serves another model
+        _wait("us ineligible", lambda: _status(tmp_path)["regions"]["us"]["health"] == "unhealthy")
+        assert "expected " + sha in _status(tmp_path)["regions"]["us"]["last"]
+        rs["eu"].proc.kill()  # the primary's region is lost
+        _wait("failover", lambda: _routing(tmp_path) == {"ap": 100})
+        failover = [e for e in _events(tmp_path) if e["kind"] == "failover"]
+        assert len(failover) == 1 and failover[0]["evidence"]["eu"].startswith(("unreachable", "no answer"))
+        assert _status(tmp_path)["regions"]["eu"]["fails"] == 3  # after exactly N failed probes
+
+        rs["us"].set("ok")  # the right model again: failback to the better standby, after M and the dwell
+        _wait("failback to us", lambda: _routing(tmp_path) == {"us": 100})
+        kinds = [e["kind"] for e in _events(tmp_path)]
+        assert kinds.count("failback") == 1 and "failback-waiting" in kinds
+
+        rs["us"].set("500")
+        rs["ap"].set("hang")  # probes time out
+        _wait("the alert", lambda: any(e["kind"] == "no-healthy-region" for e in _events(tmp_path)))
+        assert _routing(tmp_path) == {"us": 100}  # never zero: the last routing stays
+
+        status = subprocess.run([sys.executable, "-m", "weightvault", "failover", "status", "--config", str(cfg),
+                                 "--json"], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert doc["routing"] == {"us": 100} and doc["regions"]["ap"]["health"] == "unhealthy"
+        assert [e["kind"] for e in doc["events"]][-1] == "no-healthy-region"
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        try:
+            ctl.wait(timeout=30)
+        finally:
+            if ctl.stderr is not None:
+                ctl.stderr.close()
+    assert ctl.returncode == 0
+
+
+def test_bad_configuration_is_refused_with_the_line_to_fix(tmp_path: Path) -> None:
+    cfg = tmp_path / "regions.toml"
+    cases = [('[regions.a]\nhealth_url = "http://x/health"\n[actuator]\npath = "r.json"\n', "at least two"),
+             ('[failover]\ninterval = "often"\n[regions.a]\nhealth_url = "http://x"\n[regions.b]\n'
+              'health_url = "http://y"\n[actuator]\npath = "r"\n', "interval"),
+             ('[regions.a]\nhealth_url = "ftp://x"\n[regions.b]\nhealth_url = "http://y"\n[actuator]\npath = "r"\n',
+              "not an http"),
+             ('[regions.a]\nhealth_url = "http://x"\n[regions.b]\nhealth_url = "http://y"\n', "actuator")]
+    for text, words in cases:
+        cfg.write_text(text)
+        r = subprocess.run([sys.executable, "-m", "weightvault", "failover", "status", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 7 and words in r.stderr, (text, r.stderr)
+    assert subprocess.run([sys.executable, "-m", "weightvault", "failover", "status", "--config",
+                           str(tmp_path / "nope.toml")], capture_output=True, text=True, timeout=60).returncode == 7
