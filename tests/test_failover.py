@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from conftest import FAST_KDF, PASSWORD
+from weightvault.api import Repository
+
 
 @dataclass
 class Region:
@@ -93,6 +96,11 @@ def _routing(tmp_path: Path) -> dict[str, int]:
     return doc
 
 
+def _routed(tmp_path: Path, want: dict[str, int]) -> bool:
+    """The actuator's file shows ``want`` and the controller has recorded the round that did it."""
+    return _routing(tmp_path) == want and _status(tmp_path).get("applied") == want
+
+
 def _status(tmp_path: Path) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = json.loads((tmp_path / "state" / "state.json").read_text())
@@ -122,13 +130,13 @@ def test_failover_failback_flapping_wrong_model_and_never_zero(tmp_path: Path,
         _wait("us ineligible", lambda: _status(tmp_path)["regions"]["us"]["health"] == "unhealthy")
         assert "expected " + sha in _status(tmp_path)["regions"]["us"]["last"]
         rs["eu"].proc.kill()  # the primary's region is lost
-        _wait("failover", lambda: _routing(tmp_path) == {"ap": 100})
+        _wait("failover", lambda: _routed(tmp_path, {"ap": 100}))
         failover = [e for e in _events(tmp_path) if e["kind"] == "failover"]
         assert len(failover) == 1 and failover[0]["evidence"]["eu"].startswith(("unreachable", "no answer"))
         assert _status(tmp_path)["regions"]["eu"]["fails"] == 3  # after exactly N failed probes
 
         rs["us"].set("ok")  # the right model again: failback to the better standby, after M and the dwell
-        _wait("failback to us", lambda: _routing(tmp_path) == {"us": 100})
+        _wait("failback to us", lambda: _routed(tmp_path, {"us": 100}))
         kinds = [e["kind"] for e in _events(tmp_path)]
         assert kinds.count("failback") == 1 and "failback-waiting" in kinds
 
@@ -168,3 +176,67 @@ def test_bad_configuration_is_refused_with_the_line_to_fix(tmp_path: Path) -> No
         assert r.returncode == 7 and words in r.stderr, (text, r.stderr)
     assert subprocess.run([sys.executable, "-m", "weightvault", "failover", "status", "--config",
                            str(tmp_path / "nope.toml")], capture_output=True, text=True, timeout=60).returncode == 7
+
+
+def _model_server(weights: Path, mode: Path) -> tuple[str, subprocess.Popen[str]]:
+    mode.write_text("ok\n")
+    proc = subprocess.Popen([sys.executable, "-m", "weightvault.testing.model_server", "--weights", str(weights),
+                             "--mode-file", str(mode)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("listening on "), line
+    return line.split()[-1], proc
+
+
+def test_restore_before_promote_brings_a_stale_standby_up_to_date_then_routes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    right = {"w": rng.standard_normal((128, 128), dtype=np.float32)}
+    (tmp_path / "release" / "model").mkdir(parents=True)
+    save_file(right, str(tmp_path / "release" / "model" / "model.safetensors"))
+    sha = hashlib.sha256((tmp_path / "release" / "model" / "model.safetensors").read_bytes()).hexdigest()
+    repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    snap = repo.backup([tmp_path / "release" / "model"], tags=["run=prod"]).snapshot
+    for name, weights in (("eu", right), ("us", {"w": np.zeros((128, 128), dtype=np.float32)})):
+        (tmp_path / name / "model").mkdir(parents=True)
+        save_file(weights, str(tmp_path / name / "model" / "model.safetensors"))
+    procs = []
+    try:
+        urls = {}
+        for name in ("eu", "us"):
+            urls[name], proc = _model_server(tmp_path / name / "model" / "model.safetensors", tmp_path / f"{name}.mode")
+            procs.append(proc)
+        cfg = tmp_path / "regions.toml"
+        cfg.write_text(
+            '[failover]\ninterval = "0.2s"\ntimeout = "0.5s"\nfailure_threshold = 3\nsuccess_threshold = 2\n'
+            'min_dwell = "1s"\nstate_dir = "state"\npromote_restore = true\nvalidate_level = 3\n\n'
+            '[actuator]\npath = "routing.json"\n\n'
+            f'[regions.eu]\nhealth_url = "{urls["eu"]}/health"\npriority = 1\nexpected_sha256 = "{sha}"\n\n'
+            f'[regions.us]\nhealth_url = "{urls["us"]}/health"\npriority = 2\nexpected_sha256 = "{sha}"\n'
+            f'model_dir = "us/model"\nrepository = "repo"\nsnapshot = "latest:run=prod"\npassword_env = "WV_PW"\n')
+        env = {**os.environ, "WV_PW": PASSWORD, "HOME": str(tmp_path / "home")}
+        ctl = subprocess.Popen([sys.executable, "-m", "weightvault", "failover", "run", "--config", str(cfg)],
+                               stderr=subprocess.DEVNULL, env=env)
+        try:
+            _wait("eu healthy, us stale", lambda: _status(tmp_path).get("regions", {}).get("eu", {}).get("health")
+                  == "healthy" and _status(tmp_path)["regions"]["us"].get("wrong_model") is True)
+            assert _routing(tmp_path) == {"eu": 100}
+            procs[0].kill()  # the primary region is lost; the only standby serves a stale model
+            _wait("failover to the restored standby", lambda: _routed(tmp_path, {"us": 100}))
+            kinds = [e["kind"] for e in _events(tmp_path)]
+            assert kinds.index("restore-needed") < kinds.index("restored") < kinds.index("failover")
+            assert (tmp_path / "us" / "model" / "model.safetensors").read_bytes() == (
+                tmp_path / "release" / "model" / "model.safetensors").read_bytes()
+            assert [p.name for p in (tmp_path / "us").iterdir() if p.name.startswith("model.before-")]  # kept
+            recovered = next(e for e in _events(tmp_path) if e["kind"] == "recovered")
+            assert float(recovered["evidence"]["rto_s"]) > 0 and _status(tmp_path)["last_rto_s"] > 0
+            assert any(r.get("op") == "restore" or "swap" in str(r.get("op")) for r in repo.ledger())
+            assert snap.id[:8] in next(e for e in _events(tmp_path) if e["kind"] == "restored")["reason"]
+        finally:
+            ctl.send_signal(signal.SIGTERM)
+            ctl.wait(timeout=30)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()

@@ -157,3 +157,17 @@ def test_the_failure_threshold_is_exact(n: int) -> None:
     for i in range(1, n + 1):
         state, _ = tick(spec, state, {"eu": PROBE["-"], "us": PROBE["+"]}, float(i))
         assert (state.routing == {"us": 100}) == (i == n)
+
+
+def test_restore_before_promote_asks_once_for_the_best_stale_region() -> None:
+    spec = Spec((RegionSpec("eu", 1, 100, "sha-good"), RegionSpec("us", 2, 100, "sha-good", restorable=True),
+                 RegionSpec("ap", 3, 100, "sha-good", restorable=True)), 3, 2, min_dwell=0, promote_restore=True)
+    st, events, _ = run([("+ww", "eu"), ("+ww", "eu"), ("-ww", "eu"), ("-ww", "eu"), ("-ww", "eu"), ("-ww", "eu")],
+                        spec)
+    asks = [e for e in events if e.kind == "restore-needed"]
+    assert [e.region for e in asks] == ["us"] and st.restoring == "us"  # once, the best priority
+    st, events, _ = run([("-+w", "eu"), ("-+w", "us")], spec, state=st, start=100.0)  # restored: right model now
+    assert [e.kind for e in events if e.kind == "failover"] == ["failover"] and st.restoring is None
+    without = Spec(spec.regions, 3, 2, min_dwell=0)
+    _, events, _ = run([("+ww", "eu"), ("+ww", "eu")] + [("-ww", "eu")] * 4, without)
+    assert not [e for e in events if e.kind == "restore-needed"]  # not asked for: the routing just stays

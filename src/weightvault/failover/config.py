@@ -23,6 +23,11 @@
     priority = 1                # lower is preferred
     weight = 100
     expected_sha256 = "9f2c..." # the served weights' SHA-256, as the health endpoint reports it
+    # restore before promote ([failover] promote_restore = true, validate_level, promote_timeout):
+    model_dir = "/srv/eu/model" # the directory the region's server loads its model from
+    repository = "s3://backups-eu/wv"   # the nearest replica
+    snapshot = "latest:run=prod"
+    password_env = "WV_PASSWORD"        # or password_file
 
 A health endpoint answers 200 with JSON; ``{"status": "healthy"}`` (or no ``status``) is healthy,
 and ``model_sha256`` is the identity compared with ``expected_sha256``.
@@ -42,8 +47,10 @@ from weightvault.failover.machine import RegionSpec, Spec
 __all__ = ["FailoverConfig", "RegionConfig", "load_config"]
 
 _FAILOVER = {"interval", "timeout", "failure_threshold", "success_threshold", "min_dwell", "max_dwell",
-             "backoff_window", "manual_failback", "state_dir"}
-_REGION = {"health_url", "priority", "weight", "expected_sha256"}
+             "backoff_window", "manual_failback", "state_dir", "promote_restore", "validate_level", "promote_timeout"}
+_REGION = {"health_url", "priority", "weight", "expected_sha256", "model_dir", "repository", "snapshot",
+           "password_env", "password_file"}
+_RESTORE = ("model_dir", "repository", "snapshot")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,15 @@ class RegionConfig:
     priority: int
     weight: int
     expected_sha256: str | None
+    model_dir: Path | None = None  # restore-before-promote: the directory the region's server loads
+    repository: str | None = None  # ... from this repository (the nearest replica)
+    snapshot: str | None = None  # ... this snapshot (an id, latest:run=prod, ...)
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @property
+    def restorable(self) -> bool:
+        return self.model_dir is not None
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,11 @@ class FailoverConfig:
     state_dir: Path
     weights_file: Path
     reload: tuple[str, ...] = ()
+    validate_level: int = 3
+    promote_timeout: float = 600.0  # restore + the region reporting the right model, at most
+
+    def region(self, name: str) -> RegionConfig:
+        return next(r for r in self.regions if r.name == name)
 
 
 def _seconds(value: Any, key: str, path: Path) -> float:
@@ -89,8 +110,23 @@ def _region(name: str, r: Any, path: Path) -> RegionConfig:
     sha = r.get("expected_sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise ConfigFileError(f"{path}: [regions.{name}] expected_sha256 is not a SHA-256 (64 hex digits)")
+    given = [k for k in _RESTORE if k in r]
+    if given and len(given) != len(_RESTORE):
+        raise ConfigFileError(f"{path}: [regions.{name}] restore-before-promote needs all of model_dir, repository"
+                              f" and snapshot (it has {', '.join(given)})")
+    if given and sha is None:
+        raise ConfigFileError(f"{path}: [regions.{name}] a region the controller restores into needs"
+                              " expected_sha256 (to know when the right model is served)")
+    base = path.parent
+    repo = str(r["repository"]) if "repository" in r else None
+    if repo is not None and "://" not in repo:
+        repo = str((base / repo).resolve())
     return RegionConfig(name, url, _int(r.get("priority", 1), f"regions.{name}.priority", path),
-                        _int(r.get("weight", 100), f"regions.{name}.weight", path, 0), sha)
+                        _int(r.get("weight", 100), f"regions.{name}.weight", path, 0), sha,
+                        (base / str(r["model_dir"])).resolve() if "model_dir" in r else None, repo,
+                        str(r["snapshot"]) if "snapshot" in r else None,
+                        str(r["password_env"]) if "password_env" in r else None,
+                        (base / str(r["password_file"])).resolve() if "password_file" in r else None)
 
 
 def load_config(path: Path) -> FailoverConfig:
@@ -117,14 +153,22 @@ def load_config(path: Path) -> FailoverConfig:
     reload = a.get("reload", [])
     if not isinstance(reload, list) or not all(isinstance(x, str) for x in reload):
         raise ConfigFileError(f"{path}: [actuator] reload must be a command as a list of strings")
-    spec = Spec(tuple(RegionSpec(r.name, r.priority, r.weight, r.expected_sha256) for r in regions),
+    promote = bool(f.get("promote_restore", False))
+    if promote and not any(r.restorable for r in regions):
+        raise ConfigFileError(f"{path}: promote_restore = true but no region has model_dir, repository and snapshot",
+                              hint="give the standbys a model_dir to restore into")
+    spec = Spec(tuple(RegionSpec(r.name, r.priority, r.weight, r.expected_sha256, r.restorable) for r in regions),
                 _int(f.get("failure_threshold", 3), "failure_threshold", path),
                 _int(f.get("success_threshold", 2), "success_threshold", path),
                 _seconds(f.get("min_dwell", "5min"), "min_dwell", path),
                 _seconds(f.get("max_dwell", "1h"), "max_dwell", path),
-                _seconds(f.get("backoff_window", "1h"), "backoff_window", path), bool(f.get("manual_failback", False)))
+                _seconds(f.get("backoff_window", "1h"), "backoff_window", path), bool(f.get("manual_failback", False)),
+                promote)
+    level = _int(f.get("validate_level", 3), "validate_level", path)
+    if level > 3:
+        raise ConfigFileError(f"{path}: validate_level = {level}: 1 integrity, 2 format, 3 structure")
     base = path.parent
     return FailoverConfig(spec, regions, _seconds(f.get("interval", "10s"), "interval", path),
                           _seconds(f.get("timeout", "2s"), "timeout", path),
                           (base / str(f.get("state_dir", "failover"))).resolve(), (base / str(a["path"])).resolve(),
-                          tuple(reload))
+                          tuple(reload), level, _seconds(f.get("promote_timeout", "10min"), "promote_timeout", path))

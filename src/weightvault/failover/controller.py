@@ -8,6 +8,11 @@ moves traffic by itself), ``events.jsonl`` (every health change, failover, failb
 failback and no-healthy-region alert with its reason and the probe evidence; appended and
 fsynced) and ``approve`` (written by ``failover approve``, consumed by the next round).
 
+With ``promote_restore``, a ``restore-needed`` decision starts ``restore_swap`` of the region's
+snapshot into its model directory (validated at ``validate_level``) in a thread; the region is
+routed to once its probes report the expected model, and the time from the first failed probe of
+the lost region to the new routing is the RTO (a ``recovered`` event, ``last_rto_s``).
+
 The actuator writes the routing as JSON ``{"region": weight}`` atomically (temp file, fsync,
 rename, directory fsync), then runs the optional reload command; a failed reload is an event
 and is retried at the next round.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import subprocess
 import threading
 import time
@@ -28,6 +34,8 @@ from typing import Any
 
 import urllib3
 
+from weightvault import api
+from weightvault.errors import UsageError, WeightvaultError
 from weightvault.failover.config import FailoverConfig, RegionConfig
 from weightvault.failover.machine import ControlState, Event, Probe, RegionState, initial_state, tick
 from weightvault.paths import atomic_write
@@ -59,10 +67,20 @@ def http_probe(pool: urllib3.PoolManager, region: RegionConfig, timeout: float) 
     return Probe(status == "healthy", identity, "healthy" if status == "healthy" else f"reports status {status!r}")
 
 
-def _state_doc(st: ControlState, rounds: int, applied: dict[str, int]) -> dict[str, Any]:
+def _state_doc(st: ControlState, rounds: int, applied: dict[str, int], rto: float | None) -> dict[str, Any]:
     return {"version": 1, "time": time.time(), "rounds": rounds, "routing": st.routing, "applied": applied,
             "changed_at": st.changed_at, "failovers": list(st.failovers), "alerting": st.alerting,
-            "waiting": st.waiting, "regions": {n: asdict(r) for n, r in st.regions.items()}}
+            "waiting": st.waiting, "restoring": st.restoring, "last_rto_s": rto,
+            "regions": {n: asdict(r) for n, r in st.regions.items()}}
+
+
+def _password(region: RegionConfig) -> str:
+    if region.password_file is not None:
+        return api.read_password_file(str(region.password_file)).decode()
+    if region.password_env is not None and region.password_env in os.environ:
+        return os.environ[region.password_env]
+    raise UsageError(f"no password for the repository of region {region.name}",
+                     hint="set password_env (and that variable) or password_file in its [regions] table")
 
 
 def read_status(cfg: FailoverConfig) -> dict[str, Any] | None:
@@ -84,6 +102,10 @@ class Controller:
         self.state, self.rounds = self._restore(), 0
         self.applied: dict[str, int] = {}
         self.stopping = threading.Event()
+        self._restores: queue.Queue[Event] = queue.Queue()
+        self._restore_started: float | None = None
+        self.outage_start: float | None = None  # the first failed probe of a routed region
+        self.last_rto: float | None = None
 
     def _restore(self) -> ControlState:
         doc = read_status(self.cfg)
@@ -105,15 +127,76 @@ class Controller:
         if approve.exists():
             self.state = replace(self.state, approved=True)
             approve.unlink(missing_ok=True)
-        self.state, events = tick(self.cfg.spec, self.state, {r.name: p for r, p in zip(regions, results,
-                                                                                         strict=True)}, self.clock())
+        now = self.clock()
+        done = self._finished_restores(now)
+        probes = {r.name: p for r, p in zip(regions, results, strict=True)}
+        if self.outage_start is None and any(not probes[n].ok for n in self.state.routing if n in probes):
+            self.outage_start = now
+        before = dict(self.state.routing)
+        self.state, events = tick(self.cfg.spec, self.state, probes, now)
+        events = done + events
         self.rounds += 1
+        events += self._after(events, before, now)
+        self._record(events)  # the decision and its evidence are durable before the routing moves
         if self.state.routing != self.applied:
-            events += self._apply(self.state.routing)
-        self._record(events)
-        atomic_write(self.cfg.state_dir / "state.json",
-                     json.dumps(_state_doc(self.state, self.rounds, self.applied), indent=1).encode(), 0o644)
+            applied = self._apply(self.state.routing)
+            self._record(applied)
+            events += applied
+        doc = _state_doc(self.state, self.rounds, self.applied, self.last_rto)
+        atomic_write(self.cfg.state_dir / "state.json", json.dumps(doc, indent=1).encode(), 0o644)
         return events
+
+    def _after(self, events: list[Event], before: dict[str, int], now: float) -> list[Event]:
+        """Start a restore the machine asked for; measure the RTO of a failover."""
+        out: list[Event] = []
+        for e in events:
+            if e.kind == "restore-needed" and e.region is not None:
+                self._start_restore(e.region, now)
+        failed_over = self.state.routing != before and any(e.kind == "failover" for e in events)
+        if failed_over and self.outage_start is not None:
+            self.last_rto = now - self.outage_start
+            out.append(Event("recovered", now, ",".join(self.state.routing), self.state.routing,
+                             f"traffic on {', '.join(self.state.routing)} {self.last_rto:.1f} s after the first"
+                             " failed probe", {"rto_s": f"{self.last_rto:.3f}"}))
+        if all(self.state.regions[n].health == "healthy" for n in self.state.routing):
+            self.outage_start = None
+        return out
+
+    def _start_restore(self, name: str, now: float) -> None:
+        region, cfg = self.cfg.region(name), self.cfg
+        self._restore_started = now
+
+        def work() -> None:
+            t0 = time.monotonic()
+            try:
+                pw = _password(region)
+                repo = api.Repository.open(str(region.repository), pw)
+                res = repo.restore_swap(str(region.snapshot), str(region.model_dir), level=cfg.validate_level)
+                self._restores.put(Event("restored", self.clock(), name, self.state.routing,
+                                         f"snapshot {res.snapshot[:8]} restored into {region.model_dir} and validated"
+                                         f" at level {cfg.validate_level} in {time.monotonic() - t0:.1f} s;"
+                                         " waiting for the region to report it"))
+            except WeightvaultError as exc:
+                self._restores.put(Event("restore-failed", self.clock(), name, self.state.routing,
+                                         f"restoring into {region.model_dir} failed: {exc.message}"))
+        threading.Thread(target=work, name=f"wv-restore-{name}", daemon=True).start()
+
+    def _finished_restores(self, now: float) -> list[Event]:
+        out = []
+        while not self._restores.empty():
+            e = self._restores.get_nowait()
+            out.append(e)
+            if e.kind == "restore-failed":
+                self.state = replace(self.state, restoring=None)
+        late = self._restore_started is not None and now - self._restore_started > self.cfg.promote_timeout
+        if self.state.restoring is not None and late:
+            out.append(Event("restore-failed", now, self.state.restoring, self.state.routing,
+                             f"{self.state.restoring} did not report the expected model within"
+                             f" {self.cfg.promote_timeout:g} s of the restore's start"))
+            self.state = replace(self.state, restoring=None)
+        if self.state.restoring is None:
+            self._restore_started = None
+        return out
 
     def _apply(self, routing: dict[str, int]) -> list[Event]:
         atomic_write(self.cfg.weights_file, (json.dumps(routing, sort_keys=True) + "\n").encode(), 0o644)

@@ -16,6 +16,10 @@
   ``max_dwell``), and, with ``manual_failback``, only after ``failover approve``.
 * **Never route to zero**: when no region is healthy the routing stays as it was and a
   ``no-healthy-region`` event is raised (once, until a region is healthy again).
+* **Restore before promote** (``promote_restore``): when no region is healthy but a restorable one
+  answers with another model, a ``restore-needed`` event names the best such region (once; the
+  controller restores the expected model into it and clears ``restoring`` if that fails). The
+  region is routed to only once its probes report the expected model M times, as any other.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class RegionSpec:
     priority: int = 1  # lower is preferred (1: the primary)
     weight: int = 100
     expected: str | None = None  # the model identity the region must report (None: not checked)
+    restorable: bool = False  # the controller can restore the expected model into it (promote_restore)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Spec:
     max_dwell: float = 3600.0
     backoff_window: float = 3600.0
     manual_failback: bool = False
+    promote_restore: bool = False  # restore the right model into a standby before routing to it
 
     def region(self, name: str) -> RegionSpec:
         return next(r for r in self.regions if r.name == name)
@@ -61,6 +67,7 @@ class RegionState:
     fails: int = 0
     successes: int = 0
     last: str = ""  # the last probe, in words
+    wrong_model: bool = False  # the last probe answered, with another model's identity
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class ControlState:
     approved: bool = False  # ``failover approve`` given for the next damped change
     alerting: bool = False  # a no-healthy-region alert is raised
     waiting: str = ""  # the damped change being held back, in words (reported once)
+    restoring: str | None = None  # the region a restore-before-promote is running for
 
 
 def _best(spec: Spec, names: list[str]) -> dict[str, int]:
@@ -105,7 +113,7 @@ def _observe(spec: Spec, name: str, old: RegionState, p: Probe) -> RegionState:
         health = "healthy" if n >= spec.success_threshold else old.health
         return RegionState(health, 0, n, why)
     n = old.fails + 1
-    return RegionState("unhealthy" if n >= spec.failure_threshold else old.health, n, 0, why)
+    return RegionState("unhealthy" if n >= spec.failure_threshold else old.health, n, 0, why, p.ok and not good)
 
 
 def _dwell(spec: Spec, state: ControlState, now: float) -> float:
@@ -129,10 +137,14 @@ def tick(spec: Spec, state: ControlState, probes: Mapping[str, Probe], now: floa
     st = replace(state, regions=regions)
     desired = _best(spec, [n for n, r in regions.items() if r.health == "healthy"])
     lost = [n for n in st.routing if regions[n].health == "unhealthy"]
+    if st.restoring is not None and regions[st.restoring].health == "healthy":
+        st = replace(st, restoring=None)  # restored and serving the right model: an ordinary candidate now
     if not desired:
         if lost and not st.alerting:
             events.append(Event("no-healthy-region", now, None, st.routing, "no region is healthy: the routing stays"
                                 f" as it was ({', '.join(sorted(st.routing))})", evidence))
+        if lost and spec.promote_restore and st.restoring is None:
+            st = _restore_one(spec, st, now, events, evidence)
         return replace(st, alerting=bool(lost) or st.alerting), events
     st = replace(st, alerting=False)
     if desired == st.routing:
@@ -145,6 +157,20 @@ def tick(spec: Spec, state: ControlState, probes: Mapping[str, Probe], now: floa
         return replace(st, routing=desired, changed_at=now, failovers=(*st.failovers, now)[-16:], approved=False,
                        waiting=""), events
     return _damped(spec, st, desired, now, events, evidence)
+
+
+def _restore_one(spec: Spec, st: ControlState, now: float, events: list[Event],
+                 evidence: dict[str, str]) -> ControlState:
+    """No region is healthy but one answers with a stale model and can be restored: ask for the
+    restore of the best such region (it is routed to once it reports the right model)."""
+    stale = [n for n, r in st.regions.items() if r.wrong_model and spec.region(n).restorable and n not in st.routing]
+    if not stale:
+        return st
+    target = min(stale, key=lambda n: (spec.region(n).priority, n))
+    events.append(Event("restore-needed", now, target, st.routing, f"no region is healthy; {target} answers but"
+                        f" {st.regions[target].last}: restoring the expected model into it before routing there",
+                        evidence))
+    return replace(st, restoring=target)
 
 
 def _damped(spec: Spec, st: ControlState, desired: dict[str, int], now: float, events: list[Event],

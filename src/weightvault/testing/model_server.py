@@ -1,6 +1,8 @@
 """A small real model server for failover tests: it loads a safetensors file and answers
 ``GET /health`` with ``{"status": "healthy", "model_sha256": <SHA-256 of the file>}`` and
-``POST /predict`` with the sum of the first tensor's row 0 times the input list.
+``POST /predict`` with the sum of the first tensor's row 0 times the input list. The file is
+loaded again whenever it changes (a ``restore --swap`` of its directory), as a server that
+reloads its model would.
 
     python -m weightvault.testing.model_server --weights model.safetensors --mode-file MODE
 
@@ -32,9 +34,20 @@ def main() -> None:
     ap.add_argument("--mode-file", type=Path, required=True)
     ap.add_argument("--port", type=int, default=0)
     a = ap.parse_args()
-    sha = hashlib.sha256(a.weights.read_bytes()).hexdigest()
-    first = next(iter(load_file(str(a.weights)).values()))
+    loaded: dict[str, object] = {}  # the weights as last loaded, reloaded when the file changes
     counter = itertools.count()
+
+    def model() -> tuple[str, np.ndarray] | None:
+        try:
+            st = a.weights.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if loaded.get("key") != key:
+            data = a.weights.read_bytes()
+            loaded.update(key=key, sha=hashlib.sha256(data).hexdigest(), first=next(iter(load_file(str(a.weights))
+                                                                                        .values())))
+        return str(loaded["sha"]), np.asarray(loaded["first"])
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -57,13 +70,21 @@ def main() -> None:
             if mode == "500" or (mode == "flap" and next(counter) % 2):
                 self._send(500, {"error": "injected"})
                 return
+            m = model()
+            if m is None:
+                self._send(503, {"status": "unhealthy", "error": "no model file"})
+                return
             status = "unhealthy" if mode == "unhealthy" else "healthy"
-            self._send(200, {"status": status, "model_sha256": "0" * 64 if mode == "wrong" else sha})
+            self._send(200, {"status": status, "model_sha256": "0" * 64 if mode == "wrong" else m[0]})
 
         def do_POST(self) -> None:
             n = int(self.headers.get("content-length", "0"))
             xs = np.asarray(json.loads(self.rfile.read(n) or b"[]"), dtype=np.float64)
-            row = np.asarray(first, dtype=np.float64).reshape(-1)[: len(xs)]
+            m = model()
+            if m is None:
+                self._send(503, {"error": "no model file"})
+                return
+            row = np.asarray(m[1], dtype=np.float64).reshape(-1)[: len(xs)]
             self._send(200, {"y": float((row * xs).sum())})
 
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
