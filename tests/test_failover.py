@@ -164,6 +164,8 @@ def test_failover_failback_flapping_wrong_model_and_never_zero(tmp_path: Path,
 def test_bad_configuration_is_refused_with_the_line_to_fix(tmp_path: Path) -> None:
     cfg = tmp_path / "regions.toml"
     cases = [('[regions.a]\nhealth_url = "http://x/health"\n[actuator]\npath = "r.json"\n', "at least two"),
+             ('[regions.a]\nhealth_url = "http://x"\n[regions.b]\nhealth_url = "http://y"\n[actuator]\n'
+              'kind = "route53"\nhosted_zone_id = "Z1"\nrecord_name = "m."\n', "route53_value"),
              ('[failover]\ninterval = "often"\n[regions.a]\nhealth_url = "http://x"\n[regions.b]\n'
               'health_url = "http://y"\n[actuator]\npath = "r"\n', "interval"),
              ('[regions.a]\nhealth_url = "ftp://x"\n[regions.b]\nhealth_url = "http://y"\n[actuator]\npath = "r"\n',
@@ -240,3 +242,42 @@ def test_restore_before_promote_brings_a_stale_standby_up_to_date_then_routes(tm
             p.wait()
             if p.stdout is not None:
                 p.stdout.close()
+
+
+def test_route53_weighted_records_follow_the_decisions(tmp_path: Path,
+                                                      regions: tuple[dict[str, Region], str]) -> None:
+    import boto3
+
+    from weightvault.testing.s3server import s3_endpoint
+
+    rs, sha = regions
+    with s3_endpoint() as ep:  # moto's server: Route 53 too
+        r53 = boto3.client("route53", endpoint_url=ep.endpoint)
+        zone = r53.create_hosted_zone(Name="example.com.", CallerReference="wv-test")["HostedZone"]["Id"]
+        cfg = _config(tmp_path, rs, sha)
+        text = cfg.read_text().replace('[actuator]\npath = "routing.json"\n', (
+            f'[actuator]\nkind = "route53"\nhosted_zone_id = "{zone}"\nrecord_name = "model.example.com."\n'
+            f'ttl = 30\nendpoint = "{ep.endpoint}"\n'))
+        for name in rs:
+            value = f'route53_value = "{name}.serve.example.com"\n'
+            text = text.replace(f"[regions.{name}]\n", f"[regions.{name}]\n{value}")
+        cfg.write_text(text)
+
+        def weights() -> dict[str, int]:
+            sets = r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+            return {s["SetIdentifier"]: s["Weight"] for s in sets if s.get("SetIdentifier")}
+
+        ctl = subprocess.Popen([sys.executable, "-m", "weightvault", "failover", "run", "--config", str(cfg)],
+                               stderr=subprocess.DEVNULL)  # with the test server's throwaway AWS credentials
+        try:
+            _wait("the first routing in Route 53", lambda: weights() == {"eu": 100, "us": 0, "ap": 0})
+            values = {s["SetIdentifier"]: s["ResourceRecords"][0]["Value"]
+                      for s in r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+                      if s.get("SetIdentifier")}
+            assert values["us"] == "us.serve.example.com"
+            rs["eu"].proc.kill()
+            _wait("failover in Route 53", lambda: weights() == {"eu": 0, "us": 100, "ap": 0})
+            assert _status(tmp_path)["applied"] == {"us": 100}
+        finally:
+            ctl.send_signal(signal.SIGTERM)
+            ctl.wait(timeout=30)

@@ -17,6 +17,8 @@
     kind = "weights-file"       # the routing as JSON {"region": weight}, written atomically
     path = "routing.json"
     reload = ["nginx", "-s", "reload"]   # optional: run after each change
+    # or: kind = "route53", hosted_zone_id = "Z123", record_name = "model.example.com.",
+    #     record_type = "CNAME", ttl = 60 (and route53_value in each region)
 
     [regions.eu]
     health_url = "http://10.0.0.1:8080/health"
@@ -42,6 +44,7 @@ from typing import Any
 
 from weightvault import api
 from weightvault.errors import ConfigFileError, UsageError
+from weightvault.failover.actuators import Actuator, Route53Weighted, WeightsFile
 from weightvault.failover.machine import RegionSpec, Spec
 
 __all__ = ["FailoverConfig", "RegionConfig", "load_config"]
@@ -49,7 +52,8 @@ __all__ = ["FailoverConfig", "RegionConfig", "load_config"]
 _FAILOVER = {"interval", "timeout", "failure_threshold", "success_threshold", "min_dwell", "max_dwell",
              "backoff_window", "manual_failback", "state_dir", "promote_restore", "validate_level", "promote_timeout"}
 _REGION = {"health_url", "priority", "weight", "expected_sha256", "model_dir", "repository", "snapshot",
-           "password_env", "password_file"}
+           "password_env", "password_file", "route53_value"}
+_ACTUATOR = {"kind", "path", "reload", "hosted_zone_id", "record_name", "record_type", "ttl", "endpoint"}
 _RESTORE = ("model_dir", "repository", "snapshot")
 
 
@@ -65,6 +69,7 @@ class RegionConfig:
     snapshot: str | None = None  # ... this snapshot (an id, latest:run=prod, ...)
     password_env: str | None = None
     password_file: Path | None = None
+    route53_value: str | None = None  # this region's value of the weighted record
 
     @property
     def restorable(self) -> bool:
@@ -78,8 +83,7 @@ class FailoverConfig:
     interval: float
     timeout: float
     state_dir: Path
-    weights_file: Path
-    reload: tuple[str, ...] = ()
+    actuator: Actuator
     validate_level: int = 3
     promote_timeout: float = 600.0  # restore + the region reporting the right model, at most
 
@@ -126,7 +130,30 @@ def _region(name: str, r: Any, path: Path) -> RegionConfig:
                         (base / str(r["model_dir"])).resolve() if "model_dir" in r else None, repo,
                         str(r["snapshot"]) if "snapshot" in r else None,
                         str(r["password_env"]) if "password_env" in r else None,
-                        (base / str(r["password_file"])).resolve() if "password_file" in r else None)
+                        (base / str(r["password_file"])).resolve() if "password_file" in r else None,
+                        str(r["route53_value"]) if "route53_value" in r else None)
+
+
+def _actuator(a: Any, regions: tuple[RegionConfig, ...], path: Path) -> Actuator:
+    if not isinstance(a, dict) or set(a) - _ACTUATOR:
+        raise ConfigFileError(f"{path}: [actuator] is missing or has unknown keys",
+                              hint=f'e.g. [actuator] path = "routing.json"; known keys: {", ".join(sorted(_ACTUATOR))}')
+    kind = a.get("kind", "weights-file")
+    if kind == "weights-file":
+        reload = a.get("reload", [])
+        if "path" not in a or not isinstance(reload, list) or not all(isinstance(x, str) for x in reload):
+            raise ConfigFileError(f"{path}: [actuator] weights-file needs a path (and reload, if given, is a command"
+                                  " as a list of strings)", hint='e.g. path = "routing.json"')
+        return WeightsFile((path.parent / str(a["path"])).resolve(), tuple(reload))
+    if kind == "route53":
+        missing = [k for k in ("hosted_zone_id", "record_name") if k not in a]
+        missing += [f"regions.{r.name}.route53_value" for r in regions if r.route53_value is None]
+        if missing:
+            raise ConfigFileError(f"{path}: the route53 actuator needs {', '.join(missing)}")
+        return Route53Weighted(str(a["hosted_zone_id"]), str(a["record_name"]), str(a.get("record_type", "CNAME")),
+                               _int(a.get("ttl", 60), "actuator.ttl", path),
+                               {r.name: str(r.route53_value) for r in regions}, a.get("endpoint"))
+    raise ConfigFileError(f"{path}: [actuator] kind = {kind!r} is not weights-file or route53")
 
 
 def load_config(path: Path) -> FailoverConfig:
@@ -146,13 +173,7 @@ def load_config(path: Path) -> FailoverConfig:
     if len(regions) < 2:
         raise ConfigFileError(f"{path} names {len(regions)} region(s); failover needs at least two",
                               hint="add [regions.NAME] tables with health_url, priority and weight")
-    a = doc.get("actuator", {})
-    if not isinstance(a, dict) or a.get("kind", "weights-file") != "weights-file" or "path" not in a:
-        raise ConfigFileError(f"{path}: [actuator] needs kind = \"weights-file\" and a path",
-                              hint='e.g. [actuator] path = "routing.json"')
-    reload = a.get("reload", [])
-    if not isinstance(reload, list) or not all(isinstance(x, str) for x in reload):
-        raise ConfigFileError(f"{path}: [actuator] reload must be a command as a list of strings")
+    actuator = _actuator(doc.get("actuator"), regions, path)
     promote = bool(f.get("promote_restore", False))
     if promote and not any(r.restorable for r in regions):
         raise ConfigFileError(f"{path}: promote_restore = true but no region has model_dir, repository and snapshot",
@@ -170,5 +191,5 @@ def load_config(path: Path) -> FailoverConfig:
     base = path.parent
     return FailoverConfig(spec, regions, _seconds(f.get("interval", "10s"), "interval", path),
                           _seconds(f.get("timeout", "2s"), "timeout", path),
-                          (base / str(f.get("state_dir", "failover"))).resolve(), (base / str(a["path"])).resolve(),
-                          tuple(reload), level, _seconds(f.get("promote_timeout", "10min"), "promote_timeout", path))
+                          (base / str(f.get("state_dir", "failover"))).resolve(), actuator, level,
+                          _seconds(f.get("promote_timeout", "10min"), "promote_timeout", path))

@@ -13,9 +13,8 @@ snapshot into its model directory (validated at ``validate_level``) in a thread;
 routed to once its probes report the expected model, and the time from the first failed probe of
 the lost region to the new routing is the RTO (a ``recovered`` event, ``last_rto_s``).
 
-The actuator writes the routing as JSON ``{"region": weight}`` atomically (temp file, fsync,
-rename, directory fsync), then runs the optional reload command; a failed reload is an event
-and is retried at the next round.
+The actuator (``actuators``: a weights file, or Route 53 weighted records) puts a changed routing
+in place; a failure is an ``actuate-failed`` event and is tried again at the next round.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import json
 import logging
 import os
 import queue
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ import urllib3
 
 from weightvault import api
 from weightvault.errors import UsageError, WeightvaultError
+from weightvault.failover.actuators import ActuatorError
 from weightvault.failover.config import FailoverConfig, RegionConfig
 from weightvault.failover.machine import ControlState, Event, Probe, RegionState, initial_state, tick
 from weightvault.paths import atomic_write
@@ -199,13 +198,10 @@ class Controller:
         return out
 
     def _apply(self, routing: dict[str, int]) -> list[Event]:
-        atomic_write(self.cfg.weights_file, (json.dumps(routing, sort_keys=True) + "\n").encode(), 0o644)
-        if self.cfg.reload:
-            try:
-                subprocess.run(list(self.cfg.reload), check=True, capture_output=True, timeout=60)
-            except (OSError, subprocess.SubprocessError) as exc:
-                return [Event("reload-failed", self.clock(), None, routing,
-                              f"the routing was written but {' '.join(self.cfg.reload)} failed: {exc}")]
+        try:
+            self.cfg.actuator.apply(routing)
+        except ActuatorError as exc:
+            return [Event("actuate-failed", self.clock(), None, routing, f"{exc} (tried again next round)")]
         self.applied = dict(routing)
         return []
 
