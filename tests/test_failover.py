@@ -190,18 +190,32 @@ def _model_server(weights: Path, mode: Path) -> tuple[str, subprocess.Popen[str]
     return line.split()[-1], proc
 
 
-def test_restore_before_promote_brings_a_stale_standby_up_to_date_then_routes(tmp_path: Path) -> None:
+@dataclass
+class Runbook:
+    cfg: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen[str]]
+    repo: Repository
+    snap: Any
+    release: Path  # the right weights, as backed up
+
+
+@pytest.fixture
+def runbook(tmp_path: Path) -> Iterator[Runbook]:
+    """Two regions: eu serves the release, us a stale model in a directory the controller can
+    restore into from a repository holding the release (``latest:run=prod``)."""
     rng = np.random.default_rng(7)
     right = {"w": rng.standard_normal((128, 128), dtype=np.float32)}
-    (tmp_path / "release" / "model").mkdir(parents=True)
-    save_file(right, str(tmp_path / "release" / "model" / "model.safetensors"))
-    sha = hashlib.sha256((tmp_path / "release" / "model" / "model.safetensors").read_bytes()).hexdigest()
+    release = tmp_path / "release" / "model" / "model.safetensors"
+    release.parent.mkdir(parents=True)
+    save_file(right, str(release))
+    sha = hashlib.sha256(release.read_bytes()).hexdigest()
     repo = Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
-    snap = repo.backup([tmp_path / "release" / "model"], tags=["run=prod"]).snapshot
+    snap = repo.backup([release.parent], tags=["run=prod"]).snapshot
     for name, weights in (("eu", right), ("us", {"w": np.zeros((128, 128), dtype=np.float32)})):
         (tmp_path / name / "model").mkdir(parents=True)
         save_file(weights, str(tmp_path / name / "model" / "model.safetensors"))
-    procs = []
+    procs: list[subprocess.Popen[str]] = []
     try:
         urls = {}
         for name in ("eu", "us"):
@@ -215,33 +229,53 @@ def test_restore_before_promote_brings_a_stale_standby_up_to_date_then_routes(tm
             f'[regions.eu]\nhealth_url = "{urls["eu"]}/health"\npriority = 1\nexpected_sha256 = "{sha}"\n\n'
             f'[regions.us]\nhealth_url = "{urls["us"]}/health"\npriority = 2\nexpected_sha256 = "{sha}"\n'
             f'model_dir = "us/model"\nrepository = "repo"\nsnapshot = "latest:run=prod"\npassword_env = "WV_PW"\n')
-        env = {**os.environ, "WV_PW": PASSWORD, "HOME": str(tmp_path / "home")}
-        ctl = subprocess.Popen([sys.executable, "-m", "weightvault", "failover", "run", "--config", str(cfg)],
-                               stderr=subprocess.DEVNULL, env=env)
-        try:
-            _wait("eu healthy, us stale", lambda: _status(tmp_path).get("regions", {}).get("eu", {}).get("health")
-                  == "healthy" and _status(tmp_path)["regions"]["us"].get("wrong_model") is True)
-            assert _routing(tmp_path) == {"eu": 100}
-            procs[0].kill()  # the primary region is lost; the only standby serves a stale model
-            _wait("failover to the restored standby", lambda: _routed(tmp_path, {"us": 100}))
-            kinds = [e["kind"] for e in _events(tmp_path)]
-            assert kinds.index("restore-needed") < kinds.index("restored") < kinds.index("failover")
-            assert (tmp_path / "us" / "model" / "model.safetensors").read_bytes() == (
-                tmp_path / "release" / "model" / "model.safetensors").read_bytes()
-            assert [p.name for p in (tmp_path / "us").iterdir() if p.name.startswith("model.before-")]  # kept
-            recovered = next(e for e in _events(tmp_path) if e["kind"] == "recovered")
-            assert float(recovered["evidence"]["rto_s"]) > 0 and _status(tmp_path)["last_rto_s"] > 0
-            assert any(r.get("op") == "restore" or "swap" in str(r.get("op")) for r in repo.ledger())
-            assert snap.id[:8] in next(e for e in _events(tmp_path) if e["kind"] == "restored")["reason"]
-        finally:
-            ctl.send_signal(signal.SIGTERM)
-            ctl.wait(timeout=30)
+        yield Runbook(cfg, {**os.environ, "WV_PW": PASSWORD, "HOME": str(tmp_path / "home")}, procs, repo, snap,
+                      release)
     finally:
         for p in procs:
             p.kill()
             p.wait()
             if p.stdout is not None:
                 p.stdout.close()
+
+
+def test_restore_before_promote_brings_a_stale_standby_up_to_date_then_routes(tmp_path: Path,
+                                                                            runbook: Runbook) -> None:
+    ctl = subprocess.Popen([sys.executable, "-m", "weightvault", "failover", "run", "--config", str(runbook.cfg)],
+                           stderr=subprocess.DEVNULL, env=runbook.env)
+    try:
+        _wait("eu healthy, us stale", lambda: _status(tmp_path).get("regions", {}).get("eu", {}).get("health")
+              == "healthy" and _status(tmp_path)["regions"]["us"].get("wrong_model") is True)
+        assert _routing(tmp_path) == {"eu": 100}
+        runbook.procs[0].kill()  # the primary region is lost; the only standby serves a stale model
+        _wait("failover to the restored standby", lambda: _routed(tmp_path, {"us": 100}))
+        kinds = [e["kind"] for e in _events(tmp_path)]
+        assert kinds.index("restore-needed") < kinds.index("restored") < kinds.index("failover")
+        assert (tmp_path / "us" / "model" / "model.safetensors").read_bytes() == runbook.release.read_bytes()
+        assert [p.name for p in (tmp_path / "us").iterdir() if p.name.startswith("model.before-")]  # kept
+        recovered = next(e for e in _events(tmp_path) if e["kind"] == "recovered")
+        assert float(recovered["evidence"]["rto_s"]) > 0 and _status(tmp_path)["last_rto_s"] > 0
+        assert any(r.get("op") == "restore" or "swap" in str(r.get("op")) for r in runbook.repo.ledger())
+        assert runbook.snap.id[:8] in next(e for e in _events(tmp_path) if e["kind"] == "restored")["reason"]
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        ctl.wait(timeout=30)
+
+
+def test_failover_drill_rehearses_the_runbook_without_moving_traffic(tmp_path: Path, runbook: Runbook) -> None:
+    def drill(region: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "weightvault", "failover", "drill", "--config", str(runbook.cfg),
+                               "--region", region, "--json"], capture_output=True, text=True, env=runbook.env,
+                              timeout=300)
+
+    res = drill("us")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["kind"] == "drill" and float(doc["evidence"]["rto_s"]) >= float(doc["evidence"]["restore_s"]) > 0
+    assert (tmp_path / "us" / "model" / "model.safetensors").read_bytes() == runbook.release.read_bytes()
+    assert [e["kind"] for e in _events(tmp_path)] == ["drill"] and not (tmp_path / "routing.json").exists()
+    refused = drill("eu")
+    assert refused.returncode == 2 and "not one the controller can restore into" in refused.stderr
 
 
 def test_route53_weighted_records_follow_the_decisions(tmp_path: Path,
@@ -276,8 +310,8 @@ def test_route53_weighted_records_follow_the_decisions(tmp_path: Path,
                       if s.get("SetIdentifier")}
             assert values["us"] == "us.serve.example.com"
             rs["eu"].proc.kill()
-            _wait("failover in Route 53", lambda: weights() == {"eu": 0, "us": 100, "ap": 0})
-            assert _status(tmp_path)["applied"] == {"us": 100}
+            _wait("failover in Route 53", lambda: weights() == {"eu": 0, "us": 100, "ap": 0}
+                  and _status(tmp_path).get("applied") == {"us": 100})  # and the round that did it recorded
         finally:
             ctl.send_signal(signal.SIGTERM)
             ctl.wait(timeout=30)

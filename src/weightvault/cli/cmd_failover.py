@@ -91,3 +91,23 @@ def approve(config_path: Path) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(cfg.state_dir / "approve", b"approved\n")
     click.echo("approved: the next failback the controller holds back will happen at its next round", err=True)
+
+
+@failover.command("drill")
+@_config_option
+@click.option("--region", "region", required=True, help="The standby to rehearse on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the drill's event as JSON.")
+def drill(config_path: Path, region: str, as_json: bool) -> None:
+    """Rehearse restore-before-promote on a standby without moving traffic: restore its snapshot
+    into its model directory (validated, swapped in atomically), wait for it to serve that model,
+    and record the RTO in the event log."""
+    from dataclasses import asdict
+
+    from weightvault.failover.config import load_config
+    from weightvault.failover.controller import drill as run_drill
+
+    event = run_drill(load_config(config_path), region)
+    if as_json:
+        echo_json(asdict(event))
+    else:
+        click.echo(f"drill of {region}: {event.reason}; RTO {float(event.evidence['rto_s']):.1f} s")

@@ -39,7 +39,7 @@ from weightvault.failover.config import FailoverConfig, RegionConfig
 from weightvault.failover.machine import ControlState, Event, Probe, RegionState, initial_state, tick
 from weightvault.paths import atomic_write
 
-__all__ = ["Controller", "http_probe", "read_status"]
+__all__ = ["Controller", "drill", "http_probe", "read_status"]
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +228,38 @@ class Controller:
     def close(self) -> None:
         self._threads.shutdown(wait=True)
         self._pool.clear()
+
+
+def drill(cfg: FailoverConfig, name: str, *, clock: Callable[[], float] = time.time,
+          poll: float = 0.2) -> Event:
+    """Rehearse restore-before-promote on region ``name`` without moving traffic: restore its
+    snapshot into its model directory (``restore --swap``, validated), wait until its health
+    endpoint reports the expected model, and record the time it took (the RTO this region would
+    give) as a ``drill`` event in the event log. WeightvaultError if it cannot be done."""
+    region = next((r for r in cfg.regions if r.name == name), None)
+    if region is None or not region.restorable:
+        raise UsageError(f"region {name!r} is not one the controller can restore into",
+                         hint="give it model_dir, repository and snapshot in regions.toml")
+    t0, start = time.monotonic(), clock()
+    repo = api.Repository.open(str(region.repository), _password(region))
+    res = repo.restore_swap(str(region.snapshot), str(region.model_dir), level=cfg.validate_level)
+    restored = time.monotonic() - t0
+    pool = urllib3.PoolManager()
+    probe = http_probe(pool, region, cfg.timeout)
+    while not (probe.ok and probe.identity == region.expected_sha256):
+        if time.monotonic() - t0 > cfg.promote_timeout:
+            raise UsageError(f"region {name} did not report the expected model within {cfg.promote_timeout:g} s of"
+                             f" the restore's start (last probe: {probe.reason}, model {probe.identity})",
+                             hint="check that its server reloads the model from model_dir")
+        time.sleep(poll)
+        probe = http_probe(pool, region, cfg.timeout)
+    rto = time.monotonic() - t0
+    why = (f"restored snapshot {res.snapshot[:8]} into {region.model_dir}, validated at level {cfg.validate_level}"
+           f" in {restored:.1f} s; serving it after {rto:.1f} s (no traffic moved)")
+    event = Event("drill", start, name, {}, why, {"rto_s": f"{rto:.3f}", "restore_s": f"{restored:.3f}"})
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.state_dir / "events.jsonl", "a") as f:
+        f.write(json.dumps(asdict(event), sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return event
