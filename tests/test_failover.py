@@ -170,7 +170,11 @@ def test_bad_configuration_is_refused_with_the_line_to_fix(tmp_path: Path) -> No
               'health_url = "http://y"\n[actuator]\npath = "r"\n', "interval"),
              ('[regions.a]\nhealth_url = "ftp://x"\n[regions.b]\nhealth_url = "http://y"\n[actuator]\npath = "r"\n',
               "not an http"),
-             ('[regions.a]\nhealth_url = "http://x"\n[regions.b]\nhealth_url = "http://y"\n', "actuator")]
+             ('[regions.a]\nhealth_url = "http://x"\n[regions.b]\nhealth_url = "http://y"\n', "actuator"),
+             ('[failover]\npromote_restore = true\n[regions.a]\nhealth_url = "http://x"\n[regions.b]\n'
+              'health_url = "http://y"\n[actuator]\npath = "r"\n', "no region has model_dir"),
+             ('[regions.a]\nhealth_url = "http://x"\n[regions.b]\nhealth_url = "http://y"\nmodel_dir = "m"\n'
+              '[actuator]\npath = "r"\n', "needs all of model_dir, repository and snapshot")]
     for text, words in cases:
         cfg.write_text(text)
         r = subprocess.run([sys.executable, "-m", "weightvault", "failover", "status", "--config", str(cfg)],
