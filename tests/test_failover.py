@@ -319,3 +319,40 @@ def test_route53_weighted_records_follow_the_decisions(tmp_path: Path,
         finally:
             ctl.send_signal(signal.SIGTERM)
             ctl.wait(timeout=30)
+
+
+def test_the_agent_runs_the_policys_failover_controller_and_notifies(tmp_path: Path,
+                                                                    regions: tuple[dict[str, Region], str]) -> None:
+    from test_agent import AgentProc
+    from test_cli import cli_env
+
+    rs, sha = regions
+    _config(tmp_path, rs, sha)  # regions.toml beside the policy
+    Repository.init(tmp_path / "repo", PASSWORD, kdf=FAST_KDF)
+    sent = tmp_path / "sent.jsonl"
+    append = "import os, sys; open(sys.argv[1], 'a').write(os.environ['WV_EVENT_JSON'] + chr(10))"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f"""
+[repositories.main]
+url = "{tmp_path / 'repo'}"
+
+[failover]
+config = "regions.toml"
+
+[[notify]]
+on = ["failover.*"]
+command = ["{sys.executable}", "-c", "{append}", "{sent}"]
+""")
+    env = {**cli_env(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "xdg-state"),
+           "WEIGHTVAULT_PASSWORD": PASSWORD}
+    agent = AgentProc(["agent", "--policy", str(policy), "--interval", "1h"], env, tmp_path / "agent.log")
+    try:
+        _wait("the agent's controller routing", lambda: _routed(tmp_path, {"eu": 100}))
+        rs["eu"].proc.kill()
+        agent.wait_for(lambda ev: any(e["event"] == "failover.failover" for e in ev), what="failover.failover")
+        assert _routing(tmp_path) == {"us": 100}
+        _wait("the notification", lambda: sent.exists() and "failover.failover" in sent.read_text())
+        note = next(json.loads(x) for x in sent.read_text().splitlines() if '"failover.failover"' in x)
+        assert note["routing"] == "us=100" and "eu unhealthy" in note["reason"]
+    finally:
+        assert agent.stop() == 0

@@ -42,6 +42,8 @@ from weightvault.agent.notify import Notifier
 from weightvault.agent.precheck import precheck
 from weightvault.agent.watch import WatchedSource, Watcher
 from weightvault.errors import ConfigFileError, RepositoryLockedError, UsageError, WeightvaultError
+from weightvault.failover.config import load_config as load_failover
+from weightvault.failover.controller import Controller
 from weightvault.integrations.queue import UploadQueue
 from weightvault.integrations.worker import WorkerRun, run_worker
 from weightvault.paths import state_home
@@ -98,6 +100,7 @@ class Agent:
         self._busy = False
         self._next_policy = 0.0
         self.turns = 0
+        self._failover_thread: threading.Thread | None = None
 
     # -- control -----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -142,6 +145,10 @@ class Agent:
                     self._watch_thread = threading.Thread(target=self._watch_loop, name="weightvault-watch",
                                                           daemon=True)
                     self._watch_thread.start()
+                    if self.spec is not None and self.spec.failover:
+                        self._failover_thread = threading.Thread(target=self._failover_loop, args=(self.spec.failover,),
+                                                                 name="weightvault-failover", daemon=True)
+                        self._failover_thread.start()
                 while not self._stop.is_set():
                     failed = self._turn() or failed
                     self.turns += 1
@@ -155,6 +162,8 @@ class Agent:
                 self._stop.set()
                 if self._watch_thread is not None:
                     self._watch_thread.join(30)
+                if self._failover_thread is not None:
+                    self._failover_thread.join(30)
                 if self.watcher is not None:
                     self.watcher.stop()
                 self.log.emit("agent.stop", turns=self.turns)
@@ -320,6 +329,31 @@ class Agent:
         self.metrics.write()
 
     # -- configuration -------------------------------------------------------------------------------
+    def _failover_loop(self, config: str) -> None:
+        """The policy's ``[failover]``: the controller of ``weightvault failover run`` in this
+        process, its events as ``failover.<kind>`` agent events (logged, notified, counted)."""
+        try:
+            ctl = Controller(load_failover(Path(config)))
+        except WeightvaultError as exc:
+            self.log.emit("failover.error", "error", error=exc.message, config=config)
+            return
+        levels = {"no-healthy-region": "error", "restore-failed": "error", "actuate-failed": "error",
+                  "failover": "warning", "unhealthy": "warning"}
+        try:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    events = ctl.round()
+                except (WeightvaultError, OSError) as exc:
+                    self.log.emit("failover.error", "error", error=str(exc))
+                    events = []
+                for e in events:
+                    self.log.emit(f"failover.{e.kind}", levels.get(e.kind, "info"), region=e.region, reason=e.reason,
+                                  routing=",".join(f"{k}={v}" for k, v in sorted(e.routing.items())))
+                self._stop.wait(max(0.0, ctl.cfg.interval - (time.monotonic() - start)))
+        finally:
+            ctl.close()
+
     def _load_policy(self) -> Any:
         assert self.opts.policy is not None
         return api.load_policy(self.opts.policy)

@@ -43,7 +43,10 @@ __all__ = ["EVENTS", "WINDOW_STEPS", "CheckSpec", "NotifySpec", "WindowSpec", "p
 KINDS = ("backup", "prune", "check", "copy", "tier", "drill")
 PHASES = ("start", "success", "error", "warning")
 EVENTS = (*(f"{k}.{p}" for k in KINDS for p in PHASES), "rpo_breach", "precheck_failed", "handoff",
-          "handoff.failed", "policy.error", "policy.reload_failed", "agent.start", "agent.stop")
+          "handoff.failed", "policy.error", "policy.reload_failed", "agent.start", "agent.stop",
+          *(f"failover.{k}" for k in ("failover", "failback", "no-healthy-region", "restore-needed", "restored",
+                                       "restore-failed", "recovered", "actuate-failed", "unhealthy", "healthy",
+                                       "failback-waiting", "error")))
 WINDOW_STEPS = ("prune", "tier", "drill", "copy", "check")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TARGETS = ("webhook", "webhook_env", "ping", "ping_env", "email", "command")

@@ -170,6 +170,7 @@ class PolicySpec:
     windows: dict[str, Any] = field(default_factory=dict)  # name -> agent_spec.WindowSpec
     checks: dict[str, Any] = field(default_factory=dict)  # name -> agent_spec.CheckSpec
     notify: list[Any] = field(default_factory=list)  # agent_spec.NotifySpec, in file order
+    failover: str | None = None  # [failover] config: a regions.toml the agent's failover controller runs
     path: str = "<policy>"
 
     def cls(self, name: str) -> DataClass | None:
@@ -240,7 +241,7 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
         raise ConfigFileError(f"{path}: not valid TOML: {exc}", hint="fix the syntax at the line named") from exc
     w = _Where(path, text)
     _only(w, "", doc, {"version", "settings", "repositories", "sources", "classes", "drills", "windows", "notify",
-                       "checks"})
+                       "checks", "failover"})
     if doc.get("version", 1) != 1:
         raise ConfigFileError(f"{path}, line {_top_line(w, 'version')}: version: only version 1 is known")
     spec = PolicySpec(path=path)
@@ -261,6 +262,12 @@ def parse_policy(text: str, path: str = "<policy>") -> PolicySpec:
     spec.windows = agent_spec.parse_windows(w, _table(w, "", doc, "windows"))
     spec.notify = agent_spec.parse_notify(w, doc.get("notify", []))
     spec.checks = agent_spec.parse_checks(w, _table(w, "", doc, "checks"), spec.repositories)
+    fo = _table(w, "", doc, "failover")
+    if fo:
+        _only(w, "failover", fo, {"config"})
+        config = _get(w, "failover", fo, "config", str, required=True)
+        base = os.path.dirname(os.path.abspath(path)) if not path.startswith("<") else os.getcwd()
+        spec.failover = os.path.join(base, os.path.expanduser(config))
     return spec
 
 
