@@ -147,13 +147,17 @@ class UserBackend:
             return self._inner.remove_temp(min_age)
         return self._run("clean", None, None, work)
 
+    def _space(self, measure: Callable[[], int | None]) -> int | None:
+        def work(call: Call, user: User) -> int | None:
+            authorise(self.st, call, user, Op.SPACE, None)
+            return measure()
+        return self._run("space", None, None, work)
+
     def free_space(self) -> int | None:
-        return self._run("space", None, None, lambda call, user: (authorise(self.st, call, user, Op.SPACE, None),
-                                                                   self._inner.free_space())[1])
+        return self._space(self._inner.free_space)
 
     def total_space(self) -> int | None:
-        return self._run("space", None, None, lambda call, user: (authorise(self.st, call, user, Op.SPACE, None),
-                                                                   self._inner.total_space())[1])
+        return self._space(self._inner.total_space)
 
 
 _check: type[Backend] = UserBackend  # the protocol is satisfied

@@ -162,10 +162,10 @@ def storage(site: Site, session: Session, request: Request) -> Response:
     repos = []
     for name in _names(site, session, request):
         repo = site.repo(session, name)
-        raw, stored = views.storage_series(repo.snapshots())  # oldest first
+        snaps = repo.snapshots()  # oldest first
+        raw, stored = views.storage_series(snaps)
         chart = line_chart([Series("raw bytes of the snapshot", raw), Series("stored bytes added (total)", stored)],
                            x_label="snapshot", y_label="bytes", y_format="bytes")
-        snaps = repo.snapshots()
         formats = views.by_format(repo.ls(snaps[-1].id), repo.layouts(snaps[-1].id)) if snaps else []
         spec = site.policy.repositories.get(name) if site.policy is not None else None
         tier = f"{spec.tier} tier, site {spec.site}" if spec is not None else None
