@@ -175,6 +175,14 @@ def test_bad_configuration_is_refused_with_the_line_to_fix(tmp_path: Path) -> No
               'health_url = "http://y"\n[actuator]\npath = "r"\n', "no region has model_dir"),
              ('[regions.a]\nhealth_url = "http://x"\n[regions.b]\nhealth_url = "http://y"\nmodel_dir = "m"\n'
               '[actuator]\npath = "r"\n', "needs all of model_dir, repository and snapshot")]
+    two = '[regions.a]\nhealth_url = "http://x"\n[regions.b]\nhealth_url = "http://y"\n[actuator]\npath = "r"\n'
+    cases += [('[failover]\nquorum = 2\n' + two, "quorum without [[vantage]]"),
+              ('[failover]\nquorum = 3\n' + two + '[[vantage]]\nname = "a"\n[[vantage]]\nname = "b"\n',
+               "from 1 to 2"),
+              (two + '[[vantage]]\nname = "a"\nproxy = "socks5://p"\n', "not an http(s) URL"),
+              ('[failover]\nvalidate_level = 4\n' + two, "validate_check"),
+              ('[failover]\nvalidate_check = "m:f"\n' + two, "only with level 4"),
+              (two + '[ledger]\npassword_env = "X"\n', "[ledger] needs repository")]
     for text, words in cases:
         cfg.write_text(text)
         r = subprocess.run([sys.executable, "-m", "weightvault", "failover", "status", "--config", str(cfg)],
@@ -259,11 +267,21 @@ def test_restore_before_promote_brings_a_stale_standby_up_to_date_then_routes(tm
         assert [p.name for p in (tmp_path / "us").iterdir() if p.name.startswith("model.before-")]  # kept
         recovered = next(e for e in _events(tmp_path) if e["kind"] == "recovered")
         assert float(recovered["evidence"]["rto_s"]) > 0 and _status(tmp_path)["last_rto_s"] > 0
-        assert any(r.get("op") == "restore" or "swap" in str(r.get("op")) for r in runbook.repo.ledger())
         assert runbook.snap.id[:8] in next(e for e in _events(tmp_path) if e["kind"] == "restored")["reason"]
     finally:
         ctl.send_signal(signal.SIGTERM)
         ctl.wait(timeout=30)
+    assert ctl.returncode == 0  # a stopped controller has written what it queued for the ledger
+    records = runbook.repo.ledger()
+    steps = [r["op"] if r["op"] != "failover" else r["detail"].split(":")[0].split(" ")[0] for r in records]
+    assert steps == ["backup", "no-healthy-region", "restore", "failover", "recovered"]  # restored before routed
+    assert not records[1]["ok"] and records[1]["target"] == "eu=100"  # the alert: the routing stayed
+    moved = next(r for r in records if r["op"] == "failover" and r["detail"].startswith("failover"))
+    assert moved["source"] == "eu=100" and moved["target"] == "us=100" and moved["ok"]
+    assert "probes: eu: " in moved["detail"] and "us: healthy" in moved["detail"]  # the evidence
+    rto = next(r for r in records if r["op"] == "failover" and r["detail"].startswith("recovered"))
+    assert rto["duration_s"] == pytest.approx(_status(tmp_path)["last_rto_s"], abs=0.01) and rto["duration_s"] > 0
+    assert runbook.repo.verify_ledger().ok
 
 
 def test_failover_drill_rehearses_the_runbook_without_moving_traffic(tmp_path: Path, runbook: Runbook) -> None:
@@ -272,12 +290,37 @@ def test_failover_drill_rehearses_the_runbook_without_moving_traffic(tmp_path: P
                                "--region", region, "--json"], capture_output=True, text=True, env=runbook.env,
                               timeout=300)
 
+    checks = tmp_path / "checks"
+    checks.mkdir()
+    (checks / "servecheck.py").write_text(
+        "import os\nimport numpy as np\nfrom safetensors.numpy import load_file\n\n"
+        "def forward(root):\n"
+        "    w = load_file(os.path.join(root, 'model.safetensors'))['w']\n"
+        "    want = float(os.environ['WV_TEST_FORWARD'])\n"
+        "    got = float((w @ np.ones(w.shape[1], dtype=np.float32)).sum())\n"
+        "    return [] if abs(got - want) < 1e-3 * max(1.0, abs(want)) else [f'forward pass {got}, expected {want}']\n")
+    text = runbook.cfg.read_text().replace("validate_level = 3\n", 'validate_level = 4\nvalidate_check = '
+                                                                    '"servecheck:forward"\n')
+    runbook.cfg.write_text(text)
+    from safetensors.numpy import load_file
+    w = load_file(str(runbook.release))["w"]
+    runbook.env.update(PYTHONPATH=str(checks), WV_TEST_FORWARD="12345.0")  # not what the release computes
+    before = (tmp_path / "us" / "model" / "model.safetensors").read_bytes()
+    failed = drill("us")
+    assert failed.returncode != 0 and "forward pass" in failed.stderr, failed.stderr
+    assert (tmp_path / "us" / "model" / "model.safetensors").read_bytes() == before  # nothing swapped in
+
+    runbook.env["WV_TEST_FORWARD"] = repr(float((w @ np.ones(w.shape[1], dtype=np.float32)).sum()))
     res = drill("us")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["kind"] == "drill" and float(doc["evidence"]["rto_s"]) >= float(doc["evidence"]["restore_s"]) > 0
+    assert "level 4" in doc["reason"]
     assert (tmp_path / "us" / "model" / "model.safetensors").read_bytes() == runbook.release.read_bytes()
     assert [e["kind"] for e in _events(tmp_path)] == ["drill"] and not (tmp_path / "routing.json").exists()
+    rec = [r for r in runbook.repo.ledger() if r["op"] == "failover-drill"]
+    assert len(rec) == 1 and rec[0]["target"] == "us" and rec[0]["source"] is None
+    assert rec[0]["duration_s"] == pytest.approx(float(doc["evidence"]["rto_s"]), abs=0.01)
     refused = drill("eu")
     assert refused.returncode == 2 and "not one the controller can restore into" in refused.stderr
 
@@ -356,3 +399,50 @@ command = ["{sys.executable}", "-c", "{append}", "{sent}"]
         assert note["routing"] == "us=100" and "eu unhealthy" in note["reason"]
     finally:
         assert agent.stop() == 0
+
+
+def test_probes_from_several_vantage_points_need_a_quorum(tmp_path: Path,
+                                                          regions: tuple[dict[str, Region], str]) -> None:
+    """Two vantage points are real HTTP proxies (another network, as far as the probes go); one
+    of three losing its way to the primary moves nothing, two of three fail it over."""
+    rs, sha = regions
+    procs, proxies = [], {}
+    try:
+        for name in ("p1", "p2"):
+            (tmp_path / f"{name}.blocked").write_text("")
+            proc = subprocess.Popen([sys.executable, "-m", "weightvault.testing.http_proxy", "--block-file",
+                                     str(tmp_path / f"{name}.blocked")], stdout=subprocess.PIPE, text=True)
+            procs.append(proc)
+            assert proc.stdout is not None
+            proxies[name] = proc.stdout.readline().split()[-1]
+        cfg = _config(tmp_path, rs, sha)
+        cfg.write_text(cfg.read_text().replace('state_dir = "state"\n', 'state_dir = "state"\nquorum = 2\n')
+                       + '[[vantage]]\nname = "here"\n\n'
+                       + "".join(f'[[vantage]]\nname = "{n}"\nproxy = "{u}"\n\n' for n, u in proxies.items()))
+        ctl = subprocess.Popen([sys.executable, "-m", "weightvault", "failover", "run", "--config", str(cfg)],
+                               stderr=subprocess.DEVNULL)
+        try:
+            _wait("every region healthy", lambda: len(_status(tmp_path).get("regions", {})) == 3 and all(
+                r["health"] == "healthy" for r in _status(tmp_path)["regions"].values()))
+            assert _status(tmp_path)["vantages"] == ["here", "p1", "p2"] and _routing(tmp_path) == {"eu": 100}
+            eu = rs["eu"].url.split("//")[1]
+            (tmp_path / "p1.blocked").write_text(eu + "\n")  # p1 cannot reach eu
+            start = _status(tmp_path)["rounds"]
+            _wait("10 rounds with p1 cut off", lambda: _status(tmp_path)["rounds"] >= start + 10)
+            assert _routing(tmp_path) == {"eu": 100} and _status(tmp_path)["regions"]["eu"]["health"] == "healthy"
+            assert not [e for e in _events(tmp_path) if e["kind"] in ("failover", "unhealthy")]
+            (tmp_path / "p2.blocked").write_text(eu + "\n")  # now two of three cannot: failover
+            _wait("failover", lambda: _routed(tmp_path, {"us": 100}))
+            failover = next(e for e in _events(tmp_path) if e["kind"] == "failover")
+            assert "healthy from 1 of 3 vantage points, quorum 2" in failover["evidence"]["eu"]
+            assert "p1: HTTP 502" in failover["evidence"]["eu"] and "here: healthy" in failover["evidence"]["eu"]
+        finally:
+            ctl.send_signal(signal.SIGTERM)
+            ctl.wait(timeout=30)
+        assert ctl.returncode == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()

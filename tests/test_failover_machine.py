@@ -6,12 +6,22 @@ one, ``w`` the wrong model, ``.`` not probed; and after each tick the routing ex
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightvault.failover.machine import ControlState, Event, Probe, RegionSpec, Spec, initial_state, tick
+from weightvault.failover.machine import (
+    ControlState,
+    Event,
+    Probe,
+    RegionSpec,
+    Spec,
+    initial_state,
+    quorum_probe,
+    tick,
+)
 
 SPEC = Spec((RegionSpec("eu", 1, 100, "sha-good"), RegionSpec("us", 2, 100, "sha-good"),
              RegionSpec("ap", 3, 100, "sha-good")), failure_threshold=3, success_threshold=2, min_dwell=60,
@@ -171,3 +181,40 @@ def test_restore_before_promote_asks_once_for_the_best_stale_region() -> None:
     without = Spec(spec.regions, 3, 2, min_dwell=0)
     _, events, _ = run([("+ww", "eu"), ("+ww", "eu")] + [("-ww", "eu")] * 4, without)
     assert not [e for e in events if e.kind == "restore-needed"]  # not asked for: the routing just stays
+
+
+def test_a_quorum_of_vantage_points_decides_a_regions_probe() -> None:
+    good, other = Probe(True, "sha-good", "healthy"), Probe(True, "sha-stale", "healthy")
+    down = Probe(False, None, "HTTP 502")
+    assert quorum_probe([("here", down)], 1) == down  # one vantage point: its probe as it is
+    p = quorum_probe([("here", good), ("us", down), ("ap", good)], 2)
+    assert p.ok and p.identity == "sha-good" and "2 of 3" in p.reason
+    p = quorum_probe([("here", good), ("us", down), ("ap", down)], 2)  # one prober alone does not keep it routed
+    assert not p.ok and "quorum 2" in p.reason and "us: HTTP 502" in p.reason
+    p = quorum_probe([("here", good), ("us", other), ("ap", down)], 2)  # two answers, two models: no quorum
+    assert not p.ok and "disagree on the model" in p.reason
+    wrong = quorum_probe([("here", other), ("us", other), ("ap", good)], 2)  # a quorum on the wrong model
+    assert wrong.ok and wrong.identity == "sha-stale"
+    st = initial_state(SPEC)
+    for t in range(3):  # the wrong model seen by a quorum is a failed probe of the region: never promoted
+        st, _ = tick(SPEC, st, {"eu": wrong, "us": good, "ap": good}, float(t))
+    assert st.regions["eu"].health == "unhealthy" and st.regions["eu"].wrong_model
+
+
+def test_a_stale_better_standby_is_restored_while_a_worse_one_carries_the_traffic() -> None:
+    spec = Spec((RegionSpec("eu", 1, 100, "sha-good"), RegionSpec("us", 2, 100, "sha-good", restorable=True),
+                 RegionSpec("ap", 3, 100, "sha-good")), 3, 2, min_dwell=60, promote_restore=True)
+    st, events, _ = run([("+w+", "eu"), ("+w+", "eu"), ("-w+", "eu"), ("-w+", "eu"), ("-w+", "ap")], spec)
+    assert kinds(events) == ["failover", "restore-needed"]  # traffic moves at once; the restore does not hold it
+    ask = events[-1]
+    assert ask.region == "us" and "traffic is on ap (priority 3)" in ask.reason and st.restoring == "us"
+    # restored: us reports the right model; the move from ap to the better us is damped like a failback
+    ok, events, _ = run([("-++", "ap"), ("-++", "ap")], spec, state=st, start=50.0)
+    assert ok.restoring is None and "failback-waiting" in kinds(events)
+    ok, events, _ = run([("-++", "us")], spec, state=ok, start=110.0)
+    assert kinds(events) == ["failback"]
+    # the restore failed instead: asked for again only min_dwell after the first ask
+    st, events, _ = run([("-w+", "ap")] * 5, spec, state=replace(st, restoring=None), start=50.0)
+    assert not kinds(events)
+    st, events, _ = run([("-w+", "ap")], spec, state=st, start=100.0)
+    assert kinds(events) == ["restore-needed"]

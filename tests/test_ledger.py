@@ -119,3 +119,22 @@ def test_cli_ledger(tmp_path: Path, repo: Repository, repo_path: Path) -> None:
     sorted((repo_path / "ledger").iterdir())[0].unlink()
     bad = wv("ledger", "verify")
     assert bad.returncode == 4 and "missing" in bad.stdout
+
+
+def test_a_callers_own_records_are_chained_and_cannot_pose_as_the_engines(
+        repo: Repository, tmp_path: Path, isolated_home: Path) -> None:
+    import pytest
+
+    from weightvault.errors import UsageError
+
+    write(tmp_path / "src" / "a.bin", b"x" * 1000)
+    repo.backup([tmp_path / "src"])
+    repo.record("failover", ok=True, detail="failover (us): eu unhealthy", source="eu=100", target="us=100",
+                duration_s=2.5)
+    for bad in ("backup", "restore", "Failover", "fail over", "", "x" * 41):
+        with pytest.raises(UsageError):
+            repo.record(bad)
+    recs = repo.ledger()
+    assert [r["op"] for r in recs] == ["backup", "failover"]
+    assert recs[1]["duration_s"] == pytest.approx(2.5, abs=0.01) and recs[1]["target"] == "us=100"
+    assert repo.verify_ledger().ok and repo.ledger(op="failover") == [recs[1]]

@@ -309,3 +309,28 @@ def test_drill_at_level_4(repo: Repository, run: Path, tmp_path: Path, checks: P
     repo.backup([run])
     res = repo.drill(level=4, check="mychecks:forward")
     assert res.ok and res.report is not None and res.report.check == "mychecks:forward"
+
+
+def test_swap_at_level_4_swaps_only_a_copy_that_passes_the_users_check(
+        tmp_path: Path, repo: Repository, repo_path: Path, run: Path, checks: Path) -> None:
+    good = repo.backup([run]).snapshot.id
+    t = _tensors()
+    t["layer.0.weight"] = ("F32", t["layer.0.weight"][1] * np.float32(1.05))  # drifted: levels 1-3 pass
+    write(run / "model.safetensors", safetensors_bytes(t))
+    drifted = repo.backup([run]).snapshot.id
+    live = (run / "model.safetensors").read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTVAULT_")}
+    env.update(WEIGHTVAULT_PASSWORD=PASSWORD, HOME=str(tmp_path / "home"))
+
+    def swap(snap: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "weightvault", "-r", str(repo_path), "restore", snap, "--target",
+                               str(run), *extra], env=env, capture_output=True, text=True, timeout=120)
+
+    bad = swap(drifted, "--swap", "--validate-level", "4", "--check", "mychecks:forward")
+    assert bad.returncode != 0 and "output differs from the recorded one" in bad.stderr, bad.stderr
+    assert (run / "model.safetensors").read_bytes() == live  # left untouched
+    assert swap(good, "--swap", "--validate-level", "4").returncode == 2  # level 4 needs a check
+    assert swap(good, "--check", "mychecks:forward").returncode == 2  # a check belongs to --swap
+    ok = swap(good, "--swap", "--validate-level", "4", "--check", "mychecks:forward", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["validated_level"] == 4 and (run / "model.safetensors").read_bytes() != live

@@ -15,6 +15,7 @@ from typing import Any
 from weightvault.api import _files
 from weightvault.api._inspect import Inspection
 from weightvault.api._keys import KeysAndLocks
+from weightvault.api._ledger import Ledger
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
 from weightvault.backends.local import convert_os_error
 from weightvault.codec.crypto import KdfParams
@@ -51,7 +52,6 @@ from weightvault.ops.stats import Stats
 from weightvault.ops.validate import ValidationReport
 from weightvault.ops.verify import VerifyResult
 from weightvault.policy import journal as _journal
-from weightvault.repository.ledger import LedgerCheck
 from weightvault.repository.manifest import Node, iter_manifest
 from weightvault.repository.repo import Repository as _Engine
 from weightvault.repository.session import LockMode, Session
@@ -97,7 +97,7 @@ def _check_level(level: int, check: str | None) -> None:
                          hint="e.g. --check mychecks:forward_pass (it gets the restored directory)")
 
 
-class Repository(KeysAndLocks, Inspection):
+class Repository(KeysAndLocks, Inspection, Ledger):
     """An open repository; each method takes the lock it needs for its duration."""
 
     def __init__(self, engine: _Engine) -> None:
@@ -173,17 +173,6 @@ class Repository(KeysAndLocks, Inspection):
         groups only."""
         snaps = s.snapshots()
         return s.find(spec, _groups.representatives(snaps) if spec.startswith(("latest", "@")) else snaps)
-
-    # -- the ledger ------------------------------------------------------------------------------
-    def ledger(self, *, since: str | None = None, op: str | None = None) -> list[dict[str, Any]]:
-        """The ledger's records (oldest first), through the local SQLite catalog
-        (``$XDG_CACHE_HOME/weightvault/ledger-<id>.sqlite``), which is brought up to date first."""
-        return _audit.query(self._repo, since, op)
-
-    def verify_ledger(self) -> LedgerCheck:
-        """Check the chain: every record readable, none missing, each chained onto the one before;
-        a tail that this machine saw and that is gone is reported too."""
-        return _audit.verify(self._repo)
 
     # -- snapshots -------------------------------------------------------------------------------
     def snapshots(self, tags: Sequence[str] = (), paths: Sequence[str] = (), host: str | None = None) -> list[Snapshot]:
@@ -322,16 +311,17 @@ class Repository(KeysAndLocks, Inspection):
             return _runs.restore_run(self, source, target, at=at, includes=includes, overwrite=overwrite,
                                      verify=verify, progress=progress)
 
-    def restore_swap(self, spec: str, target: str | os.PathLike[str], *, level: int = 1,
+    def restore_swap(self, spec: str, target: str | os.PathLike[str], *, level: int = 1, check: str | None = None,
                      progress: ProgressCallback | None = None, backup_previous: bool = False) -> SwapResult:
         """Restore a snapshot (of one source path) beside ``target``, verify and validate it at
-        ``level``, swap it into place and keep the old contents as ``<target>.before-<UTC time>``
+        ``level`` (4 runs ``check``, ``module:function``, on the new copy), swap it into place and
+        keep the old contents as ``<target>.before-<UTC time>``
         (``weightvault.runner.swap``: a kill at any step loses nothing; the next swap of the
         target finishes or removes what an interrupted one left). With ``backup_previous`` the
         safety copy is backed up too (tags ``safety-copy``, ``replaced-by=<snapshot>``)."""
-        _check_level(level, None)
+        _check_level(level, check)
         with self._session(LockMode.SHARED) as s:
-            return _swap.swap_restore(self, self._find(s, spec), target, level=level, progress=progress,
+            return _swap.swap_restore(self, self._find(s, spec), target, level=level, check=check, progress=progress,
                                       backup_previous=backup_previous)
 
     def verify(self, spec: str, *, against: str | os.PathLike[str] | None = None, sample: float | None = None,

@@ -74,6 +74,12 @@ def status(config_path: Path, as_json: bool) -> None:
                f" (as of {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(doc['time']))} UTC, round {doc['rounds']})")
     if doc.get("waiting"):
         click.echo(f"held back: {doc['waiting']}")
+    if len(doc.get("vantages", ())) > 1:
+        click.echo(f"probed from {', '.join(doc['vantages'])} (quorum {doc['quorum']})")
+    click.echo("decisions recorded in the ledger of " + (", ".join(doc["ledger"]) if doc.get("ledger") else
+                                                           "no repository (add [ledger] or a region repository)"))
+    if doc.get("last_rto_s") is not None:
+        click.echo(f"last RTO: {doc['last_rto_s']:.1f} s")
     print_table(["Region", "Health", "Fails", "Successes", "Last probe"],
                 [[n, r["health"], r["fails"], r["successes"], r["last"]] for n, r in sorted(doc["regions"].items())])
     for e in events[-10:]:

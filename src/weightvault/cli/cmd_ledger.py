@@ -13,7 +13,8 @@ from weightvault.errors import IntegrityError
 
 __all__ = ["ledger"]
 
-OPS = ("backup", "restore", "verify", "drill", "copy", "forget", "prune", "repair", "repair-index")
+OPS = ("backup", "restore", "verify", "drill", "copy", "forget", "prune", "repair", "repair-index", "failover",
+       "failover-drill")
 _COLUMNS = ("seq", "time", "op", "ok", "operator", "snapshots", "source", "target", "bytes", "duration_s", "detail")
 
 
@@ -25,8 +26,8 @@ _COLUMNS = ("seq", "time", "op", "ok", "operator", "snapshots", "source", "targe
 @click.pass_context
 def ledger(ctx: click.Context, since: str | None, op: str | None, as_json: bool, as_csv: bool) -> None:
     """List the ledger: every backup, restore, verify, drill, copy, forget, prune and repair (also
-    failed and interrupted ones), with time, operator, snapshots, paths, bytes, duration and
-    outcome. Stored in the repository."""
+    failed and interrupted ones), and what the failover controller decided, with time, operator,
+    snapshots, paths, bytes, duration and outcome. Stored in the repository."""
     if ctx.invoked_subcommand is not None:
         return
     g = ctx.find_object(Globals)

@@ -35,8 +35,10 @@ __all__ = ["restore"]
               " validate, then swap it into place, keeping the old contents as DIR.before-<time>.")
 @click.option("--backup-previous", is_flag=True,
               help="With --swap: also back up the previous contents (tags safety-copy, replaced-by=SNAPSHOT).")
-@click.option("--validate-level", type=click.IntRange(1, 3), default=1, show_default=True,
+@click.option("--validate-level", type=click.IntRange(1, 4), default=1, show_default=True,
               help="With --swap: the model validation level the new copy must pass before the swap.")
+@click.option("--check", metavar="MODULE:FUNCTION",
+              help="With --swap --validate-level 4: your check, given the new copy (e.g. a forward pass).")
 @click.option("--repair-from", metavar="REPO",
               help="If data is damaged, rewrite it from this replica (a repository `copy` filled) and go on.")
 @click.option("--from-password-file", metavar="FILE", help="With --repair-from: the replica's password.")
@@ -44,8 +46,8 @@ __all__ = ["restore"]
 @pass_globals
 def restore(
     g: Globals, snapshot: str | None, run_source: str | None, at: str | None, target: str, includes: tuple[str, ...],
-    verify: bool, overwrite: str, swap: bool, backup_previous: bool, validate_level: int, repair_from: str | None,
-    from_password_file: str | None, as_json: bool,
+    verify: bool, overwrite: str, swap: bool, backup_previous: bool, validate_level: int, check: str | None,
+    repair_from: str | None, from_password_file: str | None, as_json: bool,
 ) -> None:
     """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR); or, with --source
     NAME [--at TIME], a whole policy-protected run: the newest snapshot of each data class."""
@@ -61,11 +63,14 @@ def restore(
         _restore_run(g, repo, run_source, at, target, includes, overwrite, verify, as_json)
         return
     assert snapshot is not None
+    if check and not swap:
+        raise UsageError("--check is the level-4 check of a --swap restore", hint="add --swap --validate-level 4,"
+                         " or run `weightvault validate SNAPSHOT DIR --level 4 --check ...` after a restore")
     if swap:
         if includes or overwrite != "error":
             raise UsageError("--swap restores the whole snapshot: --include and --overwrite do not apply")
         with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
-            sw = repo.restore_swap(snapshot, target, level=validate_level, progress=cb,
+            sw = repo.restore_swap(snapshot, target, level=validate_level, check=check, progress=cb,
                                    backup_previous=backup_previous)
         for line in sw.recovered:
             click.echo(f"note: {line}", err=True)

@@ -31,30 +31,50 @@
     snapshot = "latest:run=prod"
     password_env = "WV_PASSWORD"        # or password_file
 
+    [[vantage]]                 # optional: probe from several places; without any, from here
+    name = "here"
+    [[vantage]]
+    name = "us-east"
+    proxy = "http://prober.us-east:3128"   # an HTTP proxy there that the probes go through
+    # [failover] quorum = 2     # vantage points that must see a region healthy (default: a majority)
+
+    [ledger]                    # optional: where route changes are recorded (default: the ledger
+    repository = "/backups/wv"  # of every distinct repository the regions name)
+    password_env = "WV_PASSWORD"        # or password_file
+
+``validate_level = 4`` with ``validate_check = "module:function"`` runs your check (e.g. a forward
+pass) on the restored copy before it is swapped in.
+
 A health endpoint answers 200 with JSON; ``{"status": "healthy"}`` (or no ``status``) is healthy,
 and ``model_sha256`` is the identity compared with ``expected_sha256``.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from weightvault import api
 from weightvault.errors import ConfigFileError, UsageError
 from weightvault.failover.actuators import Actuator, Route53Weighted, WeightsFile
+from weightvault.failover.ledger import LedgerTarget
 from weightvault.failover.machine import RegionSpec, Spec
 
-__all__ = ["FailoverConfig", "RegionConfig", "load_config"]
+__all__ = ["FailoverConfig", "RegionConfig", "Vantage", "load_config", "password_of"]
 
 _FAILOVER = {"interval", "timeout", "failure_threshold", "success_threshold", "min_dwell", "max_dwell",
-             "backoff_window", "manual_failback", "state_dir", "promote_restore", "validate_level", "promote_timeout"}
+             "backoff_window", "manual_failback", "state_dir", "promote_restore", "validate_level", "validate_check",
+             "promote_timeout", "quorum"}
 _REGION = {"health_url", "priority", "weight", "expected_sha256", "model_dir", "repository", "snapshot",
            "password_env", "password_file", "route53_value"}
 _ACTUATOR = {"kind", "path", "reload", "hosted_zone_id", "record_name", "record_type", "ttl", "endpoint"}
 _RESTORE = ("model_dir", "repository", "snapshot")
+_LEDGER = {"repository", "password_env", "password_file"}
+_VANTAGE = {"name", "proxy"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,12 @@ class RegionConfig:
 
 
 @dataclass(frozen=True)
+class Vantage:
+    name: str
+    proxy: str | None = None  # an HTTP(S) proxy URL the probes go through; None: from this host
+
+
+@dataclass(frozen=True)
 class FailoverConfig:
     spec: Spec
     regions: tuple[RegionConfig, ...]
@@ -86,9 +112,63 @@ class FailoverConfig:
     actuator: Actuator
     validate_level: int = 3
     promote_timeout: float = 600.0  # restore + the region reporting the right model, at most
+    validate_check: str | None = None  # level 4: module:function, given the restored copy
+    ledger: tuple[LedgerTarget, ...] = ()  # where decisions are recorded
+    vantages: tuple[Vantage, ...] = (Vantage("here"),)
+    quorum: int = 1  # vantage points that must see a region healthy
 
     def region(self, name: str) -> RegionConfig:
         return next(r for r in self.regions if r.name == name)
+
+
+def password_of(what: str, env: str | None, file: Path | None) -> str:
+    """The password from ``file`` or the variable ``env``; UsageError if neither gives one."""
+    if file is not None:
+        return api.read_password_file(str(file)).decode()
+    if env is not None and env in os.environ:
+        return os.environ[env]
+    raise UsageError(f"no password for the repository of {what}",
+                     hint="set password_env (and that variable) or password_file in its table of regions.toml")
+
+
+def _ledger(doc: Any, regions: tuple[RegionConfig, ...], path: Path) -> tuple[LedgerTarget, ...]:
+    if doc is None:
+        seen: dict[str, LedgerTarget] = {}
+        for r in regions:
+            if r.repository is not None and r.repository not in seen:
+                seen[r.repository] = LedgerTarget(r.repository, partial(
+                    password_of, f"region {r.name}", r.password_env, r.password_file))
+        return tuple(seen.values())
+    if not isinstance(doc, dict) or "repository" not in doc or set(doc) - _LEDGER:
+        raise ConfigFileError(f"{path}: [ledger] needs repository and knows only {', '.join(sorted(_LEDGER))}")
+    repo = str(doc["repository"])
+    if "://" not in repo:
+        repo = str((path.parent / repo).resolve())
+    env = str(doc["password_env"]) if "password_env" in doc else None
+    file = (path.parent / str(doc["password_file"])).resolve() if "password_file" in doc else None
+    return (LedgerTarget(repo, partial(password_of, "[ledger]", env, file)),)
+
+
+def _vantages(doc: Any, f: dict[str, Any], path: Path) -> tuple[tuple[Vantage, ...], int]:
+    if doc is None:
+        if "quorum" in f:
+            raise ConfigFileError(f"{path}: quorum without [[vantage]] points", hint="add [[vantage]] tables or"
+                                  " remove quorum")
+        return (Vantage("here"),), 1
+    if not isinstance(doc, list) or not doc or not all(isinstance(v, dict) and "name" in v and not set(v) - _VANTAGE
+                                                     for v in doc):
+        raise ConfigFileError(f"{path}: each [[vantage]] needs a name and knows only name and proxy",
+                              hint='e.g. [[vantage]] name = "us-east" proxy = "http://prober.us-east:3128"')
+    out = tuple(Vantage(str(v["name"]), str(v["proxy"]) if "proxy" in v else None) for v in doc)
+    if len({v.name for v in out}) != len(out):
+        raise ConfigFileError(f"{path}: two [[vantage]] points have the same name")
+    bad = [v.proxy for v in out if v.proxy is not None and not v.proxy.startswith(("http://", "https://"))]
+    if bad:
+        raise ConfigFileError(f"{path}: [[vantage]] proxy {bad[0]!r} is not an http(s) URL")
+    quorum = f.get("quorum", len(out) // 2 + 1)
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= len(out):
+        raise ConfigFileError(f"{path}: quorum = {quorum!r} is not a number of vantage points from 1 to {len(out)}")
+    return out, quorum
 
 
 def _seconds(value: Any, key: str, path: Path) -> float:
@@ -186,10 +266,14 @@ def load_config(path: Path) -> FailoverConfig:
                 _seconds(f.get("backoff_window", "1h"), "backoff_window", path), bool(f.get("manual_failback", False)),
                 promote)
     level = _int(f.get("validate_level", 3), "validate_level", path)
-    if level > 3:
-        raise ConfigFileError(f"{path}: validate_level = {level}: 1 integrity, 2 format, 3 structure")
+    check = f.get("validate_check")
+    if level > 4 or (level == 4) != isinstance(check, str):
+        raise ConfigFileError(f"{path}: validate_level = {level}, validate_check = {check!r}: levels are 1 integrity,"
+                              " 2 format, 3 structure, 4 your check (validate_check = \"module:function\", only"
+                              " with level 4)")
     base = path.parent
     return FailoverConfig(spec, regions, _seconds(f.get("interval", "10s"), "interval", path),
                           _seconds(f.get("timeout", "2s"), "timeout", path),
                           (base / str(f.get("state_dir", "failover"))).resolve(), actuator, level,
-                          _seconds(f.get("promote_timeout", "10min"), "promote_timeout", path))
+                          _seconds(f.get("promote_timeout", "10min"), "promote_timeout", path), check,
+                          _ledger(doc.get("ledger"), regions, path), *_vantages(doc.get("vantage"), f, path))

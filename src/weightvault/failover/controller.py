@@ -35,11 +35,12 @@ import urllib3
 from weightvault import api
 from weightvault.errors import UsageError, WeightvaultError
 from weightvault.failover.actuators import ActuatorError
-from weightvault.failover.config import FailoverConfig, RegionConfig
-from weightvault.failover.machine import ControlState, Event, Probe, RegionState, initial_state, tick
+from weightvault.failover.config import FailoverConfig, RegionConfig, password_of
+from weightvault.failover.ledger import LedgerWriter
+from weightvault.failover.machine import ControlState, Event, Probe, RegionState, initial_state, quorum_probe, tick
 from weightvault.paths import atomic_write
 
-__all__ = ["Controller", "drill", "http_probe", "read_status"]
+__all__ = ["Controller", "Prober", "drill", "http_probe", "read_status"]
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,7 @@ def _state_doc(st: ControlState, rounds: int, applied: dict[str, int], rto: floa
 
 
 def _password(region: RegionConfig) -> str:
-    if region.password_file is not None:
-        return api.read_password_file(str(region.password_file)).decode()
-    if region.password_env is not None and region.password_env in os.environ:
-        return os.environ[region.password_env]
-    raise UsageError(f"no password for the repository of region {region.name}",
-                     hint="set password_env (and that variable) or password_file in its [regions] table")
+    return password_of(f"region {region.name}", region.password_env, region.password_file)
 
 
 def read_status(cfg: FailoverConfig) -> dict[str, Any] | None:
@@ -90,13 +86,36 @@ def read_status(cfg: FailoverConfig) -> dict[str, Any] | None:
     return doc
 
 
+class Prober:
+    """Probes every region from every vantage point at once (each within the timeout), and
+    combines a region's probes with the quorum (``machine.quorum_probe``)."""
+
+    def __init__(self, cfg: FailoverConfig) -> None:
+        self.cfg = cfg
+        n = len(cfg.regions)
+        self._pools: dict[str, urllib3.PoolManager] = {
+            v.name: urllib3.ProxyManager(v.proxy, num_pools=n, maxsize=2) if v.proxy
+            else urllib3.PoolManager(num_pools=n, maxsize=2) for v in cfg.vantages}
+        self._threads = ThreadPoolExecutor(max_workers=n * len(cfg.vantages), thread_name_prefix="wv-probe")
+
+    def probe(self, regions: tuple[RegionConfig, ...]) -> dict[str, Probe]:
+        pairs = [(r, v.name) for r in regions for v in self.cfg.vantages]
+        results = list(self._threads.map(lambda rv: http_probe(self._pools[rv[1]], rv[0], self.cfg.timeout), pairs))
+        seen: dict[str, list[tuple[str, Probe]]] = {r.name: [] for r in regions}
+        for (r, vantage), p in zip(pairs, results, strict=True):
+            seen[r.name].append((vantage, p))
+        return {name: quorum_probe(ps, self.cfg.quorum) for name, ps in seen.items()}
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        for pool in self._pools.values():
+            pool.clear()
+
+
 class Controller:
-    def __init__(self, cfg: FailoverConfig, *, probe: Callable[[RegionConfig], Probe] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: FailoverConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg, self.clock = cfg, clock
-        self._pool = urllib3.PoolManager(num_pools=len(cfg.regions), maxsize=2)
-        self._probe = probe or (lambda r: http_probe(self._pool, r, cfg.timeout))
-        self._threads = ThreadPoolExecutor(max_workers=len(cfg.regions), thread_name_prefix="wv-probe")
+        self._prober = Prober(cfg)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.state, self.rounds = self._restore(), 0
         self.applied: dict[str, int] = {}
@@ -105,6 +124,7 @@ class Controller:
         self._restore_started: float | None = None
         self.outage_start: float | None = None  # the first failed probe of a routed region
         self.last_rto: float | None = None
+        self.ledger = LedgerWriter(cfg.ledger)
 
     def _restore(self) -> ControlState:
         doc = read_status(self.cfg)
@@ -120,15 +140,13 @@ class Controller:
 
     def round(self) -> list[Event]:
         """One probe round and what it changed."""
-        regions = self.cfg.regions
-        results = list(self._threads.map(self._probe, regions))
+        probes = self._prober.probe(self.cfg.regions)
         approve = self.cfg.state_dir / "approve"
         if approve.exists():
             self.state = replace(self.state, approved=True)
             approve.unlink(missing_ok=True)
         now = self.clock()
         done = self._finished_restores(now)
-        probes = {r.name: p for r, p in zip(regions, results, strict=True)}
         if self.outage_start is None and any(not probes[n].ok for n in self.state.routing if n in probes):
             self.outage_start = now
         before = dict(self.state.routing)
@@ -142,7 +160,10 @@ class Controller:
             self._record(applied)
             events += applied
         doc = _state_doc(self.state, self.rounds, self.applied, self.last_rto)
+        doc.update(ledger=[t.repository for t in self.cfg.ledger], vantages=[v.name for v in self.cfg.vantages],
+                   quorum=self.cfg.quorum)
         atomic_write(self.cfg.state_dir / "state.json", json.dumps(doc, indent=1).encode(), 0o644)
+        self.ledger.add(events, before)
         return events
 
     def _after(self, events: list[Event], before: dict[str, int], now: float) -> list[Event]:
@@ -170,7 +191,8 @@ class Controller:
             try:
                 pw = _password(region)
                 repo = api.Repository.open(str(region.repository), pw)
-                res = repo.restore_swap(str(region.snapshot), str(region.model_dir), level=cfg.validate_level)
+                res = repo.restore_swap(str(region.snapshot), str(region.model_dir), level=cfg.validate_level,
+                            check=cfg.validate_check)
                 self._restores.put(Event("restored", self.clock(), name, self.state.routing,
                                          f"snapshot {res.snapshot[:8]} restored into {region.model_dir} and validated"
                                          f" at level {cfg.validate_level} in {time.monotonic() - t0:.1f} s;"
@@ -226,8 +248,8 @@ class Controller:
             self.stopping.wait(max(0.0, self.cfg.interval - (time.monotonic() - start)))
 
     def close(self) -> None:
-        self._threads.shutdown(wait=True)
-        self._pool.clear()
+        self._prober.close()
+        self.ledger.close()
 
 
 def drill(cfg: FailoverConfig, name: str, *, clock: Callable[[], float] = time.time,
@@ -242,17 +264,21 @@ def drill(cfg: FailoverConfig, name: str, *, clock: Callable[[], float] = time.t
                          hint="give it model_dir, repository and snapshot in regions.toml")
     t0, start = time.monotonic(), clock()
     repo = api.Repository.open(str(region.repository), _password(region))
-    res = repo.restore_swap(str(region.snapshot), str(region.model_dir), level=cfg.validate_level)
+    res = repo.restore_swap(str(region.snapshot), str(region.model_dir), level=cfg.validate_level,
+                            check=cfg.validate_check)
     restored = time.monotonic() - t0
-    pool = urllib3.PoolManager()
-    probe = http_probe(pool, region, cfg.timeout)
-    while not (probe.ok and probe.identity == region.expected_sha256):
-        if time.monotonic() - t0 > cfg.promote_timeout:
-            raise UsageError(f"region {name} did not report the expected model within {cfg.promote_timeout:g} s of"
-                             f" the restore's start (last probe: {probe.reason}, model {probe.identity})",
-                             hint="check that its server reloads the model from model_dir")
-        time.sleep(poll)
-        probe = http_probe(pool, region, cfg.timeout)
+    prober = Prober(cfg)
+    try:
+        probe = prober.probe((region,))[name]
+        while not (probe.ok and probe.identity == region.expected_sha256):
+            if time.monotonic() - t0 > cfg.promote_timeout:
+                raise UsageError(f"region {name} did not report the expected model within {cfg.promote_timeout:g} s"
+                                 f" of the restore's start (last probe: {probe.reason}, model {probe.identity})",
+                                 hint="check that its server reloads the model from model_dir")
+            time.sleep(poll)
+            probe = prober.probe((region,))[name]
+    finally:
+        prober.close()
     rto = time.monotonic() - t0
     why = (f"restored snapshot {res.snapshot[:8]} into {region.model_dir}, validated at level {cfg.validate_level}"
            f" in {restored:.1f} s; serving it after {rto:.1f} s (no traffic moved)")
@@ -262,4 +288,7 @@ def drill(cfg: FailoverConfig, name: str, *, clock: Callable[[], float] = time.t
         f.write(json.dumps(asdict(event), sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    writer = LedgerWriter(cfg.ledger)
+    writer.add([event], {}, op="failover-drill")
+    writer.close()
     return event

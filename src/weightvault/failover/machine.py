@@ -16,18 +16,25 @@
   ``max_dwell``), and, with ``manual_failback``, only after ``failover approve``.
 * **Never route to zero**: when no region is healthy the routing stays as it was and a
   ``no-healthy-region`` event is raised (once, until a region is healthy again).
-* **Restore before promote** (``promote_restore``): when no region is healthy but a restorable one
-  answers with another model, a ``restore-needed`` event names the best such region (once; the
-  controller restores the expected model into it and clears ``restoring`` if that fails). The
-  region is routed to only once its probes report the expected model M times, as any other.
+* **Several vantage points** (``quorum_probe``): a region's probe is good when at least ``quorum``
+  of the vantage points saw it healthy serving one same model (Route 53's quorum of checkers),
+  so one prober's broken network neither fails a region over nor keeps a dead one routed.
+* **Restore before promote** (``promote_restore``): when no region is healthy, or only regions of a
+  worse priority than a restorable one that answers with another model, a ``restore-needed``
+  event names the best such region (the controller restores the expected model into it and
+  clears ``restoring`` if that fails; the same region is asked for again only ``min_dwell``
+  later). The region is routed to only once its probes report the expected model M times, as
+  any other (a move towards it from a worse region is damped like a failback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-__all__ = ["ControlState", "Event", "Probe", "RegionSpec", "RegionState", "Spec", "initial_state", "tick"]
+__all__ = ["ControlState", "Event", "Probe", "RegionSpec", "RegionState", "Spec", "initial_state", "quorum_probe",
+           "tick"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,23 @@ class ControlState:
     alerting: bool = False  # a no-healthy-region alert is raised
     waiting: str = ""  # the damped change being held back, in words (reported once)
     restoring: str | None = None  # the region a restore-before-promote is running for
+    restore_asked: tuple[tuple[str, float], ...] = ()  # (region, when its restore was last asked for)
+
+
+def quorum_probe(seen: Sequence[tuple[str, Probe]], quorum: int) -> Probe:
+    """One region's probe from the probes of several vantage points (name, probe): good when at
+    least ``quorum`` saw it healthy reporting the same model identity (then that identity); its
+    reason names every vantage point's verdict. One vantage point: its probe as it is."""
+    if len(seen) == 1:
+        return seen[0][1]
+    groups = Counter(p.identity for _, p in seen if p.ok)
+    identity, votes = groups.most_common(1)[0] if groups else (None, 0)
+    verdicts = "; ".join(f"{v}: {p.reason}" for v, p in seen)
+    if votes >= quorum:
+        return Probe(True, identity, f"healthy from {votes} of {len(seen)} vantage points")
+    split = " (they disagree on the model)" if sum(groups.values()) >= quorum else ""
+    return Probe(False, None, f"healthy from {votes} of {len(seen)} vantage points, quorum {quorum}{split}:"
+                 f" {verdicts}")
 
 
 def _best(spec: Spec, names: list[str]) -> dict[str, int]:
@@ -146,10 +170,17 @@ def tick(spec: Spec, state: ControlState, probes: Mapping[str, Probe], now: floa
         if lost and spec.promote_restore and st.restoring is None:
             st = _restore_one(spec, st, now, events, evidence)
         return replace(st, alerting=bool(lost) or st.alerting), events
-    st = replace(st, alerting=False)
+    st, events = _route(spec, replace(st, alerting=False), desired, lost, now, events, evidence)
+    if spec.promote_restore and st.restoring is None and st.routing:  # a better standby than the routed one is stale
+        st = _restore_one(spec, st, now, events, evidence, min(spec.region(n).priority for n in st.routing))
+    return st, events
+
+
+def _route(spec: Spec, st: ControlState, desired: dict[str, int], lost: list[str], now: float, events: list[Event],
+           evidence: dict[str, str]) -> tuple[ControlState, list[Event]]:
     if desired == st.routing:
         return replace(st, waiting=""), events
-    if not lost and any(regions[n].health == "unknown" for n in st.routing):
+    if not lost and any(st.regions[n].health == "unknown" for n in st.routing):
         return st, events  # nothing is known yet of where traffic goes: no reason to move it
     if lost:
         why = f"{', '.join(lost)} unhealthy: traffic to {', '.join(desired)}"
@@ -159,18 +190,27 @@ def tick(spec: Spec, state: ControlState, probes: Mapping[str, Probe], now: floa
     return _damped(spec, st, desired, now, events, evidence)
 
 
-def _restore_one(spec: Spec, st: ControlState, now: float, events: list[Event],
-                 evidence: dict[str, str]) -> ControlState:
-    """No region is healthy but one answers with a stale model and can be restored: ask for the
-    restore of the best such region (it is routed to once it reports the right model)."""
-    stale = [n for n, r in st.regions.items() if r.wrong_model and spec.region(n).restorable and n not in st.routing]
+def _restore_one(spec: Spec, st: ControlState, now: float, events: list[Event], evidence: dict[str, str],
+                 better_than: int | None = None) -> ControlState:
+    """A region answers with a stale model and can be restored, and no region is healthy (or,
+    with ``better_than``, only regions of a worse priority than it carry the traffic): ask for
+    the restore of the best such region (it is routed to once it reports the right model, a
+    failback being damped as any). A region is asked for again only ``min_dwell`` after its last
+    restore was asked for (a failed restore is not retried every round)."""
+    asked = dict(st.restore_asked)
+    stale = [n for n, r in st.regions.items() if r.wrong_model and spec.region(n).restorable and n not in st.routing
+             and (better_than is None or spec.region(n).priority < better_than)
+             and (n not in asked or now - asked[n] >= spec.min_dwell)]
     if not stale:
         return st
     target = min(stale, key=lambda n: (spec.region(n).priority, n))
-    events.append(Event("restore-needed", now, target, st.routing, f"no region is healthy; {target} answers but"
+    situation = "no region is healthy" if better_than is None else (
+        f"traffic is on {', '.join(sorted(st.routing))} (priority {better_than})")
+    events.append(Event("restore-needed", now, target, st.routing, f"{situation}; {target} answers but"
                         f" {st.regions[target].last}: restoring the expected model into it before routing there",
                         evidence))
-    return replace(st, restoring=target)
+    asked[target] = now
+    return replace(st, restoring=target, restore_asked=tuple(sorted(asked.items())))
 
 
 def _damped(spec: Spec, st: ControlState, desired: dict[str, int], now: float, events: list[Event],

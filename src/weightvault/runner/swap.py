@@ -82,7 +82,7 @@ class SwapResult:
 
 
 def swap_restore(repo: SwapRepo, snap: Snapshot, target: str | os.PathLike[str], *, level: int,
-                 progress: Any = None, backup_previous: bool = False) -> SwapResult:
+                 check: str | None = None, progress: Any = None, backup_previous: bool = False) -> SwapResult:
     """See the module docstring. Any failure before step 3 removes the new copy and leaves
     ``target`` untouched (the error is raised)."""
     if len(snap.paths) != 1:
@@ -90,7 +90,7 @@ def swap_restore(repo: SwapRepo, snap: Snapshot, target: str | os.PathLike[str],
                          hint="restore it with --target and move the parts yourself")
     dest = Path(target).absolute()
     with _swap_lock(dest):
-        return _locked_swap(repo, snap, dest, level, progress, backup_previous)
+        return _locked_swap(repo, snap, dest, level, check, progress, backup_previous)
 
 
 @contextlib.contextmanager
@@ -121,14 +121,14 @@ def _swap_lock(dest: Path) -> Any:
         os.close(fd)
 
 
-def _locked_swap(repo: SwapRepo, snap: Snapshot, dest: Path, level: int, progress: Any,
+def _locked_swap(repo: SwapRepo, snap: Snapshot, dest: Path, level: int, check: str | None, progress: Any,
                  backup_previous: bool) -> SwapResult:
     recovered = recover(dest)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.wv-swap-", dir=dest.parent))
     try:
         restored = repo.restore(snap.id, scratch / _NEW, verify=True, progress=progress)
         new = scratch / _NEW / os.path.basename(snap.paths[0])
-        report = repo.validate(snap.id, new, level=level, hashed=True)
+        report = repo.validate(snap.id, new, level=level, check=check, hashed=True)
         if not report.ok:
             bad = report.failed[0] if report.failed else None
             raise ValidationFailedError(
