@@ -182,7 +182,13 @@ def test_bad_configuration_is_refused_with_the_line_to_fix(tmp_path: Path) -> No
               (two + '[[vantage]]\nname = "a"\nproxy = "socks5://p"\n', "not an http(s) URL"),
               ('[failover]\nvalidate_level = 4\n' + two, "validate_check"),
               ('[failover]\nvalidate_check = "m:f"\n' + two, "only with level 4"),
-              (two + '[ledger]\npassword_env = "X"\n', "[ledger] needs repository")]
+              (two + '[ledger]\npassword_env = "X"\n', "[ledger] needs repository"),
+              (two.replace('"http://y"\n', '"http://y"\nexpected_file = "m"\nexpected_sha256 = "' + "a" * 64 + '"\n'),
+               "not both"),
+              (two.replace('"http://y"\n', '"http://y"\nexpected_file = "m"\n'), "needs repository and snapshot"),
+              (two.replace('"http://y"\n', '"http://y"\nrepository = "r"\nsnapshot = "latest"\n'),
+               "serve a restore (model_dir) or the expected model"),
+              (two.replace('"http://y"\n', '"http://y"\nhealthy_status = [200, 999]\n'), "healthy_status")]
     for text, words in cases:
         cfg.write_text(text)
         r = subprocess.run([sys.executable, "-m", "weightvault", "failover", "status", "--config", str(cfg)],
@@ -446,3 +452,47 @@ def test_probes_from_several_vantage_points_need_a_quorum(tmp_path: Path,
             p.wait()
             if p.stdout is not None:
                 p.stdout.close()
+
+
+def test_a_status_code_rule_decides_health_instead_of_the_json_answer(
+        regions: tuple[dict[str, Region], str]) -> None:
+    import urllib3
+
+    from weightvault.failover.config import RegionConfig
+    from weightvault.failover.controller import http_probe
+
+    rs, sha = regions
+    pool = urllib3.PoolManager()
+    eu = rs["eu"]
+    json_rule = RegionConfig("eu", f"{eu.url}/health", 1, 100, sha)
+    code_rule = RegionConfig("eu", f"{eu.url}/health", 1, 100, None, healthy_status=(200, 204))
+    assert http_probe(pool, json_rule, 1.0).ok and http_probe(pool, code_rule, 1.0).identity == sha
+    eu.set("unhealthy")  # 200 with {"status": "unhealthy"}: the JSON rule fails it, the code rule does not
+    assert not http_probe(pool, json_rule, 1.0).ok and http_probe(pool, code_rule, 1.0).ok
+    eu.set("500")
+    assert [http_probe(pool, r, 1.0).reason for r in (json_rule, code_rule)] == ["HTTP 500", "HTTP 500"]
+    odd = RegionConfig("eu", f"{eu.url}/health", 1, 100, None, healthy_status=(500,))  # whatever the user says
+    probe = http_probe(pool, odd, 1.0)  # a JSON body without model_sha256: healthy, no identity
+    assert probe.ok and probe.identity is None, probe
+
+
+def test_the_expected_model_can_be_named_by_a_file_of_the_release_snapshot(tmp_path: Path,
+                                                                          runbook: Runbook) -> None:
+    sha = hashlib.sha256(runbook.release.read_bytes()).hexdigest()
+    text = runbook.cfg.read_text().replace(f'expected_sha256 = "{sha}"', 'expected_file = "model.safetensors"')
+    text = text.replace("[regions.us]", 'repository = "repo"\nsnapshot = "latest:run=prod"\npassword_env = "WV_PW"'
+                        "\n\n[regions.us]")  # eu: identity only (no model_dir)
+    runbook.cfg.write_text(text)
+
+    def run(rounds: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "weightvault", "failover", "run", "--config", str(runbook.cfg),
+                               "--rounds", rounds], capture_output=True, text=True, env=runbook.env, timeout=120)
+
+    res = run("4")
+    assert res.returncode == 0, res.stderr
+    regions = _status(tmp_path)["regions"]
+    assert regions["eu"]["health"] == "healthy"  # serves the file's SHA-256 as recorded in the snapshot
+    assert regions["us"]["wrong_model"] and f"expected {sha}" in regions["us"]["last"]
+    runbook.cfg.write_text(text.replace('expected_file = "model.safetensors"', 'expected_file = "nope.bin"', 1))
+    bad = run("1")
+    assert bad.returncode == 2 and "holds no file 'nope.bin'" in bad.stderr, bad.stderr

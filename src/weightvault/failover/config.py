@@ -25,6 +25,8 @@
     priority = 1                # lower is preferred
     weight = 100
     expected_sha256 = "9f2c..." # the served weights' SHA-256, as the health endpoint reports it
+    # or expected_file = "model.safetensors": that file's SHA-256 in `snapshot` of `repository`,
+    # looked up when the controller starts (so the identity follows the release snapshot)
     # restore before promote ([failover] promote_restore = true, validate_level, promote_timeout):
     model_dir = "/srv/eu/model" # the directory the region's server loads its model from
     repository = "s3://backups-eu/wv"   # the nearest replica
@@ -46,14 +48,16 @@
 pass) on the restored copy before it is swapped in.
 
 A health endpoint answers 200 with JSON; ``{"status": "healthy"}`` (or no ``status``) is healthy,
-and ``model_sha256`` is the identity compared with ``expected_sha256``.
+and ``model_sha256`` is the identity compared with ``expected_sha256``. ``healthy_status = [200,
+204]`` in a region is a status-code rule instead: those codes are healthy whatever the body (a
+JSON body's ``model_sha256`` is still read as the identity).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,12 +68,13 @@ from weightvault.failover.actuators import Actuator, Route53Weighted, WeightsFil
 from weightvault.failover.ledger import LedgerTarget
 from weightvault.failover.machine import RegionSpec, Spec
 
-__all__ = ["FailoverConfig", "RegionConfig", "Vantage", "load_config", "password_of"]
+__all__ = ["FailoverConfig", "RegionConfig", "Vantage", "load_config", "password_of", "resolve_identities"]
 
 _FAILOVER = {"interval", "timeout", "failure_threshold", "success_threshold", "min_dwell", "max_dwell",
              "backoff_window", "manual_failback", "state_dir", "promote_restore", "validate_level", "validate_check",
              "promote_timeout", "quorum"}
-_REGION = {"health_url", "priority", "weight", "expected_sha256", "model_dir", "repository", "snapshot",
+_REGION = {"health_url", "healthy_status", "priority", "weight", "expected_sha256", "expected_file", "model_dir",
+           "repository", "snapshot",
            "password_env", "password_file", "route53_value"}
 _ACTUATOR = {"kind", "path", "reload", "hosted_zone_id", "record_name", "record_type", "ttl", "endpoint"}
 _RESTORE = ("model_dir", "repository", "snapshot")
@@ -90,6 +95,8 @@ class RegionConfig:
     password_env: str | None = None
     password_file: Path | None = None
     route53_value: str | None = None  # this region's value of the weighted record
+    healthy_status: tuple[int, ...] | None = None  # a status-code rule instead of the JSON answer
+    expected_file: str | None = None  # the identity: this file's SHA-256 in ``snapshot`` (resolved at start)
 
     @property
     def restorable(self) -> bool:
@@ -184,6 +191,27 @@ def _int(value: Any, key: str, path: Path, low: int = 1) -> int:
     return value
 
 
+def _check_identity(name: str, r: dict[str, Any], sha: str | None, path: Path) -> None:
+    """model_dir needs repository and snapshot (what to restore); repository and snapshot
+    without model_dir name the expected model by ``expected_file``; the controller must know
+    the identity (expected_sha256, or expected_file) of a region it restores into."""
+    where = f"{path}: [regions.{name}]"
+    given = [k for k in _RESTORE if k in r]
+    if "model_dir" in r and len(given) != len(_RESTORE):
+        raise ConfigFileError(f"{where} restore-before-promote needs all of model_dir, repository and snapshot"
+                              f" (it has {', '.join(given)})")
+    if "expected_file" in r and sha is not None:
+        raise ConfigFileError(f"{where} give expected_sha256 or expected_file, not both")
+    if "expected_file" in r and not {"repository", "snapshot"} <= set(r):
+        raise ConfigFileError(f"{where} expected_file names a file of a snapshot: it needs repository and snapshot")
+    if given and "model_dir" not in r and "expected_file" not in r:
+        raise ConfigFileError(f"{where} repository and snapshot serve a restore (model_dir) or the expected model"
+                              f" (expected_file); it has {', '.join(given)} only")
+    if "model_dir" in r and sha is None and "expected_file" not in r:
+        raise ConfigFileError(f"{where} a region the controller restores into needs expected_sha256 or"
+                              " expected_file (to know when the right model is served)")
+
+
 def _region(name: str, r: Any, path: Path) -> RegionConfig:
     if not isinstance(r, dict) or "health_url" not in r or set(r) - _REGION:
         raise ConfigFileError(f"{path}: [regions.{name}] needs health_url and knows only {', '.join(sorted(_REGION))}",
@@ -191,16 +219,15 @@ def _region(name: str, r: Any, path: Path) -> RegionConfig:
     url = str(r["health_url"])
     if not url.startswith(("http://", "https://")):
         raise ConfigFileError(f"{path}: [regions.{name}] health_url {url!r} is not an http(s) URL")
+    codes = r.get("healthy_status")
+    if codes is not None and (not isinstance(codes, list) or not codes or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes)):
+        raise ConfigFileError(f"{path}: [regions.{name}] healthy_status = {codes!r} is not a list of HTTP status"
+                              " codes", hint="e.g. healthy_status = [200, 204]")
     sha = r.get("expected_sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise ConfigFileError(f"{path}: [regions.{name}] expected_sha256 is not a SHA-256 (64 hex digits)")
-    given = [k for k in _RESTORE if k in r]
-    if given and len(given) != len(_RESTORE):
-        raise ConfigFileError(f"{path}: [regions.{name}] restore-before-promote needs all of model_dir, repository"
-                              f" and snapshot (it has {', '.join(given)})")
-    if given and sha is None:
-        raise ConfigFileError(f"{path}: [regions.{name}] a region the controller restores into needs"
-                              " expected_sha256 (to know when the right model is served)")
+    _check_identity(name, r, sha, path)
     base = path.parent
     repo = str(r["repository"]) if "repository" in r else None
     if repo is not None and "://" not in repo:
@@ -211,7 +238,9 @@ def _region(name: str, r: Any, path: Path) -> RegionConfig:
                         str(r["snapshot"]) if "snapshot" in r else None,
                         str(r["password_env"]) if "password_env" in r else None,
                         (base / str(r["password_file"])).resolve() if "password_file" in r else None,
-                        str(r["route53_value"]) if "route53_value" in r else None)
+                        str(r["route53_value"]) if "route53_value" in r else None,
+                        tuple(codes) if codes is not None else None,
+                        str(r["expected_file"]).strip("/") if "expected_file" in r else None)
 
 
 def _actuator(a: Any, regions: tuple[RegionConfig, ...], path: Path) -> Actuator:
@@ -277,3 +306,28 @@ def load_config(path: Path) -> FailoverConfig:
                           (base / str(f.get("state_dir", "failover"))).resolve(), actuator, level,
                           _seconds(f.get("promote_timeout", "10min"), "promote_timeout", path), check,
                           _ledger(doc.get("ledger"), regions, path), *_vantages(doc.get("vantage"), f, path))
+
+
+def _identity(r: RegionConfig) -> str:
+    assert r.repository is not None and r.snapshot is not None and r.expected_file is not None
+    repo = api.Repository.open(r.repository, password_of(f"region {r.name}", r.password_env, r.password_file))
+    snap = repo.find_snapshot(r.snapshot)
+    want = f"{os.path.basename(snap.paths[0].rstrip('/'))}/{r.expected_file}" if len(snap.paths) == 1 else ""
+    found = [n.sha256 for n in repo.ls(snap.id, want) if want and n.path == os.fsencode(want) and n.type == "file"]
+    if not found or found[0] is None:
+        raise UsageError(f"region {r.name}: snapshot {snap.short_id} ({r.snapshot}) holds no file {r.expected_file!r}"
+                         " in its source directory", hint="expected_file is a path inside model_dir, e.g."
+                         ' "model.safetensors"; `weightvault ls SNAPSHOT` shows what the snapshot holds')
+    return str(found[0])
+
+
+def resolve_identities(cfg: FailoverConfig) -> FailoverConfig:
+    """The configuration with every ``expected_file`` turned into its SHA-256 in the region's
+    snapshot (read from the snapshot's manifest: no data is restored). WeightvaultError naming
+    the region if its repository cannot be opened or the file is not there; regions that give
+    ``expected_sha256`` need no repository at start."""
+    regions = tuple(replace(r, expected_sha256=_identity(r)) if r.expected_file and not r.expected_sha256 else r
+                    for r in cfg.regions)
+    spec = replace(cfg.spec, regions=tuple(replace(rs, expected=r.expected_sha256)
+                                           for rs, r in zip(cfg.spec.regions, regions, strict=True)))
+    return replace(cfg, regions=regions, spec=spec)

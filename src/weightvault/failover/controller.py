@@ -35,7 +35,7 @@ import urllib3
 from weightvault import api
 from weightvault.errors import UsageError, WeightvaultError
 from weightvault.failover.actuators import ActuatorError
-from weightvault.failover.config import FailoverConfig, RegionConfig, password_of
+from weightvault.failover.config import FailoverConfig, RegionConfig, password_of, resolve_identities
 from weightvault.failover.ledger import LedgerWriter
 from weightvault.failover.machine import ControlState, Event, Probe, RegionState, initial_state, quorum_probe, tick
 from weightvault.paths import atomic_write
@@ -47,23 +47,25 @@ log = logging.getLogger(__name__)
 
 def http_probe(pool: urllib3.PoolManager, region: RegionConfig, timeout: float) -> Probe:
     """GET the region's health URL: ok for 200 with JSON whose ``status`` is absent or
-    ``healthy``; the identity is its ``model_sha256``."""
+    ``healthy`` (with the region's ``healthy_status`` rule: for those codes, whatever the body);
+    the identity is the JSON's ``model_sha256``."""
     try:
         r = pool.request("GET", region.health_url, timeout=urllib3.Timeout(total=timeout), retries=False)
     except urllib3.exceptions.TimeoutError:
         return Probe(False, None, f"no answer within {timeout:g} s")
     except urllib3.exceptions.HTTPError as exc:
         return Probe(False, None, f"unreachable: {type(exc).__name__}")
-    if r.status != 200:
+    rule = region.healthy_status
+    if r.status != 200 if rule is None else r.status not in rule:
         return Probe(False, None, f"HTTP {r.status}")
     try:
         doc = json.loads(r.data)
     except ValueError:
-        return Probe(False, None, "not a JSON health answer")
+        doc = None
     if not isinstance(doc, dict):
-        return Probe(False, None, "not a JSON object")
+        return Probe(True, None, f"HTTP {r.status}") if rule is not None else Probe(False, None, "not a JSON object")
     identity = doc.get("model_sha256") if isinstance(doc.get("model_sha256"), str) else None
-    status = doc.get("status", "healthy")
+    status = "healthy" if rule is not None else doc.get("status", "healthy")  # the code rule decides alone
     return Probe(status == "healthy", identity, "healthy" if status == "healthy" else f"reports status {status!r}")
 
 
@@ -114,6 +116,7 @@ class Prober:
 
 class Controller:
     def __init__(self, cfg: FailoverConfig, *, clock: Callable[[], float] = time.time) -> None:
+        cfg = resolve_identities(cfg)
         self.cfg, self.clock = cfg, clock
         self._prober = Prober(cfg)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +262,10 @@ def drill(cfg: FailoverConfig, name: str, *, clock: Callable[[], float] = time.t
     endpoint reports the expected model, and record the time it took (the RTO this region would
     give) as a ``drill`` event in the event log. WeightvaultError if it cannot be done."""
     region = next((r for r in cfg.regions if r.name == name), None)
+    if region is not None and region.restorable:
+        cfg = resolve_identities(replace(cfg, regions=(region,), spec=replace(cfg.spec, regions=(
+            cfg.spec.region(name),))))
+        region = cfg.regions[0]
     if region is None or not region.restorable:
         raise UsageError(f"region {name!r} is not one the controller can restore into",
                          hint="give it model_dir, repository and snapshot in regions.toml")
