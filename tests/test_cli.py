@@ -472,3 +472,17 @@ def test_init_delta_depth(tmp_path: Path) -> None:
     bad = wv(env, "-r", tmp_path / "r99", "init", "--delta-depth", "99")
     assert bad.returncode == 2 and "0<=x<=32" in bad.stderr.replace(" ", "")
     assert not (tmp_path / "r99").exists()
+
+
+def test_a_repository_url_of_an_unknown_scheme_is_refused_not_made_a_directory(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", password=PASSWORD)
+    work = tmp_path / "work"
+    work.mkdir()
+    for url in ("az://bucket/repo", "gs://bucket/repo", "file:///tmp/x", "S3x://b/r"):
+        for args in (("init",), ("backup", str(tmp_path)), ("snapshots",)):
+            r = wv(env, "-r", url, *args, cwd=work)
+            assert r.returncode == 2 and "is not a storage this weightvault speaks" in r.stderr, (url, args, r.stderr)
+            assert "s3://" in r.stderr and "a local path" in r.stderr
+    assert list(work.iterdir()) == []  # nothing was created where the user did not mean
+    ok(wv(env, "-r", "./az://bucket/repo", "init", cwd=work))  # a directory really named so, when asked for
+    assert (work / "az:" / "bucket" / "repo" / "config").exists()

@@ -11,15 +11,17 @@ resolution (``$AWS_ENDPOINT_URL``, the profile, AWS).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.backends.limits import LimitedBackend
 from weightvault.backends.local import LocalBackend
 from weightvault.backends.retry import RetryingBackend, RetryPolicy
-from weightvault.errors import ObjectNotFoundError
+from weightvault.errors import ObjectNotFoundError, UsageError
 
-__all__ = ["StorageOptions", "io_threads", "is_remote", "open_backend", "repository_exists"]
+__all__ = ["SCHEMES", "StorageOptions", "check_location", "io_threads", "is_remote", "open_backend",
+           "repository_exists"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,27 @@ def is_remote(location: str | os.PathLike[str]) -> bool:
     return os.fspath(location).startswith(("s3://", "https://", "http://"))
 
 
-def open_backend(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> Backend:
-    """The backend for ``location`` with ``storage``'s options applied (no I/O yet)."""
-    opts = storage or StorageOptions()
+SCHEMES = ("s3://", "https://", "http://")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_location(location: str | os.PathLike[str]) -> str:
+    """``location`` as a string; UsageError for a ``SCHEME://`` URL of a scheme no backend
+    serves (``az://bucket/repo`` would otherwise be a local directory ``az:/bucket/repo``, and
+    the user would believe the data went to a cloud)."""
     loc = os.fspath(location)
+    if isinstance(loc, str) and (m := _SCHEME.match(loc)) and not loc.startswith(SCHEMES):
+        raise UsageError(f"repository {loc!r}: {m.group(0)} is not a storage this weightvault speaks",
+                         hint=f"supported: {', '.join(s + '...' for s in SCHEMES)}, or a local path (write"
+                         f" ./{loc} for a directory really named so)")
+    return str(loc)
+
+
+def open_backend(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> Backend:
+    """The backend for ``location`` with ``storage``'s options applied (no I/O yet); UsageError
+    for an unknown URL scheme (``check_location``)."""
+    opts = storage or StorageOptions()
+    loc = check_location(location)
     backend: Backend
     if loc.startswith(("https://", "http://")):
         from weightvault.backends.http import HttpBackend  # urllib3 only when needed
@@ -72,6 +91,7 @@ def open_backend(location: str | os.PathLike[str], storage: StorageOptions | Non
 
 def repository_exists(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> bool:
     """True if ``location`` holds a repository config (a cheap check before prompting for a password)."""
+    location = check_location(location)
     if not is_remote(location):
         return os.path.exists(os.path.join(os.fspath(location), "config"))
     try:
