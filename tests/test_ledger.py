@@ -138,3 +138,29 @@ def test_a_callers_own_records_are_chained_and_cannot_pose_as_the_engines(
     assert [r["op"] for r in recs] == ["backup", "failover"]
     assert recs[1]["duration_s"] == pytest.approx(2.5, abs=0.01) and recs[1]["target"] == "us=100"
     assert repo.verify_ledger().ok and repo.ledger(op="failover") == [recs[1]]
+
+
+def test_check_verifies_the_ledger_chain_and_the_key_file_names(repo: Repository, tmp_path: Path,
+                                                                isolated_home: Path) -> None:
+    import shutil
+
+    import blake3
+
+    write(tmp_path / "src" / "a.bin", b"x" * 1000)
+    repo.backup([tmp_path / "src"])
+    repo.backup([tmp_path / "src"])
+    assert repo.check().ok
+    root = Path(repo.location)
+    rec = sorted((root / "ledger").iterdir())[0]
+    good = rec.read_bytes()
+    rec.write_bytes(good[:40] + bytes([good[40] ^ 1]) + good[41:])  # one bit of record 0
+    res = repo.check()
+    assert not res.ok and any(e.startswith("ledger: record 0000000000000000") for e in res.errors), res.errors
+    rec.write_bytes(good)
+    assert repo.check().ok
+    key = next((root / "keys").iterdir())
+    raw = key.read_bytes()
+    assert blake3.blake3(raw).hexdigest() == key.name
+    shutil.copy(key, root / "keys" / ("0" * 64))  # a key file under a name that is not its hash
+    res = repo.check()
+    assert not res.ok and any(e.startswith(f"key file {'0' * 64}: its content no longer matches") for e in res.errors)

@@ -5,7 +5,8 @@ with the index; every delta blob's chain of bases is intact; every snapshot decr
 manifest loads and every blob it references is
 indexed. With ``read_data`` (or a subset ``n/t`` / ``x%``): each selected pack is read whole, its
 BLAKE3 must equal its name, and every blob in it is authenticated, decompressed and hash-checked.
-Problems name the blob, the pack and the snapshot files that use the blob.
+Problems name the blob, the pack and the snapshot files that use the blob. Always: every key
+file's name is the BLAKE3 of its bytes, and the ledger's chain holds (as ``ledger verify``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import blake3
 from weightvault.backends.base import FileType
 from weightvault.errors import UsageError, WeightvaultError
 from weightvault.ops.progress import ProgressCallback, Reporter
+from weightvault.repository import ledger
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.maintenance import read_index_files
 from weightvault.repository.manifest import iter_manifest
@@ -75,6 +77,23 @@ def select_packs(pack_ids: list[str], subset: tuple[int, int] | None) -> list[st
     return ordered[n - 1::t] or [ordered[(n - 1) % len(ordered)]]
 
 
+def _check_keys_and_ledger(repo: Repository, res: CheckResult) -> None:
+    """Key files are named by the BLAKE3 of their bytes (FORMAT.md section 3): a name that no
+    longer matches was edited or replaced. The ledger (version 4) must chain (``ledger verify``)."""
+    for name, _ in repo.backend.list(FileType.KEY):
+        try:
+            raw = repo.backend.load(FileType.KEY, name)
+        except WeightvaultError as exc:
+            res.errors.append(f"key file {name}: cannot be read: {exc.message}")
+            continue
+        if blake3.blake3(raw).hexdigest() != name:
+            res.errors.append(f"key file {name}: its content no longer matches its name (edited or replaced);"
+                              " compare `key list` with the keys you added, and remove one you did not")
+    if repo.config.version >= 4:
+        chain = ledger.verify_chain(repo.backend, repo.key)
+        res.errors += [f"ledger: {p}" for p in chain.problems]
+
+
 def check(
     repo: Repository,
     read_data: bool = False,
@@ -82,6 +101,7 @@ def check(
     progress: ProgressCallback | None = None,
 ) -> CheckResult:
     res = CheckResult()
+    _check_keys_and_ledger(repo, res)
     # 1. index files
     stored = read_index_files(repo, strict=False)
     indexed = stored.packs
