@@ -229,3 +229,56 @@ def test_symlinks_pointing_outside_are_restored_as_links_only(
     assert os.readlink(out / "victim") == str(outside / "victim")
     assert os.readlink(out / "up") == "../../outside"
     _assert_untouched(outside, work)
+
+
+@pytest.mark.parametrize("case", ["long-name", "long-dir-name", "nul-target", "empty-target", "duplicate-file",
+                                  "file-and-dir"])
+def test_entries_no_file_system_can_hold_are_refused_up_front_naming_them(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], outside: Path,
+    tmp_path: Path, case: str,
+) -> None:
+    long = b"n" * 256
+    bad = {"long-name": [file_node(b"ok/" + long, b"x")],
+           "long-dir-name": [file_node(b"ok/" + long + b"/f", b"x")],
+           "nul-target": [Node(path=b"ok/link", type="symlink", target=b"a\0b")],
+           "empty-target": [Node(path=b"ok/link", type="symlink", target=b"")],
+           "duplicate-file": [file_node(b"ok/good", b"other")],
+           "file-and-dir": [Node(path=b"ok/good", type="dir", mode=0o755), file_node(b"ok/good/x", b"x")]}[case]
+    words = {"long-name": "name of 256 bytes", "long-dir-name": "name of 256 bytes", "nul-target": "NUL in its target",
+             "empty-target": "empty target", "duplicate-file": "appears twice", "file-and-dir": "appears twice"}[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    snap = make_snapshot([*_good(file_node), *bad])
+    with pytest.raises(UnsafePathError) as ei:
+        repo.restore(snap, work / "target")
+    assert ei.value.exit_code == 17 and words in ei.value.message and "ok/" in ei.value.message, ei.value.message
+    assert not (work / "target").exists()  # refused before anything was written
+    _assert_untouched(outside, work)
+
+
+def test_a_deep_tree_restores_with_every_level_in_place(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], tmp_path: Path,
+) -> None:
+    """600 nested directories (far past the 128 directory fds kept open, so the metadata pass,
+    deepest first, reaches parents through their children's ``..``): every level has its recorded
+    mode and time, and the leaf file is whole. (Deeper trees and their time: bench/deep_tree.py;
+    600 stays within what pytest's own clean-up, a recursive rmtree, can remove.)"""
+    depth = 600
+    nodes = [Node(path=b"/".join([b"d"] * i), type="dir", mode=0o750 if i % 2 else 0o755, mtime_ns=i * 10**9)
+             for i in range(1, depth + 1)]
+    leaf = b"/".join([b"d"] * depth) + b"/leaf"
+    snap = make_snapshot([*nodes, file_node(leaf, b"deep data")])
+    res = repo.restore(snap, tmp_path / "target")
+    assert res.dirs == depth and res.files == 1
+    fd = os.open(tmp_path / "target", os.O_RDONLY)
+    try:
+        for i in range(1, depth + 1):
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            st = os.fstat(fd)
+            assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o750 if i % 2 else 0o755, i * 10**9), i
+        with open(os.open("leaf", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"deep data"
+    finally:
+        os.close(fd)

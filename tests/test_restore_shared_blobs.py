@@ -83,12 +83,13 @@ def test_blobs_stored_back_to_back_are_read_with_one_range_read(repo_path: Path,
 def test_files_are_restored_series_by_series_in_step_order() -> None:
     """Each checkpoint file comes right after its earlier version (its delta bases), not after a
     whole checkpoint of other files; directories come first."""
+    from weightvault.ops.restore_tree import Place
     from weightvault.repository.manifest import Node
 
     paths = [b"run", b"run/checkpoint-10", b"run/checkpoint-10/model.bin", b"run/checkpoint-10/opt.pt",
              b"run/checkpoint-100", b"run/checkpoint-100/model.bin", b"run/checkpoint-100/opt.pt",
              b"run/checkpoint-20", b"run/checkpoint-20/model.bin", b"run/checkpoint-20/opt.pt", b"run/config.json"]
-    plan = [(Node(path=p, type="file" if b"." in p else "dir"), p.split(b"/")) for p in paths]
+    plan = [(Node(path=p, type="file" if b"." in p else "dir"), Place(0, p.rsplit(b"/", 1)[-1])) for p in paths]
     order = [n.path for n, _ in restore_mod._in_chain_order(plan)]
     assert order == [b"run", b"run/checkpoint-10", b"run/checkpoint-100", b"run/checkpoint-20",
                      b"run/checkpoint-10/model.bin", b"run/checkpoint-20/model.bin", b"run/checkpoint-100/model.bin",

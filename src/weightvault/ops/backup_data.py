@@ -67,18 +67,16 @@ def _nodes_in_order(top: bytes, paths: list[bytes]) -> list[bytes | tuple[bytes,
             raise UsageError(f"in-memory file {p.decode()!r}: also a directory")
         node[parts[-1]] = i
     out: list[bytes | tuple[bytes, int]] = [top]
-
-    def walk(prefix: bytes, node: dict[bytes, object]) -> None:
-        for name in sorted(node):
-            child, path = node[name], prefix + b"/" + name
-            if isinstance(child, dict):
-                out.append(path)
-                walk(path, child)
-            else:
-                assert isinstance(child, int)
-                out.append((path, child))
-
-    walk(top, tree)
+    # depth first without recursion (any depth): a directory, then its children by name
+    stack: list[tuple[bytes, object]] = [(top + b"/" + name, tree[name]) for name in sorted(tree, reverse=True)]
+    while stack:
+        path, child = stack.pop()
+        if isinstance(child, dict):
+            out.append(path)
+            stack.extend((path + b"/" + name, child[name]) for name in sorted(child, reverse=True))
+        else:
+            assert isinstance(child, int)
+            out.append((path, child))
     return out
 
 

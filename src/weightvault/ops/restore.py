@@ -22,7 +22,6 @@ import os
 import resource
 import stat
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from weightvault.ops.restore_file import (
     write_file,
     write_group,
 )
+from weightvault.ops.restore_tree import Dirs, Place, Tree
 from weightvault.ops.stages import Stages
 from weightvault.ops.walk import matches_any
 from weightvault.repository.blobcache import BlobCache
@@ -61,7 +61,6 @@ __all__ = ["OVERWRITE_MODES", "RestoreOptions", "RestoreResult", "check_path", "
 
 OverwriteMode = Literal["error", "never", "if-changed", "always"]
 OVERWRITE_MODES: tuple[str, ...] = ("error", "never", "if-changed", "always")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILES_IN_FLIGHT = 4  # file tasks at once; memory bound: 16 runs of at most 8 MiB, or 4 groups
 _SHARED_BLOB_BYTES = 192 * 1024 * 1024  # plaintext kept for blobs the restore uses again
 
@@ -89,100 +88,59 @@ class RestoreResult:
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, over all threads (ops.stages)
 
 
-def check_path(path: bytes) -> list[bytes]:
-    """Split a manifest path into safe components or raise UnsafePathError."""
-    shown = os.fsdecode(path)
+def check_path(path: bytes) -> None:
+    """Raise UnsafePathError unless ``path`` is a relative path of names that can be created: no
+    empty, ``.`` or ``..`` component, no NUL. Linear in the path's length (done in C: no list of
+    components); names over 255 bytes are refused where the path is split (``restore_tree``)."""
     if not path or path.startswith(b"/") or b"\0" in path:
-        raise UnsafePathError(f"snapshot entry {shown!r} is absolute or empty; refusing to restore")
-    parts = path.split(b"/")
-    for p in parts:
-        if p in (b"", b".", b".."):
-            raise UnsafePathError(f"snapshot entry {shown!r} contains {os.fsdecode(p)!r}; refusing to restore")
-    return parts
+        raise UnsafePathError(f"snapshot entry {os.fsdecode(path)!r} is absolute or empty or holds a NUL;"
+                              " refusing to restore")
+    framed = b"/" + path + b"/"
+    for bad in (b"//", b"/./", b"/../"):
+        if bad in framed:
+            what = os.fsdecode(bad.strip(b"/"))
+            raise UnsafePathError(f"snapshot entry {os.fsdecode(path)!r} contains {what!r}; refusing to restore")
 
 
-class _Dirs:
-    """Opens directories under the target one component at a time without following symlinks.
-
-    Keeps at most a quarter of the open-file limit (8..128) of directory fds open, closing the least
-    recently used, so a snapshot with many directories cannot exhaust file descriptors. A returned
-    fd is only valid until the next ``open`` call.
-    """
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self._cache: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._max_open = 128 if soft == resource.RLIM_INFINITY else max(8, min(128, soft // 4))
-
-    def _cached(self, parts: tuple[bytes, ...]) -> int | None:
-        if not parts:
-            return self.root_fd
-        fd = self._cache.get(parts)
-        if fd is not None:
-            self._cache.move_to_end(parts)
-        return fd
-
-    def open(self, parts: tuple[bytes, ...], create: bool) -> int:
-        """The fd of target/parts, opening (and with ``create`` making) each missing level in turn."""
-        depth = len(parts)
-        fd = self._cached(parts)
-        while fd is None:
-            depth -= 1
-            fd = self._cached(parts[:depth])
-        for i in range(depth + 1, len(parts) + 1):
-            fd = self._open_child(fd, parts[:i], create)
-        return fd
-
-    def _open_child(self, parent: int, parts: tuple[bytes, ...], create: bool) -> int:
-        name = parts[-1]
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(name, 0o700, dir_fd=parent)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(
-                    f"{os.fsdecode(b'/'.join(parts))} in the target is a symlink or not a directory; refusing to"
-                    " write through it",
-                    hint="restore into an empty directory or remove the conflicting entry",
-                ) from exc
-            raise
-        self._cache[parts] = fd
-        if len(self._cache) > self._max_open:
-            os.close(self._cache.popitem(last=False)[1])
-        return fd
-
-    def close(self) -> None:
-        for fd in self._cache.values():
-            os.close(fd)
-        self._cache.clear()
+def _check_symlink(n: Node) -> None:
+    target = n.target
+    if not target or b"\0" in target:
+        why = "an empty target" if not target else "a NUL in its target"
+        raise UnsafePathError(f"snapshot entry {os.fsdecode(n.path)!r} is a symlink with {why}, which no file system"
+                              " can hold: the snapshot is malformed; refusing to restore",
+                              hint="restore the other entries with --include")
 
 
-def _selected(snap: Snapshot, repo: Repository, includes: list[str]) -> list[tuple[Node, list[bytes]]]:
+def _selected(snap: Snapshot, repo: Repository, includes: list[str], tree: Tree) -> list[tuple[Node, Place]]:
     """Validate every entry (not only the selected ones), then apply ``includes``.
 
-    Besides ``check_path``, no entry may lie below a file or symlink of the same snapshot: a crafted
-    manifest with ``link -> /elsewhere`` and ``link/x`` must not be half-restored.
+    Besides ``check_path``, no entry may appear twice, and none may lie below a file or symlink
+    of the same snapshot: a crafted manifest with ``link -> /elsewhere`` and ``link/x`` must not
+    be half-restored. Time and memory are linear in the manifest's size (``restore_tree``).
     """
-    nodes = [(n, check_path(n.path)) for n in iter_manifest(snap.tree, repo.load_blob)]
-    leaves = {n.path for n, _ in nodes if n.type != "dir"}
-    for n, parts in nodes:
-        for i in range(1, len(parts)):
-            if b"/".join(parts[:i]) in leaves:
-                raise UnsafePathError(
-                    f"snapshot entry {os.fsdecode(n.path)!r} lies below a file or symlink of the same snapshot;"
-                    " refusing to restore"
-                )
+    nodes = list(iter_manifest(snap.tree, repo.load_blob))
+    seen: set[bytes] = set()
+    for n in nodes:
+        check_path(n.path)
+        if n.type == "symlink":
+            _check_symlink(n)
+        if n.path in seen:
+            raise UnsafePathError(f"snapshot entry {os.fsdecode(n.path)!r} appears twice: the snapshot is malformed;"
+                                  " refusing to restore", hint="`weightvault check` reports such snapshots")
+        seen.add(n.path)
+    tree.leaves.update(n.path for n in nodes if n.type != "dir")
+    placed = [(n, tree.place(n.path, n.type == "dir")) for n in nodes]
     if not includes:
-        return nodes
-    chosen = {n.path for n, _ in nodes if matches_any(n.path, includes)}
+        return placed
+    chosen = {n.path for n in nodes if matches_any(n.path, includes)}
     # the parent directories of what was chosen come along, so they get their recorded metadata
-    chosen |= {b"/".join(parts[:i]) for n, parts in nodes if n.path in chosen for i in range(1, len(parts))}
-    return [(n, parts) for n, parts in nodes if n.path in chosen]
+    wanted: set[int] = set()
+    for n, place in placed:
+        d = place.parent if n.path in chosen else 0
+        while d and d not in wanted:
+            wanted.add(d)
+            d = tree.parent[d]
+    return [(n, pl) for n, pl in placed if n.path in chosen or pl.dir_id in wanted]
 
 
 def _existing_state(dir_fd: int, name: bytes, node: Node) -> str:
@@ -203,7 +161,8 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
     opts = opts or RestoreOptions()
     if opts.overwrite not in OVERWRITE_MODES:
         raise UsageError(f"unknown overwrite mode {opts.overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
-    nodes = _selected(snap, repo, opts.includes)  # validates every path before writing
+    tree = Tree(set())
+    nodes = _selected(snap, repo, opts.includes, tree)  # validates every path before writing
     if opts.includes and not nodes:
         tops = ", ".join(f"{os.path.basename(p)}/" for p in snap.paths)
         raise NoMatchError(f"no entry of snapshot {snap.short_id} matches {', '.join(opts.includes)}",
@@ -215,7 +174,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     except (FileExistsError, NotADirectoryError):
         raise UsageError(f"restore target {target} exists and is not a directory") from None
-    dirs = _Dirs(root_fd)
+    dirs = Dirs(root_fd, tree)
     result = RestoreResult()
     reporter = Reporter(opts.progress, "restore")
     reporter.set_totals(sum(1 for n, _ in nodes if n.type == "file"), sum(n.size for n, _ in nodes if n.type == "file"))
@@ -223,19 +182,19 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
     try:
         plan = _plan(nodes, dirs, opts.overwrite, result)
         _restore_files(repo, plan, dirs, workers, opts.verify, reporter, result)
-        for n, parts in plan:  # symlinks after all files: nothing is ever written through them
+        for n, place in plan:  # symlinks after all files: nothing is ever written through them
             if n.type == "symlink":
-                _restore_symlink(dirs, n, parts)
+                _restore_symlink(dirs, n, place)
                 result.symlinks += 1
-        for n, parts in reversed(plan):  # directory metadata last, deepest first
+        for n, place in reversed(plan):  # directory metadata last, deepest first
             if n.type == "dir":
-                fd = dirs.open(tuple(parts), create=True)
+                fd = dirs.open(place.dir_id, create=True)
                 chown(n, fd)
                 os.chmod(fd, n.mode)
                 os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
         # the new names: one syncfs per file system where it reports write-back errors, else an
         # fsync of each directory (fds only valid until the next ``open``: one at a time)
-        parents = sorted({tuple(p[:-1]) for _, p in plan})
+        parents = sorted({p.parent for _, p in plan})
         make_dirs_durable(dirs.open(parent, create=True) for parent in parents)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -252,26 +211,26 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
 
 
 def _plan(
-    nodes: list[tuple[Node, list[bytes]]], dirs: _Dirs, mode: str, result: RestoreResult
-) -> list[tuple[Node, list[bytes]]]:
+    nodes: list[tuple[Node, Place]], dirs: Dirs, mode: str, result: RestoreResult
+) -> list[tuple[Node, Place]]:
     """Apply the overwrite mode; raises RestoreConflictError (mode 'error') before any write."""
     plan, conflicts = [], []
-    for n, parts in nodes:
+    for n, place in nodes:
         if n.type == "dir":
-            plan.append((n, parts))
+            plan.append((n, place))
             continue
         try:
-            parent_fd = dirs.open(tuple(parts[:-1]), create=False)
+            parent_fd = dirs.open(place.parent, create=False)
         except FileNotFoundError:
-            plan.append((n, parts))
+            plan.append((n, place))
             continue
-        state = _existing_state(parent_fd, parts[-1], n)
+        state = _existing_state(parent_fd, place.name, n)
         if state == "missing" or mode == "always":
-            plan.append((n, parts))
+            plan.append((n, place))
         elif state == "same" or mode == "never":
             result.skipped += 1
         elif mode == "if-changed":
-            plan.append((n, parts))
+            plan.append((n, place))
         else:
             conflicts.append(os.fsdecode(n.path))
     if conflicts:
@@ -285,8 +244,8 @@ def _plan(
 
 def _restore_files(
     repo: Repository,
-    plan: list[tuple[Node, list[bytes]]],
-    dirs: _Dirs,
+    plan: list[tuple[Node, Place]],
+    dirs: Dirs,
     workers: int,
     verify: bool,
     reporter: Reporter,
@@ -340,36 +299,36 @@ def _restore_files(
         raise failed[0]
 
 
-def _dispatch(plan: list[tuple[Node, list[bytes]]], dirs: _Dirs, result: RestoreResult,
+def _dispatch(plan: list[tuple[Node, Place]], dirs: Dirs, result: RestoreResult,
               failed: list[BaseException],
               submit: Callable[[Callable[..., None], tuple[object, ...], list[int]], None]) -> None:
     """Make the directories and hand the files to ``submit``: a large file alone, small ones in
     groups of up to ``GROUP_FILES`` files and ``GROUP_BYTES`` bytes, in plan order."""
     group: list[tuple[int, Node, bytes]] = []
-    group_fds: dict[tuple[bytes, ...], int] = {}  # one duplicate per directory of the group
+    group_fds: dict[int, int] = {}  # one duplicate per directory of the group
     group_bytes = 0
     # directories per group: with _FILES_IN_FLIGHT groups open at once, at most 1/8 of the fd limit
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     max_dirs = GROUP_FILES if soft == resource.RLIM_INFINITY else max(1, min(GROUP_FILES, soft // 32))
     try:
-        for n, parts in plan:
+        for n, place in plan:
             if failed:
                 break
             if n.type == "dir":
-                dirs.open(tuple(parts), create=True)
+                dirs.open(place.dir_id, create=True)
                 result.dirs += 1
             elif n.type == "file":
-                parent = tuple(parts[:-1])
+                parent = place.parent
                 if n.size >= GROUP_FILE:
                     parent_fd = os.dup(dirs.open(parent, create=True))
-                    submit(write_file, (parent_fd, n, parts[-1]), [parent_fd])
+                    submit(write_file, (parent_fd, n, place.name), [parent_fd])
                     continue
                 if parent not in group_fds:
                     if len(group_fds) >= max_dirs:
                         taken, fds, group, group_fds, group_bytes = group, list(group_fds.values()), [], {}, 0
                         submit(write_group, (taken, fds), fds)
                     group_fds[parent] = os.dup(dirs.open(parent, create=True))
-                group.append((group_fds[parent], n, parts[-1]))
+                group.append((group_fds[parent], n, place.name))
                 group_bytes += n.size
                 if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
                     taken, fds, group, group_fds, group_bytes = group, list(group_fds.values()), [], {}, 0
@@ -382,21 +341,21 @@ def _dispatch(plan: list[tuple[Node, list[bytes]]], dirs: _Dirs, result: Restore
             os.close(fd)
 
 
-def _in_chain_order(plan: list[tuple[Node, list[bytes]]]) -> list[tuple[Node, list[bytes]]]:
+def _in_chain_order(plan: list[tuple[Node, Place]]) -> list[tuple[Node, Place]]:
     """Directories first (in plan order), then files grouped by checkpoint series, each series in
     step order (``delta_bases.series_key``): a file's delta bases are then the chunks of the file
     restored just before it, still in the cache, instead of a whole checkpoint's worth of bases
     of every file kept at once (and chains decoded again once the cache overflows)."""
-    def key(item: tuple[Node, list[bytes]]) -> tuple[bytes, tuple[int, ...], bytes]:
+    def key(item: tuple[Node, Place]) -> tuple[bytes, tuple[int, ...], bytes]:
         sk = series_key(item[0].path)
         return (sk[0], sk[1], item[0].path) if sk is not None else (item[0].path, (), item[0].path)
 
     return [i for i in plan if i[0].type == "dir"] + sorted((i for i in plan if i[0].type == "file"), key=key)
 
 
-def _restore_symlink(dirs: _Dirs, n: Node, parts: list[bytes]) -> None:
-    parent_fd = dirs.open(tuple(parts[:-1]), create=True)
-    name = parts[-1]
+def _restore_symlink(dirs: Dirs, n: Node, place: Place) -> None:
+    parent_fd = dirs.open(place.parent, create=True)
+    name = place.name
     tmp = tmp_name()
     os.symlink(n.target or b"", tmp, dir_fd=parent_fd)
     try:
