@@ -282,3 +282,16 @@ def test_a_deep_tree_restores_with_every_level_in_place(
             assert f.read() == b"deep data"
     finally:
         os.close(fd)
+
+
+def test_no_setuid_drops_setuid_and_setgid_bits(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node], tmp_path: Path,
+) -> None:
+    tool = file_node(b"bin/tool", b"#!/bin/sh\n")
+    tool.mode = 0o6755  # setuid + setgid
+    snap = make_snapshot([Node(path=b"bin", type="dir", mode=0o2775), tool])
+    kept = repo.restore(snap, tmp_path / "as-recorded")
+    assert kept.files == 1 and (tmp_path / "as-recorded" / "bin" / "tool").stat().st_mode & 0o7777 == 0o6755
+    repo.restore(snap, tmp_path / "safe", no_setuid=True)
+    assert (tmp_path / "safe" / "bin" / "tool").stat().st_mode & 0o7777 == 0o0755
+    assert (tmp_path / "safe" / "bin").stat().st_mode & 0o7777 == 0o0775  # a directory's setgid too

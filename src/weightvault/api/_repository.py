@@ -281,17 +281,18 @@ class Repository(KeysAndLocks, Inspection, Ledger):
 
     def restore(self, spec: str, target: str | os.PathLike[str], *, includes: Sequence[str] = (),
                 overwrite: str = "error", verify: bool = False, progress: ProgressCallback | None = None,
-                repair_from: Repository | None = None) -> RestoreResult:
+                repair_from: Repository | None = None, no_setuid: bool = False) -> RestoreResult:
         """Restore a snapshot under ``target`` (never outside it). With ``repair_from`` (a replica
         that ``copy`` filled), data found damaged on the way is rewritten from the replica
-        (``heal_from``) and the restore runs again."""
+        (``heal_from``) and the restore runs again. ``no_setuid``: setuid/setgid bits dropped."""
         if overwrite not in OVERWRITE_MODES:
             raise UsageError(f"unknown overwrite mode {overwrite!r}; use one of {', '.join(OVERWRITE_MODES)}")
         if repair_from is not None:
             return _repairing.restore_repairing(self, repair_from, spec, target, includes=includes,
-                                                overwrite=overwrite, verify=verify, progress=progress)
+                                                overwrite=overwrite, verify=verify, progress=progress,
+                                                no_setuid=no_setuid)
         opts = _restore.RestoreOptions(includes=list(includes), overwrite=overwrite,  # type: ignore[arg-type]
-                                       verify=verify, progress=progress)
+                                       verify=verify, progress=progress, no_setuid=no_setuid)
         with self._session(LockMode.SHARED) as s:
             snap = self._find(s, spec)
             with self._audit("restore", snapshots=[snap.id], target=os.path.abspath(target)) as rec:

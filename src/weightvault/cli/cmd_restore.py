@@ -28,6 +28,8 @@ __all__ = ["restore"]
 @click.option("--target", required=True, metavar="DIR", help="Directory to restore into (created if missing).")
 @click.option("--include", "includes", multiple=True, metavar="GLOB", help="Restore only matching entries.")
 @click.option("--verify", is_flag=True, help="Read each restored file back from disk and check its SHA-256.")
+@click.option("--no-setuid", is_flag=True,
+              help="Drop setuid and setgid bits (a restore as root otherwise gives them back as recorded).")
 @click.option("--overwrite", type=click.Choice(api.OVERWRITE_MODES), default="error", show_default=True,
               help="What to do with files that already exist in the target.")
 @click.option("--swap", is_flag=True,
@@ -46,8 +48,8 @@ __all__ = ["restore"]
 @pass_globals
 def restore(
     g: Globals, snapshot: str | None, run_source: str | None, at: str | None, target: str, includes: tuple[str, ...],
-    verify: bool, overwrite: str, swap: bool, backup_previous: bool, validate_level: int, check: str | None,
-    repair_from: str | None, from_password_file: str | None, as_json: bool,
+    verify: bool, no_setuid: bool, overwrite: str, swap: bool, backup_previous: bool, validate_level: int,
+    check: str | None, repair_from: str | None, from_password_file: str | None, as_json: bool,
 ) -> None:
     """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR); or, with --source
     NAME [--at TIME], a whole policy-protected run: the newest snapshot of each data class."""
@@ -56,6 +58,9 @@ def restore(
                          "`restore --source exp42 --at 2026-11-20T10:00 --target DIR`")
     if at and not run_source:
         raise UsageError("--at goes with --source", hint="for one snapshot, name it by time: `restore @TIME ...`")
+    if no_setuid and (swap or run_source is not None):
+        raise UsageError("--no-setuid goes with a restore of one snapshot into --target",
+                         hint="restore with --target DIR --no-setuid, then move it where it belongs")
     repo = open_repository(g)
     if run_source is not None:
         if swap or repair_from:
@@ -86,7 +91,7 @@ def restore(
     replica = open_other_repository(g, repair_from, from_password_file, "--repair-from") if repair_from else None
     with progress_bar(progress_enabled(g.quiet, as_json), "restore") as cb:
         res = repo.restore(snapshot, target, includes=includes, overwrite=overwrite, verify=verify, progress=cb,
-                           repair_from=replica)
+                           repair_from=replica, no_setuid=no_setuid)
     if as_json:
         echo_json(dataclasses.asdict(res))
     elif not g.quiet:

@@ -61,6 +61,7 @@ __all__ = ["OVERWRITE_MODES", "RestoreOptions", "RestoreResult", "check_path", "
 
 OverwriteMode = Literal["error", "never", "if-changed", "always"]
 OVERWRITE_MODES: tuple[str, ...] = ("error", "never", "if-changed", "always")
+_NO_SETUID = 0o1777  # the mode bits kept with ``no_setuid``
 _FILES_IN_FLIGHT = 4  # file tasks at once; memory bound: 16 runs of at most 8 MiB, or 4 groups
 _SHARED_BLOB_BYTES = 192 * 1024 * 1024  # plaintext kept for blobs the restore uses again
 
@@ -72,6 +73,7 @@ class RestoreOptions:
     verify: bool = False  # re-read each file from disk after fsync and compare SHA-256
     workers: int = 0
     progress: ProgressCallback | None = None
+    no_setuid: bool = False  # drop setuid/setgid bits (tar's --no-same-permissions for them, rsync's default)
 
 
 @dataclass
@@ -181,16 +183,17 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
     workers = opts.workers or max(os.cpu_count() or 2, repo.io_threads)
     try:
         plan = _plan(nodes, dirs, opts.overwrite, result)
-        _restore_files(repo, plan, dirs, workers, opts.verify, reporter, result)
+        _restore_files(repo, plan, dirs, workers, opts, reporter, result)
         for n, place in plan:  # symlinks after all files: nothing is ever written through them
             if n.type == "symlink":
                 _restore_symlink(dirs, n, place)
                 result.symlinks += 1
+        mask = _NO_SETUID if opts.no_setuid else 0o7777
         for n, place in reversed(plan):  # directory metadata last, deepest first
             if n.type == "dir":
                 fd = dirs.open(place.dir_id, create=True)
                 chown(n, fd)
-                os.chmod(fd, n.mode)
+                os.chmod(fd, n.mode & mask)
                 os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
         # the new names: one syncfs per file system where it reports write-back errors, else an
         # fsync of each directory (fds only valid until the next ``open``: one at a time)
@@ -247,7 +250,7 @@ def _restore_files(
     plan: list[tuple[Node, Place]],
     dirs: Dirs,
     workers: int,
-    verify: bool,
+    opts: RestoreOptions,
     reporter: Reporter,
     result: RestoreResult,
 ) -> None:
@@ -273,7 +276,8 @@ def _restore_files(
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weightvault-restore") as pool, \
                 ThreadPoolExecutor(max_workers=_FILES_IN_FLIGHT, thread_name_prefix="weightvault-file") as files:
-            jobs = FileJobs(shared, pool, verify, reporter, threading.Lock(), counts, stages, batch)
+            jobs = FileJobs(shared, pool, opts.verify, reporter, threading.Lock(), counts, stages, batch,
+                            _NO_SETUID if opts.no_setuid else 0o7777)
 
             def submit(fn: Callable[..., None], args: tuple[object, ...], fds: list[int]) -> None:
                 slots.acquire()

@@ -66,6 +66,7 @@ class FileJobs:
     counts: dict[str, int]  # files, bytes, verified: named (and durable) so far
     stages: Stages
     batch: DurableBatch  # small files are made durable and named many at a time
+    mode_mask: int = 0o7777  # 0o1777 drops setuid/setgid (restore --no-setuid)
 
 
 def write_group(jobs: FileJobs, group: list[tuple[int, Node, bytes]], fds: list[int]) -> None:
@@ -113,7 +114,7 @@ def _write(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[byt
                 f"(size {pos} vs {n.size}, sha256 {sha.hexdigest()[:16]} vs {str(n.sha256)[:16]})"
             )
         chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
-        os.fchmod(fd, n.mode)
+        os.fchmod(fd, n.mode & jobs.mode_mask)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
         if not small:  # a small file is made durable by the batch
             with jobs.stages("fsync"):
