@@ -295,3 +295,13 @@ def test_no_setuid_drops_setuid_and_setgid_bits(
     repo.restore(snap, tmp_path / "safe", no_setuid=True)
     assert (tmp_path / "safe" / "bin" / "tool").stat().st_mode & 0o7777 == 0o0755
     assert (tmp_path / "safe" / "bin").stat().st_mode & 0o7777 == 0o0775  # a directory's setgid too
+
+
+def test_check_reports_a_manifest_with_an_entry_twice(
+    repo: Repository, make_snapshot: MakeSnap, file_node: Callable[[bytes, bytes], Node],
+) -> None:
+    assert repo.check().ok
+    snap = make_snapshot([*_good(file_node), file_node(b"ok/good", b"other")])
+    res = repo.check()
+    want = f"snapshot {snap[:8]}: entry 'ok/good' appears twice"
+    assert not res.ok and any(want in e for e in res.errors), res.errors

@@ -173,8 +173,13 @@ def _check_snapshots(repo: Repository, bad: dict[bytes, str], missing: set[bytes
             res.errors.append(f"snapshot {snap_id}: {exc.message}")
             continue
         res.snapshots += 1
+        seen: set[bytes] = set()
         try:
             for node in iter_manifest(snap.tree, repo.load_blob):
+                if node.path in seen:  # restore refuses such a snapshot (exit 17)
+                    res.errors.append(f"snapshot {snap.short_id}: entry {node.path.decode('utf-8', 'replace')!r}"
+                                      " appears twice in its manifest (malformed; restore refuses it)")
+                seen.add(node.path)
                 for bid in node.blobs:
                     if bid in bad or bid in missing or bid not in repo.index:
                         users[bid].append(f"{snap.short_id}:{node.path.decode('utf-8', 'replace')}")
