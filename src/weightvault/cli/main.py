@@ -45,6 +45,7 @@ from weightvault.cli import (
     cmd_verify,
 )
 from weightvault.cli.common import Globals, storage_options
+from weightvault.cli.entry import _interrupted
 from weightvault.cli.output import display_lines
 from weightvault.errors import WeightvaultError
 
@@ -114,6 +115,13 @@ def _report(message: str, hint: str | None = None) -> None:
         click.echo(f"hint: {display_lines(hint)}", err=True)
 
 
+def _say_interrupted() -> int:
+    """Ctrl-C: one line, written without click (a Ctrl-C during one of click's lazy imports
+    leaves that module half made, and ``click.echo`` would fail on it with a traceback)."""
+    sys.stderr.write("error: interrupted\n")
+    return 130
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit status (no sys.exit), reporting errors on stderr."""
     try:
@@ -124,16 +132,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):
-            _report("interrupted")
-            return 130
+            return _say_interrupted()
         _report("aborted")
         return 1
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except KeyboardInterrupt:
-        _report("interrupted")
-        return 130
+        return _say_interrupted()
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -159,4 +165,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(levelname)s: %(message)s" if os.environ.get("WEIGHTVAULT_DEBUG") == "1" else "warning: %(message)s",
         stream=sys.stderr,
     )
-    sys.exit(run(argv))
+    try:
+        code = run(argv)
+    except BaseException as exc:  # a Ctrl-C that struck inside an error handler of ``run``
+        if not _interrupted(exc):
+            raise
+        code = _say_interrupted()
+    sys.exit(code)
