@@ -1,0 +1,37 @@
+"""The crash-point campaign's quick mode (``bench/torture.py --quick`` runs the same): every
+mutating operation crashed at an even sample of its durable writes, by SIGKILL before and after
+the write and by EIO and ENOSPC instead of it, on real child processes; nothing may be lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from weightvault.testing.torture import OPS, CrashPoints, run_campaign
+
+
+def test_every_operation_survives_a_crash_or_an_io_error_at_sampled_durable_writes(tmp_path: Path) -> None:
+    report = run_campaign(tmp_path, sample=2)
+    assert set(report.points) == set(OPS) and all(n >= 1 for n in report.points.values()), report.points
+    outcomes = {r.outcome.split(" ")[0] for r in report.results}
+    assert {"killed", "failed"} <= outcomes  # the faults really fired
+    assert not report.lost, "\n".join(f"{r.op} {r.point} {r.mode}: {r.problems}" for r in report.lost)
+
+
+def test_the_crash_point_wrapper_fires_exactly_at_its_call(tmp_path: Path) -> None:
+    from weightvault.backends.base import FileType
+    from weightvault.backends.local import LocalBackend
+    from weightvault.errors import BackendError, NoSpaceError
+
+    for mode, error in (("eio", BackendError), ("enospc", NoSpaceError)):
+        root = tmp_path / mode
+        b = CrashPoints(LocalBackend(str(root)), at=2, mode=mode)
+        b.create()
+        b.save(FileType.LOCK, "a", b"1")
+        try:
+            b.save(FileType.LOCK, "b", b"2")
+        except error:
+            pass
+        else:
+            raise AssertionError(f"{mode} did not fire at call 2")
+        b.remove(FileType.LOCK, "a")  # call 3: past the point, delegated
+        assert b.count == 3 and [n for n, _ in b.list(FileType.LOCK)] == []
