@@ -164,3 +164,18 @@ def test_check_verifies_the_ledger_chain_and_the_key_file_names(repo: Repository
     shutil.copy(key, root / "keys" / ("0" * 64))  # a key file under a name that is not its hash
     res = repo.check()
     assert not res.ok and any(e.startswith(f"key file {'0' * 64}: its content no longer matches") for e in res.errors)
+
+
+def test_check_warns_of_a_snapshot_the_ledger_made_that_is_gone_without_a_forget(
+        repo: Repository, tmp_path: Path, isolated_home: Path) -> None:
+    write(tmp_path / "src" / "a.bin", b"x" * 1000)
+    first = repo.backup([tmp_path / "src"]).snapshot
+    write(tmp_path / "src" / "b.bin", b"y" * 1000)
+    second = repo.backup([tmp_path / "src"]).snapshot
+    repo.forget([first.id])  # recorded: no warning for it
+    res = repo.check()
+    assert res.ok and not [w for w in res.warnings if "is gone" in w], res.warnings
+    (Path(repo.location) / "snapshots" / second.id).unlink()  # behind the tool's back
+    res = repo.check()
+    gone = [w for w in res.warnings if "is gone" in w]
+    assert len(gone) == 1 and gone[0].startswith(f"snapshot {second.id[:8]}, made by ledger record 1 (backup")

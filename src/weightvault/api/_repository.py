@@ -258,7 +258,9 @@ class Repository(KeysAndLocks, Inspection, Ledger):
                 lock_until=lock_until, record_as=list(record_as) if record_as is not None else None)
             res = _backup.backup(self._repo, [os.fspath(p) for p in paths], opts)
             summary = res.snapshot.summary
-            rec.update(snapshots=[res.snapshot.id], bytes=int(summary.get("bytes", 0)), ok=not res.errors,
+            merged = res.group.merged if res.group is not None else None  # a group snapshot this rank completed
+            rec.update(snapshots=[res.snapshot.id] + ([merged.id] if merged is not None else []),
+                       bytes=int(summary.get("bytes", 0)), ok=not res.errors,
                        detail=f"{int(summary.get('files', 0))} files, {int(summary.get('stored_bytes_added', 0))}"
                        f" bytes added, {len(res.errors)} unreadable")
             return res

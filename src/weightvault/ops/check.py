@@ -92,6 +92,29 @@ def _check_keys_and_ledger(repo: Repository, res: CheckResult) -> None:
     if repo.config.version >= 4:
         chain = ledger.verify_chain(repo.backend, repo.key)
         res.errors += [f"ledger: {p}" for p in chain.problems]
+        res.warnings += _recorded_snapshots_gone(repo)
+
+
+def _recorded_snapshots_gone(repo: Repository) -> list[str]:
+    """Snapshots the ledger records as made (by a backup or a copy into this repository) that
+    no forget recorded removing, and that are gone: a snapshot file deleted behind the tool's
+    back (whoever deleted it could not forge the forget record without the key), or by a forget
+    that was killed before it could append its record. A warning, since the second is no fault."""
+    made: dict[str, dict[str, object]] = {}
+    removed: set[str] = set()
+    try:
+        for rec in ledger.load_records(repo.backend, repo.key):
+            if rec.get("op") in ("backup", "copy"):
+                made.update((sid, rec) for sid in rec.get("snapshots", []) if isinstance(sid, str))
+            elif rec.get("op") == "forget":
+                removed.update(sid for sid in rec.get("snapshots", []) if isinstance(sid, str))
+    except WeightvaultError:
+        return []  # an unreadable record is reported by the chain check
+    present = set(repo.list_snapshot_ids())
+    return [f"snapshot {sid[:8]}, made by ledger record {rec['seq']} ({rec['op']} at {rec.get('time')}), is gone"
+            " and no forget recorded removing it: deleted behind weightvault's back, or by a forget that was"
+            " interrupted"
+            for sid, rec in sorted(made.items()) if sid not in present and sid not in removed]
 
 
 def check(
