@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The crash, fault and hostile-input campaign (issue 20), one command (docs/RELIABILITY.md).
 
-    .venv/bin/python bench/torture.py [--quick] [--ops backup,forget,...] [--modes kill-before,...]
-                                      [--json FILE] [--work DIR]
+    .venv/bin/python bench/torture.py [--quick] [--campaign all|crash|corruption]
+                                      [--ops backup,forget,...] [--modes kill-before,...] [--json FILE] [--work DIR]
 
 Crash points (``weightvault.testing.torture``): each mutating operation is run once to count
 its durable writes, then crashed at every one in turn (``--quick``: an even sample of 2 per op
@@ -10,12 +10,19 @@ and mode, what CI runs) by SIGKILL before the write, SIGKILL right after it, or 
 or ENOSPC instead of it; after each: unlock, ``check --read-data``, every snapshot restored and
 compared, the operation run again and everything checked once more. Prints a table per
 operation and exits 1 if anything was lost or any check failed.
+
+Corruption (``weightvault.testing.corruption``): config, key files, packs, index files,
+snapshots and ledger records, up to 10 of each (``--quick``: 1), each flipped at 10 random bits
+(``--quick``: 1), truncated and deleted, one change per fresh copy; each must be detected by
+open or ``check --read-data`` and named, no restore may write wrong bytes, and healing from a
+replica (then ``repair index``) is tried and counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from collections import Counter
@@ -24,25 +31,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from weightvault.testing.corruption import Damage, run_corruption  # noqa: E402
 from weightvault.testing.torture import MODES, OPS, PointResult, run_campaign  # noqa: E402
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 crash points per operation and mode (CI)")
-    ap.add_argument("--ops", default=",".join(OPS))
-    ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--json", type=Path, help="write every result here")
-    ap.add_argument("--work", type=Path)
-    a = ap.parse_args()
-
+def _crash(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
     def show(r: PointResult) -> None:
         if r.problems:
             print(f"  LOST/BROKEN {r.op} point {r.point} {r.mode}: {r.outcome}: {'; '.join(r.problems)}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="wv-torture-", dir=a.work) as work:
-        report = run_campaign(Path(work), ops=tuple(a.ops.split(",")), modes=tuple(a.modes.split(",")),
-                              sample=2 if a.quick else None, progress=show)
+    report = run_campaign(work, ops=tuple(a.ops.split(",")), modes=tuple(a.modes.split(",")),
+                          sample=2 if a.quick else None, progress=show)
     outcomes: dict[str, Counter[str]] = {}
     for r in report.results:
         outcomes.setdefault(r.op, Counter())[r.outcome.split(" ")[0]] += 1
@@ -52,11 +51,55 @@ def main() -> int:
         c = outcomes[op]
         print(f"| {op} | {row['points']} | {row['tried']} | {c['killed']} | {c['failed']} | {c['completed']} |"
               f" {row['with_problems']} |")
-    print(f"{len(report.results)} tries in {report.seconds:.0f} s; {len(report.lost)} with problems")
+    print(f"{len(report.results)} tries in {report.seconds:.0f} s; {len(report.lost)} with problems\n")
+    out["crash"] = {"points": report.points, "seconds": report.seconds, "results": [r.__dict__ for r in report.results]}
+    return len(report.lost)
+
+
+def _corruption(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
+    def show(d: Damage) -> None:
+        if d.problems or d.wrong_bytes or not (d.harmless or (d.detected and d.named)):
+            print(f"  FAILED {d.kind} {d.name[:12]} {d.change}: {d.how}; {'; '.join(d.problems)}", flush=True)
+
+    report = run_corruption(work, objects=1 if a.quick else 10, flips=1 if a.quick else 10, progress=show)
+    print("| object | changes | detected and named | harmless | wrong bytes restored | restores refused |"
+          " healed (replica / repair index) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    kinds: dict[str, list[Damage]] = {}
+    for d in report.damages:
+        kinds.setdefault(d.kind, []).append(d)
+    for kind, ds in kinds.items():
+        heal = Counter(d.how_healed for d in ds)
+        print(f"| {kind} | {len(ds)} | {sum(d.detected and d.named for d in ds)} | {sum(d.harmless for d in ds)} |"
+              f" {sum(d.wrong_bytes for d in ds)} | {sum(d.restores_refused for d in ds)} |"
+              f" {heal['heal from the replica']} / {heal['repair index']} |")
+    print(f"{len(report.damages)} changes in {report.seconds:.0f} s; {len(report.failures)} failures\n")
+    out["corruption"] = {"seconds": report.seconds, "damages": [d.__dict__ for d in report.damages]}
+    return len(report.failures)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a sample of each campaign (CI)")
+    ap.add_argument("--campaign", choices=("all", "crash", "corruption"), default="all")
+    ap.add_argument("--ops", default=",".join(OPS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--json", type=Path, help="write every result here")
+    ap.add_argument("--work", type=Path)
+    a = ap.parse_args()
+    logging.disable(logging.WARNING)  # the library's warnings about the damage it meets: expected here
+    out: dict[str, object] = {}
+    bad = 0
+    with tempfile.TemporaryDirectory(prefix="wv-torture-", dir=a.work) as work:
+        if a.campaign in ("all", "crash"):
+            (Path(work) / "crash").mkdir()
+            bad += _crash(a, Path(work) / "crash", out)
+        if a.campaign in ("all", "corruption"):
+            (Path(work) / "corruption").mkdir()
+            bad += _corruption(a, Path(work) / "corruption", out)
     if a.json:
-        a.json.write_text(json.dumps({"points": report.points, "seconds": report.seconds, "results": [
-            r.__dict__ for r in report.results]}, indent=1))
-    return 1 if report.lost else 0
+        a.json.write_text(json.dumps(out, indent=1))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -35,3 +35,14 @@ def test_the_crash_point_wrapper_fires_exactly_at_its_call(tmp_path: Path) -> No
             raise AssertionError(f"{mode} did not fire at call 2")
         b.remove(FileType.LOCK, "a")  # call 3: past the point, delegated
         assert b.count == 3 and [n for n, _ in b.list(FileType.LOCK)] == []
+
+
+def test_every_kind_of_stored_object_damaged_is_detected_named_and_never_restored_wrong(tmp_path: Path) -> None:
+    from weightvault.testing.corruption import KINDS, run_corruption
+
+    report = run_corruption(tmp_path, objects=1, flips=1)
+    assert {d.kind for d in report.damages} == set(KINDS)
+    assert len(report.damages) == 3 * len(KINDS)  # a flip, a truncation and a deletion of one object each
+    assert sum(d.wrong_bytes for d in report.damages) == 0
+    assert not report.failures, "\n".join(f"{d.kind} {d.name} {d.change}: {d.how} {d.problems}"
+                                           for d in report.failures)

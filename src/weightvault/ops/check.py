@@ -40,6 +40,7 @@ class CheckResult:
     blobs_read: int = 0
     bytes_read: int = 0
     snapshots: int = 0
+    ledger_records: int = 0
     bad_blobs: dict[str, list[str]] = field(default_factory=dict)  # blob hex -> ["snap:path", ...]
     subset: str | None = None  # the part read, "n/t"
     coverage: float | None = None  # with a rotating X% subset: share of the parts read this round
@@ -91,6 +92,7 @@ def _check_keys_and_ledger(repo: Repository, res: CheckResult) -> None:
                               " compare `key list` with the keys you added, and remove one you did not")
     if repo.config.version >= 4:
         chain = ledger.verify_chain(repo.backend, repo.key)
+        res.ledger_records = chain.records
         res.errors += [f"ledger: {p}" for p in chain.problems]
         res.warnings += _recorded_snapshots_gone(repo)
 

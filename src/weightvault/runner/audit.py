@@ -16,7 +16,7 @@ from weightvault.errors import WeightvaultError
 from weightvault.repository import ledger
 from weightvault.repository.repo import Repository
 
-__all__ = ["append", "operator", "query", "record", "verify"]
+__all__ = ["append", "operator", "query", "record", "remember", "truncated", "verify"]
 
 _log = logging.getLogger(__name__)
 
@@ -86,12 +86,31 @@ def verify(engine: Repository) -> ledger.LedgerCheck:
     """Check the chain (``ledger.verify_chain``); records this machine saw that are gone (a
     truncated tail) are reported too."""
     res = ledger.verify_chain(engine.backend, engine.key)
+    res.problems += truncated(engine, res.records)
+    return res
+
+
+def truncated(engine: Repository, records: int) -> list[str]:
+    """The problem, if the local catalog saw more than ``records`` records: the end of the
+    ledger was removed (the chain alone cannot show that)."""
     catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
     try:
         seen = catalog.last_seq()
     finally:
         catalog.close()
-    if seen >= res.records and seen >= 0:
-        res.problems.append(f"records up to {seen} were seen here before, the repository holds {res.records}:"
-                            " the end of the ledger was removed")
-    return res
+    if seen >= records and seen >= 0:
+        return [f"records up to {seen} were seen here before, the repository holds {records}: the end of the"
+                f" ledger was removed, from record {records} (ledger/{records:016x}) on"]
+    return []
+
+
+def remember(engine: Repository) -> None:
+    """Bring the local catalog up to date with a ledger that was just checked, so that a later
+    check here notices if its end is removed. A catalog that cannot be written is logged."""
+    catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
+    try:
+        catalog.sync(engine.backend, engine.key)
+    except (WeightvaultError, OSError) as exc:
+        _log.warning("could not update the ledger catalog: %s", exc)
+    finally:
+        catalog.close()
