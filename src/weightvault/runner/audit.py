@@ -7,6 +7,7 @@ import getpass
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -93,11 +94,15 @@ def verify(engine: Repository) -> ledger.LedgerCheck:
 def truncated(engine: Repository, records: int) -> list[str]:
     """The problem, if the local catalog saw more than ``records`` records: the end of the
     ledger was removed (the chain alone cannot show that)."""
-    catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
     try:
-        seen = catalog.last_seq()
-    finally:
-        catalog.close()
+        catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
+        try:
+            seen = catalog.last_seq()
+        finally:
+            catalog.close()
+    except (sqlite3.Error, OSError) as exc:  # no catalog here (read-only cache): nothing to compare with
+        _log.warning("could not read the ledger catalog: %s", exc)
+        return []
     if seen >= records and seen >= 0:
         return [f"records up to {seen} were seen here before, the repository holds {records}: the end of the"
                 f" ledger was removed, from record {records} (ledger/{records:016x}) on"]
@@ -107,10 +112,11 @@ def truncated(engine: Repository, records: int) -> list[str]:
 def remember(engine: Repository) -> None:
     """Bring the local catalog up to date with a ledger that was just checked, so that a later
     check here notices if its end is removed. A catalog that cannot be written is logged."""
-    catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
     try:
-        catalog.sync(engine.backend, engine.key)
-    except (WeightvaultError, OSError) as exc:
+        catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
+        try:
+            catalog.sync(engine.backend, engine.key)
+        finally:
+            catalog.close()
+    except (WeightvaultError, sqlite3.Error, OSError) as exc:
         _log.warning("could not update the ledger catalog: %s", exc)
-    finally:
-        catalog.close()
