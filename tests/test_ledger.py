@@ -179,3 +179,20 @@ def test_check_warns_of_a_snapshot_the_ledger_made_that_is_gone_without_a_forget
     res = repo.check()
     gone = [w for w in res.warnings if "is gone" in w]
     assert len(gone) == 1 and gone[0].startswith(f"snapshot {second.id[:8]}, made by ledger record 1 (backup")
+
+
+def test_check_notices_a_removed_ledger_end_it_saw_here_but_not_a_lagging_mirror(
+        repo: Repository, tmp_path: Path, isolated_home: Path) -> None:
+    import shutil
+
+    write(tmp_path / "src" / "a.bin", b"x" * 1000)
+    repo.backup([tmp_path / "src"])
+    mirror = tmp_path / "mirror"
+    shutil.copytree(repo.location, mirror)  # a mirror of the repository, taken now
+    repo.backup([tmp_path / "src"])
+    assert repo.check().ok  # this check saw 2 records (a third, its own, is not appended by check)
+    assert Repository.open(mirror, PASSWORD).check().ok  # same id, another place: it lags, it is not damaged
+    sorted((Path(repo.location) / "ledger").iterdir())[-1].unlink()  # the end removed
+    res = repo.check()
+    assert not res.ok and any("the end of the ledger was removed, from record 1 (ledger/0000000000000001)" in e
+                              for e in res.errors), res.errors

@@ -410,10 +410,10 @@ class Repository(KeysAndLocks, Inspection, Ledger):
         assert not isinstance(part, float)
         with self._session(LockMode.MAINTENANCE):
             res = _check.check(self._repo, read_data=read_data, subset=part, progress=progress)
-        if self._repo.config.version >= 4:  # a removed end of the ledger, as far as this machine saw it
-            res.errors += [f"ledger: {p}" for p in _audit.truncated(self._repo, res.ledger_records)]
+        if self._repo.config.version >= 4:  # a removed end of the ledger, as far as checks here saw it
+            res.errors += [f"ledger: {p}" for p in _audit.truncated_here(self._repo, res.ledger_records)]
             if not any(e.startswith("ledger:") for e in res.errors):
-                _audit.remember(self._repo)
+                _audit.remember_here(self._repo, res.ledger_records)
         if rot is not None:
             res.coverage = rot.finish(res.ok)
         return res

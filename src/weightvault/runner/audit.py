@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -11,13 +13,15 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from weightvault.errors import WeightvaultError
+from weightvault.paths import atomic_write, cache_home
 from weightvault.repository import ledger
 from weightvault.repository.repo import Repository
 
-__all__ = ["append", "operator", "query", "record", "remember", "truncated", "verify"]
+__all__ = ["append", "operator", "query", "record", "remember_here", "truncated", "truncated_here", "verify"]
 
 _log = logging.getLogger(__name__)
 
@@ -103,20 +107,40 @@ def truncated(engine: Repository, records: int) -> list[str]:
     except (sqlite3.Error, OSError) as exc:  # no catalog here (read-only cache): nothing to compare with
         _log.warning("could not read the ledger catalog: %s", exc)
         return []
+    return _shorter(seen, records)
+
+
+def _shorter(seen: int, records: int) -> list[str]:
     if seen >= records and seen >= 0:
         return [f"records up to {seen} were seen here before, the repository holds {records}: the end of the"
                 f" ledger was removed, from record {records} (ledger/{records:016x}) on"]
     return []
 
 
-def remember(engine: Repository) -> None:
-    """Bring the local catalog up to date with a ledger that was just checked, so that a later
-    check here notices if its end is removed. A catalog that cannot be written is logged."""
+def _seen_path(engine: Repository) -> Path:
+    where = hashlib.sha256(engine.backend.location.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return cache_home() / "weightvault" / "ledger-seen" / f"{engine.config.repo_id}-{where}.json"
+
+
+def truncated_here(engine: Repository, records: int) -> list[str]:
+    """Like ``truncated``, against what ``check`` last saw at this very location (so a mirror of
+    the repository elsewhere, which may lag, is compared with its own past only)."""
     try:
-        catalog = ledger.LedgerCatalog(ledger.catalog_path(engine.config.repo_id))
-        try:
-            catalog.sync(engine.backend, engine.key)
-        finally:
-            catalog.close()
-    except (WeightvaultError, sqlite3.Error, OSError) as exc:
-        _log.warning("could not update the ledger catalog: %s", exc)
+        seen = int(json.loads(_seen_path(engine).read_bytes())["records"]) - 1
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _log.warning("could not read what check saw of the ledger before: %s", exc)
+        return []
+    return _shorter(seen, records)
+
+
+def remember_here(engine: Repository, records: int) -> None:
+    """Note that the ledger at this location held ``records`` records when it was checked."""
+    doc = {"records": records, "location": engine.backend.location}
+    try:
+        path = _seen_path(engine)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(doc).encode("utf-8", "surrogateescape"), 0o600)
+    except OSError as exc:
+        _log.warning("could not note what check saw of the ledger: %s", exc)

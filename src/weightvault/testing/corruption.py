@@ -82,7 +82,6 @@ def _prepare(root: Path, kdf: object) -> tuple[Path, Path, Path, dict[str, dict[
         repo.backup([src], tags=[f"v={v}"])
         versions[f"v={v}"] = _digest(src)
     repo.copy_to(api.Repository.open(replica_dir, NEW_PASSWORD))
-    repo.check()  # as a user's earlier check: the local catalog now knows the whole ledger
     return repo_dir, replica_dir, src, versions
 
 
@@ -185,6 +184,7 @@ def _campaign(work: Path, template: Path, objects: int, flips: int, rng: random.
               kinds: tuple[str, ...], progress: Callable[[Damage], None] | None, t0: float) -> CorruptionReport:
     import time
 
+    from weightvault import api
     from weightvault.api import KdfParams
     from weightvault.errors import WeightvaultError
 
@@ -202,6 +202,7 @@ def _campaign(work: Path, template: Path, objects: int, flips: int, rng: random.
                 shutil.copytree(template, world, symlinks=True)
                 d = Damage(kind, path.name, change)
                 try:
+                    api.Repository.open(world / "repo", PASSWORD).check()  # a user's earlier check, here
                     apply(world / "repo" / rel)
                     _judge(d, world, versions)
                 except WeightvaultError as exc:
