@@ -202,6 +202,18 @@ def test_create_only_save_that_landed_before_a_transient_error_succeeds() -> Non
         rb.save(FileType.LOCK, NAME, b"theirs", create_only=True)
 
 
+def test_create_only_save_that_the_storage_client_retried_itself_succeeds() -> None:
+    """botocore retries a PUT whose answer was lost by itself; the retry finds the name taken
+    (412), and no transient error ever reached us: an object holding our bytes is ours."""
+    inner = MemoryBackend()
+    inner.save(FileType.LOCK, NAME, b"mine", create_only=True)  # what the lost-answer attempt stored
+    rb, _ = _retrying(inner)
+    rb.save(FileType.LOCK, NAME, b"mine", create_only=True)
+    assert rb.stats.retries == 0
+    with pytest.raises(ObjectExistsError):
+        rb.save(FileType.LOCK, NAME, b"theirs", create_only=True)
+
+
 def test_listing_is_retried_as_a_whole() -> None:
     fb = FaultyBackend(MemoryBackend())
     for i in range(3):

@@ -6,9 +6,11 @@ once. Attempt ``i`` (from 1) waits ``uniform(0, min(max_delay, base_delay * 2**(
 ("full jitter", so many clients backing off together spread out). Every retry is counted in
 ``stats`` and logged (without object contents or credentials).
 
-A ``create_only`` save whose earlier attempt failed transiently may have reached the store; if a
-retry then finds the name taken, the object is read back and the save succeeds if it holds
-exactly our bytes (so a lock we created is not mistaken for someone else's).
+A ``create_only`` save whose earlier attempt failed transiently may have reached the store, and
+so may one the storage client retried by itself after a lost answer (botocore does, unseen
+here); when a save finds the name taken, the object is read back and the save succeeds if it
+holds exactly our bytes (so a lock we created is not mistaken for someone else's; an object
+with other bytes is another writer's, and the save fails as it should).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TypeVar
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.backends.wrapper import WrapperBackend
-from weightvault.errors import ObjectExistsError, TransientBackendError
+from weightvault.errors import ObjectExistsError, ObjectNotFoundError, TransientBackendError
 
 __all__ = ["RetryPolicy", "RetryStats", "RetryingBackend"]
 
@@ -96,18 +98,16 @@ class RetryingBackend(WrapperBackend):
         if not create_only:
             self._call("save", lambda: self.inner.save(ftype, name, data))
             return
-        failed_before = False
-
         def attempt() -> None:
-            nonlocal failed_before
             try:
                 self.inner.save(ftype, name, data, create_only=True)
-            except TransientBackendError:
-                failed_before = True
-                raise
             except ObjectExistsError:
-                if failed_before and self.inner.load(ftype, name) == data:
-                    return  # our own earlier attempt landed
+                try:
+                    landed = self.inner.load(ftype, name) == data
+                except ObjectNotFoundError:
+                    landed = False
+                if landed:
+                    return  # our own earlier attempt landed (also one the storage client retried itself)
                 raise
 
         self._call("save", attempt)
