@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The crash, fault and hostile-input campaign (issue 20), one command (docs/RELIABILITY.md).
 
-    .venv/bin/python bench/torture.py [--quick] [--campaign all|crash|corruption]
+    .venv/bin/python bench/torture.py [--quick] [--campaign all|crash|corruption|load]
                                       [--ops backup,forget,...] [--modes kill-before,...] [--json FILE] [--work DIR]
 
 Crash points (``weightvault.testing.torture``): each mutating operation is run once to count
@@ -16,6 +16,11 @@ snapshots and ledger records, up to 10 of each (``--quick``: 1), each flipped at
 (``--quick``: 1), truncated and deleted, one change per fresh copy; each must be detected by
 open or ``check --read-data`` and named, no restore may write wrong bytes, and healing from a
 replica (then ``repair index``) is tried and counted.
+
+Load (``weightvault.testing.load``): 8 writer processes, a forget + prune loop and a check loop at
+once for 300 s (``--quick``: 30) against moto's S3 behind a proxy that turns 5 % of the requests
+into a 503, a reset, a lost answer or a 1.5 s delay; then every acknowledged snapshot that no
+forget removed must be there and restore identical, and ``check --read-data`` be clean.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from weightvault.testing.corruption import Damage, run_corruption  # noqa: E402
+from weightvault.testing.load import run_load  # noqa: E402
 from weightvault.testing.torture import MODES, OPS, PointResult, run_campaign  # noqa: E402
 
 
@@ -78,10 +84,25 @@ def _corruption(a: argparse.Namespace, work: Path, out: dict[str, object]) -> in
     return len(report.failures)
 
 
+def _load(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
+    r = run_load(work, seconds=30 if a.quick else 300, writers=8, rate=0.05)
+    faults = {k: v for k, v in r.faults.items() if k != "requests"}
+    print("| seconds | requests | faults injected | backups acknowledged | backups failed | forget+prune runs |"
+          " snapshots removed | checks beside | restored identical | problems |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {r.seconds:.0f} | {r.faults.get('requests', 0)} | {sum(faults.values())} ({faults}) | {r.acked} |"
+          f" {r.backup_failures} | {r.forgets} | {r.removed} | {r.checks} | {r.restored_identical} |"
+          f" {len(r.problems)} |")
+    for p in r.problems:
+        print(f"  PROBLEM {p}")
+    out["load"] = r.__dict__
+    return len(r.problems)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a sample of each campaign (CI)")
-    ap.add_argument("--campaign", choices=("all", "crash", "corruption"), default="all")
+    ap.add_argument("--campaign", choices=("all", "crash", "corruption", "load"), default="all")
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", type=Path, help="write every result here")
@@ -97,6 +118,9 @@ def main() -> int:
         if a.campaign in ("all", "corruption"):
             (Path(work) / "corruption").mkdir()
             bad += _corruption(a, Path(work) / "corruption", out)
+        if a.campaign in ("all", "load"):
+            (Path(work) / "load").mkdir()
+            bad += _load(a, Path(work) / "load", out)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 1 if bad else 0

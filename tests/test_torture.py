@@ -46,3 +46,13 @@ def test_every_kind_of_stored_object_damaged_is_detected_named_and_never_restore
     assert sum(d.wrong_bytes for d in report.damages) == 0
     assert not report.failures, "\n".join(f"{d.kind} {d.name} {d.change}: {d.how} {d.problems}"
                                            for d in report.failures)
+
+
+def test_eight_writers_forget_prune_and_check_together_on_s3_with_faults_lose_nothing(tmp_path: Path) -> None:
+    """bench/torture.py --campaign load runs the same for longer."""
+    from weightvault.testing.load import run_load
+
+    report = run_load(tmp_path, seconds=30, writers=8, rate=0.05)
+    assert report.acked >= 8 and report.restored_identical >= 8, report
+    assert sum(v for k, v in report.faults.items() if k != "requests") > 0  # the faults really happened
+    assert not report.problems, "\n".join(report.problems)
