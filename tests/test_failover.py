@@ -198,6 +198,14 @@ def test_bad_configuration_is_refused_with_the_line_to_fix(tmp_path: Path) -> No
                            str(tmp_path / "nope.toml")], capture_output=True, text=True, timeout=60).returncode == 7
 
 
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
+
+
 def _model_server(weights: Path, mode: Path) -> tuple[str, subprocess.Popen[str]]:
     mode.write_text("ok\n")
     proc = subprocess.Popen([sys.executable, "-m", "weightvault.testing.model_server", "--weights", str(weights),
@@ -250,11 +258,7 @@ def runbook(tmp_path: Path) -> Iterator[Runbook]:
         yield Runbook(cfg, {**os.environ, "WV_PW": PASSWORD, "HOME": str(tmp_path / "home")}, procs, repo, snap,
                       release)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
+        _stop(procs)
 
 
 def test_restore_before_promote_brings_a_stale_standby_up_to_date_then_routes(tmp_path: Path,
@@ -447,11 +451,7 @@ def test_probes_from_several_vantage_points_need_a_quorum(tmp_path: Path,
             ctl.wait(timeout=30)
         assert ctl.returncode == 0
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
+        _stop(procs)
 
 
 def test_a_status_code_rule_decides_health_instead_of_the_json_answer(

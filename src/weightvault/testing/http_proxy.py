@@ -16,8 +16,10 @@ import argparse
 import urllib.error
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from weightvault.testing._http import serve
 
 __all__ = ["main"]
 
@@ -62,10 +64,7 @@ def main() -> None:
             except (urllib.error.URLError, OSError) as exc:
                 self._answer(502, f"origin unreachable: {exc}".encode())
 
-    server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
-    server.daemon_threads = True
-    print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
-    server.serve_forever()
+    serve(Handler, a.port)
 
 
 if __name__ == "__main__":

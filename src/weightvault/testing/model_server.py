@@ -19,11 +19,13 @@ import hashlib
 import itertools
 import json
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
+
+from weightvault.testing._http import serve
 
 __all__ = ["main"]
 
@@ -87,10 +89,7 @@ def main() -> None:
             row = np.asarray(m[1], dtype=np.float64).reshape(-1)[: len(xs)]
             self._send(200, {"y": float((row * xs).sum())})
 
-    server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
-    server.daemon_threads = True
-    print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
-    server.serve_forever()
+    serve(Handler, a.port)
 
 
 if __name__ == "__main__":

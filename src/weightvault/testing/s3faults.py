@@ -25,8 +25,10 @@ import random
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from weightvault.testing._http import serve
 
 __all__ = ["FAULTS", "main"]
 
@@ -103,10 +105,7 @@ def main() -> None:
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _proxy
 
     a.counts.write_text(json.dumps(counts))
-    server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
-    server.daemon_threads = True
-    print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
-    server.serve_forever()
+    serve(Handler, a.port)
 
 
 if __name__ == "__main__":
