@@ -81,11 +81,12 @@ def _local_error(exc: OSError) -> WeightvaultError:
     NoSpaceError for ENOSPC/EDQUOT, else LocalPathError (exit 1, as the CLI always reported it)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return convert_os_error(exc, exc.filename or "a local file")
-    where = f"{exc.filename}: " if exc.filename else ""
+    where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+    hint = ("this process may open too few files at once (`ulimit -n`): raise the limit (e.g. `ulimit -n 1024`)"
+            " and run it again" if exc.errno in (errno.EMFILE, errno.ENFILE) else
+            "check that the path exists, is a directory where one is needed, and that this user may write there")
     return LocalPathError(f"{where}{exc.strerror or exc}", errno=exc.errno,
-                          filename=None if exc.filename is None else str(exc.filename),
-                          hint="check that the path exists, is a directory where one is needed, and that this user"
-                          " may write there")
+                          filename=None if exc.filename is None else str(exc.filename), hint=hint)
 
 
 def _check_level(level: int, check: str | None) -> None:

@@ -14,6 +14,7 @@ the page cache (``restore_direct``)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import os
@@ -185,11 +186,15 @@ def _count(jobs: FileJobs, n: Node) -> None:
 
 
 def file_digest(dir_fd: int, name: bytes) -> str | None:
-    """SHA-256 of the file ``name`` in ``dir_fd`` (never following a symlink), None if unreadable."""
+    """SHA-256 of the file ``name`` in ``dir_fd`` (never following a symlink), None if there is no
+    file to read there (missing, a symlink, a directory, not ours to read). Any other failure
+    (too many open files, an I/O error) is raised: it says nothing about the file's content."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENOTDIR):
+            return None
+        raise
     h = hashlib.sha256()
     with os.fdopen(fd, "rb") as f:
         while buf := f.read(1 << 20):
