@@ -73,6 +73,7 @@ from weightvault.runner.defaults import (
     default_policy_file,
     default_repository_path,
     read_password_file,
+    read_toml_file,
 )
 from weightvault.runner.drill import DrillResult
 from weightvault.runner.policy import PolicyRun, PolicyStep
@@ -142,6 +143,7 @@ __all__ = [
     "read_password_file",
     "read_plain_object",
     "read_tensor_archive",
+    "read_toml_file",
     "repository_exists",
     "suggest_policy",
     "tier_run",

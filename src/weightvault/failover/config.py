@@ -56,7 +56,6 @@ JSON body's ``model_sha256`` is still read as the identity).
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -267,13 +266,8 @@ def _actuator(a: Any, regions: tuple[RegionConfig, ...], path: Path) -> Actuator
 
 def load_config(path: Path) -> FailoverConfig:
     """Read and check ``path``; ConfigFileError (exit 7) naming what is wrong."""
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigFileError(f"no failover configuration at {path}",
-                              hint="write one (docs/FAILOVER.md has an example) and pass it with --config") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigFileError(f"cannot read {path}: {exc}") from None
+    doc = api.read_toml_file(path, "failover configuration",
+                             "write one (docs/FAILOVER.md has an example) and pass it with --config")
     f = doc.get("failover", {})
     if not isinstance(f, dict) or set(f) - _FAILOVER:
         raise ConfigFileError(f"{path}: unknown key(s) in [failover]: {', '.join(sorted(set(f) - _FAILOVER))}",

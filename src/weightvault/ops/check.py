@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 
@@ -91,27 +92,25 @@ def _check_keys_and_ledger(repo: Repository, res: CheckResult) -> None:
             res.errors.append(f"key file {name}: its content no longer matches its name (edited or replaced);"
                               " compare `key list` with the keys you added, and remove one you did not")
     if repo.config.version >= 4:
-        chain = ledger.verify_chain(repo.backend, repo.key)
+        chain = ledger.verify_chain(repo.backend, repo.key, keep=True)
         res.ledger_records = chain.records
         res.errors += [f"ledger: {p}" for p in chain.problems]
-        res.warnings += _recorded_snapshots_gone(repo)
+        res.warnings += _recorded_snapshots_gone(repo, chain.read)
 
 
-def _recorded_snapshots_gone(repo: Repository) -> list[str]:
-    """Snapshots the ledger records as made (by a backup or a copy into this repository) that
-    no forget recorded removing, and that are gone: a snapshot file deleted behind the tool's
-    back (whoever deleted it could not forge the forget record without the key), or by a forget
-    that was killed before it could append its record. A warning, since the second is no fault."""
-    made: dict[str, dict[str, object]] = {}
+def _recorded_snapshots_gone(repo: Repository, records: list[dict[str, Any]]) -> list[str]:
+    """Snapshots the ledger ``records`` say were made (by a backup or a copy into this
+    repository) that no forget recorded removing, and that are gone: a snapshot file deleted
+    behind the tool's back (whoever deleted it could not forge the forget record without the
+    key), or by a forget that was killed before it could append its record. A warning, since
+    the second is no fault."""
+    made: dict[str, dict[str, Any]] = {}
     removed: set[str] = set()
-    try:
-        for rec in ledger.load_records(repo.backend, repo.key):
-            if rec.get("op") in ("backup", "copy"):
-                made.update((sid, rec) for sid in rec.get("snapshots", []) if isinstance(sid, str))
-            elif rec.get("op") == "forget":
-                removed.update(sid for sid in rec.get("snapshots", []) if isinstance(sid, str))
-    except WeightvaultError:
-        return []  # an unreadable record is reported by the chain check
+    for rec in records:
+        if rec.get("op") in ("backup", "copy"):
+            made.update((sid, rec) for sid in rec.get("snapshots", []) if isinstance(sid, str))
+        elif rec.get("op") == "forget":
+            removed.update(sid for sid in rec.get("snapshots", []) if isinstance(sid, str))
     present = set(repo.list_snapshot_ids())
     return [f"snapshot {sid[:8]}, made by ledger record {rec['seq']} ({rec['op']} at {rec.get('time')}), is gone"
             " and no forget recorded removing it: deleted behind weightvault's back, or by a forget that was"

@@ -87,15 +87,17 @@ def load_records(backend: Backend, key: MasterKey, after: int = -1) -> Iterator[
 class LedgerCheck:
     records: int = 0
     problems: list[str] = field(default_factory=list)
+    read: list[dict[str, Any]] = field(default_factory=list)  # with ``verify_chain(keep=True)``
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify_chain(backend: Backend, key: MasterKey) -> LedgerCheck:
+def verify_chain(backend: Backend, key: MasterKey, keep: bool = False) -> LedgerCheck:
     """Every record decrypts; sequence numbers run 0, 1, 2, ... without gaps; every ``prev``
-    equals the keyed hash of the record before it."""
+    equals the keyed hash of the record before it. ``keep``: the readable records are kept in
+    ``res.read`` (for a caller that looks at them too, without reading them again)."""
     res = LedgerCheck()
     prev: dict[str, Any] | None = None
     expected = 0
@@ -115,6 +117,8 @@ def verify_chain(backend: Backend, key: MasterKey) -> LedgerCheck:
             res.problems.append("record 0 claims a predecessor")
         prev, expected = rec, seq + 1
         res.records += 1
+        if keep:
+            res.read.append(rec)
     return res
 
 

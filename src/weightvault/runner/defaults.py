@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 from pathlib import Path
+from typing import Any
 
-from weightvault.errors import UsageError
+from weightvault.errors import ConfigFileError, UsageError
 from weightvault.paths import config_home, data_home
 
-__all__ = ["default_key_file", "default_policy_file", "default_repository_path", "generate_key_file",
-           "read_password_file"]
+__all__ = [
+    "default_key_file",
+    "default_policy_file",
+    "default_repository_path",
+    "generate_key_file",
+    "read_password_file",
+    "read_toml_file",
+]
 
 
 def default_repository_path() -> Path:
@@ -65,3 +73,14 @@ def generate_key_file(path: Path) -> str:
     finally:
         os.close(dfd)
     return password
+
+
+def read_toml_file(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """The TOML document at ``path`` (a configuration file: ``what`` names it in messages);
+    ConfigFileError (exit 7) if it is missing (with ``hint``), unreadable or not valid TOML."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigFileError(f"no {what} at {path}", hint=hint) from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigFileError(f"cannot read {path}: {exc}") from None

@@ -35,7 +35,6 @@ A repository name is 1-64 of ``a-z 0-9 . _ -`` starting with a letter or digit.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,13 +148,8 @@ def _dashboard(d: Any, path: Path) -> DashboardConfig | None:
 
 def load_config(path: Path) -> ServerConfig:
     """Read and check ``path``; ConfigFileError (exit 7) naming what is wrong."""
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigFileError(f"no server configuration at {path}",
-                              hint="write one (docs/SERVER.md has an example) and pass it with --config") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigFileError(f"cannot read {path}: {exc}") from None
+    doc = api.read_toml_file(path, "server configuration",
+                             "write one (docs/SERVER.md has an example) and pass it with --config")
     s = doc.get("server")
     if not isinstance(s, dict):
         raise ConfigFileError(f"{path} has no [server] table", hint="docs/SERVER.md shows the keys")
