@@ -44,6 +44,10 @@ __all__ = ["Controller", "Prober", "drill", "http_probe", "read_status"]
 
 log = logging.getLogger(__name__)
 
+#: How long a restore-before-promote waits for the ledger to hold the decision that asked for it
+#: (a slow or lost ledger repository must not cost more of the RTO than this).
+_LEDGER_WAIT_S = 5.0
+
 
 def http_probe(pool: urllib3.PoolManager, region: RegionConfig, timeout: float) -> Probe:
     """GET the region's health URL: ok for 200 with JSON whose ``status`` is absent or
@@ -125,6 +129,7 @@ class Controller:
         self.stopping = threading.Event()
         self._restores: queue.Queue[Event] = queue.Queue()
         self._restore_started: float | None = None
+        self._pending_restores: list[str] = []
         self.outage_start: float | None = None  # the first failed probe of a routed region
         self.last_rto: float | None = None
         self.ledger = LedgerWriter(cfg.ledger)
@@ -167,6 +172,9 @@ class Controller:
                    quorum=self.cfg.quorum)
         atomic_write(self.cfg.state_dir / "state.json", json.dumps(doc, indent=1).encode(), 0o644)
         self.ledger.add(events, before)
+        for name in self._pending_restores:  # after the decision is queued for the ledger
+            self._start_restore(name, now)
+        self._pending_restores.clear()
         return events
 
     def _after(self, events: list[Event], before: dict[str, int], now: float) -> list[Event]:
@@ -174,7 +182,7 @@ class Controller:
         out: list[Event] = []
         for e in events:
             if e.kind == "restore-needed" and e.region is not None:
-                self._start_restore(e.region, now)
+                self._pending_restores.append(e.region)
         failed_over = self.state.routing != before and any(e.kind == "failover" for e in events)
         if failed_over and self.outage_start is not None:
             self.last_rto = now - self.outage_start
@@ -190,6 +198,7 @@ class Controller:
         self._restore_started = now
 
         def work() -> None:
+            self.ledger.flush(_LEDGER_WAIT_S)  # the ledger shows the decision before the restore's record
             t0 = time.monotonic()
             try:
                 pw = _password(region)

@@ -8,9 +8,11 @@ probe), ``source`` the routing before and ``target`` the routing after. They go 
 (the replicas: a lost region's ledger may be gone with it, the others keep the record).
 
 The controller's probe loop never waits for a repository: records are queued and written in
-order by one thread; ``close`` waits for the queue (a bounded time). A repository that cannot
-be opened or written is logged and tried again with the next record; the controller's own
-``events.jsonl`` (fsynced before the routing moves) stays the first record of every decision.
+order by one thread. ``flush`` waits for what is queued so far (a restore-before-promote waits
+briefly for it, so the ledger shows the decision before the restore it caused); ``close`` waits
+for the queue (a bounded time). A repository that cannot be opened or written is logged and
+tried again with the next record; the controller's own ``events.jsonl`` (fsynced before the
+routing moves) stays the first record of every decision.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class LedgerWriter:
     def __init__(self, targets: Sequence[LedgerTarget]) -> None:
         self.targets = tuple(targets)
         self._open: dict[str, api.Repository] = {}
-        self._queue: queue.Queue[tuple[str, dict[str, object]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, dict[str, object]] | threading.Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.tried = 0  # appends tried, over all targets (a failed write is logged by the engine)
         self.failed = 0  # repositories that could not be opened
@@ -81,6 +83,9 @@ class LedgerWriter:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
             op, fields = item
             for t in self.targets:
                 self._write(t, op, fields)
@@ -98,6 +103,15 @@ class LedgerWriter:
         except WeightvaultError as exc:
             self.failed += 1
             log.warning("failover: could not record in the ledger of %s: %s", t.repository, exc.message)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until every record queued so far is written; True if
+        it was. Used so that a restore's own ledger record follows the decision that asked for it."""
+        if self._thread is None:
+            return True
+        marker = threading.Event()
+        self._queue.put(marker)
+        return marker.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued (waiting at most ``timeout`` seconds), then stop."""
