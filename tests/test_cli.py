@@ -478,11 +478,11 @@ def test_a_repository_url_of_an_unknown_scheme_is_refused_not_made_a_directory(t
     env = cli_env(tmp_path / "home", password=PASSWORD)
     work = tmp_path / "work"
     work.mkdir()
-    for url in ("az://bucket/repo", "gs://bucket/repo", "file:///tmp/x", "S3x://b/r"):
+    for url in ("azure://bucket/repo", "gcs://bucket/repo", "file:///tmp/x", "S3x://b/r"):
         for args in (("init",), ("backup", str(tmp_path)), ("snapshots",)):
             r = wv(env, "-r", url, *args, cwd=work)
             assert r.returncode == 2 and "is not a storage this weightvault speaks" in r.stderr, (url, args, r.stderr)
-            assert "s3://" in r.stderr and "a local path" in r.stderr
+            assert all(s in r.stderr for s in ("s3://", "az://", "gs://", "a local path"))
     assert list(work.iterdir()) == []  # nothing was created where the user did not mean
-    ok(wv(env, "-r", "./az://bucket/repo", "init", cwd=work))  # a directory really named so, when asked for
-    assert (work / "az:" / "bucket" / "repo" / "config").exists()
+    ok(wv(env, "-r", "./azure://bucket/repo", "init", cwd=work))  # a directory really named so, when asked for
+    assert (work / "azure:" / "bucket" / "repo" / "config").exists()

@@ -1,7 +1,8 @@
-"""Turn a repository location into a backend: a local path, ``s3://bucket/prefix``, or a repository
-server ``https://host:port/NAME`` (``backends.http``).
+"""Turn a repository location into a backend: a local path, ``s3://bucket/prefix``,
+``az://container/prefix`` (``backends.azure``), ``gs://bucket/prefix`` (``backends.gcs``), or a
+repository server ``https://host:port/NAME`` (``backends.http``).
 
-S3 and server backends are always wrapped in ``RetryingBackend`` (transient errors retried with backoff and
+Object storage and server backends are always wrapped in ``RetryingBackend`` (transient errors retried with backoff and
 jitter) and a ``LimitedBackend`` allowing ``connections`` concurrent calls; any backend is wrapped
 in a ``LimitedBackend`` when a bandwidth limit is set. The S3
 endpoint is ``StorageOptions.s3_endpoint``, else ``$WEIGHTVAULT_S3_ENDPOINT``, else boto3's own
@@ -34,6 +35,8 @@ class StorageOptions:
     limit_download: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     s3_object_lock: str | None = None  # GOVERNANCE or COMPLIANCE: retention-locked snapshots get S3 retention
+    azure_endpoint: str | None = None  # else $WEIGHTVAULT_AZURE_ENDPOINT, the connection string, Azure
+    gcs_endpoint: str | None = None  # else $WEIGHTVAULT_GCS_ENDPOINT, $STORAGE_EMULATOR_HOST, Google
 
 
 def io_threads(location: str | os.PathLike[str], storage: StorageOptions | None = None) -> int:
@@ -44,10 +47,10 @@ def io_threads(location: str | os.PathLike[str], storage: StorageOptions | None 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
     """Object storage or a repository server (not a local path)."""
-    return os.fspath(location).startswith(("s3://", "https://", "http://"))
+    return os.fspath(location).startswith(SCHEMES)
 
 
-SCHEMES = ("s3://", "https://", "http://")
+SCHEMES = ("s3://", "az://", "gs://", "https://", "http://")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -74,7 +77,19 @@ def open_backend(location: str | os.PathLike[str], storage: StorageOptions | Non
 
         server = HttpBackend(loc, max_connections=opts.connections)
         backend = LimitedBackend(RetryingBackend(server, opts.retry), max_concurrent=opts.connections)
-    elif is_remote(loc):
+    elif loc.startswith("az://"):
+        from weightvault.backends.azure import AzureBackend, azure_settings, parse_az_url  # obstore when needed
+
+        container, prefix = parse_az_url(loc)
+        az = AzureBackend(container, prefix, settings=azure_settings(opts.azure_endpoint))
+        backend = LimitedBackend(RetryingBackend(az, opts.retry), max_concurrent=opts.connections)
+    elif loc.startswith("gs://"):
+        from weightvault.backends.gcs import GcsBackend, parse_gs_url  # google-cloud-storage when needed
+
+        bucket, prefix = parse_gs_url(loc)
+        gs = GcsBackend(bucket, prefix, endpoint=opts.gcs_endpoint, max_concurrency=opts.connections)
+        backend = LimitedBackend(RetryingBackend(gs, opts.retry), max_concurrent=opts.connections)
+    elif loc.startswith("s3://"):
         from weightvault.backends.s3 import S3Backend, parse_s3_url  # boto3 only when needed
 
         bucket, prefix = parse_s3_url(loc)

@@ -63,11 +63,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, what: str = "moto server") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own http://127.0.0.1 URL
                 return
@@ -75,7 +75,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
             return  # it answers: ready
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"moto server at {url} not ready after {timeout} s")
+    raise RuntimeError(f"{what} at {url} not ready after {timeout} s")
 
 
 @contextlib.contextmanager
