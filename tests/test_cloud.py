@@ -260,3 +260,44 @@ def test_cli_backup_and_restore_with_environment_credentials(az: AzureEndpoint, 
         assert tree_digest(tmp_path / f"cli-{name}" / "run") == tree_digest(src)
         snaps = wv("snapshots", "--json")
         assert snaps.returncode == 0 and len(json.loads(snaps.stdout)) == 1, snaps.stderr
+
+
+@pytest.mark.parametrize("which", ["az", "gs"])
+def test_backup_restore_through_injected_faults(which: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault-injecting proxy (503, reset, lost answer after the write, 1.5 s delay) in front of
+    the emulator answers one request in six with a fault: backup, restore and check complete
+    through the retries, and what was restored is what was backed up."""
+    import dataclasses
+    import urllib.parse
+
+    ep = request.getfixturevalue(which)
+    for k, v in ep.env.items():
+        monkeypatch.setenv(k, v)
+    up = urllib.parse.urlsplit(ep.endpoint)
+    counts = tmp_path / "faults.json"
+    proxy = subprocess.Popen([sys.executable, "-m", "weightvault.testing.s3faults", "--upstream",
+                              f"{up.scheme}://{up.netloc}", "--rate", "0.17", "--seed", "11", "--counts", str(counts)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout is not None
+        faulty = proxy.stdout.readline().split()[-1] + up.path  # the account's path, for Azurite
+        retry = RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.2)
+        storage = dataclasses.replace(ep.storage, retry=retry,
+                                      **({"azure_endpoint": faulty} if which == "az" else {"gcs_endpoint": faulty}))
+        url = ep.url("faults")
+        repo = Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=storage)
+        src = _source(tmp_path)
+        repo.backup([src])
+        repo.restore("latest", tmp_path / "out", verify=True)
+        assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+        assert repo.check().ok
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        if proxy.stdout is not None:
+            proxy.stdout.close()
+    fired = json.loads(counts.read_text())
+    assert fired["503"] + fired["reset"] + fired["lost-answer"] >= 3, fired  # the retries had work to do
+    direct = Repository.open(url, PASSWORD, storage=ep.storage)  # no proxy: what was stored is whole
+    assert direct.check(read_data=True).ok
