@@ -106,8 +106,9 @@ def _measure(put: Callable[[str, bytes], object], get: Callable[[str], bytes], n
             out[f"{phase}_mb_s"], out[f"{phase}_cpu_s"] = n * size / 1e6 / wall, _cpu() - c
     except Exception as exc:  # a library that cannot talk to this emulator: say so, with its words
         text = str(exc)
-        cause = re.search(r"(ETag[^\n]*|MissingEtag)", text)  # obstore's root cause sits at the end
-        out["error"] = f"{type(exc).__name__}: {text.splitlines()[0][:120]}" + (f" ({cause.group(1)})" if cause else "")
+        cause = re.search(r"(status code: \d{3}[ A-Za-z]*|ETag[^\n]*|MissingEtag)", text)  # obstore's root cause
+        why = f" ({cause.group(1)})" if cause else ""
+        out["error"] = f"{type(exc).__name__}: {text.splitlines()[0][:90]}...{why}"
     return out
 
 

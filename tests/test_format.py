@@ -27,7 +27,7 @@ from weightvault.api import Repository
 from weightvault.backends.base import FileType
 from weightvault.backends.local import LocalBackend
 from weightvault.errors import IntegrityError, UnsupportedFormatError, WrongPasswordError
-from weightvault.format.layout import FORMAT_VERSION, KIND_PACK_HEADER, blob_aad, kind_aad
+from weightvault.format.layout import CREATE_VERSION, FORMAT_VERSION, KIND_PACK_HEADER, blob_aad, kind_aad
 from weightvault.repository.index import encode_index_file
 from weightvault.repository.packer import PackBuilder, read_pack_header
 from weightvault.repository.repo import Repository as Engine
@@ -113,7 +113,8 @@ def test_invalid_format_versions_are_refused(repo: Repository, repo_path: Path, 
 
 
 def test_current_version_opens(repo: Repository, repo_path: Path) -> None:
-    assert json.loads((repo_path / "config").read_bytes())["version"] == FORMAT_VERSION == 5
+    assert json.loads((repo_path / "config").read_bytes())["version"] == CREATE_VERSION == 5  # a password repo
+    assert FORMAT_VERSION == 6
     set_config(repo_path, version=1)  # rewritten, non-canonical JSON is still accepted (v1 still reads)
     assert Repository.open(repo_path, PASSWORD).id == repo.id
 

@@ -85,7 +85,7 @@ def spec_decode(payload: bytes, raw_length: int) -> bytes:
 
 
 def test_new_repositories_are_version_5(repo: Repository, repo_path: Path) -> None:
-    assert FORMAT_VERSION == 5
+    assert FORMAT_VERSION == 6  # a password repository is still created as version 5
     assert json.loads((repo_path / "config").read_bytes())["version"] == 5
 
 
@@ -144,8 +144,8 @@ def test_unknown_codec_is_still_refused(repo: Repository, repo_path: Path) -> No
     assert ei.value.exit_code == 16
 
 
-def test_version_6_is_refused(repo: Repository, repo_path: Path) -> None:
-    set_version(repo_path, 6)
+def test_version_7_is_refused(repo: Repository, repo_path: Path) -> None:
+    set_version(repo_path, 7)
     with pytest.raises(UnsupportedFormatError) as ei:
         Repository.open(repo_path, PASSWORD)
-    assert ei.value.exit_code == 16 and "1..5" in str(ei.value)
+    assert ei.value.exit_code == 16 and "1..6" in str(ei.value)

@@ -330,8 +330,8 @@ def test_version_2_repository_gets_no_deltas(repo: Repository, repo_path: Path, 
     assert restored == (src / "model.safetensors").read_bytes()
 
 
-def test_version_6_is_refused(repo: Repository, repo_path: Path) -> None:
-    set_config(repo_path, 6)
+def test_version_7_is_refused(repo: Repository, repo_path: Path) -> None:
+    set_config(repo_path, 7)
     with pytest.raises(UnsupportedFormatError) as ei:
         Repository.open(repo_path, PASSWORD)
-    assert ei.value.exit_code == 16 and "1..5" in str(ei.value) and "version 6" in str(ei.value)
+    assert ei.value.exit_code == 16 and "1..6" in str(ei.value) and "version 7" in str(ei.value)

@@ -54,7 +54,7 @@ def _inner_codecs(repo_path: Path) -> list[int]:
 
 def test_a_version_5_repository_stores_drifting_values_as_integer_differences(
         repo: Repository, repo_path: Path, tmp_path: Path) -> None:
-    assert FORMAT_VERSION == 5 and json.loads((repo_path / "config").read_bytes())["version"] == 5
+    assert FORMAT_VERSION == 6 and json.loads((repo_path / "config").read_bytes())["version"] == 5
     src = tmp_path / "run"
     _series(repo, src)
     assert SUB in _inner_codecs(repo_path)

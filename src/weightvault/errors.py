@@ -23,6 +23,8 @@
     ├── UnsafePathError (17)               a snapshot entry would write outside the restore target
     ├── RestoreConflictError (18)          target exists and the overwrite mode forbids replacing it
     ├── ImmutableError (19)                refused: append-only repository or a retention-locked snapshot
+    ├── KeyServiceError (24)               a key management service (AWS KMS) refused or failed: key
+    │                                      disabled, pending deletion, missing, access denied, unreachable
     └── BackendError (20)                  the storage failed (I/O error, permission denied)
         ├── ObjectNotFoundError (20)       a named object does not exist
         ├── ObjectExistsError (20)         create-only save found the name taken
@@ -43,6 +45,7 @@ __all__ = [
     "DifferencesFoundError",
     "ImmutableError",
     "IntegrityError",
+    "KeyServiceError",
     "LocalPathError",
     "NoMatchError",
     "NoSpaceError",
@@ -180,6 +183,10 @@ class RestoreConflictError(WeightvaultError):
 
 class ImmutableError(WeightvaultError):
     exit_code = 19
+
+
+class KeyServiceError(WeightvaultError):
+    exit_code = 24
 
 
 class BackendError(WeightvaultError):

@@ -28,6 +28,7 @@ from weightvault.api._files import (
     read_plain_object,
     read_tensor_archive,
 )
+from weightvault.api._keys import opens_without_password
 from weightvault.api._policy import (
     Fleet,
     apply_policy,
@@ -134,6 +135,7 @@ __all__ = [
     "load_policy",
     "open_or_create_default",
     "open_repository_on",
+    "opens_without_password",
     "parse_dcp_metadata",
     "parse_duration",
     "parse_interval",

@@ -20,6 +20,7 @@ from weightvault.backends.factory import StorageOptions, io_threads, is_remote, 
 from weightvault.backends.local import convert_os_error
 from weightvault.codec.crypto import KdfParams
 from weightvault.errors import LocalPathError, RepositoryNotFoundError, UsageError, WeightvaultError
+from weightvault.kms import open_key_service
 from weightvault.ops import backup as _backup
 from weightvault.ops import backup_data as _backup_data
 from weightvault.ops import check as _check
@@ -107,27 +108,32 @@ class Repository(KeysAndLocks, Inspection, Ledger):
         self.skip_unreadable = False  # True: 'latest' / '@TIME' resolve past unreadable snapshots
 
     @classmethod
-    def init(cls, location: str | os.PathLike[str], password: str | bytes, *, kdf: KdfParams | None = None,
+    def init(cls, location: str | os.PathLike[str], password: str | bytes | None, *, kdf: KdfParams | None = None,
              delta_max_depth: int | None = None, storage: StorageOptions | None = None,
-             append_only: bool = False) -> Repository:
-        """Create a repository at a local path or ``s3://bucket/prefix`` (the bucket must exist).
+             append_only: bool = False, kms: str | None = None) -> Repository:
+        """Create a repository at a local path or a storage URL (the bucket must exist).
         ``delta_max_depth`` (default 8, 0..32; 0 disables checkpoint deltas) bounds delta chains.
-        ``append_only``: forget, prune, repair and key removal are refused (ImmutableError)."""
+        ``append_only``: forget, prune, repair and key removal are refused (ImmutableError).
+        ``kms`` (``aws:KEY``): the master key is also (or, with ``password`` None, only) wrapped
+        by that key service; the repository is then format version 6."""
         extra: dict[str, int] = {} if delta_max_depth is None else {"delta_max_depth": delta_max_depth}
         if append_only:
             extra["append_only"] = True
-        engine = _Engine.init(open_backend(location, storage), password_bytes(password), kdf=kdf, **extra)
+        service = None if kms is None else open_key_service(kms)
+        engine = _Engine.init(open_backend(location, storage), None if password is None else password_bytes(password),
+                              kdf=kdf, kms=service, **extra)
         engine.io_threads = io_threads(location, storage)
         return cls(engine)
 
     @classmethod
-    def open(cls, location: str | os.PathLike[str], password: str | bytes, *,
+    def open(cls, location: str | os.PathLike[str], password: str | bytes | None, *,
              storage: StorageOptions | None = None) -> Repository:
-        """Open the repository at a local path or ``s3://bucket/prefix``."""
+        """Open the repository at a local path or a storage URL with ``password``, or with None
+        through its KMS key files (KeyServiceError if the key service refuses)."""
         if not is_remote(location) and not Path(location, "config").exists() and not Path(location).is_dir():
             raise RepositoryNotFoundError(f"no repository at {location}",
                                           hint=f"create one with `weightvault -r {location} init`")
-        engine = _Engine.open(open_backend(location, storage), password_bytes(password))
+        engine = _Engine.open(open_backend(location, storage), None if password is None else password_bytes(password))
         engine.io_threads = io_threads(location, storage)
         return cls(engine)
 

@@ -1,4 +1,5 @@
-"""``weightvault key``: list, add and remove the passwords (key files) that open a repository.
+"""``weightvault key``: list, add and remove the passwords and KMS keys (key files) that open a
+repository.
 
 New passwords come from ``--new-password-file`` or a prompt asked twice on a TTY, never from argv.
 ``key passwd`` adds a key for the new password, then removes the one in use.
@@ -11,6 +12,7 @@ import click
 from weightvault import api
 from weightvault.cli.common import Globals, new_password, open_repository, pass_globals, supplied_password
 from weightvault.cli.output import display, echo_json, human_time, print_table
+from weightvault.errors import UsageError
 
 __all__ = ["key"]
 
@@ -31,21 +33,32 @@ def list_(g: Globals, as_json: bool) -> None:
     keys = repo.list_keys()
     if as_json:
         echo_json([{"id": k.name, "current": k.name == repo.current_key, "created": k.created, "host": k.host,
-                    "user": k.user} for k in keys])
+                    "user": k.user, "kind": "kms" if k.kms else "password", "kms": k.kms or None} for k in keys])
         return
-    rows = [["*" if k.name == repo.current_key else "", k.name[:12], human_time(k.created) if k.created else "?",
-             display(k.user), display(k.host)] for k in keys]
-    print_table(["", "ID", "Created", "User", "Host"], rows)
+    rows = [["*" if k.name == repo.current_key else "", k.name[:12], display(k.kms) if k.kms else "password",
+             human_time(k.created) if k.created else "?", display(k.user), display(k.host)] for k in keys]
+    print_table(["", "ID", "Kind", "Created", "User", "Host"], rows)
 
 
 @key.command()
 @_NEW_PW
+@click.option("--kms", metavar="SPEC", help="Add a key wrapped by a key management service (aws:KEY_ARN) instead of"
+              " a password key; raises a format-5 repository to format 6 (docs/CLOUD.md).")
 @pass_globals
-def add(g: Globals, new_password_file: str | None) -> None:
-    """Add a key for a new password (the existing ones keep working)."""
+def add(g: Globals, new_password_file: str | None, kms: str | None) -> None:
+    """Add a key for a new password, or one wrapped by a KMS key (the existing ones keep working)."""
     repo = open_repository(g)
-    name = repo.add_key(new_password(new_password_file, "new password"))
-    click.echo(f"added key {name[:12]}")
+    if kms is None:
+        name = repo.add_key(new_password(new_password_file, "new password"))
+        click.echo(f"added key {name[:12]}")
+        return
+    if new_password_file:
+        raise UsageError("--kms and --new-password-file: add one key at a time")
+    name, raised_from = repo.add_kms_key(kms)
+    if raised_from is not None:
+        click.echo(f"note: raised the repository from format version {raised_from} to 6 for the KMS key; a"
+                   f" weightvault that reads only version {raised_from} no longer opens it", err=True)
+    click.echo(f"added KMS key {name[:12]} ({kms})")
 
 
 @key.command()

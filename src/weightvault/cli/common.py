@@ -120,6 +120,8 @@ def _open_selected(g: Globals, create_default: bool) -> api.Repository:
                 f"no repository at {g.repo}", hint=f"create one with `weightvault -r {g.repo} init`"
             )
         pw = supplied_password(g)
+        if pw is None and api.opens_without_password(g.repo, g.storage):
+            return api.Repository.open(g.repo, None, storage=g.storage)  # through its KMS key
         if pw is None:
             pw = _prompt(f"password for repository {g.repo}", confirm=False)
         return api.Repository.open(g.repo, pw, storage=g.storage)
@@ -141,19 +143,21 @@ def _open_selected(g: Globals, create_default: bool) -> api.Repository:
 
 
 def create_repository(
-    g: Globals, delta_max_depth: int | None = None, append_only: bool = False
+    g: Globals, delta_max_depth: int | None = None, append_only: bool = False, kms: str | None = None
 ) -> tuple[api.Repository, bool]:
-    """``init``: create the selected repository. Returns it and whether it is the default one."""
-    if append_only and g.repo is None:
-        raise UsageError("--append-only needs an explicit repository", hint="use -r PATH or -r s3://BUCKET/PREFIX")
+    """``init``: create the selected repository. Returns it and whether it is the default one.
+    With ``kms`` a password is used only if one is supplied (never prompted for)."""
+    for flag, given in (("--append-only", append_only), ("--kms", kms)):
+        if given and g.repo is None:
+            raise UsageError(f"{flag} needs an explicit repository", hint="use -r PATH or -r s3://BUCKET/PREFIX")
     if g.repo is not None:
         if _explicit_exists(g, g.repo):
             raise RepositoryExistsError(f"a repository already exists at {g.repo}")
         pw = supplied_password(g)
-        if pw is None:
+        if pw is None and kms is None:
             pw = _prompt(f"new password for repository {g.repo}", confirm=True)
         repo = api.Repository.init(g.repo, pw, delta_max_depth=delta_max_depth, storage=g.storage,
-                                   append_only=append_only)
+                                   append_only=append_only, kms=kms)
         return repo, False
     path = api.default_repository_path()
     if (path / "config").exists():

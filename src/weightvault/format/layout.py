@@ -36,6 +36,7 @@ from weightvault.types import BlobType, PackedBlob
 
 __all__ = [
     "AAD_PREFIX",
+    "CREATE_VERSION",
     "ENTRY_SIZE",
     "FLAG_BASE",
     "FORMAT_VERSION",
@@ -46,6 +47,7 @@ __all__ = [
     "KIND_PACK_HEADER",
     "KIND_PLAN",
     "KIND_SNAPSHOT",
+    "KMS_KEY_VERSION",
     "NONCE_SIZE",
     "OVERHEAD",
     "PACK_MAGIC",
@@ -59,9 +61,13 @@ __all__ = [
     "parse_trailer",
 ]
 
-# v2: codec 2 (byteplane); v3: codec 3 (delta), FLAG_BASE; v4: prune plans, maintenance locks.
-# Older versions stay readable and writable.
-FORMAT_VERSION = 5
+# v2: codec 2 (byteplane); v3: codec 3 (delta), FLAG_BASE; v4: prune plans, maintenance locks;
+# v5: DELTA inner codec 3; v6: KMS key files. Older versions stay readable and writable.
+FORMAT_VERSION = 6
+#: The version ``init`` writes for a password repository: it uses nothing newer, so the
+#: weightvault of format 5 still reads it. A repository holding a KMS key file is version 6.
+CREATE_VERSION = 5
+KMS_KEY_VERSION = 6
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE

@@ -6,11 +6,12 @@ master key, which is bound to the repository id), but it can deny service: a cha
 every password look wrong, a raised version gets the repository refused, and out-of-range sizes
 are refused at open time.
 
-``version`` is the format version the repository was created with (``FORMAT_VERSION`` for new
-ones). It gates what writers may store: codec 2 (byteplane) only when ``version >= 2``, codec 3
-(delta) only when ``version >= 3``, prune plans and the ledger only when ``version >= 4``, a delta
-of integer differences (inner 3) only when ``version >= 5``, so an older repository stays readable
-by the weightvault that created it. Nothing raises it implicitly.
+``version`` is the format version the repository was created with (``CREATE_VERSION`` for a new
+password repository, ``KMS_KEY_VERSION`` with a KMS key). It gates what writers may store: codec 2
+(byteplane) only when ``version >= 2``, codec 3 (delta) only when ``version >= 3``, prune plans
+and the ledger only when ``version >= 4``, a delta of integer differences (inner 3) only when
+``version >= 5``, a KMS key file only when ``version >= 6``, so an older repository stays readable
+by the weightvault that created it. Only adding a KMS key raises it (``Repository.add_kms_key``), and says so.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from weightvault.chunking.cdc import validate_params
 from weightvault.chunking.registry import ChunkerParams
 from weightvault.errors import IntegrityError, UnsupportedFormatError, UsageError
 from weightvault.format import objects
-from weightvault.format.layout import FORMAT_VERSION
+from weightvault.format.layout import CREATE_VERSION, FORMAT_VERSION
 
 __all__ = ["DEFAULT_DELTA_MAX_DEPTH", "DEFAULT_PACK_SIZE", "DELTA_MAX_DEPTH_LIMIT", "RepoConfig"]
 
@@ -36,7 +37,7 @@ FORMAT_NAME = "weightvault-repository"
 @dataclass(frozen=True, slots=True)
 class RepoConfig:
     repo_id: str
-    version: int = FORMAT_VERSION
+    version: int = CREATE_VERSION  # KMS_KEY_VERSION when created with a KMS key
     created: str = ""
     chunk_min: int = 256 * 1024
     chunk_avg: int = 1024 * 1024

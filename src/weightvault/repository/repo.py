@@ -1,8 +1,7 @@
-"""The Repository: opens a backend with a password and offers blobs, index and snapshots.
-
-Write ordering (docs/FORMAT.md): a blob is only referenced by an index once its pack is durable;
-an index file is written only after all of its packs; a snapshot is saved only after ``flush()``
-has made every pack and index it depends on durable. Readers go the other way.
+"""The Repository: opens a backend with a password (or a KMS key) and offers blobs, index and
+snapshots. Write ordering (docs/FORMAT.md): a blob is only referenced by an index once its pack is
+durable; an index file is written only after all of its packs; a snapshot is saved only after
+``flush()`` has made every pack and index it depends on durable. Readers go the other way.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from weightvault.backends.base import Backend, FileType
 from weightvault.chunking.registry import ChunkerParams
@@ -27,7 +27,7 @@ from weightvault.errors import (
     UnsupportedFormatError,
     WeightvaultError,
 )
-from weightvault.format.layout import blob_aad
+from weightvault.format.layout import KMS_KEY_VERSION, blob_aad
 from weightvault.repository import keys as keyfiles
 from weightvault.repository.config import RepoConfig
 from weightvault.repository.index import (
@@ -53,9 +53,8 @@ MAX_CHAIN = 64  # readers refuse longer delta chains (writers stop at config.del
 
 @dataclass(frozen=True, slots=True)
 class DeltaBase:
-    """A candidate delta base for a blob being saved: the base's id and a function returning its
-    plaintext (None if unavailable). ``load`` is only called if the blob is new and the base may
-    be used (it is durable and its chain is shorter than the repository's limit)."""
+    """A candidate delta base: its id and a function returning its plaintext (None if unavailable),
+    called only if the blob is new and the base usable (durable, its chain below the limit)."""
 
     blob_id: bytes
     load: Callable[[], bytes | None]
@@ -91,25 +90,26 @@ class Repository(SnapshotDocuments):
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
-    def init(cls, backend: Backend, password: bytes, *, kdf: KdfParams | None = None, **config: int) -> Repository:
-        """Create a repository in an empty location and return it unlocked."""
+    def init(cls, backend: Backend, password: bytes | None, *, kdf: KdfParams | None = None,
+             kms: Any = None, **config: int) -> Repository:  # kms: a KeyService (Any: **dict[str, int] fits)
+        """A new repository, unlocked; key files for ``password`` and/or ``kms`` (format v6)."""
         if any(True for _ in backend.list(FileType.CONFIG)):
             raise RepositoryExistsError(f"a repository already exists at {backend.location}")
-        cfg = RepoConfig.new(**config)
+        cfg = RepoConfig.new(**({"version": KMS_KEY_VERSION, **config} if kms is not None else config))
         backend.create()
         master = MasterKey.generate()
-        name = keyfiles.create_key_file(backend, cfg.repo_id, master, password, kdf or KdfParams())
+        name = keyfiles.create_initial_keys(backend, cfg.repo_id, master, password, kdf or KdfParams(), kms)
         backend.save(FileType.CONFIG, "config", cfg.to_bytes())  # last: its presence marks a complete init
         return cls(backend, cfg, master, name)
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes, *, load_index: bool = True) -> Repository:
+    def open(cls, backend: Backend, password: bytes | None, *, load_index: bool = True) -> Repository:
+        """Open with ``password``, or with None through the repository's KMS key files."""
         try:
             raw = backend.load(FileType.CONFIG, "config")
         except ObjectNotFoundError:
-            raise RepositoryNotFoundError(
-                f"no repository at {backend.location}", hint="create one with `weightvault init`"
-            ) from None
+            raise RepositoryNotFoundError(f"no repository at {backend.location}",
+                                          hint="create one with `weightvault init`") from None
         cfg = RepoConfig.from_bytes(raw, backend.location)
         master, name = keyfiles.unlock(backend, cfg.repo_id, password)
         repo = cls(backend, cfg, master, name)
