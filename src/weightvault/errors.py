@@ -29,6 +29,8 @@
         ├── ObjectNotFoundError (20)       a named object does not exist
         ├── ObjectExistsError (20)         create-only save found the name taken
         ├── AccessDeniedError (23)         the repository server refused the credentials or the operation
+        ├── ColdDataError (25)             the data sits in an offline storage class (S3 GLACIER, DEEP_ARCHIVE):
+        │                                  thaw it first (`restore --thaw`), or a thaw was requested and is under way
         └── TransientBackendError (21)     still failing after retries (throttling, 5xx, timeouts)
 
 Library code raises these; the CLI maps them to messages and exit codes. Third-party errors are
@@ -41,6 +43,7 @@ __all__ = [
     "AccessDeniedError",
     "BackendError",
     "CheckFailedError",
+    "ColdDataError",
     "ConfigFileError",
     "DifferencesFoundError",
     "ImmutableError",
@@ -205,6 +208,12 @@ class AccessDeniedError(BackendError):
     """The repository server refused the credentials (401) or the operation (403, naming its rule)."""
 
     exit_code = 23
+
+
+class ColdDataError(BackendError):
+    """Data is offline in a cold storage class; ``pending`` says how many objects still are."""
+
+    exit_code = 25
 
 
 class TransientBackendError(BackendError):

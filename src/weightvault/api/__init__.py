@@ -39,7 +39,7 @@ from weightvault.api._policy import (
     tier_run,
 )
 from weightvault.api._repository import Repository
-from weightvault.backends.factory import StorageOptions, repository_exists
+from weightvault.backends.factory import S3_COLD_CLASSES, S3_STORAGE_CLASSES, StorageOptions, repository_exists
 from weightvault.backends.limits import parse_rate
 from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
@@ -60,6 +60,7 @@ from weightvault.ops.repair import RepairResult
 from weightvault.ops.restore import OVERWRITE_MODES, RestoreResult
 from weightvault.ops.retention import parse_duration
 from weightvault.ops.stats import Stats
+from weightvault.ops.thaw import ThawReport
 from weightvault.ops.validate import ValidationReport
 from weightvault.ops.verify import VerifyResult
 from weightvault.policy.plan import RpoLine
@@ -83,6 +84,8 @@ from weightvault.runner.swap import SwapResult
 
 __all__ = [
     "OVERWRITE_MODES",
+    "S3_COLD_CLASSES",
+    "S3_STORAGE_CLASSES",
     "ArchiveTensor",
     "BackupResult",
     "CheckResult",
@@ -125,6 +128,7 @@ __all__ = [
     "TensorDiff",
     "TensorInfo",
     "TensorTable",
+    "ThawReport",
     "ValidationReport",
     "VerifyResult",
     "apply_policy",

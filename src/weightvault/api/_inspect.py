@@ -1,5 +1,6 @@
-"""Looking inside a snapshot's model files: the part of ``Repository`` (``api._repository``) that
-lists a stored file's tensors and diffs two checkpoints tensor by tensor (``ops.inspect``)."""
+"""Looking inside a snapshot's model files, and bringing its data out of cold storage: the part of
+``Repository`` (``api._repository``) that lists a stored file's tensors, diffs two checkpoints
+tensor by tensor (``ops.inspect``) and thaws what a restore needs (``ops.thaw``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import os
 
 from weightvault.errors import UsageError
 from weightvault.ops import inspect as _inspect
+from weightvault.ops import thaw as _thaw
 from weightvault.ops.inspect import TensorDiff, TensorTable
+from weightvault.ops.thaw import ThawReport
 from weightvault.repository.manifest import iter_manifest
 from weightvault.repository.repo import Repository as _Engine
 from weightvault.repository.session import LockMode, Session
@@ -47,3 +50,14 @@ class Inspection:
         files cut along tensors which tensors changed, with the stored bytes ``spec_b`` added."""
         with self._session(LockMode.NONE) as s:
             return _inspect.tensor_diff(self._repo, self._find(s, spec_a), self._find(s, spec_b))
+
+    def thaw(self, spec: str, *, includes: list[str] | None = None, days: int = 7,
+             tier: str = "Standard") -> ThawReport:
+        """Request the restore of every data pack that restoring snapshot ``spec`` (``includes``:
+        those files only) needs from an offline storage class (S3 GLACIER, DEEP_ARCHIVE), keeping
+        the restored copies ``days`` days; ``tier`` Expedited, Standard or Bulk. Idempotent:
+        call again to see progress (``ThawReport.ready`` once all are online)."""
+        with self._session(LockMode.NONE) as s:
+            snap = self._find(s, spec)
+            return _thaw.thaw(self._repo, snap, includes=includes, days=days, tier=tier,
+                              threads=max(1, self._repo.io_threads or 8))

@@ -48,7 +48,7 @@ from obstore.exceptions import (
 )
 from obstore.store import AzureStore
 
-from weightvault.backends.base import FileType
+from weightvault.backends.base import FileType, NoColdStorage
 from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError, UsageError
 
 __all__ = ["AzureBackend", "AzureSettings", "azure_settings", "parse_az_url"]
@@ -129,7 +129,7 @@ def azure_settings(endpoint: str | None = None, env: Mapping[str, str] | None = 
     return AzureSettings(account or None, chosen.rstrip("/") if chosen else None, secrets)
 
 
-class AzureBackend:
+class AzureBackend(NoColdStorage):
     """Blobs under ``az://container/prefix``. Thread-safe (obstore's store is)."""
 
     def __init__(self, container: str, prefix: str = "", *, settings: AzureSettings | None = None,

@@ -18,18 +18,53 @@ Contract (every backend passes ``weightvault.testing.backend_conformance``):
   deleted or overwritten until ``until`` (S3 Object Lock); it only ever extends a retention.
 * ``remove_temp(min_age)`` removes what interrupted saves left behind (temp files, incomplete
   multipart uploads) once older than ``min_age`` seconds, never anything ``list`` shows.
+* ``thaw(t, name, days, tier)`` (``supports_cold`` True): make an object that a cold storage
+  class (S3 GLACIER, DEEP_ARCHIVE) keeps offline readable again for ``days``: returns "online"
+  (readable now), "restoring" (a request is under way) or "requested" (this call asked for it).
+  Idempotent. Reading an offline object raises ColdDataError (never a transient error).
+* Data packs only: the engine saves packs that hold file data inside ``data_pack_saves()``; a
+  backend with a cold storage class puts only those there (``saving_data_pack()``), so trees,
+  index, snapshots, keys and locks stay readable without a thaw.
 * Permanent failures raise BackendError subclasses with a message naming the object;
   ENOSPC raises NoSpaceError. A failed fsync is reported, never retried as success.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import enum
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["Backend", "FileType"]
+from weightvault.errors import BackendError
+
+__all__ = ["THAW_STATES", "Backend", "FileType", "NoColdStorage", "data_pack_saves", "save_pack", "saving_data_pack"]
+
+THAW_STATES = ("online", "restoring", "requested")
+_DATA_PACK: contextvars.ContextVar[bool] = contextvars.ContextVar("wv_data_pack", default=False)
+
+
+@contextlib.contextmanager
+def data_pack_saves(is_data: bool = True) -> Iterator[None]:
+    """Mark the saves made inside (in this thread) as saves of data packs (or not)."""
+    token = _DATA_PACK.set(is_data)
+    try:
+        yield
+    finally:
+        _DATA_PACK.reset(token)
+
+
+def save_pack(backend: Backend, name: str, data: bytes, *, data_blobs: bool) -> None:
+    """Save pack ``name``; ``data_blobs``: it holds file data (a cold storage class may take it)."""
+    with data_pack_saves(data_blobs):
+        backend.save(FileType.PACK, name, data)
+
+
+def saving_data_pack() -> bool:
+    """True inside ``data_pack_saves()``: the object being saved is a pack of file data."""
+    return _DATA_PACK.get()
 
 
 class FileType(enum.Enum):
@@ -90,7 +125,32 @@ class Backend(Protocol):
         """Bytes free at the destination, or None if unknown."""
         ...
 
+    @property
+    def supports_cold(self) -> bool:
+        """True if objects here may sit in an offline storage class and ``thaw`` works."""
+        ...
+
+    def thaw(self, ftype: FileType, name: str, days: int, tier: str) -> str:
+        """Make ``name`` readable for ``days`` (``tier``: Expedited, Standard or Bulk); returns one
+        of ``THAW_STATES``. A backend whose ``supports_cold`` is False raises BackendError."""
+        ...
+
     def total_space(self) -> int | None:
         """Bytes of storage usable here (used + available, as ``df`` computes Use%; blocks reserved
         for root excluded), or None if unknown (object storage)."""
         ...
+
+
+class NoColdStorage:
+    """The cold-storage members of a backend that has no offline storage class."""
+
+    if TYPE_CHECKING:
+        @property
+        def location(self) -> str: ...
+
+    @property
+    def supports_cold(self) -> bool:
+        return False
+
+    def thaw(self, ftype: FileType, name: str, days: int, tier: str) -> str:
+        raise BackendError(f"cold storage is not supported by {self.location}: nothing there is ever offline")

@@ -21,8 +21,24 @@ from weightvault.backends.local import LocalBackend
 from weightvault.backends.retry import RetryingBackend, RetryPolicy
 from weightvault.errors import ObjectNotFoundError, UsageError
 
-__all__ = ["SCHEMES", "StorageOptions", "check_location", "io_threads", "is_remote", "open_backend",
-           "repository_exists"]
+__all__ = [
+    "S3_COLD_CLASSES",
+    "S3_STORAGE_CLASSES",
+    "SCHEMES",
+    "StorageOptions",
+    "check_location",
+    "io_threads",
+    "is_remote",
+    "open_backend",
+    "repository_exists",
+]
+
+
+#: Storage classes a repository's data packs may be written to (``--s3-storage-class``).
+S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER",
+                      "DEEP_ARCHIVE")
+#: The offline ones: an object there must be restored (``thaw``) before it can be read.
+S3_COLD_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,7 @@ class StorageOptions:
     limit_download: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     s3_object_lock: str | None = None  # GOVERNANCE or COMPLIANCE: retention-locked snapshots get S3 retention
+    s3_storage_class: str | None = None  # data packs only (STANDARD_IA, GLACIER_IR, GLACIER, DEEP_ARCHIVE, ...)
     azure_endpoint: str | None = None  # else $WEIGHTVAULT_AZURE_ENDPOINT, the connection string, Azure
     gcs_endpoint: str | None = None  # else $WEIGHTVAULT_GCS_ENDPOINT, $STORAGE_EMULATOR_HOST, Google
 
@@ -95,7 +112,8 @@ def open_backend(location: str | os.PathLike[str], storage: StorageOptions | Non
         bucket, prefix = parse_s3_url(loc)
         endpoint = opts.s3_endpoint or os.environ.get("WEIGHTVAULT_S3_ENDPOINT") or None
         s3 = S3Backend(bucket, prefix, endpoint_url=endpoint, region=opts.s3_region, profile=opts.s3_profile,
-                       max_concurrency=opts.connections, object_lock_mode=opts.s3_object_lock)
+                       max_concurrency=opts.connections, object_lock_mode=opts.s3_object_lock,
+                       storage_class=opts.s3_storage_class)
         backend = LimitedBackend(RetryingBackend(s3, opts.retry), max_concurrent=opts.connections)
     else:
         backend = LocalBackend(loc)

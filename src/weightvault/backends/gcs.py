@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from weightvault.backends.base import FileType
+from weightvault.backends.base import FileType, NoColdStorage
 from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError, UsageError
 
 __all__ = ["GcsBackend", "gcs_endpoint", "parse_gs_url"]
@@ -66,7 +66,7 @@ def gcs_endpoint(endpoint: str | None = None) -> str | None:
     return chosen.rstrip("/") if chosen else None
 
 
-class GcsBackend:
+class GcsBackend(NoColdStorage):
     """Objects under ``gs://bucket/prefix``. Thread-safe: one client per thread (the library's
     HTTP session is not meant to be shared)."""
 

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import urllib3
 
-from weightvault.backends.base import FileType
+from weightvault.backends.base import FileType, NoColdStorage
 from weightvault.errors import (
     AccessDeniedError,
     BackendError,
@@ -69,7 +69,7 @@ def _credentials(base: str) -> dict[str, str]:
     return {}
 
 
-class HttpBackend:
+class HttpBackend(NoColdStorage):
     """See the module docstring. Thread-safe."""
 
     def __init__(self, url: str, *, max_connections: int = 8, token: str | None = None,

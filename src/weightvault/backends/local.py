@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from weightvault.backends.base import FileType
+from weightvault.backends.base import FileType, NoColdStorage
 from weightvault.backends.direct_io import open_for_write, write_all
 from weightvault.errors import (
     BackendError,
@@ -49,7 +49,7 @@ def convert_os_error(exc: OSError, what: str) -> WeightvaultError:
     return BackendError(f"I/O error on {what}: {exc.strerror or exc}")
 
 
-class LocalBackend:
+class LocalBackend(NoColdStorage):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 

@@ -6,13 +6,13 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 
-from weightvault.backends.base import FileType
+from weightvault.backends.base import FileType, NoColdStorage
 from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError
 
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend:
+class MemoryBackend(NoColdStorage):
     def __init__(self) -> None:
         self._data: dict[tuple[FileType, str], bytes] = {}
         self._lock = threading.Lock()

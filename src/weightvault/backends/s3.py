@@ -35,10 +35,19 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from weightvault.backends.base import FileType
-from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError, UsageError
+from weightvault.backends.base import FileType, saving_data_pack
+from weightvault.backends.factory import S3_COLD_CLASSES as COLD_CLASSES
+from weightvault.backends.factory import S3_STORAGE_CLASSES as STORAGE_CLASSES
+from weightvault.errors import (
+    BackendError,
+    ColdDataError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    TransientBackendError,
+    UsageError,
+)
 
-__all__ = ["S3Backend", "parse_s3_url"]
+__all__ = ["COLD_CLASSES", "STORAGE_CLASSES", "S3Backend", "parse_s3_url"]
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +101,14 @@ class S3Backend:
         multipart_chunk: int = 16 * 1024 * 1024,
         client: Any = None,
         object_lock_mode: str | None = None,
+        storage_class: str | None = None,
     ) -> None:
         if object_lock_mode not in (None, "GOVERNANCE", "COMPLIANCE"):
             raise BackendError(f"unknown S3 Object Lock mode {object_lock_mode!r}", hint="use GOVERNANCE or COMPLIANCE")
+        if storage_class is not None and storage_class not in STORAGE_CLASSES:
+            raise UsageError(f"unknown S3 storage class {storage_class!r}",
+                             hint=f"use one of {', '.join(STORAGE_CLASSES)}")
+        self.storage_class = storage_class  # of data packs only; everything else stays STANDARD
         self.object_lock_mode = object_lock_mode
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -148,6 +162,10 @@ class S3Backend:
         where = f"{what} in {self.location}"
         if isinstance(exc, botocore.exceptions.ClientError):
             code, status = _code(exc)
+            if code == "InvalidObjectState":
+                return ColdDataError(f"{where} is in an offline storage class (GLACIER or DEEP_ARCHIVE) and not"
+                                     " restored", hint="request its restore first: `weightvault restore --thaw ...`"
+                                     " (docs/CLOUD.md: costs money and hours)")
             if code in _MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
                 return ObjectNotFoundError(f"{where} not found")
             if code == "NoSuchBucket":
@@ -196,11 +214,13 @@ class S3Backend:
         if create_only:
             self._save_create_only(key, what, data)
             return
+        extra = {"StorageClass": self.storage_class} if (
+            self.storage_class and ftype is FileType.PACK and saving_data_pack()) else {}
         try:
             if len(data) >= self.transfer.multipart_threshold:
-                self.client.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=self.transfer)
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=self.transfer, ExtraArgs=extra)
             else:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
         except Exception as exc:
             raise self._error(exc, what) from exc
 
@@ -352,6 +372,35 @@ class S3Backend:
             err = self._error(exc, f"{ftype.value}/{name}")
             if not isinstance(err, ObjectNotFoundError):
                 raise err from exc
+
+    @property
+    def supports_cold(self) -> bool:
+        return True  # any object may have been put in (or moved to) a cold class by someone else
+
+    def thaw(self, ftype: FileType, name: str, days: int, tier: str) -> str:
+        """HEAD the object; an offline one without a restored copy gets a RestoreObject request."""
+        key, what = self._key(ftype, name), f"{ftype.value}/{name}"
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise self._error(exc, what) from exc
+        if head.get("StorageClass") not in COLD_CLASSES:
+            return "online"
+        restore = str(head.get("Restore") or "")
+        if 'ongoing-request="true"' in restore:
+            return "restoring"
+        if 'ongoing-request="false"' in restore:
+            return "online"
+        try:
+            self.client.restore_object(Bucket=self.bucket, Key=key,
+                                       RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc)[0] == "RestoreAlreadyInProgress":
+                return "restoring"
+            raise self._error(exc, f"restore request for {what}") from exc
+        except Exception as exc:
+            raise self._error(exc, f"restore request for {what}") from exc
+        return "requested"
 
     def free_space(self) -> int | None:
         return None

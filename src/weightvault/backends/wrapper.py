@@ -30,6 +30,13 @@ class WrapperBackend:
     def supports_retention(self) -> bool:
         return self.inner.supports_retention
 
+    @property
+    def supports_cold(self) -> bool:
+        return self.inner.supports_cold
+
+    def thaw(self, ftype: FileType, name: str, days: int, tier: str) -> str:
+        return self.inner.thaw(ftype, name, days, tier)
+
     def create(self) -> None:
         self.inner.create()
 

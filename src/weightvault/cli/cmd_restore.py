@@ -14,6 +14,7 @@ from weightvault import api
 from weightvault.cli.common import Globals, open_other_repository, open_repository, parse_now, pass_globals
 from weightvault.cli.output import display, echo_json, human_size
 from weightvault.cli.progress import progress_bar, progress_enabled
+from weightvault.cli.thawing import thaw_until_ready
 from weightvault.errors import UsageError
 
 __all__ = ["restore"]
@@ -44,12 +45,25 @@ __all__ = ["restore"]
 @click.option("--repair-from", metavar="REPO",
               help="If data is damaged, rewrite it from this replica (a repository `copy` filled) and go on.")
 @click.option("--from-password-file", metavar="FILE", help="With --repair-from: the replica's password.")
+@click.option("--thaw", is_flag=True,
+              help="The data is in an offline storage class (S3 GLACIER, DEEP_ARCHIVE): request its restore first,"
+              " wait up to --restore-timeout, then restore (costs money and hours: docs/CLOUD.md).")
+@click.option("--restore-days", type=click.IntRange(1, 3650), default=7, show_default=True,
+              help="With --thaw: days the restored copies stay readable.")
+@click.option("--restore-tier", type=click.Choice(["Expedited", "Standard", "Bulk"]), default="Standard",
+              show_default=True, help="With --thaw: retrieval speed and price.")
+@click.option("--restore-timeout", metavar="DURATION", default=None,
+              help="With --thaw: wait this long for the data (e.g. 30min, 12h; default: do not wait, exit 25 with"
+              " what was requested; run again to pick up).")
+@click.option("--restore-poll", metavar="DURATION", default="5min", show_default=True,
+              help="With --thaw --restore-timeout: how often to look.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_globals
 def restore(
     g: Globals, snapshot: str | None, run_source: str | None, at: str | None, target: str, includes: tuple[str, ...],
     verify: bool, no_setuid: bool, overwrite: str, swap: bool, backup_previous: bool, validate_level: int,
-    check: str | None, repair_from: str | None, from_password_file: str | None, as_json: bool,
+    check: str | None, repair_from: str | None, from_password_file: str | None, thaw: bool, restore_days: int,
+    restore_tier: str, restore_timeout: str | None, restore_poll: str, as_json: bool,
 ) -> None:
     """Restore SNAPSHOT into --target DIR (or, with --swap, in place of DIR); or, with --source
     NAME [--at TIME], a whole policy-protected run: the newest snapshot of each data class."""
@@ -68,6 +82,12 @@ def restore(
         _restore_run(g, repo, run_source, at, target, includes, overwrite, verify, as_json)
         return
     assert snapshot is not None
+    if thaw:
+        timeout = api.parse_interval(restore_timeout).total_seconds() if restore_timeout else 0.0
+        thaw_until_ready(repo, snapshot, list(includes), days=restore_days, tier=restore_tier, timeout=timeout,
+                         poll=api.parse_interval(restore_poll).total_seconds(), quiet=g.quiet or as_json)
+    elif restore_timeout:
+        raise UsageError("--restore-timeout goes with --thaw")
     if check and not swap:
         raise UsageError("--check is the level-4 check of a --swap restore", hint="add --swap --validate-level 4,"
                          " or run `weightvault validate SNAPSHOT DIR --level 4 --check ...` after a restore")

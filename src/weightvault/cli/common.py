@@ -92,7 +92,7 @@ def _explicit_exists(g: Globals, location: str) -> bool:
 
 def storage_options(
     s3_endpoint: str | None, connections: int, limit_upload: str | None, limit_download: str | None,
-    s3_object_lock: str | None = None,
+    s3_object_lock: str | None = None, s3_storage_class: str | None = None,
 ) -> api.StorageOptions:
     """The global storage options, with rates parsed (UsageError naming the option if malformed)."""
     rates: dict[str, int | None] = {}
@@ -103,7 +103,7 @@ def storage_options(
             raise UsageError(f"{opt}: {exc}") from None
     return api.StorageOptions(s3_endpoint=s3_endpoint or None, connections=connections,
                               limit_upload=rates["--limit-upload"], limit_download=rates["--limit-download"],
-                              s3_object_lock=s3_object_lock)
+                              s3_object_lock=s3_object_lock, s3_storage_class=s3_storage_class)
 
 
 def open_repository(g: Globals, *, create_default: bool = False) -> api.Repository:

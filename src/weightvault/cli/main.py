@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import click
 
-from weightvault import __version__
+from weightvault import __version__, api
 from weightvault.cli import (
     cmd_agent,
     cmd_backup,
@@ -69,6 +69,9 @@ __all__ = ["cli", "main", "run"]
 @click.option("--s3-object-lock", type=click.Choice(["GOVERNANCE", "COMPLIANCE"]), envvar="WEIGHTVAULT_S3_OBJECT_LOCK",
               help="The bucket has S3 Object Lock: give the objects of retention-locked snapshots (backup --lock-for)"
               " an Object Lock retention in this mode until the same date.")
+@click.option("--s3-storage-class", type=click.Choice(api.S3_STORAGE_CLASSES), envvar="WEIGHTVAULT_S3_STORAGE_CLASS",
+              help="Write the data packs of s3:// repositories in this storage class (trees, index, snapshots, keys"
+              " and locks stay STANDARD). GLACIER and DEEP_ARCHIVE are offline: `restore --thaw` (docs/CLOUD.md).")
 @click.option("--limit-upload", metavar="RATE", help="Upload at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option("--limit-download", metavar="RATE", help="Download at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option(
@@ -87,6 +90,7 @@ def cli(
     s3_endpoint: str | None,
     connections: int,
     s3_object_lock: str | None,
+    s3_storage_class: str | None,
     limit_upload: str | None,
     limit_download: str | None,
     password_file: str | None,
@@ -94,7 +98,8 @@ def cli(
     skip_unreadable: bool,
 ) -> None:
     """Deduplicated, compressed, encrypted backups of model checkpoints and training runs."""
-    storage = storage_options(s3_endpoint, connections, limit_upload, limit_download, s3_object_lock)
+    storage = storage_options(s3_endpoint, connections, limit_upload, limit_download, s3_object_lock,
+                              s3_storage_class)
     ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet, storage=storage,
                       skip_unreadable=skip_unreadable)
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from weightvault.backends.base import FileType
+from weightvault.backends.base import FileType, save_pack
 from weightvault.errors import IntegrityError, ObjectNotFoundError, UnsupportedFormatError, WeightvaultError
 from weightvault.format.layout import blob_aad
 from weightvault.repository.index import decode_index_file
@@ -147,7 +147,7 @@ class PackWriter:
 
     def _write(self, builder: PackBuilder) -> None:
         pack_id, data = builder.finish(self.repo.key)
-        self.repo.backend.save(FileType.PACK, pack_id, data)
+        save_pack(self.repo.backend, pack_id, data, data_blobs=any(b.type is BlobType.DATA for b in builder.blobs))
         self.written[pack_id] = builder.blobs
         self.bytes += len(data)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from weightvault.backends.base import Backend, FileType
+from weightvault.backends.base import Backend, FileType, save_pack
 from weightvault.chunking.registry import ChunkerParams
 from weightvault.codec.compress import DELTA, DecisionMemo, compress_chunk, decompress, delta_base
 from weightvault.codec.crypto import KdfParams, MasterKey
@@ -440,7 +440,7 @@ class Repository(SnapshotDocuments):
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data = packer.finish(self.key)
         try:
-            self.backend.save(FileType.PACK, pack_id, data)
+            save_pack(self.backend, pack_id, data, data_blobs=any(b.type is BlobType.DATA for b in packer.blobs))
         except BaseException:
             self._forget_pending([packer])  # not stored: a later save_blob must store them again
             raise

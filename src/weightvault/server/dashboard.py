@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from weightvault import api
-from weightvault.backends.base import Backend, FileType
+from weightvault.backends.base import Backend, FileType, NoColdStorage
 from weightvault.errors import (
     AccessDeniedError,
     BackendError,
@@ -51,7 +51,7 @@ def _error(r: Refused) -> WeightvaultError:
     return BackendError(r.reason)
 
 
-class UserBackend:
+class UserBackend(NoColdStorage):
     """Repository ``repo`` of the server as user ``user`` may use it (see the module doc)."""
 
     def __init__(self, st: ServerState, repo: str, user: str, addr: str) -> None:
