@@ -367,13 +367,13 @@ class Repository(KeysAndLocks, Inspection, Ledger):
 
     def drill(self, *, pick: str = "latest", within: str | timedelta | None = None, level: int = 3,
               now: datetime | None = None, workdir: str | os.PathLike[str] | None = None, seed: int | None = None,
-              journal: Path | None = None, record: bool = True, check: str | None = None,
-              any_snapshot: bool = False, progress: ProgressCallback | None = None) -> DrillResult:
+              journal: Path | None = None, record: bool = True, check: str | None = None, any_snapshot: bool = False,
+              progress: ProgressCallback | None = None, allow_cold: bool = False) -> DrillResult:
         """A restore drill (``weightvault.runner.drill``), in one session: pick a snapshot
         (``latest`` or ``random``, optionally ``within`` a time before now; one holding a model
         file, by name, unless ``any_snapshot`` or none does), restore it into a
         temporary directory, validate it at ``level``, record the outcome and RTO in the journal
-        (unless ``record`` is False) and the ledger, remove the copy. Failure is a result."""
+        (unless ``record`` is False) and the ledger, remove the copy. Failure is a result; cold data a skip."""
         _check_level(level, check)
         clock = now or datetime.now(UTC)
         t0 = time.perf_counter()
@@ -382,8 +382,8 @@ class Repository(KeysAndLocks, Inspection, Ledger):
                                         None if any_snapshot else lambda x: _drill.holds_models(self, x))
             res = _drill.drill(self, snap, level=level, clock=clock, workdir=workdir, check=check,
                                journal=(journal or _journal.default_journal_path()) if record else None,
-                               progress=progress)
-        detail = res.error or f"restored {res.files} files and validated them at level {level}"
+                               progress=progress, allow_cold=allow_cold)
+        detail = res.skipped or res.error or f"restored {res.files} files and validated them at level {level}"
         _audit.append(self._repo, {"op": "drill", "ok": res.ok, "snapshots": [snap.id], "source": None,
                                    "target": None, "bytes": res.bytes,
                                    "detail": f"level {level}, RTO {res.rto_s:.1f} s: {detail}"}, t0)

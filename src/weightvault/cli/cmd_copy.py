@@ -36,10 +36,12 @@ def copy(g: Globals, snapshots: tuple[str, ...], source: str, dest: str | None, 
                    "blobs_copied": res.blobs_copied, "blobs_present": res.blobs_present,
                    "blobs_mapped": res.blobs_mapped, "bytes_read": res.bytes_read,
                    "stored_bytes_added": res.stored_bytes_added, "packs_verified": res.packs_verified,
-                   "bytes_verified": res.bytes_verified})
+                   "bytes_verified": res.bytes_verified, "packs_cold": res.packs_cold})
     elif not g.quiet:
         for a, b in res.copied:
             click.echo(f"copied snapshot {a[:8]} -> {b[:8]}")
         click.echo(f"{len(res.copied)} snapshot(s) copied, {len(res.skipped)} already there; "
                    f"{res.blobs_copied} blobs stored, {res.blobs_present + res.blobs_mapped} already present; "
-                   f"{res.packs_verified} pack(s) read back and verified")
+                   f"{res.packs_verified} pack(s) read back and verified"
+                   + (f"; {res.packs_cold} written into an offline storage class (present, not read back)"
+                      if res.packs_cold else ""))

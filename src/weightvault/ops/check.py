@@ -18,7 +18,7 @@ from typing import Any
 import blake3
 
 from weightvault.backends.base import FileType
-from weightvault.errors import UsageError, WeightvaultError
+from weightvault.errors import ColdDataError, UsageError, WeightvaultError
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.repository import ledger
 from weightvault.repository.blobcache import BlobCache
@@ -45,6 +45,7 @@ class CheckResult:
     bad_blobs: dict[str, list[str]] = field(default_factory=dict)  # blob hex -> ["snap:path", ...]
     subset: str | None = None  # the part read, "n/t"
     coverage: float | None = None  # with a rotating X% subset: share of the parts read this round
+    cold_packs: int = 0  # packs an offline storage class keeps: not checked (a warning, never damage)
 
     @property
     def ok(self) -> bool:
@@ -155,6 +156,9 @@ def check(
     for pack_id in sorted(set(on_disk) & set(indexed)):
         try:
             header = {b.blob_id: b for b in read_pack_header(repo.backend, repo.key, pack_id, on_disk[pack_id])}
+        except ColdDataError:
+            _cold(res, pack_id)
+            continue
         except WeightvaultError as exc:
             res.errors.append(f"pack {pack_id}: header unreadable: {exc.message}")
             for bid in indexed[pack_id]:
@@ -185,6 +189,12 @@ def check(
         reporter.done()
     _check_snapshots(repo, bad, missing_blobs, res)
     return res
+
+
+def _cold(res: CheckResult, pack_id: str) -> None:
+    res.cold_packs += 1
+    res.warnings.append(f"pack {pack_id} is in an offline storage class (GLACIER, DEEP_ARCHIVE): not checked;"
+                        " `restore --thaw` makes a snapshot's packs readable")
 
 
 def _check_snapshots(repo: Repository, bad: dict[bytes, str], missing: set[bytes], res: CheckResult) -> None:
@@ -226,6 +236,10 @@ def _read_pack(
 ) -> None:
     try:
         data = repo.backend.load(FileType.PACK, pack_id)
+    except ColdDataError:
+        if not any(f"pack {pack_id} " in w for w in res.warnings):
+            _cold(res, pack_id)
+        return
     except WeightvaultError as exc:
         res.errors.append(f"pack {pack_id}: cannot be read: {exc.message}")
         for bid in blobs:

@@ -12,6 +12,7 @@
     site = "dc1"
     password_file = "/etc/weightvault/hot.pw"   # or password_env = "NAME"
     s3_endpoint = "http://minio:9000"           # optional
+    storage_class = "DEEP_ARCHIVE"              # optional (s3://): the class its data packs are written in
     max_age = "7d"                   # optional: default by tier (hot 7d, warm 30d, cold 180d, archive never)
 
     [sources.exp42]
@@ -55,6 +56,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from weightvault.backends.factory import S3_STORAGE_CLASSES
 from weightvault.errors import ConfigFileError, UsageError
 from weightvault.ops.retention import Policy as Retention
 from weightvault.ops.retention import parse_duration
@@ -113,6 +115,7 @@ class RepoSpec:
     password_env: str | None = None
     s3_endpoint: str | None = None
     max_age: timedelta | None = None  # snapshots older than this move to the next tier (None: never)
+    storage_class: str | None = None  # s3:// only: data packs go there (GLACIER, DEEP_ARCHIVE: restore --thaw)
 
 
 @dataclass(frozen=True)
@@ -360,18 +363,24 @@ def _settings(w: _Where, raw: dict[str, Any]) -> Settings:
 def _repo(w: _Where, name: str, raw: Any) -> RepoSpec:
     table = f"repositories.{name}"
     _named_table(w, table, name, raw,
-                 {"url", "tier", "site", "password_file", "password_env", "s3_endpoint", "max_age"})
+                 {"url", "tier", "site", "password_file", "password_env", "s3_endpoint", "max_age", "storage_class"})
     tier = _get(w, table, raw, "tier", str) or "hot"
     if tier not in TIERS:
         raise w.error(table, "tier", f"unknown tier {tier!r} (use {', '.join(TIERS)})")
     if "password_file" in raw and "password_env" in raw:
         raise w.error(table, "password_env", "give password_file or password_env, not both")
     max_age = _duration(w, table, raw, "max_age") if "max_age" in raw else TIER_MAX_AGE[tier]
+    storage_class = _get(w, table, raw, "storage_class", str)
+    if storage_class is not None and storage_class not in S3_STORAGE_CLASSES:
+        raise w.error(table, "storage_class",
+                      f"unknown storage class {storage_class!r} (use {', '.join(S3_STORAGE_CLASSES)})")
+    if storage_class is not None and not str(raw.get("url", "")).startswith("s3://"):
+        raise w.error(table, "storage_class", "a storage class needs an s3:// repository")
     return RepoSpec(
         name=name, url=_get(w, table, raw, "url", str, required=True), tier=tier,
         site=_get(w, table, raw, "site", str) or "local", password_file=_get(w, table, raw, "password_file", str),
         password_env=_get(w, table, raw, "password_env", str), s3_endpoint=_get(w, table, raw, "s3_endpoint", str),
-        max_age=max_age,
+        max_age=max_age, storage_class=storage_class,
     )
 
 

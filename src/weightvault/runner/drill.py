@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weightvault.chunking.registry import looks_like_model
-from weightvault.errors import SnapshotNotFoundError, UsageError, ValidationFailedError, WeightvaultError
+from weightvault.errors import ColdDataError, SnapshotNotFoundError, UsageError, ValidationFailedError, WeightvaultError
 from weightvault.ops import retention
 from weightvault.ops.restore import RestoreResult
 from weightvault.ops.validate import ValidationReport, locate_check
@@ -39,6 +39,8 @@ class DrillRepo(Protocol):
 
     def ls(self, *args: Any, **kwargs: Any) -> list[Node]: ...
 
+    def thaw(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 def holds_models(repo: DrillRepo, snap: Snapshot) -> bool:
     """Whether the snapshot holds a file whose name says model data (``.safetensors``, ``.pt`` ...)."""
@@ -61,11 +63,14 @@ class DrillResult:
     bytes: int = 0
     error: str | None = None
     report: ValidationReport | None = None
+    skipped: str | None = None  # not drilled, and why (its data is in cold storage): neither ok nor failed
 
     def journal_entry(self, repository: str) -> dict[str, Any]:
         return {"time": self.time, "step": "drill", "repository": repository, "snapshot": self.snapshot,
                 "level": self.level, "ok": self.ok, "rto_s": round(self.rto_s, 3), "bytes": self.bytes,
-                "detail": self.error or f"restored {self.files} files and validated them at level {self.level}"}
+                "detail": self.skipped or self.error
+                or f"restored {self.files} files and validated them at level {self.level}",
+                **({"skipped": True} if self.skipped else {})}
 
 
 def pick_snapshot(snaps: list[Snapshot], pick: str, within: str | timedelta | None, clock: datetime,
@@ -89,22 +94,30 @@ def pick_snapshot(snaps: list[Snapshot], pick: str, within: str | timedelta | No
 
 
 def drill(repo: DrillRepo, snap: Snapshot, *, level: int, clock: datetime, workdir: str | os.PathLike[str] | None,
-          check: str | None, journal: Path | None, progress: Any = None) -> DrillResult:
+          check: str | None, journal: Path | None, progress: Any = None, allow_cold: bool = False) -> DrillResult:
     """Restore ``snap`` into a fresh temporary directory (every file SHA-256-checked before it is
     renamed into place, so validation does not hash again), validate it at ``level``, measure
     the restore time (RTO), remove the copy; append the outcome to ``journal`` if given. A failed
-    restore or validation is a result, not an error."""
+    restore or validation is a result, not an error. Data in an offline storage class makes the
+    drill ``skipped`` (it costs money and hours), unless ``allow_cold``: then its restore is
+    requested and the drill runs once it is online (skipped, saying so, until then)."""
     result = DrillResult(snap.id, level, False, clock.isoformat())
     tmp = Path(tempfile.mkdtemp(prefix="wv-drill-", dir=workdir))
     try:
         t0 = time.perf_counter()
         try:
+            if allow_cold and not (thawed := repo.thaw(snap.id)).ready:
+                raise ColdDataError(f"restore of {thawed.packs - thawed.online} data pack(s) from cold storage"
+                                    f" requested; run the drill again once they are online ({thawed.typical_wait})")
             problem = locate_check(check, tmp) if check and level >= 4 else None
             if problem is not None:  # before the restore: a typo in --check fails at once
                 raise ValidationFailedError(f"level 4: {problem}")
             _restore_and_validate(repo, snap, tmp, level, check, result, progress)
         except ValidationFailedError as exc:
             result.error = exc.message
+        except ColdDataError as exc:
+            result.skipped = exc.message if allow_cold else (f"skipped: the data is in cold storage ({exc.message});"
+                                                             " --allow-cold requests it (costs money and hours)")
         except WeightvaultError as exc:
             result.error = f"restore failed: {exc.message}"
         result.rto_s = time.perf_counter() - t0

@@ -93,7 +93,8 @@ class Fleet:
         if name not in self._open:
             r = self.spec.repositories[name]
             storage = StorageOptions(**{**self.storage.__dict__, "s3_endpoint": r.s3_endpoint or
-                                        self.storage.s3_endpoint})
+                                        self.storage.s3_endpoint,
+                                        "s3_storage_class": r.storage_class or self.storage.s3_storage_class})
             self._open[name] = self._opener(os.path.expanduser(r.url), self._password(r), storage)
         return self._open[name]
 
@@ -328,6 +329,8 @@ def _drills(run: _Run, records: list[dict[str, Any]]) -> None:
             res = run.fleet[drill.repository].drill(pick=drill.pick, within=drill.within, level=drill.level,
                                                     now=run.clock, record=False, check=drill.check)
             step.snapshot = res.snapshot
+            if res.skipped:  # its data is in cold storage: a drill there costs money and hours
+                return f"{drill.name}: snapshot {res.snapshot[:8]} {res.skipped}"
             if not res.ok:
                 raise ValidationFailedError(f"{drill.name}: snapshot {res.snapshot[:8]}: {res.error}")
             return (f"{drill.name}: snapshot {res.snapshot[:8]} restored ({res.files} files) and validated at level"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from weightvault.backends.base import Backend, FileType
+from weightvault.backends.base import THAW_STATES, Backend, FileType, data_pack_saves
 from weightvault.backends.local import LocalBackend
 from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError
 
@@ -238,6 +238,21 @@ class BackendConformance:
                 backend.retain(FileType.SNAPSHOT, name, until)
             assert not isinstance(ei.value, (TransientBackendError, ObjectNotFoundError))
         assert backend.load(FileType.SNAPSHOT, name) == b"snapshot"
+
+    def test_thaw_of_an_online_object_or_a_clear_refusal(self, backend: Backend) -> None:
+        assert type(backend.supports_cold) is bool and backend.supports_cold == backend.supports_cold
+        name = _name(16)
+        with data_pack_saves():
+            backend.save(FileType.PACK, name, b"pack")  # a data pack: a cold class may take it, if set
+        if backend.supports_cold:
+            assert backend.thaw(FileType.PACK, name, 1, "Standard") in THAW_STATES
+            with pytest.raises(ObjectNotFoundError):
+                backend.thaw(FileType.PACK, _name(17), 1, "Standard")
+        else:
+            with pytest.raises(BackendError, match="cold storage is not supported") as ei:
+                backend.thaw(FileType.PACK, name, 1, "Standard")
+            assert not isinstance(ei.value, (TransientBackendError, ObjectNotFoundError))
+            assert backend.load(FileType.PACK, name) == b"pack"
 
     # -- temporary objects -----------------------------------------------------------------------
     def test_remove_temp_never_removes_complete_objects(self, backend: Backend) -> None:
