@@ -243,3 +243,23 @@ def test_cli_init_kms_then_backup_restore_and_key_list_without_a_password(kms: A
     env["WEIGHTVAULT_KMS_ENDPOINT"] = "http://127.0.0.1:9"  # KMS unreachable from this host
     r = wv("snapshots")
     assert r.returncode == 24 and f"AWS KMS key {arn}" in r.stderr, r.stderr
+
+
+def test_a_policy_repository_with_a_kms_key_needs_no_password_entry(kms: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from weightvault import api
+
+    for k in ("WEIGHTVAULT_PASSWORD", "WEIGHTVAULT_PASSWORD_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    a = Repository.init(tmp_path / "kms", None, kms=f"aws:{new_key(kms)}")
+    Repository.init(tmp_path / "plain", PASSWORD, kdf=FAST_KDF)
+    spec = api.parse_policy(f"""version = 1
+[repositories.kms]
+url = "{tmp_path / 'kms'}"
+[repositories.plain]
+url = "{tmp_path / 'plain'}"
+""")
+    fleet = api.Fleet(spec)
+    assert fleet["kms"].id == a.id
+    with pytest.raises(UsageError, match="no password for repository plain, and it has no KMS key"):
+        fleet["plain"]

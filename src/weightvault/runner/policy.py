@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weightvault.backends.factory import StorageOptions
-from weightvault.errors import CheckFailedError, UsageError, ValidationFailedError, WeightvaultError
+from weightvault.errors import CheckFailedError, UsageError, ValidationFailedError, WeightvaultError, WrongPasswordError
 from weightvault.ops.walk import Entry, walk_source
 from weightvault.policy import journal as journal_mod
 from weightvault.policy import plan as plan_mod
@@ -48,7 +48,7 @@ class PolicyRepo(Protocol):
     def ledger(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]: ...
 
 
-Opener = Callable[[str, bytes, StorageOptions], PolicyRepo]
+Opener = Callable[[str, bytes | None, StorageOptions], PolicyRepo]  # None: through a KMS key file
 
 
 @dataclass
@@ -95,7 +95,14 @@ class Fleet:
             storage = StorageOptions(**{**self.storage.__dict__, "s3_endpoint": r.s3_endpoint or
                                         self.storage.s3_endpoint,
                                         "s3_storage_class": r.storage_class or self.storage.s3_storage_class})
-            self._open[name] = self._opener(os.path.expanduser(r.url), self._password(r), storage)
+            pw = self._password(r)
+            try:
+                self._open[name] = self._opener(os.path.expanduser(r.url), pw, storage)
+            except WrongPasswordError:
+                if pw is not None:
+                    raise
+                raise UsageError(f"no password for repository {r.name}, and it has no KMS key that opens it",
+                                 hint="give password_file or password_env in its [repositories] table") from None
         return self._open[name]
 
     def snapshots(self, name: str) -> list[Snapshot]:
@@ -109,7 +116,8 @@ class Fleet:
         for n in names or list(self._listed):
             self._listed.pop(n, None)
 
-    def _password(self, r: spec_mod.RepoSpec) -> bytes:
+    def _password(self, r: spec_mod.RepoSpec) -> bytes | None:
+        """The repository's password, or None: it is to be opened through its KMS key file."""
         if r.password_file:
             return read_password_file(os.path.expanduser(r.password_file))
         if r.password_env:
@@ -125,8 +133,7 @@ class Fleet:
             return env.encode()
         if os.environ.get("WEIGHTVAULT_PASSWORD_FILE"):
             return read_password_file(os.path.expanduser(os.environ["WEIGHTVAULT_PASSWORD_FILE"]))
-        raise UsageError(f"no password for repository {r.name}",
-                         hint="give password_file or password_env in its [repositories] table")
+        return None
 
 
 def journal_path(spec: spec_mod.PolicySpec) -> Path:
