@@ -177,3 +177,13 @@ def test_a_drill_of_cold_data_is_skipped_unless_allowed(s3: S3Endpoint, tmp_path
     assert asked.skipped and "requested" in asked.skipped
     done = repo.drill(level=1, record=False, allow_cold=True)  # moto restored at once: drilled now
     assert done.ok and done.skipped is None and done.files == 3
+
+
+def test_verify_skips_cold_files_with_a_reason_never_calls_them_damaged(s3: S3Endpoint, tmp_path: Path) -> None:
+    _, _, repo, _ = _cold_repo(s3, tmp_path)
+    res = repo.verify("latest")
+    assert res.damaged == [] and len(res.cold) == 3 and res.files == 0
+    repo.thaw("latest")
+    repo.thaw("latest")  # moto: online now
+    again = repo.verify("latest")
+    assert again.ok and again.cold == [] and again.files == 3

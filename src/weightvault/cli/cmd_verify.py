@@ -31,7 +31,7 @@ def verify(g: Globals, snapshot: str, against: str | None, sample: str | None, a
         echo_json({"snapshot": res.snapshot, "ok": res.ok, "files": res.files, "bytes": res.bytes,
                    "blobs": res.blobs, "sample": list(res.sample) if res.sample else None,
                    "coverage": res.coverage, "damaged": [{"path": p, "problem": w} for p, w in res.damaged],
-                   "missing": res.missing, "changed": res.changed, "extra": res.extra})
+                   "missing": res.missing, "changed": res.changed, "extra": res.extra, "cold": res.cold})
     elif not g.quiet:
         for p, what in res.damaged:
             click.echo(f"DAMAGED  {p}: {what}")
@@ -41,6 +41,10 @@ def verify(g: Globals, snapshot: str, against: str | None, sample: str | None, a
         part = f" (bucket {res.sample[0] + 1} of {res.sample[1]}, {res.coverage:.0%} covered)" if res.sample else ""
         click.echo(f"verified {res.files} file(s), {human_size(res.bytes)}, {res.blobs} blobs of snapshot "
                    f"{res.snapshot[:8]}{part}: " + ("ok" if res.ok else "PROBLEMS FOUND"))
+    if res.cold:
+        click.echo(f"skipped {len(res.cold)} file(s) whose data is in an offline storage class (GLACIER,"
+                   " DEEP_ARCHIVE): reading it costs money and hours; `restore --thaw` or `drill --allow-cold`"
+                   " requests it (docs/CLOUD.md)", err=True)
     if res.damaged:
         raise IntegrityError(f"{len(res.damaged)} file(s) of snapshot {res.snapshot[:8]} are damaged in the repository",
                              hint="run `weightvault check --read-data` to locate the damaged packs")

@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weightvault.errors import WeightvaultError
+from weightvault.errors import ColdDataError, WeightvaultError
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node, iter_manifest
@@ -44,6 +44,7 @@ class VerifyResult:
     changed: list[str] = field(default_factory=list)  # --against: content, size, type or target differs
     extra: list[str] = field(default_factory=list)  # --against: in the live tree, not in the snapshot
     coverage: float | None = None  # sampled runs: share of buckets verified so far
+    cold: list[str] = field(default_factory=list)  # not verified: their data is in an offline storage class
 
     @property
     def ok(self) -> bool:
@@ -89,6 +90,9 @@ def _check_file(n: Node, cache: BlobCache, seen: set[bytes], res: VerifyResult) 
             seen.add(b)
             sha.update(data)
             size += len(data)
+    except ColdDataError:
+        res.cold.append(path)  # costs money and hours to read: skipped, never taken for damage
+        return
     except WeightvaultError as exc:
         res.damaged.append((path, exc.message))
         return
