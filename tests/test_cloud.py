@@ -44,9 +44,11 @@ def gs() -> Iterator[GcsEndpoint]:
         yield ep
 
 
-def az_backend(ep: AzureEndpoint, name: str = "conf", **kw: int) -> AzureBackend:
+def az_backend(ep: AzureEndpoint, name: str = "conf", multipart_threshold: int = 256 << 20,
+               access_tier: str | None = None) -> AzureBackend:
     container, prefix = parse_az_url(ep.url(name))
-    return AzureBackend(container, prefix, settings=azure_settings(ep.endpoint, env=ep.env), **kw)
+    return AzureBackend(container, prefix, settings=azure_settings(ep.endpoint, env=ep.env),
+                        multipart_threshold=multipart_threshold, access_tier=access_tier)
 
 
 def gs_backend(ep: GcsEndpoint, name: str = "conf") -> GcsBackend:
@@ -301,3 +303,32 @@ def test_backup_restore_through_injected_faults(which: str, request: pytest.Fixt
     assert fired["503"] + fired["reset"] + fired["lost-answer"] >= 3, fired  # the retries had work to do
     direct = Repository.open(url, PASSWORD, storage=ep.storage)  # no proxy: what was stored is whole
     assert direct.check(read_data=True).ok
+
+
+def test_azure_access_tier_applies_to_data_packs_and_archive_is_refused(az: AzureEndpoint, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", az.connection_string)
+    import dataclasses
+
+    url = az.url("tier")
+    storage = dataclasses.replace(az.storage, azure_access_tier="Cool")
+    repo = Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=storage)
+    src = _source(tmp_path)
+    repo.backup([src])
+    prefix = url.split("/", 3)[3] + "/"
+    client = BlobServiceClient.from_connection_string(az.connection_string).get_container_client(az.container)
+    tiers = {b.name[len(prefix):]: b.blob_tier for b in client.list_blobs(name_starts_with=prefix)}
+    packs = {k: v for k, v in tiers.items() if k.startswith("data/")}
+    assert "Cool" in packs.values() and "Hot" in packs.values()  # data packs Cool, the tree pack not
+    assert all(v == "Hot" for k, v in tiers.items() if not k.startswith("data/"))
+    repo.restore("latest", tmp_path / "out", verify=True)  # Cool is online
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+    with pytest.raises(UsageError, match="Archive tier is not offered"):
+        open_backend(az.url("arch"), dataclasses.replace(az.storage, azure_access_tier="Archive"))
+    archived = next(k for k, v in packs.items() if v == "Cool")
+    client.get_blob_client(prefix + archived).set_standard_blob_tier("Archive")  # someone archived it
+    with pytest.raises(BackendError) as ei:
+        Repository.open(url, PASSWORD, storage=az.storage).restore("latest", tmp_path / "out2")
+    assert ei.value.exit_code == 25 and "Archive tier" in str(ei.value) and "rehydrate" in str(ei.value.hint)

@@ -39,7 +39,13 @@ from weightvault.api._policy import (
     tier_run,
 )
 from weightvault.api._repository import Repository
-from weightvault.backends.factory import S3_COLD_CLASSES, S3_STORAGE_CLASSES, StorageOptions, repository_exists
+from weightvault.backends.factory import (
+    AZURE_TIERS,
+    S3_COLD_CLASSES,
+    S3_STORAGE_CLASSES,
+    StorageOptions,
+    repository_exists,
+)
 from weightvault.backends.limits import parse_rate
 from weightvault.backends.retry import RetryPolicy
 from weightvault.codec.crypto import KdfParams
@@ -83,6 +89,7 @@ from weightvault.runner.runs import RunRestore
 from weightvault.runner.swap import SwapResult
 
 __all__ = [
+    "AZURE_TIERS",
     "OVERWRITE_MODES",
     "S3_COLD_CLASSES",
     "S3_STORAGE_CLASSES",

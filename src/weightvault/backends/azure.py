@@ -18,6 +18,9 @@ Contract notes (``backends/base.py``):
   atomic). ``create_only`` is a conditional put (``If-None-Match: *``), enforced by the store.
 * Temporary objects: none that ``remove_temp`` could reach. Blocks staged by an interrupted
   upload are invisible, uncommitted, and discarded by Azure after 7 days.
+* Access tiers: with ``access_tier`` (Hot, Cool, Cold) data packs are written in that tier (the
+  ``x-ms-access-tier`` of Put Blob); Archive is refused (a rehydration would be needed to read
+  it back). A blob someone else archived reads as ColdDataError (``BlobArchived``).
 * Retention: not supported here (``supports_retention`` False). Azure's immutability is a
   container- or version-level policy set by the account's administrator (docs/CLOUD.md).
 * Errors are classified from the HTTP status and the Azure error code: ``TransientBackendError``
@@ -48,8 +51,16 @@ from obstore.exceptions import (
 )
 from obstore.store import AzureStore
 
-from weightvault.backends.base import FileType, NoColdStorage
-from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError, UsageError
+from weightvault.backends.base import FileType, NoColdStorage, saving_data_pack
+from weightvault.backends.factory import AZURE_TIERS
+from weightvault.errors import (
+    BackendError,
+    ColdDataError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    TransientBackendError,
+    UsageError,
+)
 
 __all__ = ["AzureBackend", "AzureSettings", "azure_settings", "parse_az_url"]
 
@@ -133,7 +144,15 @@ class AzureBackend(NoColdStorage):
     """Blobs under ``az://container/prefix``. Thread-safe (obstore's store is)."""
 
     def __init__(self, container: str, prefix: str = "", *, settings: AzureSettings | None = None,
-                 multipart_threshold: int = 256 * 1024 * 1024) -> None:
+                 multipart_threshold: int = 256 * 1024 * 1024, access_tier: str | None = None) -> None:
+        if access_tier == "Archive":
+            raise UsageError("the Archive tier is not offered: reading an archived blob needs a rehydration"
+                             " (Set Blob Tier) that this weightvault cannot request yet",
+                             hint="use Cool or Cold (online, cheaper storage), or S3 GLACIER / DEEP_ARCHIVE with"
+                             " `restore --thaw` (docs/CLOUD.md)")
+        if access_tier is not None and access_tier not in AZURE_TIERS:
+            raise UsageError(f"unknown Azure access tier {access_tier!r}", hint=f"use one of {', '.join(AZURE_TIERS)}")
+        self.access_tier = access_tier  # of data packs only; everything else takes the account's default
         self.container = container
         self.prefix = prefix.strip("/")
         self.settings = settings or azure_settings()
@@ -179,6 +198,10 @@ class AzureBackend(NoColdStorage):
         status, code = (int(status_m.group(1)) if status_m else 0), (code_m.group(1) if code_m else "")
         if status:
             self.reached = True
+        if code == "BlobArchived":  # put there by someone else: this weightvault never writes Archive
+            return ColdDataError(f"{where} is in the Archive tier",
+                                 hint="rehydrate it to Hot or Cool first (`az storage blob set-tier --tier Hot"
+                                 " --rehydrate-priority Standard`), then run again")
         if code == "ContainerNotFound":
             return BackendError(f"container {self.container!r} does not exist ({where})",
                                 hint="create the container first (weightvault never creates one), or check the URL")
@@ -219,9 +242,11 @@ class AzureBackend(NoColdStorage):
 
     def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
         key, what = self._key(ftype, name), f"{ftype.value}/{name}"
+        tier = {"Storage-Class": self.access_tier} if (
+            self.access_tier and ftype is FileType.PACK and saving_data_pack()) else None
         try:
             obstore.put(self.store, key, data, mode="create" if create_only else "overwrite",
-                        use_multipart=len(data) >= self.multipart_threshold)
+                        use_multipart=len(data) >= self.multipart_threshold, attributes=tier)
         except (AlreadyExistsError, PreconditionError) as exc:
             self.reached = True
             raise ObjectExistsError(f"{what} already exists in {self.location}") from exc

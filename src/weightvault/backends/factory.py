@@ -22,6 +22,7 @@ from weightvault.backends.retry import RetryingBackend, RetryPolicy
 from weightvault.errors import ObjectNotFoundError, UsageError
 
 __all__ = [
+    "AZURE_TIERS",
     "S3_COLD_CLASSES",
     "S3_STORAGE_CLASSES",
     "SCHEMES",
@@ -39,6 +40,9 @@ S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIER
                       "DEEP_ARCHIVE")
 #: The offline ones: an object there must be restored (``thaw``) before it can be read.
 S3_COLD_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+#: Azure access tiers data packs may be written in (``--azure-access-tier``); all online. Archive is
+#: refused: reading it back needs a rehydration (Set Blob Tier) that obstore cannot request.
+AZURE_TIERS = ("Hot", "Cool", "Cold")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class StorageOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     s3_object_lock: str | None = None  # GOVERNANCE or COMPLIANCE: retention-locked snapshots get S3 retention
     s3_storage_class: str | None = None  # data packs only (STANDARD_IA, GLACIER_IR, GLACIER, DEEP_ARCHIVE, ...)
+    azure_access_tier: str | None = None  # data packs only: Hot, Cool or Cold
     azure_endpoint: str | None = None  # else $WEIGHTVAULT_AZURE_ENDPOINT, the connection string, Azure
     gcs_endpoint: str | None = None  # else $WEIGHTVAULT_GCS_ENDPOINT, $STORAGE_EMULATOR_HOST, Google
 
@@ -98,7 +103,8 @@ def open_backend(location: str | os.PathLike[str], storage: StorageOptions | Non
         from weightvault.backends.azure import AzureBackend, azure_settings, parse_az_url  # obstore when needed
 
         container, prefix = parse_az_url(loc)
-        az = AzureBackend(container, prefix, settings=azure_settings(opts.azure_endpoint))
+        az = AzureBackend(container, prefix, settings=azure_settings(opts.azure_endpoint),
+                          access_tier=opts.azure_access_tier)
         backend = LimitedBackend(RetryingBackend(az, opts.retry), max_concurrent=opts.connections)
     elif loc.startswith("gs://"):
         from weightvault.backends.gcs import GcsBackend, parse_gs_url  # google-cloud-storage when needed

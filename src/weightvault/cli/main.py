@@ -7,6 +7,7 @@ exception exits 1 with a one-line message (the traceback only with ``WEIGHTVAULT
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -72,6 +73,9 @@ __all__ = ["cli", "main", "run"]
 @click.option("--s3-storage-class", type=click.Choice(api.S3_STORAGE_CLASSES), envvar="WEIGHTVAULT_S3_STORAGE_CLASS",
               help="Write the data packs of s3:// repositories in this storage class (trees, index, snapshots, keys"
               " and locks stay STANDARD). GLACIER and DEEP_ARCHIVE are offline: `restore --thaw` (docs/CLOUD.md).")
+@click.option("--azure-access-tier", type=click.Choice(api.AZURE_TIERS), envvar="WEIGHTVAULT_AZURE_ACCESS_TIER",
+              help="Write the data packs of az:// repositories in this access tier (Cool, Cold: cheaper storage,"
+              " still online).")
 @click.option("--limit-upload", metavar="RATE", help="Upload at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option("--limit-download", metavar="RATE", help="Download at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option(
@@ -91,6 +95,7 @@ def cli(
     connections: int,
     s3_object_lock: str | None,
     s3_storage_class: str | None,
+    azure_access_tier: str | None,
     limit_upload: str | None,
     limit_download: str | None,
     password_file: str | None,
@@ -100,6 +105,7 @@ def cli(
     """Deduplicated, compressed, encrypted backups of model checkpoints and training runs."""
     storage = storage_options(s3_endpoint, connections, limit_upload, limit_download, s3_object_lock,
                               s3_storage_class)
+    storage = dataclasses.replace(storage, azure_access_tier=azure_access_tier)
     ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet, storage=storage,
                       skip_unreadable=skip_unreadable)
 

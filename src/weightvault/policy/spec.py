@@ -12,7 +12,7 @@
     site = "dc1"
     password_file = "/etc/weightvault/hot.pw"   # or password_env = "NAME"
     s3_endpoint = "http://minio:9000"           # optional
-    storage_class = "DEEP_ARCHIVE"              # optional (s3://): the class its data packs are written in
+    storage_class = "DEEP_ARCHIVE"              # optional (s3://, az://): the class its data packs go in
     max_age = "7d"                   # optional: default by tier (hot 7d, warm 30d, cold 180d, archive never)
 
     [sources.exp42]
@@ -56,7 +56,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from weightvault.backends.factory import S3_STORAGE_CLASSES
+from weightvault.backends.factory import AZURE_TIERS, S3_STORAGE_CLASSES
 from weightvault.errors import ConfigFileError, UsageError
 from weightvault.ops.retention import Policy as Retention
 from weightvault.ops.retention import parse_duration
@@ -371,11 +371,13 @@ def _repo(w: _Where, name: str, raw: Any) -> RepoSpec:
         raise w.error(table, "password_env", "give password_file or password_env, not both")
     max_age = _duration(w, table, raw, "max_age") if "max_age" in raw else TIER_MAX_AGE[tier]
     storage_class = _get(w, table, raw, "storage_class", str)
-    if storage_class is not None and storage_class not in S3_STORAGE_CLASSES:
-        raise w.error(table, "storage_class",
-                      f"unknown storage class {storage_class!r} (use {', '.join(S3_STORAGE_CLASSES)})")
-    if storage_class is not None and not str(raw.get("url", "")).startswith("s3://"):
-        raise w.error(table, "storage_class", "a storage class needs an s3:// repository")
+    if storage_class is not None:
+        url = str(raw.get("url", ""))
+        known = S3_STORAGE_CLASSES if url.startswith("s3://") else AZURE_TIERS if url.startswith("az://") else ()
+        if not known:
+            raise w.error(table, "storage_class", "a storage class needs an s3:// or az:// repository")
+        if storage_class not in known:
+            raise w.error(table, "storage_class", f"unknown storage class {storage_class!r} (use {', '.join(known)})")
     return RepoSpec(
         name=name, url=_get(w, table, raw, "url", str, required=True), tier=tier,
         site=_get(w, table, raw, "site", str) or "local", password_file=_get(w, table, raw, "password_file", str),

@@ -92,9 +92,10 @@ class Fleet:
     def __getitem__(self, name: str) -> PolicyRepo:
         if name not in self._open:
             r = self.spec.repositories[name]
+            cls = {("azure_access_tier" if r.url.startswith("az://") else "s3_storage_class"): r.storage_class} \
+                if r.storage_class else {}
             storage = StorageOptions(**{**self.storage.__dict__, "s3_endpoint": r.s3_endpoint or
-                                        self.storage.s3_endpoint,
-                                        "s3_storage_class": r.storage_class or self.storage.s3_storage_class})
+                                        self.storage.s3_endpoint, **cls})
             pw = self._password(r)
             try:
                 self._open[name] = self._opener(os.path.expanduser(r.url), pw, storage)
