@@ -325,10 +325,36 @@ def test_azure_access_tier_applies_to_data_packs_and_archive_is_refused(az: Azur
     assert all(v == "Hot" for k, v in tiers.items() if not k.startswith("data/"))
     repo.restore("latest", tmp_path / "out", verify=True)  # Cool is online
     assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
-    with pytest.raises(UsageError, match="Archive tier is not offered"):
-        open_backend(az.url("arch"), dataclasses.replace(az.storage, azure_access_tier="Archive"))
     archived = next(k for k, v in packs.items() if v == "Cool")
     client.get_blob_client(prefix + archived).set_standard_blob_tier("Archive")  # someone archived it
     with pytest.raises(BackendError) as ei:
         Repository.open(url, PASSWORD, storage=az.storage).restore("latest", tmp_path / "out2")
-    assert ei.value.exit_code == 25 and "Archive tier" in str(ei.value) and "rehydrate" in str(ei.value.hint)
+    assert ei.value.exit_code == 25 and "Archive tier" in str(ei.value) and "--thaw" in str(ei.value.hint)
+
+
+def test_azure_archive_tier_is_thawed_by_rehydration(az: AzureEndpoint, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data packs in the Archive tier: a restore is refused (exit 25) until `thaw` asks for their
+    rehydration (Set Blob Tier to Cool, priority from the tier); Azurite rehydrates at once."""
+    import dataclasses
+
+    from azure.storage.blob import BlobServiceClient
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", az.connection_string)
+    url = az.url("archive")
+    repo = Repository.init(url, PASSWORD, kdf=FAST_KDF, storage=dataclasses.replace(az.storage,
+                                                                                     azure_access_tier="Archive"))
+    src = _source(tmp_path)
+    repo.backup([src])
+    assert repo.check().ok and repo.check().cold_packs >= 1
+    with pytest.raises(BackendError) as ei:
+        repo.restore("latest", tmp_path / "out")
+    assert ei.value.exit_code == 25
+    first = repo.thaw("latest", tier="Expedited")
+    assert first.requested == first.packs >= 1 and not first.ready
+    prefix = url.split("/", 3)[3] + "/"
+    client = BlobServiceClient.from_connection_string(az.connection_string).get_container_client(az.container)
+    assert {b.blob_tier for b in client.list_blobs(name_starts_with=prefix + "data/")} >= {"Cool"}
+    assert repo.thaw("latest").ready
+    repo.restore("latest", tmp_path / "out", verify=True)
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)

@@ -18,9 +18,9 @@ Contract notes (``backends/base.py``):
   atomic). ``create_only`` is a conditional put (``If-None-Match: *``), enforced by the store.
 * Temporary objects: none that ``remove_temp`` could reach. Blocks staged by an interrupted
   upload are invisible, uncommitted, and discarded by Azure after 7 days.
-* Access tiers: with ``access_tier`` (Hot, Cool, Cold) data packs are written in that tier (the
-  ``x-ms-access-tier`` of Put Blob); Archive is refused (a rehydration would be needed to read
-  it back). A blob someone else archived reads as ColdDataError (``BlobArchived``).
+* Access tiers: with ``access_tier`` (Hot, Cool, Cold, Archive) data packs are written in that
+  tier (the ``x-ms-access-tier`` of Put Blob). An archived blob reads as ColdDataError
+  (``BlobArchived``); ``thaw`` rehydrates it to Cool (``backends/azure_tiers.py``).
 * Retention: not supported here (``supports_retention`` False). Azure's immutability is a
   container- or version-level policy set by the account's administrator (docs/CLOUD.md).
 * Errors are classified from the HTTP status and the Azure error code: ``TransientBackendError``
@@ -51,7 +51,7 @@ from obstore.exceptions import (
 )
 from obstore.store import AzureStore
 
-from weightvault.backends.base import FileType, NoColdStorage, saving_data_pack
+from weightvault.backends.base import FileType, saving_data_pack
 from weightvault.backends.factory import AZURE_TIERS
 from weightvault.errors import (
     BackendError,
@@ -140,19 +140,15 @@ def azure_settings(endpoint: str | None = None, env: Mapping[str, str] | None = 
     return AzureSettings(account or None, chosen.rstrip("/") if chosen else None, secrets)
 
 
-class AzureBackend(NoColdStorage):
+class AzureBackend:
     """Blobs under ``az://container/prefix``. Thread-safe (obstore's store is)."""
 
     def __init__(self, container: str, prefix: str = "", *, settings: AzureSettings | None = None,
                  multipart_threshold: int = 256 * 1024 * 1024, access_tier: str | None = None) -> None:
-        if access_tier == "Archive":
-            raise UsageError("the Archive tier is not offered: reading an archived blob needs a rehydration"
-                             " (Set Blob Tier) that this weightvault cannot request yet",
-                             hint="use Cool or Cold (online, cheaper storage), or S3 GLACIER / DEEP_ARCHIVE with"
-                             " `restore --thaw` (docs/CLOUD.md)")
         if access_tier is not None and access_tier not in AZURE_TIERS:
             raise UsageError(f"unknown Azure access tier {access_tier!r}", hint=f"use one of {', '.join(AZURE_TIERS)}")
         self.access_tier = access_tier  # of data packs only; everything else takes the account's default
+        self._tiers: Any = None  # azure_tiers.TierClient, made on the first thaw
         self.container = container
         self.prefix = prefix.strip("/")
         self.settings = settings or azure_settings()
@@ -198,10 +194,10 @@ class AzureBackend(NoColdStorage):
         status, code = (int(status_m.group(1)) if status_m else 0), (code_m.group(1) if code_m else "")
         if status:
             self.reached = True
-        if code == "BlobArchived":  # put there by someone else: this weightvault never writes Archive
+        if code == "BlobArchived":
             return ColdDataError(f"{where} is in the Archive tier",
-                                 hint="rehydrate it to Hot or Cool first (`az storage blob set-tier --tier Hot"
-                                 " --rehydrate-priority Standard`), then run again")
+                                 hint="request its rehydration first: `weightvault restore --thaw ...` (costs money"
+                                 " and hours; docs/CLOUD.md)")
         if code == "ContainerNotFound":
             return BackendError(f"container {self.container!r} does not exist ({where})",
                                 hint="create the container first (weightvault never creates one), or check the URL")
@@ -302,6 +298,25 @@ class AzureBackend(NoColdStorage):
     def supports_retention(self) -> bool:
         return False
 
+    @property
+    def supports_cold(self) -> bool:
+        return True  # any blob may have been archived (by this repository's tier or by someone else)
+
+    def thaw(self, ftype: FileType, name: str, days: int, tier: str) -> str:
+        """Rehydrate an archived blob to Cool (``backends/azure_tiers.py``; ``days`` does not apply:
+        the blob itself moves)."""
+        from weightvault.backends.azure_tiers import TierClient
+
+        if self._tiers is None:
+            s = self.settings
+            self._tiers = TierClient(s.account, s.endpoint, dict(s.secrets), self.container)
+        state, exc = self._tiers.thaw(self._key(ftype, name), tier)
+        if exc is not None:
+            status = int(getattr(exc, "status_code", 0) or 0)
+            code = str(getattr(exc, "error_code", "") or "")
+            raise self._error(_Answer(f"status code: {status} <Code>{code}</Code>"), f"{ftype.value}/{name}")
+        return str(state)
+
     def retain(self, ftype: FileType, name: str, until: datetime) -> None:
         raise BackendError(f"retention is not supported by {self.location}",
                            hint="Azure's immutability is a container or version-level WORM policy set by the"
@@ -316,6 +331,10 @@ class AzureBackend(NoColdStorage):
 
     def total_space(self) -> int | None:
         return None
+
+
+class _Answer(Exception):
+    """An HTTP answer of azure-storage-blob, rephrased for ``AzureBackend._error``."""
 
 
 _QUERY = re.compile(r"\?[^\s]*")

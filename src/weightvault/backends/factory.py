@@ -40,9 +40,9 @@ S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIER
                       "DEEP_ARCHIVE")
 #: The offline ones: an object there must be restored (``thaw``) before it can be read.
 S3_COLD_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
-#: Azure access tiers data packs may be written in (``--azure-access-tier``); all online. Archive is
-#: refused: reading it back needs a rehydration (Set Blob Tier) that obstore cannot request.
-AZURE_TIERS = ("Hot", "Cool", "Cold")
+#: Azure access tiers data packs may be written in (``--azure-access-tier``); Archive is offline:
+#: ``restore --thaw`` rehydrates what a restore needs (``backends/azure_tiers.py``).
+AZURE_TIERS = ("Hot", "Cool", "Cold", "Archive")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class StorageOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     s3_object_lock: str | None = None  # GOVERNANCE or COMPLIANCE: retention-locked snapshots get S3 retention
     s3_storage_class: str | None = None  # data packs only (STANDARD_IA, GLACIER_IR, GLACIER, DEEP_ARCHIVE, ...)
-    azure_access_tier: str | None = None  # data packs only: Hot, Cool or Cold
+    azure_access_tier: str | None = None  # data packs only: Hot, Cool, Cold or Archive
     azure_endpoint: str | None = None  # else $WEIGHTVAULT_AZURE_ENDPOINT, the connection string, Azure
     gcs_endpoint: str | None = None  # else $WEIGHTVAULT_GCS_ENDPOINT, $STORAGE_EMULATOR_HOST, Google
 

@@ -74,8 +74,8 @@ __all__ = ["cli", "main", "run"]
               help="Write the data packs of s3:// repositories in this storage class (trees, index, snapshots, keys"
               " and locks stay STANDARD). GLACIER and DEEP_ARCHIVE are offline: `restore --thaw` (docs/CLOUD.md).")
 @click.option("--azure-access-tier", type=click.Choice(api.AZURE_TIERS), envvar="WEIGHTVAULT_AZURE_ACCESS_TIER",
-              help="Write the data packs of az:// repositories in this access tier (Cool, Cold: cheaper storage,"
-              " still online).")
+              help="Write the data packs of az:// repositories in this access tier (Cool, Cold: cheaper, online;"
+              " Archive: offline, `restore --thaw` rehydrates).")
 @click.option("--limit-upload", metavar="RATE", help="Upload at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option("--limit-download", metavar="RATE", help="Download at most RATE bytes/s, e.g. 50M, 10MiB, 800k.")
 @click.option(
