@@ -53,6 +53,7 @@ from obstore.store import AzureStore
 
 from weightvault.backends.base import FileType, saving_data_pack
 from weightvault.backends.factory import AZURE_TIERS
+from weightvault.backends.naming import PrefixedNames
 from weightvault.errors import (
     BackendError,
     ColdDataError,
@@ -140,7 +141,7 @@ def azure_settings(endpoint: str | None = None, env: Mapping[str, str] | None = 
     return AzureSettings(account or None, chosen.rstrip("/") if chosen else None, secrets)
 
 
-class AzureBackend:
+class AzureBackend(PrefixedNames):
     """Blobs under ``az://container/prefix``. Thread-safe (obstore's store is)."""
 
     def __init__(self, container: str, prefix: str = "", *, settings: AzureSettings | None = None,
@@ -172,19 +173,6 @@ class AzureBackend:
     def location(self) -> str:
         url = f"az://{self.container}" + (f"/{self.prefix}" if self.prefix else "")
         return f"{url} at {self.settings.endpoint}" if self.settings.endpoint else url
-
-    # -- naming ----------------------------------------------------------------------------------
-    def _dir(self, ftype: FileType) -> str:
-        return f"{self.prefix}/{ftype.value}/" if self.prefix else f"{ftype.value}/"
-
-    def _key(self, ftype: FileType, name: str) -> str:
-        if not name or "/" in name or name.startswith("."):
-            raise BackendError(f"invalid object name {name!r}")
-        if ftype is FileType.CONFIG:
-            return f"{self.prefix}/config" if self.prefix else "config"
-        if ftype is FileType.PACK:
-            return f"{self._dir(ftype)}{name[:2]}/{name}"
-        return self._dir(ftype) + name
 
     def _error(self, exc: Exception, what: str) -> BackendError:
         """Classify an obstore exception for the object ``what``."""

@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from weightvault.backends.base import FileType, NoColdStorage
+from weightvault.backends.naming import PrefixedNames
 from weightvault.errors import BackendError, ObjectExistsError, ObjectNotFoundError, TransientBackendError, UsageError
 
 __all__ = ["GcsBackend", "gcs_endpoint", "parse_gs_url"]
@@ -66,7 +67,7 @@ def gcs_endpoint(endpoint: str | None = None) -> str | None:
     return chosen.rstrip("/") if chosen else None
 
 
-class GcsBackend(NoColdStorage):
+class GcsBackend(NoColdStorage, PrefixedNames):
     """Objects under ``gs://bucket/prefix``. Thread-safe: one client per thread (the library's
     HTTP session is not meant to be shared)."""
 
@@ -115,19 +116,6 @@ class GcsBackend(NoColdStorage):
     def location(self) -> str:
         url = f"gs://{self.bucket_name}" + (f"/{self.prefix}" if self.prefix else "")
         return f"{url} at {self.endpoint}" if self.endpoint else url
-
-    # -- naming ----------------------------------------------------------------------------------
-    def _dir(self, ftype: FileType) -> str:
-        return f"{self.prefix}/{ftype.value}/" if self.prefix else f"{ftype.value}/"
-
-    def _key(self, ftype: FileType, name: str) -> str:
-        if not name or "/" in name or name.startswith("."):
-            raise BackendError(f"invalid object name {name!r}")
-        if ftype is FileType.CONFIG:
-            return f"{self.prefix}/config" if self.prefix else "config"
-        if ftype is FileType.PACK:
-            return f"{self._dir(ftype)}{name[:2]}/{name}"
-        return self._dir(ftype) + name
 
     def _error(self, exc: Exception, what: str, *, bucket_call: bool = False) -> BackendError:
         """Classify a google-cloud-storage / requests exception for the object ``what``."""

@@ -38,6 +38,7 @@ from boto3.s3.transfer import TransferConfig
 from weightvault.backends.base import FileType, saving_data_pack
 from weightvault.backends.factory import S3_COLD_CLASSES as COLD_CLASSES
 from weightvault.backends.factory import S3_STORAGE_CLASSES as STORAGE_CLASSES
+from weightvault.backends.naming import PrefixedNames
 from weightvault.errors import (
     BackendError,
     ColdDataError,
@@ -85,7 +86,7 @@ def _denied(exc: Exception) -> bool:
     return code == "AccessDenied" or status == 403
 
 
-class S3Backend:
+class S3Backend(PrefixedNames):
     """Objects under ``s3://bucket/prefix``. Thread-safe (one boto3 client, which is)."""
 
     def __init__(
@@ -143,19 +144,6 @@ class S3Backend:
     def location(self) -> str:
         url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
         return f"{url} at {self.endpoint_url}" if self.endpoint_url else url
-
-    # -- naming ----------------------------------------------------------------------------------
-    def _dir(self, ftype: FileType) -> str:
-        return f"{self.prefix}/{ftype.value}/" if self.prefix else f"{ftype.value}/"
-
-    def _key(self, ftype: FileType, name: str) -> str:
-        if not name or "/" in name or name.startswith("."):
-            raise BackendError(f"invalid object name {name!r}")
-        if ftype is FileType.CONFIG:
-            return f"{self.prefix}/config" if self.prefix else "config"
-        if ftype is FileType.PACK:
-            return f"{self._dir(ftype)}{name[:2]}/{name}"
-        return self._dir(ftype) + name
 
     def _error(self, exc: Exception, what: str) -> BackendError:
         """Classify a boto3/botocore exception for the object ``what``."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from weightvault.backends.factory import StorageOptions
 from weightvault.backends.retry import RetryPolicy
-from weightvault.testing.s3server import _free_port, _wait_ready
+from weightvault.testing.s3server import _free_port, _wait_ready, stop_process
 
 __all__ = ["AZURITE_ACCOUNT", "AZURITE_KEY", "AzureEndpoint", "GcsEndpoint", "azurite", "azurite_command",
            "gcs_emulator"]
@@ -100,15 +100,6 @@ def azurite_command() -> list[str]:
                        " or set WEIGHTVAULT_AZURITE to its azurite-blob")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextlib.contextmanager
 def azurite(container: str = "weightvault-test") -> Iterator[AzureEndpoint]:
     """Start Azurite's blob service in memory and yield it with ``container`` created."""
@@ -123,7 +114,7 @@ def azurite(container: str = "weightvault-test") -> Iterator[AzureEndpoint]:
         ep.create_container(container)
         yield ep
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -139,4 +130,4 @@ def gcs_emulator(bucket: str = "weightvault-test") -> Iterator[GcsEndpoint]:
         ep.create_bucket(bucket)
         yield ep
     finally:
-        _stop(proc)
+        stop_process(proc)
