@@ -179,19 +179,15 @@ class GcsBackend(NoColdStorage, PrefixedNames):
         if offset < 0 or (length is not None and length < 0):
             raise ObjectNotFoundError(f"{what}: invalid range {offset}+{length}")
         end: int | None = None if length is None else offset + length
-        if length == 0 or offset > 0:
-            size = self.stat(ftype, name)  # a missing object must still raise; a range is checked first
-            end = size if length is None else offset + length
-            if end > size or offset > size:
-                raise ObjectNotFoundError(f"{what}: range {offset}+{length} past its end ({size} bytes)")
-            if end == offset:
-                return b""
+        if length == 0:
+            self.stat(ftype, name)  # a missing object must still raise
+            return b""
         try:
             data: bytes = self._blob(key).download_as_bytes(
                 start=offset if offset else None, end=None if end is None else end - 1, raw_download=True,
                 checksum=None, timeout=_TIMEOUT, retry=None)
-        except self._gexc.RequestRangeNotSatisfiable as exc:
-            if offset == 0 and length is None:
+        except self._gexc.RequestRangeNotSatisfiable as exc:  # the start lies at or past the end
+            if length is None and offset == self.stat(ftype, name):  # (a HEAD only on this path)
                 return b""
             raise ObjectNotFoundError(f"{what}: range {offset}+{length} past its end") from exc
         except Exception as exc:
