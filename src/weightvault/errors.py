@@ -29,8 +29,9 @@
         ├── ObjectNotFoundError (20)       a named object does not exist
         ├── ObjectExistsError (20)         create-only save found the name taken
         ├── AccessDeniedError (23)         the repository server refused the credentials or the operation
-        ├── ColdDataError (25)             the data sits in an offline storage class (S3 GLACIER, DEEP_ARCHIVE, Azure Archive):
-        │                                  thaw it first (`restore --thaw`), or a thaw was requested and is under way
+        ├── ColdDataError (25)             the data sits in an offline storage class (S3 GLACIER,
+        │                                  DEEP_ARCHIVE, Azure Archive): thaw it first (`restore --thaw`),
+        │                                  or a thaw was requested and is under way
         └── TransientBackendError (21)     still failing after retries (throttling, 5xx, timeouts)
 
 Library code raises these; the CLI maps them to messages and exit codes. Third-party errors are
