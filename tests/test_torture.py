@@ -46,6 +46,8 @@ def test_every_kind_of_stored_object_damaged_is_detected_named_and_never_restore
     assert sum(d.wrong_bytes for d in report.damages) == 0
     assert not report.failures, "\n".join(f"{d.kind} {d.name} {d.change}: {d.how} {d.problems}"
                                            for d in report.failures)
+    index = [d for d in report.damages if d.kind == "index"]  # following the hints heals every one of them
+    assert index and all(d.healed for d in index), [(d.change, d.how_healed) for d in index]
 
 
 def test_eight_writers_forget_prune_and_check_together_on_s3_with_faults_lose_nothing(tmp_path: Path) -> None:

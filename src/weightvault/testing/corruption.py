@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from weightvault.backends.local import LocalBackend
 from weightvault.repository.repo import Repository as Engine
@@ -146,17 +147,34 @@ def _judge(d: Damage, world: Path, versions: dict[str, dict[str, str]]) -> None:
     if d.kind == "config" and not d.detected and d.restores_ok == len(versions) and not d.restores_refused:
         d.harmless = True  # FORMAT.md section 2: chunking, pack size, compression only shape new backups
     if res.errors:
-        try:
-            repo.heal_from(api.Repository.open(world / "replica", NEW_PASSWORD))
+        _heal(d, repo, api.Repository.open(world / "replica", NEW_PASSWORD))
+
+
+def _heal(d: Damage, repo: Any, replica: Any) -> None:
+    """What a user runs next: heal from the replica; where that is not enough (or it refuses, as it
+    does over an unreadable index file, saying "run `weightvault repair index` first"), rebuild
+    the index and heal again."""
+    from weightvault.errors import WeightvaultError
+
+    try:
+        repo.heal_from(replica)
+        d.healed = repo.check(read_data=True).ok
+    except WeightvaultError:
+        d.healed = False
+    if d.healed:
+        d.how_healed = "heal from the replica"
+        return
+    if d.kind not in ("index", "packs"):
+        return
+    try:
+        repo.repair_index()
+        d.healed = repo.check(read_data=True).ok
+        if not d.healed:
+            repo.heal_from(replica)
             d.healed = repo.check(read_data=True).ok
-            if not d.healed and d.kind in ("index", "packs"):  # what a user runs next: rebuild the index
-                repo.repair_index()
-                d.healed = repo.check(read_data=True).ok
-                d.how_healed = "repair index" if d.healed else ""
-            elif d.healed:
-                d.how_healed = "heal from the replica"
-        except WeightvaultError:
-            d.healed = False
+        d.how_healed = "repair index" if d.healed else ""
+    except WeightvaultError:
+        d.healed = False
 
 
 def run_corruption(work: Path, objects: int = 3, flips: int = 3, seed: int = 20261203, kdf: object = None,
