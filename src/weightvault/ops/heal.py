@@ -9,8 +9,15 @@ plaintext hashed with this repository's key and compared with the blob id, and w
 standalone, into new packs with an index. The other blobs of each damaged pack that still
 authenticate are copied (envelopes unchanged) into the new packs too, the index is rewritten
 without the damaged packs, and those packs are deleted. Runs under an exclusive lock (it
-rewrites the index and deletes packs). Tree blobs cannot be matched across keys: a snapshot whose
-manifest is damaged is reported, not repaired.
+rewrites the index and deletes packs). A pack whose header no longer reads while its blobs do
+(their offsets are in the index) is rewritten the same way: its blobs moved, the pack deleted.
+
+A snapshot whose manifest (its TREE blobs) is damaged is rebuilt from its copy's: the replica's
+nodes with each blob id mapped back to this repository's (the replica's plaintext, hashed with
+this key; a blob missing here too is repaired on the way), written as a manifest stream again
+(the manifest chunker is deterministic), and accepted only if the rebuilt stream's TREE blob ids
+are exactly the ones the snapshot names: content-addressed, so a rebuild is either the lost
+manifest byte for byte or reported, never a different one.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from weightvault.backends.base import FileType
-from weightvault.errors import WeightvaultError
+from weightvault.errors import ColdDataError, WeightvaultError
 from weightvault.format.layout import blob_aad
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.maintenance import PackWriter, rewrite_index
-from weightvault.repository.manifest import Node, iter_manifest
+from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
+from weightvault.repository.packer import read_pack_header
 from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
 from weightvault.types import BlobType, PackedBlob
@@ -38,6 +46,7 @@ class HealResult:
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[tuple[str, str]] = field(default_factory=list)  # (blob hex, why)
     packs_written: int = 0
+    rewritten_packs: list[str] = field(default_factory=list)  # header unreadable, blobs intact: moved
 
     @property
     def ok(self) -> bool:
@@ -70,11 +79,14 @@ def heal(repo: Repository, replica: Repository, dry_run: bool = False) -> HealRe
     seen: set[bytes] = set()
     repaired: dict[bytes, tuple[bytes, BlobType, str | None]] = {}
     for snap in repo.snapshots():
+        copy_there = twins.get(_lineage(snap))
         try:
-            pairs = list(_pairs(repo, snap, replica, twins.get(_lineage(snap))))
+            pairs = list(_pairs(repo, snap, replica, copy_there))
         except WeightvaultError as exc:
-            res.unrepaired.append((snap.id, f"the manifest of snapshot {snap.short_id} cannot be read here or in the"
-                                            f" replica: {exc.message}"))
+            why = _rebuild_manifest(repo, snap, replica, copy_there, ours, theirs, repaired)
+            if why is not None:
+                res.unrepaired.append((snap.id, f"the manifest of snapshot {snap.short_id} cannot be read here"
+                                                f" ({exc.message}) and {why}"))
             continue
         for node, twin in pairs:
             for i, bid in enumerate(node.blobs):
@@ -100,8 +112,10 @@ def heal(repo: Repository, replica: Repository, dry_run: bool = False) -> HealRe
                 hint = node.tensors[i] if node.tensors and i < len(node.tensors) else None
                 repaired[bid] = (data, BlobType.DATA, hint[2] if hint else None)
     res.checked_blobs = len(seen)
-    if repaired and not dry_run:
-        bad_packs = {e.pack_id for b in repaired if (e := repo.index.get(b)) is not None}
+    headless = _unreadable_headers(repo)  # its blobs read (through the index) but the pack is damaged
+    res.rewritten_packs = sorted(headless)
+    if (repaired or headless) and not dry_run:
+        bad_packs = {e.pack_id for b in repaired if (e := repo.index.get(b)) is not None} | headless
         salvaged = _salvage(repo, bad_packs, set(repaired))
         new_packs = _write(repo, repaired, salvaged)
         res.packs_written = len(new_packs)
@@ -109,6 +123,68 @@ def heal(repo: Repository, replica: Repository, dry_run: bool = False) -> HealRe
         repo.reload_index()
     res.repaired = sorted(b.hex() for b in repaired)
     return res
+
+
+def _rebuild_manifest(repo: Repository, snap: Snapshot, replica: Repository, twin: Snapshot | None,
+                      ours: BlobCache, theirs: BlobCache,
+                      repaired: dict[bytes, tuple[bytes, BlobType, str | None]]) -> str | None:
+    """Rebuild ``snap``'s lost TREE blobs from ``twin``'s manifest into ``repaired`` (with any
+    data blob missing here too); None on success, else why not."""
+    if twin is None:
+        return "the replica has no copy of this snapshot"
+    found: dict[bytes, tuple[bytes, BlobType, str | None]] = {}
+    writer = ManifestWriter()
+    try:
+        for node in iter_manifest(twin.tree, replica.load_blob):
+            if node.type == "file":
+                ids = []
+                for i, theirs_id in enumerate(node.blobs):
+                    data = theirs.load_blob(theirs_id)
+                    bid = repo.key.blob_id(data)
+                    ids.append(bid)
+                    if bid not in repaired and bid not in found and not _readable(ours, bid):
+                        hint = node.tensors[i] if node.tensors and i < len(node.tensors) else None
+                        found[bid] = (data, BlobType.DATA, hint[2] if hint else None)
+                node.blobs = ids
+            writer.add(node)
+    except WeightvaultError as exc:
+        writer.close()
+        return f"the replica's copy cannot be read either: {exc.message}"
+    trees: list[tuple[bytes, bytes]] = []
+
+    def keep(data: bytes) -> bytes:  # not stored yet: only if the rebuild is the lost manifest
+        trees.append((repo.key.blob_id(data), data))
+        return trees[-1][0]
+
+    writer.finish(keep)
+    if [bid for bid, _ in trees] != list(snap.tree):
+        return "the manifest rebuilt from the replica's copy is not the one this snapshot names"
+    repaired.update(found)
+    repaired.update({bid: (data, BlobType.TREE, None) for bid, data in trees if not _readable(ours, bid)})
+    return None
+
+
+def _unreadable_headers(repo: Repository) -> set[str]:
+    """Indexed packs whose header no longer reads: their blobs still do (every one was checked),
+    so they are salvaged into new packs like the blobs of a damaged pack."""
+    sizes = dict(repo.backend.list(FileType.PACK))
+    out = set()
+    for pack_id in sorted({e.pack_id for e in repo.index.entries()} & set(sizes)):
+        try:
+            read_pack_header(repo.backend, repo.key, pack_id, sizes[pack_id])
+        except ColdDataError:
+            continue  # offline, not damaged
+        except WeightvaultError:
+            out.add(pack_id)
+    return out
+
+
+def _readable(cache: BlobCache, bid: bytes) -> bool:
+    try:
+        cache.load(bid)
+    except WeightvaultError:
+        return False
+    return True
 
 
 def _salvage(repo: Repository, packs: set[str], skip: set[bytes]) -> list[tuple[PackedBlob, bytes]]:
