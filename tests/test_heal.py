@@ -137,7 +137,7 @@ def test_a_lost_manifest_is_rebuilt_from_the_replicas_copy(tmp_path: Path, isola
 def test_a_pack_whose_header_no_longer_reads_is_rewritten(tmp_path: Path, isolated_home: Path) -> None:
     """Its blobs still read through the index, but the pack is damaged: heal moves them into a new
     pack and deletes it, so check is clean again."""
-    primary, replica, src = _setup(tmp_path)
+    _primary, replica, src = _setup(tmp_path)
     pack = _packs(tmp_path / "primary")[-1]
     data = bytearray(pack.read_bytes())
     data[-2] ^= 0x80  # the trailer's magic
