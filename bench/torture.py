@@ -6,10 +6,12 @@
 
 Crash points (``weightvault.testing.torture``): each mutating operation is run once to count
 its durable writes, then crashed at every one in turn (``--quick``: an even sample of 2 per op
-and mode, what CI runs) by SIGKILL before the write, SIGKILL right after it, or an injected EIO
-or ENOSPC instead of it; after each: unlock, ``check --read-data``, every snapshot restored and
-compared, the operation run again and everything checked once more. Prints a table per
-operation and exits 1 if anything was lost or any check failed.
+and mode, what CI runs) by SIGKILL before the write, SIGKILL right after it, an injected EIO
+or ENOSPC instead of it, or a simulated power cut before or after it (the kill, then every write
+and directory change not yet fsynced dropped: ``weightvault.testing.powercut``); after each:
+unlock, ``check --read-data``, every snapshot restored and compared, the operation run again
+and everything checked once more. Prints a table per operation and exits 1 if anything was lost
+or any check failed.
 
 Corruption (``weightvault.testing.corruption``): config, key files, packs, index files,
 snapshots and ledger records, up to 10 of each (``--quick``: 1), each flipped at 10 random bits
@@ -51,12 +53,16 @@ def _crash(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
     outcomes: dict[str, Counter[str]] = {}
     for r in report.results:
         outcomes.setdefault(r.op, Counter())[r.outcome.split(" ")[0]] += 1
-    print("| operation | crash points | tried (all modes) | killed | failed cleanly | completed | with problems |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    dropped: dict[str, Counter[str]] = {}
+    for r in report.results:
+        dropped.setdefault(r.op, Counter()).update(r.dropped)
+    print("| operation | crash points | tried (all modes) | killed | failed cleanly | completed |"
+          " power cuts: entry changes undone / files cut | with problems |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for op, row in report.summary().items():
-        c = outcomes[op]
+        c, d = outcomes[op], dropped[op]
         print(f"| {op} | {row['points']} | {row['tried']} | {c['killed']} | {c['failed']} | {c['completed']} |"
-              f" {row['with_problems']} |")
+              f" {d['entries_undone']} / {d['files_cut']} | {row['with_problems']} |")
     print(f"{len(report.results)} tries in {report.seconds:.0f} s; {len(report.lost)} with problems\n")
     out["crash"] = {"points": report.points, "seconds": report.seconds, "results": [r.__dict__ for r in report.results]}
     return len(report.lost)

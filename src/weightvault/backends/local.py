@@ -49,6 +49,22 @@ def convert_os_error(exc: OSError, what: str) -> WeightvaultError:
     return BackendError(f"I/O error on {what}: {exc.strerror or exc}")
 
 
+def _ensure_dir(directory: Path) -> None:
+    """Make ``directory`` exist durably: each missing level is made and its parent fsynced (also
+    when another thread made it first: its fsync may not have happened yet), so an object saved
+    into it survives a power cut (a pack directory lost by a tool that drops empty directories)."""
+    if directory.is_dir():
+        return
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        _fsync_dir(d.parent)
+
+
 class LocalBackend(NoColdStorage):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -75,12 +91,13 @@ class LocalBackend(NoColdStorage):
         if (self.root / "config").exists():
             raise RepositoryExistsError(f"a repository already exists at {self.root}")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            _ensure_dir(self.root)
             for t in FileType:
                 if t is not FileType.CONFIG:
                     (self.root / t.value).mkdir(exist_ok=True)
             for i in range(256):
                 (self.root / FileType.PACK.value / f"{i:02x}").mkdir(exist_ok=True)
+            _fsync_dir(self.root / FileType.PACK.value)
             _fsync_dir(self.root)
         except OSError as exc:
             raise convert_os_error(exc, f"repository directory {self.root}") from exc
@@ -91,7 +108,7 @@ class LocalBackend(NoColdStorage):
         tmp = directory / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
         what = f"{ftype.value}/{name}"
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            _ensure_dir(directory)
             fd, direct = open_for_write(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, len(data))
             try:
                 write_all(fd, data, direct)

@@ -17,8 +17,10 @@ recover (``unlock`` of the dead process's stale lock, then):
 * an injected I/O error fails the operation with a weightvault error (exit code and message),
   never a traceback.
 
-SIGKILL keeps the page cache, so this is crash consistency of the write protocol (the order and
-atomicity of the writes), not power-loss durability: see docs/RELIABILITY.md.
+SIGKILL keeps the page cache, so the kills test crash consistency of the write protocol (the
+order and atomicity of the writes); the ``cut-*`` modes add power-loss durability: the child runs
+under ``PowerCutTracer`` and, after the kill, ``apply_power_cut`` drops every write and directory
+change that was not yet fsynced (``weightvault.testing.powercut``, docs/RELIABILITY.md).
 
     from weightvault.testing.torture import run_campaign
     report = run_campaign(work_dir, ops=OPS, sample=None)   # sample=k: k points per op and mode
@@ -46,23 +48,27 @@ from weightvault.backends.local import LocalBackend
 from weightvault.backends.wrapper import WrapperBackend
 from weightvault.repository.repo import Repository as Engine
 from weightvault.testing.faults import backend_error, enospc
+from weightvault.testing.powercut import PowerCutTracer, apply_power_cut
 
 __all__ = ["MODES", "OPS", "CampaignReport", "CrashPoints", "child_main", "run_campaign"]
 
 PASSWORD = "torture password"  # noqa: S105 - throwaway repositories
 NEW_PASSWORD = "torture password 2"  # noqa: S105
 OPS = ("backup", "forget", "prune", "copy", "key-add", "key-passwd", "key-remove", "repair-index")
-MODES = ("kill-before", "kill-after", "eio", "enospc")
+MODES = ("kill-before", "kill-after", "eio", "enospc", "cut-before", "cut-after")
 PACK_SIZE = 256 * 1024
 _CHILD = "import sys; from weightvault.testing.torture import child_main; child_main(sys.argv[1:])"
 
 
 class CrashPoints(WrapperBackend):
-    """Counts mutating calls; at call number ``at`` (1-based; 0: never) does ``mode``."""
+    """Counts mutating calls; at call number ``at`` (1-based; 0: never) does ``mode``. ``kill``
+    ends the process (a power-cut run passes its tracer's ``crash``)."""
 
-    def __init__(self, inner: Backend, at: int = 0, mode: str = "kill-before") -> None:
+    def __init__(self, inner: Backend, at: int = 0, mode: str = "kill-before",
+                 kill: Callable[[], None] | None = None) -> None:
         super().__init__(inner)
         self.at, self.mode, self.count = at, mode, 0
+        self._kill = kill or (lambda: os.kill(os.getpid(), signal.SIGKILL))
         self._lock = threading.Lock()
 
     def _point(self, ftype: FileType, name: str, call: Callable[[], None]) -> None:
@@ -71,14 +77,14 @@ class CrashPoints(WrapperBackend):
             n = self.count
         if n == self.at:
             if self.mode == "kill-before":
-                os.kill(os.getpid(), signal.SIGKILL)
+                self._kill()
             elif self.mode == "eio":
                 raise backend_error(ftype, name)
             elif self.mode == "enospc":
                 raise enospc(ftype, name)
         call()
         if n == self.at and self.mode == "kill-after":
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._kill()
 
     def save(self, ftype: FileType, name: str, data: bytes, *, create_only: bool = False) -> None:
         self._point(ftype, name, lambda: self.inner.save(ftype, name, data, create_only=create_only))
@@ -204,9 +210,14 @@ def child_main(argv: list[str]) -> None:
 
     op, repo_dir, dest_dir, src, at, mode = argv
     seen: list[CrashPoints] = []
+    kill = None
+    if mode.startswith("cut-"):  # a power cut: the tracer journals what the kill would leave unsynced
+        tracer = PowerCutTracer(Path(repo_dir).parent)
+        tracer.install()
+        kill, mode = tracer.crash, mode.replace("cut-", "kill-")
 
     def wrap(b: Backend) -> Backend:
-        seen.append(CrashPoints(b, int(at), mode))
+        seen.append(CrashPoints(b, int(at), mode, kill))
         return seen[-1]
 
     try:
@@ -279,6 +290,7 @@ class PointResult:
     mode: str
     outcome: str  # killed, failed (exit N), completed
     problems: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)  # a power cut's journal records, undone, cut
 
 
 @dataclass
@@ -313,6 +325,7 @@ def _try(template: World, scratch: Path, op: str, at: int, mode: str) -> PointRe
     w = World(root, template.src, template.versions)
     try:
         r = _child(w, op, at, mode)
+        dropped = apply_power_cut(root) if mode.startswith("cut-") else {}
         if r.returncode == -signal.SIGKILL:
             outcome = "killed"
         elif r.returncode == 0:
@@ -328,7 +341,7 @@ def _try(template: World, scratch: Path, op: str, at: int, mode: str) -> PointRe
             problems.append(f"the operation run again failed: {again.stdout.strip()[-300:]}"
                             f" {again.stderr.strip()[-300:]}")
         problems += [f"after the rerun: {p}" for p in _verify(w, op, root, after_rerun=True)]
-        return PointResult(op, at, mode, outcome, problems)
+        return PointResult(op, at, mode, outcome, problems, dropped)
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
