@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 import time
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from weightvault.api import _files
+from weightvault.api._errors import local_error
 from weightvault.api._inspect import Inspection
 from weightvault.api._keys import KeysAndLocks
 from weightvault.api._ledger import Ledger
 from weightvault.backends.factory import StorageOptions, io_threads, is_remote, open_backend
-from weightvault.backends.local import convert_os_error
 from weightvault.codec.crypto import KdfParams
-from weightvault.errors import LocalPathError, RepositoryNotFoundError, UsageError, WeightvaultError
+from weightvault.errors import RepositoryNotFoundError, UsageError
 from weightvault.kms import open_key_service
 from weightvault.ops import backup as _backup
 from weightvault.ops import backup_data as _backup_data
@@ -75,19 +74,6 @@ __all__ = ["Repository"]
 _COVERS = {  # the modes a session already holding a lock can serve without taking another
     LockMode.NONE: {LockMode.NONE}, LockMode.SHARED: {LockMode.NONE, LockMode.SHARED},
     LockMode.MAINTENANCE: {LockMode.NONE, LockMode.SHARED, LockMode.MAINTENANCE}, LockMode.EXCLUSIVE: set(LockMode)}
-
-
-def _local_error(exc: OSError) -> WeightvaultError:
-    """An OSError from a local path an operation was given (restore target, directory to compare):
-    NoSpaceError for ENOSPC/EDQUOT, else LocalPathError (exit 1, as the CLI always reported it)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return convert_os_error(exc, exc.filename or "a local file")
-    where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
-    hint = ("this process may open too few files at once (`ulimit -n`): raise the limit (e.g. `ulimit -n 1024`)"
-            " and run it again" if exc.errno in (errno.EMFILE, errno.ENFILE) else
-            "check that the path exists, is a directory where one is needed, and that this user may write there")
-    return LocalPathError(f"{where}{exc.strerror or exc}", errno=exc.errno,
-                          filename=None if exc.filename is None else str(exc.filename), hint=hint)
 
 
 def _check_level(level: int, check: str | None) -> None:
@@ -169,7 +155,7 @@ class Repository(KeysAndLocks, Inspection, Ledger):
                     else:
                         self._active[tid] = outer
         except OSError as exc:  # this machine's files (a restore target, a source): one error tree
-            raise _local_error(exc) from exc
+            raise local_error(exc) from exc
 
     def _audit(self, op: str, **fields: Any) -> contextlib.AbstractContextManager[dict[str, Any]]:
         return _audit.record(self._repo, op, **fields)

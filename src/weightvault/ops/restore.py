@@ -176,7 +176,7 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     except (FileExistsError, NotADirectoryError):
         raise UsageError(f"restore target {target} exists and is not a directory") from None
-    dirs = Dirs(root_fd, tree)
+    dirs = Dirs(root_fd, tree, sweep=True)
     result = RestoreResult()
     reporter = Reporter(opts.progress, "restore")
     reporter.set_totals(sum(1 for n, _ in nodes if n.type == "file"), sum(n.size for n, _ in nodes if n.type == "file"))
@@ -205,6 +205,8 @@ def restore(repo: Repository, snap: Snapshot, target: str, opts: RestoreOptions 
                 f"no space left on the restore target {target}",
                 hint="free space there (files already renamed into place are complete)",
             ) from exc
+        if exc.filename is None:
+            exc.filename = target
         raise
     finally:
         dirs.close()

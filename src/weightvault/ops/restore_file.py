@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import itertools
 import os
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from weightvault.ops.progress import Reporter
 from weightvault.ops.restore_direct import DirectWriter
 from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch, Writeback
 from weightvault.ops.restore_io import all_zero, load_and_write, pwrite_all, runs_of
+from weightvault.ops.restore_temps import TMP_PREFIX, tmp_name
 from weightvault.ops.stages import Stages
 from weightvault.repository.blobcache import BlobCache
 from weightvault.repository.manifest import Node
@@ -38,22 +37,11 @@ __all__ = [
     "write_file", "write_group",
 ]
 
-TMP_PREFIX = b".wvtmp-"
 GROUP_FILE = 1024 * 1024  # files below this size are restored in groups, in one thread each
 GROUP_FILES = 64
 GROUP_BYTES = 4 * 1024 * 1024
 _LOOKAHEAD = 4  # blob runs in flight per large file
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-
-# temporary names: a random part per process, then a counter (next() on a count is atomic)
-_TMP_RUN = TMP_PREFIX + secrets.token_hex(6).encode() + b"-"
-_TMP_SEQ = itertools.count()
-
-
-def tmp_name() -> bytes:
-    """A temporary name no other restore uses (opened with ``O_EXCL`` all the same)."""
-    return _TMP_RUN + b"%x" % next(_TMP_SEQ)
-
 
 @dataclass(frozen=True)
 class FileJobs:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from weightvault.errors import UnsafePathError
+from weightvault.ops import restore_temps
 
 __all__ = ["NAME_MAX", "Dirs", "Place", "Tree"]
 
@@ -110,8 +111,12 @@ class Dirs:
     """Opens numbered directories of ``tree`` under ``root_fd`` (module docstring). A returned
     fd is only valid until the next ``open``."""
 
-    def __init__(self, root_fd: int, tree: Tree) -> None:
-        self.root_fd, self.tree = root_fd, tree
+    def __init__(self, root_fd: int, tree: Tree, sweep: bool = False) -> None:
+        """``sweep``: a directory that already existed has the temporary files of interrupted
+        restores removed when it is first opened (``restore_temps.sweep``)."""
+        self.root_fd, self.tree, self.sweep = root_fd, tree, sweep
+        if sweep:
+            restore_temps.sweep(root_fd)
         self._cache: OrderedDict[int, int] = OrderedDict()
         self._inode: dict[int, tuple[int, int]] = {}  # what each directory was when opened
         self._child: dict[int, int] = {}  # a directory -> its child opened last
@@ -162,6 +167,8 @@ class Dirs:
         name = self.tree.name[did]
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            if self.sweep and did not in self._inode:
+                restore_temps.sweep(fd)
         except FileNotFoundError:
             if not create:
                 raise

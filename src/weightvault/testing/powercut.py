@@ -22,7 +22,13 @@ is whole-file (a file is cut back, never left with a torn middle); it is stricte
 an ``fsync`` of a new file also commits its directory entry) and knows nothing of the device's
 own cache (a drive that acknowledges a flush it has not done defeats any software); only paths
 under ``root`` are traced, and only calls through ``os`` and ``open`` (``shutil`` and ``pathlib``
-use those); a ``syncfs`` is traced where the caller routes it through ``traced_syncfs``.
+use those); a ``syncfs`` is traced where the caller routes it through ``traced_syncfs``, and
+``renameat2`` (``restore --swap``'s exchange, called through ctypes) is not traced at all.
+
+The tracer also gives file-system crash points for operations whose durable writes are not
+backend calls (a restore): ``crash_at=N`` with ``crash_mode`` kill-before, kill-after, eio or
+enospc acts at the N-th durable call (fsync, fdatasync, syncfs, rename, replace, link) under
+``root``; ``tracer.points`` counts them.
 
     tracer = PowerCutTracer(root); tracer.install()   # in the process that will crash
     ...; tracer.crash()                               # SIGKILL at a quiescent point
@@ -32,6 +38,7 @@ use those); a ``syncfs`` is traced where the caller routes it through ``traced_s
 from __future__ import annotations
 
 import builtins
+import errno
 import io
 import json
 import os
@@ -51,8 +58,10 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
 class PowerCutTracer:
     """Journals every change under ``root`` made through ``os``/``open`` in this process."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], crash_at: int = 0, crash_mode: str = "kill-before") -> None:
         self.root = os.path.abspath(root)
+        self.crash_at, self.crash_mode = crash_at, crash_mode
+        self.points = 0  # durable calls seen: fsync, fdatasync, syncfs, rename, replace, link
         self.private = os.path.join(self.root, JOURNAL_DIR)
         self._lock = threading.RLock()
         self._fds: dict[int, tuple[str, bool]] = {}  # traced fd -> (path, is a directory)
@@ -65,7 +74,7 @@ class PowerCutTracer:
         os.makedirs(self.private, exist_ok=True)
         self._jfd = os.open(os.path.join(self.private, "journal"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         for name in ("open", "write", "pwrite", "writev", "ftruncate", "truncate", "fsync", "fdatasync",
-                     "close", "replace", "rename", "link", "unlink", "remove", "mkdir", "rmdir"):
+                     "close", "dup", "replace", "rename", "link", "unlink", "remove", "mkdir", "rmdir"):
             self._orig[name] = getattr(os, name)
             setattr(os, name, getattr(self, f"_{name}"))
         self._orig["builtins.open"] = builtins.open
@@ -86,10 +95,35 @@ class PowerCutTracer:
         self._lock.acquire()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def syncfs(self) -> None:
-        """Record a ``syncfs`` of the traced file system (everything so far is durable)."""
-        with self._lock:
-            self._record("fssync")
+    def traced_syncfs(self, fn: Callable[[int], int]) -> Callable[[int], int]:
+        """``fn`` (a ``syncfs(fd) -> 0 | -1``) journalled: a success makes everything durable."""
+        def syncfs(fd: int) -> int:
+            with self._lock:
+                after = self._at_point()
+                r = fn(fd)
+                if r == 0:
+                    self._record("fssync")
+                if after:
+                    self._die()
+                return r
+        return syncfs
+
+    def _at_point(self) -> bool:
+        """Count a durable call (lock held); at ``crash_at`` do ``crash_mode``: die before it,
+        raise EIO/ENOSPC instead of it, or return True (die after it)."""
+        self.points += 1
+        if self.points != self.crash_at:
+            return False
+        if self.crash_mode == "kill-before":
+            self._die()
+        if self.crash_mode in ("eio", "enospc"):
+            code = errno.EIO if self.crash_mode == "eio" else errno.ENOSPC
+            raise OSError(code, os.strerror(code))
+        return self.crash_mode == "kill-after"
+
+    @staticmethod
+    def _die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
 
     # -- the journal ---------------------------------------------------------------------------------
     def _record(self, op: str, **fields: Any) -> None:
@@ -114,7 +148,7 @@ class PowerCutTracer:
         """Hard-link ``path`` (about to be replaced or unlinked) into the journal directory."""
         if not os.path.isfile(path) or os.path.islink(path):
             return None
-        keep = os.path.join(self.private, f"keep-{self._seq + 1}")
+        keep = os.path.join(self.private, f"keep-{os.getpid()}-{self._seq + 1}")
         self._orig["link"](path, keep)
         return keep
 
@@ -188,12 +222,15 @@ class PowerCutTracer:
         if entry is None:
             return self._orig[name](fd)  # type: ignore[no-any-return]
         with self._lock:
+            after = self._at_point()
             self._orig[name](fd)
             path, is_dir = entry
             if is_dir:
                 self._record("dsync", path=path)
             else:
                 self._record("sync", ino=self._ino(fd), size=os.fstat(fd).st_size)
+            if after:
+                self._die()
             return None
 
     def _fsync(self, fd: int) -> None:
@@ -201,6 +238,12 @@ class PowerCutTracer:
 
     def _fdatasync(self, fd: int) -> None:
         self._sync_call("fdatasync", fd)
+
+    def _dup(self, fd: int) -> int:
+        new = int(self._orig["dup"](fd))
+        if fd in self._fds:
+            self._fds[new] = self._fds[fd]
+        return new
 
     def _close(self, fd: int) -> None:
         self._fds.pop(fd, None)
@@ -212,6 +255,7 @@ class PowerCutTracer:
         if sp is None and dp is None:
             return self._orig[name](src, *(() if dst is None else (dst,)), **kw)
         with self._lock:
+            after = self._at_point() if name in ("replace", "rename", "link") else False
             keep = None
             if name in ("replace", "rename") and dp is not None:
                 keep = self._save_copy(dp)
@@ -219,6 +263,8 @@ class PowerCutTracer:
                 keep = self._save_copy(sp)
             out = self._orig[name](src, *(() if dst is None else (dst,)), **kw)
             self._record(name, src=sp, dst=dp, keep=keep)
+            if after:
+                self._die()
             return out
 
     def _replace(self, src: Any, dst: Any, **kw: Any) -> None:

@@ -48,13 +48,14 @@ from weightvault.backends.local import LocalBackend
 from weightvault.backends.wrapper import WrapperBackend
 from weightvault.repository.repo import Repository as Engine
 from weightvault.testing.faults import backend_error, enospc
-from weightvault.testing.powercut import PowerCutTracer, apply_power_cut
+from weightvault.testing.powercut import JOURNAL_DIR, PowerCutTracer, apply_power_cut
 
 __all__ = ["MODES", "OPS", "CampaignReport", "CrashPoints", "child_main", "run_campaign"]
 
 PASSWORD = "torture password"  # noqa: S105 - throwaway repositories
 NEW_PASSWORD = "torture password 2"  # noqa: S105
-OPS = ("backup", "forget", "prune", "copy", "key-add", "key-passwd", "key-remove", "repair-index")
+OPS = ("backup", "forget", "prune", "copy", "key-add", "key-passwd", "key-remove", "repair-index", "restore")
+FS_OPS = ("restore",)  # crash points: durable file-system calls under the work copy, not backend calls
 MODES = ("kill-before", "kill-after", "eio", "enospc", "cut-before", "cut-after")
 PACK_SIZE = 256 * 1024
 _CHILD = "import sys; from weightvault.testing.torture import child_main; child_main(sys.argv[1:])"
@@ -201,6 +202,9 @@ def _run_op(op: str, repo_dir: Path, dest_dir: Path, src: Path, wrap: Callable[[
         return repo.remove_key(other)
     if op == "repair-index":
         return f"indexed {repo.repair_index().blobs}"
+    if op == "restore":  # v2 into target/ (run again after a crash: what is there and whole is kept)
+        snap = next(s for s in repo.snapshots() if "v=2" in s.tags)
+        return f"restored {repo.restore(snap.id, repo_dir.parent / 'target', overwrite='if-changed').files}"
     raise ValueError(f"unknown op {op}")
 
 
@@ -210,23 +214,34 @@ def child_main(argv: list[str]) -> None:
 
     op, repo_dir, dest_dir, src, at, mode = argv
     seen: list[CrashPoints] = []
-    kill = None
-    if mode.startswith("cut-"):  # a power cut: the tracer journals what the kill would leave unsynced
+    kill, tracer = None, None
+    if op in FS_OPS:  # the tracer counts the points and crashes (and journals for a power cut)
+        tracer = PowerCutTracer(Path(repo_dir).parent, int(at), mode.replace("cut-", "kill-"))
+        at, mode = "0", "none"
+    elif mode.startswith("cut-"):  # a power cut: the tracer journals what the kill would leave unsynced
         tracer = PowerCutTracer(Path(repo_dir).parent)
-        tracer.install()
         kill, mode = tracer.crash, mode.replace("cut-", "kill-")
+    if tracer is not None:
+        tracer.install()
+        from weightvault.ops import restore_durable
+
+        if restore_durable._SYNCFS is not None:
+            restore_durable._SYNCFS = tracer.traced_syncfs(restore_durable._SYNCFS)
 
     def wrap(b: Backend) -> Backend:
         seen.append(CrashPoints(b, int(at), mode, kill))
         return seen[-1]
 
+    def points() -> int:
+        return tracer.points if op in FS_OPS and tracer is not None else sum(c.count for c in seen)
+
     try:
         result = _run_op(op, Path(repo_dir), Path(dest_dir), Path(src), wrap)
     except WeightvaultError as exc:
-        print(f"POINTS {sum(c.count for c in seen)}", flush=True)
+        print(f"POINTS {points()}", flush=True)
         print(f"ERROR {exc.exit_code} {exc.message}", flush=True)
         sys.exit(exc.exit_code)
-    print(f"POINTS {sum(c.count for c in seen)}", flush=True)
+    print(f"POINTS {points()}", flush=True)
     print(f"ACK {result}", flush=True)
 
 
@@ -280,6 +295,31 @@ def _verify(w: World, op: str, scratch: Path, after_rerun: bool) -> list[str]:
     problems += [f"snapshot {t} is missing" for t in sorted(must - tags)]
     if after_rerun:
         problems += [f"snapshot {t} should have been removed" for t in sorted(gone_after_rerun & tags)]
+    if op == "restore":
+        problems += _target_problems(w, after_rerun)
+    return problems
+
+
+def _target_problems(w: World, after_rerun: bool) -> list[str]:
+    """A restore's target: every file under its own name whole (identical to v2's); temporary
+    files only under the restore's temporary prefix; after the rerun, exactly v2."""
+    from weightvault.ops.restore_temps import TMP_PREFIX
+
+    target = w.root / "target" / "run"
+    want, problems = w.versions["v=2"], []
+    if not target.exists():
+        return ["the rerun left no target"] if after_rerun else []
+    for path in sorted(p for p in target.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(target))
+        if path.name.encode().startswith(TMP_PREFIX):
+            if after_rerun:
+                problems.append(f"a temporary file is left after the rerun: {rel}")
+        elif rel not in want:
+            problems.append(f"{rel} is in the target but not in the snapshot")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != want[rel]:
+            problems.append(f"{rel} is under its own name but not whole (differs from the snapshot)")
+    if after_rerun and _digest(target) != want:
+        problems.append("after the rerun the target differs from the snapshot")
     return problems
 
 
@@ -326,6 +366,7 @@ def _try(template: World, scratch: Path, op: str, at: int, mode: str) -> PointRe
     try:
         r = _child(w, op, at, mode)
         dropped = apply_power_cut(root) if mode.startswith("cut-") else {}
+        shutil.rmtree(root / JOURNAL_DIR, ignore_errors=True)  # a counting tracer's journal
         if r.returncode == -signal.SIGKILL:
             outcome = "killed"
         elif r.returncode == 0:
@@ -337,6 +378,7 @@ def _try(template: World, scratch: Path, op: str, at: int, mode: str) -> PointRe
             problems.append(f"an injected {mode} was not a clear error: {r.stderr.strip()[-300:]}")
         problems += _verify(w, op, root, after_rerun=False)
         again = _child(w, op, 0, "none")  # run again, no crash: completes
+        shutil.rmtree(root / JOURNAL_DIR, ignore_errors=True)
         if again.returncode != 0:
             problems.append(f"the operation run again failed: {again.stdout.strip()[-300:]}"
                             f" {again.stderr.strip()[-300:]}")
