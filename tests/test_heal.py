@@ -150,3 +150,36 @@ def test_a_pack_whose_header_no_longer_reads_is_rewritten(tmp_path: Path, isolat
     assert healed.check(read_data=True).ok
     healed.restore("latest", tmp_path / "out", verify=True)
     assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)
+
+
+def test_a_heal_stopped_after_its_new_packs_and_index_is_finished_by_the_next(tmp_path: Path,
+                                                                             isolated_home: Path) -> None:
+    """Found by the crash-point campaign: killed after writing the repaired blobs' pack and its
+    index but before rewriting the index without the lost pack, a heal left that pack named in
+    the index; the next heal found every blob readable and did nothing, and `check` kept failing."""
+    from weightvault import api
+    from weightvault.backends.base import FileType
+    from weightvault.backends.local import LocalBackend
+    from weightvault.errors import BackendError
+    from weightvault.testing.faults import FaultyBackend, backend_error
+
+    _primary, replica, src = _setup(tmp_path)
+    lost = _packs(tmp_path / "primary")[-1]
+    lost.unlink()
+    faulty = FaultyBackend(LocalBackend(str(tmp_path / "primary")))
+    faulty.fail("save", nth=2, ftype=FileType.INDEX, error=backend_error)  # the index rewrite
+    try:
+        api.open_repository_on(faulty, PASSWORD).heal_from(replica)
+    except BackendError:
+        pass
+    else:
+        raise AssertionError("the injected failure did not fire")
+    stopped = Repository.open(tmp_path / "primary", PASSWORD)
+    stopped.unlock()
+    assert not stopped.check(read_data=True).ok  # the lost pack is still in the index
+    res = stopped.heal_from(replica)
+    assert res.ok and res.dropped_packs == [lost.name]  # unindexed (its blobs may be rewritten once more)
+    fresh = Repository.open(tmp_path / "primary", PASSWORD)
+    assert fresh.check(read_data=True).ok
+    fresh.restore("latest", tmp_path / "out", verify=True)
+    assert tree_digest(tmp_path / "out" / "run") == tree_digest(src)

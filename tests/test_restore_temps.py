@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from conftest import write
-
 from weightvault import api
 from weightvault.ops import restore_temps
 from weightvault.ops.restore_temps import TMP_PREFIX, is_stale, tmp_name

@@ -11,6 +11,8 @@ authenticate are copied (envelopes unchanged) into the new packs too, the index 
 without the damaged packs, and those packs are deleted. Runs under an exclusive lock (it
 rewrites the index and deletes packs). A pack whose header no longer reads while its blobs do
 (their offsets are in the index) is rewritten the same way: its blobs moved, the pack deleted.
+A pack the index names that is gone while every blob of it is stored in another pack (a heal
+killed after writing the new packs and their index) is dropped from the index.
 
 A snapshot whose manifest (its TREE blobs) is damaged is rebuilt from its copy's: the replica's
 nodes with each blob id mapped back to this repository's (the replica's plaintext, hashed with
@@ -29,7 +31,7 @@ from weightvault.backends.base import FileType
 from weightvault.errors import ColdDataError, WeightvaultError
 from weightvault.format.layout import blob_aad
 from weightvault.repository.blobcache import BlobCache
-from weightvault.repository.maintenance import PackWriter, rewrite_index
+from weightvault.repository.maintenance import PackWriter, read_index_files, rewrite_index
 from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
 from weightvault.repository.packer import read_pack_header
 from weightvault.repository.repo import Repository
@@ -47,6 +49,7 @@ class HealResult:
     unrepaired: list[tuple[str, str]] = field(default_factory=list)  # (blob hex, why)
     packs_written: int = 0
     rewritten_packs: list[str] = field(default_factory=list)  # header unreadable, blobs intact: moved
+    dropped_packs: list[str] = field(default_factory=list)  # missing, every blob stored elsewhere: unindexed
 
     @property
     def ok(self) -> bool:
@@ -114,8 +117,10 @@ def heal(repo: Repository, replica: Repository, dry_run: bool = False) -> HealRe
     res.checked_blobs = len(seen)
     headless = _unreadable_headers(repo)  # its blobs read (through the index) but the pack is damaged
     res.rewritten_packs = sorted(headless)
-    if (repaired or headless) and not dry_run:
-        bad_packs = {e.pack_id for b in repaired if (e := repo.index.get(b)) is not None} | headless
+    superseded = _superseded_missing(repo, set(repaired))
+    res.dropped_packs = sorted(superseded)
+    if (repaired or headless or superseded) and not dry_run:
+        bad_packs = {e.pack_id for b in repaired if (e := repo.index.get(b)) is not None} | headless | superseded
         salvaged = _salvage(repo, bad_packs, set(repaired))
         new_packs = _write(repo, repaired, salvaged)
         res.packs_written = len(new_packs)
@@ -177,6 +182,18 @@ def _unreadable_headers(repo: Repository) -> set[str]:
         except WeightvaultError:
             out.add(pack_id)
     return out
+
+
+def _superseded_missing(repo: Repository, repairing: set[bytes]) -> set[str]:
+    """Packs the index names that are gone from storage while every blob of theirs is in another
+    pack that is there (or is being repaired now): what a heal killed after writing its new
+    packs and their index, before it rewrote the index without the lost pack, leaves. Dropping
+    them from the index finishes that heal."""
+    view = read_index_files(repo, strict=True)
+    present = {name for name, _ in repo.backend.list(FileType.PACK)}
+    elsewhere = {bid for pack, blobs in view.packs.items() if pack in present for bid in blobs} | repairing
+    return {pack for pack, blobs in view.packs.items()
+            if pack not in present and blobs and all(bid in elsewhere for bid in blobs)}
 
 
 def _readable(cache: BlobCache, bid: bytes) -> bool:
