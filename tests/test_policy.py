@@ -318,3 +318,35 @@ def test_a_fleet_reused_across_runs_never_plans_on_an_old_listing(tmp_path: Path
     assert all(ln.breached for ln in api.policy_status(spec, now=T0, fleet=fleet))
     simulate(spec, tmp_path / "run", days=1)  # other Fleet objects back up meanwhile
     assert not any(ln.breached for ln in api.policy_status(spec, now=T0 + timedelta(hours=6), fleet=fleet))
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run_with_a_clear_error(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the crash-point campaign: an I/O error appending to the policy journal was a
+    traceback. It now stops the run (the step it recorded has run) naming the journal."""
+    import errno
+
+    from weightvault.errors import LocalPathError
+
+    journal = tmp_path / "journal.jsonl"
+    real = os.fsync
+
+    def failing(fd: int) -> None:  # the disk fails under the journal only
+        if os.readlink(f"/proc/self/fd/{fd}") == str(journal):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    text = fleet_policy(tmp_path)
+    spec = api.parse_policy(text)
+    write(tmp_path / "run" / "model.bin", b"w" * 1000)
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(LocalPathError) as err:
+        api.apply_policy(spec, now=T0)
+    monkeypatch.undo()
+    assert "policy journal" in err.value.message and str(journal) in err.value.message
+    assert err.value.hint and "the step itself ran" in err.value.hint
+    assert Repository.open(tmp_path / "hot", PASSWORD).snapshots()  # the backup it was recording is there
+    (tmp_path / "file").write_text("a file where the journal's directory should be")
+    text = text.replace(str(journal), str(tmp_path / "file" / "journal.jsonl"))
+    with pytest.raises(LocalPathError, match="could not read the policy journal"):
+        api.apply_policy(api.parse_policy(text), now=T0)

@@ -7,11 +7,13 @@ and fsynced; a torn last line (a crash mid-write) is ignored when reading.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from weightvault.errors import LocalPathError, NoSpaceError
 from weightvault.paths import state_home
 
 __all__ = ["append_record", "default_journal_path", "read_records"]
@@ -23,14 +25,25 @@ def default_journal_path() -> Path:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append ``record`` durably. A failure (the disk full or failing) raises NoSpaceError or
+    LocalPathError naming the journal: the step it records has run, so the caller stops there
+    rather than go on with a schedule it can no longer keep."""
     line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        what = f"could not record a step in the policy journal {path}: {exc.strerror or exc}"
+        hint = ("the step itself ran (see `weightvault snapshots`); free space or fix the disk, then run it again"
+                " (what is no longer due is skipped)")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(what, hint=hint) from exc
+        raise LocalPathError(what, hint=hint, errno=exc.errno, filename=str(path)) from exc
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -38,6 +51,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise LocalPathError(f"could not read the policy journal {path}: {exc.strerror or exc}",
+                             hint="`[settings] journal` in the policy names it; it must be a file this user may"
+                                  " read and write", errno=exc.errno, filename=str(path)) from exc
     out = []
     for line in text.splitlines():
         try:

@@ -49,13 +49,15 @@ from weightvault.backends.wrapper import WrapperBackend
 from weightvault.repository.repo import Repository as Engine
 from weightvault.testing.faults import backend_error, enospc
 from weightvault.testing.powercut import JOURNAL_DIR, PowerCutTracer, apply_power_cut
+from weightvault.testing.torture_policy import POLICY_OPS, prepare_policy_world, run_policy_op, verify_policy
 
 __all__ = ["MODES", "OPS", "CampaignReport", "CrashPoints", "child_main", "run_campaign"]
 
 PASSWORD = "torture password"  # noqa: S105 - throwaway repositories
 NEW_PASSWORD = "torture password 2"  # noqa: S105
-OPS = ("backup", "forget", "prune", "copy", "key-add", "key-passwd", "key-remove", "repair-index", "heal", "restore")
-FS_OPS = ("restore",)  # crash points: durable file-system calls under the work copy, not backend calls
+OPS = ("backup", "group-commit", "forget", "prune", "copy", "key-add", "key-passwd", "key-remove", "repair-index",
+       "heal", "restore", *POLICY_OPS)
+FS_OPS = ("restore", *POLICY_OPS)  # crash points: durable file-system calls under the work copy
 MODES = ("kill-before", "kill-after", "eio", "enospc", "cut-before", "cut-after")
 PACK_SIZE = 256 * 1024
 _CHILD = "import sys; from weightvault.testing.torture import child_main; child_main(sys.argv[1:])"
@@ -135,6 +137,7 @@ class World:
 # op -> (snapshots that must exist after the crash, after the rerun, that must be gone after it)
 MUST: dict[str, tuple[set[str], set[str], set[str]]] = {
     "backup": ({"v=1", "v=2"}, {"v=1", "v=2", "v=3"}, set()),
+    "group-commit": ({"v=1", "v=2"}, {"v=1", "v=2", "v=3"}, set()),
     "forget": ({"v=2"}, {"v=2"}, {"v=1"}),
     "prune": ({"v=2"}, {"v=2"}, set()),
     "copy": (set(), {"v=1", "v=2"}, set()),
@@ -155,19 +158,34 @@ def _prepare(work: Path, op: str, kdf: object) -> World:
         shutil.rmtree(w.src.parent)
     for v in (1, 2):
         _write_version(w.src, v)
-        repo.backup([w.src], tags=[f"v={v}"])
+        if op not in POLICY_OPS:
+            repo.backup([w.src], tags=[f"v={v}"])
         w.versions[f"v={v}"] = _digest(w.src)
     (w.src / "shard-0.bin").write_bytes(random.Random(3).randbytes(600_000))
     (w.src / "config.json").write_text(json.dumps({"version": 3}))
     w.versions["v=3"] = _digest(w.src)
     if op == "prune":
         repo.forget(keep_last=1)
+    if op in POLICY_OPS:
+        prepare_policy_world(w.root, w.src, op)
+    if op == "group-commit":  # v3 as two shards of one run; rank 0 committed, the op commits rank 1
+        names = sorted(p.name for p in w.src.iterdir())
+        for r in (0, 1):
+            shard = _shard_dir(w, r)
+            shard.mkdir(parents=True)
+            for name in names[r::2]:
+                shutil.copy2(w.src / name, shard / name)
+        repo.backup([_shard_dir(w, 0)], tags=["v=3"], group="g", rank=0, world_size=2)
     if op == "heal":  # a replica filled by copy, then a data pack lost here: heal rewrites its blobs
         repo.copy_to(api.Repository.open(w.dest, NEW_PASSWORD))
         packs = sorted(p for p in (w.repo / "data").rglob("*") if p.is_file())
         packs[len(packs) // 2].unlink()
         (w.root / "damage.json").write_text(json.dumps(repo.check(read_data=True).errors))
     return w
+
+
+def _shard_dir(w: World, rank: int) -> Path:
+    return w.src.parent.parent / f"rank-{rank}" / w.src.name
 
 
 # -- the child: one operation through CrashPoints -------------------------------------------------
@@ -186,6 +204,8 @@ def _open(wrapped: Backend, op: str) -> object:
 def _run_op(op: str, repo_dir: Path, dest_dir: Path, src: Path, wrap: Callable[[Backend], Backend]) -> str:
     from weightvault import api
 
+    if op in POLICY_OPS:
+        return run_policy_op(op, repo_dir.parent, src)
     if op == "copy":
         source = api.Repository.open(repo_dir, PASSWORD)
         dest = api.open_repository_on(wrap(LocalBackend(str(dest_dir))), NEW_PASSWORD)
@@ -194,6 +214,9 @@ def _run_op(op: str, repo_dir: Path, dest_dir: Path, src: Path, wrap: Callable[[
     assert isinstance(repo, api.Repository)
     if op == "backup":
         return repo.backup([src], tags=["v=3"]).snapshot.id
+    if op == "group-commit":
+        res = repo.backup([src.parent.parent / "rank-1" / src.name], tags=["v=3"], group="g", rank=1, world_size=2)
+        return f"group {res.group.status() if res.group is not None else None}"
     if op == "forget":
         return f"removed {len(repo.forget(keep_last=1).removed)}"
     if op == "prune":
@@ -288,6 +311,8 @@ def _verify(w: World, op: str, scratch: Path, after_rerun: bool) -> list[str]:
     from weightvault import api
     from weightvault.errors import WeightvaultError, WrongPasswordError
 
+    if op in POLICY_OPS:
+        return verify_policy(w.root, w.versions["v=3"], op, after_rerun)
     path, pw = (w.dest, NEW_PASSWORD) if op == "copy" else (w.repo, PASSWORD)
     try:
         try:
