@@ -1,26 +1,29 @@
 """The crash-point campaign: every durable write of an operation, crashed at in turn.
 
 For each mutating operation (``OPS``), a child process runs it on a copy of a prepared
-repository through ``CrashPoints``, a backend wrapper that counts the mutating calls (``save``,
-``remove``, ``retain``) and at call number N either SIGKILLs its own process (before the call
-reaches the disk, or right after it returned) or raises an I/O error (EIO, ENOSPC) in its place.
-A first run with no crash counts the points; then every point (or, in quick mode, an even sample)
-is tried in every mode, each on a fresh copy. After each one the parent checks, as a user would
-recover (``unlock`` of the dead process's stale lock, then):
+repository and is crashed at its N-th durable write, for every N (``sample=k``: an even k per op
+and mode; policy runs, with 100-170 points, always an even ``FULL_SAMPLE``). A point is a
+mutating backend call (``CrashPoints``: ``save``, ``remove``, ``retain``) or, for the operations
+whose durable writes are not backend calls or not through one backend (``FS_OPS``: restore,
+policy apply, tier run), a durable file-system call under the work copy (``PowerCutTracer``:
+fsync, fdatasync, syncfs, rename, replace, link). Modes (``MODES``): SIGKILL before the write
+or right after it returned; an EIO or ENOSPC instead of it; a simulated power cut before or after
+it (the kill, then every write and directory change not yet made durable dropped,
+``weightvault.testing.powercut``). A first run with no crash counts the points. After each try
+the parent checks, as a user would recover (``unlock`` of the dead process's stale lock, then):
 
 * ``check --read-data`` finds no error;
 * every snapshot is one that was acknowledged before or the one the operation was making, and
   restores byte-identical to the source version its tag names (no partial snapshot);
 * every snapshot that must survive the operation is there (``forget`` may remove only what its
   policy drops);
-* the operation run again without a crash completes, and the two checks above hold after it;
+* the operation run again without a crash completes, and the checks above hold after it;
 * an injected I/O error fails the operation with a weightvault error (exit code and message),
   never a traceback.
 
-SIGKILL keeps the page cache, so the kills test crash consistency of the write protocol (the
-order and atomicity of the writes); the ``cut-*`` modes add power-loss durability: the child runs
-under ``PowerCutTracer`` and, after the kill, ``apply_power_cut`` drops every write and directory
-change that was not yet fsynced (``weightvault.testing.powercut``, docs/RELIABILITY.md).
+Per operation: a restore's target holds, under real names, only whole files of the snapshot
+(the rerun leaves exactly the snapshot); a heal may leave the damage it was repairing, nothing
+else, and its rerun leaves none; policy runs are checked by ``torture_policy.verify_policy``.
 
     from weightvault.testing.torture import run_campaign
     report = run_campaign(work_dir, ops=OPS, sample=None)   # sample=k: k points per op and mode
@@ -60,6 +63,7 @@ OPS = ("backup", "group-commit", "forget", "prune", "copy", "key-add", "key-pass
 FS_OPS = ("restore", *POLICY_OPS)  # crash points: durable file-system calls under the work copy
 MODES = ("kill-before", "kill-after", "eio", "enospc", "cut-before", "cut-after")
 PACK_SIZE = 256 * 1024
+FULL_SAMPLE = {op: 40 for op in POLICY_OPS}  # a policy run has 100-170 points: an even 40 of them per mode
 _CHILD = "import sys; from weightvault.testing.torture import child_main; child_main(sys.argv[1:])"
 
 
@@ -447,7 +451,7 @@ def run_campaign(work: Path, ops: tuple[str, ...] = OPS, modes: tuple[str, ...] 
             raise RuntimeError(f"{op} does not run cleanly: {counted.stdout} {counted.stderr[-2000:]}")
         report.points[op] = int(lines["POINTS"])
         for mode in modes:
-            for at in _points(report.points[op], sample):
+            for at in _points(report.points[op], sample or FULL_SAMPLE.get(op)):
                 res = _try(template, work, op, at, mode)
                 report.results.append(res)
                 if progress is not None:
