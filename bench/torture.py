@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The crash, fault and hostile-input campaign (issue 20), one command (docs/RELIABILITY.md).
 
-    .venv/bin/python bench/torture.py [--quick] [--campaign all|crash|corruption|load]
+    .venv/bin/python bench/torture.py [--quick] [--campaign all|crash|corruption|load|disk]
                                       [--ops backup,forget,...] [--modes kill-before,...] [--json FILE] [--work DIR]
 
 Crash points (``weightvault.testing.torture``): each mutating operation is run once to count
@@ -18,6 +18,12 @@ snapshots and ledger records, up to 10 of each (``--quick``: 1), each flipped at
 (``--quick``: 1), truncated and deleted, one change per fresh copy; each must be detected by
 open or ``check --read-data`` and named, no restore may write wrong bytes, and healing from a
 replica (then ``repair index``) is tried and counted.
+
+Full disk (``weightvault.testing.fulldisk``, root: it mounts a 48 MiB tmpfs): a backup (the
+repository on the small disk) and a restore (the target on it), each at 12 (``--quick``: 3)
+amounts of free space from none to just short of what it needs; each must complete or stop with
+exit 15, and afterwards the repository checks clean, every snapshot restores identical, the
+target holds only whole files, and the operation run again completes.
 
 Load (``weightvault.testing.load``): 8 writer processes, a forget + prune loop and a check loop at
 once for 300 s (``--quick``: 30) against moto's S3 behind a proxy that turns 5 % of the requests
@@ -39,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from weightvault.testing.corruption import Damage, run_corruption  # noqa: E402
+from weightvault.testing.fulldisk import run_full_disk  # noqa: E402
 from weightvault.testing.load import run_load  # noqa: E402
 from weightvault.testing.torture import MODES, OPS, PointResult, run_campaign  # noqa: E402
 
@@ -90,6 +97,24 @@ def _corruption(a: argparse.Namespace, work: Path, out: dict[str, object]) -> in
     return len(report.failures)
 
 
+def _disk(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
+    r = run_full_disk(work, steps=3 if a.quick else 12)
+    if r.skipped:
+        print(f"full-disk campaign skipped: {r.skipped}\n")
+        return 0
+    print("| operation | bytes it needs | free-space steps tried | completed | stopped with exit 15 | with problems |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for op in ("backup", "restore"):
+        ts = [t for t in r.tries if t.op == op]
+        print(f"| {op} | {r.needed[op]:,} | {len(ts)} | {sum(t.exit_code == 0 for t in ts)} |"
+              f" {sum(t.exit_code == 15 for t in ts)} | {sum(bool(t.problems) for t in ts)} |")
+    for t in r.failures:
+        print(f"  PROBLEM {t.op} with {t.free:,} bytes free: {'; '.join(t.problems)}")
+    print()
+    out["disk"] = {"needed": r.needed, "tries": [t.__dict__ for t in r.tries]}
+    return len(r.failures)
+
+
 def _load(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
     r = run_load(work, seconds=30 if a.quick else 300, writers=8, rate=0.05)
     faults = {k: v for k, v in r.faults.items() if k != "requests"}
@@ -108,7 +133,7 @@ def _load(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a sample of each campaign (CI)")
-    ap.add_argument("--campaign", choices=("all", "crash", "corruption", "load"), default="all")
+    ap.add_argument("--campaign", choices=("all", "crash", "corruption", "load", "disk"), default="all")
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", type=Path, help="write every result here")
@@ -124,6 +149,9 @@ def main() -> int:
         if a.campaign in ("all", "corruption"):
             (Path(work) / "corruption").mkdir()
             bad += _corruption(a, Path(work) / "corruption", out)
+        if a.campaign in ("all", "disk"):
+            (Path(work) / "disk").mkdir()
+            bad += _disk(a, Path(work) / "disk", out)
         if a.campaign in ("all", "load"):
             (Path(work) / "load").mkdir()
             bad += _load(a, Path(work) / "load", out)

@@ -58,3 +58,17 @@ def test_eight_writers_forget_prune_and_check_together_on_s3_with_faults_lose_no
     assert report.acked >= 8 and report.restored_identical >= 8, report
     assert sum(v for k, v in report.faults.items() if k != "requests") > 0  # the faults really happened
     assert not report.problems, "\n".join(report.problems)
+
+
+def test_a_real_full_disk_at_sampled_steps_of_a_backup_and_a_restore_loses_nothing(tmp_path: Path) -> None:
+    """bench/torture.py --campaign disk runs 12 steps of each."""
+    import pytest
+
+    from weightvault.testing.fulldisk import run_full_disk
+
+    report = run_full_disk(tmp_path, steps=3)
+    if report.skipped:
+        pytest.skip(report.skipped)
+    assert {t.op for t in report.tries} == {"backup", "restore"} and len(report.tries) == 6
+    assert all(t.exit_code == 15 for t in report.tries if t.free < report.needed[t.op] // 2)  # the wall was hit
+    assert not report.failures, "\n".join(f"{t.op} {t.free}: {t.problems}" for t in report.failures)
