@@ -57,3 +57,22 @@ def test_restore_under_a_low_open_file_limit(tmp_path: Path, limit: int) -> None
         assert p.read_bytes() == (src / p.relative_to(out / "src")).read_bytes(), p
     if r.returncode == 0:
         assert len(restored) == 401
+
+
+def test_running_out_of_memory_is_said_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A MemoryError (an address-space limit, `ulimit -v`, or the machine's memory) is exit 26
+    with what to do, not an "unexpected" error (bench/vmem_limit.py hits it for real)."""
+    from weightvault import api
+    from weightvault.cli.main import EXIT_OUT_OF_MEMORY, run
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setenv("WEIGHTVAULT_PASSWORD", "pw")
+    assert run(["-r", str(tmp_path / "repo"), "init"]) == 0
+    (tmp_path / "src").mkdir()
+    monkeypatch.setattr(api.Repository, "backup", no_memory)
+    assert run(["-r", str(tmp_path / "repo"), "backup", str(tmp_path / "src")]) == EXIT_OUT_OF_MEMORY == 26
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "ulimit -v" in err and "unexpected" not in err

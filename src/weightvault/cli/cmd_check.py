@@ -38,7 +38,9 @@ def check(g: Globals, read_data: bool, subset: str | None, repair_from: str | No
         healed = repo.heal_from(replica)
         if not as_json and not g.quiet:
             click.echo(f"self-healing from {replica.location}: {len(healed.damaged)} damaged blob(s) found,"
-                       f" {len(healed.repaired)} rewritten from the replica, {len(healed.unrepaired)} not repairable")
+                       f" {len(healed.repaired)} rewritten from the replica, {len(healed.unrepaired)} not repairable"
+                       + (f", {len(healed.dropped_packs)} lost pack(s) dropped from the index" if healed.dropped_packs
+                          else ""))
             for what, why in healed.unrepaired:
                 click.echo(f"problem: {what[:16]}: {why}")
         read_data = read_data or subset is None

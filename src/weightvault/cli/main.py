@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import sys
 import traceback
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ from weightvault.cli.common import Globals, storage_options
 from weightvault.cli.entry import _interrupted
 from weightvault.cli.output import display_lines
 from weightvault.errors import WeightvaultError
+
+EXIT_OUT_OF_MEMORY = 26
 
 __all__ = ["cli", "main", "run"]
 
@@ -126,6 +129,16 @@ def _report(message: str, hint: str | None = None) -> None:
         click.echo(f"hint: {display_lines(hint)}", err=True)
 
 
+def _out_of_memory() -> int:
+    """A MemoryError: the address-space limit (``ulimit -v``) or the machine's memory ran out."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    limit = "no address-space limit" if soft == resource.RLIM_INFINITY else f"`ulimit -v` is {soft >> 20} MiB"
+    _report(f"out of memory ({limit}): the operation stopped; nothing it had not finished is listed as done",
+            "a backup or restore needs about 1 GiB of address space (RSS stays near 250 MiB): raise `ulimit -v`"
+            " or free memory, then run it again (a backup reuses what it had uploaded)")
+    return EXIT_OUT_OF_MEMORY
+
+
 def _say_interrupted() -> int:
     """Ctrl-C: one line, written without click (a Ctrl-C during one of click's lazy imports
     leaves that module half made, and ``click.echo`` would fail on it with a traceback)."""
@@ -160,6 +173,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         _report(f"{where}{exc.strerror or exc}")
         return 1
+    except MemoryError:
+        return _out_of_memory()
     except Exception as exc:
         if os.environ.get("WEIGHTVAULT_DEBUG") == "1":
             traceback.print_exc()
