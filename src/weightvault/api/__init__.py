@@ -73,7 +73,7 @@ from weightvault.policy.plan import RpoLine
 from weightvault.policy.spec import PolicySpec, parse_interval
 from weightvault.repository.keys import KeyInfo
 from weightvault.repository.ledger import LedgerCheck
-from weightvault.repository.locks import LockInfo
+from weightvault.repository.locks import LockInfo, lock_wait, set_lock_wait
 from weightvault.repository.manifest import Node
 from weightvault.repository.snapshots import Snapshot
 from weightvault.runner.defaults import (
@@ -144,6 +144,7 @@ __all__ = [
     "default_policy_file",
     "default_repository_path",
     "load_policy",
+    "lock_wait",
     "open_or_create_default",
     "open_repository_on",
     "opens_without_password",
@@ -158,6 +159,7 @@ __all__ = [
     "read_tensor_archive",
     "read_toml_file",
     "repository_exists",
+    "set_lock_wait",
     "suggest_policy",
     "tier_run",
 ]

@@ -86,6 +86,9 @@ __all__ = ["cli", "main", "run"]
     help="Read the password from the first line of FILE (default: $WEIGHTVAULT_PASSWORD, "
     "$WEIGHTVAULT_PASSWORD_FILE, the default repository's key file, or a prompt).",
 )
+@click.option("--retry-lock", metavar="DURATION", envvar="WEIGHTVAULT_RETRY_LOCK",
+              help="If the repository is locked, wait up to DURATION (30s, 15min, 2h) for the lock; maintenance"
+              " operations queue and are served in order (default: exit 12 at once).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summaries; errors and warnings still show.")
 @click.option("--skip-unreadable", is_flag=True, envvar="WEIGHTVAULT_SKIP_UNREADABLE",
               help="Let 'latest' and '@TIME' resolve past snapshot files that cannot be read (default: exit 4).")
@@ -102,6 +105,7 @@ def cli(
     limit_upload: str | None,
     limit_download: str | None,
     password_file: str | None,
+    retry_lock: str | None,
     quiet: bool,
     skip_unreadable: bool,
 ) -> None:
@@ -109,6 +113,8 @@ def cli(
     storage = storage_options(s3_endpoint, connections, limit_upload, limit_download, s3_object_lock,
                               s3_storage_class)
     storage = dataclasses.replace(storage, azure_access_tier=azure_access_tier)
+    if retry_lock:
+        api.set_lock_wait(api.parse_interval(retry_lock).total_seconds())
     ctx.obj = Globals(repo=repo, password_file=password_file, quiet=quiet, storage=storage,
                       skip_unreadable=skip_unreadable)
 

@@ -80,11 +80,12 @@ def _maintainer(url: str, endpoint: str, out: Path, deadline: float) -> None:
 
     repo = api.Repository.open(url, PASSWORD, storage=_storage(endpoint))  # type: ignore[arg-type]
     while time.time() < deadline:
-        try:
-            res = repo.forget(keep_last=3, prune=True)
+        try:  # queued for the maintenance lock with the check loop, first come first served
+            with api.lock_wait(max(0.0, deadline - time.time())):
+                res = repo.forget(keep_last=3, prune=True)
             _log(out, {"removed": res.removed_ids})
             time.sleep(1.0)
-        except RepositoryLockedError as exc:  # a check holds the maintenance lock: try again soon
+        except RepositoryLockedError as exc:  # still locked at the deadline
             _log(out, {"locked": exc.message})
             time.sleep(0.3)
         except WeightvaultError as exc:  # faults past the retries
@@ -98,10 +99,11 @@ def _checker(url: str, endpoint: str, out: Path, deadline: float) -> None:
     repo = api.Repository.open(url, PASSWORD, storage=_storage(endpoint))  # type: ignore[arg-type]
     while time.time() < deadline:
         try:
-            res = repo.check()
+            with api.lock_wait(max(0.0, deadline - time.time())):
+                res = repo.check()
             _log(out, {"errors": res.errors})
-            time.sleep(5.0)  # room for the maintainer's prune, which needs the same lock
-        except RepositoryLockedError as exc:  # a prune holds the maintenance lock: try again soon
+            time.sleep(1.0)
+        except RepositoryLockedError as exc:  # still locked at the deadline
             _log(out, {"locked": exc.message})
             time.sleep(0.5)
         except WeightvaultError as exc:
