@@ -124,6 +124,10 @@ def _load(a: argparse.Namespace, work: Path, out: dict[str, object]) -> int:
     print(f"| {r.seconds:.0f} | {r.faults.get('requests', 0)} | {sum(faults.values())} ({faults}) | {r.acked} |"
           f" {r.backup_failures} | {r.forgets} | {r.removed} | {r.checks} | {r.restored_identical} |"
           f" {len(r.problems)} |")
+    if r.maintenance_runs:
+        t0 = min(start for _, start, _ in r.maintenance_runs)
+        print("maintenance lock, in the order each run ended (seconds from the first start: queued at, done at): "
+              + ", ".join(f"{kind} {start - t0:.0f}-{end - t0:.0f}" for kind, start, end in r.maintenance_runs))
     for p in r.problems:
         print(f"  PROBLEM {p}")
     out["load"] = r.__dict__

@@ -80,10 +80,11 @@ def _maintainer(url: str, endpoint: str, out: Path, deadline: float) -> None:
 
     repo = api.Repository.open(url, PASSWORD, storage=_storage(endpoint))  # type: ignore[arg-type]
     while time.time() < deadline:
+        t = time.time()
         try:  # queued for the maintenance lock with the check loop, first come first served
             with api.lock_wait(max(0.0, deadline - time.time())):
                 res = repo.forget(keep_last=3, prune=True)
-            _log(out, {"removed": res.removed_ids})
+            _log(out, {"removed": res.removed_ids, "start": t, "end": time.time()})
             time.sleep(1.0)
         except RepositoryLockedError as exc:  # still locked at the deadline
             _log(out, {"locked": exc.message})
@@ -98,10 +99,11 @@ def _checker(url: str, endpoint: str, out: Path, deadline: float) -> None:
 
     repo = api.Repository.open(url, PASSWORD, storage=_storage(endpoint))  # type: ignore[arg-type]
     while time.time() < deadline:
+        t = time.time()
         try:
             with api.lock_wait(max(0.0, deadline - time.time())):
                 res = repo.check()
-            _log(out, {"errors": res.errors})
+            _log(out, {"errors": res.errors, "start": t, "end": time.time()})
             time.sleep(1.0)
         except RepositoryLockedError as exc:  # still locked at the deadline
             _log(out, {"locked": exc.message})
@@ -131,6 +133,7 @@ class LoadReport:
     removed: int = 0
     checks: int = 0
     checks_locked: int = 0
+    maintenance_runs: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, start, end), by end
     restored_identical: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -154,6 +157,10 @@ def _verify(url: str, endpoint: str, work: Path, writers: int, report: LoadRepor
     report.removed = len(removed)
     report.checks = sum(1 for c in checks if "errors" in c)
     report.checks_locked = sum(1 for c in checks if "locked" in c)
+    report.maintenance_runs = sorted(
+        [("forget+prune", float(m["start"]), float(m["end"])) for m in maint if "end" in m]  # type: ignore[arg-type]
+        + [("check", float(c["start"]), float(c["end"])) for c in checks if "end" in c],  # type: ignore[arg-type]
+        key=lambda r: r[2])
     report.problems += [f"check beside the load: {e}" for c in checks for e in c.get("errors", [])]  # type: ignore[attr-defined]
     repo = api.Repository.open(url, PASSWORD, storage=_storage(endpoint))  # type: ignore[arg-type]
     repo.unlock()
