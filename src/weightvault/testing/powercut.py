@@ -22,8 +22,8 @@ is whole-file (a file is cut back, never left with a torn middle); it is stricte
 an ``fsync`` of a new file also commits its directory entry) and knows nothing of the device's
 own cache (a drive that acknowledges a flush it has not done defeats any software); only paths
 under ``root`` are traced, and only calls through ``os`` and ``open`` (``shutil`` and ``pathlib``
-use those); a ``syncfs`` is traced where the caller routes it through ``traced_syncfs``, and
-``renameat2`` (``restore --swap``'s exchange, called through ctypes) is not traced at all.
+use those); a ``syncfs`` and ``renameat2`` (``restore --swap``'s exchange), both called through
+ctypes, are traced where the caller routes them through ``traced_syncfs`` / ``traced_rename2``.
 
 The tracer also gives file-system crash points for operations whose durable writes are not
 backend calls (a restore): ``crash_at=N`` with ``crash_mode`` kill-before, kill-after, eio or
@@ -108,6 +108,23 @@ class PowerCutTracer:
                 return r
         return syncfs
 
+    def traced_rename2(self, fn: Callable[[Any, Any, int], bool]) -> Callable[[Any, Any, int], bool]:
+        """``fn`` (``restore --swap``'s ``_rename2(a, b, flags)``, renameat2 through ctypes)
+        journalled: an exchange (flags 2) or a rename without replacing (flags 1)."""
+        def rename2(a: Any, b: Any, flags: int) -> bool:
+            sp, dp = self._path(a), self._path(b)
+            if sp is None and dp is None:
+                return fn(a, b, flags)
+            with self._lock:
+                after = self._at_point()
+                ok = fn(a, b, flags)
+                if ok:
+                    self._record("exchange" if flags == 2 else "rename", src=sp, dst=dp, keep=None)
+                if after:
+                    self._die()
+                return ok
+        return rename2
+
     def _at_point(self) -> bool:
         """Count a durable call (lock held); at ``crash_at`` do ``crash_mode``: die before it,
         raise EIO/ENOSPC instead of it, or return True (die after it)."""
@@ -161,7 +178,9 @@ class PowerCutTracer:
     def _open(self, path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
         p = self._path(path, dir_fd)
         if p is None:
-            return int(self._orig["open"](path, flags, mode, dir_fd=dir_fd))
+            fd = int(self._orig["open"](path, flags, mode, dir_fd=dir_fd))
+            self._fds.pop(fd, None)  # a number a file object under root had, closed without os.close
+            return fd
         with self._lock:
             existed = os.path.lexists(p)
             fd = int(self._orig["open"](path, flags, mode, dir_fd=dir_fd))
@@ -181,6 +200,7 @@ class PowerCutTracer:
         with self._lock:
             existed = os.path.lexists(p)
             f = self._orig["builtins.open"](file, mode, *args, **kwargs)
+            self._fds[f.fileno()] = (p, False)  # so that os.fsync(f.fileno()) is journalled
             if not existed:
                 self._record("create", path=p)
             self._record("open", path=p, ino=self._ino(f.fileno()), trunc="w" in mode or not existed, size=0)
@@ -306,16 +326,23 @@ def _durable_entries(records: list[dict[str, Any]]) -> set[int]:
             synced_dirs.add(r["path"])
         elif r["op"] == "fssync":
             fs_synced = True
-        elif r["op"] in ("create", "mkdir", "rename", "replace", "link", "unlink", "remove", "rmdir"):
+        elif r["op"] in _ENTRY_OPS:
             paths = [r["path"]] if r["op"] == "create" else [p for p in (r["src"], r["dst"]) if p]
             if fs_synced or all(os.path.dirname(p) in synced_dirs for p in paths):
                 durable.add(r["seq"])
     return durable
 
 
+_ENTRY_OPS = ("create", "mkdir", "rename", "replace", "link", "unlink", "remove", "rmdir", "exchange")
+
+
 def _undo(r: dict[str, Any]) -> None:
     op, src, dst, keep = r["op"], r.get("src") or "", r.get("dst"), r.get("keep")
-    if op == "create":
+    if op == "exchange" and dst:  # both names exist: swap them back
+        os.rename(src, src + ".powercut-swap")
+        os.rename(dst, src)
+        os.rename(src + ".powercut-swap", dst)
+    elif op == "create":
         if os.path.isfile(r["path"]) or os.path.islink(r["path"]):
             os.unlink(r["path"])
     elif op == "mkdir":
@@ -361,8 +388,7 @@ def apply_power_cut(root: str | os.PathLike[str]) -> dict[str, int]:
     durable = _durable_entries(records)
     undone = 0
     for r in reversed(records):
-        if r["op"] in ("create", "mkdir", "rename", "replace", "link", "unlink", "remove", "rmdir") \
-                and r["seq"] not in durable:
+        if r["op"] in _ENTRY_OPS and r["seq"] not in durable:
             _undo(r)
             undone += 1
     lost = _lost_data(records)

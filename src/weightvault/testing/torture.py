@@ -53,14 +53,15 @@ from weightvault.repository.repo import Repository as Engine
 from weightvault.testing.faults import backend_error, enospc
 from weightvault.testing.powercut import JOURNAL_DIR, PowerCutTracer, apply_power_cut
 from weightvault.testing.torture_policy import POLICY_OPS, prepare_policy_world, run_policy_op, verify_policy
+from weightvault.testing.torture_swap import prepare_swap_world, run_swap, swap_problems
 
 __all__ = ["MODES", "OPS", "CampaignReport", "CrashPoints", "child_main", "run_campaign"]
 
 PASSWORD = "torture password"  # noqa: S105 - throwaway repositories
 NEW_PASSWORD = "torture password 2"  # noqa: S105
 OPS = ("backup", "group-commit", "forget", "prune", "copy", "key-add", "key-passwd", "key-remove", "repair-index",
-       "heal", "restore", *POLICY_OPS)
-FS_OPS = ("restore", *POLICY_OPS)  # crash points: durable file-system calls under the work copy
+       "heal", "restore", "restore-swap", *POLICY_OPS)
+FS_OPS = ("restore", "restore-swap", *POLICY_OPS)  # crash points: durable file-system calls under the work copy
 MODES = ("kill-before", "kill-after", "eio", "enospc", "cut-before", "cut-after")
 PACK_SIZE = 256 * 1024
 FULL_SAMPLE = {op: 40 for op in POLICY_OPS}  # a policy run has 100-170 points: an even 40 of them per mode
@@ -172,6 +173,8 @@ def _prepare(work: Path, op: str, kdf: object) -> World:
         repo.forget(keep_last=1)
     if op in POLICY_OPS:
         prepare_policy_world(w.root, w.src, op)
+    if op == "restore-swap":
+        prepare_swap_world(repo, w.root)
     if op == "group-commit":  # v3 as two shards of one run; rank 0 committed, the op commits rank 1
         names = sorted(p.name for p in w.src.iterdir())
         for r in (0, 1):
@@ -236,6 +239,8 @@ def _run_op(op: str, repo_dir: Path, dest_dir: Path, src: Path, wrap: Callable[[
         return f"indexed {repo.repair_index().blobs}"
     if op == "heal":
         return f"rewrote {len(repo.heal_from(api.Repository.open(dest_dir, NEW_PASSWORD)).repaired)}"
+    if op == "restore-swap":
+        return run_swap(repo, repo_dir.parent)
     if op == "restore":  # v2 into target/ (run again after a crash: what is there and whole is kept)
         snap = next(s for s in repo.snapshots() if "v=2" in s.tags)
         return f"restored {repo.restore(snap.id, repo_dir.parent / 'target', overwrite='if-changed').files}"
@@ -258,9 +263,11 @@ def child_main(argv: list[str]) -> None:
     if tracer is not None:
         tracer.install()
         from weightvault.ops import restore_durable
+        from weightvault.runner import swap
 
         if restore_durable._SYNCFS is not None:
             restore_durable._SYNCFS = tracer.traced_syncfs(restore_durable._SYNCFS)
+        swap._rename2 = tracer.traced_rename2(swap._rename2)  # type: ignore[assignment]
 
     def wrap(b: Backend) -> Backend:
         seen.append(CrashPoints(b, int(at), mode, kill))
@@ -342,6 +349,8 @@ def _verify(w: World, op: str, scratch: Path, after_rerun: bool) -> list[str]:
         problems += [f"snapshot {t} should have been removed" for t in sorted(gone_after_rerun & tags)]
     if op == "restore":
         problems += _target_problems(w, after_rerun)
+    if op == "restore-swap":
+        problems += swap_problems(w.root, w.versions, after_rerun)
     return problems
 
 
