@@ -5,8 +5,8 @@ repository and is crashed at its N-th durable write, for every N (``sample=k``: 
 and mode; policy runs, with 100-170 points, always an even ``FULL_SAMPLE``). A point is a
 mutating backend call (``CrashPoints``: ``save``, ``remove``, ``retain``) or, for the operations
 whose durable writes are not backend calls or not through one backend (``FS_OPS``: restore,
-policy apply, tier run), a durable file-system call under the work copy (``PowerCutTracer``:
-fsync, fdatasync, syncfs, rename, replace, link). Modes (``MODES``): SIGKILL before the write
+restore --swap, policy apply, tier run), a durable file-system call under the work copy
+(``PowerCutTracer``: fsync, fdatasync, syncfs, rename, replace, link, renameat2). Modes (``MODES``): SIGKILL before the write
 or right after it returned; an EIO or ENOSPC instead of it; a simulated power cut before or after
 it (the kill, then every write and directory change not yet made durable dropped,
 ``weightvault.testing.powercut``). A first run with no crash counts the points. After each try
