@@ -6,11 +6,12 @@ and mode; policy runs, with 100-170 points, always an even ``FULL_SAMPLE``). A p
 mutating backend call (``CrashPoints``: ``save``, ``remove``, ``retain``) or, for the operations
 whose durable writes are not backend calls or not through one backend (``FS_OPS``: restore,
 restore --swap, policy apply, tier run), a durable file-system call under the work copy
-(``PowerCutTracer``: fsync, fdatasync, syncfs, rename, replace, link, renameat2). Modes (``MODES``): SIGKILL before the write
-or right after it returned; an EIO or ENOSPC instead of it; a simulated power cut before or after
-it (the kill, then every write and directory change not yet made durable dropped,
-``weightvault.testing.powercut``). A first run with no crash counts the points. After each try
-the parent checks, as a user would recover (``unlock`` of the dead process's stale lock, then):
+(``PowerCutTracer``: fsync, fdatasync, syncfs, rename, replace, link, renameat2). Modes
+(``MODES``): SIGKILL before the write or right after it returned; an EIO or ENOSPC instead of
+it; a simulated power cut before or after it (the kill, then every write and directory change
+not yet made durable dropped, ``weightvault.testing.powercut``). A first run with no crash
+counts the points. After each try the parent checks, as a user would recover (``unlock`` of the
+dead process's stale lock, then):
 
 * ``check --read-data`` finds no error;
 * every snapshot is one that was acknowledged before or the one the operation was making, and
