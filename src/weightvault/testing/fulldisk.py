@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weightvault.testing.torture import _digest
+
 __all__ = ["DiskTry", "FullDiskReport", "run_full_disk"]
 
 PASSWORD = "full disk password"  # noqa: S105 - throwaway repositories
@@ -73,11 +75,6 @@ def _tmpfs(path: Path) -> Iterator[str | None]:
         yield None
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _wv(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
