@@ -76,3 +76,18 @@ def test_running_out_of_memory_is_said_as_such(tmp_path: Path, monkeypatch: pyte
     assert run(["-r", str(tmp_path / "repo"), "backup", str(tmp_path / "src")]) == EXIT_OUT_OF_MEMORY == 26
     err = capsys.readouterr().err
     assert "out of memory" in err and "ulimit -v" in err and "unexpected" not in err
+
+
+def test_running_out_of_descriptors_in_the_repository_is_not_a_storage_error() -> None:
+    """EMFILE opening a pack (the restore above can hit it there too) is this process's limit:
+    exit 1 with the `ulimit -n` hint, not "I/O error" (exit 20) as if the storage had failed."""
+    import errno
+
+    from weightvault.backends.local import convert_os_error
+    from weightvault.errors import BackendError, LocalPathError
+
+    for code in (errno.EMFILE, errno.ENFILE):
+        err = convert_os_error(OSError(code, os.strerror(code)), "data/ab/abcd")
+        assert isinstance(err, LocalPathError) and not isinstance(err, BackendError)
+        assert err.exit_code == 1 and "data/ab/abcd" in str(err) and "ulimit -n" in str(err)
+    assert convert_os_error(OSError(errno.EIO, "Input/output error"), "data/x").exit_code == 20

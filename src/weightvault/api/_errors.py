@@ -5,14 +5,13 @@ from __future__ import annotations
 import errno
 import os
 
-from weightvault.backends.local import convert_os_error
+from weightvault.backends.local import FD_LIMIT_HINT, convert_os_error
 from weightvault.errors import LocalPathError, WeightvaultError
 
 __all__ = ["local_error"]
 
 _HINTS = {
-    errno.EMFILE: "this process may open too few files at once (`ulimit -n`): raise the limit"
-                  " (e.g. `ulimit -n 1024`) and run it again",
+    errno.EMFILE: FD_LIMIT_HINT,
     errno.EIO: "the disk reported an I/O error (see `dmesg`); files a restore already gave their own names"
                " are complete, the rest are `.wvtmp-*` temporary files: fix or replace the disk, then run it"
                " again (a restore with `--overwrite if-changed` keeps what is already whole)",

@@ -22,6 +22,7 @@ from weightvault.backends.base import FileType, NoColdStorage
 from weightvault.backends.direct_io import open_for_write, write_all
 from weightvault.errors import (
     BackendError,
+    LocalPathError,
     NoSpaceError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -30,12 +31,16 @@ from weightvault.errors import (
 )
 from weightvault.paths import fsync_dir
 
-__all__ = ["LocalBackend", "convert_os_error"]
+__all__ = ["FD_LIMIT_HINT", "LocalBackend", "convert_os_error"]
 
 _TMP_PREFIX = ".tmp-"
 
 
 _fsync_dir = fsync_dir
+
+FD_LIMIT_HINT = ("this process may open too few files at once (`ulimit -n`): raise the limit"
+                 " (e.g. `ulimit -n 1024`) and run it again")
+
 
 def convert_os_error(exc: OSError, what: str) -> WeightvaultError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -44,6 +49,8 @@ def convert_os_error(exc: OSError, what: str) -> WeightvaultError:
             hint="free space on the repository's disk (or prune old snapshots) and run the command again;"
             " data already written is kept and reused",
         )
+    if exc.errno in (errno.EMFILE, errno.ENFILE):  # this process's limit, not the storage failing
+        return LocalPathError(f"{exc.strerror or exc} opening {what}", errno=exc.errno, hint=FD_LIMIT_HINT)
     if isinstance(exc, FileNotFoundError):
         return ObjectNotFoundError(f"{what} not found")
     return BackendError(f"I/O error on {what}: {exc.strerror or exc}")

@@ -89,6 +89,16 @@ def _write(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[byt
     it, set its metadata and commit it (small: through the batch); no temporary file is left on
     failure."""
     tmp = tmp_name()
+    try:
+        _write_tmp(jobs, parent_fd, n, name, datas, tmp)
+    except OSError as exc:  # name the file being restored, not its temporary name
+        if exc.filename != tmp:
+            raise
+        raise OSError(exc.errno, exc.strerror, os.fsdecode(n.path)) from exc
+
+
+def _write_tmp(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[bytes | bytearray] | None,
+               tmp: bytes) -> None:
     small = n.size < SMALL_FILE
     # a large file goes past the page cache where the file system allows it (restore_direct)
     fd, direct = open_for_write(tmp, _CREATE, 0 if small else n.size, dir_fd=parent_fd)

@@ -181,6 +181,8 @@ class Dirs:
                     " write through it",
                     hint="restore into an empty directory or remove the conflicting entry",
                 ) from exc
+            if exc.filename == name:  # name the directory by its path in the snapshot
+                raise OSError(exc.errno, exc.strerror, self.tree.path_of(did)) from exc
             raise
         st = os.fstat(fd)
         self._inode[did] = (st.st_dev, st.st_ino)
