@@ -197,7 +197,7 @@ def test_delta_decode_rejects_bad_inputs() -> None:
         decompress(DELTA, payload, len(data))
     with pytest.raises(IntegrityError, match="has 4092 bytes"):
         decompress(DELTA, payload, len(data), base[:-4])
-    with pytest.raises(IntegrityError, match="inner codec 7; expected 1, 2 or 3"):
+    with pytest.raises(IntegrityError, match="inner codec 7; expected 1, 2, 3 or 4"):
         decompress(DELTA, payload[:32] + b"\x07" + payload[33:], len(data), base)
     with pytest.raises(IntegrityError, match="shorter than its header"):
         delta_base(b"\x00" * 20)

@@ -113,8 +113,8 @@ def test_invalid_format_versions_are_refused(repo: Repository, repo_path: Path, 
 
 
 def test_current_version_opens(repo: Repository, repo_path: Path) -> None:
-    assert json.loads((repo_path / "config").read_bytes())["version"] == CREATE_VERSION == 5  # a password repo
-    assert FORMAT_VERSION == 6
+    assert json.loads((repo_path / "config").read_bytes())["version"] == CREATE_VERSION == 7
+    assert FORMAT_VERSION == 7
     set_config(repo_path, version=1)  # rewritten, non-canonical JSON is still accepted (v1 still reads)
     assert Repository.open(repo_path, PASSWORD).id == repo.id
 

@@ -84,9 +84,9 @@ def spec_decode(payload: bytes, raw_length: int) -> bytes:
     return bytes(out) + payload[pos : pos + tail_len]
 
 
-def test_new_repositories_are_version_5(repo: Repository, repo_path: Path) -> None:
-    assert FORMAT_VERSION == 6  # a password repository is still created as version 5
-    assert json.loads((repo_path / "config").read_bytes())["version"] == 5
+def test_new_repositories_are_version_7(repo: Repository, repo_path: Path) -> None:
+    assert FORMAT_VERSION == 7
+    assert json.loads((repo_path / "config").read_bytes())["version"] == 7
 
 
 def test_v2_backup_stores_float_tensors_with_byteplane(repo: Repository, repo_path: Path, tmp_path: Path) -> None:
@@ -144,8 +144,8 @@ def test_unknown_codec_is_still_refused(repo: Repository, repo_path: Path) -> No
     assert ei.value.exit_code == 16
 
 
-def test_version_7_is_refused(repo: Repository, repo_path: Path) -> None:
-    set_version(repo_path, 7)
+def test_version_8_is_refused(repo: Repository, repo_path: Path) -> None:
+    set_version(repo_path, 8)
     with pytest.raises(UnsupportedFormatError) as ei:
         Repository.open(repo_path, PASSWORD)
-    assert ei.value.exit_code == 16 and "1..6" in str(ei.value)
+    assert ei.value.exit_code == 16 and "1..7" in str(ei.value)

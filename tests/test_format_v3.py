@@ -33,6 +33,7 @@ ENTRY = struct.Struct("<BBHII32s")
 FLAG_BASE = 1
 ZSTD, BYTEPLANE, DELTA = 1, 2, 3
 SUB = 3  # a DELTA's inner codec byte for the integer difference (format version 5)
+CAST = 4  # a DELTA's inner codec byte for a BF16 cast of an F32 base (format version 7)
 AAD_BLOB, AAD_PACK_HEADER, AAD_INDEX, AAD_SNAPSHOT, AAD_KEY = (b"wv1" + bytes((k,)) for k in range(1, 6))
 
 
@@ -139,8 +140,18 @@ def decode(blobs: dict[bytes, Stored], keys: tuple[bytes, bytes], bid: bytes, se
     else:
         assert s.codec == DELTA and s.base is not None and payload[:32] == s.base != bid
         base = decode(blobs, keys, s.base, seen)
-        assert len(base) == s.raw_len
         inner_codec, inner = payload[32], payload[33:]
+        if inner_codec == CAST:  # format version 7: a BF16 chunk as its F32 base rounded, XOR a residual
+            assert len(base) == 2 * s.raw_len and s.raw_len % 2 == 0
+            x = np.frombuffer(base, dtype="<u4").astype(np.uint64)
+            rounded = ((x + 0x7FFF + ((x >> 16) & 1)) % (1 << 32)) >> 16
+            residual = np.frombuffer(zstandard.ZstdDecompressor().decompress(inner, max_output_size=s.raw_len),
+                                     dtype="<u2")
+            plain = bytes((rounded.astype("<u2") ^ residual).tobytes())
+            assert blake3.blake3(plain, key=keys[1]).digest() == bid
+            seen[bid] = plain
+            return plain
+        assert len(base) == s.raw_len
         assert inner_codec in (ZSTD, BYTEPLANE, SUB)
         if inner_codec == ZSTD:
             diff = zstandard.ZstdDecompressor().decompress(inner, max_output_size=s.raw_len)
@@ -241,7 +252,7 @@ def set_config(repo_path: Path, version: int) -> None:
 
 def test_new_config_has_delta_max_depth(repo: Repository, repo_path: Path) -> None:
     doc = json.loads((repo_path / "config").read_bytes())
-    assert doc["version"] == 5 and doc["delta_max_depth"] == 8
+    assert doc["version"] == 7 and doc["delta_max_depth"] == 8
 
 
 def test_delta_blobs_in_pack_headers_decode_independently(repo_path: Path, drifted: Path) -> None:
@@ -330,8 +341,8 @@ def test_version_2_repository_gets_no_deltas(repo: Repository, repo_path: Path, 
     assert restored == (src / "model.safetensors").read_bytes()
 
 
-def test_version_7_is_refused(repo: Repository, repo_path: Path) -> None:
-    set_config(repo_path, 7)
+def test_version_8_is_refused(repo: Repository, repo_path: Path) -> None:
+    set_config(repo_path, 8)
     with pytest.raises(UnsupportedFormatError) as ei:
         Repository.open(repo_path, PASSWORD)
-    assert ei.value.exit_code == 16 and "1..6" in str(ei.value) and "version 7" in str(ei.value)
+    assert ei.value.exit_code == 16 and "1..7" in str(ei.value) and "version 8" in str(ei.value)

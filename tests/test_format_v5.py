@@ -54,7 +54,7 @@ def _inner_codecs(repo_path: Path) -> list[int]:
 
 def test_a_version_5_repository_stores_drifting_values_as_integer_differences(
         repo: Repository, repo_path: Path, tmp_path: Path) -> None:
-    assert FORMAT_VERSION == 6 and json.loads((repo_path / "config").read_bytes())["version"] == 5
+    assert FORMAT_VERSION == 7 and json.loads((repo_path / "config").read_bytes())["version"] == 7
     src = tmp_path / "run"
     _series(repo, src)
     assert SUB in _inner_codecs(repo_path)
@@ -123,7 +123,7 @@ def test_malformed_integer_difference_payloads_are_refused() -> None:
     sub = payload[:32] + bytes((INNER_SUB,)) + payload[33:]
     if payload[32] == INNER_SUB:
         assert decompress(DELTA, sub, len(data), base) == data
-    with pytest.raises(IntegrityError, match="expected 1, 2 or 3"):
-        decompress(DELTA, payload[:32] + b"\x04" + payload[33:], len(data), base)
+    with pytest.raises(IntegrityError, match="expected 1, 2, 3 or 4"):
+        decompress(DELTA, payload[:32] + b"\x05" + payload[33:], len(data), base)
     with pytest.raises(IntegrityError):
         decompress(DELTA, sub[:40], len(data), base)  # truncated inner byteplane payload

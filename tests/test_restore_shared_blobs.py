@@ -13,6 +13,7 @@ import pytest
 from conftest import FAST_KDF, tree_digest, write
 from weightvault.api import Repository
 from weightvault.ops import restore as restore_mod
+from weightvault.ops.restore_order import in_chain_order
 from weightvault.repository.repo import Repository as Engine
 
 
@@ -90,8 +91,28 @@ def test_files_are_restored_series_by_series_in_step_order() -> None:
              b"run/checkpoint-100", b"run/checkpoint-100/model.bin", b"run/checkpoint-100/opt.pt",
              b"run/checkpoint-20", b"run/checkpoint-20/model.bin", b"run/checkpoint-20/opt.pt", b"run/config.json"]
     plan = [(Node(path=p, type="file" if b"." in p else "dir"), Place(0, p.rsplit(b"/", 1)[-1])) for p in paths]
-    order = [n.path for n, _ in restore_mod._in_chain_order(plan)]
+    order = [n.path for n, _ in in_chain_order(plan)]
     assert order == [b"run", b"run/checkpoint-10", b"run/checkpoint-100", b"run/checkpoint-20",
                      b"run/checkpoint-10/model.bin", b"run/checkpoint-20/model.bin", b"run/checkpoint-100/model.bin",
                      b"run/checkpoint-10/opt.pt", b"run/checkpoint-20/opt.pt", b"run/checkpoint-100/opt.pt",
                      b"run/config.json"]
+
+
+def test_a_bf16_export_is_restored_right_after_the_f32_file_it_is_cast_from() -> None:
+    """Its chunks are casts of the F32 chunks just decoded (format v7); other series keep their order."""
+    from weightvault.ops.restore_tree import Place
+    from weightvault.repository.manifest import Node
+
+    def node(p: bytes) -> Node:
+        dtype = "BF16" if b"bf16" in p else "F32" if p.endswith(b".safetensors") else None
+        tensors: list[tuple[str, int, str | None] | None] | None = None
+        if dtype is not None:
+            tensors = [("__header__", 0, None), ("emb", 0, dtype), ("emb", 1, dtype)]
+        return Node(path=p, type="file", tensors=tensors)
+
+    paths = [f"run/checkpoint-{s}/{f}".encode() for s in (10, 20)
+             for f in ("model-bf16.safetensors", "model.safetensors", "optimizer.pt")]
+    order = [n.path for n, _ in in_chain_order([(node(p), Place(0, p)) for p in paths])]
+    assert order == [b"run/checkpoint-10/model.safetensors", b"run/checkpoint-10/model-bf16.safetensors",
+                     b"run/checkpoint-20/model.safetensors", b"run/checkpoint-20/model-bf16.safetensors",
+                     b"run/checkpoint-10/optimizer.pt", b"run/checkpoint-20/optimizer.pt"]

@@ -20,7 +20,7 @@ from conftest import assert_tiles, write
 from weightvault.api import Repository
 from weightvault.chunking.registry import DTYPE_SIZES, Chunk, ChunkerParams, default_registry
 from weightvault.chunking.safetensors import SAFETENSORS_DTYPE_BITS, SafetensorsSplitter, parse_safetensors
-from weightvault.chunking.tensor_plan import GROUP_MAX, OPAQUE_CHUNK, SMALL_TENSOR, TENSOR_CHUNK
+from weightvault.chunking.tensor_plan import GROUP_MAX, OPAQUE_CHUNK, SMALL_TENSOR, TENSOR_CHUNK, part_step
 
 MiB = 1024 * 1024
 PARAMS = ChunkerParams()
@@ -88,11 +88,12 @@ def assert_tensor_aligned(chunks: list[Chunk], data: bytes) -> None:
         assert all(r[2] == c.dtype for r in hit) and len(c.data) % DTYPE_SIZES[c.dtype] == 0
         start, stop, _ = ranges[c.tensor]
         if start <= c.offset and end <= stop:  # a part of one tensor
-            step = TENSOR_CHUNK - TENSOR_CHUNK % DTYPE_SIZES[c.dtype]
+            step = part_step(TENSOR_CHUNK, DTYPE_SIZES[c.dtype], c.dtype)
             assert hit == [ranges[c.tensor]] and len(c.data) <= step and c.offset - start == c.part * step
         else:  # a group of whole small tensors, named after the first, with no gaps
             assert c.offset == start and len(c.data) <= GROUP_MAX
-            assert all(c.offset <= r[0] and r[1] <= end and r[1] - r[0] < SMALL_TENSOR for r in hit)
+            half = 2 if c.dtype == "BF16" else 1  # as small as their F32 originals
+            assert all(c.offset <= r[0] and r[1] <= end and (r[1] - r[0]) * half < SMALL_TENSOR for r in hit)
             assert sum(r[1] - r[0] for r in hit) == len(c.data)
 
 
@@ -133,8 +134,8 @@ def test_big_tensor_parts_and_small_tensor_groups() -> None:
     chunks = split(blob)
     assert_tensor_aligned(chunks, blob)
     big_parts = [c for c in chunks if c.tensor == "big"]
-    assert [c.part for c in big_parts] == [0, 1, 2]
-    assert [len(c.data) for c in big_parts] == [TENSOR_CHUNK, TENSOR_CHUNK, 6]
+    assert [c.part for c in big_parts] == [0, 1, 2, 3, 4]  # BF16: as many elements per part as F32
+    assert [len(c.data) for c in big_parts] == [TENSOR_CHUNK // 2] * 4 + [6]
     odd_parts = [c for c in chunks if c.tensor == "odd"]
     assert [len(c.data) for c in odd_parts] == [TENSOR_CHUNK, 600_001 * 8 - TENSOR_CHUNK]
     grouped = [c for c in chunks if c.tensor and c.tensor.startswith("layer.")]

@@ -26,7 +26,7 @@ from weightvault.chunking.base import Chunk, ChunkerParams
 from weightvault.chunking.cdc import CdcSplitter, cdc_cuts
 
 __all__ = ["GROUP_MAX", "OPAQUE_CHUNK", "SMALL_TENSOR", "TENSOR_CHUNK", "CdcFallback", "Piece", "PlanBuilder",
-           "TensorRange", "bounded_count", "file_size", "piece_size", "read_exact", "read_plan"]
+           "TensorRange", "bounded_count", "file_size", "part_step", "piece_size", "read_exact", "read_plan"]
 
 TENSOR_CHUNK = 4 * 1024 * 1024  # largest piece of one tensor (rounded down to whole elements)
 SMALL_TENSOR = 256 * 1024  # tensors below this may share a piece with their neighbours
@@ -66,6 +66,19 @@ def piece_size(params: ChunkerParams) -> int:
     """Tensor piece size that respects the repository's max chunk size: ``TENSOR_CHUNK``, or less
     if ``params.max_size`` is smaller; always a multiple of 64 (so of every element size)."""
     return max(64, min(TENSOR_CHUNK, params.max_size) // 64 * 64)
+
+
+_HALF_FLOATS = frozenset({"BF16"})  # the dtype a cast makes (codec/cast.py)
+
+
+def part_step(chunk: int, itemsize: int, dtype: str | None) -> int:
+    """Bytes per piece of a large tensor: whole elements, at most ``chunk`` bytes. A BF16 tensor
+    gets as many elements per piece as an F32 one (``chunk / 4``), so the pieces of a BF16 export
+    line up with those of its F32 original (a cast, FORMAT.md section 5); for the same reason it
+    counts as small when its F32 original would."""
+    if dtype in _HALF_FLOATS and itemsize == 2 and chunk >= 8:
+        return chunk // 4 * 2
+    return chunk - chunk % itemsize if 0 < itemsize <= chunk else chunk
 
 
 def _name_cut(name: str) -> bool:
@@ -144,7 +157,7 @@ class PlanBuilder:
             length = t.end - t.start
             if length == 0:
                 continue
-            small = length < self._small
+            small = length * (2 if t.dtype in _HALF_FLOATS else 1) < self._small  # as its F32 original
             gap = t.start - cur
             if group:
                 if (small and t.dtype == group[0].dtype and gap <= self._max_gap
@@ -162,7 +175,7 @@ class PlanBuilder:
                 group.append(t)
                 continue
             fill(t.start)
-            step = self._chunk - self._chunk % t.itemsize if 0 < t.itemsize <= self._chunk else self._chunk
+            step = part_step(self._chunk, t.itemsize, t.dtype)
             for part, off in enumerate(range(t.start, t.end, step)):
                 self.pieces.append(Piece(off, min(step, t.end - off), t.dtype, t.name or None, part))
             self.pos = after_tensor = t.end

@@ -11,7 +11,9 @@
                   inner 1 (ZSTD) or 2 (BYTEPLANE): the inner payload encodes ``plaintext XOR base
                   plaintext`` (equal lengths); inner 3 (SUB, format version 5): a BYTEPLANE payload
                   of element size k encoding, per k-byte little-endian element, ``plaintext - base``
-                  modulo 2**(8k) (integer subtraction of the bit patterns), tail bytes XORed.
+                  modulo 2**(8k) (integer subtraction of the bit patterns), tail bytes XORed;
+                  inner 4 (CAST, format version 7): a BF16 chunk derived from its F32 base of
+                  twice its length (``codec/cast.py``).
 
 An unknown id is refused with UnsupportedFormatError, never guessed.
 """
@@ -26,6 +28,7 @@ import numpy as np
 import zstandard
 
 from weightvault.codec import floatplanes
+from weightvault.codec.cast import INNER_CAST, uncast
 from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError, UnsupportedFormatError
 
@@ -352,12 +355,16 @@ def decompress(
         base_id = delta_base(payload)
         if base is None:
             raise IntegrityError(f"delta blob needs the plaintext of its base {base_id.hex()}")
+        inner_codec = payload[_ID_SIZE]
+        inner = payload[_ID_SIZE + 1 :]
+        if inner_codec == INNER_CAST:  # a BF16 export of its F32 base (format version 7)
+            residual = decompress(ZSTD, inner, raw_length)
+            return uncast(residual if isinstance(residual, bytearray) else bytearray(residual), base, raw_length,
+                          f"delta blob on base {base_id.hex()}")
         if len(base) != raw_length:
             raise IntegrityError(f"delta base {base_id.hex()} has {len(base)} bytes, the blob {raw_length}")
-        inner_codec = payload[_ID_SIZE]
         if inner_codec not in (ZSTD, BYTEPLANE, INNER_SUB):
-            raise IntegrityError(f"delta payload has inner codec {inner_codec}; expected 1, 2 or 3")
-        inner = payload[_ID_SIZE + 1 :]
+            raise IntegrityError(f"delta payload has inner codec {inner_codec}; expected 1, 2, 3 or 4")
         diff = decompress(ZSTD if inner_codec == ZSTD else BYTEPLANE, inner, raw_length)
         out_buf = diff if isinstance(diff, bytearray) else bytearray(diff)
         arr, base_arr = np.frombuffer(out_buf, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)

@@ -62,11 +62,11 @@ __all__ = [
 ]
 
 # v2: codec 2 (byteplane); v3: codec 3 (delta), FLAG_BASE; v4: prune plans, maintenance locks;
-# v5: DELTA inner codec 3; v6: KMS key files. Older versions stay readable and writable.
-FORMAT_VERSION = 6
-#: The version ``init`` writes for a password repository: it uses nothing newer, so the
-#: weightvault of format 5 still reads it. A repository holding a KMS key file is version 6.
-CREATE_VERSION = 5
+# v5: DELTA inner codec 3; v6: KMS key files; v7: DELTA inner codec 4 (BF16 cast of an F32 base).
+# Older versions stay readable and writable.
+FORMAT_VERSION = 7
+#: The version ``init`` writes: every object this weightvault may store is allowed in it.
+CREATE_VERSION = 7
 KMS_KEY_VERSION = 6
 NONCE_SIZE = 12
 TAG_SIZE = 16

@@ -31,7 +31,7 @@ from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.retain import retain_snapshot
 from weightvault.ops.stages import Stages
 from weightvault.ops.store import ChunkSaver, store_stream
-from weightvault.ops.walk import Entry, WalkError, walk_source
+from weightvault.ops.walk import Entry, WalkError, reading_order, sibling_files, walk_source
 from weightvault.repository.manifest import ManifestWriter, Node, iter_manifest
 from weightvault.repository.repo import Repository
 from weightvault.repository.snapshots import Snapshot
@@ -327,10 +327,12 @@ class _Run:
         writer = ManifestWriter()
         saver = ChunkSaver(self.repo, self.opts.workers or os.cpu_count() or 2, self.stages)
         try:
-            for e in self.walk():
-                node = self._node(e, saver)
-                if node is not None:
-                    writer.add(node)
+            for batch in sibling_files(self.walk()):
+                nodes = {i: self._node(batch[i], saver) for i in reading_order(batch)}
+                for i in range(len(batch)):  # the manifest keeps the walk's order
+                    node = nodes[i]
+                    if node is not None:
+                        writer.add(node)
             saver.close()  # every chunk stored (or the first storing error raised)
         except BaseException:
             writer.close()

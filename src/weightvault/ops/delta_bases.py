@@ -9,14 +9,16 @@ For a file being backed up, the candidate earlier versions are, in order of pref
    the parent, ordered by the numbers (never by name string, so ``checkpoint-500`` comes before
    ``checkpoint-1000``).
 
-Within them a chunk's base is the blob with the same (tensor name, part, dtype), as recorded in
-the manifest's ``tensors`` field; the repository then only uses it if it has the same length, is
-durable and its chain is short enough (``Repository.save_blob``). Everything here is a hint: a
-wrong or missing base only costs compression, never correctness, because a delta blob's id is the
-hash of its own plaintext and decoding is verified against it.
-
-A base's plaintext is read from the source file on disk when it is still there (checked against
-the blob id, so a file changed since is never trusted), else loaded from the repository.
+Within them a chunk's base is the blob with the same (tensor name, part, dtype), as recorded in the
+manifest's ``tensors`` field. A BF16 chunk is first offered the F32 part of the same tensor from a
+file of this backup in the same directory (a model saved as F32 with its BF16 export next to it:
+stored as a cast of it, format version 7), its earlier version as the fallback; the repository then
+only uses it if it has the same length, is durable and its chain is short enough
+(``Repository.save_blob``). Everything here is a hint: a wrong or missing base only costs
+compression, never correctness, because a delta blob's id is the hash of its own plaintext and
+decoding is verified against it. A base's plaintext is read from the source file on disk when it is
+still there (checked against the blob id, so a file changed since is never trusted), else loaded
+from the repository.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class BaseFinder:
         self._roots = roots
         self._parent: dict[bytes, _FileRef] = {}
         self._series: dict[bytes, dict[tuple[int, ...], _FileRef]] = {}
+        self._f32: dict[bytes, list[_FileRef]] = {}  # directory -> files of this backup with F32 parts
         for node in previous.values():
             if node.tensors is not None:
                 ref = _FileRef(node.path, node.blobs, node.tensors, self._abs_of(node.path), None)
@@ -101,7 +104,10 @@ class BaseFinder:
     def note(self, rel: bytes, abs_path: bytes, node: Node, offsets: list[int] | None) -> None:
         """Record a file of this backup (read now, or unchanged from the parent) as a future base."""
         if node.tensors is not None:
-            self._add_series(_FileRef(rel, node.blobs, node.tensors, abs_path, offsets))
+            ref = _FileRef(rel, node.blobs, node.tensors, abs_path, offsets)
+            self._add_series(ref)
+            if any(t is not None and t[2] == "F32" for t in node.tensors):
+                self._f32.setdefault(os.path.dirname(rel), []).append(ref)
 
     def bases_for(self, rel: bytes) -> dict[TensorPart, DeltaBase]:
         """Delta base candidates for the chunks of ``rel``, keyed by (tensor, part, dtype)."""
@@ -118,7 +124,22 @@ class BaseFinder:
         out: dict[TensorPart, DeltaBase] = {}
         for ref in reversed(refs):  # the preferred candidate is applied last and wins
             out.update(self._chunk_bases(ref))
+        siblings = self._f32.get(os.path.dirname(rel))
+        if siblings:
+            self._add_casts(out, siblings)
         return out
+
+    def _add_casts(self, out: dict[TensorPart, DeltaBase], siblings: list[_FileRef]) -> None:
+        """Offer each F32 part of the sibling files as the first base of the BF16 part of the same
+        tensor (a cast, tried before the chunk's earlier version, which stays its fallback)."""
+        originals: dict[tuple[str, int], DeltaBase] = {}
+        for ref in siblings:
+            for (name, part, dtype), base in self._chunk_bases(ref).items():
+                if dtype == "F32":
+                    originals[(name, part)] = base
+        for (name, part), base in originals.items():
+            key = (name, part, "BF16")
+            out[key] = DeltaBase(base.blob_id, base.load, fallback=out.get(key))
 
     def _chunk_bases(self, ref: _FileRef) -> dict[TensorPart, DeltaBase]:
         offsets = ref.offsets

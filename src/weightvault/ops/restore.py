@@ -34,7 +34,6 @@ from weightvault.errors import (
     UnsafePathError,
     UsageError,
 )
-from weightvault.ops.delta_bases import series_key
 from weightvault.ops.progress import ProgressCallback, Reporter
 from weightvault.ops.restore_durable import DurableBatch, make_dirs_durable
 from weightvault.ops.restore_file import (
@@ -49,6 +48,7 @@ from weightvault.ops.restore_file import (
     write_file,
     write_group,
 )
+from weightvault.ops.restore_order import in_chain_order
 from weightvault.ops.restore_tree import Dirs, Place, Tree
 from weightvault.ops.stages import Stages
 from weightvault.ops.walk import matches_any
@@ -292,7 +292,7 @@ def _restore_files(
                     raise
                 fut.add_done_callback(done)
 
-            _dispatch(_in_chain_order(plan), dirs, result, failed, submit)
+            _dispatch(in_chain_order(plan), dirs, result, failed, submit)
         if not failed:
             batch.flush()
     finally:
@@ -345,18 +345,6 @@ def _dispatch(plan: list[tuple[Node, Place]], dirs: Dirs, result: RestoreResult,
     finally:
         for fd in group_fds.values():  # not handed over (a failure)
             os.close(fd)
-
-
-def _in_chain_order(plan: list[tuple[Node, Place]]) -> list[tuple[Node, Place]]:
-    """Directories first (in plan order), then files grouped by checkpoint series, each series in
-    step order (``delta_bases.series_key``): a file's delta bases are then the chunks of the file
-    restored just before it, still in the cache, instead of a whole checkpoint's worth of bases
-    of every file kept at once (and chains decoded again once the cache overflows)."""
-    def key(item: tuple[Node, Place]) -> tuple[bytes, tuple[int, ...], bytes]:
-        sk = series_key(item[0].path)
-        return (sk[0], sk[1], item[0].path) if sk is not None else (item[0].path, (), item[0].path)
-
-    return [i for i in plan if i[0].type == "dir"] + sorted((i for i in plan if i[0].type == "file"), key=key)
 
 
 def _restore_symlink(dirs: Dirs, n: Node, place: Place) -> None:

@@ -9,7 +9,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["CACHEDIR_SIGNATURE", "Entry", "WalkError", "matches_any", "walk_source"]
+__all__ = ["CACHEDIR_SIGNATURE", "SIBLING_BATCH", "Entry", "WalkError", "matches_any", "reading_order", "sibling_files",
+           "walk_source"]
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
@@ -119,3 +120,42 @@ def _children(path: bytes, rel: bytes, excludes: list[str], exclude_caches: bool
         child_rel = rel + b"/" + name
         if not matches_any(child_rel, excludes):
             yield _entry(os.path.join(path, name), child_rel)
+
+
+SIBLING_BATCH = 64  # regular files of one directory whose reading order may change
+
+
+def sibling_files(entries: Iterator[Entry | WalkError]) -> Iterator[list[Entry | WalkError]]:
+    """The walk in batches: up to ``SIBLING_BATCH`` consecutive regular files of one directory
+    together, every other entry alone. Concatenated, the batches are the walk in its order."""
+    batch: list[Entry | WalkError] = []
+    parent: bytes | None = None
+    for e in entries:
+        if isinstance(e, Entry) and stat.S_ISREG(e.st.st_mode):
+            here = e.rel.rpartition(b"/")[0]
+            if batch and (here != parent or len(batch) >= SIBLING_BATCH):
+                yield batch
+                batch = []
+            batch.append(e)
+            parent = here
+            continue
+        if batch:
+            yield batch
+            batch = []
+        yield [e]
+    if batch:
+        yield batch
+
+
+def reading_order(batch: list[Entry | WalkError]) -> list[int]:
+    """The order in which a backup reads a batch of sibling files: safetensors files first,
+    largest first (a model's F32 original before the BF16 export made from it, so the export can
+    be stored as a cast of it), then the others in walk order."""
+
+    def key(i: int) -> tuple[int, int]:
+        e = batch[i]
+        if isinstance(e, Entry) and e.rel.endswith(b".safetensors"):
+            return 0, -e.st.st_size
+        return 1, i
+
+    return sorted(range(len(batch)), key=key)

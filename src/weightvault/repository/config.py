@@ -7,10 +7,11 @@ every password look wrong, a raised version gets the repository refused, and out
 are refused at open time.
 
 ``version`` is the format version the repository was created with (``CREATE_VERSION`` for a new
-password repository, ``KMS_KEY_VERSION`` with a KMS key). It gates what writers may store: codec 2
+repository). It gates what writers may store: codec 2
 (byteplane) only when ``version >= 2``, codec 3 (delta) only when ``version >= 3``, prune plans
 and the ledger only when ``version >= 4``, a delta of integer differences (inner 3) only when
-``version >= 5``, a KMS key file only when ``version >= 6``, so an older repository stays readable
+``version >= 5``, a KMS key file only when ``version >= 6``, a BF16 cast of an F32 base (inner 4)
+only when ``version >= 7``, so an older repository stays readable
 by the weightvault that created it. Only adding a KMS key raises it (``Repository.add_kms_key``), and says so.
 """
 
@@ -37,7 +38,7 @@ FORMAT_NAME = "weightvault-repository"
 @dataclass(frozen=True, slots=True)
 class RepoConfig:
     repo_id: str
-    version: int = CREATE_VERSION  # KMS_KEY_VERSION when created with a KMS key
+    version: int = CREATE_VERSION
     created: str = ""
     chunk_min: int = 256 * 1024
     chunk_avg: int = 1024 * 1024

@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from weightvault.backends.base import Backend, FileType, save_pack
@@ -27,8 +26,9 @@ from weightvault.errors import (
     UnsupportedFormatError,
     WeightvaultError,
 )
-from weightvault.format.layout import KMS_KEY_VERSION, blob_aad
+from weightvault.format.layout import CREATE_VERSION, KMS_KEY_VERSION, blob_aad
 from weightvault.repository import keys as keyfiles
+from weightvault.repository.blob_coding import MAX_CHAIN, DeltaBase, choose_coding
 from weightvault.repository.config import RepoConfig
 from weightvault.repository.index import (
     MasterIndex,
@@ -48,17 +48,6 @@ log = logging.getLogger(__name__)
 
 INDEX_EVERY_PACKS = 16
 INDEX_EVERY_SECONDS = 300.0
-MAX_CHAIN = 64  # readers refuse longer delta chains (writers stop at config.delta_max_depth)
-
-
-@dataclass(frozen=True, slots=True)
-class DeltaBase:
-    """A candidate delta base: its id and a function returning its plaintext (None if unavailable),
-    called only if the blob is new and the base usable (durable, its chain below the limit)."""
-
-    blob_id: bytes
-    load: Callable[[], bytes | None]
-
 
 class Repository(SnapshotDocuments):
     """An unlocked repository. Blob saving is thread-safe; call ``flush()`` before saving a snapshot."""
@@ -70,6 +59,7 @@ class Repository(SnapshotDocuments):
         self.key_name = key_name
         self.index = MasterIndex()
         self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)  # a pending blob joined a pack or was given up
         self._index_lock = threading.RLock()  # one index refresh at a time
         self._index_checked = 0.0  # when a lookup of an unknown blob last re-read index/
         self._pending: set[bytes] = set()
@@ -95,7 +85,9 @@ class Repository(SnapshotDocuments):
         """A new repository, unlocked; key files for ``password`` and/or ``kms`` (format v6)."""
         if any(True for _ in backend.list(FileType.CONFIG)):
             raise RepositoryExistsError(f"a repository already exists at {backend.location}")
-        cfg = RepoConfig.new(**({"version": KMS_KEY_VERSION, **config} if kms is not None else config))
+        if kms is not None:  # a KMS key file needs format v6
+            config = {**config, "version": max(KMS_KEY_VERSION, config.get("version", CREATE_VERSION))}
+        cfg = RepoConfig.new(**config)
         backend.create()
         master = MasterKey.generate()
         name = keyfiles.create_initial_keys(backend, cfg.repo_id, master, password, kdf or KdfParams(), kms)
@@ -161,6 +153,7 @@ class Repository(SnapshotDocuments):
                 return
             for p in self._packers.values():
                 self._pending.difference_update(b.blob_id for b in p.blobs)
+            self._landed.notify_all()
             self._packers.clear()
             self._unindexed = {}
             self.index = MasterIndex(self.index.condemned)
@@ -357,10 +350,11 @@ class Repository(SnapshotDocuments):
         delta: DeltaBase | None = None,
     ) -> tuple[bytes, bool]:
         """Store ``data`` unless a blob with its id exists. Returns (id, newly stored). Thread-safe.
-        With ``delta`` (format v3 and later) the blob may be stored as an XOR delta against that
-        base, if that is smallest (``compress_chunk``). A base is only used if it is already durable
-        and indexed, or waits in the same pack as the blob (so no crash can leave a delta whose base
-        was never written), and its chain is shorter than ``config.delta_max_depth``. The blob
+        With ``delta`` (format v3 and later) the blob may be stored as a delta against that base
+        (or a BF16 cast of it, v7), if that is smallest (``blob_coding.choose_coding``). A base is
+        only used if it is already durable and indexed, or waits in the same pack as the blob (so
+        no crash can leave a delta whose base was never written), and its chain is shorter than
+        ``config.delta_max_depth``. The blob
         becomes durable only when its pack is written (when full, or by ``flush()``)."""
         bid = blob_id if blob_id is not None else self.key.blob_id(data)
         with self._lock:
@@ -368,16 +362,15 @@ class Repository(SnapshotDocuments):
                 return bid, False
             self._pending.add(bid)
         try:
-            base = self._usable_base(btype, bid, data, delta)
-            codec, envelope = self.encode_blob(btype, bid, data, dtype, base)
+            codec, envelope, base_id = choose_coding(self, btype, bid, data, dtype, delta)
             full = None
             while True:
                 with self._lock:
                     packer = self._packers.setdefault(btype, PackBuilder())
-                    base_id = base[0] if codec == DELTA and base else None
                     # the durability rule: the base is durable, or in the very pack this blob joins
                     if base_id is None or self.index.usable(base_id) or base_id in packer.by_id:
                         packer.add(bid, btype, codec, envelope, len(data), base_id)
+                        self._landed.notify_all()
                         self.stats_new_blobs += 1
                         self.stats_new_stored += len(envelope)
                         # sealed in the same critical section as the add: exactly one thread takes
@@ -385,11 +378,12 @@ class Repository(SnapshotDocuments):
                         if packer.size >= self.config.pack_size:
                             full = self._packers.pop(btype)
                         break
-                base = None  # the base's pack was sealed meanwhile and is not durable yet: rare
+                base_id = None  # the base's pack was sealed meanwhile and is not durable yet: rare
                 codec, envelope = self.encode_blob(btype, bid, data, dtype, None)
         except BaseException:
             with self._lock:
                 self._pending.discard(bid)
+                self._landed.notify_all()
             raise
         if full is not None:
             self._write_pack(full)
@@ -409,34 +403,6 @@ class Repository(SnapshotDocuments):
         self._decisions.put(bid, decision)
         return codec, self.key.seal(payload, blob_aad(btype, codec, bid))
 
-    def _located(self, btype: BlobType, blob_id: bytes) -> PackedBlob | None:
-        """An indexed blob, or one in the open pack of ``btype``; caller holds ``_lock``."""
-        entry = self.index.get(blob_id, usable_only=True)
-        if entry is not None:
-            return entry.blob
-        packer = self._packers.get(btype)
-        return packer.by_id.get(blob_id) if packer is not None else None
-
-    def _usable_base(
-        self, btype: BlobType, bid: bytes, data: bytes, delta: DeltaBase | None
-    ) -> tuple[bytes, bytes] | None:
-        """The base (id, plaintext) to try, if it is durable or in the open pack (the durability rule
-        is checked again when the blob joins a pack), has the blob's length and a chain shorter
-        than ``config.delta_max_depth``."""
-        if delta is None or delta.blob_id == bid or self.config.version < 3 or self.config.delta_max_depth == 0:
-            return None
-        with self._lock:
-            first = self._located(btype, delta.blob_id)
-            depth, cur = 0, first
-            while cur is not None and cur.base is not None and depth <= MAX_CHAIN:
-                depth, cur = depth + 1, self._located(btype, cur.base)
-        if first is None or cur is None or depth >= self.config.delta_max_depth or first.raw_length != len(data):
-            return None
-        plain = delta.load()
-        if plain is None or len(plain) != len(data):
-            return None
-        return delta.blob_id, plain
-
     def _write_pack(self, packer: PackBuilder) -> None:
         pack_id, data = packer.finish(self.key)
         try:
@@ -448,6 +414,7 @@ class Repository(SnapshotDocuments):
             self.packs_written.append(pack_id)
             self.index.add_pack(pack_id, packer.blobs)
             self._pending.difference_update(b.blob_id for b in packer.blobs)
+            self._landed.notify_all()
             self._unindexed[pack_id] = packer.blobs
         self._index_written_packs(force=False)
 
@@ -472,6 +439,7 @@ class Repository(SnapshotDocuments):
         with self._lock:
             for p in packers:
                 self._pending.difference_update(b.blob_id for b in p.blobs)
+            self._landed.notify_all()
 
     def _write_index_or_keep(self, packs: dict[str, list[PackedBlob]]) -> None:
         """Write an index for ``packs``; if that fails they stay queued for the next flush."""
