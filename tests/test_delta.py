@@ -288,6 +288,33 @@ def test_delta_max_depth_bounds_chains_and_zero_disables(tmp_path: Path) -> None
         )
 
 
+def test_at_the_depth_limit_a_checkpoint_deltas_against_an_older_one_within_it(tmp_path: Path) -> None:
+    """Checkpoints 1-3 make chains of depth 2 (the limit); checkpoint 4 is coded against
+    checkpoint 2 (depth 1) rather than stored alone, so its chains stay within the limit and the
+    run keeps its deltas (``delta_bases.SKIP_BACK``)."""
+    repo_path = tmp_path / "repo"
+    repo = make_repo(repo_path, delta_max_depth=2, pack_size=64 * 1024)
+    model = Model(layers=10)
+    src = tmp_path / "run"
+    for step in (1, 2, 3, 4):
+        model.step()
+        model.save(src / f"checkpoint-{step}" / "model.safetensors")
+        repo.backup([src])
+    eng = engine(repo_path)
+    snap = repo.snapshots()[-1]
+    nodes = {n.path.split(b"/")[1]: n for n in iter_manifest(snap.tree, eng.load_blob) if n.type == "file"}
+    deltas = delta_blobs(repo_path)
+    tensor_blobs = [b for b, t in zip(nodes[b"checkpoint-4"].blobs, nodes[b"checkpoint-4"].tensors or [], strict=True)
+                    if t is not None and t[2] is not None]
+    on_two = [b for b in tensor_blobs if deltas.get(b) in set(nodes[b"checkpoint-2"].blobs)]
+    assert len(on_two) >= len(tensor_blobs) // 2  # the rest: parts whose checkpoint 3 was not at the limit
+    assert all((eng.delta_depth(b) or 0) <= 2 for b in tensor_blobs)
+    assert max_depth(repo_path) == 2
+    repo.restore("latest", tmp_path / "out", verify=True)
+    assert sha(tmp_path / "out" / "run" / "checkpoint-4" / "model.safetensors") == sha(
+        src / "checkpoint-4" / "model.safetensors")
+
+
 def test_checkpoints_of_one_run_delta_against_the_numerically_previous_one(tmp_path: Path) -> None:
     """Within a snapshot a checkpoint uses the newest earlier one read before it; across snapshots
     checkpoint-2000 follows checkpoint-1500 (by number: as strings, "500" would sort last)."""

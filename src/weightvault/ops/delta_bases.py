@@ -3,11 +3,12 @@
 For a file being backed up, the candidate earlier versions are, in order of preference:
 
 1. the file at the same path in the parent snapshot (a model file rewritten in place);
-2. the newest earlier checkpoint of the same run: the file whose path differs only in the numbers
-   of one component (``run/checkpoint-40/model.safetensors`` after ``run/checkpoint-20/...``;
-   ``step-00040``, ``epoch3-step1000``, ``model_step40.pt`` alike), taken from this snapshot or
-   the parent, ordered by the numbers (never by name string, so ``checkpoint-500`` comes before
-   ``checkpoint-1000``).
+2. the newest earlier checkpoints of the same run (up to ``SKIP_BACK``, newest first: one whose
+   chain is at the depth limit gives way to an older one within it, instead of the chunk being
+   stored alone): the files whose paths differ only in the numbers of one component
+   (``run/checkpoint-40/model.safetensors`` after ``run/checkpoint-20/...``; ``step-00040``,
+   ``epoch3-step1000``, ``model_step40.pt`` alike), taken from this snapshot or the parent, ordered
+   by the numbers (never by name string, so ``checkpoint-500`` comes before ``checkpoint-1000``).
 
 Within them a chunk's base is the blob with the same (tensor name, part, dtype), as recorded in the
 manifest's ``tensors`` field. A BF16 chunk is first offered the F32 part of the same tensor from a
@@ -38,6 +39,9 @@ __all__ = ["BaseFinder", "series_key"]
 log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(rb"\d+")
+#: earlier checkpoints of a run offered per chunk, newest first: where the newest one's chain is at
+#: the depth limit, the chunk is coded against an older one within it rather than alone
+SKIP_BACK = 4
 
 
 def series_key(rel: bytes) -> tuple[bytes, tuple[int, ...]] | None:
@@ -118,12 +122,12 @@ class BaseFinder:
         sk = series_key(rel)
         if sk is not None:
             versions = self._series.get(sk[0], {})
-            earlier = [n for n in versions if n < sk[1]]
-            if earlier:
-                refs.append(versions[max(earlier)])
+            earlier = sorted((n for n in versions if n < sk[1]), reverse=True)[:SKIP_BACK]
+            refs += [versions[n] for n in earlier]
         out: dict[TensorPart, DeltaBase] = {}
-        for ref in reversed(refs):  # the preferred candidate is applied last and wins
-            out.update(self._chunk_bases(ref))
+        for ref in reversed(refs):  # the preferred candidate comes last: the others are its fallbacks
+            for key, base in self._chunk_bases(ref).items():
+                out[key] = DeltaBase(base.blob_id, base.load, fallback=out.get(key))
         siblings = self._f32.get(os.path.dirname(rel))
         if siblings:
             self._add_casts(out, siblings)

@@ -2,8 +2,8 @@
 
 A base is usable if it is indexed or waits in the open pack of the blob's type (the durability
 rule is checked again when the blob joins a pack), its delta chain is shorter than
-``config.delta_max_depth``, and it has the blob's length (a delta, format version 3), or, for a
-BF16 chunk in a version-7 repository, exactly twice it (a cast of its F32 original,
+``config.delta_max_depth`` (a cast's base: at most that long), and it has the blob's length (a
+delta, format version 3), or, for a BF16 chunk in a version-7 repository, exactly twice it (a cast of its F32 original,
 ``codec/cast.py``). A cast is kept only if it costs at most ``CAST_KEEP`` of the raw length;
 otherwise the offered ``fallback`` (the chunk's earlier version) is tried as an ordinary delta.
 A BF16 chunk whose base another thread is still storing waits for it (at most ``PENDING_WAIT``).
@@ -71,7 +71,11 @@ def _usable(repo: Repository, btype: BlobType, bid: bytes, data: bytes, delta: D
         depth, cur = 0, first
         while cur is not None and cur.base is not None and depth <= MAX_CHAIN:
             depth, cur = depth + 1, located(repo, btype, cur.base)
-    if first is None or cur is None or depth >= cfg.delta_max_depth or first.raw_length not in lengths:
+    if first is None or cur is None or first.raw_length not in lengths:
+        return None
+    # a cast may end a chain one link past delta_max_depth: nothing is ever coded against a cast
+    # but the export's next version, and that is held to the limit like every delta
+    if depth >= cfg.delta_max_depth + (first.raw_length != len(data)):
         return None
     plain = delta.load()
     if plain is None or len(plain) != first.raw_length:
