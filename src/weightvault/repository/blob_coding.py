@@ -11,6 +11,7 @@ A BF16 chunk whose base another thread is still storing waits for it (at most ``
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,17 +61,19 @@ def _usable(repo: Repository, btype: BlobType, bid: bytes, data: bytes, delta: D
         return None
     cast = cfg.version >= CAST_VERSION and dtype == "BF16"
     lengths = (len(data), 2 * len(data)) if cast else (len(data),)
-    with repo._lock:
-        first = located(repo, btype, delta.blob_id)
-        deadline = time.monotonic() + PENDING_WAIT
-        # a BF16 export is read right after its F32 original, whose last parts may still be being
-        # coded by another worker (never the other way round, so this wait cannot close a cycle)
-        while cast and first is None and delta.blob_id in repo._pending and time.monotonic() < deadline:
-            repo._landed.wait(deadline - time.monotonic())
+    deadline = time.monotonic() + PENDING_WAIT
+    while True:
+        with repo._lock:
             first = located(repo, btype, delta.blob_id)
-        depth, cur = 0, first
-        while cur is not None and cur.base is not None and depth <= MAX_CHAIN:
-            depth, cur = depth + 1, located(repo, btype, cur.base)
+            # a BF16 export is read right after its F32 original, whose last parts may still be
+            # coded by another worker (never the other way round, so this wait closes no cycle)
+            if not (cast and first is None and delta.blob_id in repo._pending and time.monotonic() < deadline):
+                depth, cur = 0, first
+                while cur is not None and cur.base is not None and depth <= MAX_CHAIN:
+                    depth, cur = depth + 1, located(repo, btype, cur.base)
+                break
+            woken = repo._waiters.setdefault(delta.blob_id, threading.Event())
+        woken.wait(max(0.0, deadline - time.monotonic()))
     if first is None or cur is None or first.raw_length not in lengths:
         return None
     # a cast may end a chain one link past delta_max_depth: nothing is ever coded against a cast

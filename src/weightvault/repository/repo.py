@@ -59,7 +59,7 @@ class Repository(SnapshotDocuments):
         self.key_name = key_name
         self.index = MasterIndex()
         self._lock = threading.Lock()
-        self._landed = threading.Condition(self._lock)  # a pending blob joined a pack or was given up
+        self._waiters: dict[bytes, threading.Event] = {}  # pending blobs a thread waits for (_wake)
         self._index_lock = threading.RLock()  # one index refresh at a time
         self._index_checked = 0.0  # when a lookup of an unknown blob last re-read index/
         self._pending: set[bytes] = set()
@@ -153,7 +153,7 @@ class Repository(SnapshotDocuments):
                 return
             for p in self._packers.values():
                 self._pending.difference_update(b.blob_id for b in p.blobs)
-            self._landed.notify_all()
+            self._wake()
             self._packers.clear()
             self._unindexed = {}
             self.index = MasterIndex(self.index.condemned)
@@ -370,7 +370,7 @@ class Repository(SnapshotDocuments):
                     # the durability rule: the base is durable, or in the very pack this blob joins
                     if base_id is None or self.index.usable(base_id) or base_id in packer.by_id:
                         packer.add(bid, btype, codec, envelope, len(data), base_id)
-                        self._landed.notify_all()
+                        self._wake()
                         self.stats_new_blobs += 1
                         self.stats_new_stored += len(envelope)
                         # sealed in the same critical section as the add: exactly one thread takes
@@ -383,7 +383,7 @@ class Repository(SnapshotDocuments):
         except BaseException:
             with self._lock:
                 self._pending.discard(bid)
-                self._landed.notify_all()
+                self._wake()
             raise
         if full is not None:
             self._write_pack(full)
@@ -414,9 +414,17 @@ class Repository(SnapshotDocuments):
             self.packs_written.append(pack_id)
             self.index.add_pack(pack_id, packer.blobs)
             self._pending.difference_update(b.blob_id for b in packer.blobs)
-            self._landed.notify_all()
+            self._wake()
             self._unindexed[pack_id] = packer.blobs
         self._index_written_packs(force=False)
+
+    def _wake(self) -> None:
+        """Wake every thread waiting for a pending blob (caller holds ``_lock``): pending blobs
+        changed; each waiter checks again under the lock (``blob_coding``)."""
+        if self._waiters:
+            for ev in self._waiters.values():
+                ev.set()
+            self._waiters.clear()
 
     def _due(self) -> bool:
         return len(self._unindexed) >= INDEX_EVERY_PACKS or (
@@ -439,7 +447,7 @@ class Repository(SnapshotDocuments):
         with self._lock:
             for p in packers:
                 self._pending.difference_update(b.blob_id for b in p.blobs)
-            self._landed.notify_all()
+            self._wake()
 
     def _write_index_or_keep(self, packs: dict[str, list[PackedBlob]]) -> None:
         """Write an index for ``packs``; if that fails they stay queued for the next flush."""
