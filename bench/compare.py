@@ -830,6 +830,15 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}
 
 
+def byte_compile() -> None:
+    """Byte-compile weightvault's modules as a wheel install would, so that no timed command
+    compiles its own source (an editable install under PYTHONDONTWRITEBYTECODE otherwise does,
+    every run: ~0.2 s of each command's start-up here). Modules edited later are recompiled."""
+    import compileall
+
+    compileall.compile_dir(str(HERE.parent / "src" / "weightvault"), quiet=1, workers=0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--corpus", action="append", choices=sorted(CORPORA), help="corpus to run (repeatable)")
@@ -849,6 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = args.tool or list(TOOLS)
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    byte_compile()
     versions = {t: tool_version(t) for t in TOOLS}
     result: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
