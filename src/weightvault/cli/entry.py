@@ -4,6 +4,7 @@ like Ctrl-C later, never with a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["main"]
@@ -27,6 +28,9 @@ def main() -> None:
         from weightvault.cli.allocator import tune_allocator
 
         tune_allocator()  # before the libraries below allocate anything large
+        from weightvault.cli.prewarm import start
+
+        start(sys.argv[1:], os.environ)  # the password KDF runs beside the imports below
         from weightvault.cli.main import main as cli_main
     except BaseException as exc:
         if not _interrupted(exc):

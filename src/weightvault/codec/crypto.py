@@ -2,55 +2,23 @@
 
 * AEAD: ChaCha20-Poly1305 (RFC 8439), 96-bit random nonce per envelope, 128-bit tag.
 * Blob ids: BLAKE3 keyed with a 32-byte repository secret (``id_key``) over the plaintext.
-* KDF: argon2id; defaults above OWASP's minimum (m=64 MiB, t=3, p=1).
+* KDF: argon2id; defaults above OWASP's minimum (m=64 MiB, t=3, p=1); see codec/kdf.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 
 import blake3
-from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from weightvault.codec.kdf import KdfParams, derive_key
 from weightvault.errors import IntegrityError
 from weightvault.format.layout import NONCE_SIZE, OVERHEAD, TAG_SIZE
 
 __all__ = ["KdfParams", "MasterKey", "derive_key", "open_envelope", "seal_envelope", "sha256_hex"]
-
-
-@dataclass(frozen=True, slots=True)
-class KdfParams:
-    """argon2id parameters as stored in a key file. memory_kib is in KiB."""
-
-    memory_kib: int = 65536
-    time_cost: int = 3
-    parallelism: int = 1
-
-    def validate(self) -> None:
-        if self.memory_kib < 8 * self.parallelism or self.time_cost < 1 or self.parallelism < 1:
-            raise IntegrityError(f"key file has invalid KDF parameters {self}")
-        if self.memory_kib > 4 * 1024 * 1024:
-            raise IntegrityError(f"key file asks for {self.memory_kib} KiB of KDF memory (max 4 GiB)")
-
-
-def derive_key(password: bytes, salt: bytes, params: KdfParams) -> bytes:
-    """argon2id(password, salt) -> 32-byte wrapping key."""
-    params.validate()
-    return bytes(
-        hash_secret_raw(
-            secret=password,
-            salt=salt,
-            time_cost=params.time_cost,
-            memory_cost=params.memory_kib,
-            parallelism=params.parallelism,
-            hash_len=32,
-            type=Type.ID,
-        )
-    )
 
 
 def seal_envelope(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytearray:

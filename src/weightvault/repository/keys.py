@@ -29,6 +29,7 @@ from weightvault.errors import IntegrityError, KeyServiceError, UnsupportedForma
 from weightvault.format import objects
 from weightvault.format.layout import KIND_KEY, kind_aad
 from weightvault.kms import KeyService, open_key_service
+from weightvault.repository.key_prefetch import kdf_inputs
 
 __all__ = ["KeyInfo", "KeyService", "create_initial_keys", "create_key_file", "create_kms_key_file", "kms_context",
            "list_keys", "unlock"]
@@ -127,13 +128,10 @@ def list_keys(backend: Backend) -> list[KeyInfo]:
 
 
 def _try_key(doc: dict[str, object], name: str, repo_id: str, password: bytes) -> MasterKey | None:
+    params, salt = kdf_inputs(doc, name)
     try:
-        p = doc["kdf_params"]
-        assert isinstance(p, dict)
-        params = KdfParams(int(p["memory_kib"]), int(p["time_cost"]), int(p["parallelism"]))
-        salt = objects.b64d(str(doc["salt"]))
         envelope = objects.b64d(str(doc["key"]))
-    except (KeyError, ValueError, AssertionError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise IntegrityError(f"key file {name} is malformed: {exc}") from exc
     wrap = derive_key(password, salt, params)
     try:
