@@ -16,6 +16,18 @@ FAST_KDF = KdfParams(memory_kib=8192, time_cost=1, parallelism=1)
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_and_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's ledger catalogs, verify sampling state and policy journals go under the
+    session's tmp dir (inherited by the processes tests start), never into the user's
+    ~/.cache or ~/.local/state."""
+    base = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        mp.setenv("XDG_STATE_HOME", str(base / "state"))
+        yield
+
+
 @pytest.fixture
 def repo_path(tmp_path: Path) -> Path:
     return tmp_path / "repo"
