@@ -16,18 +16,6 @@ FAST_KDF = KdfParams(memory_kib=8192, time_cost=1, parallelism=1)
 PASSWORD = "correct horse battery staple"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _private_cache_and_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The suite's ledger catalogs, verify sampling state and policy journals go under the
-    session's tmp dir (inherited by the processes tests start), never into the user's
-    ~/.cache or ~/.local/state."""
-    base = tmp_path_factory.mktemp("xdg")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
-        mp.setenv("XDG_STATE_HOME", str(base / "state"))
-        yield
-
-
 @pytest.fixture
 def repo_path(tmp_path: Path) -> Path:
     return tmp_path / "repo"
@@ -46,6 +34,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.delenv("WEIGHTVAULT_REPO", raising=False)
     monkeypatch.delenv("WEIGHTVAULT_PASSWORD", raising=False)
     yield home
