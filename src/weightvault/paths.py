@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
-__all__ = ["atomic_write", "cache_home", "config_home", "data_home", "fsync_dir", "state_home"]
+__all__ = ["atomic_write", "cache_home", "config_home", "data_home", "fsync_dir", "read_small_regular", "state_home"]
 
 
 def _base(var: str, *default: str) -> Path:
@@ -50,6 +51,26 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_small_regular(path: str | os.PathLike[str], limit: int, *, follow_symlinks: bool = True) -> bytes | None:
+    """The contents of ``path`` if it is a regular file of at most ``limit`` bytes, else None (also
+    for any OSError). Never blocks on a FIFO or device: it is opened non-blocking and only read
+    once fstat says it is a regular file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
     finally:
         os.close(fd)
 

@@ -13,7 +13,6 @@ embedded default repository; ``--password-file``, ``$WEIGHTVAULT_PASSWORD``,
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,19 +36,10 @@ def _option(argv: Sequence[str], names: tuple[str, ...]) -> str | None:
 
 def _first_line(path: str | os.PathLike[str]) -> bytes | None:
     """The first line of a regular file (as ``read_password_file`` reads it), else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, 64 * 1024)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data.splitlines()[0] if data.splitlines() else None
+    from weightvault.paths import read_small_regular
+
+    lines = (read_small_regular(path, 64 * 1024) or b"").splitlines()
+    return lines[0] if lines else None
 
 
 def _password(argv: Sequence[str], env: Mapping[str, str], default_key: Path | None) -> bytes | None:

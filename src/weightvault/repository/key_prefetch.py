@@ -9,15 +9,15 @@ reports it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import os
-import stat
 from pathlib import Path
 
 from weightvault.codec.kdf import KdfParams, prepare_key
 from weightvault.errors import IntegrityError
+from weightvault.format.objects import b64d
+from weightvault.paths import read_small_regular
 
 __all__ = ["kdf_inputs", "prefetch_local_keys"]
 
@@ -31,26 +31,10 @@ def kdf_inputs(doc: dict[str, object], name: str) -> tuple[KdfParams, bytes]:
         if not isinstance(p, dict):
             raise TypeError("kdf_params is not an object")
         params = KdfParams(int(p["memory_kib"]), int(p["time_cost"]), int(p["parallelism"]))
-        salt = base64.b64decode(str(doc["salt"]).encode("ascii"), validate=True)
+        salt = b64d(str(doc["salt"]))
     except (KeyError, ValueError, TypeError, binascii.Error) as exc:
         raise IntegrityError(f"key file {name} is malformed: {exc}") from exc
     return params, salt
-
-
-def _read_small_regular(path: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_KEY_FILE:
-            return None
-        return os.read(fd, _MAX_KEY_FILE)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def prefetch_local_keys(repo_dir: str | os.PathLike[str], password: bytes, limit: int = 2) -> int:
@@ -66,7 +50,7 @@ def prefetch_local_keys(repo_dir: str | os.PathLike[str], password: bytes, limit
     for name in names:
         if started >= limit:
             break
-        raw = _read_small_regular(str(keys / name))
+        raw = read_small_regular(keys / name, _MAX_KEY_FILE, follow_symlinks=False)
         try:
             doc = json.loads(raw.decode("utf-8")) if raw is not None else None
             if not isinstance(doc, dict) or doc.get("kdf") != "argon2id":
