@@ -38,10 +38,9 @@ def _file(repo: Repository, path: bytes, data: bytes, **lie: object) -> Node:
     return Node(path=path, type="file", mode=0o644, blobs=[bid], **fields)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("lie", [{"size": len(DATA) + 5000}, {"size": 10}, {"size": 1 << 60}, {"size": -5},
-                                 {"sha256": "0" * 64}], ids=lambda d: next(iter(d.items()))[0] + "=" + str(
-                                     next(iter(d.values())))[:8])
-def test_a_file_whose_size_or_digest_lies_is_refused_and_never_named(repo: Repository, tmp_path: Path,
+@pytest.mark.parametrize("lie", [{"size": len(DATA) + 5000}, {"size": 10}, {"size": 1 << 60}, {"size": -5}],
+                         ids=lambda d: next(iter(d.items()))[0] + "=" + str(next(iter(d.values())))[:8])
+def test_a_file_whose_size_lies_is_refused_and_never_named(repo: Repository, tmp_path: Path,
                                                                       lie: dict[str, object]) -> None:
     sid = _snapshot(repo, [_file(repo, b"ok", b"fine"), _file(repo, b"liar", DATA, **lie)])
     out = tmp_path / "target"
@@ -50,6 +49,22 @@ def test_a_file_whose_size_or_digest_lies_is_refused_and_never_named(repo: Repos
     assert err.value.exit_code == 4 and "liar" in err.value.message
     assert not (out / "liar").exists()  # never under its name, and no temporary file left either
     assert not [p for p in out.rglob(".wvtmp-*")]
+
+
+def test_a_digest_that_lies_is_found_by_verify_and_restore_verify(repo: Repository, tmp_path: Path) -> None:
+    """Restore proves each byte by its blob's content address (the ids the manifest names), not
+    by recomputing the file's SHA-256: the blobs' bytes are restored, and the digest that
+    disagrees with them is what ``verify`` and ``restore --verify`` report."""
+    sid = _snapshot(repo, [_file(repo, b"ok", b"fine"), _file(repo, b"liar", DATA, sha256="0" * 64)])
+    out = tmp_path / "target"
+    repo.restore(sid, out)
+    assert (out / "liar").read_bytes() == DATA and (out / "ok").read_bytes() == b"fine"
+    checked = repo.verify(sid)
+    assert not checked.ok and [p for p, _ in checked.damaged] == ["liar"]
+    with pytest.raises(VerificationError, match="liar: SHA-256 read back from disk does not match"):
+        repo.restore(sid, tmp_path / "again", verify=True)
+    assert not (tmp_path / "again" / "liar").exists()
+    assert not [p for p in (tmp_path / "again").rglob(".wvtmp-*")]
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev", "chardev", "socket", "hardlink"])

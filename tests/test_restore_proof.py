@@ -1,7 +1,7 @@
-"""Restore proves every byte by its file's SHA-256 and does not hash each blob again: a blob whose
-plaintext is not what its id says (written by a buggy or hostile holder of the key, so its AEAD is
-valid) still fails the restore of its file, leaves nothing under the file's name, and ``check
---read-data`` names the blob."""
+"""Restore proves every byte by its blob's content address (the keyed BLAKE3 that is its id,
+checked once where the blob is decoded): a blob whose plaintext is not what its id says (written
+by a buggy or hostile holder of the key, so its AEAD is valid) fails the restore of its file,
+leaves nothing under the file's name, and ``check --read-data`` names the blob."""
 
 from __future__ import annotations
 

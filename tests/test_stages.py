@@ -24,7 +24,7 @@ def test_backup_and_restore_json_report_their_stages(tmp_path: Path) -> None:
     assert all(v >= 0 for v in stages.values()) and stages["store"] > 0 and stages["read"] > 0
     snap = out["snapshot"]["id"]
     back = json.loads(ok(wv(env, "-r", repo, "restore", snap, "--target", tmp_path / "back", "--json")).stdout)
-    assert {"load", "zero_check", "write", "wait_load", "sha256", "fsync", "verify"} <= set(back["stages"])
+    assert {"load", "zero_check", "write", "wait_load", "fsync", "verify"} <= set(back["stages"])
     assert back["stages"]["load"] > 0 and back["files"] == 2
 
 

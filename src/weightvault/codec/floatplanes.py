@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from weightvault.codec.buffers import uninitialized
 from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError
 
@@ -167,7 +168,7 @@ def decode(payload: bytes | memoryview, raw_length: int) -> bytearray:
     specs = [_ENTRY.unpack_from(view, 4 + j * _ENTRY.size) for j in range(k)]
     if hsize + sum(length for _, length in specs) + tail_len != len(view):
         raise IntegrityError("byteplane plane lengths do not add up to the payload length")
-    buf = bytearray(raw_length)  # the result, filled in place: no copy of the whole chunk at the end
+    buf = uninitialized(raw_length)  # filled in place below, every byte: no copy, no memset
     out = np.frombuffer(buf, dtype=np.uint8, count=n * k).reshape(n, k)
     pos = hsize
     for j, (codec, length) in enumerate(specs):

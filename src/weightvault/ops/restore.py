@@ -261,9 +261,8 @@ def _restore_files(
     small ones (``restore_file``); every task gets its own duplicates of its directories' fds.
     The first failure stops new work and is raised once running tasks end."""
     slots = threading.BoundedSemaphore(_FILES_IN_FLIGHT)
-    # every restored byte is proven by its file's SHA-256, so blobs skip their content-hash check
-    shared = BlobCache.counting(repo, (b for n, _ in plan if n.type == "file" for b in n.blobs),
-                                _SHARED_BLOB_BYTES, check_ids=False)
+    # every blob is checked against its id once, where it is decoded: that proves every restored byte
+    shared = BlobCache.counting(repo, (b for n, _ in plan if n.type == "file" for b in n.blobs), _SHARED_BLOB_BYTES)
     failed: list[BaseException] = []
     counts = dict.fromkeys(("files", "bytes", "verified"), 0)
 

@@ -24,6 +24,8 @@ import mmap
 import os
 import threading
 
+import numpy as np
+
 from weightvault.backends.direct_io import ALIGN, set_direct
 from weightvault.ops.restore_io import all_zero, pwrite_all
 
@@ -49,6 +51,7 @@ class DirectWriter:
         self.fd = fd
         self.pos = 0  # file offset of the next byte added
         self._buf = _staging()
+        self._arr = np.frombuffer(self._buf, dtype=np.uint8)
         self._start = 0  # file offset of the staging buffer's first byte (aligned)
         self._fill = 0  # bytes staged; while > 0, start + fill == pos
         self._direct = True
@@ -68,7 +71,7 @@ class DirectWriter:
             self._start = self.pos
         while view:
             k = min(len(self._buf) - self._fill, len(view))
-            self._buf[self._fill : self._fill + k] = view[:k]
+            self._arr[self._fill : self._fill + k] = np.frombuffer(view[:k], dtype=np.uint8)
             self._fill += k
             self.pos += k
             view = view[k:]

@@ -1,6 +1,9 @@
-"""One restored file: written under a temporary name, checked against its manifest SHA-256, given
-its metadata, made durable and only then renamed into place (``write_file``); small files many at
-a time in one thread (``write_group``).
+"""One restored file: written under a temporary name from blobs each checked against its content
+address (the keyed BLAKE3 that is its id, once per blob, in the thread that decodes it), checked
+for its manifest size, given its metadata, made durable and only then renamed into place
+(``write_file``); small files many at a time in one thread (``write_group``). The file's manifest
+SHA-256 is not recomputed: the blob ids prove every byte (an authenticated manifest names them in
+order), and ``restore --verify`` or ``weightvault verify`` check the digest where asked.
 
 A file of ``GROUP_FILE`` bytes or more streams its blobs through the restore's pool
 (``restore_io.load_and_write``). Smaller files travel in groups of up to ``GROUP_FILES`` files
@@ -22,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from weightvault.backends.direct_io import open_for_write
-from weightvault.errors import VerificationError
+from weightvault.errors import IntegrityError, VerificationError
 from weightvault.ops.progress import Reporter
 from weightvault.ops.restore_direct import DirectWriter
 from weightvault.ops.restore_durable import SMALL_FILE, DurableBatch, Writeback
@@ -65,8 +68,12 @@ def write_group(jobs: FileJobs, group: list[tuple[int, Node, bytes]], fds: list[
     try:
         with jobs.stages("load"):
             datas: list[bytes | bytearray] = []
-            for run in runs_of(jobs.blobs, [b for _, n, _ in group for b in n.blobs]):
-                datas += jobs.blobs.load_run(run)
+            try:
+                for run in runs_of(jobs.blobs, [b for _, n, _ in group for b in n.blobs]):
+                    datas += jobs.blobs.load_run(run)
+            except IntegrityError:
+                _name_the_culprit(jobs, group)
+                raise
         at = 0
         for parent_fd, n, name in group:
             _write(jobs, parent_fd, n, name, datas[at : at + len(n.blobs)])
@@ -74,6 +81,25 @@ def write_group(jobs: FileJobs, group: list[tuple[int, Node, bytes]], fds: list[
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _name_the_culprit(jobs: FileJobs, group: list[tuple[int, Node, bytes]]) -> None:
+    """After a group's blobs failed to load: load them again file by file (this restore fails
+    either way) and raise the failure as the first failing file's (``_not_restored``)."""
+    for _, n, _ in group:
+        try:
+            for b in n.blobs:
+                jobs.blobs.load(b)
+        except IntegrityError as exc:
+            raise _not_restored(n, exc) from exc
+
+
+def _not_restored(n: Node, exc: IntegrityError) -> VerificationError:
+    """A blob of ``n`` failed its AEAD or its content address: the file is not restored."""
+    if isinstance(exc, VerificationError):
+        return exc
+    return VerificationError(f"{os.fsdecode(n.path)}: restored content does not match the snapshot: {exc.message}",
+                             hint=exc.hint or "`weightvault check --read-data` names every damaged blob")
 
 
 def write_file(jobs: FileJobs, parent_fd: int, n: Node, name: bytes) -> None:
@@ -91,6 +117,8 @@ def _write(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list[byt
     tmp = tmp_name()
     try:
         _write_tmp(jobs, parent_fd, n, name, datas, tmp)
+    except IntegrityError as exc:
+        raise _not_restored(n, exc) from exc
     except OSError as exc:  # name the file being restored, not its temporary name
         if exc.filename != tmp:
             raise
@@ -105,13 +133,10 @@ def _write_tmp(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list
     renamed = False
     try:
         wb = None if small or direct else Writeback(fd)
-        sha = hashlib.sha256()
-        pos = _stream(jobs, fd, n, sha, wb, direct) if datas is None else _write_datas(jobs, fd, datas, sha)
-        if pos != n.size or sha.hexdigest() != n.sha256:
-            raise VerificationError(
-                f"{os.fsdecode(n.path)}: restored content does not match the manifest "
-                f"(size {pos} vs {n.size}, sha256 {sha.hexdigest()[:16]} vs {str(n.sha256)[:16]})"
-            )
+        pos = _stream(jobs, fd, n, wb, direct) if datas is None else _write_datas(jobs, fd, datas)
+        if pos != n.size:  # every blob matched its id (BlobCache); the manifest's size must hold too
+            raise VerificationError(f"{os.fsdecode(n.path)}: restored content does not match the manifest "
+                                    f"(size {pos} vs {n.size})")
         chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode & jobs.mode_mask)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
@@ -139,14 +164,12 @@ def _write_tmp(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list
                 os.unlink(tmp, dir_fd=parent_fd)
 
 
-def _stream(jobs: FileJobs, fd: int, n: Node, sha: hashlib._Hash, wb: Writeback | None, direct: bool) -> int:
+def _stream(jobs: FileJobs, fd: int, n: Node, wb: Writeback | None, direct: bool) -> int:
     """Load ``n``'s blobs through the pool and write them: in the pool at their offsets, or, on a
     descriptor opened ``O_DIRECT``, here in file order (``DirectWriter``). Returns the size."""
     writer = DirectWriter(fd) if direct else None
     pos = 0
     for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, None if direct else fd, _LOOKAHEAD, jobs.stages, wb):
-        with jobs.stages("sha256"):
-            sha.update(data)
         if writer is not None:
             with jobs.stages("write"):
                 writer.add(data)
@@ -159,14 +182,13 @@ def _stream(jobs: FileJobs, fd: int, n: Node, sha: hashlib._Hash, wb: Writeback 
     return pos
 
 
-def _write_datas(jobs: FileJobs, fd: int, datas: list[bytes | bytearray], sha: hashlib._Hash) -> int:
+def _write_datas(jobs: FileJobs, fd: int, datas: list[bytes | bytearray]) -> int:
     """Write a small file's plaintexts in order (all-zero ones as holes); returns its size."""
     pos = 0
     with jobs.stages("write"):
         for data in datas:
             if not all_zero(data):
                 pwrite_all(fd, data, pos)
-            sha.update(data)
             pos += len(data)
         if datas and all_zero(datas[-1]):
             os.ftruncate(fd, pos)  # the hole at the end still counts in the size

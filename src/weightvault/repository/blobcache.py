@@ -14,8 +14,8 @@ to keep:
   asks meanwhile waits and takes the kept copy.
 
 With ``check_ids=False`` the blobs' content hashes are not recomputed (their AEAD still is
-checked): only for an operation that proves every byte it uses another way, as restore does with
-each file's SHA-256.
+checked): only for an operation that proves every byte it uses another way. Restore keeps the
+check: a blob is hashed once, where it is decoded, and that proves every byte it writes.
 
 Thread-safe.
 """
