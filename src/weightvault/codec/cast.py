@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from weightvault.codec.buffers import uninitialized
 from weightvault.codec.zstd_contexts import compressor
 from weightvault.errors import IntegrityError
 
@@ -50,11 +51,11 @@ def cast_inner(data: bytes | memoryview, base: bytes | bytearray | memoryview, l
     return compressor(level).compress(residual.data)
 
 
-def uncast(residual: bytearray, base: bytes | bytearray, raw_length: int, what: str) -> bytearray:
-    """Rebuild the plaintext from its decompressed ``residual`` (``raw_length`` bytes, modified in
-    place) and the base plaintext; IntegrityError if the lengths do not fit a cast."""
+def uncast(residual: bytes | bytearray, base: bytes | bytearray, raw_length: int, what: str) -> bytearray:
+    """Rebuild the plaintext (a new buffer) from its decompressed ``residual`` (``raw_length``
+    bytes) and the base plaintext; IntegrityError if the lengths do not fit a cast."""
     if raw_length % 2 or len(base) != 2 * raw_length or len(residual) != raw_length:
         raise IntegrityError(f"{what}: a cast needs a base of twice its {raw_length} bytes, got {len(base)}")
-    words = np.frombuffer(residual, dtype="<u2")
-    np.bitwise_xor(words, bf16_of_f32(base), out=words)
-    return residual
+    out = uninitialized(raw_length)  # every byte written by the XOR below
+    np.bitwise_xor(np.frombuffer(residual, dtype="<u2"), bf16_of_f32(base), out=np.frombuffer(out, dtype="<u2"))
+    return out

@@ -356,11 +356,10 @@ def decompress(
         if base is None:
             raise IntegrityError(f"delta blob needs the plaintext of its base {base_id.hex()}")
         inner_codec = payload[_ID_SIZE]
-        inner = payload[_ID_SIZE + 1 :]
+        inner = memoryview(payload)[_ID_SIZE + 1 :]  # a view: the payload is not copied
         if inner_codec == INNER_CAST:  # a BF16 export of its F32 base (format version 7)
             residual = decompress(ZSTD, inner, raw_length)
-            return uncast(residual if isinstance(residual, bytearray) else bytearray(residual), base, raw_length,
-                          f"delta blob on base {base_id.hex()}")
+            return uncast(residual, base, raw_length, f"delta blob on base {base_id.hex()}")
         if len(base) != raw_length:
             raise IntegrityError(f"delta base {base_id.hex()} has {len(base)} bytes, the blob {raw_length}")
         if inner_codec not in (ZSTD, BYTEPLANE, INNER_SUB):
