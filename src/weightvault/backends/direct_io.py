@@ -24,6 +24,8 @@ import os
 import stat
 import threading
 
+import numpy as np
+
 __all__ = ["ALIGN", "DIRECT_MIN", "O_DIRECT", "open_for_write", "set_direct", "write_all"]
 
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -91,12 +93,13 @@ def write_all(fd: int, data: bytes | bytearray | memoryview, direct: bool) -> No
         _write_buffered(fd, view)
         return
     buf = _aligned_buffer()
+    staged = np.frombuffer(buf, dtype=np.uint8)  # copied into through numpy: without the GIL
     whole = len(view) - len(view) % ALIGN
     done = 0
     try:
         while done < whole:
             n = min(_BUFFER, whole - done)
-            buf[:n] = view[done : done + n]
+            staged[:n] = np.frombuffer(view[done : done + n], dtype=np.uint8)
             with memoryview(buf) as mv:
                 wrote = os.write(fd, mv[:n])
             done += wrote

@@ -51,7 +51,7 @@ class DirectWriter:
         self.fd = fd
         self.pos = 0  # file offset of the next byte added
         self._buf = _staging()
-        self._arr = np.frombuffer(self._buf, dtype=np.uint8)
+        self._arr = np.frombuffer(self._buf, dtype=np.uint8)  # staged into through numpy: without the GIL
         self._start = 0  # file offset of the staging buffer's first byte (aligned)
         self._fill = 0  # bytes staged; while > 0, start + fill == pos
         self._direct = True
