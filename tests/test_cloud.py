@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,6 +164,26 @@ def test_gcs_missing_bucket_and_dead_endpoint_are_clear(gs: GcsEndpoint) -> None
     with pytest.raises(BackendError) as ei:
         b2.stat(FileType.CONFIG, "config")
     assert ei.value.exit_code == 20 and "cannot connect to the GCS endpoint" in str(ei.value)
+
+
+def test_gcs_requests_start_no_background_threads(gs: GcsEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-cloud-storage's bucket-metadata cache would fetch each bucket's metadata in a thread
+    of its own on a download or a listing, retrying for minutes once the endpoint is gone (its
+    retries' jitter then changed the global random state under unrelated tests): the backend
+    turns it off."""
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    b = open_backend(gs.url("nothreads"), StorageOptions(gcs_endpoint=gs.endpoint))
+    b.save(FileType.INDEX, "0" * 64, b"x")
+    assert b.load(FileType.INDEX, "0" * 64) == b"x" and b.stat(FileType.INDEX, "0" * 64) == 1
+    assert [n for n, _ in b.list(FileType.INDEX)] == ["0" * 64]
+    assert not [n for n in started if "background" in n], started
 
 
 def test_gcs_create_only_sends_the_precondition(gs: GcsEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -104,6 +104,12 @@ class GcsBackend(NoColdStorage, PrefixedNames):
                 client = self._storage.Client(**kwargs)
             except google.auth.exceptions.GoogleAuthError as exc:
                 raise BackendError(f"no Google Cloud credentials for {self.location}: {exc}", hint=_CRED_HINT) from exc
+            if getattr(client, "_bucket_metadata_cache", None) is not None:
+                # google-cloud-storage >= 3.5 fetches each bucket's metadata in a background thread
+                # per request (for tracing attributes): extra requests, and threads that outlive
+                # this backend retrying for two minutes against an endpoint that may be gone. The
+                # client checks the attribute before each use; None turns the fetches off.
+                client._bucket_metadata_cache = None
             self._local.client = client
             self._local.bucket = client.bucket(self.bucket_name)
         return client
