@@ -8,7 +8,7 @@
     ├── PartialBackupError (3)             backup committed, but some sources could not be read
     ├── IntegrityError (4)                 stored data failed authentication or hashing
     │   └── VerificationError (4)          a restored file does not match its snapshot (a blob's content
-│                                      hash, its size, or the SHA-256 read back by --verify)
+    │                                      hash, its size, or the SHA-256 read back by --verify)
     ├── CheckFailedError (5)               `check` found problems
     ├── RpoBreachedError (6)               `status`: a source's newest snapshot is older than its RPO
     ├── ConfigFileError (7)                a policy/config file is malformed or invalid (names the line)

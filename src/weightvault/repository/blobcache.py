@@ -13,9 +13,8 @@ to keep:
   decoded once. A blob with several uses is loaded by one thread at a time; another thread that
   asks meanwhile waits and takes the kept copy.
 
-With ``check_ids=False`` the blobs' content hashes are not recomputed (their AEAD still is
-checked): only for an operation that proves every byte it uses another way. Restore keeps the
-check: a blob is hashed once, where it is decoded, and that proves every byte it writes.
+Every blob is checked against its id once, where it is decoded (a kept copy is not hashed
+again): that is what proves a restore's bytes.
 
 Thread-safe.
 """
@@ -42,9 +41,8 @@ class BlobCache:
     """See the module docstring."""
 
     def __init__(self, repo: Repository, max_bytes: int = DEFAULT_CACHE_BYTES, wanted: set[bytes] | None = None,
-                 uses: Counter[bytes] | None = None, check_ids: bool = True) -> None:
+                 uses: Counter[bytes] | None = None) -> None:
         self.repo = repo
-        self.check_ids = check_ids
         self.max_bytes = max_bytes
         self.wanted = wanted
         self._uses = uses
@@ -54,8 +52,7 @@ class BlobCache:
         self._loading: dict[bytes, threading.Event] = {}
 
     @classmethod
-    def counting(cls, repo: Repository, blob_ids: Iterable[bytes], max_bytes: int = DEFAULT_CACHE_BYTES,
-                 check_ids: bool = True) -> BlobCache:
+    def counting(cls, repo: Repository, blob_ids: Iterable[bytes], max_bytes: int = DEFAULT_CACHE_BYTES) -> BlobCache:
         """A cache for an operation that will load ``blob_ids`` (one use per occurrence). Decoding
         a delta blob loads its base once through the cache, so each base gets one more use per
         distinct dependant, following the chains of bases in the index."""
@@ -68,7 +65,7 @@ class BlobCache:
                 if base not in seen:
                     seen.add(base)
                     todo.append(base)
-        return cls(repo, max_bytes, uses=uses, check_ids=check_ids)
+        return cls(repo, max_bytes, uses=uses)
 
     def lookup(self, blob_id: bytes) -> IndexEntry:
         return self.repo.lookup(blob_id)
@@ -121,7 +118,7 @@ class BlobCache:
                 if blob_id not in self._kept:  # the other load failed, or its result was not kept
                     break
         try:
-            data = self.repo.load_plain(blob_id, self.load, self.check_ids)
+            data = self.repo.load_plain(blob_id, self.load)
             with self._lock:
                 self._keep(blob_id, data)
                 self._used(blob_id)
@@ -149,8 +146,7 @@ class BlobCache:
         out: list[bytes | bytearray] = []
         for e in entries:
             start = e.blob.offset - lo
-            out.append(self.repo.decode_blob(e.pack_id, e.blob, span[start : start + e.blob.length], self.load,
-                                             self.check_ids))
+            out.append(self.repo.decode_blob(e.pack_id, e.blob, span[start : start + e.blob.length], self.load))
             with self._lock:
                 self._used(e.blob.blob_id)
         return out
