@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from weightvault.codec import kernels
 from weightvault.codec.buffers import uninitialized
 from weightvault.codec.zstd_contexts import compressor
 from weightvault.errors import IntegrityError
@@ -32,12 +33,9 @@ CAST_KEEP = 1 / 16
 
 def bf16_of_f32(base: bytes | bytearray | memoryview) -> np.ndarray:
     """The BF16 bit patterns (``<u2``) of the F32 elements of ``base``, rounded to nearest even."""
-    x = np.frombuffer(base, dtype="<u4")
-    bias = (x >> 16) & 1
-    bias += 0x7FFF
-    bias += x  # wraps modulo 2**32, as the format says
-    bias >>= 16
-    return bias.astype("<u2")
+    out = np.empty(len(base) // 2, dtype=np.uint8)
+    kernels.bf16_xor(bytes(len(out)), base, out)
+    return out.view("<u2")
 
 
 def cast_inner(data: bytes | memoryview, base: bytes | bytearray | memoryview, level: int) -> bytes | None:
@@ -47,8 +45,9 @@ def cast_inner(data: bytes | memoryview, base: bytes | bytearray | memoryview, l
     n = len(data)
     if n == 0 or n % 2 or len(base) != 2 * n:
         return None
-    residual = np.bitwise_xor(np.frombuffer(data, dtype="<u2"), bf16_of_f32(base))
-    return compressor(level).compress(residual.data)
+    residual = uninitialized(n)  # every byte written by the XOR
+    kernels.bf16_xor(data, base, residual)
+    return compressor(level).compress(residual)
 
 
 def uncast(residual: bytes | bytearray, base: bytes | bytearray, raw_length: int, what: str) -> bytearray:
@@ -57,5 +56,5 @@ def uncast(residual: bytes | bytearray, base: bytes | bytearray, raw_length: int
     if raw_length % 2 or len(base) != 2 * raw_length or len(residual) != raw_length:
         raise IntegrityError(f"{what}: a cast needs a base of twice its {raw_length} bytes, got {len(base)}")
     out = uninitialized(raw_length)  # every byte written by the XOR below
-    np.bitwise_xor(np.frombuffer(residual, dtype="<u2"), bf16_of_f32(base), out=np.frombuffer(out, dtype="<u2"))
+    kernels.bf16_xor(residual, base, out)
     return out

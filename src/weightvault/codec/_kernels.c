@@ -1,0 +1,220 @@
+/* weightvault.codec._kernels: the byte-plane split and join and the BF16 cast residual in compiled
+ * loops, with the GIL released (docs/ARCHITECTURE.md, "Compiled kernels").
+ *
+ * Each function computes exactly what its NumPy twin in weightvault/codec/kernels.py computes
+ * (tests/test_kernels.py compares them byte for byte); kernels.py falls back to the twins where
+ * this extension was not built. Lengths are checked here, before any byte is written: a wrong
+ * length raises ValueError and leaves the output untouched.
+ *
+ * Element words are little-endian (the byte-plane format's and safetensors'); on a big-endian
+ * machine the module refuses to load and the NumPy twins run instead.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "weightvault.codec._kernels assumes a little-endian machine"
+#endif
+
+/* One AVX2 clone beside the baseline, picked at load time by the CPU (GCC's function
+ * multiversioning, an ifunc: glibc on x86-64 only). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define WV_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define WV_CLONES
+#endif
+
+#define MAX_K 8
+
+/* Unaligned little-endian loads and stores: the buffers come from Python (bytes, bytearray, mmap
+ * and memoryview slices) and need not be aligned to the element size; memcpy of a fixed size
+ * compiles to one plain load or store. */
+static inline uint16_t ld16(const uint8_t *p) { uint16_t w; memcpy(&w, p, 2); return w; }
+static inline uint32_t ld32(const uint8_t *p) { uint32_t w; memcpy(&w, p, 4); return w; }
+static inline uint64_t ld64(const uint8_t *p) { uint64_t w; memcpy(&w, p, 8); return w; }
+static inline void st16(uint8_t *p, uint16_t w) { memcpy(p, &w, 2); }
+static inline void st32(uint8_t *p, uint32_t w) { memcpy(p, &w, 4); }
+static inline void st64(uint8_t *p, uint64_t w) { memcpy(p, &w, 8); }
+
+/* ---- the loops (no Python objects, run without the GIL) ---- */
+
+WV_CLONES static void split2(const uint8_t *restrict src, uint8_t *restrict p0, uint8_t *restrict p1,
+                             Py_ssize_t n, int rotate) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t w = ld16(src + 2 * i);
+        if (rotate) w = (uint16_t)((w << 1) | (w >> 15));
+        p0[i] = (uint8_t)w;
+        p1[i] = (uint8_t)(w >> 8);
+    }
+}
+
+WV_CLONES static void split4(const uint8_t *restrict src, uint8_t *restrict p0, uint8_t *restrict p1,
+                             uint8_t *restrict p2, uint8_t *restrict p3, Py_ssize_t n, int rotate) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t w = ld32(src + 4 * i);
+        if (rotate) w = (w << 1) | (w >> 31);
+        p0[i] = (uint8_t)w;
+        p1[i] = (uint8_t)(w >> 8);
+        p2[i] = (uint8_t)(w >> 16);
+        p3[i] = (uint8_t)(w >> 24);
+    }
+}
+
+WV_CLONES static void split8(const uint8_t *restrict src, uint8_t *restrict *p, Py_ssize_t n, int rotate) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t w = ld64(src + 8 * i);
+        if (rotate) w = (w << 1) | (w >> 63);
+        for (int j = 0; j < 8; j++) p[j][i] = (uint8_t)(w >> (8 * j));
+    }
+}
+
+WV_CLONES static void join2(const uint8_t *restrict p0, const uint8_t *restrict p1, uint8_t *restrict dst,
+                            Py_ssize_t n, int rotate) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t w = (uint16_t)(p0[i] | (p1[i] << 8));
+        if (rotate) w = (uint16_t)((w >> 1) | (w << 15));
+        st16(dst + 2 * i, w);
+    }
+}
+
+WV_CLONES static void join4(const uint8_t *restrict p0, const uint8_t *restrict p1, const uint8_t *restrict p2,
+                            const uint8_t *restrict p3, uint8_t *restrict dst, Py_ssize_t n, int rotate) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t w = (uint32_t)p0[i] | ((uint32_t)p1[i] << 8) | ((uint32_t)p2[i] << 16) | ((uint32_t)p3[i] << 24);
+        if (rotate) w = (w >> 1) | (w << 31);
+        st32(dst + 4 * i, w);
+    }
+}
+
+WV_CLONES static void join8(const uint8_t *const *p, uint8_t *restrict dst, Py_ssize_t n, int rotate) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t w = 0;
+        for (int j = 0; j < 8; j++) w |= (uint64_t)p[j][i] << (8 * j);
+        if (rotate) w = (w >> 1) | (w << 63);
+        st64(dst + 8 * i, w);
+    }
+}
+
+WV_CLONES static void bf16_xor_loop(const uint8_t *restrict a, const uint8_t *restrict base,
+                                    uint8_t *restrict dst, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t x = ld32(base + 4 * i);
+        uint32_t r = (x + 0x7FFFu + ((x >> 16) & 1u)) >> 16; /* wraps modulo 2**32, as FORMAT.md says */
+        st16(dst + 2 * i, (uint16_t)(ld16(a + 2 * i) ^ (uint16_t)r));
+    }
+}
+
+/* ---- argument handling ---- */
+
+static PyObject *split(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer src, dst;
+    int k, rotate;
+    if (!PyArg_ParseTuple(args, "y*iiw*", &src, &k, &rotate, &dst)) return NULL;
+    PyObject *ret = NULL;
+    if (k != 2 && k != 4 && k != 8) {
+        PyErr_Format(PyExc_ValueError, "element size %d not supported", k);
+        goto done;
+    }
+    Py_ssize_t n = src.len / k;
+    if (dst.len != n * k) {
+        PyErr_Format(PyExc_ValueError, "planes buffer has %zd bytes, expected %zd", dst.len, n * k);
+        goto done;
+    }
+    uint8_t *out = (uint8_t *)dst.buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (k == 2) {
+        split2((const uint8_t *)src.buf, out, out + n, n, rotate);
+    } else if (k == 4) {
+        split4((const uint8_t *)src.buf, out, out + n, out + 2 * n, out + 3 * n, n, rotate);
+    } else {
+        uint8_t *p[MAX_K];
+        for (int j = 0; j < 8; j++) p[j] = out + j * n;
+        split8((const uint8_t *)src.buf, p, n, rotate);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return ret;
+}
+
+static PyObject *join(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *seq;
+    int rotate;
+    Py_buffer dst;
+    if (!PyArg_ParseTuple(args, "Oiw*", &seq, &rotate, &dst)) return NULL;
+    PyObject *ret = NULL;
+    Py_buffer planes[MAX_K];
+    Py_ssize_t got = 0;
+    PyObject *fast = PySequence_Fast(seq, "planes must be a sequence of buffers");
+    if (fast == NULL) goto done;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast);
+    if (k != 2 && k != 4 && k != 8) {
+        PyErr_Format(PyExc_ValueError, "%zd planes: element size not supported", k);
+        goto done;
+    }
+    Py_ssize_t n = dst.len / k;
+    if (dst.len != n * k) {
+        PyErr_Format(PyExc_ValueError, "output of %zd bytes is not whole %zd-byte elements", dst.len, k);
+        goto done;
+    }
+    for (; got < k; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &planes[got], PyBUF_SIMPLE) < 0) goto done;
+        if (planes[got].len != n) {
+            PyErr_Format(PyExc_ValueError, "plane %zd has %zd bytes, expected %zd", got, planes[got].len, n);
+            got++;
+            goto done;
+        }
+    }
+    const uint8_t *p[MAX_K];
+    for (Py_ssize_t j = 0; j < k; j++) p[j] = (const uint8_t *)planes[j].buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (k == 2) join2(p[0], p[1], (uint8_t *)dst.buf, n, rotate);
+    else if (k == 4) join4(p[0], p[1], p[2], p[3], (uint8_t *)dst.buf, n, rotate);
+    else join8(p, (uint8_t *)dst.buf, n, rotate);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    for (Py_ssize_t j = 0; j < got; j++) PyBuffer_Release(&planes[j]);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&dst);
+    return ret;
+}
+
+static PyObject *bf16_xor(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer a, base, dst;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &a, &base, &dst)) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n = a.len / 2;
+    if (a.len % 2 || base.len != 4 * n || dst.len != a.len) {
+        PyErr_Format(PyExc_ValueError, "cast of %zd bytes needs a base of twice as many and an output of as many"
+                     " (got %zd and %zd)", a.len, base.len, dst.len);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bf16_xor_loop((const uint8_t *)a.buf, (const uint8_t *)base.buf, (uint8_t *)dst.buf, n);
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&base);
+    PyBuffer_Release(&dst);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"split", split, METH_VARARGS,
+     "split(src, k, rotate, planes): the k byte planes of src's whole k-byte elements, plane-major into planes."},
+    {"join", join, METH_VARARGS,
+     "join(planes, rotate, out): the elements whose byte j is planes[j], rotated back, into out."},
+    {"bf16_xor", bf16_xor, METH_VARARGS,
+     "bf16_xor(a, base, out): out = a XOR the BF16 rounding (nearest, ties to even) of base's F32 elements."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

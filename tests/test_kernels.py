@@ -1,0 +1,108 @@
+"""The compiled byte-plane and cast loops compute exactly the bytes of their NumPy twins
+(weightvault.codec.kernels), for every element size, with and without the rotation, at any
+alignment; and refuse a length that does not fit before writing anything."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weightvault.codec import kernels
+
+_kernels: ModuleType | None
+try:
+    _kernels = importlib.import_module("weightvault.codec._kernels")
+except ImportError:  # the first test says why this is wrong here
+    _kernels = None
+
+compiled = pytest.mark.skipif(_kernels is None, reason="weightvault.codec._kernels not built")
+
+
+def test_the_compiled_kernels_are_built_and_used() -> None:
+    """scripts/setup builds the extension (it needs a C compiler); without it every float chunk
+    would silently take the 4-6x slower NumPy loops."""
+    assert _kernels is not None, "weightvault.codec._kernels was not built: run scripts/setup (needs gcc)"
+    assert kernels.COMPILED is (os.environ.get("WEIGHTVAULT_KERNELS") != "numpy")
+
+
+@compiled
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=4099), k=st.sampled_from([2, 4, 8]), rotate=st.booleans(),
+       skew=st.integers(0, 7))
+def test_split_and_join_match_numpy_and_invert(data: bytes, k: int, rotate: bool, skew: int) -> None:
+    assert _kernels is not None
+    src = memoryview(bytes(skew) + data)[skew:]  # any alignment of the source
+    n = len(data) // k
+    ours, twin = bytearray(n * k), bytearray(n * k)
+    _kernels.split(src, k, rotate, ours)
+    kernels._np_split(src, k, rotate, twin)
+    assert ours == twin
+    planes = [memoryview(bytes(skew) + bytes(ours[j * n : (j + 1) * n]))[skew:] for j in range(k)]
+    back, back_twin = bytearray(n * k + skew), bytearray(n * k)
+    _kernels.join(planes, rotate, memoryview(back)[skew:])
+    kernels._np_join(planes, rotate, back_twin)
+    assert back[skew:] == back_twin == data[: n * k]
+
+
+def test_rotation_moves_the_sign_to_bit_zero() -> None:
+    """The byte-plane format's rotation: plane 0 of F32 -1.0 (0xBF800000) rotated is 0x01."""
+    src = np.array([-1.0], dtype="<f4").tobytes()
+    planes = bytearray(4)
+    kernels.split(src, 4, True, planes)
+    assert bytes(planes) == bytes([0x01, 0x00, 0x00, 0x7F])
+    out = bytearray(4)
+    kernels.join([planes[j : j + 1] for j in range(4)], True, out)
+    assert bytes(out) == src
+
+
+@compiled
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(0, 600), seed=st.integers(0, 2**32 - 1), skew=st.integers(0, 3))
+def test_bf16_xor_matches_numpy(n: int, seed: int, skew: int) -> None:
+    assert _kernels is not None
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**32, n, dtype=np.uint32)
+    base[: n // 4] |= 0x7F800000  # infinities and NaNs among them
+    base[n // 4 : n // 2] = (base[n // 4 : n // 2] & 0xFFFF0000) | 0x8000  # exact ties
+    a = rng.integers(0, 2**16, n, dtype=np.uint16).tobytes()
+    base_view = memoryview(bytes(skew) + base.astype("<u4").tobytes())[skew:]
+    ours, twin = bytearray(2 * n), bytearray(2 * n)
+    _kernels.bf16_xor(a, base_view, ours)
+    kernels._np_bf16_xor(a, base_view, twin)
+    assert ours == twin
+
+
+def test_bf16_rounds_to_nearest_even() -> None:
+    # 1.0 + half an ulp of BF16 (a tie) rounds down to even; one bit more rounds up; NaN stays NaN
+    base = np.array([0x3F808000, 0x3F808001, 0x3F818000, 0x7FC00001], dtype="<u4").tobytes()
+    out = bytearray(8)
+    kernels.bf16_xor(bytes(8), base, out)
+    assert np.frombuffer(bytes(out), dtype="<u2").tolist() == [0x3F80, 0x3F81, 0x3F82, 0x7FC0]
+
+
+@pytest.mark.parametrize("impl", ["compiled", "numpy"])
+def test_lengths_that_do_not_fit_are_refused_before_writing(impl: str) -> None:
+    if impl == "compiled":
+        if _kernels is None:
+            pytest.skip("weightvault.codec._kernels not built")
+        split, join, bf16_xor = _kernels.split, _kernels.join, _kernels.bf16_xor
+    else:
+        split, join, bf16_xor = kernels._np_split, kernels._np_join, kernels._np_bf16_xor
+    out = bytearray(b"\xaa" * 12)
+    with pytest.raises(ValueError, match="expected 8"):
+        split(bytes(9), 4, True, out)  # two whole elements need 8 bytes of planes
+    with pytest.raises(ValueError, match="not supported"):
+        split(bytes(9), 3, True, bytearray(9))
+    with pytest.raises(ValueError, match="plane 1 has 2 bytes, expected 3"):
+        join([bytes(3), bytes(2), bytes(3), bytes(3)], True, out)
+    with pytest.raises(ValueError, match="not supported"):
+        join([bytes(4)] * 3, True, out)
+    with pytest.raises(ValueError, match="twice as many"):
+        bf16_xor(bytes(6), bytes(10), out[:6])
+    assert out == b"\xaa" * 12
