@@ -160,10 +160,11 @@ def test_a_large_chunk_is_coded_once_the_way_its_sample_chooses(monkeypatch: pyt
     full: list[str] = []
     real_encode = floatplanes.encode
 
-    def counted(d: bytes | memoryview, k: int, level: int = 3, rotate: bool = True) -> bytes:
+    def counted(d: bytes | memoryview, k: int, level: int = 3, rotate: bool = True,
+                base: bytes | memoryview | None = None, mode: int = 0) -> bytes:
         if len(d) > 1024 * 1024:
             full.append("delta" if not rotate else "alone")
-        return real_encode(d, k, level, rotate)
+        return real_encode(d, k, level, rotate, base, mode)
 
     monkeypatch.setattr(floatplanes, "encode", counted)
     rng = np.random.default_rng(5)

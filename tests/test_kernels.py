@@ -50,6 +50,38 @@ def test_split_and_join_match_numpy_and_invert(data: bytes, k: int, rotate: bool
     assert back[skew:] == back_twin == data[: n * k]
 
 
+@compiled
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), k=st.sampled_from([2, 4, 8]), rotate=st.booleans(),
+       mode=st.sampled_from([kernels.SUB, kernels.XOR]), skew=st.integers(0, 7))
+def test_deltas_within_split_and_join_match_numpy_and_invert(data: st.DataObject, k: int, rotate: bool, mode: int,
+                                                             skew: int) -> None:
+    """The delta codecs' fused passes: split(src - base) and join(...) + base (or XOR) give the
+    planes of the difference and rebuild ``src`` exactly, wrapping modulo 2**(8k)."""
+    assert _kernels is not None
+    src = data.draw(st.binary(max_size=2051))
+    base = memoryview(bytes(skew) + data.draw(st.binary(min_size=len(src), max_size=len(src))))[skew:]
+    n = len(src) // k
+    ours, twin = bytearray(n * k), bytearray(n * k)
+    _kernels.split(src, k, rotate, ours, base, mode)
+    kernels._np_split(src, k, rotate, twin, base, mode)
+    assert ours == twin
+    planes = [bytes(ours[j * n : (j + 1) * n]) for j in range(k)]
+    back, back_twin = bytearray(n * k), bytearray(n * k)
+    _kernels.join(planes, rotate, back, base, mode)
+    kernels._np_join(planes, rotate, back_twin, base, mode)
+    assert back == back_twin == src[: n * k]
+
+
+def test_a_difference_wraps_around() -> None:
+    planes = bytearray(4)
+    kernels.split((1).to_bytes(4, "little"), 4, False, planes, (2).to_bytes(4, "little"), kernels.SUB)
+    assert bytes(planes) == b"\xff\xff\xff\xff"  # 1 - 2 modulo 2**32
+    out = bytearray(4)
+    kernels.join([planes[j : j + 1] for j in range(4)], False, out, (2).to_bytes(4, "little"), kernels.SUB)
+    assert int.from_bytes(out, "little") == 1
+
+
 def test_rotation_moves_the_sign_to_bit_zero() -> None:
     """The byte-plane format's rotation: plane 0 of F32 -1.0 (0xBF800000) rotated is 0x01."""
     src = np.array([-1.0], dtype="<f4").tobytes()
@@ -105,4 +137,10 @@ def test_lengths_that_do_not_fit_are_refused_before_writing(impl: str) -> None:
         join([bytes(4)] * 3, True, out)
     with pytest.raises(ValueError, match="twice as many"):
         bf16_xor(bytes(6), bytes(10), out[:6])
+    with pytest.raises(ValueError, match="needs a base"):
+        split(bytes(8), 4, False, out[:8], None, kernels.SUB)
+    with pytest.raises(ValueError, match="base has 7 bytes, expected at least 8"):
+        join([bytes(2)] * 4, False, out[:8], bytes(7), kernels.XOR)
+    with pytest.raises(ValueError, match="mode 3"):
+        split(bytes(8), 4, False, out[:8], bytes(8), 3)
     assert out == b"\xaa" * 12

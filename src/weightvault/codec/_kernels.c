@@ -38,22 +38,34 @@ static inline void st16(uint8_t *p, uint16_t w) { memcpy(p, &w, 2); }
 static inline void st32(uint8_t *p, uint32_t w) { memcpy(p, &w, 4); }
 static inline void st64(uint8_t *p, uint64_t w) { memcpy(p, &w, 8); }
 
-/* ---- the loops (no Python objects, run without the GIL) ---- */
+/* ---- the loops (no Python objects, run without the GIL) ----
+ *
+ * ``mode`` combines each element with the same element of ``base`` (NULL when mode is 0): the
+ * split takes ``src - base`` (MODE_SUB, modulo 2**(8k)) or ``src ^ base`` (MODE_XOR) before the
+ * rotation; the join adds (MODE_SUB) or XORs (MODE_XOR) ``base`` after rotating back. ``rotate``
+ * and ``mode`` are loop-invariant: -O3 unswitches them into one loop per combination. */
 
-WV_CLONES static void split2(const uint8_t *restrict src, uint8_t *restrict p0, uint8_t *restrict p1,
-                             Py_ssize_t n, int rotate) {
+enum { MODE_NONE = 0, MODE_SUB = 1, MODE_XOR = 2 };
+
+WV_CLONES static void split2(const uint8_t *restrict src, const uint8_t *restrict base, int mode,
+                             uint8_t *restrict p0, uint8_t *restrict p1, Py_ssize_t n, int rotate) {
     for (Py_ssize_t i = 0; i < n; i++) {
         uint16_t w = ld16(src + 2 * i);
+        if (mode == MODE_SUB) w = (uint16_t)(w - ld16(base + 2 * i));
+        else if (mode == MODE_XOR) w = (uint16_t)(w ^ ld16(base + 2 * i));
         if (rotate) w = (uint16_t)((w << 1) | (w >> 15));
         p0[i] = (uint8_t)w;
         p1[i] = (uint8_t)(w >> 8);
     }
 }
 
-WV_CLONES static void split4(const uint8_t *restrict src, uint8_t *restrict p0, uint8_t *restrict p1,
-                             uint8_t *restrict p2, uint8_t *restrict p3, Py_ssize_t n, int rotate) {
+WV_CLONES static void split4(const uint8_t *restrict src, const uint8_t *restrict base, int mode,
+                             uint8_t *restrict p0, uint8_t *restrict p1, uint8_t *restrict p2,
+                             uint8_t *restrict p3, Py_ssize_t n, int rotate) {
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t w = ld32(src + 4 * i);
+        if (mode == MODE_SUB) w -= ld32(base + 4 * i);
+        else if (mode == MODE_XOR) w ^= ld32(base + 4 * i);
         if (rotate) w = (w << 1) | (w >> 31);
         p0[i] = (uint8_t)w;
         p1[i] = (uint8_t)(w >> 8);
@@ -62,37 +74,48 @@ WV_CLONES static void split4(const uint8_t *restrict src, uint8_t *restrict p0, 
     }
 }
 
-WV_CLONES static void split8(const uint8_t *restrict src, uint8_t *restrict *p, Py_ssize_t n, int rotate) {
+WV_CLONES static void split8(const uint8_t *restrict src, const uint8_t *restrict base, int mode,
+                             uint8_t *restrict *p, Py_ssize_t n, int rotate) {
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t w = ld64(src + 8 * i);
+        if (mode == MODE_SUB) w -= ld64(base + 8 * i);
+        else if (mode == MODE_XOR) w ^= ld64(base + 8 * i);
         if (rotate) w = (w << 1) | (w >> 63);
         for (int j = 0; j < 8; j++) p[j][i] = (uint8_t)(w >> (8 * j));
     }
 }
 
-WV_CLONES static void join2(const uint8_t *restrict p0, const uint8_t *restrict p1, uint8_t *restrict dst,
-                            Py_ssize_t n, int rotate) {
+WV_CLONES static void join2(const uint8_t *restrict p0, const uint8_t *restrict p1, const uint8_t *restrict base,
+                            int mode, uint8_t *restrict dst, Py_ssize_t n, int rotate) {
     for (Py_ssize_t i = 0; i < n; i++) {
         uint16_t w = (uint16_t)(p0[i] | (p1[i] << 8));
         if (rotate) w = (uint16_t)((w >> 1) | (w << 15));
+        if (mode == MODE_SUB) w = (uint16_t)(w + ld16(base + 2 * i));
+        else if (mode == MODE_XOR) w = (uint16_t)(w ^ ld16(base + 2 * i));
         st16(dst + 2 * i, w);
     }
 }
 
 WV_CLONES static void join4(const uint8_t *restrict p0, const uint8_t *restrict p1, const uint8_t *restrict p2,
-                            const uint8_t *restrict p3, uint8_t *restrict dst, Py_ssize_t n, int rotate) {
+                            const uint8_t *restrict p3, const uint8_t *restrict base, int mode,
+                            uint8_t *restrict dst, Py_ssize_t n, int rotate) {
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t w = (uint32_t)p0[i] | ((uint32_t)p1[i] << 8) | ((uint32_t)p2[i] << 16) | ((uint32_t)p3[i] << 24);
         if (rotate) w = (w >> 1) | (w << 31);
+        if (mode == MODE_SUB) w += ld32(base + 4 * i);
+        else if (mode == MODE_XOR) w ^= ld32(base + 4 * i);
         st32(dst + 4 * i, w);
     }
 }
 
-WV_CLONES static void join8(const uint8_t *const *p, uint8_t *restrict dst, Py_ssize_t n, int rotate) {
+WV_CLONES static void join8(const uint8_t *const *p, const uint8_t *restrict base, int mode, uint8_t *restrict dst,
+                            Py_ssize_t n, int rotate) {
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t w = 0;
         for (int j = 0; j < 8; j++) w |= (uint64_t)p[j][i] << (8 * j);
         if (rotate) w = (w >> 1) | (w << 63);
+        if (mode == MODE_SUB) w += ld64(base + 8 * i);
+        else if (mode == MODE_XOR) w ^= ld64(base + 8 * i);
         st64(dst + 8 * i, w);
     }
 }
@@ -108,10 +131,33 @@ WV_CLONES static void bf16_xor_loop(const uint8_t *restrict a, const uint8_t *re
 
 /* ---- argument handling ---- */
 
+/* The optional (base, mode) arguments: mode 0 needs no base; modes 1 and 2 need a buffer of at
+ * least ``need`` bytes. On success *has_base says whether ``base`` must be released. */
+static int get_base(PyObject *obj, int mode, Py_ssize_t need, Py_buffer *base, int *has_base) {
+    *has_base = 0;
+    if (mode < MODE_NONE || mode > MODE_XOR) {
+        PyErr_Format(PyExc_ValueError, "mode %d is not 0 (none), 1 (difference) or 2 (XOR)", mode);
+        return -1;
+    }
+    if (mode == MODE_NONE) return 0;
+    if (obj == NULL || obj == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "a difference or XOR needs a base");
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, base, PyBUF_SIMPLE) < 0) return -1;
+    *has_base = 1;
+    if (base->len < need) {
+        PyErr_Format(PyExc_ValueError, "base has %zd bytes, expected at least %zd", base->len, need);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *split(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer src, dst;
-    int k, rotate;
-    if (!PyArg_ParseTuple(args, "y*iiw*", &src, &k, &rotate, &dst)) return NULL;
+    Py_buffer src, dst, base;
+    int k, rotate, mode = MODE_NONE, has_base = 0;
+    PyObject *base_obj = NULL;
+    if (!PyArg_ParseTuple(args, "y*iiw*|Oi", &src, &k, &rotate, &dst, &base_obj, &mode)) return NULL;
     PyObject *ret = NULL;
     if (k != 2 && k != 4 && k != 8) {
         PyErr_Format(PyExc_ValueError, "element size %d not supported", k);
@@ -122,30 +168,33 @@ static PyObject *split(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_Format(PyExc_ValueError, "planes buffer has %zd bytes, expected %zd", dst.len, n * k);
         goto done;
     }
+    if (get_base(base_obj, mode, n * k, &base, &has_base) < 0) goto done;
     uint8_t *out = (uint8_t *)dst.buf;
+    const uint8_t *in = (const uint8_t *)src.buf, *b = has_base ? (const uint8_t *)base.buf : NULL;
     Py_BEGIN_ALLOW_THREADS
     if (k == 2) {
-        split2((const uint8_t *)src.buf, out, out + n, n, rotate);
+        split2(in, b, mode, out, out + n, n, rotate);
     } else if (k == 4) {
-        split4((const uint8_t *)src.buf, out, out + n, out + 2 * n, out + 3 * n, n, rotate);
+        split4(in, b, mode, out, out + n, out + 2 * n, out + 3 * n, n, rotate);
     } else {
         uint8_t *p[MAX_K];
         for (int j = 0; j < 8; j++) p[j] = out + j * n;
-        split8((const uint8_t *)src.buf, p, n, rotate);
+        split8(in, b, mode, p, n, rotate);
     }
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
+    if (has_base) PyBuffer_Release(&base);
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     return ret;
 }
 
 static PyObject *join(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *seq;
-    int rotate;
-    Py_buffer dst;
-    if (!PyArg_ParseTuple(args, "Oiw*", &seq, &rotate, &dst)) return NULL;
+    PyObject *seq, *base_obj = NULL;
+    int rotate, mode = MODE_NONE, has_base = 0;
+    Py_buffer dst, base;
+    if (!PyArg_ParseTuple(args, "Oiw*|Oi", &seq, &rotate, &dst, &base_obj, &mode)) return NULL;
     PyObject *ret = NULL;
     Py_buffer planes[MAX_K];
     Py_ssize_t got = 0;
@@ -169,15 +218,18 @@ static PyObject *join(PyObject *Py_UNUSED(self), PyObject *args) {
             goto done;
         }
     }
-    const uint8_t *p[MAX_K];
+    if (get_base(base_obj, mode, n * k, &base, &has_base) < 0) goto done;
+    const uint8_t *p[MAX_K], *b = has_base ? (const uint8_t *)base.buf : NULL;
     for (Py_ssize_t j = 0; j < k; j++) p[j] = (const uint8_t *)planes[j].buf;
+    uint8_t *out = (uint8_t *)dst.buf;
     Py_BEGIN_ALLOW_THREADS
-    if (k == 2) join2(p[0], p[1], (uint8_t *)dst.buf, n, rotate);
-    else if (k == 4) join4(p[0], p[1], p[2], p[3], (uint8_t *)dst.buf, n, rotate);
-    else join8(p, (uint8_t *)dst.buf, n, rotate);
+    if (k == 2) join2(p[0], p[1], b, mode, out, n, rotate);
+    else if (k == 4) join4(p[0], p[1], p[2], p[3], b, mode, out, n, rotate);
+    else join8(p, b, mode, out, n, rotate);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
+    if (has_base) PyBuffer_Release(&base);
     for (Py_ssize_t j = 0; j < got; j++) PyBuffer_Release(&planes[j]);
     Py_XDECREF(fast);
     PyBuffer_Release(&dst);
@@ -207,9 +259,11 @@ done:
 
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS,
-     "split(src, k, rotate, planes): the k byte planes of src's whole k-byte elements, plane-major into planes."},
+     "split(src, k, rotate, planes, base=None, mode=0): the k byte planes of src's whole k-byte elements"
+     " (less or XOR base's with mode 1 or 2), plane-major into planes."},
     {"join", join, METH_VARARGS,
-     "join(planes, rotate, out): the elements whose byte j is planes[j], rotated back, into out."},
+     "join(planes, rotate, out, base=None, mode=0): the elements whose byte j is planes[j], rotated back"
+     " (plus or XOR base's with mode 1 or 2), into out."},
     {"bf16_xor", bf16_xor, METH_VARARGS,
      "bf16_xor(a, base, out): out = a XOR the BF16 rounding (nearest, ties to even) of base's F32 elements."},
     {NULL, NULL, 0, NULL},

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from weightvault.codec import floatplanes
+from weightvault.codec import floatplanes, kernels
 from weightvault.codec.cast import INNER_CAST, uncast
 from weightvault.codec.zstd_contexts import compressor, decompressor
 from weightvault.errors import IntegrityError, UnsupportedFormatError
@@ -205,25 +205,14 @@ def _standalone(data: bytes | memoryview, level: int, k: int, try_zstd: bool, li
     return best
 
 
-def _difference(data: bytes | memoryview, base: bytes | memoryview, k: int) -> memoryview:
-    """Per k-byte element ``data - base`` modulo 2**(8k); the tail bytes XORed."""
-    n = len(data) // k
-    d8, b8 = np.frombuffer(data, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)
-    out = np.empty(len(d8), dtype=np.uint8)
-    np.subtract(d8[: n * k].view(_UINT[k]), b8[: n * k].view(_UINT[k]), out=out[: n * k].view(_UINT[k]))
-    np.bitwise_xor(d8[n * k :], b8[n * k :], out=out[n * k :])  # only the tail: one pass over the data
-    return out.data
-
-
 def _inner(data: bytes | memoryview, base: bytes | memoryview, level: int, k: int, sub: bool) -> tuple[int, bytes]:
     """(inner byte, inner payload) of the delta of ``data`` against ``base``: the integer
     difference (``sub``) or the XOR, byteplane-coded without rotation (their top bytes are mostly
     zero, not exponents) for a float dtype, else the XOR with zstd."""
-    if k and sub:
-        return INNER_SUB, floatplanes.encode(_difference(data, base, k), k, level, rotate=False)
+    if k:  # the delta made within the plane split (one pass)
+        mode = kernels.SUB if sub else kernels.XOR
+        return (INNER_SUB if sub else BYTEPLANE), floatplanes.encode(data, k, level, False, base, mode)
     xor = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)).data
-    if k:
-        return BYTEPLANE, floatplanes.encode(xor, k, level, rotate=False)
     return ZSTD, compressor(level).compress(xor)
 
 
@@ -364,18 +353,12 @@ def decompress(
             raise IntegrityError(f"delta base {base_id.hex()} has {len(base)} bytes, the blob {raw_length}")
         if inner_codec not in (ZSTD, BYTEPLANE, INNER_SUB):
             raise IntegrityError(f"delta payload has inner codec {inner_codec}; expected 1, 2, 3 or 4")
-        diff = decompress(ZSTD if inner_codec == ZSTD else BYTEPLANE, inner, raw_length)
+        if inner_codec != ZSTD:  # byte planes of the difference or XOR: rebuilt in their join
+            return floatplanes.decode(inner, raw_length, base, kernels.SUB if inner_codec == INNER_SUB else kernels.XOR)
+        diff = decompress(ZSTD, inner, raw_length)
         out_buf = diff if isinstance(diff, bytearray) else bytearray(diff)
-        arr, base_arr = np.frombuffer(out_buf, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)
-        whole = 0
-        if inner_codec == INNER_SUB:  # add the base's elements back (in place, wrapping)
-            k = int(inner[1])  # the byteplane header's element size, checked by its decoder
-            n = raw_length // k
-            whole = n * k
-            words = arr[:whole].view(_UINT[k])
-            np.add(words, base_arr[:whole].view(_UINT[k]), out=words)
-        rest = arr[whole:]
-        np.bitwise_xor(rest, base_arr[whole:], out=rest)  # in place: no further copy
+        arr = np.frombuffer(out_buf, dtype=np.uint8)
+        np.bitwise_xor(arr, np.frombuffer(base, dtype=np.uint8), out=arr)  # in place: no further copy
         return out_buf
     out: bytes | bytearray
     if codec == RAW:

@@ -86,15 +86,23 @@ def _header_size(k: int) -> int:
     return 4 + k * _ENTRY.size + 1
 
 
-def split_planes(data: bytes | memoryview, k: int, rotate: bool = True) -> tuple[list[npt.NDArray[np.uint8]], bytes]:
+def split_planes(data: bytes | memoryview, k: int, rotate: bool = True, base: bytes | memoryview | None = None,
+                 mode: int = kernels.NONE) -> tuple[list[npt.NDArray[np.uint8]], bytes]:
     """Split ``data`` into ``k`` contiguous byte planes (after the optional rotation) and the tail:
-    one pass, in compiled code where it was built (``kernels.split``)."""
+    one pass, in compiled code where it was built (``kernels.split``). With a ``base`` (of the
+    same length) and ``mode`` ``kernels.SUB`` or ``kernels.XOR``, the planes and the tail are
+    those of the delta (element-wise difference or XOR; the tail always XORed), without first
+    making it."""
     if k not in _UINT:
         raise ValueError(f"element size {k} not supported")
     n = len(data) // k
     planes = np.frombuffer(uninitialized(n * k), dtype=np.uint8)  # every byte written by the split
-    kernels.split(data, k, rotate, planes)
-    return [planes[j * n : (j + 1) * n] for j in range(k)], bytes(memoryview(data)[n * k :])
+    kernels.split(data, k, rotate, planes, base, mode)
+    tail = bytes(memoryview(data)[n * k :])
+    if mode != kernels.NONE and tail:
+        assert base is not None  # kernels.split refused it otherwise
+        tail = bytes(a ^ b for a, b in zip(tail, bytes(memoryview(base)[n * k :]), strict=True))
+    return [planes[j * n : (j + 1) * n] for j in range(k)], tail
 
 
 def order0_entropy(plane: bytes | memoryview | npt.NDArray[np.uint8]) -> float:
@@ -107,19 +115,22 @@ def order0_entropy(plane: bytes | memoryview | npt.NDArray[np.uint8]) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def encode(data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True) -> bytes:
-    """The byteplane payload of ``data`` with element size ``k`` (2, 4 or 8) at zstd ``level``."""
-    out = encode_within(data, k, level, rotate, bound=None)
+def encode(data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True,
+           base: bytes | memoryview | None = None, mode: int = kernels.NONE) -> bytes:
+    """The byteplane payload of ``data`` with element size ``k`` (2, 4 or 8) at zstd ``level``;
+    with ``base`` and ``mode``, that of its delta against ``base`` (``split_planes``)."""
+    out = encode_within(data, k, level, rotate, bound=None, base=base, mode=mode)
     assert out is not None
     return out
 
 
 def encode_within(
-    data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True, bound: int | None = None
+    data: bytes | memoryview, k: int, level: int = 3, rotate: bool = True, bound: int | None = None,
+    base: bytes | memoryview | None = None, mode: int = kernels.NONE,
 ) -> bytes | None:
     """``encode``, or None as soon as the payload is known to exceed ``bound`` bytes (planes are
     coded in order, so a hopeless candidate stops early and costs only part of the work)."""
-    planes, tail = split_planes(data, k, rotate)
+    planes, tail = split_planes(data, k, rotate, base, mode)
     entries: list[bytes] = []
     bodies: list[bytes | memoryview] = []
     size = _header_size(k) + len(tail)
@@ -140,9 +151,13 @@ def encode_within(
     return b"".join([head, *bodies, tail])
 
 
-def decode(payload: bytes | memoryview, raw_length: int) -> bytearray:
+def decode(payload: bytes | memoryview, raw_length: int, base: bytes | bytearray | memoryview | None = None,
+           mode: int = kernels.NONE) -> bytearray:
     """Invert ``encode`` (into a new buffer of ``raw_length`` bytes). Raises IntegrityError on any
-    inconsistency, including a wrong length."""
+    inconsistency, including a wrong length. With ``base`` (``raw_length`` bytes) and ``mode``,
+    the payload is a delta's and the result is rebuilt against ``base`` in the same pass."""
+    if mode != kernels.NONE and (base is None or len(base) != raw_length):
+        raise IntegrityError(f"a delta of {raw_length} bytes needs a base of as many")
     view = memoryview(payload)
     if len(view) < 5:
         raise IntegrityError(f"byteplane payload of {len(view)} bytes is shorter than its header")
@@ -169,8 +184,12 @@ def decode(payload: bytes | memoryview, raw_length: int) -> bytearray:
         planes.append(_decode_plane(codec, view[pos : pos + length], n))
         pos += length
     buf = uninitialized(raw_length)  # filled in place below, every byte: no copy, no memset
-    kernels.join(planes, bool(flags & _FLAG_ROTATE), memoryview(buf)[: n * k])
+    kernels.join(planes, bool(flags & _FLAG_ROTATE), memoryview(buf)[: n * k], base, mode)
     buf[n * k :] = view[pos:]
+    if mode != kernels.NONE:
+        assert base is not None
+        for i in range(n * k, raw_length):  # the tail: fewer than k bytes, always XORed
+            buf[i] ^= base[i]
     return buf
 
 

@@ -10,12 +10,14 @@ twins (for the tests and for before/after measurements).
 
 Contracts (``n = len(src) // k``; the elements are little-endian words of ``k`` bytes):
 
-* ``split(src, k, rotate, planes)``: ``planes`` (``k * n`` writable bytes) receives plane ``j`` at
-  ``[j * n, (j + 1) * n)``: byte ``j`` of every element after rotating it left by one bit when
-  ``rotate``. Bytes of ``src`` past the last whole element are not read.
-* ``join(planes, rotate, out)``: the inverse: ``out`` (``k * n`` writable bytes, ``k =
-  len(planes)``) receives element ``i`` built from byte ``i`` of each plane and rotated right by
-  one bit when ``rotate``.
+* ``split(src, k, rotate, planes, base=None, mode=NONE)``: ``planes`` (``k * n`` writable bytes)
+  receives plane ``j`` at ``[j * n, (j + 1) * n)``: byte ``j`` of every element (first less the
+  same element of ``base`` modulo ``2**(8k)`` with ``mode=SUB``, or XORed with it with
+  ``mode=XOR``), rotated left by one bit when ``rotate``. Bytes of ``src`` (and ``base``) past the
+  last whole element are not read.
+* ``join(planes, rotate, out, base=None, mode=NONE)``: the inverse: ``out`` (``k * n`` writable
+  bytes, ``k = len(planes)``) receives element ``i`` built from byte ``i`` of each plane, rotated
+  right by one bit when ``rotate``, then plus (``SUB``) or XOR (``XOR``) element ``i`` of ``base``.
 * ``bf16_xor(a, base, out)``: ``out[i] = a[i] XOR bf16(base[i])`` over 16-bit elements of ``a``,
   where ``bf16(x) = ((x + 0x7FFF + ((x >> 16) & 1)) mod 2**32) >> 16`` of ``base``'s 32-bit
   elements (round to nearest, ties to even; docs/FORMAT.md, codec CAST).
@@ -31,21 +33,40 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COMPILED", "bf16_xor", "join", "split"]
+__all__ = ["COMPILED", "NONE", "SUB", "XOR", "bf16_xor", "join", "split"]
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
 
 _UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+#: how ``split`` and ``join`` combine each element with ``base``'s (the delta codecs)
+NONE, SUB, XOR = 0, 1, 2
 
 
-def _np_split(src: Buffer, k: int, rotate: bool, planes: Buffer) -> None:
+def _base_words(base: Buffer | None, mode: int, n: int, k: int) -> np.ndarray | None:
+    if mode not in (NONE, SUB, XOR):
+        raise ValueError(f"mode {mode} is not 0 (none), 1 (difference) or 2 (XOR)")
+    if mode == NONE:
+        return None
+    if base is None:
+        raise ValueError("a difference or XOR needs a base")
+    b = np.frombuffer(base, dtype=np.uint8)
+    if b.size < n * k:
+        raise ValueError(f"base has {b.size} bytes, expected at least {n * k}")
+    return b[: n * k].view(_UINT[k])
+
+
+def _np_split(src: Buffer, k: int, rotate: bool, planes: Buffer, base: Buffer | None = None,
+              mode: int = NONE) -> None:
     if k not in _UINT:
         raise ValueError(f"element size {k} not supported")
     n = np.frombuffer(src, dtype=np.uint8).size // k
     out = np.frombuffer(planes, dtype=np.uint8)
     if out.size != n * k:
         raise ValueError(f"planes buffer has {out.size} bytes, expected {n * k}")
+    b = _base_words(base, mode, n, k)
     words = np.frombuffer(src, dtype=_UINT[k], count=n)
+    if b is not None:
+        words = words - b if mode == SUB else words ^ b
     if rotate:
         top = words >> (8 * k - 1)
         words = words << 1
@@ -53,7 +74,8 @@ def _np_split(src: Buffer, k: int, rotate: bool, planes: Buffer) -> None:
     np.copyto(out.reshape(k, n), words.view(np.uint8).reshape(n, k).T)
 
 
-def _np_join(planes: Sequence[Buffer], rotate: bool, out: Buffer) -> None:
+def _np_join(planes: Sequence[Buffer], rotate: bool, out: Buffer, base: Buffer | None = None,
+             mode: int = NONE) -> None:
     k = len(planes)
     if k not in _UINT:
         raise ValueError(f"{k} planes: element size not supported")
@@ -65,6 +87,7 @@ def _np_join(planes: Sequence[Buffer], rotate: bool, out: Buffer) -> None:
     for j, a in enumerate(arrays):
         if a.size != n:
             raise ValueError(f"plane {j} has {a.size} bytes, expected {n}")
+    b = _base_words(base, mode, n, k)
     grid = dst.reshape(n, k)
     for j, a in enumerate(arrays):
         grid[:, j] = a
@@ -73,6 +96,12 @@ def _np_join(planes: Sequence[Buffer], rotate: bool, out: Buffer) -> None:
         bottom = words << (8 * k - 1)
         words >>= 1
         words |= bottom
+    if b is not None:
+        words = dst.view(_UINT[k])
+        if mode == SUB:
+            words += b  # wraps modulo 2**(8k)
+        else:
+            words ^= b
 
 
 def _np_bf16_xor(a: Buffer, base: Buffer, out: Buffer) -> None:
@@ -91,9 +120,9 @@ def _np_bf16_xor(a: Buffer, base: Buffer, out: Buffer) -> None:
     np.bitwise_xor(x16.view("<u2"), r.astype("<u2"), out=dst.view("<u2"))
 
 
-split: Callable[[Buffer, int, bool, Buffer], None] = _np_split
-join: Callable[[Sequence[Buffer], bool, Buffer], None] = _np_join
-bf16_xor: Callable[[Buffer, Buffer, Buffer], None] = _np_bf16_xor
+_split: Callable[[Buffer, int, bool, Buffer, Buffer | None, int], None] = _np_split
+_join: Callable[[Sequence[Buffer], bool, Buffer, Buffer | None, int], None] = _np_join
+_bf16_xor: Callable[[Buffer, Buffer, Buffer], None] = _np_bf16_xor
 COMPILED = False
 if os.environ.get("WEIGHTVAULT_KERNELS", "") != "numpy":
     try:
@@ -101,5 +130,20 @@ if os.environ.get("WEIGHTVAULT_KERNELS", "") != "numpy":
     except ImportError:  # not built here: the NumPy twins above
         pass
     else:
-        split, join, bf16_xor = _kernels.split, _kernels.join, _kernels.bf16_xor
+        _split, _join, _bf16_xor = _kernels.split, _kernels.join, _kernels.bf16_xor
         COMPILED = True
+
+
+def split(src: Buffer, k: int, rotate: bool, planes: Buffer, base: Buffer | None = None, mode: int = NONE) -> None:
+    """See the module docstring."""
+    _split(src, k, rotate, planes, base, mode)
+
+
+def join(planes: Sequence[Buffer], rotate: bool, out: Buffer, base: Buffer | None = None, mode: int = NONE) -> None:
+    """See the module docstring."""
+    _join(planes, rotate, out, base, mode)
+
+
+def bf16_xor(a: Buffer, base: Buffer, out: Buffer) -> None:
+    """See the module docstring."""
+    _bf16_xor(a, base, out)
