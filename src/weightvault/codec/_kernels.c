@@ -1,5 +1,5 @@
 /* weightvault.codec._kernels: the byte-plane split and join and the BF16 cast residual in compiled
- * loops, with the GIL released (docs/ARCHITECTURE.md, "Compiled kernels").
+ * loops, with the GIL released (docs/ARCHITECTURE.md: codec/kernels.py).
  *
  * Each function computes exactly what its NumPy twin in weightvault/codec/kernels.py computes
  * (tests/test_kernels.py compares them byte for byte); kernels.py falls back to the twins where
