@@ -144,3 +144,21 @@ def test_lengths_that_do_not_fit_are_refused_before_writing(impl: str) -> None:
     with pytest.raises(ValueError, match="mode 3"):
         split(bytes(8), 4, False, out[:8], bytes(8), 3)
     assert out == b"\xaa" * 12
+
+
+@compiled
+@settings(max_examples=100, deadline=None)
+@given(parts=st.lists(st.binary(max_size=300), max_size=12))
+def test_concat_is_bytes_join(parts: list[bytes]) -> None:
+    """A pack's assembly: the same bytes as b"".join, as a real ``bytes`` object, from any mix of
+    buffer types."""
+    assert _kernels is not None
+    mixed = [p if i % 3 == 0 else bytearray(p) if i % 3 == 1 else memoryview(b"#" + p)[1:] for i, p in enumerate(parts)]
+    out = _kernels.concat(mixed)
+    assert type(out) is bytes
+    assert out == b"".join(parts) == kernels._np_concat(mixed)
+
+
+def test_concat_refuses_what_is_not_a_buffer() -> None:
+    with pytest.raises(TypeError):
+        kernels.concat([b"ok", 7])  # type: ignore[list-item]

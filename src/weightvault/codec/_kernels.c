@@ -1,5 +1,5 @@
-/* weightvault.codec._kernels: the byte-plane split and join and the BF16 cast residual in compiled
- * loops, with the GIL released (docs/ARCHITECTURE.md: codec/kernels.py).
+/* weightvault.codec._kernels: the byte-plane split and join, the BF16 cast residual and a pack's
+ * concatenation in compiled loops, with the GIL released (docs/ARCHITECTURE.md: codec/kernels.py).
  *
  * Each function computes exactly what its NumPy twin in weightvault/codec/kernels.py computes
  * (tests/test_kernels.py compares them byte for byte); kernels.py falls back to the twins where
@@ -257,6 +257,43 @@ done:
     return ret;
 }
 
+static PyObject *concat(PyObject *Py_UNUSED(self), PyObject *seq) {
+    PyObject *fast = PySequence_Fast(seq, "parts must be a sequence of buffers");
+    if (fast == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast), got = 0, total = 0;
+    PyObject *ret = NULL;
+    Py_buffer *views = PyMem_New(Py_buffer, count > 0 ? count : 1);
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < count; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &views[got], PyBUF_SIMPLE) < 0) goto done;
+        if (views[got].len > PY_SSIZE_T_MAX - total) {
+            got++;
+            PyErr_SetString(PyExc_OverflowError, "parts too large to join");
+            goto done;
+        }
+        total += views[got].len;
+    }
+    ret = PyBytes_FromStringAndSize(NULL, total);
+    if (ret == NULL) goto done;
+    char *out = PyBytes_AS_STRING(ret);
+    /* the new object is seen by no other thread yet: filled (and its fresh pages faulted in)
+     * without the GIL */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < count; j++) {
+        memcpy(out, views[j].buf, (size_t)views[j].len);
+        out += views[j].len;
+    }
+    Py_END_ALLOW_THREADS
+done:
+    for (Py_ssize_t j = 0; j < got; j++) PyBuffer_Release(&views[j]);
+    PyMem_Free(views);
+    Py_DECREF(fast);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS,
      "split(src, k, rotate, planes, base=None, mode=0): the k byte planes of src's whole k-byte elements"
@@ -266,6 +303,8 @@ static PyMethodDef methods[] = {
      " (plus or XOR base's with mode 1 or 2), into out."},
     {"bf16_xor", bf16_xor, METH_VARARGS,
      "bf16_xor(a, base, out): out = a XOR the BF16 rounding (nearest, ties to even) of base's F32 elements."},
+    {"concat", concat, METH_O,
+     "concat(parts): b''.join(parts), the copy (and the new object's page faults) made without the GIL."},
     {NULL, NULL, 0, NULL},
 };
 

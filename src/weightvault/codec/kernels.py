@@ -18,6 +18,8 @@ Contracts (``n = len(src) // k``; the elements are little-endian words of ``k`` 
 * ``join(planes, rotate, out, base=None, mode=NONE)``: the inverse: ``out`` (``k * n`` writable
   bytes, ``k = len(planes)``) receives element ``i`` built from byte ``i`` of each plane, rotated
   right by one bit when ``rotate``, then plus (``SUB``) or XOR (``XOR``) element ``i`` of ``base``.
+* ``concat(parts)``: ``b"".join(parts)``; compiled, the copy runs without the GIL (a pack of
+  32 MiB is a fresh mapping whose pages the kernel faults in and zeroes as they are written).
 * ``bf16_xor(a, base, out)``: ``out[i] = a[i] XOR bf16(base[i])`` over 16-bit elements of ``a``,
   where ``bf16(x) = ((x + 0x7FFF + ((x >> 16) & 1)) mod 2**32) >> 16`` of ``base``'s 32-bit
   elements (round to nearest, ties to even; docs/FORMAT.md, codec CAST).
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COMPILED", "NONE", "SUB", "XOR", "bf16_xor", "join", "split"]
+__all__ = ["COMPILED", "NONE", "SUB", "XOR", "bf16_xor", "concat", "join", "split"]
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
 
@@ -120,9 +122,14 @@ def _np_bf16_xor(a: Buffer, base: Buffer, out: Buffer) -> None:
     np.bitwise_xor(x16.view("<u2"), r.astype("<u2"), out=dst.view("<u2"))
 
 
+def _np_concat(parts: Sequence[Buffer]) -> bytes:
+    return b"".join(p.data if isinstance(p, np.ndarray) else p for p in parts)
+
+
 _split: Callable[[Buffer, int, bool, Buffer, Buffer | None, int], None] = _np_split
 _join: Callable[[Sequence[Buffer], bool, Buffer, Buffer | None, int], None] = _np_join
 _bf16_xor: Callable[[Buffer, Buffer, Buffer], None] = _np_bf16_xor
+_concat: Callable[[Sequence[Buffer]], bytes] = _np_concat
 COMPILED = False
 if os.environ.get("WEIGHTVAULT_KERNELS", "") != "numpy":
     try:
@@ -130,7 +137,7 @@ if os.environ.get("WEIGHTVAULT_KERNELS", "") != "numpy":
     except ImportError:  # not built here: the NumPy twins above
         pass
     else:
-        _split, _join, _bf16_xor = _kernels.split, _kernels.join, _kernels.bf16_xor
+        _split, _join, _bf16_xor, _concat = _kernels.split, _kernels.join, _kernels.bf16_xor, _kernels.concat
         COMPILED = True
 
 
@@ -147,3 +154,8 @@ def join(planes: Sequence[Buffer], rotate: bool, out: Buffer, base: Buffer | Non
 def bf16_xor(a: Buffer, base: Buffer, out: Buffer) -> None:
     """See the module docstring."""
     _bf16_xor(a, base, out)
+
+
+def concat(parts: Sequence[Buffer]) -> bytes:
+    """See the module docstring."""
+    return _concat(parts)
