@@ -220,7 +220,7 @@ def _delta_payload(data: bytes | memoryview, base: tuple[bytes, bytes | memoryvi
                    sub: bool = False) -> bytes:
     """The DELTA payload of ``data`` against ``base`` (``_inner``)."""
     inner_codec, inner = _inner(data, base[1], level, k, sub)
-    return b"".join((base[0], bytes((inner_codec,)), inner))
+    return kernels.concat((base[0], bytes((inner_codec,)), inner))  # the copy without the GIL
 
 
 def _best_exact(

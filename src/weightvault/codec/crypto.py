@@ -14,6 +14,7 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from weightvault.codec.buffers import uninitialized
 from weightvault.codec.kdf import KdfParams, derive_key
 from weightvault.errors import IntegrityError
 from weightvault.format.layout import NONCE_SIZE, OVERHEAD, TAG_SIZE
@@ -24,7 +25,7 @@ __all__ = ["KdfParams", "MasterKey", "derive_key", "open_envelope", "seal_envelo
 def seal_envelope(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytearray:
     """nonce || ciphertext || tag, built in one buffer (no intermediate copies)."""
     nonce = os.urandom(NONCE_SIZE)
-    out = bytearray(NONCE_SIZE + len(plaintext) + TAG_SIZE)
+    out = uninitialized(NONCE_SIZE + len(plaintext) + TAG_SIZE)  # every byte written below
     out[:NONCE_SIZE] = nonce
     ChaCha20Poly1305(key).encrypt_into(nonce, plaintext, aad, memoryview(out)[NONCE_SIZE:])
     return out

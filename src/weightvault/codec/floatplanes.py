@@ -148,7 +148,7 @@ def encode_within(
         if bound is not None and size > bound:
             return None
     head = bytes((LAYOUT_VERSION, k, _FLAG_ROTATE if rotate else 0, k)) + b"".join(entries) + bytes((len(tail),))
-    return b"".join([head, *bodies, tail])
+    return kernels.concat([head, *bodies, tail])  # the copy without the GIL
 
 
 def decode(payload: bytes | memoryview, raw_length: int, base: bytes | bytearray | memoryview | None = None,
