@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -14,7 +15,14 @@ import pytest
 from conftest import FAST_KDF, PASSWORD, write
 from weightvault import api
 from weightvault.backends.local import LocalBackend
-from weightvault.codec.crypto import KdfParams, MasterKey, derive_key, open_envelope, seal_envelope
+from weightvault.codec.crypto import (
+    KdfParams,
+    MasterKey,
+    derive_key,
+    open_envelope,
+    open_envelope_into_new,
+    seal_envelope,
+)
 from weightvault.errors import IntegrityError
 from weightvault.format.layout import KIND_INDEX, NONCE_SIZE, OVERHEAD, blob_aad, kind_aad
 from weightvault.repository.repo import Repository as Engine
@@ -31,6 +39,8 @@ def test_envelope_roundtrip(size: int) -> None:
     assert len(env) == size + OVERHEAD
     assert open_envelope(KEY, env, AAD, "x") == plain
     assert open_envelope(KEY, memoryview(bytes(env)), AAD, "x") == plain
+    opened = open_envelope_into_new(KEY, memoryview(bytes(env)), AAD, "x")
+    assert isinstance(opened, bytearray) and opened == plain
     if size >= 16:
         assert plain[:16] not in bytes(env), "ciphertext must not contain the plaintext"
 
@@ -41,23 +51,30 @@ def test_nonces_are_fresh() -> None:
     assert len({e[:NONCE_SIZE] for e in envs}) == 50
 
 
-def test_every_flipped_bit_is_detected() -> None:
+OPENERS = [open_envelope, open_envelope_into_new]
+
+
+@pytest.mark.parametrize("opener", OPENERS)
+def test_every_flipped_bit_is_detected(opener: Callable[[bytes, bytes, bytes, str], bytes | bytearray]) -> None:
     env = bytes(seal_envelope(KEY, b"forty bytes of a small document payload!", AAD))
     for pos in range(len(env)):
         for bit in (0x01, 0x80):
             bad = bytearray(env)
             bad[pos] ^= bit
             with pytest.raises(IntegrityError, match="index/abc: authentication failed"):
-                open_envelope(KEY, bytes(bad), AAD, "index/abc")
+                opener(KEY, bytes(bad), AAD, "index/abc")
 
 
-def test_truncated_extended_or_wrong_key_is_detected() -> None:
+@pytest.mark.parametrize("opener", OPENERS)
+def test_truncated_extended_or_wrong_key_is_detected(
+    opener: Callable[[bytes, bytes, bytes, str], bytes | bytearray],
+) -> None:
     env = bytes(seal_envelope(KEY, b"payload", AAD))
     for bad in (env[:-1], env[: OVERHEAD - 1], b"", env + b"\x00", env[1:]):
         with pytest.raises(IntegrityError):
-            open_envelope(KEY, bad, AAD, "x")
+            opener(KEY, bad, AAD, "x")
     with pytest.raises(IntegrityError):
-        open_envelope(bytes(32), env, AAD, "x")
+        opener(bytes(32), env, AAD, "x")
 
 
 def test_associated_data_binds_type_codec_and_id() -> None:

@@ -305,7 +305,7 @@ class _Sample:
         return self.planes is None or self.zstd < self.planes * (1 + ZSTD_SAMPLE_MARGIN)
 
 
-def delta_base(payload: bytes | memoryview) -> bytes:
+def delta_base(payload: bytes | bytearray | memoryview) -> bytes:
     """The base blob id at the start of a DELTA payload."""
     if len(payload) < _ID_SIZE + 1:
         raise IntegrityError(f"delta payload of {len(payload)} bytes is shorter than its header")
@@ -333,7 +333,7 @@ def _zstd_unless_larger(data: bytes | memoryview, level: int, bound: int) -> byt
 
 
 def decompress(
-    codec: int, payload: bytes | memoryview, raw_length: int, base: bytes | bytearray | None = None
+    codec: int, payload: bytes | bytearray | memoryview, raw_length: int, base: bytes | bytearray | None = None
 ) -> bytes | bytearray:
     """Invert ``compress_best``. Raises IntegrityError if the output length is not ``raw_length``.
 

@@ -151,7 +151,7 @@ def encode_within(
     return kernels.concat([head, *bodies, tail])  # the copy without the GIL
 
 
-def decode(payload: bytes | memoryview, raw_length: int, base: bytes | bytearray | memoryview | None = None,
+def decode(payload: bytes | bytearray | memoryview, raw_length: int, base: bytes | bytearray | memoryview | None = None,
            mode: int = kernels.NONE) -> bytearray:
     """Invert ``encode`` (into a new buffer of ``raw_length`` bytes). Raises IntegrityError on any
     inconsistency, including a wrong length. With ``base`` (``raw_length`` bytes) and ``mode``,

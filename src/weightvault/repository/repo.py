@@ -15,7 +15,7 @@ from typing import Any
 
 from weightvault.backends.base import Backend, FileType, save_pack
 from weightvault.chunking.registry import ChunkerParams
-from weightvault.codec.compress import DELTA, DecisionMemo, compress_chunk, decompress, delta_base
+from weightvault.codec.compress import DELTA, RAW, DecisionMemo, compress_chunk, decompress, delta_base
 from weightvault.codec.crypto import KdfParams, MasterKey
 from weightvault.errors import (
     IntegrityError,
@@ -326,7 +326,9 @@ class Repository(SnapshotDocuments):
     ) -> bytes | bytearray:
         """Authenticate and decode one blob's stored envelope (see ``load_plain``)."""
         what = f"blob {b.blob_id.hex()} in pack {pack_id}"
-        payload = self.key.open(envelope, blob_aad(b.type, b.codec, b.blob_id), what)
+        aad = blob_aad(b.type, b.codec, b.blob_id)
+        # a coded blob is decrypted into a scratch buffer its decoder reads; a raw one is the result
+        payload = self.key.open(envelope, aad, what) if b.codec == RAW else self.key.open_blob(envelope, aad, what)
         base = None
         if b.codec == DELTA:
             base_id = delta_base(payload)
