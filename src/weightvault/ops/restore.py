@@ -4,8 +4,9 @@ Safety: every manifest path is validated before anything is written (no absolute
 or ".." components, no empty components, no NUL); directories are walked with ``O_NOFOLLOW``
 relative to directory file descriptors, so no symlink (planted in the snapshot or already in the
 target) is ever followed; files are written to a temporary name, hash-checked, made durable and
-only then renamed into place (a large file with its own fsync, small ones many at a time with one
-``syncfs``: ``ops.restore_durable``). Symlinks are created last and never written through.
+only then renamed into place (many at a time with one ``syncfs``, ``ops.restore_durable``: small
+files, and large ones written past the page cache; a large file written through it gets its own
+fsync). Symlinks are created last and never written through.
 
 Overwrite modes for paths that already exist in the target:
   error      (default) refuse, before writing anything, if an existing file differs

@@ -80,6 +80,12 @@ class DirectWriter:
                 self._start += self._fill
                 self._fill = 0
 
+    @property
+    def all_direct(self) -> bool:
+        """No write was refused for alignment: everything but the unaligned pieces went past
+        the page cache (which leaves at most a few pages per data run dirty)."""
+        return self._direct
+
     def finish(self) -> int:
         """Write what is staged; returns the file's size (a trailing hole included, which the
         caller still sets with ``ftruncate``)."""

@@ -1,8 +1,11 @@
-"""Group commit for restored small files: one file-system flush for many files instead of one
-``fsync`` each.
+"""Group commit for restored files: one file-system flush for many files instead of one ``fsync``
+each.
 
-A small restored file is complete (written, hash-checked, metadata set) under its temporary name
-when it is handed to ``DurableBatch.add``. When the batch is full (``MAX_FILES`` files,
+A small restored file, or a large one written past the page cache (``O_DIRECT``: its data is on
+the device already, and an ``fsync`` of it would cost a journal commit and a device cache flush for
+its metadata alone), is complete (written, hash-checked, metadata set) under its temporary name
+when it is handed to ``DurableBatch.add``; a large one counts no bytes toward ``MAX_BYTES`` (which
+bounds the page cache a flush writes back). When the batch is full (``MAX_FILES`` files,
 ``MAX_BYTES`` bytes or ``MAX_DIRS`` directories, fewer under a low open-file limit) or at
 ``flush``, every file system holding one of its files is flushed with ``syncfs(2)`` and only then
 is each file renamed to its name. So, exactly as with a

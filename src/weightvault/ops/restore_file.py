@@ -11,8 +11,9 @@ A file of ``GROUP_FILE`` bytes or more streams its blobs through the restore's p
 their packs allow and written by the same thread, without a hand-over per file or per blob (for a
 tree of many small files those hand-overs, not the bytes, were the restore's time). Both end the
 same way: a small file goes to the ``DurableBatch`` (one ``syncfs`` for many files before their
-renames), a large one gets its own ``fsync`` and, where the file system allows, is written past
-the page cache (``restore_direct``)."""
+renames); a large one is written past the page cache where the file system allows
+(``restore_direct``) and then goes to the batch too (its data is on the device already), else it
+gets its own ``fsync``."""
 
 from __future__ import annotations
 
@@ -133,14 +134,22 @@ def _write_tmp(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list
     renamed = False
     try:
         wb = None if small or direct else Writeback(fd)
-        pos = _stream(jobs, fd, n, wb, direct) if datas is None else _write_datas(jobs, fd, datas)
+        if datas is None:
+            pos, all_direct = _stream(jobs, fd, n, wb, direct)
+        else:
+            pos, all_direct = _write_datas(jobs, fd, datas), False
         if pos != n.size:  # every blob matched its id (BlobCache); the manifest's size must hold too
             raise VerificationError(f"{os.fsdecode(n.path)}: restored content does not match the manifest "
                                     f"(size {pos} vs {n.size})")
         chown(n, fd)  # before chmod: a chown clears setuid/setgid bits
         os.fchmod(fd, n.mode & jobs.mode_mask)
         os.utime(fd, ns=(n.mtime_ns, n.mtime_ns))
-        if not small:  # a small file is made durable by the batch
+        # a small file, and a large one written past the page cache (its data is on the device
+        # already, only its metadata and a few unaligned pages are not), is made durable by the
+        # batch: one syncfs for many files instead of an fsync (a journal commit and a device
+        # cache flush) each
+        batched = small or all_direct
+        if not batched:
             with jobs.stages("fsync"):
                 os.fsync(fd)
             if wb is not None:
@@ -151,8 +160,9 @@ def _write_tmp(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list
         os.close(fd)
         fd = -1
         renamed = True
-        if small:  # the batch makes it durable, names it and counts it
-            jobs.batch.add(parent_fd, tmp, name, n.size, lambda: _count(jobs, n))
+        if batched:  # the batch makes it durable, names it and counts it
+            # (a direct-written file adds no page-cache bytes for the flush to write back)
+            jobs.batch.add(parent_fd, tmp, name, n.size if small else 0, lambda: _count(jobs, n))
             return
         replace(parent_fd, tmp, name)
         _count(jobs, n)
@@ -164,9 +174,10 @@ def _write_tmp(jobs: FileJobs, parent_fd: int, n: Node, name: bytes, datas: list
                 os.unlink(tmp, dir_fd=parent_fd)
 
 
-def _stream(jobs: FileJobs, fd: int, n: Node, wb: Writeback | None, direct: bool) -> int:
+def _stream(jobs: FileJobs, fd: int, n: Node, wb: Writeback | None, direct: bool) -> tuple[int, bool]:
     """Load ``n``'s blobs through the pool and write them: in the pool at their offsets, or, on a
-    descriptor opened ``O_DIRECT``, here in file order (``DirectWriter``). Returns the size."""
+    descriptor opened ``O_DIRECT``, here in file order (``DirectWriter``). Returns the size, and
+    whether every write but the unaligned pieces went past the page cache."""
     writer = DirectWriter(fd) if direct else None
     pos = 0
     for data in load_and_write(jobs.pool, jobs.blobs, n.blobs, None if direct else fd, _LOOKAHEAD, jobs.stages, wb):
@@ -179,7 +190,7 @@ def _stream(jobs: FileJobs, fd: int, n: Node, wb: Writeback | None, direct: bool
         with jobs.stages("write"):
             writer.finish()
     os.ftruncate(fd, pos)  # a trailing all-zero chunk was left as a hole
-    return pos
+    return pos, writer is not None and writer.all_direct
 
 
 def _write_datas(jobs: FileJobs, fd: int, datas: list[bytes | bytearray]) -> int:
