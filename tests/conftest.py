@@ -41,6 +41,22 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield home
 
 
+def direct_supported(directory: Path) -> bool:
+    """Whether files in ``directory`` can be opened O_DIRECT (tmpfs, for one, refuses)."""
+    from weightvault.backends import direct_io
+
+    if not direct_io.O_DIRECT:
+        return False
+    probe = directory / ".direct-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | direct_io.O_DIRECT, 0o600))
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    return True
+
+
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

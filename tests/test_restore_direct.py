@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tree_digest, write
+from conftest import direct_supported, tree_digest, write
 from weightvault.api import Repository
 from weightvault.backends import direct_io
 from weightvault.backends.direct_io import open_for_write
@@ -20,19 +20,6 @@ from weightvault.ops import restore_direct, restore_durable
 from weightvault.ops.restore_direct import DirectWriter
 
 PAGE = direct_io.ALIGN
-
-
-def _direct_supported(directory: Path) -> bool:
-    if not direct_io.O_DIRECT:
-        return False
-    probe = directory / ".probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | direct_io.O_DIRECT, 0o600))
-    except OSError:
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-    return True
 
 
 def _write_with(path: Path, pieces: list[bytes]) -> int:
@@ -65,7 +52,7 @@ def small_block(monkeypatch: pytest.MonkeyPatch) -> int:
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 5 * PAGE + 7), st.integers(1, 2**31)), max_size=12))
 def test_any_sequence_of_pieces_and_holes_round_trips(tmp_path: Path, small_block: int,
                                                       spec: list[tuple[int, int, int]]) -> None:
-    if not _direct_supported(tmp_path):
+    if not direct_supported(tmp_path):
         pytest.skip("this file system has no O_DIRECT")
     pieces = [_piece(kind, size, seed) for kind, size, seed in spec]
     path = tmp_path / f"f{os.urandom(4).hex()}"
@@ -77,7 +64,7 @@ def test_any_sequence_of_pieces_and_holes_round_trips(tmp_path: Path, small_bloc
 
 
 def test_a_large_zero_run_stays_a_hole(tmp_path: Path) -> None:
-    if not _direct_supported(tmp_path):
+    if not direct_supported(tmp_path):
         pytest.skip("this file system has no O_DIRECT")
     head, hole, tail = os.urandom(3 * 1024 * 1024 + 5), bytes(16 * 1024 * 1024), os.urandom(1024 * 1024 + 3)
     path = tmp_path / "sparse"
@@ -89,7 +76,7 @@ def test_a_large_zero_run_stays_a_hole(tmp_path: Path) -> None:
 def test_an_alignment_refusal_turns_the_rest_buffered(tmp_path: Path, small_block: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A direct write refused with EINVAL writes nothing; it and every later write go buffered."""
-    if not _direct_supported(tmp_path):
+    if not direct_supported(tmp_path):
         pytest.skip("this file system has no O_DIRECT")
     real = os.pwrite
     calls = {"direct": 0}
@@ -111,7 +98,7 @@ def test_an_alignment_refusal_turns_the_rest_buffered(tmp_path: Path, small_bloc
 
 def test_a_short_unaligned_write_continues_buffered(tmp_path: Path, small_block: int,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _direct_supported(tmp_path):
+    if not direct_supported(tmp_path):
         pytest.skip("this file system has no O_DIRECT")
     real = os.pwrite
     calls = {"n": 0}
@@ -182,7 +169,7 @@ def test_restore_writes_large_files_direct_and_identical(repo: Repository, tmp_p
     monkeypatch.setattr(DirectWriter, "__init__", spy)
     repo.restore("latest", out)
     assert tree_digest(out / "run") == tree_digest(src)
-    assert len(used) == (2 if _direct_supported(out) else 0)
+    assert len(used) == (2 if direct_supported(out) else 0)
     assert not any(p.name.startswith(".wvtmp-") for p in out.rglob("*"))
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_digest, write
+from conftest import direct_supported, tree_digest, write
 from weightvault.api import Repository
-from weightvault.backends import direct_io
 from weightvault.errors import LocalPathError
 from weightvault.ops import restore_durable
 
@@ -22,20 +21,6 @@ def _tree(src: Path, n: int) -> None:
     for i in range(n):
         write(src / f"d{i % 3}" / f"f{i}.txt", os.urandom(100 + i))
     write(src / "big.bin", os.urandom(restore_durable.SMALL_FILE + 1))  # batched only if written O_DIRECT
-
-
-def _direct_supported(directory: Path) -> bool:
-    """Whether files in ``directory`` can be opened O_DIRECT (tmpfs, for one, refuses)."""
-    if not direct_io.O_DIRECT:
-        return False
-    probe = directory / ".direct-probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | direct_io.O_DIRECT, 0o600))
-    except OSError:
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-    return True
 
 
 def _names(root: Path) -> set[str]:
@@ -64,7 +49,7 @@ def test_small_files_are_named_only_after_their_batch_is_durable(
     result = repo.restore("latest", out)
     assert tree_digest(out / "run") == tree_digest(src)
     assert result.files == 11
-    if _direct_supported(tmp_path):  # big.bin's data went past the page cache: it joins a batch too
+    if direct_supported(tmp_path):  # big.bin's data went past the page cache: it joins a batch too
         assert [len(s) for s in seen] == [4, 4, 3] and "big.bin" in set().union(*seen)
     else:  # written through the page cache, big.bin had its own fsync
         assert [len(s) for s in seen] == [4, 4, 2]  # the 10 small files in batches of at most 4
