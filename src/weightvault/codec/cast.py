@@ -17,25 +17,16 @@ exact (the residual carries every difference), only larger. Decoding is verified
 
 from __future__ import annotations
 
-import numpy as np
-
 from weightvault.codec import kernels
 from weightvault.codec.buffers import uninitialized
 from weightvault.codec.zstd_contexts import compressor
 from weightvault.errors import IntegrityError
 
-__all__ = ["CAST_KEEP", "INNER_CAST", "bf16_of_f32", "cast_inner", "uncast"]
+__all__ = ["CAST_KEEP", "INNER_CAST", "cast_inner", "uncast"]
 
 INNER_CAST = 4
 #: writer policy: a cast is kept only if its payload is at most this fraction of the raw length
 CAST_KEEP = 1 / 16
-
-
-def bf16_of_f32(base: bytes | bytearray | memoryview) -> np.ndarray:
-    """The BF16 bit patterns (``<u2``) of the F32 elements of ``base``, rounded to nearest even."""
-    out = np.empty(len(base) // 2, dtype=np.uint8)
-    kernels.bf16_xor(bytes(len(out)), base, out)
-    return out.view("<u2")
 
 
 def cast_inner(data: bytes | memoryview, base: bytes | bytearray | memoryview, level: int) -> bytes | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import zstandard
@@ -43,7 +42,6 @@ BYTEPLANE = 2
 DELTA = 3
 CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BYTEPLANE: "byteplane", DELTA: "delta"}
 INNER_SUB = 3  # DELTA inner: byteplane of the element-wise integer difference (format version 5)
-_UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 _ID_SIZE = 32
 
 # Keep compression only if it saves at least this fraction.

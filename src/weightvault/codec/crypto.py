@@ -33,28 +33,35 @@ def seal_envelope(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> byte
     return out
 
 
-def open_envelope(key: bytes, envelope: bytes | bytearray | memoryview, aad: bytes, what: str) -> bytes:
-    """Authenticate and decrypt; raises IntegrityError naming ``what`` on any mismatch."""
+def _nonce_and_body(envelope: bytes | bytearray | memoryview, what: str) -> tuple[bytes, memoryview]:
     if len(envelope) < OVERHEAD:
         raise IntegrityError(f"{what}: stored object is truncated ({len(envelope)} bytes)")
     env = memoryview(envelope)
+    return bytes(env[:NONCE_SIZE]), env[NONCE_SIZE:]
+
+
+def _not_authentic(what: str) -> IntegrityError:
+    return IntegrityError(f"{what}: authentication failed (corrupted, swapped or wrong key)")
+
+
+def open_envelope(key: bytes, envelope: bytes | bytearray | memoryview, aad: bytes, what: str) -> bytes:
+    """Authenticate and decrypt; raises IntegrityError naming ``what`` on any mismatch."""
+    nonce, body = _nonce_and_body(envelope, what)
     try:
-        return ChaCha20Poly1305(key).decrypt(bytes(env[:NONCE_SIZE]), env[NONCE_SIZE:], aad)
+        return ChaCha20Poly1305(key).decrypt(nonce, body, aad)
     except InvalidTag as exc:
-        raise IntegrityError(f"{what}: authentication failed (corrupted, swapped or wrong key)") from exc
+        raise _not_authentic(what) from exc
 
 
 def open_envelope_into_new(key: bytes, envelope: bytes | bytearray | memoryview, aad: bytes, what: str) -> bytearray:
     """``open_envelope``, decrypted into a fresh unzeroed buffer (``decrypt_into``: 10-25 % faster
     for blobs of megabytes than a new ``bytes``); for the blob decoders, which take either."""
-    if len(envelope) < OVERHEAD:
-        raise IntegrityError(f"{what}: stored object is truncated ({len(envelope)} bytes)")
-    env = memoryview(envelope)
-    out = uninitialized(len(env) - OVERHEAD)  # every byte written by the decryption, else discarded
+    nonce, body = _nonce_and_body(envelope, what)
+    out = uninitialized(len(body) - TAG_SIZE)  # every byte written by the decryption, else discarded
     try:
-        ChaCha20Poly1305(key).decrypt_into(bytes(env[:NONCE_SIZE]), env[NONCE_SIZE:], aad, out)
+        ChaCha20Poly1305(key).decrypt_into(nonce, body, aad, out)
     except InvalidTag as exc:
-        raise IntegrityError(f"{what}: authentication failed (corrupted, swapped or wrong key)") from exc
+        raise _not_authentic(what) from exc
     return out
 
 
